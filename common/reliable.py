@@ -1,0 +1,291 @@
+"""Sequence accounting and reliable delivery for UDP chat sessions, without I/O.
+
+Nothing here touches a socket or reads a clock. Frames are opaque ``bytes``
+that already carry their ``seq``; every method that depends on time takes
+``now``, monotonic seconds supplied by the caller. That keeps the UDP server
+(one instance of each class per session) and the UDP client free to choose
+their own threads and clocks, and lets the tests drive time by hand. None of
+the classes locks: the caller serialises all calls on one instance, e.g. with
+one lock per session. Seqs count from 1 in each direction of a session; a seq
+below 1 is a caller error (ValueError), so the frame parser must refuse it.
+
+Who calls what:
+
+* Raw sessions: the receive loop feeds every incoming ``seq`` to
+  ``SeqCounter.on_seq`` and reports its counters.
+* Reliable sessions, sending: take ``seq = sender.next_seq``, build the frame
+  bytes with that ``seq``, call ``sender.queue(seq, frame)``, then transmit
+  whatever ``sender.due(now)`` returns. The receive loop calls
+  ``sender.on_ack(seq)`` for each ``ack`` and then transmits ``due(now)`` too,
+  since an ack may open the window for frames waiting in the backlog. A timer
+  thread sleeps until ``next_deadline()`` (``None``: until more is queued),
+  transmits ``due(now)``, and ends the
+  session with reason ``timeout`` once ``failed`` is true; ``overflowed``
+  ends it with reason ``too_slow``.
+* Reliable sessions, receiving: for each incoming frame with a ``seq``, call
+  ``receiver.on_frame(seq, frame)``. Unless it returns ``None``, ack that
+  ``seq`` (duplicates too: the previous ack may have been lost) and hand the
+  returned frames to the application, in order.
+
+Retry schedule: a frame goes out when it enters the window and again each time
+its retransmission timeout expires, the timeout starting at ``INITIAL_RTO``
+and doubling after every transmission. With ``MAX_TRIES = 6`` a frame queued at
+0 s is transmitted at 0, 0.2, 0.6, 1.4, 3.0 and 6.2 s, and given up at 12.6 s.
+
+Bounds, so that a peer that is slow, gone or hostile costs bounded memory:
+
+* ``SeqCounter`` remembers which of the last ``SEQ_HISTORY`` seqs arrived, as a
+  bit mask; older ones count as repeated. A jump of any size costs nothing.
+* The sender transmits only seqs less than ``WINDOW`` past the oldest
+  unacknowledged one, and keeps at most ``MAX_BACKLOG`` more frames queued
+  behind the window; past that it sets ``overflowed`` and drops the frame.
+  At the 8192-byte frame limit that is at most about 9 MB per session.
+* The receiver holds only seqs less than ``WINDOW`` past the next one it
+  expects (at most about 512 KB per session) and drops farther ones unacked,
+  so their sender transmits them again. Its window matches the sender's, so a
+  conforming sender never has a frame dropped this way.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass
+
+SEQ_HISTORY = 1024
+"""How many of the most recent seqs ``SeqCounter`` remembers."""
+
+INITIAL_RTO = 0.2
+"""Seconds before the first retransmission of a frame; doubled after every try."""
+
+MAX_TRIES = 6
+"""Transmissions of one frame, the first included, before the sender gives up."""
+
+WINDOW = 64
+"""Span of seqs in flight: sent but unacknowledged (sender), held early (receiver)."""
+
+MAX_BACKLOG = 1024
+"""Frames a sender keeps queued behind a full window before it reports overflow."""
+
+
+def _check_seq(seq: int) -> None:
+    if seq < 1:
+        raise ValueError(f"seq must be 1 or more, not {seq}")
+
+
+class SeqKind(enum.Enum):
+    """How an incoming seq relates to the ones seen before."""
+
+    NEW = "new"
+    """The next seq after the highest so far."""
+    GAP = "gap"
+    """Beyond the next seq: the ones in between are missing so far."""
+    LATE = "late"
+    """Below the highest seen, filling an earlier gap: reordered."""
+    DUPLICATE = "duplicate"
+    """Seen before, or too old to tell: repeated."""
+
+
+@dataclass(frozen=True)
+class SeqEvent:
+    """The outcome of one ``SeqCounter.on_seq`` call."""
+
+    kind: SeqKind
+    missing: int = 0
+    """For ``GAP``: how many seqs were skipped."""
+
+
+class SeqCounter:
+    """Counts lost, repeated and reordered datagrams of a raw session.
+
+    ``received`` counts distinct seqs, ``lost`` the seqs below the highest one
+    that have not arrived (yet), ``repeated`` the datagrams seen before or
+    older than ``SEQ_HISTORY`` behind the highest, ``reordered`` the late
+    arrivals that filled a gap (each also takes one off ``lost``).
+    """
+
+    def __init__(self) -> None:
+        self.highest = 0
+        self.received = 0
+        self.lost = 0
+        self.repeated = 0
+        self.reordered = 0
+        # Bit i set: seq ``highest - i`` has arrived.
+        self._seen = 0
+
+    def on_seq(self, seq: int) -> SeqEvent:
+        """Account for one datagram; seq must be 1 or more (ValueError otherwise)."""
+        _check_seq(seq)
+        if seq > self.highest:
+            jump = seq - self.highest
+            if jump >= SEQ_HISTORY:
+                self._seen = 1
+            else:
+                self._seen = ((self._seen << jump) | 1) & ((1 << SEQ_HISTORY) - 1)
+            self.highest = seq
+            self.received += 1
+            self.lost += jump - 1
+            if jump == 1:
+                return SeqEvent(SeqKind.NEW)
+            return SeqEvent(SeqKind.GAP, missing=jump - 1)
+        age = self.highest - seq
+        if age >= SEQ_HISTORY or (self._seen >> age) & 1:
+            self.repeated += 1
+            return SeqEvent(SeqKind.DUPLICATE)
+        self._seen |= 1 << age
+        self.received += 1
+        self.lost -= 1
+        self.reordered += 1
+        return SeqEvent(SeqKind.LATE)
+
+
+@dataclass
+class _Unacked:
+    frame: bytes
+    tries: int = 0
+    # When the next transmission is due; -inf until the first one.
+    deadline: float = -math.inf
+
+
+class ReliableSender:
+    """The sending half of a reliable session: windowing and retransmission.
+
+    Frames are queued in seq order, counting from 1; the sender keeps each one
+    until it is acknowledged. ``due`` returns everything to put on the wire,
+    first transmissions and retransmissions alike, so the caller has a single
+    path to the socket.
+    """
+
+    def __init__(self) -> None:
+        # A frame went unacknowledged after MAX_TRIES: the session is over.
+        self.failed = False
+        # The backlog was full and a frame was dropped: the session is over.
+        self.overflowed = False
+        self.retransmissions = 0
+        self._next_seq = 1
+        # Every queued, unacknowledged frame by seq, in seq order; those within
+        # ``WINDOW`` of the oldest are in flight, the rest are the backlog.
+        self._unacked: dict[int, _Unacked] = {}
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next queued frame must carry."""
+        return self._next_seq
+
+    @property
+    def can_send(self) -> bool:
+        """Whether a frame queued now would go out at once rather than wait."""
+        return self._next_seq < self._window_end()
+
+    @property
+    def pending(self) -> int:
+        """Frames queued and not acknowledged yet, in flight or in the backlog."""
+        return len(self._unacked)
+
+    def queue(self, seq: int, frame: bytes) -> None:
+        """Take the frame carrying ``next_seq``; transmit what ``due`` returns next.
+
+        A frame that would make the backlog exceed ``MAX_BACKLOG`` is dropped
+        and sets ``overflowed``; its seq is used up all the same.
+        """
+        if seq != self._next_seq:
+            raise ValueError(f"expected seq {self._next_seq}, got {seq}")
+        self._next_seq += 1
+        if seq >= self._window_end() + MAX_BACKLOG:
+            self.overflowed = True
+            return
+        self._unacked[seq] = _Unacked(frame)
+
+    def on_ack(self, seq: int) -> bool:
+        """Forget an acknowledged frame; False if no transmitted frame awaited it."""
+        entry = self._unacked.get(seq)
+        if entry is None or entry.tries == 0:
+            return False
+        del self._unacked[seq]
+        return True
+
+    def due(self, now: float) -> list[bytes]:
+        """Frames to transmit at ``now``, in seq order; re-arms their timeouts.
+
+        Returns nothing once ``failed``, which this call sets when a frame's
+        last timeout has expired.
+        """
+        if self.failed:
+            return []
+        frames: list[bytes] = []
+        end = self._window_end()
+        for seq, entry in self._unacked.items():
+            if seq >= end:
+                break
+            if entry.deadline > now:
+                continue
+            if entry.tries == MAX_TRIES:
+                self.failed = True
+                return []
+            if entry.tries:
+                self.retransmissions += 1
+            entry.tries += 1
+            entry.deadline = now + INITIAL_RTO * 2 ** (entry.tries - 1)
+            frames.append(entry.frame)
+        return frames
+
+    def next_deadline(self) -> float | None:
+        """When ``due`` next has work: -inf if right away, None if nothing waits."""
+        if self.failed:
+            return None
+        end = self._window_end()
+        deadline: float | None = None
+        for seq, entry in self._unacked.items():
+            if seq >= end:
+                break
+            if deadline is None or entry.deadline < deadline:
+                deadline = entry.deadline
+        return deadline
+
+    def _window_end(self) -> int:
+        """The first seq beyond the window."""
+        oldest = next(iter(self._unacked), self._next_seq)
+        return oldest + WINDOW
+
+
+class ReliableReceiver:
+    """The receiving half of a reliable session: in-order, exactly-once delivery.
+
+    The transport acks every frame for which ``on_frame`` does not return
+    ``None``, duplicates included, because the ack of the first copy may have
+    been lost and the sender keeps retransmitting until one arrives.
+    """
+
+    def __init__(self) -> None:
+        self.next_expected = 1
+        self.delivered = 0
+        self.duplicates = 0
+        # Frames too far ahead of next_expected to hold.
+        self.dropped = 0
+        self._held: dict[int, bytes] = {}
+
+    @property
+    def held(self) -> int:
+        """Frames received early, waiting for a gap before them to be filled."""
+        return len(self._held)
+
+    def on_frame(self, seq: int, frame: bytes) -> list[bytes] | None:
+        """Frames now deliverable in order; ``None`` if dropped unacked.
+
+        Returns ``[]`` for a duplicate (ack it all the same) or an early frame
+        that is held. seq must be 1 or more (ValueError otherwise).
+        """
+        _check_seq(seq)
+        if seq < self.next_expected or seq in self._held:
+            self.duplicates += 1
+            return []
+        if seq >= self.next_expected + WINDOW:
+            self.dropped += 1
+            return None
+        self._held[seq] = frame
+        frames: list[bytes] = []
+        while self.next_expected in self._held:
+            frames.append(self._held.pop(self.next_expected))
+            self.next_expected += 1
+        self.delivered += len(frames)
+        return frames

@@ -1,0 +1,344 @@
+"""Tests for common.reliable, driving time by hand with a float ``now``."""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import tracemalloc
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from common.reliable import (
+    INITIAL_RTO,
+    MAX_BACKLOG,
+    MAX_TRIES,
+    SEQ_HISTORY,
+    WINDOW,
+    ReliableReceiver,
+    ReliableSender,
+    SeqCounter,
+    SeqEvent,
+    SeqKind,
+)
+
+
+def frame_for(seq: int) -> bytes:
+    return b"frame %d" % seq
+
+
+def seq_of(frame: bytes) -> int:
+    return int(frame.split()[1])
+
+
+def queue_frames(sender: ReliableSender, count: int) -> None:
+    for _ in range(count):
+        seq = sender.next_seq
+        sender.queue(seq, frame_for(seq))
+
+
+# SeqCounter
+
+
+def test_seq_counter_scripted_drop_duplicate_reorder() -> None:
+    counter = SeqCounter()
+    script = [
+        (1, SeqEvent(SeqKind.NEW)),
+        (2, SeqEvent(SeqKind.NEW)),
+        (4, SeqEvent(SeqKind.GAP, missing=1)),
+        (5, SeqEvent(SeqKind.NEW)),
+        (3, SeqEvent(SeqKind.LATE)),
+        (5, SeqEvent(SeqKind.DUPLICATE)),
+        (8, SeqEvent(SeqKind.GAP, missing=2)),
+        (6, SeqEvent(SeqKind.LATE)),
+        (6, SeqEvent(SeqKind.DUPLICATE)),
+        (1, SeqEvent(SeqKind.DUPLICATE)),
+        (12, SeqEvent(SeqKind.GAP, missing=3)),
+    ]
+    for seq, expected in script:
+        assert counter.on_seq(seq) == expected, seq
+    assert counter.highest == 12
+    assert counter.received == 8
+    assert counter.lost == 4  # 7, 9, 10, 11
+    assert counter.repeated == 3
+    assert counter.reordered == 2
+
+
+def test_seq_counter_first_seq_after_one_counts_the_ones_before_as_lost() -> None:
+    counter = SeqCounter()
+    assert counter.on_seq(3) == SeqEvent(SeqKind.GAP, missing=2)
+    assert counter.on_seq(1) == SeqEvent(SeqKind.LATE)
+    assert (counter.lost, counter.reordered) == (1, 1)
+
+
+def test_seq_counter_seq_older_than_history_counts_as_repeated() -> None:
+    counter = SeqCounter()
+    counter.on_seq(1)
+    counter.on_seq(SEQ_HISTORY + 2)
+    assert counter.lost == SEQ_HISTORY
+    assert counter.on_seq(3) == SeqEvent(SeqKind.LATE)
+    assert counter.on_seq(2) == SeqEvent(SeqKind.DUPLICATE)
+    assert (counter.lost, counter.repeated, counter.reordered) == (SEQ_HISTORY - 1, 1, 1)
+
+
+def test_seq_counter_far_jump_allocates_nothing_in_proportion() -> None:
+    counter = SeqCounter()
+    for seq in range(1, 100):
+        counter.on_seq(seq)
+    jump = 10**9
+    tracemalloc.start()
+    try:
+        event = counter.on_seq(99 + jump)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert event == SeqEvent(SeqKind.GAP, missing=jump - 1)
+    assert peak < 10_000
+    assert counter.on_seq(100 + jump) == SeqEvent(SeqKind.NEW)
+    assert counter.on_seq(98 + jump) == SeqEvent(SeqKind.LATE)
+
+
+def test_seq_counter_rejects_seq_below_one() -> None:
+    with pytest.raises(ValueError):
+        SeqCounter().on_seq(0)
+
+
+# ReliableSender
+
+
+def test_retransmission_schedule_and_give_up() -> None:
+    sender = ReliableSender()
+    sender.queue(1, b"one")
+    assert sender.next_deadline() == -math.inf
+    now = 0.0
+    sent_at: list[float] = []
+    while True:
+        frames = sender.due(now)
+        if sender.failed:
+            break
+        assert frames == [b"one"]
+        sent_at.append(now)
+        deadline = sender.next_deadline()
+        assert deadline is not None
+        assert sender.due(deadline - 1e-9) == []
+        now = deadline
+    assert sent_at == pytest.approx([0.0, 0.2, 0.6, 1.4, 3.0, 6.2])
+    assert len(sent_at) == MAX_TRIES
+    assert now == pytest.approx(12.6)
+    assert sender.retransmissions == MAX_TRIES - 1
+    assert sender.next_deadline() is None
+    assert sender.due(now + 100) == []
+
+
+def test_ack_before_last_timeout_expires_keeps_session_alive() -> None:
+    sender = ReliableSender()
+    sender.queue(1, b"one")
+    now = 0.0
+    for _ in range(MAX_TRIES):
+        assert sender.due(now) == [b"one"]
+        deadline = sender.next_deadline()
+        assert deadline is not None
+        now = deadline
+    assert sender.on_ack(1)
+    assert sender.due(now) == []
+    assert not sender.failed
+    assert sender.next_deadline() is None
+    assert sender.pending == 0
+
+
+def test_each_frame_keeps_its_own_timer() -> None:
+    sender = ReliableSender()
+    sender.queue(1, b"one")
+    assert sender.due(0.0) == [b"one"]
+    sender.queue(2, b"two")
+    assert sender.due(0.1) == [b"two"]
+    assert sender.next_deadline() == pytest.approx(INITIAL_RTO)
+    assert sender.due(0.25) == [b"one"]
+    assert sender.due(0.31) == [b"two"]
+    assert sender.next_deadline() == pytest.approx(0.25 + 2 * INITIAL_RTO)
+
+
+def test_ack_of_unknown_duplicate_or_untransmitted_seq_is_refused() -> None:
+    sender = ReliableSender()
+    assert not sender.on_ack(1)
+    sender.queue(1, b"one")
+    assert not sender.on_ack(1)  # queued but never transmitted
+    sender.due(0.0)
+    assert not sender.on_ack(2)
+    assert sender.on_ack(1)
+    assert not sender.on_ack(1)
+
+
+def test_queue_requires_consecutive_seqs() -> None:
+    sender = ReliableSender()
+    with pytest.raises(ValueError):
+        sender.queue(2, b"two")
+    sender.queue(1, b"one")
+    with pytest.raises(ValueError):
+        sender.queue(1, b"one again")
+
+
+def test_window_full_frames_wait_until_the_oldest_is_acked() -> None:
+    sender = ReliableSender()
+    queue_frames(sender, WINDOW)
+    assert not sender.can_send
+    assert sender.due(0.0) == [frame_for(seq) for seq in range(1, WINDOW + 1)]
+    queue_frames(sender, 3)
+    assert sender.due(0.0) == []
+    assert sender.pending == WINDOW + 3
+
+    assert sender.on_ack(1)
+    assert sender.due(0.01) == [frame_for(WINDOW + 1)]
+    assert sender.on_ack(3)  # the oldest unacked is still 2: the window stays put
+    assert sender.due(0.02) == []
+    assert sender.on_ack(2)
+    assert sender.due(0.03) == [frame_for(WINDOW + 2), frame_for(WINDOW + 3)]
+    assert not sender.can_send
+    assert sender.on_ack(4)
+    assert sender.can_send
+    assert sender.pending == WINDOW - 1
+
+
+def test_backlog_overflow_is_reported() -> None:
+    sender = ReliableSender()
+    queue_frames(sender, WINDOW + MAX_BACKLOG)
+    assert not sender.overflowed
+    queue_frames(sender, 1)
+    assert sender.overflowed
+    assert sender.pending == WINDOW + MAX_BACKLOG
+    assert sender.next_seq == WINDOW + MAX_BACKLOG + 2
+
+
+# ReliableReceiver
+
+
+def test_in_order_delivery_with_holes_filled_later() -> None:
+    receiver = ReliableReceiver()
+    assert receiver.on_frame(1, b"1") == [b"1"]
+    assert receiver.on_frame(3, b"3") == []
+    assert receiver.on_frame(5, b"5") == []
+    assert receiver.held == 2
+    assert receiver.on_frame(2, b"2") == [b"2", b"3"]
+    assert receiver.on_frame(4, b"4") == [b"4", b"5"]
+    assert (receiver.next_expected, receiver.delivered, receiver.held) == (6, 5, 0)
+
+
+def test_duplicates_are_suppressed_and_counted() -> None:
+    receiver = ReliableReceiver()
+    assert receiver.on_frame(1, b"1") == [b"1"]
+    assert receiver.on_frame(1, b"1") == []  # already delivered
+    assert receiver.on_frame(3, b"3") == []
+    assert receiver.on_frame(3, b"3") == []  # already held
+    assert receiver.on_frame(2, b"2") == [b"2", b"3"]
+    assert (receiver.duplicates, receiver.delivered) == (2, 3)
+
+
+def test_far_future_seq_is_dropped_unacked() -> None:
+    receiver = ReliableReceiver()
+    assert receiver.on_frame(1 + WINDOW, b"far") is None
+    assert receiver.on_frame(10**12, b"farther") is None
+    assert receiver.dropped == 2
+    assert receiver.on_frame(WINDOW, b"edge") == []
+    assert receiver.held == 1
+    with pytest.raises(ValueError):
+        receiver.on_frame(0, b"zero")
+
+
+@st.composite
+def shuffled_with_duplicates(draw: st.DrawFn) -> tuple[int, list[int]]:
+    """Seqs 1..N, shuffled within blocks of WINDOW so each arrives within the
+    receiver's window, with copies of arrived seqs inserted later on."""
+    count = draw(st.integers(min_value=1, max_value=3 * WINDOW))
+    order: list[int] = []
+    for start in range(1, count + 1, WINDOW):
+        block = list(range(start, min(start + WINDOW, count + 1)))
+        order.extend(draw(st.permutations(block)))
+    copies = draw(st.lists(st.tuples(st.integers(0), st.integers(0)), max_size=count))
+    for source, offset in copies:
+        index = source % len(order)
+        order.insert(index + 1 + offset % (len(order) - index), order[index])
+    return count, order
+
+
+@settings(max_examples=50)
+@given(shuffled_with_duplicates())
+def test_receiver_delivers_each_seq_once_in_order(case: tuple[int, list[int]]) -> None:
+    count, order = case
+    receiver = ReliableReceiver()
+    delivered: list[bytes] = []
+    for seq in order:
+        frames = receiver.on_frame(seq, frame_for(seq))
+        assert frames is not None
+        delivered.extend(frames)
+    assert delivered == [frame_for(seq) for seq in range(1, count + 1)]
+    assert receiver.duplicates == len(order) - count
+    assert receiver.held == 0
+
+
+# A simulated lossy link between a sender and a receiver
+
+
+def run_lossy_link(
+    seed: int, count: int, loss: float
+) -> tuple[list[bytes], ReliableSender, ReliableReceiver]:
+    """Send count frames over a link that loses, delays and reorders both ways.
+
+    Returns what the receiver delivered once the sender has every frame
+    acknowledged or gives up.
+    """
+    rng = random.Random(seed)
+    sender = ReliableSender()
+    receiver = ReliableReceiver()
+    delivered: list[bytes] = []
+    # (arrival time, tie-break, is_ack, seq, frame)
+    wire: list[tuple[float, int, bool, int, bytes]] = []
+    tiebreak = itertools.count()
+    now = 0.0
+
+    def transmit(is_ack: bool, seq: int, frame: bytes) -> None:
+        if rng.random() >= loss:
+            arrival = now + rng.uniform(0.001, 0.08)
+            heapq.heappush(wire, (arrival, next(tiebreak), is_ack, seq, frame))
+
+    queue_frames(sender, count)
+    while sender.pending and not sender.failed:
+        deadline = sender.next_deadline()
+        assert deadline is not None
+        if wire and wire[0][0] <= deadline:
+            now, _, is_ack, seq, frame = heapq.heappop(wire)
+            if is_ack:
+                sender.on_ack(seq)
+            else:
+                frames = receiver.on_frame(seq, frame)
+                assert frames is not None
+                delivered.extend(frames)
+                transmit(True, seq, b"")
+        else:
+            now = max(now, deadline)
+        for frame in sender.due(now):
+            transmit(False, seq_of(frame), frame)
+    return delivered, sender, receiver
+
+
+def test_lossy_link_delivers_everything_once_in_order() -> None:
+    count = 300
+    delivered, sender, receiver = run_lossy_link(seed=7, count=count, loss=0.2)
+    assert not sender.failed
+    assert delivered == [frame_for(seq) for seq in range(1, count + 1)]
+    assert sender.retransmissions > 0
+    assert receiver.duplicates > 0
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(min_value=0, max_value=2**32))
+def test_lossy_link_delivers_an_in_order_prefix_or_everything(seed: int) -> None:
+    count = 100
+    delivered, sender, _ = run_lossy_link(seed=seed, count=count, loss=0.2)
+    expected = [frame_for(seq) for seq in range(1, count + 1)]
+    if sender.failed:
+        assert delivered == expected[: len(delivered)]
+    else:
+        assert delivered == expected
