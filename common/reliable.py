@@ -19,9 +19,8 @@ Who calls what:
   ``sender.on_ack(seq)`` for each ``ack`` and then transmits ``due(now)`` too,
   since an ack may open the window for frames waiting in the backlog. A timer
   thread sleeps until ``next_deadline()`` (``None``: until more is queued),
-  transmits ``due(now)``, and ends the
-  session with reason ``timeout`` once ``failed`` is true; ``overflowed``
-  ends it with reason ``too_slow``.
+  transmits ``due(now)``, and ends the session with reason ``timeout`` once
+  ``failed`` is true; ``overflowed`` ends it with reason ``too_slow``.
 * Reliable sessions, receiving: for each incoming frame with a ``seq``, call
   ``receiver.on_frame(seq, frame)``. Unless it returns ``None``, ack that
   ``seq`` (duplicates too: the previous ack may have been lost) and hand the
