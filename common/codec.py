@@ -1,0 +1,514 @@
+"""The chat's wire codec: frames as typed messages, with no socket in sight.
+
+Contract (the same for the TCP and the UDP transport, and for every client):
+
+* ``decode_client(data)`` and ``decode_server(data)`` take the bytes of one
+  frame (a TCP line without its ``\\n``, or one UDP datagram) and return a
+  ``Decoded``: the typed message plus the ``seq``/``session`` envelope that UDP
+  puts around it. Anything wrong raises a ``ProtocolError`` subclass whose
+  ``code`` is the protocol's error code, ready to be sent back as ``error``.
+* ``encode(message, seq=..., session=..., limit=...)`` returns the frame's
+  bytes (compact JSON, UTF-8, no newline). A list of names that would push the
+  frame past ``limit`` is cut to what fits; any other frame past the limit
+  raises ``TooLarge``, so nobody ever sends what a peer must refuse.
+* ``LineFramer`` turns a TCP byte stream, cut anywhere, into lines. It never
+  holds more than one frame's worth of an unfinished line.
+
+Nothing here reads a clock: the server passes ``ts`` in.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+MAX_FRAME_BYTES = 8192
+MAX_TEXT_CHARS = 2000
+MAX_NAME_CHARS = 24
+NAME_PUNCTUATION = frozenset("_-.")
+
+
+# --------------------------------------------------------------------------
+# Errors: each carries the protocol's code, so a transport answers with
+# ``Error(code=exc.code, text=str(exc))`` and nothing more.
+
+
+class ProtocolError(Exception):
+    """Something a peer sent (or asked for) is refused."""
+
+    code: ClassVar[str] = "bad_frame"
+
+
+class BadFrame(ProtocolError):
+    code = "bad_frame"
+
+
+class TooLarge(ProtocolError):
+    code = "too_large"
+
+
+class UnknownType(ProtocolError):
+    code = "unknown_type"
+
+
+class NotRegistered(ProtocolError):
+    code = "not_registered"
+
+
+class AlreadyRegistered(ProtocolError):
+    code = "already_registered"
+
+
+class NameInvalid(ProtocolError):
+    code = "name_invalid"
+
+
+class NameTaken(ProtocolError):
+    code = "name_taken"
+
+
+class TextInvalid(ProtocolError):
+    code = "text_invalid"
+
+
+class NoSuchUser(ProtocolError):
+    code = "no_such_user"
+
+
+class RateLimited(ProtocolError):
+    code = "rate_limited"
+
+
+class ServerFull(ProtocolError):
+    code = "server_full"
+
+
+# --------------------------------------------------------------------------
+# Validation of the two kinds of free-form field.
+
+
+def name_key(name: str) -> str:
+    """The form under which names are compared: case and width folded.
+
+    ``Bob``, ``BOB`` and the full-width ``Ｂｏｂ`` are one user, so nobody can
+    pass for someone else by changing case or character width.
+    """
+    return unicodedata.normalize("NFKC", name).casefold()
+
+
+def check_name(name: object) -> str:
+    """Return ``name`` if it is a valid user name, else raise ``NameInvalid``."""
+    if not isinstance(name, str):
+        raise NameInvalid("a name must be a string")
+    if not 1 <= len(name) <= MAX_NAME_CHARS:
+        raise NameInvalid(f"a name has 1 to {MAX_NAME_CHARS} characters")
+    for ch in name:
+        if not (ch.isalpha() or unicodedata.category(ch) == "Nd" or ch in NAME_PUNCTUATION):
+            raise NameInvalid(f"a name holds only letters, digits, '_', '-' and '.', not {ch!r}")
+    return name
+
+
+def check_text(text: object) -> str:
+    """Return ``text`` if it is a valid message text, else raise ``TextInvalid``.
+
+    Control characters (except tab) and lone surrogates are refused: the first
+    could rewrite a reader's terminal, the second cannot even be encoded.
+    """
+    if not isinstance(text, str):
+        raise TextInvalid("a text must be a string")
+    if not 1 <= len(text) <= MAX_TEXT_CHARS:
+        raise TextInvalid(f"a text has 1 to {MAX_TEXT_CHARS} characters")
+    for ch in text:
+        if ch != "\t" and unicodedata.category(ch) in ("Cc", "Cs"):
+            raise TextInvalid(f"a text holds no control characters, found U+{ord(ch):04X}")
+    return text
+
+
+def _check_seq(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise BadFrame("seq must be a non-negative integer")
+    return value
+
+
+# --------------------------------------------------------------------------
+# Messages from client to server.
+
+
+@dataclass(frozen=True, kw_only=True)
+class Hello:
+    type: ClassVar[str] = "hello"
+    name: str
+    reliable: bool = False
+    pad: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Say:
+    type: ClassVar[str] = "say"
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SendDm:
+    type: ClassVar[str] = "dm"
+    to: str
+    text: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Who:
+    type: ClassVar[str] = "who"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Nick:
+    type: ClassVar[str] = "nick"
+    name: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ping:
+    type: ClassVar[str] = "ping"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Bye:
+    """``bye``: from a client it means "I leave"; from the server, "you are out"."""
+
+    type: ClassVar[str] = "bye"
+    reason: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Ack:
+    type: ClassVar[str] = "ack"
+    seq: int
+
+
+# --------------------------------------------------------------------------
+# Messages from server to client.
+
+
+@dataclass(frozen=True, kw_only=True)
+class Welcome:
+    type: ClassVar[str] = "welcome"
+    name: str
+    users: tuple[str, ...]
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Msg:
+    type: ClassVar[str] = "msg"
+    sender: str
+    text: str
+    ts: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dm:
+    type: ClassVar[str] = "dm"
+    sender: str
+    to: str
+    text: str
+    ts: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Joined:
+    type: ClassVar[str] = "joined"
+    name: str
+    ts: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Left:
+    type: ClassVar[str] = "left"
+    name: str
+    reason: str
+    ts: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Renamed:
+    type: ClassVar[str] = "renamed"
+    old: str
+    new: str
+    ts: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Users:
+    type: ClassVar[str] = "users"
+    names: tuple[str, ...]
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pong:
+    type: ClassVar[str] = "pong"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Error:
+    type: ClassVar[str] = "error"
+    code: str
+    text: str
+
+    @classmethod
+    def of(cls, exc: ProtocolError) -> Error:
+        return cls(code=exc.code, text=str(exc))
+
+
+ClientMessage = Hello | Say | SendDm | Who | Nick | Ping | Bye | Ack
+ServerMessage = Welcome | Msg | Dm | Joined | Left | Renamed | Users | Pong | Error | Bye | Ack
+Message = ClientMessage | ServerMessage
+
+
+@dataclass(frozen=True, kw_only=True)
+class Decoded:
+    """One decoded frame: the message and the UDP envelope around it."""
+
+    message: Any
+    seq: int | None = None
+    session: str | None = None
+    fields: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+# --------------------------------------------------------------------------
+# Decoding.
+
+
+def _load_object(data: bytes) -> dict[str, Any]:
+    if len(data) > MAX_FRAME_BYTES:
+        raise TooLarge(f"a frame is at most {MAX_FRAME_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadFrame(f"a frame is UTF-8; byte {exc.start} is not") from None
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        raise BadFrame("a frame is one JSON object") from None
+    if not isinstance(obj, dict):
+        raise BadFrame("a frame is a JSON object")
+    if not isinstance(obj.get("type"), str):
+        raise BadFrame("a frame has a string field 'type'")
+    return obj
+
+
+def _envelope(obj: dict[str, Any]) -> tuple[int | None, str | None]:
+    seq = obj.get("seq")
+    session = obj.get("session")
+    if seq is not None:
+        seq = _check_seq(seq)
+    if session is not None and not isinstance(session, str):
+        raise BadFrame("session must be a string")
+    return seq, session
+
+
+def _client_message(obj: dict[str, Any]) -> ClientMessage:
+    kind = obj["type"]
+    if kind == "hello":
+        pad = obj.get("pad", "")
+        return Hello(
+            name=check_name(obj.get("name")),
+            reliable=obj.get("reliable") is True,
+            pad=pad if isinstance(pad, str) else "",
+        )
+    if kind == "say":
+        return Say(text=check_text(obj.get("text")))
+    if kind == "dm":
+        to = obj.get("to")
+        if not isinstance(to, str) or not to:
+            raise NoSuchUser("a dm names its receiver in 'to'")
+        return SendDm(to=to, text=check_text(obj.get("text")))
+    if kind == "who":
+        return Who()
+    if kind == "nick":
+        return Nick(name=check_name(obj.get("name")))
+    if kind == "ping":
+        return Ping()
+    if kind == "bye":
+        return Bye()
+    if kind == "ack":
+        return Ack(seq=_check_seq(obj.get("seq")))
+    raise UnknownType(f"unknown frame type {kind[:40]!r}")
+
+
+def decode_client(data: bytes) -> Decoded:
+    """Decode one client-to-server frame, validating every field the server uses."""
+    obj = _load_object(data)
+    seq, session = _envelope(obj)
+    return Decoded(message=_client_message(obj), seq=seq, session=session)
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        return ()
+    return tuple(n for n in value if isinstance(n, str))
+
+
+def _str(obj: dict[str, Any], key: str) -> str:
+    value = obj.get(key, "")
+    return value if isinstance(value, str) else str(value)
+
+
+def _int(obj: dict[str, Any], key: str) -> int:
+    value = obj.get(key, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _server_message(obj: dict[str, Any]) -> ServerMessage:
+    kind = obj["type"]
+    if kind == "welcome":
+        return Welcome(
+            name=_str(obj, "name"), users=_names(obj.get("users")), count=_int(obj, "count")
+        )
+    if kind == "msg":
+        return Msg(sender=_str(obj, "from"), text=_str(obj, "text"), ts=_int(obj, "ts"))
+    if kind == "dm":
+        return Dm(
+            sender=_str(obj, "from"), to=_str(obj, "to"), text=_str(obj, "text"), ts=_int(obj, "ts")
+        )
+    if kind == "joined":
+        return Joined(name=_str(obj, "name"), ts=_int(obj, "ts"))
+    if kind == "left":
+        return Left(name=_str(obj, "name"), reason=_str(obj, "reason"), ts=_int(obj, "ts"))
+    if kind == "renamed":
+        return Renamed(old=_str(obj, "old"), new=_str(obj, "new"), ts=_int(obj, "ts"))
+    if kind == "users":
+        return Users(names=_names(obj.get("names")), count=_int(obj, "count"))
+    if kind == "pong":
+        return Pong()
+    if kind == "error":
+        return Error(code=_str(obj, "code"), text=_str(obj, "text"))
+    if kind == "bye":
+        return Bye(reason=_str(obj, "reason"))
+    if kind == "ack":
+        return Ack(seq=_check_seq(obj.get("seq")))
+    raise UnknownType(f"unknown frame type {kind[:40]!r}")
+
+
+def decode_server(data: bytes) -> Decoded:
+    """Decode one server-to-client frame.
+
+    A client is lenient about the server's fields (a missing one reads as
+    empty) and leaves every safety check of what it shows to its display:
+    it must stay safe even against a server that lets anything through.
+    """
+    obj = _load_object(data)
+    seq, session = _envelope(obj)
+    return Decoded(message=_server_message(obj), seq=seq, session=session, fields=obj)
+
+
+# --------------------------------------------------------------------------
+# Encoding.
+
+
+WIRE_NAMES = {"sender": "from"}
+OMITTED_WHEN_EMPTY = frozenset({"reliable", "pad", "reason"})
+
+
+def _wire_fields(message: Message) -> dict[str, Any]:
+    """The JSON object of a message, its fields in declaration order."""
+    out: dict[str, Any] = {}
+    for f in fields(message):
+        value = getattr(message, f.name)
+        if f.name in OMITTED_WHEN_EMPTY and not value:
+            continue
+        out[WIRE_NAMES.get(f.name, f.name)] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _dumps(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def encode(
+    message: Message,
+    *,
+    seq: int | None = None,
+    session: str | None = None,
+    limit: int = MAX_FRAME_BYTES,
+) -> bytes:
+    """Encode a message as one frame of at most ``limit`` bytes.
+
+    For TCP, ``limit`` counts the ``\\n`` the transport adds, so a TCP caller
+    passes ``MAX_FRAME_BYTES - 1``. A ``welcome`` or ``users`` list is cut to
+    fit (``count`` still tells how many there are); anything else too big
+    raises ``TooLarge``.
+    """
+    obj: dict[str, Any] = {"type": message.type, **_wire_fields(message)}
+    if session is not None:
+        obj["session"] = session
+    if seq is not None:
+        obj["seq"] = seq
+    frame = _dumps(obj)
+    if len(frame) <= limit:
+        return frame
+    key = "users" if isinstance(message, Welcome) else "names"
+    if not isinstance(message, (Welcome, Users)):
+        raise TooLarge(f"the frame would be {len(frame)} bytes, more than {limit}")
+    names: list[str] = obj[key]
+    obj[key] = []
+    room = limit - len(_dumps(obj))
+    kept: list[str] = []
+    for name in names:
+        cost = len(_dumps({"": name})) - len('{"":}') + (1 if kept else 0)
+        if cost > room:
+            break
+        room -= cost
+        kept.append(name)
+    obj[key] = kept
+    return _dumps(obj)
+
+
+def encode_line(message: Message) -> bytes:
+    """Encode a message as one TCP line, ``\\n`` included."""
+    return encode(message, limit=MAX_FRAME_BYTES - 1) + b"\n"
+
+
+# --------------------------------------------------------------------------
+# TCP framing.
+
+
+class LineFramer:
+    """Split a TCP byte stream into lines, keeping the unfinished tail.
+
+    ``feed(data)`` returns the complete lines in ``data`` (without ``\\n`` or
+    a trailing ``\\r``; blank lines skipped). A line longer than the frame
+    limit raises ``TooLarge`` as soon as that is certain, without waiting
+    for its end: the buffer never grows past one frame.
+    """
+
+    def __init__(self, limit: int = MAX_FRAME_BYTES) -> None:
+        self._limit = limit
+        self._tail = b""
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """Yield the lines ``data`` completes, in order.
+
+        A line that is too long raises ``TooLarge`` where it stands, so the
+        good lines before it are still handled.
+        """
+        buffer = self._tail + data if self._tail else data
+        lines = buffer.split(b"\n")
+        self._tail = lines.pop()
+        for line in lines:
+            if len(line) >= self._limit:
+                raise TooLarge(f"a line is at most {self._limit} bytes")
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if line.strip():
+                yield line
+        if len(self._tail) >= self._limit:
+            raise TooLarge(f"a line is at most {self._limit} bytes")
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished line held back."""
+        return len(self._tail)

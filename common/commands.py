@@ -1,0 +1,62 @@
+"""What a person types, turned into protocol messages.
+
+The terminal clients and the server's text mode (``nc``/``telnet``) read
+the same commands, so they are parsed here once. A mistake in a command is
+a ``Usage`` error: shown to the person who typed it, never sent to anyone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from common.codec import Bye, ClientMessage, Nick, Say, SendDm, Who, check_name, check_text
+
+QUIT_WORDS = frozenset({"/quit", "/exit", "выход"})
+
+HELP_TEXT = """\
+commands:
+  /who             who is online
+  /msg NAME TEXT   a private message to NAME
+  /nick NAME       change your name
+  /quit            leave the chat (so does typing: выход)
+  /help            this help
+anything else is a message to everyone; start it with // to send a leading /"""
+
+
+class Usage(Exception):
+    """A command typed wrong; the text says how to type it right."""
+
+
+@dataclass(frozen=True)
+class ShowHelp:
+    """``/help``: answered locally, nothing goes on the wire."""
+
+
+def parse_command(line: str) -> ClientMessage | ShowHelp:
+    """Turn one typed line into a message, raising ``Usage`` or a ``ProtocolError``.
+
+    The text and name rules are checked here too, so a person hears about
+    a bad name before anything is sent.
+    """
+    stripped = line.strip()
+    if stripped.casefold() in QUIT_WORDS:
+        return Bye()
+    if not stripped.startswith("/") or stripped.startswith("//"):
+        return Say(text=check_text(line[1:] if stripped.startswith("//") else line))
+    command, _, rest = stripped.partition(" ")
+    command = command.lower()
+    rest = rest.strip()
+    if command == "/who":
+        return Who()
+    if command == "/help":
+        return ShowHelp()
+    if command == "/nick":
+        if not rest:
+            raise Usage("usage: /nick NAME")
+        return Nick(name=check_name(rest))
+    if command in ("/msg", "/dm"):
+        to, _, text = rest.partition(" ")
+        if not to or not text.strip():
+            raise Usage("usage: /msg NAME TEXT")
+        return SendDm(to=to, text=check_text(text.strip()))
+    raise Usage(f"unknown command {command[:30]}; /help lists the commands")

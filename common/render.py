@@ -1,0 +1,110 @@
+"""Server messages as lines a person reads.
+
+Used by the terminal clients and by the server's text mode. Everything that
+came from the network goes through ``safe`` first: a peer (or a server that
+lets anything through) must not be able to move the cursor, clear, retitle
+or spoof a reader's screen with control characters or escape sequences.
+"""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from dataclasses import dataclass
+
+from common.codec import Dm, Error, Joined, Left, Msg, Renamed, ServerMessage, Users, Welcome
+
+UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+
+LEFT_REASONS = {
+    "quit": "left",
+    "disconnected": "disconnected",
+    "timeout": "timed out",
+    "too_slow": "was dropped (too slow to read)",
+    "shutdown": "left (server shutdown)",
+}
+
+
+def safe(text: str) -> str:
+    """``text`` with every control or formatting character made visible and inert."""
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch == "\t":
+            out.append("    ")
+        elif unicodedata.category(ch) in UNSAFE_CATEGORIES:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def clock(ts_ms: int) -> str:
+    """The local wall-clock time of a server timestamp, HH:MM:SS."""
+    if ts_ms <= 0:
+        return time.strftime("%H:%M:%S")
+    return time.strftime("%H:%M:%S", time.localtime(ts_ms / 1000))
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line to show. ``kind`` is chat, dm, system or error."""
+
+    kind: str
+    text: str
+    time: str = ""
+    who: str = ""
+    own: bool = False
+
+    def plain(self) -> str:
+        stamp = f"{self.time} " if self.time else ""
+        if self.kind == "chat":
+            return f"{stamp}<{self.who}> {self.text}"
+        if self.kind == "dm":
+            return f"{stamp}[{self.who}] {self.text}"
+        if self.kind == "error":
+            return f"! {self.text}"
+        return f"{stamp}* {self.text}"
+
+
+def describe(message: ServerMessage, me: str = "") -> Line | None:
+    """The line that shows ``message`` to the user named ``me`` (None: nothing to show)."""
+    if isinstance(message, Msg):
+        return Line(
+            "chat",
+            safe(message.text),
+            clock(message.ts),
+            safe(message.sender),
+            own=message.sender == me,
+        )
+    if isinstance(message, Dm):
+        own = message.sender == me
+        who = f"dm to {safe(message.to)}" if own else f"dm from {safe(message.sender)}"
+        return Line("dm", safe(message.text), clock(message.ts), who, own=own)
+    if isinstance(message, Joined):
+        return Line("system", f"{safe(message.name)} joined", clock(message.ts))
+    if isinstance(message, Left):
+        how = LEFT_REASONS.get(message.reason, f"left ({safe(message.reason)})")
+        return Line("system", f"{safe(message.name)} {how}", clock(message.ts))
+    if isinstance(message, Renamed):
+        text = f"{safe(message.old)} is now {safe(message.new)}"
+        return Line("system", text, clock(message.ts))
+    if isinstance(message, Users):
+        more = (
+            ""
+            if len(message.names) >= message.count
+            else f" and {message.count - len(message.names)} more"
+        )
+        names = ", ".join(safe(n) for n in message.names)
+        return Line("system", f"online ({message.count}): {names}{more}")
+    if isinstance(message, Welcome):
+        others = [safe(n) for n in message.users if n != message.name]
+        who = ", ".join(others) if others else "nobody else yet"
+        return Line(
+            "system", f"welcome, {safe(message.name)}! online: {who} ({message.count} in all)"
+        )
+    if isinstance(message, Error):
+        return Line("error", safe(message.text or message.code))
+    return None

@@ -1,0 +1,111 @@
+"""What both servers share outside the protocol: their limits, flags and logs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass
+
+DEFAULT_PORT = 8080
+
+
+@dataclass(frozen=True, kw_only=True)
+class Limits:
+    """The protocol's Limits table, as one server was started with them."""
+
+    hello_timeout: float = 10.0
+    rate_limit: float = 20.0
+    burst: int = 50
+    max_users: int = 10000
+    max_outbox: int = 1048576
+    session_timeout: float = 15.0
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, **extra: float) -> Limits:
+        return cls(
+            hello_timeout=args.hello_timeout,
+            rate_limit=args.rate_limit,
+            burst=args.burst,
+            max_users=args.max_users,
+            **extra,  # type: ignore[arg-type]
+        )
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+    return value
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags both servers take, with the protocol's defaults."""
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="port to listen on; 0 picks a free one (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--hello-timeout",
+        type=positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time a new client has to send a good hello (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rate-limit",
+        type=non_negative_float,
+        default=20.0,
+        metavar="PER_SECOND",
+        help="frames a client may send per second, sustained; 0 turns the limit off "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--burst",
+        type=positive_int,
+        default=50,
+        metavar="N",
+        help="frames a client may send in a burst (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-users",
+        type=positive_int,
+        default=10000,
+        metavar="N",
+        help="registered users at most; past it a hello gets server_full (default: %(default)s)",
+    )
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("--quiet", "-q", action="store_true", help="log only warnings")
+    loudness.add_argument("--verbose", "-v", action="store_true", help="log every connection too")
+
+
+def configure_logging(quiet: bool, verbose: bool) -> None:
+    """Readable lines on stderr: time, level, what happened."""
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)-7s %(message)s", datefmt="%H:%M:%S"
+    )
+
+
+def now_ms() -> int:
+    """The protocol's ``ts``: wall-clock milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,534 @@
+"""The TCP chat server: one thread per client connection.
+
+Threads, each named and owned by the server:
+
+* ``main``: accepts connections and starts one reader thread each; it also
+  catches SIGINT/SIGTERM and runs the shutdown.
+* ``client-HOST:PORT``: reads its client's lines, decodes them with the
+  shared codec and answers; a broadcast is written by the thread of the
+  client who spoke, straight into every recipient's socket, with no hand-off
+  to another thread in the common case.
+* ``writer-HOST:PORT``: exists only while its client reads slower than the
+  chat talks; it waits for the socket to drain, so nobody else ever does.
+
+Locks: the registry's lock orders broadcasts (see ``common.registry``);
+each connection's ``_lock`` guards its outbox. Bytes are queued under the
+locks and written outside them.
+
+Writes: ``Connection.queue`` appends an encoded frame to the outbox. The
+thread that finds the outbox idle becomes its flusher and writes with
+``MSG_DONTWAIT``, taking everything queued meanwhile in one ``send``
+(coalescing). If the kernel buffer is full, a writer thread takes over.
+Past ``--max-outbox`` bytes the client is dropped as ``too_slow``.
+
+Shutdown rule: ``stop()`` may be called from any thread (a signal handler
+sets the event; ``main`` acts on it): it stops accepting, sends every
+client ``bye``, waits a short grace period for them to close, then shuts
+the remaining sockets and joins every thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import resource
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+from common.codec import (
+    Ack,
+    AlreadyRegistered,
+    Bye,
+    ClientMessage,
+    Dm,
+    Error,
+    Hello,
+    Joined,
+    Left,
+    LineFramer,
+    Msg,
+    Nick,
+    NoSuchUser,
+    NotRegistered,
+    Ping,
+    Pong,
+    ProtocolError,
+    RateLimited,
+    Renamed,
+    Say,
+    SendDm,
+    ServerFull,
+    ServerMessage,
+    TooLarge,
+    Users,
+    Welcome,
+    Who,
+    check_name,
+    decode_client,
+    encode_line,
+)
+from common.commands import HELP_TEXT, ShowHelp, Usage, parse_command
+from common.ratelimit import TokenBucket
+from common.registry import Registry
+from common.render import describe
+from common.serverargs import Limits, add_common_arguments, configure_logging, now_ms
+
+log = logging.getLogger("tcp.server")
+
+POLL_INTERVAL = 0.2
+SHUTDOWN_GRACE = 1.0
+THREAD_STACK_BYTES = 256 * 1024
+RECV_BYTES = 65536
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 3
+UNREGISTERED_HEADROOM = 64
+
+
+class Outgoing:
+    """One server message, encoded at most once per format however many receive it."""
+
+    def __init__(self, message: ServerMessage) -> None:
+        self.message = message
+        self._json: bytes | None = None
+        self._text: bytes | None = None
+
+    def for_session(self, text_mode: bool, me: str = "") -> bytes:
+        if not text_mode:
+            if self._json is None:
+                self._json = encode_line(self.message)
+            return self._json
+        if self._text is None or me:
+            self._text = b""
+            if isinstance(self.message, Bye):
+                self._text = b"* the server is shutting down\n"
+            elif (line := describe(self.message, me)) is not None:
+                self._text = (line.plain() + "\n").encode("utf-8")
+        return self._text
+
+
+class Connection:
+    """One client: its socket, its reader thread and its outbox."""
+
+    def __init__(self, server: ChatServer, sock: socket.socket, addr: tuple[str, int]) -> None:
+        self.server = server
+        self.sock = sock
+        self.label = f"{addr[0]}:{addr[1]}"
+        self.text_mode = False
+        self.bucket = TokenBucket(server.limits.rate_limit, server.limits.burst, time.monotonic())
+        self.thread = threading.Thread(target=self.serve, name=f"client-{self.label}", daemon=True)
+        self._lock = threading.Lock()
+        self._out = bytearray()
+        self._flushing = False
+        self._closing = False
+        self._too_slow = False
+        self._writer: threading.Thread | None = None
+        self._after_flush_shutdown = False
+
+    # ---- writing -------------------------------------------------------
+
+    def queue(self, data: bytes) -> bool:
+        """Append ``data`` to the outbox; True means the caller must ``attend()``.
+
+        Safe under the registry lock: no I/O. True when the outbox was idle
+        (the caller becomes its flusher) or has just overflowed.
+        """
+        with self._lock:
+            if self._closing:
+                return False
+            if len(self._out) + len(data) > self.server.limits.max_outbox:
+                self._closing = self._too_slow = True
+                return True
+            self._out += data
+            if self._flushing:
+                return False
+            self._flushing = True
+            return True
+
+    def attend(self) -> None:
+        """Do what ``queue`` asked for: drop an overflowed client or flush."""
+        if self._too_slow:
+            self.server.drop(self, "too_slow")
+        else:
+            self._flush()
+
+    def send(self, outgoing: Outgoing) -> None:
+        """Queue one message for this client alone and write it."""
+        if self.queue(
+            outgoing.for_session(self.text_mode, self.server.registry.name_of(self) or "")
+        ):
+            self.attend()
+
+    def _flush(self) -> None:
+        """Write the outbox without blocking; hand a backlog to a writer thread."""
+        while True:
+            with self._lock:
+                if self._closing or not self._out:
+                    self._flushing = False
+                    shutdown = self._after_flush_shutdown and not self._out
+                    break
+                data, self._out = self._out, bytearray()
+            try:
+                sent = self.sock.send(data, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.shut(socket.SHUT_RDWR)
+                return
+            if sent < len(data):
+                writer = threading.Thread(
+                    target=self._write_backlog, name=f"writer-{self.label}", daemon=True
+                )
+                with self._lock:
+                    del data[:sent]
+                    data += self._out
+                    self._out = data
+                    self._writer = writer
+                writer.start()
+                return
+        if shutdown:
+            self.shut(socket.SHUT_WR)
+
+    def _write_backlog(self) -> None:
+        """Block on a client that reads slowly, so that nobody else has to."""
+        try:
+            while True:
+                with self._lock:
+                    if self._closing or not self._out:
+                        self._flushing = False
+                        shutdown = self._after_flush_shutdown and not self._out
+                        break
+                    data, self._out = self._out, bytearray()
+                self.sock.sendall(data)
+            if shutdown:
+                self.shut(socket.SHUT_WR)
+        except OSError:
+            self.shut(socket.SHUT_RDWR)
+
+    def goodbye(self) -> None:
+        """Send ``bye`` (shutdown), then end our side of the stream once it is written."""
+        with self._lock:
+            self._after_flush_shutdown = True
+        if self.queue(Outgoing(Bye(reason="shutdown")).for_session(self.text_mode)):
+            self.attend()
+
+    def shut(self, how: int) -> None:
+        with self._lock:
+            if how == socket.SHUT_RDWR:
+                self._closing = True
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(how)
+
+    # ---- reading -------------------------------------------------------
+
+    def serve(self) -> None:
+        """The reader thread: lines in, answers and broadcasts out."""
+        reason = "disconnected"
+        deadline = time.monotonic() + self.server.limits.hello_timeout
+        framer = LineFramer()
+        first_line = True
+        try:
+            while True:
+                registered = self.server.registry.name_of(self) is not None
+                self.sock.settimeout(None if registered else max(0.01, deadline - time.monotonic()))
+                try:
+                    data = self.sock.recv(RECV_BYTES)
+                except TimeoutError:
+                    log.info("%s sent no hello in time, closing", self.label)
+                    break
+                if not data:
+                    break
+                for line in framer.feed(data):
+                    if first_line:
+                        self.text_mode = not line.lstrip().startswith(b"{")
+                        first_line = False
+                    if not self.on_line(line):
+                        reason = "quit"
+                        return
+        except TooLarge as exc:
+            log.info("%s sent a frame that is too large, closing", self.label)
+            self.send(Outgoing(Error.of(exc)))
+            self.shut(socket.SHUT_WR)
+        except OSError as exc:
+            log.debug("%s: %s", self.label, exc)
+        finally:
+            self.server.drop(self, reason)
+            self.shut(socket.SHUT_RDWR)
+            writer = self._writer
+            if writer is not None:
+                writer.join(timeout=SHUTDOWN_GRACE)
+            self.sock.close()
+            self.server.forget(self)
+
+    def on_line(self, line: bytes) -> bool:
+        """Handle one line; False once the client has said ``bye``."""
+        name = self.server.registry.name_of(self)
+        try:
+            if not self.bucket.allow(time.monotonic()):
+                raise RateLimited("slow down: too many frames")
+            if self.text_mode:
+                message = self.parse_text(line, registered=name is not None)
+                if message is None:
+                    return True
+            else:
+                message = decode_client(line).message
+            return self.server.handle(self, name, message)
+        except ProtocolError as exc:
+            log.info("%s (%s): %s %s", self.label, name or "-", exc.code, exc)
+            self.send(Outgoing(Error.of(exc)))
+            if isinstance(exc, ServerFull):
+                self.shut(socket.SHUT_WR)
+                return False
+            return True
+
+    def parse_text(self, line: bytes, registered: bool) -> ClientMessage | None:
+        """A text-mode line: the name first, then messages and commands."""
+        try:
+            text = line.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            self.say_plain("! that line is not UTF-8")
+            return None
+        if not registered:
+            return Hello(name=check_name(text.strip()))
+        try:
+            command = parse_command(text)
+        except Usage as exc:
+            self.say_plain(f"! {exc}")
+            return None
+        if isinstance(command, ShowHelp):
+            self.say_plain(HELP_TEXT)
+            return None
+        return command
+
+    def say_plain(self, text: str) -> None:
+        if self.queue((text + "\n").encode("utf-8")):
+            self.attend()
+
+
+@dataclass
+class ChatServer:
+    """The listening socket, the registry and the live connections."""
+
+    limits: Limits
+    host: str = "127.0.0.1"
+    port: int = 8080
+    nodelay: bool = True
+
+    def __post_init__(self) -> None:
+        self.registry: Registry[Connection] = Registry(self.limits.max_users)
+        self.stopping = threading.Event()
+        self._connections: set[Connection] = set()
+        self._connections_lock = threading.Lock()
+        self.listener = socket.create_server((self.host, self.port), reuse_port=False, backlog=1024)
+        self.listener.settimeout(POLL_INTERVAL)
+        self.address: tuple[str, int] = self.listener.getsockname()[:2]
+
+    # ---- accepting -----------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Accept until ``stopping`` is set, re-checking it every poll interval."""
+        log.warning("chat server listening on %s:%d", *self.address)
+        while not self.stopping.is_set():
+            try:
+                sock, addr = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError as exc:
+                log.warning("accept failed: %s", exc)
+                self.stopping.wait(POLL_INTERVAL)
+                continue
+            self._admit(sock, addr)
+        self._shutdown()
+
+    def _admit(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.nodelay))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        conn = Connection(self, sock, addr)
+        with self._connections_lock:
+            crowded = len(self._connections) >= self.limits.max_users + UNREGISTERED_HEADROOM
+            if not crowded:
+                self._connections.add(conn)
+        if crowded:
+            log.info("%s refused: too many connections", conn.label)
+            refusal = encode_line(Error.of(ServerFull("the server is full")))
+            with contextlib.suppress(OSError):
+                sock.send(refusal, socket.MSG_DONTWAIT)
+            sock.close()
+            return
+        log.debug("%s connected", conn.label)
+        try:
+            conn.thread.start()
+        except RuntimeError:
+            log.warning("%s refused: cannot start another thread", conn.label)
+            self.forget(conn)
+            sock.close()
+
+    def forget(self, conn: Connection) -> None:
+        with self._connections_lock:
+            self._connections.discard(conn)
+
+    def connections(self) -> list[Connection]:
+        with self._connections_lock:
+            return list(self._connections)
+
+    # ---- the chat ------------------------------------------------------
+
+    def broadcast(self, message: ServerMessage, exclude: Connection | None = None) -> None:
+        """Queue ``message`` to every user in one total order, then write it."""
+        outgoing = Outgoing(message)
+        to_attend: list[Connection] = []
+
+        def deliver(conn: Connection) -> None:
+            if conn.queue(outgoing.for_session(conn.text_mode)):
+                to_attend.append(conn)
+
+        self.registry.fan_out(deliver, exclude=exclude)
+        for conn in to_attend:
+            conn.attend()
+
+    def handle(self, conn: Connection, name: str | None, message: ClientMessage) -> bool:
+        """Act on one decoded message; False when the client leaves."""
+        if isinstance(message, Bye):
+            return False
+        if name is None:
+            if not isinstance(message, Hello):
+                raise NotRegistered('say hello first: {"type":"hello","name":"..."}')
+            self.register(conn, message.name)
+        elif isinstance(message, Say):
+            self.broadcast(Msg(sender=name, text=message.text, ts=now_ms()))
+        elif isinstance(message, SendDm):
+            self.direct(conn, name, message)
+        elif isinstance(message, Who):
+            names = self.registry.names()
+            conn.send(Outgoing(Users(names=tuple(names), count=len(names))))
+        elif isinstance(message, Nick):
+            old = self.registry.rename(conn, message.name)
+            log.info("%s renamed to %s", old, message.name)
+            self.broadcast(Renamed(old=old, new=message.name, ts=now_ms()))
+        elif isinstance(message, Ping):
+            conn.send(Outgoing(Pong()))
+        elif isinstance(message, Hello):
+            raise AlreadyRegistered(f"you are already registered as {name}")
+        elif isinstance(message, Ack):
+            pass
+        return True
+
+    def register(self, conn: Connection, name: str) -> None:
+        attend = False
+
+        def greet(names: list[str]) -> None:
+            nonlocal attend
+            welcome = Outgoing(Welcome(name=name, users=tuple(names), count=len(names)))
+            attend = conn.queue(welcome.for_session(conn.text_mode, name))
+
+        self.registry.join(name, conn, greet)
+        if attend:
+            conn.attend()
+        if conn.text_mode:
+            conn.say_plain("* type a message and press Enter; /help lists the commands")
+        log.info("%s joined from %s (%s)", name, conn.label, "text" if conn.text_mode else "json")
+        self.broadcast(Joined(name=name, ts=now_ms()), exclude=conn)
+
+    def direct(self, conn: Connection, name: str, message: SendDm) -> None:
+        found = self.registry.find(message.to)
+        if found is None:
+            raise NoSuchUser(f"nobody called {message.to[:40]} is online")
+        target, target_name = found
+        dm = Outgoing(Dm(sender=name, to=target_name, text=message.text, ts=now_ms()))
+        target.send(dm)
+        if target is not conn:
+            conn.send(dm)
+
+    def drop(self, conn: Connection, reason: str) -> None:
+        """Take ``conn`` out of the chat (once) and tell the others why."""
+        if reason == "too_slow":
+            conn.shut(socket.SHUT_RDWR)
+        name = self.registry.leave(conn)
+        if name is None:
+            return
+        log.info("%s left (%s)", name, reason)
+        self.broadcast(Left(name=name, reason=reason, ts=now_ms()))
+
+    # ---- stopping ------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _shutdown(self) -> None:
+        self.listener.close()
+        conns = self.connections()
+        log.warning("shutting down: saying bye to %d connection(s)", len(conns))
+        for conn in conns:
+            conn.goodbye()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        for conn in conns:
+            conn.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for conn in conns:
+            conn.shut(socket.SHUT_RDWR)
+        for conn in conns:
+            conn.thread.join(timeout=SHUTDOWN_GRACE)
+        log.warning("stopped")
+
+
+def raise_open_file_limit() -> None:
+    """Thousands of clients need thousands of descriptors: take all we may."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tcp.server",
+        description="The TCP chat server: one thread per client. JSON clients and plain "
+        "text clients (nc, telnet) share one room.",
+        epilog="Try it: python -m tcp.server, then in two other terminals: nc 127.0.0.1 8080",
+    )
+    add_common_arguments(parser)
+    parser.add_argument(
+        "--max-outbox",
+        type=int,
+        default=1048576,
+        metavar="BYTES",
+        help="bytes waiting to be written to one client before it is dropped as too slow "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--nagle",
+        action="store_true",
+        help="leave Nagle's algorithm on (TCP_NODELAY off), to measure what it costs",
+    )
+    args = parser.parse_args(argv)
+    configure_logging(args.quiet, args.verbose)
+    raise_open_file_limit()
+    threading.stack_size(THREAD_STACK_BYTES)
+    try:
+        server = ChatServer(
+            Limits.from_args(args, max_outbox=args.max_outbox),
+            host=args.host,
+            port=args.port,
+            nodelay=not args.nagle,
+        )
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
