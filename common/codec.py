@@ -23,7 +23,7 @@ import json
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeGuard
 
 MAX_FRAME_BYTES = 8192
 MAX_TEXT_CHARS = 2000
@@ -127,9 +127,13 @@ def check_text(text: object) -> str:
     return text
 
 
+def _is_seq(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
 def _check_seq(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadFrame("seq must be a non-negative integer")
+    if not _is_seq(value):
+        raise BadFrame("seq is a whole number from 1 up")
     return value
 
 
@@ -301,13 +305,10 @@ def _load_object(data: bytes) -> dict[str, Any]:
 
 
 def _envelope(obj: dict[str, Any]) -> tuple[int | None, str | None]:
+    """The UDP envelope; a malformed one reads as absent (TCP does not use it)."""
     seq = obj.get("seq")
     session = obj.get("session")
-    if seq is not None:
-        seq = _check_seq(seq)
-    if session is not None and not isinstance(session, str):
-        raise BadFrame("session must be a string")
-    return seq, session
+    return (seq if _is_seq(seq) else None), (session if isinstance(session, str) else None)
 
 
 def _client_message(obj: dict[str, Any]) -> ClientMessage:

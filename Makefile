@@ -1,0 +1,33 @@
+# The chat lab. `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.DEFAULT_GOAL := help
+.PHONY: help run-tcp test lint clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+run-tcp: ## start the TCP chat server on HOST:PORT (default 127.0.0.1:8080)
+	$(PYTHON) -m tcp.server --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.installed ## run the whole test suite
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed ## ruff and mypy
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+clean: ## remove the virtual environment and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
