@@ -64,6 +64,7 @@ from common.codec import (
     Say,
     SendDm,
     ServerFull,
+    TextInvalid,
     ServerMessage,
     TooLarge,
     Users,
@@ -96,6 +97,16 @@ class Outgoing:
         self.message = message
         self._json: bytes | None = None
         self._text: bytes | None = None
+
+    @classmethod
+    def checked(cls, message: ServerMessage) -> Outgoing:
+        """Encode a message built from a client's text, refusing one too big to send."""
+        outgoing = cls(message)
+        try:
+            outgoing.for_session(text_mode=False)
+        except TooLarge:
+            raise TextInvalid("that message is too long once encoded; send it in parts") from None
+        return outgoing
 
     def for_session(self, text_mode: bool, me: str = "") -> bytes:
         if not text_mode:
@@ -383,7 +394,7 @@ class ChatServer:
 
     def broadcast(self, message: ServerMessage, exclude: Connection | None = None) -> None:
         """Queue ``message`` to every user in one total order, then write it."""
-        outgoing = Outgoing(message)
+        outgoing = Outgoing.checked(message)
         to_attend: list[Connection] = []
 
         def deliver(conn: Connection) -> None:
@@ -442,7 +453,7 @@ class ChatServer:
         if found is None:
             raise NoSuchUser(f"nobody called {message.to[:40]} is online")
         target, target_name = found
-        dm = Outgoing(Dm(sender=name, to=target_name, text=message.text, ts=now_ms()))
+        dm = Outgoing.checked(Dm(sender=name, to=target_name, text=message.text, ts=now_ms()))
         target.send(dm)
         if target is not conn:
             conn.send(dm)
