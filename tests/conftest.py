@@ -1,0 +1,187 @@
+"""Shared fixtures: servers as real processes, and a small JSON-lines client."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+READY = re.compile(r"listening on (\S+):(\d+)")
+WAIT = 5.0
+
+
+class ServerProcess:
+    """A chat server started as its own process on a free port."""
+
+    def __init__(self, module: str, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", *args],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._drain, name="server-stderr", daemon=True)
+        self._reader.start()
+        match = self.wait_for_log(READY)
+        self.host, self.port = match.group(1), int(match.group(2))
+
+    def _drain(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for_log(self, pattern: re.Pattern[str] | str, timeout: float = WAIT) -> re.Match[str]:
+        """Wait until a log line matches ``pattern``; fail with the log if none does."""
+        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if match := regex.search(line):
+                        return match
+                seen = len(self.lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no log line matches {regex.pattern!r}:\n{self.log}")
+                self._changed.wait(left)
+
+    @property
+    def log(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT) -> int:
+        """Signal the server and wait for it to exit; return its exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+    def threads(self) -> int:
+        """The server's current number of threads, from /proc."""
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        return int(re.search(r"Threads:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[..., ServerProcess]]:
+    """Start servers (``start_server("tcp.server", "--burst", "5")``); all stop at the end."""
+    started: list[ServerProcess] = []
+
+    def start(module: str, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(module, *args, env=env)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop(signal.SIGKILL)
+
+
+@pytest.fixture
+def tcp_server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
+    """A TCP chat server with the rate limit off."""
+    return start_server("tcp.server", "--rate-limit", "0")
+
+
+class JsonClient:
+    """A bare-bones JSON-lines client for tests: send dicts, read frames."""
+
+    def __init__(self, address: tuple[str, int], name: str | None = None) -> None:
+        self.sock = socket.create_connection(address, timeout=WAIT)
+        self.buffer = b""
+        self.name = name
+        if name is not None:
+            self.send({"type": "hello", "name": name})
+            self.expect("welcome")
+
+    def send(self, frame: dict[str, Any]) -> None:
+        self.sock.sendall(json.dumps(frame, ensure_ascii=False).encode() + b"\n")
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def recv(self, timeout: float = WAIT) -> dict[str, Any]:
+        """The next frame; AssertionError when none comes in time or the stream ends."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError("no frame arrived in time")
+            self.sock.settimeout(left)
+            try:
+                chunk = self.sock.recv(65536)
+            except TimeoutError:
+                raise AssertionError("no frame arrived in time") from None
+            if not chunk:
+                raise EOFError("the server closed the connection")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        frame: dict[str, Any] = json.loads(line)
+        return frame
+
+    def expect(self, kind: str, timeout: float = WAIT, **fields: Any) -> dict[str, Any]:
+        """Read frames until one of ``kind`` with ``fields`` arrives, skipping others."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self.recv(max(0.0, deadline - time.monotonic()))
+            if frame["type"] == kind and all(frame.get(k) == v for k, v in fields.items()):
+                return frame
+
+    def closed(self, timeout: float = WAIT) -> bool:
+        """True once the server has closed this connection (frames before it are skipped)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                self.recv(max(0.0, deadline - time.monotonic()))
+        except EOFError:
+            return True
+        except ConnectionResetError:
+            return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def connect() -> Iterator[Callable[..., JsonClient]]:
+    """Open JSON clients (``connect(server.address, "alice")``); all close at the end."""
+    clients: list[JsonClient] = []
+
+    def open_client(address: tuple[str, int], name: str | None = None) -> JsonClient:
+        client = JsonClient(address, name)
+        clients.append(client)
+        return client
+
+    yield open_client
+    for client in clients:
+        client.close()
