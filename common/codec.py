@@ -23,7 +23,7 @@ import json
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, TypeGuard
+from typing import Any, ClassVar, NoReturn, TypeGuard
 
 MAX_FRAME_BYTES = 8192
 MAX_TEXT_CHARS = 2000
@@ -501,13 +501,18 @@ class LineFramer:
         self._tail = lines.pop()
         for line in lines:
             if len(line) >= self._limit:
-                raise TooLarge(f"a line is at most {self._limit} bytes")
+                self._refuse()
             if line.endswith(b"\r"):
                 line = line[:-1]
             if line.strip():
                 yield line
         if len(self._tail) >= self._limit:
-            raise TooLarge(f"a line is at most {self._limit} bytes")
+            self._refuse()
+
+    def _refuse(self) -> NoReturn:
+        """Give up on the stream: a frame boundary can no longer be trusted."""
+        self._tail = b""
+        raise TooLarge(f"a line is at most {self._limit} bytes")
 
     @property
     def pending(self) -> int:
