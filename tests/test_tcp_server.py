@@ -1,0 +1,411 @@
+"""The TCP server as a real process, driven over real sockets on loopback."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WAIT, JsonClient, ServerProcess
+
+Connect = Callable[..., JsonClient]
+Start = Callable[..., ServerProcess]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / 100
+
+
+# ---- the chat ---------------------------------------------------------------
+
+
+def test_welcome_msg_dm_who_nick_ping_bye(tcp_server: ServerProcess, connect: Connect) -> None:
+    alice = connect(tcp_server.address)
+    alice.send({"type": "hello", "name": "Алиса"})
+    assert alice.recv() == {"type": "welcome", "name": "Алиса", "users": ["Алиса"], "count": 1}
+    bob = connect(tcp_server.address, "bob")
+    assert alice.expect("joined")["name"] == "bob"
+
+    alice.send({"type": "say", "text": "привет"})
+    for client in (alice, bob):
+        msg = client.expect("msg")
+        assert (msg["from"], msg["text"]) == ("Алиса", "привет")
+        assert abs(msg["ts"] - time.time() * 1000) < 60_000
+
+    alice.send({"type": "dm", "to": "BOB", "text": "psst"})
+    for client in (alice, bob):
+        dm = client.expect("dm")
+        assert (dm["from"], dm["to"], dm["text"]) == ("Алиса", "bob", "psst")
+
+    bob.send({"type": "who"})
+    assert bob.expect("users") == {"type": "users", "names": ["bob", "Алиса"], "count": 2}
+    bob.send({"type": "ping"})
+    assert bob.expect("pong") == {"type": "pong"}
+
+    bob.send({"type": "nick", "name": "Bobby"})
+    for client in (alice, bob):
+        assert client.expect("renamed")["new"] == "Bobby"
+
+    bob.send({"type": "bye"})
+    assert bob.closed()
+    left = alice.expect("left")
+    assert (left["name"], left["reason"]) == ("Bobby", "quit")
+
+
+def test_every_error_code_that_keeps_the_session(start_server: Start, connect: Connect) -> None:
+    server = start_server("tcp.server", "--rate-limit", "0")
+    c = connect(server.address)
+    c.send({"type": "who"})
+    assert c.expect("error")["code"] == "not_registered"
+    c.send({"type": "hello", "name": "bad name"})
+    assert c.expect("error")["code"] == "name_invalid"
+    connect(server.address, "taken")
+    c.send({"type": "hello", "name": "TAKEN"})
+    assert c.expect("error")["code"] == "name_taken"
+    c.send({"type": "hello", "name": "carol"})
+    c.expect("welcome")
+    cases: list[tuple[bytes, str]] = [
+        (b"not json\n", "bad_frame"),
+        (b'{"type":"say","text":"\xff\xfe"}\n', "bad_frame"),
+        (b'{"type":"teleport"}\n', "unknown_type"),
+        (b'{"type":"hello","name":"carol2"}\n', "already_registered"),
+        (b'{"type":"say","text":"\\u001b[2J"}\n', "text_invalid"),
+        (b'{"type":"say","text":""}\n', "text_invalid"),
+        (b'{"type":"dm","to":"nobody","text":"hi"}\n', "no_such_user"),
+        (b'{"type":"nick","name":"taken"}\n', "name_taken"),
+    ]
+    for data, code in cases:
+        c.send_raw(data)
+        error = c.expect("error")
+        assert error["code"] == code, data
+        assert error["text"]
+    c.send({"type": "say", "text": "still here"})
+    assert c.expect("msg")["text"] == "still here"
+
+
+def test_rate_limit_refuses_past_the_burst_and_goes_on(
+    start_server: Start, connect: Connect
+) -> None:
+    server = start_server("tcp.server", "--rate-limit", "5", "--burst", "3")
+    c = connect(server.address, "speedy")
+    c.send_raw(b'{"type":"ping"}\n' * 4)
+    kinds = [c.recv() for _ in range(4)]
+    assert [k["type"] for k in kinds] == ["pong", "pong", "error", "error"]
+    assert {k["code"] for k in kinds[2:]} == {"rate_limited"}
+    time.sleep(0.25)
+    c.send({"type": "ping"})
+    assert c.recv()["type"] == "pong"
+
+
+def test_too_large_gets_an_error_then_the_connection_closes(
+    tcp_server: ServerProcess, connect: Connect
+) -> None:
+    c = connect(tcp_server.address, "big")
+    other = connect(tcp_server.address, "other")
+    c.send_raw(b'{"type":"say","text":"' + b"x" * 9000 + b'"}\n')
+    assert c.expect("error")["code"] == "too_large"
+    assert c.closed()
+    assert other.expect("left", name="big")["reason"] == "disconnected"
+
+
+def test_server_full_refuses_and_closes(start_server: Start, connect: Connect) -> None:
+    server = start_server("tcp.server", "--max-users", "2")
+    connect(server.address, "one")
+    connect(server.address, "two")
+    third = connect(server.address)
+    third.send({"type": "hello", "name": "three"})
+    assert third.expect("error")["code"] == "server_full"
+    assert third.closed()
+
+
+def test_hello_timeout_drops_a_silent_connection(start_server: Start, connect: Connect) -> None:
+    server = start_server("tcp.server", "--hello-timeout", "0.3")
+    silent = connect(server.address)
+    assert silent.closed(timeout=WAIT)
+    server.wait_for_log("no hello in time")
+    late = connect(server.address)
+    late.send_raw(b'{"type":"hel')
+    assert late.closed(timeout=WAIT)
+
+
+# ---- ordering and slow readers ---------------------------------------------
+
+
+def test_total_order_with_a_dozen_concurrent_senders(
+    tcp_server: ServerProcess, connect: Connect
+) -> None:
+    senders = [connect(tcp_server.address, f"s{i}") for i in range(12)]
+    watchers = [connect(tcp_server.address, f"w{i}") for i in range(3)]
+    per_sender = 40
+    start = threading.Barrier(len(senders))
+
+    def talk(client: JsonClient) -> None:
+        start.wait()
+        for n in range(per_sender):
+            client.send({"type": "say", "text": f"{client.name}:{n}"})
+
+    threads = [threading.Thread(target=talk, args=(s,)) for s in senders]
+    for thread in threads:
+        thread.start()
+    total = len(senders) * per_sender
+    seen: list[list[str]] = []
+    for client in senders + watchers:
+        texts = [client.expect("msg")["text"] for _ in range(total)]
+        seen.append(texts)
+    for thread in threads:
+        thread.join()
+    assert all(texts == seen[0] for texts in seen)
+    assert len(set(seen[0])) == total
+    for sender in senders:
+        mine = [t for t in seen[0] if t.startswith(f"{sender.name}:")]
+        assert mine == [f"{sender.name}:{n}" for n in range(per_sender)]
+
+
+def test_a_client_that_never_reads_is_dropped_and_stalls_nobody(
+    start_server: Start, connect: Connect
+) -> None:
+    server = start_server("tcp.server", "--rate-limit", "0", "--max-outbox", "200000")
+    sleeper = socket.socket()
+    sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sleeper.connect(server.address)
+    sleeper.sendall(b'{"type":"hello","name":"sleeper"}\n')
+    talker = connect(server.address, "talker")
+    text = "x" * 1990
+    sent = 0
+    left = None
+    while left is None and sent < 5000:
+        talker.send({"type": "say", "text": f"{sent} {text}"})
+        sent += 1
+        while left is None:
+            frame = talker.recv()
+            if frame["type"] == "left":
+                left = frame
+            elif frame["type"] == "msg" and frame["text"].startswith(f"{sent - 1} "):
+                break
+    assert left is not None, "the reader that never reads was never dropped"
+    assert (left["name"], left["reason"]) == ("sleeper", "too_slow")
+    server.wait_for_log("sleeper left \\(too_slow\\)")
+    talker.send({"type": "say", "text": "after"})
+    assert talker.expect("msg", text="after")
+    sleeper.close()
+
+
+# ---- hostile and broken clients --------------------------------------------
+
+
+def test_garbage_vanishing_and_reset_clients_never_hurt_the_others(
+    tcp_server: ServerProcess, connect: Connect
+) -> None:
+    watcher = connect(tcp_server.address, "watcher")
+    rng = random.Random(7)
+    for _ in range(20):
+        junk = connect(tcp_server.address)
+        junk.send_raw(bytes(rng.randrange(256) for _ in range(rng.randrange(1, 3000))))
+        junk.close()
+    half = connect(tcp_server.address, "half")
+    half.send_raw(b'{"type":"say","te')
+    reset = connect(tcp_server.address, "reset")
+    reset.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    reset.close()
+    half.close()
+    gone = {watcher.expect("left")["name"] for _ in range(2)}
+    assert gone == {"half", "reset"}
+    watcher.send({"type": "say", "text": "all fine"})
+    assert watcher.expect("msg")["text"] == "all fine"
+    assert tcp_server.proc.poll() is None
+
+
+def test_an_idle_server_with_hostile_leftovers_does_not_spin(
+    tcp_server: ServerProcess, connect: Connect
+) -> None:
+    half = connect(tcp_server.address, "half")
+    half.send_raw(b'{"type":"say","te')
+    connect(tcp_server.address).send_raw(b"\xff\xfe\x00")
+    connect(tcp_server.address, "idle")
+    before = cpu_seconds(tcp_server.proc.pid)
+    time.sleep(0.5)
+    assert cpu_seconds(tcp_server.proc.pid) - before < 0.1
+
+
+def test_no_thread_is_left_after_clients_leave(tcp_server: ServerProcess, connect: Connect) -> None:
+    baseline = tcp_server.threads()
+    clients = [connect(tcp_server.address, f"t{i}") for i in range(20)]
+    assert tcp_server.threads() >= baseline + 20
+    for i, client in enumerate(clients):
+        if i % 2:
+            client.send({"type": "bye"})
+        else:
+            client.close()
+    assert wait_until(lambda: tcp_server.threads() == baseline), tcp_server.threads()
+
+
+def test_500_clients_register_and_one_broadcast_reaches_them_all(
+    tcp_server: ServerProcess,
+) -> None:
+    socks = []
+    for i in range(500):
+        sock = socket.create_connection(tcp_server.address, timeout=WAIT)
+        sock.sendall(b'{"type":"hello","name":"c%d"}\n' % i)
+        socks.append(sock)
+    speaker = JsonClient(tcp_server.address, "speaker")
+    speaker.send({"type": "who"})
+    assert speaker.expect("users")["count"] == 501
+    speaker.send({"type": "say", "text": "to all 500"})
+    marker = b'"text":"to all 500"'
+    for sock in socks:
+        data = b""
+        while marker not in data:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "connection closed before the broadcast arrived"
+            data = data[-64:] + chunk
+        sock.close()
+    speaker.close()
+
+
+# ---- text mode -----------------------------------------------------------------
+
+
+def test_text_sessions_and_json_sessions_share_one_room(
+    tcp_server: ServerProcess, connect: Connect
+) -> None:
+    alice = connect(tcp_server.address, "alice")
+    nc = socket.create_connection(tcp_server.address, timeout=WAIT)
+    lines = nc.makefile("rb")
+    nc.sendall(b"bob\n")
+    assert b"welcome, bob" in lines.readline()
+    assert b"/help" in lines.readline()
+    assert alice.expect("joined")["name"] == "bob"
+    nc.sendall("hello from nc ☺\n".encode())
+    assert alice.expect("msg") | {"ts": 0} == {
+        "type": "msg", "from": "bob", "text": "hello from nc ☺", "ts": 0
+    }  # fmt: skip
+    assert lines.readline().decode().endswith("<bob> hello from nc ☺\n")
+    alice.send({"type": "say", "text": "hi bob"})
+    assert lines.readline().decode().endswith("<alice> hi bob\n")
+    nc.sendall(b"/msg alice secret\n/who\n/nope\n\xff\n")
+    assert alice.expect("dm")["text"] == "secret"
+    assert b"[dm to alice] secret" in lines.readline()
+    assert b"online (2): alice, bob" in lines.readline()
+    assert lines.readline().startswith(b"! unknown command /nope")
+    assert lines.readline().startswith(b"! that line is not UTF-8")
+    nc.sendall(b"/quit\n")
+    assert alice.expect("left") | {"ts": 0} == {
+        "type": "left", "name": "bob", "reason": "quit", "ts": 0
+    }  # fmt: skip
+    nc.close()
+
+
+def test_text_mode_asks_again_for_a_taken_name(tcp_server: ServerProcess, connect: Connect) -> None:
+    connect(tcp_server.address, "alice")
+    nc = socket.create_connection(tcp_server.address, timeout=WAIT)
+    lines = nc.makefile("rb")
+    nc.sendall(b"ALICE\n")
+    assert lines.readline().startswith(b"! the name alice is taken")
+    nc.sendall(b"alice2\n")
+    assert b"welcome, alice2" in lines.readline()
+    nc.close()
+
+
+# ---- shutdown and restart ---------------------------------------------------
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signals_say_bye_to_everyone_and_exit_cleanly(
+    start_server: Start, connect: Connect, sig: int
+) -> None:
+    server = start_server("tcp.server")
+    clients = [connect(server.address, f"u{i}") for i in range(5)]
+    unregistered = connect(server.address)
+    nc = socket.create_connection(server.address, timeout=WAIT)
+    nc.sendall(b"textuser\n")
+    nc.makefile("rb").readline()
+    started = time.monotonic()
+    server.proc.send_signal(sig)
+    for client in [*clients, unregistered]:
+        assert client.expect("bye") == {"type": "bye", "reason": "shutdown"}
+        assert client.closed()
+    assert b"shutting down" in nc.makefile("rb").read()
+    assert server.proc.wait(timeout=WAIT) == 0
+    assert time.monotonic() - started < 2.0
+    server.wait_for_log("stopped")
+
+
+def test_a_client_that_ignores_bye_cannot_hold_up_the_shutdown(start_server: Start) -> None:
+    server = start_server("tcp.server")
+    stubborn = socket.create_connection(server.address)
+    stubborn.sendall(b'{"type":"hello","name":"stubborn"}\n')
+    server.wait_for_log("stubborn joined")
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=WAIT) == 0
+    stubborn.close()
+
+
+def test_restart_on_the_same_port_right_away(start_server: Start, connect: Connect) -> None:
+    first = start_server("tcp.server")
+    client = connect(first.address, "x")
+    client.send({"type": "say", "text": "hi"})
+    client.expect("msg")
+    assert first.stop() == 0
+    client.close()
+    second = ServerProcess("tcp.server", "--port", str(first.port))
+    try:
+        assert second.port == first.port
+    finally:
+        second.stop()
+
+
+def test_help_lists_every_limit_flag() -> None:
+    out = subprocess.run(
+        ["python3", "-m", "tcp.server", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    ).stdout
+    for flag in (
+        "--host", "--port", "--hello-timeout", "--rate-limit", "--burst",
+        "--max-users", "--max-outbox", "--nagle", "--quiet", "--verbose",
+    ):  # fmt: skip
+        assert flag in out
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss from iproute2")
+def test_keepalive_is_on_for_every_connection(tcp_server: ServerProcess, connect: Connect) -> None:
+    connect(tcp_server.address, "kept")
+    out = subprocess.run(
+        ["ss", "-tnoH", "state", "established", f"( sport = :{tcp_server.port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "keepalive" in out, out
+
+
+def test_json_frames_are_compact_utf8_lines(tcp_server: ServerProcess) -> None:
+    sock = socket.create_connection(tcp_server.address, timeout=WAIT)
+    sock.sendall('{"type":"hello","name":"Zoë"}\r\n'.encode())
+    line = sock.makefile("rb").readline()
+    assert line == '{"type":"welcome","name":"Zoë","users":["Zoë"],"count":1}\n'.encode()
+    assert json.loads(line)["name"] == "Zoë"
+    sock.close()
