@@ -133,6 +133,7 @@ class Connection:
         self.bucket = TokenBucket(server.limits.rate_limit, server.limits.burst, time.monotonic())
         self.thread = threading.Thread(target=self.serve, name=f"client-{self.label}", daemon=True)
         self._lock = threading.Lock()
+        self._max_outbox = server.limits.max_outbox
         self._out = bytearray()
         self._flushing = False
         self._closing = False
@@ -151,7 +152,7 @@ class Connection:
         with self._lock:
             if self._closing:
                 return False
-            if len(self._out) + len(data) > self.server.limits.max_outbox:
+            if len(self._out) + len(data) > self._max_outbox:
                 self._closing = self._too_slow = True
                 return True
             self._out += data
@@ -395,10 +396,11 @@ class ChatServer:
     def broadcast(self, message: ServerMessage, exclude: Connection | None = None) -> None:
         """Queue ``message`` to every user in one total order, then write it."""
         outgoing = Outgoing.checked(message)
+        as_json = outgoing.for_session(text_mode=False)
         to_attend: list[Connection] = []
 
         def deliver(conn: Connection) -> None:
-            if conn.queue(outgoing.for_session(conn.text_mode)):
+            if conn.queue(outgoing.for_session(True) if conn.text_mode else as_json):
                 to_attend.append(conn)
 
         self.registry.fan_out(deliver, exclude=exclude)
