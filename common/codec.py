@@ -425,7 +425,7 @@ def _wire_fields(message: Message) -> dict[str, Any]:
     return out
 
 
-def _dumps(obj: dict[str, Any]) -> bytes:
+def _dumps(obj: object) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
@@ -448,24 +448,26 @@ def encode(
         obj["session"] = session
     if seq is not None:
         obj["seq"] = seq
+    if isinstance(message, (Welcome, Users)):
+        _fit_names(obj, "users" if isinstance(message, Welcome) else "names", limit)
     frame = _dumps(obj)
-    if len(frame) <= limit:
-        return frame
-    key = "users" if isinstance(message, Welcome) else "names"
-    if not isinstance(message, (Welcome, Users)):
+    if len(frame) > limit:
         raise TooLarge(f"the frame would be {len(frame)} bytes, more than {limit}")
+    return frame
+
+
+def _fit_names(obj: dict[str, Any], key: str, limit: int) -> None:
+    """Cut the list ``obj[key]`` to what fits in ``limit`` bytes, costing only what it keeps."""
     names: list[str] = obj[key]
     obj[key] = []
     room = limit - len(_dumps(obj))
     kept: list[str] = []
     for name in names:
-        cost = len(_dumps({"": name})) - len('{"":}') + (1 if kept else 0)
-        if cost > room:
+        room -= len(_dumps(name)) + (1 if kept else 0)
+        if room < 0:
             break
-        room -= cost
         kept.append(name)
     obj[key] = kept
-    return _dumps(obj)
 
 
 def encode_line(message: Message) -> bytes:

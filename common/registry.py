@@ -37,10 +37,11 @@ class Registry(Generic[M]):
     def join(
         self, name: str, member: M, greet: Callable[[list[str]], None] | None = None
     ) -> list[str]:
-        """Register ``member`` as ``name``; return the names online, sorted.
+        """Register ``member`` as ``name``; return the names online, oldest first.
 
         ``greet`` gets those names under the lock, so the welcome it queues
-        comes before anything broadcast after the join.
+        comes before anything broadcast after the join. They are not sorted:
+        a join must cost little even with thousands online.
         """
         key = name_key(name)
         with self._lock:
@@ -52,7 +53,7 @@ class Registry(Generic[M]):
                 raise ServerFull(f"the server is full ({self._max_users} users)")
             self._by_key[key] = member
             self._names[member] = name
-            names = sorted(self._names.values(), key=name_key)
+            names = list(self._names.values())
             if greet is not None:
                 greet(names)
             return names
