@@ -2,29 +2,30 @@
 
 Threads, each named and owned by the server:
 
-* ``main``: accepts connections and starts one reader thread each; it also
-  catches SIGINT/SIGTERM and runs the shutdown.
+* ``MainThread``: accepts connections and starts one reader thread each;
+  signals only set a flag, and this thread then runs the shutdown.
 * ``client-HOST:PORT``: reads its client's lines, decodes them with the
-  shared codec and answers; a broadcast is written by the thread of the
-  client who spoke, straight into every recipient's socket, with no hand-off
-  to another thread in the common case.
+  shared codec and acts on them. A broadcast is encoded once and queued to
+  every recipient's outbox; no socket is written here.
+* ``flusher``: writes every outbox that has something new, one ``send``
+  each, without blocking. While it writes to one client, frames for the
+  others pile up, so under load one ``send`` carries many frames: the
+  busier the chat, the cheaper each delivery. One hand-off per message,
+  none per delivery.
 * ``writer-HOST:PORT``: exists only while its client reads slower than the
-  chat talks; it waits for the socket to drain, so nobody else ever does.
+  chat talks; it blocks on that one socket, so nobody else ever waits.
 
-Locks: the registry's lock orders broadcasts (see ``common.registry``);
-each connection's ``_lock`` guards its outbox. Bytes are queued under the
-locks and written outside them.
+Locks: the registry's lock orders broadcasts (see ``common.registry``), so
+every client gets the messages in one order. Each connection's ``_lock``
+guards its outbox and may be taken inside the registry's, never the other
+way round. Bytes are queued under the locks and written outside them.
 
-Writes: ``Connection.queue`` appends an encoded frame to the outbox. The
-thread that finds the outbox idle becomes its flusher and writes with
-``MSG_DONTWAIT``, taking everything queued meanwhile in one ``send``
-(coalescing). If the kernel buffer is full, a writer thread takes over.
-Past ``--max-outbox`` bytes the client is dropped as ``too_slow``.
+Past ``--max-outbox`` queued bytes a client is dropped as ``too_slow``.
 
-Shutdown rule: ``stop()`` may be called from any thread (a signal handler
-sets the event; ``main`` acts on it): it stops accepting, sends every
-client ``bye``, waits a short grace period for them to close, then shuts
-the remaining sockets and joins every thread.
+Shutdown rule: a signal sets ``stopping``; the accept loop sees it within
+one poll interval, stops accepting, sends every client ``bye``, waits a
+short grace period for them to close, then shuts the remaining sockets and
+joins every thread it started.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import queue
 import resource
 import signal
 import socket
@@ -136,6 +138,7 @@ class Connection:
         self._max_outbox = server.limits.max_outbox
         self._out = bytearray()
         self._flushing = False
+        self._idle = threading.Condition(self._lock)
         self._closing = False
         self._too_slow = False
         self._writer: threading.Thread | None = None
@@ -143,54 +146,57 @@ class Connection:
 
     # ---- writing -------------------------------------------------------
 
-    def queue(self, data: bytes) -> bool:
-        """Append ``data`` to the outbox; True means the caller must ``attend()``.
+    def queue(self, data: bytes) -> None:
+        """Append ``data`` to the outbox and, if it was idle, hand it to the flusher.
 
-        Safe under the registry lock: no I/O. True when the outbox was idle
-        (the caller becomes its flusher) or has just overflowed.
+        Safe under the registry lock: no I/O, and ``SimpleQueue.put`` never blocks.
         """
         with self._lock:
             if self._closing:
-                return False
+                return
             if len(self._out) + len(data) > self._max_outbox:
                 self._closing = self._too_slow = True
-                return True
-            self._out += data
-            if self._flushing:
-                return False
-            self._flushing = True
-            return True
+            else:
+                self._out += data
+                if self._flushing:
+                    return
+                self._flushing = True
+        self.server.dirty.put(self)
 
     def attend(self) -> None:
-        """Do what ``queue`` asked for: drop an overflowed client or flush."""
+        """The flusher's turn with this client: drop it if it overflowed, else write."""
         if self._too_slow:
             self.server.drop(self, "too_slow")
         else:
             self._flush()
 
     def send(self, outgoing: Outgoing) -> None:
-        """Queue one message for this client alone and write it."""
-        if self.queue(
-            outgoing.for_session(self.text_mode, self.server.registry.name_of(self) or "")
-        ):
-            self.attend()
+        """Queue one message for this client alone."""
+        self.queue(outgoing.for_session(self.text_mode, self.server.registry.name_of(self) or ""))
+
+    def _take(self) -> bytearray | None:
+        """The bytes to write next, or None: the outbox is empty and writing ends."""
+        with self._lock:
+            if not self._closing and self._out:
+                data, self._out = self._out, bytearray()
+                return data
+            self._flushing = False
+            self._idle.notify_all()
+            finished = self._after_flush_shutdown and not self._closing
+        if finished:
+            self.shut(socket.SHUT_WR)
+        return None
 
     def _flush(self) -> None:
         """Write the outbox without blocking; hand a backlog to a writer thread."""
-        while True:
-            with self._lock:
-                if self._closing or not self._out:
-                    self._flushing = False
-                    shutdown = self._after_flush_shutdown and not self._out
-                    break
-                data, self._out = self._out, bytearray()
+        while (data := self._take()) is not None:
             try:
                 sent = self.sock.send(data, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 sent = 0
             except OSError:
                 self.shut(socket.SHUT_RDWR)
-                return
+                sent = len(data)
             if sent < len(data):
                 writer = threading.Thread(
                     target=self._write_backlog, name=f"writer-{self.label}", daemon=True
@@ -202,31 +208,26 @@ class Connection:
                     self._writer = writer
                 writer.start()
                 return
-        if shutdown:
-            self.shut(socket.SHUT_WR)
 
     def _write_backlog(self) -> None:
         """Block on a client that reads slowly, so that nobody else has to."""
         try:
-            while True:
-                with self._lock:
-                    if self._closing or not self._out:
-                        self._flushing = False
-                        shutdown = self._after_flush_shutdown and not self._out
-                        break
-                    data, self._out = self._out, bytearray()
+            while (data := self._take()) is not None:
                 self.sock.sendall(data)
-            if shutdown:
-                self.shut(socket.SHUT_WR)
         except OSError:
             self.shut(socket.SHUT_RDWR)
+            self._take()
+
+    def wait_written(self, timeout: float) -> None:
+        """Wait (bounded) until everything queued so far has been handed to the kernel."""
+        with self._lock:
+            self._idle.wait_for(lambda: not self._flushing, timeout)
 
     def goodbye(self) -> None:
         """Send ``bye`` (shutdown), then end our side of the stream once it is written."""
         with self._lock:
             self._after_flush_shutdown = True
-        if self.queue(Outgoing(Bye(reason="shutdown")).for_session(self.text_mode)):
-            self.attend()
+        self.queue(Outgoing(Bye(reason="shutdown")).for_session(self.text_mode))
 
     def shut(self, how: int) -> None:
         with self._lock:
@@ -264,11 +265,11 @@ class Connection:
         except TooLarge as exc:
             log.info("%s sent a frame that is too large, closing", self.label)
             self.send(Outgoing(Error.of(exc)))
-            self.shut(socket.SHUT_WR)
         except OSError as exc:
             log.debug("%s: %s", self.label, exc)
         finally:
             self.server.drop(self, reason)
+            self.wait_written(SHUTDOWN_GRACE)
             self.shut(socket.SHUT_RDWR)
             writer = self._writer
             if writer is not None:
@@ -277,7 +278,7 @@ class Connection:
             self.server.forget(self)
 
     def on_line(self, line: bytes) -> bool:
-        """Handle one line; False once the client has said ``bye``."""
+        """Handle one line; False when the session ends (``bye``, or a full server)."""
         name = self.server.registry.name_of(self)
         try:
             if not self.bucket.allow(time.monotonic()):
@@ -292,10 +293,7 @@ class Connection:
         except ProtocolError as exc:
             log.info("%s (%s): %s %s", self.label, name or "-", exc.code, exc)
             self.send(Outgoing(Error.of(exc)))
-            if isinstance(exc, ServerFull):
-                self.shut(socket.SHUT_WR)
-                return False
-            return True
+            return not isinstance(exc, ServerFull)
 
     def parse_text(self, line: bytes, registered: bool) -> ClientMessage | None:
         """A text-mode line: the name first, then messages and commands."""
@@ -317,8 +315,7 @@ class Connection:
         return command
 
     def say_plain(self, text: str) -> None:
-        if self.queue((text + "\n").encode("utf-8")):
-            self.attend()
+        self.queue((text + "\n").encode("utf-8"))
 
 
 @dataclass
@@ -335,6 +332,8 @@ class ChatServer:
         self.stopping = threading.Event()
         self._connections: set[Connection] = set()
         self._connections_lock = threading.Lock()
+        self.dirty: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
+        self.flusher = threading.Thread(target=self._flush_loop, name="flusher", daemon=True)
         self.listener = socket.create_server((self.host, self.port), reuse_port=False, backlog=1024)
         self.listener.settimeout(POLL_INTERVAL)
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
@@ -343,6 +342,7 @@ class ChatServer:
 
     def serve_forever(self) -> None:
         """Accept until ``stopping`` is set, re-checking it every poll interval."""
+        self.flusher.start()
         log.warning("chat server listening on %s:%d", *self.address)
         while not self.stopping.is_set():
             try:
@@ -394,18 +394,14 @@ class ChatServer:
     # ---- the chat ------------------------------------------------------
 
     def broadcast(self, message: ServerMessage, exclude: Connection | None = None) -> None:
-        """Queue ``message`` to every user in one total order, then write it."""
+        """Queue ``message`` to every user, in one total order; the flusher writes it."""
         outgoing = Outgoing.checked(message)
         as_json = outgoing.for_session(text_mode=False)
-        to_attend: list[Connection] = []
 
         def deliver(conn: Connection) -> None:
-            if conn.queue(outgoing.for_session(True) if conn.text_mode else as_json):
-                to_attend.append(conn)
+            conn.queue(outgoing.for_session(True) if conn.text_mode else as_json)
 
         self.registry.fan_out(deliver, exclude=exclude)
-        for conn in to_attend:
-            conn.attend()
 
     def handle(self, conn: Connection, name: str | None, message: ClientMessage) -> bool:
         """Act on one decoded message; False when the client leaves."""
@@ -435,16 +431,11 @@ class ChatServer:
         return True
 
     def register(self, conn: Connection, name: str) -> None:
-        attend = False
-
         def greet(names: list[str]) -> None:
-            nonlocal attend
             welcome = Outgoing(Welcome(name=name, users=tuple(names), count=len(names)))
-            attend = conn.queue(welcome.for_session(conn.text_mode, name))
+            conn.queue(welcome.for_session(conn.text_mode, name))
 
         self.registry.join(name, conn, greet)
-        if attend:
-            conn.attend()
         if conn.text_mode:
             conn.say_plain("* type a message and press Enter; /help lists the commands")
         log.info("%s joined from %s (%s)", name, conn.label, "text" if conn.text_mode else "json")
@@ -488,7 +479,21 @@ class ChatServer:
             conn.shut(socket.SHUT_RDWR)
         for conn in conns:
             conn.thread.join(timeout=SHUTDOWN_GRACE)
+        self.dirty.put(None)
+        self.flusher.join(timeout=SHUTDOWN_GRACE)
         log.warning("stopped")
+
+    def _flush_loop(self) -> None:
+        """The flusher thread: write each outbox that has something new, in turn.
+
+        While it writes to one client, frames for the others pile up in their
+        outboxes, so the busier the chat, the more frames each ``send`` carries.
+        """
+        while (conn := self.dirty.get()) is not None:
+            try:
+                conn.attend()
+            except Exception:
+                log.exception("writing to %s failed", conn.label)
 
 
 def raise_open_file_limit() -> None:
