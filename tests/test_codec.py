@@ -197,7 +197,7 @@ def test_server_messages_round_trip(message: Msg | Users) -> None:
 valid_lines = st.lists(
     st.builds(
         lambda t: encode(Say(text=t)),
-        st.text(st.characters(exclude_categories=("Cs",)), min_size=1),
+        st.text(st.characters().filter(lambda c: not "\ud800" <= c <= "\udfff"), min_size=1),
     ).filter(lambda b: len(b) < MAX_FRAME_BYTES),
     min_size=1,
     max_size=12,
