@@ -22,13 +22,21 @@ class Limits:
     session_timeout: float = 15.0
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, **extra: float) -> Limits:
+    def from_args(
+        cls,
+        args: argparse.Namespace,
+        *,
+        max_outbox: int = 1048576,
+        session_timeout: float = 15.0,
+    ) -> Limits:
+        """The limits of ``add_common_arguments``, plus the one flag each server adds."""
         return cls(
             hello_timeout=args.hello_timeout,
             rate_limit=args.rate_limit,
             burst=args.burst,
             max_users=args.max_users,
-            **extra,  # type: ignore[arg-type]
+            max_outbox=max_outbox,
+            session_timeout=session_timeout,
         )
 
 
