@@ -1,0 +1,67 @@
+"""Server messages as readable lines, and nothing from the network left raw."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.codec import Dm, Error, Joined, Left, Msg, Pong, Renamed, Users, Welcome
+from common.render import Line, describe, safe
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain", "plain"),
+        ("tab\there", "tab    here"),
+        ("\x1b[2J\x1b]0;pwned\x07", "\\x1b[2J\\x1b]0;pwned\\x07"),
+        ("c1 \x9b31m", "c1 \\x9b31m"),
+        ("bidi \u202egnp.exe", "bidi \\u202egnp.exe"),
+        ("line\u2028sep", "line\\u2028sep"),
+        ("Алиса 😀", "Алиса 😀"),
+    ],
+)
+def test_safe_makes_control_characters_visible_and_inert(text: str, shown: str) -> None:
+    assert safe(text) == shown
+    assert all(ch.isprintable() for ch in safe(text))
+
+
+def test_each_message_kind_has_its_line() -> None:
+    msg = describe(Msg(sender="bob", text="hi", ts=1_764_000_000_000), me="alice")
+    assert msg is not None and msg.kind == "chat" and not msg.own
+    assert msg.plain().endswith("<bob> hi")
+    own = describe(Msg(sender="alice", text="hi", ts=1), me="alice")
+    assert own is not None and own.own
+    to = describe(Dm(sender="alice", to="bob", text="psst", ts=1), me="alice")
+    assert to is not None and to.plain().endswith("[dm to bob] psst")
+    got = describe(Dm(sender="alice", to="bob", text="psst", ts=1), me="bob")
+    assert got is not None and got.plain().endswith("[dm from alice] psst")
+    lines = [
+        describe(Joined(name="carol", ts=1)),
+        describe(Left(name="carol", reason="too_slow", ts=1)),
+        describe(Left(name="carol", reason="weird", ts=1)),
+        describe(Renamed(old="carol", new="caro", ts=1)),
+        describe(Users(names=("a", "b"), count=5)),
+        describe(Welcome(name="a", users=("a", "b"), count=2)),
+    ]
+    texts = [line.plain() for line in lines if line is not None]
+    assert texts[0].endswith("* carol joined")
+    assert "dropped (too slow to read)" in texts[1]
+    assert "left (weird)" in texts[2]
+    assert texts[3].endswith("* carol is now caro")
+    assert texts[4] == "* online (5): a, b and 3 more"
+    assert texts[5] == "* welcome, a! online: b (2 in all)"
+    assert describe(Error(code="name_taken", text="taken")) == Line("error", "taken")
+    assert describe(Pong()) is None
+
+
+def test_hostile_names_and_texts_are_sanitised_in_every_line() -> None:
+    evil = "\x1b[31mx"
+    for message in (
+        Msg(sender=evil, text=evil, ts=1),
+        Joined(name=evil, ts=1),
+        Renamed(old=evil, new=evil, ts=1),
+        Users(names=(evil,), count=1),
+    ):
+        line = describe(message)
+        assert line is not None
+        assert "\x1b" not in line.plain()
