@@ -20,6 +20,13 @@ $(VENV)/.installed: requirements.txt
 run-tcp: ## start the TCP chat server on HOST:PORT (default 127.0.0.1:8080)
 	$(PYTHON) -m tcp.server --host $(HOST) --port $(PORT)
 
+.PHONY: chat-tcp demo-tcp
+chat-tcp: ## TCP terminal client on HOST:PORT (NAME=alice to skip the question)
+	$(PYTHON) -m tcp.client --host $(HOST) --port $(PORT) $(if $(NAME),--name $(NAME))
+
+demo-tcp: ## scripted TCP chat: a server and three clients on a free port; stops by itself
+	$(PYTHON) -m tcp.demo
+
 test: $(VENV)/.installed ## run the whole test suite
 	$(PY) -m pytest
 

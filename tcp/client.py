@@ -1,0 +1,100 @@
+"""The TCP chat client: ``python -m tcp.client [--host H] [--port P] [--name N]``.
+
+The terminal side (threads, prompt, rendering, commands) is
+``common.console``; this module only adds ``TcpTransport``: one socket,
+JSON lines out with ``encode_line``, lines in through ``LineFramer`` and
+``decode_server``. Exit code 0 when the person quits, 1 when the server
+cannot be reached or the connection ends under the client.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import socket
+import sys
+
+from common.codec import (
+    ClientMessage,
+    LineFramer,
+    ProtocolError,
+    ServerMessage,
+    decode_server,
+    encode_line,
+)
+from common.commands import HELP_TEXT
+from common.console import ChatError, Console, run_client
+
+CONNECT_TIMEOUT = 5.0
+RECV_BYTES = 65536
+
+
+class TcpTransport:
+    """One TCP connection to the chat server, as a ``common.console.Transport``."""
+
+    help_text = ""
+
+    def __init__(self, sock: socket.socket, peer: str) -> None:
+        self.peer = peer
+        self._sock = sock
+        self._framer = LineFramer()
+        self._lines: collections.deque[bytes] = collections.deque()
+
+    @classmethod
+    def connect(cls, host: str, port: int) -> TcpTransport:
+        peer = f"{host}:{port}"
+        try:
+            sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
+        except OSError as exc:
+            raise ChatError(f"cannot connect to {peer}: {exc.strerror or exc}") from None
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return cls(sock, peer)
+
+    def send(self, message: ClientMessage) -> None:
+        self._sock.sendall(encode_line(message))
+
+    def receive(self) -> ServerMessage | None:
+        """The next message; a frame this client cannot read is skipped, not fatal."""
+        while True:
+            while not self._lines:
+                try:
+                    data = self._sock.recv(RECV_BYTES)
+                    self._lines.extend(self._framer.feed(data))
+                except (OSError, ProtocolError):
+                    return None
+                if not data:
+                    return None
+            try:
+                message: ServerMessage = decode_server(self._lines.popleft()).message
+            except ProtocolError:
+                continue
+            return message
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+    def local_command(self, line: str) -> str | None:
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tcp.client",
+        description="The terminal client of the TCP chat.",
+        epilog=HELP_TEXT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="server port (default: %(default)s)")
+    parser.add_argument("--name", help="your name in the chat (asked for when not given)")
+    args = parser.parse_args(argv)
+    console = Console()
+    return run_client(lambda: TcpTransport.connect(args.host, args.port), console, args.name)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,438 @@
+"""The TCP terminal client as a real process: in a pseudo-terminal, and on pipes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+import pexpect
+import pytest
+
+from common.console import name_colour
+from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
+
+Connect = Callable[..., JsonClient]
+Start = Callable[..., ServerProcess]
+ROWS, COLS = 24, 100
+FLOOD = 50
+
+
+class Screen:
+    """Just enough of a VT100 to replay what the client wrote, scrollback kept.
+
+    Anything the client should never send (another escape sequence, a bell)
+    fails the test, so the replay also checks the output is harmless.
+    """
+
+    CSI = re.compile(r"\x1b\[([?0-9;]*)([A-Za-z])")
+    KEYPAD = re.compile(r"\x1b[=>]")
+
+    def __init__(self, height: int = ROWS, width: int = COLS) -> None:
+        self.height, self.width = height, width
+        self.rows: list[list[str]] = [[]]
+        self.y = self.x = 0
+
+    def feed(self, text: str) -> Screen:
+        i = 0
+        while i < len(text):
+            if match := self.CSI.match(text, i):
+                self._csi(match.group(1), match.group(2))
+                i = match.end()
+            elif match := self.KEYPAD.match(text, i):
+                i = match.end()
+            else:
+                self._char(text[i])
+                i += 1
+        return self
+
+    def _char(self, ch: str) -> None:
+        if ch == "\r":
+            self.x = 0
+        elif ch == "\n":
+            self._move_to(self.y + 1)
+        elif ch == "\b":
+            self.x = max(0, self.x - 1)
+        elif not ch.isprintable():
+            raise AssertionError(f"the client wrote {ch!r}")
+        else:
+            if self.x >= self.width:
+                self.x = 0
+                self._move_to(self.y + 1)
+            row = self.rows[self.y]
+            row.extend(" " * (self.x + 1 - len(row)))
+            row[self.x] = ch
+            self.x += 1
+
+    def _move_to(self, y: int) -> None:
+        top = max(0, len(self.rows) - self.height)
+        self.y = max(top, y)
+        while len(self.rows) <= self.y:
+            self.rows.append([])
+
+    def _csi(self, params: str, command: str) -> None:
+        if (params.startswith("?") and command in "hl") or command == "m":
+            return
+        n = int(params or 0)
+        row = self.rows[self.y]
+        if command == "A":
+            self._move_to(self.y - max(n, 1))
+        elif command == "C":
+            self.x += max(n, 1)
+        elif command == "D":
+            self.x = max(0, self.x - max(n, 1))
+        elif command == "K" and n in (0, 2):
+            del row[0 if n == 2 else self.x :]
+            if n == 2:
+                row.extend(" " * self.x)
+        elif command == "J" and n == 0:
+            del row[self.x :]
+            del self.rows[self.y + 1 :]
+        else:
+            raise AssertionError(f"the client wrote ESC[{params}{command}")
+
+    def lines(self) -> list[str]:
+        return ["".join(row).rstrip() for row in self.rows]
+
+
+class Client:
+    """The client in a pseudo-terminal, everything it wrote kept for a replay."""
+
+    def __init__(self, port: int, *args: str, colour: bool = False, width: int = COLS) -> None:
+        self.width = width
+        environ = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+        environ.update(TERM="xterm", LC_ALL="C.UTF-8")
+        if not colour:
+            environ["NO_COLOR"] = "1"
+        self.output = io.StringIO()
+        self.child = pexpect.spawn(
+            sys.executable,
+            ["-m", "tcp.client", "--port", str(port), *args],
+            cwd=ROOT,
+            env=environ,
+            dimensions=(ROWS, width),
+            encoding="utf-8",
+            timeout=WAIT,
+        )
+        self.child.logfile_read = self.output
+
+    def expect(self, pattern: str) -> None:
+        self.child.expect(pattern)
+
+    def send(self, text: str) -> None:
+        self.child.send(text)
+
+    def exit_code(self) -> int:
+        self.child.expect(pexpect.EOF)
+        self.child.close()
+        code: int = self.child.exitstatus
+        return code
+
+    def screen(self) -> list[str]:
+        return Screen(ROWS, self.width).feed(self.output.getvalue()).lines()
+
+
+@pytest.fixture
+def spawn() -> Iterator[Callable[..., Client]]:
+    clients: list[Client] = []
+
+    def start(port: int, *args: str, colour: bool = False, width: int = COLS) -> Client:
+        client = Client(port, *args, colour=colour, width=width)
+        clients.append(client)
+        return client
+
+    yield start
+    for client in clients:
+        client.child.close(force=True)
+
+
+Spawn = Callable[..., Client]
+
+
+def test_half_typed_line_survives_a_flood(
+    tcp_server: ServerProcess, connect: Connect, spawn: Spawn
+) -> None:
+    alice = spawn(tcp_server.port, "--name", "alice", colour=True)
+    alice.expect("alice> ")
+    bob = connect(tcp_server.address, "bob")
+    alice.expect("bob joined")
+    alice.send("hello wor")
+    alice.expect("hello wor")
+    for i in range(FLOOD):
+        bob.send({"type": "say", "text": f"flood {i:02}"})
+    alice.expect(f"flood {FLOOD - 1:02}")
+    alice.send("ld, all intact\r")
+
+    said = next(
+        frame for frame in iter(lambda: bob.expect("msg"), None) if frame["from"] == "alice"
+    )
+    assert said["text"] == "hello world, all intact"
+    alice.expect(r"\(you\)> hello world, all intact")
+    assert f"\x1b[{name_colour('bob')}mbob\x1b[0m" in alice.output.getvalue()
+    alice.send("\x04")
+    assert alice.exit_code() == 0
+
+    screen = alice.screen()
+    flood = [row for row in screen if "flood" in row]
+    assert [row[9:] for row in flood] == [f"<bob> flood {i:02}" for i in range(FLOOD)]
+    assert all(re.fullmatch(r"\d\d:\d\d:\d\d <bob> flood \d\d", row) for row in flood)
+    typed = [row for row in screen if "hello wor" in row]
+    assert typed[0] == "alice> hello world, all intact"
+    assert re.fullmatch(r"\d\d:\d\d:\d\d <alice \(you\)> hello world, all intact", typed[1])
+    assert len(typed) == 2
+
+
+def test_wrapped_line_and_moved_cursor_survive_messages(
+    tcp_server: ServerProcess, connect: Connect, spawn: Spawn
+) -> None:
+    """A half-typed line over two rows, the cursor moved back into it, then more typing."""
+    alice = spawn(tcp_server.port, "--name", "alice", width=30)
+    alice.expect("alice> ")
+    bob = connect(tcp_server.address, "bob")
+    alice.expect("bob joined")
+    alice.send("a line too long for one row of the screen")
+    alice.expect("screen")
+    alice.send("\x1b[D" * 6)
+    for i in range(5):
+        bob.send({"type": "say", "text": f"note {i}"})
+    alice.expect("note 4")
+    alice.send("narrow \r")
+
+    said = next(
+        frame for frame in iter(lambda: bob.expect("msg"), None) if frame["from"] == "alice"
+    )
+    assert said["text"] == "a line too long for one row of the narrow screen"
+    alice.expect(r"\(you\)> ")
+    alice.send("\x04")
+    assert alice.exit_code() == 0
+    screen = alice.screen()
+    typed = screen.index("alice> a line too long for one")
+    assert screen[typed + 1] == " row of the narrow screen"
+    assert [row[9:] for row in screen[typed - 5 : typed]] == [f"<bob> note {i}" for i in range(5)]
+
+
+def test_commands(tcp_server: ServerProcess, connect: Connect, spawn: Spawn) -> None:
+    bob = connect(tcp_server.address, "bob")
+    alice = spawn(tcp_server.port, "--name", "alice")
+    alice.expect("alice> ")
+    bob.expect("joined", name="alice")
+
+    alice.send("/who\r")
+    alice.expect(r"online \(2\): ")
+    alice.send("/msg bob psst\r")
+    dm = bob.expect("dm")
+    assert (dm["from"], dm["to"], dm["text"]) == ("alice", "bob", "psst")
+    alice.expect(r"\[dm to bob\] psst")
+    bob.send({"type": "dm", "to": "alice", "text": "yes?"})
+    alice.expect(r"\[dm from bob\] yes\?")
+    alice.send("/nick alicia\r")
+    alice.expect("alice is now alicia")
+    assert bob.expect("renamed")["new"] == "alicia"
+    alice.send("/frobnicate\r")
+    alice.expect("unknown command /frobnicate; /help lists the commands")
+    alice.expect("alicia> ")
+    alice.send("/help\r")
+    alice.expect("/msg NAME TEXT")
+    alice.send("выход\r")
+    assert alice.exit_code() == 0
+    assert bob.expect("left", name="alicia")["reason"] == "quit"
+
+
+def test_taken_and_invalid_names_are_asked_again(
+    tcp_server: ServerProcess, connect: Connect, spawn: Spawn
+) -> None:
+    bob = connect(tcp_server.address, "bob")
+    client = spawn(tcp_server.port)
+    client.expect("your name: ")
+    client.send("BOB\r")
+    client.expect("the name bob is taken; try another")
+    client.expect("your name: ")
+    client.send("carol smith\r")
+    client.expect("a name holds only letters, digits")
+    client.expect("your name: ")
+    client.send("Кэрол\r")
+    client.expect("welcome, Кэрол!")
+    assert bob.expect("joined")["name"] == "Кэрол"
+
+
+@pytest.mark.parametrize(
+    ("key", "typed"), [("\x03", "half a li"), ("\x04", "")], ids=["ctrl-c", "ctrl-d"]
+)
+def test_ctrl_c_and_ctrl_d_quit_cleanly(
+    tcp_server: ServerProcess, connect: Connect, spawn: Spawn, key: str, typed: str
+) -> None:
+    bob = connect(tcp_server.address, "bob")
+    alice = spawn(tcp_server.port, "--name", "alice")
+    alice.expect("alice> ")
+    alice.send(typed)
+    if typed:
+        alice.expect(typed)
+    alice.send(key)
+    assert alice.exit_code() == 0
+    assert bob.expect("left", name="alice")["reason"] == "quit"
+    assert "Traceback" not in alice.output.getvalue()
+
+
+def test_ctrl_c_at_the_name_prompt(tcp_server: ServerProcess, spawn: Spawn) -> None:
+    client = spawn(tcp_server.port)
+    client.expect("your name: ")
+    client.send("\x03")
+    assert client.exit_code() == 0
+
+
+def test_hostile_text_goes_nowhere(
+    tcp_server: ServerProcess, connect: Connect, spawn: Spawn
+) -> None:
+    alice = spawn(tcp_server.port, "--name", "alice")
+    alice.expect("alice> ")
+    mallory = connect(tcp_server.address, "mallory")
+    mallory.send({"type": "say", "text": "\x1b[2J\x1b]0;pwned\x07 gotcha"})
+    assert mallory.expect("error")["code"] == "text_invalid"
+    mallory.send({"type": "say", "text": "plain"})
+    alice.expect("<mallory> plain")
+    assert "gotcha" not in alice.output.getvalue()
+
+
+class HostileServer:
+    """Says welcome, then messages full of control characters, then hangs up."""
+
+    def __init__(self, frames: list[dict[str, object]]) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.frames = frames
+        self.thread = threading.Thread(target=self._serve, name="hostile-server", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            conn.recv(65536)
+            for frame in self.frames:
+                conn.sendall(json.dumps(frame).encode() + b"\n")
+            conn.shutdown(socket.SHUT_WR)
+            conn.recv(65536)
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(WAIT)
+
+
+def test_hostile_server_cannot_drive_the_terminal(spawn: Spawn) -> None:
+    evil = "\x1b[2J\x1b[H\x1b]0;pwned\x07\u202eevil\r\x08\x9b31m"
+    server = HostileServer(
+        [
+            {"type": "welcome", "name": "alice", "users": ["alice", evil], "count": 2},
+            {"type": "msg", "from": evil, "text": evil, "ts": 1},
+            {"type": "dm", "from": evil, "to": "alice", "text": evil, "ts": 1},
+            {"type": "joined", "name": evil, "ts": 1},
+            {"type": "renamed", "old": evil, "new": "x", "ts": 1},
+            {"type": "error", "code": evil, "text": evil},
+            {"type": "msg", "from": "bob", "text": "the end", "ts": 1},
+        ]
+    )
+    alice = spawn(server.port, "--name", "alice")
+    alice.expect("the end")
+    alice.expect(f"connection to 127.0.0.1:{server.port} lost")
+    assert alice.exit_code() == 1
+    server.close()
+    out = alice.output.getvalue()
+    for bad in ("\x1b[2J", "\x1b[H", "\x1b]", "\x07", "\u202e", "\x08", "\x9b"):
+        assert bad not in out
+    assert "\\x1b[2J\\x1b[H\\x1b]0;pwned\\x07\\u202eevil\\x0d\\x08\\x9b31m" in out
+    Screen().feed(out)
+
+
+def test_server_killed_under_the_client(start_server: Start, spawn: Spawn) -> None:
+    server = start_server("tcp.server")
+    alice = spawn(server.port, "--name", "alice")
+    alice.expect("alice> ")
+    alice.send("typing")
+    alice.expect("typing")
+    server.stop(signal.SIGKILL)
+    alice.expect(f"connection to 127.0.0.1:{server.port} lost")
+    assert alice.exit_code() == 1
+    assert "Traceback" not in alice.output.getvalue()
+
+
+def test_server_shutdown_ends_the_client(start_server: Start, spawn: Spawn) -> None:
+    server = start_server("tcp.server")
+    alice = spawn(server.port, "--name", "alice")
+    alice.expect("alice> ")
+    server.stop(signal.SIGTERM)
+    alice.expect(r"the server ended the session \(shutdown\)")
+    alice.expect(f"connection to 127.0.0.1:{server.port} lost")
+    assert alice.exit_code() == 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def run_piped(port: int, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    env["TERM"] = "xterm"
+    return subprocess.run(
+        [sys.executable, "-m", "tcp.client", "--port", str(port), *args],
+        cwd=ROOT,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=env,
+        timeout=WAIT * 2,
+    )
+
+
+def test_cannot_connect() -> None:
+    port = free_port()
+    result = run_piped(port, "--name", "alice")
+    assert result.returncode == 1
+    assert result.stderr == f"cannot connect to 127.0.0.1:{port}: Connection refused\n"
+
+
+def test_piped_mode_writes_plain_lines(tcp_server: ServerProcess, connect: Connect) -> None:
+    bob = connect(tcp_server.address, "bob")
+    script = "hello\n/who\n/msg bob psst\n/nick carl\n/frobnicate\nbye now\n"
+    result = run_piped(tcp_server.port, stdin=script)
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout
+    lines = result.stdout.splitlines()
+    assert lines[0] == "your name:"
+    assert lines[1] == "* welcome, hello! online: bob (2 in all)"
+    assert "! unknown command /frobnicate; /help lists the commands" in lines
+    assert any(re.fullmatch(r"\d\d:\d\d:\d\d \[dm to bob\] psst", line) for line in lines)
+    assert any(line.endswith("* hello is now carl") for line in lines)
+    assert any(line.endswith("<carl (you)> bye now") for line in lines)
+    assert bob.expect("dm")["text"] == "psst"
+    assert bob.expect("left", name="carl")["reason"] == "quit"
+
+
+def test_help_shows_options_and_commands() -> None:
+    result = run_piped(free_port(), "--help")
+    assert result.returncode == 0
+    for word in ("--host", "--port", "--name", "/who", "/msg NAME TEXT", "/nick", "/quit"):
+        assert word in result.stdout
+
+
+def test_demo_runs_the_whole_story() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tcp.demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=15,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for seen in ("carol | ", "[dm from bob] lunch at noon?", "carol is now caroline", "alice left"):
+        assert seen in result.stdout
