@@ -27,6 +27,16 @@ chat-tcp: ## TCP terminal client on HOST:PORT (NAME=alice to skip the question)
 demo-tcp: ## scripted TCP chat: a server and three clients on a free port; stops by itself
 	$(PYTHON) -m tcp.demo
 
+.PHONY: run-udp chat-udp demo-udp
+run-udp: ## start the UDP chat server on HOST:PORT (default 127.0.0.1:8080)
+	$(PYTHON) -m udp.server --host $(HOST) --port $(PORT)
+
+chat-udp: ## UDP terminal client on HOST:PORT (NAME=alice, RELIABLE=1 for a reliable session)
+	$(PYTHON) -m udp.client --host $(HOST) --port $(PORT) $(if $(NAME),--name $(NAME)) $(if $(RELIABLE),--reliable)
+
+demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%; stops by itself
+	$(PYTHON) -m udp.demo
+
 test: $(VENV)/.installed ## run the whole test suite
 	$(PY) -m pytest
 

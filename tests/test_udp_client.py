@@ -1,0 +1,177 @@
+"""The UDP terminal client in a real pseudo-terminal, against a real or a scripted server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pexpect
+import pytest
+
+from common.codec import Hello, Msg, Say, Welcome
+from tests.conftest import ROOT, WAIT, ServerProcess
+from udp.client import UdpTransport
+
+Start = Callable[..., ServerProcess]
+TOKEN = "ab" * 16
+
+
+def spawn(port: int, *args: str) -> pexpect.spawn:
+    return pexpect.spawn(
+        sys.executable,
+        ["-m", "udp.client", "--port", str(port), *args],
+        cwd=str(ROOT),
+        env={**os.environ, "NO_COLOR": "1"},
+        encoding="utf-8",
+        timeout=WAIT,
+        dimensions=(40, 200),
+    )
+
+
+@pytest.fixture
+def terminals() -> Iterator[Callable[..., pexpect.spawn]]:
+    spawned: list[pexpect.spawn] = []
+
+    def open_terminal(port: int, *args: str) -> pexpect.spawn:
+        child = spawn(port, *args)
+        spawned.append(child)
+        return child
+
+    yield open_terminal
+    for child in spawned:
+        child.close(force=True)
+
+
+Terminals = Callable[..., pexpect.spawn]
+
+
+def receive_until(transport: UdpTransport, wanted: Callable[[Any], bool]) -> Any:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        message = transport.receive()
+        if message is None or wanted(message):
+            return message
+    raise AssertionError("the message did not come")
+
+
+@pytest.mark.parametrize("mode", [[], ["--reliable"]], ids=["raw", "reliable"])
+def test_join_chat_stats_quit(start_server: Start, terminals: Terminals, mode: list[str]) -> None:
+    server = start_server("udp.server", "-v")
+    bob = UdpTransport.connect(*server.address)
+    try:
+        bob.send(Hello(name="bob"))
+        assert isinstance(receive_until(bob, lambda m: True), Welcome)
+
+        alice = terminals(server.port, "--name", "alice", *mode)
+        alice.expect(r"welcome, alice! online: bob \(2 in all\)")
+        bob.send(Say(text="hi alice"))
+        alice.expect(r"<bob> hi alice")
+        alice.sendline("hello bob")
+        alice.expect(r"<alice \(you\)> hello bob")
+        said = receive_until(bob, lambda m: isinstance(m, Msg) and m.sender == "alice")
+        assert said.text == "hello bob"
+
+        alice.sendline("/stats")
+        alice.expect(r"from the server: (\d+) datagrams, 0 lost, 0 repeated, 0 reordered")
+        assert int(alice.match.group(1)) >= 3
+        alice.expect(r"to the server: \d+ datagrams")
+        alice.sendline("/quit")
+        alice.expect(pexpect.EOF)
+        alice.close()
+        assert alice.exitstatus == 0
+        server.wait_for_log("alice left \\(quit\\)")
+    finally:
+        bob.close()
+
+
+def test_says_so_and_exits_1_when_the_server_stops_answering(
+    start_server: Start, terminals: Terminals
+) -> None:
+    server = start_server("udp.server")
+    alice = terminals(server.port, "--name", "alice", "--give-up-after", "1")
+    alice.expect("welcome, alice")
+    server.proc.kill()
+    alice.expect(r"stopped answering: nothing heard for 1 s despite pings")
+    alice.expect(pexpect.EOF)
+    alice.close()
+    assert alice.exitstatus == 1
+
+
+class ScriptedServer:
+    """A socket the test answers by hand, to play a server that loses and repeats."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.settimeout(WAIT)
+        self.port: int = self.sock.getsockname()[1]
+        self.client: tuple[str, int] | None = None
+
+    def next_frame(self) -> tuple[dict[str, Any], float]:
+        data, self.client = self.sock.recvfrom(65536)
+        frame: dict[str, Any] = json.loads(data)
+        return frame, time.monotonic()
+
+    def send(self, frame: dict[str, Any]) -> None:
+        assert self.client is not None
+        self.sock.sendto(json.dumps(frame).encode(), self.client)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def scripted() -> Iterator[ScriptedServer]:
+    server = ScriptedServer()
+    yield server
+    server.close()
+
+
+def test_hello_is_sent_again_each_second(scripted: ScriptedServer) -> None:
+    transport = UdpTransport.connect("127.0.0.1", scripted.port)
+    try:
+        transport.send(Hello(name="alice"))
+        first, at_first = scripted.next_frame()
+        second, at_second = scripted.next_frame()
+        assert first == second == {"type": "hello", "name": "alice"}
+        assert 0.8 < at_second - at_first < 1.5
+        welcome = {"type": "welcome", "name": "alice", "users": ["alice"], "count": 1}
+        scripted.send({**welcome, "session": TOKEN, "seq": 1})
+        assert isinstance(transport.receive(), Welcome)
+        transport.send(Say(text="hi"))
+        frame, _ = scripted.next_frame()
+        assert frame == {"type": "say", "text": "hi", "session": TOKEN, "seq": 1}
+    finally:
+        transport.close()
+
+
+def test_shows_lost_repeated_and_late_datagrams(
+    scripted: ScriptedServer, terminals: Terminals
+) -> None:
+    alice = terminals(scripted.port, "--name", "alice")
+    hello, _ = scripted.next_frame()
+    assert hello["type"] == "hello"
+    scripted.send({"type": "welcome", "name": "alice", "users": ["alice"], "count": 1,
+                   "session": TOKEN, "seq": 1})  # fmt: skip
+    alice.expect("welcome, alice")
+
+    def msg(seq: int) -> dict[str, Any]:
+        return {"type": "msg", "from": "bob", "text": f"number {seq}", "ts": 0, "seq": seq}
+
+    for seq in (2, 5, 5, 4):
+        scripted.send(msg(seq))
+    alice.expect("<bob> number 2")
+    alice.expect(r"lost 2 datagram\(s\) from the server \(seq 3-4\)")
+    alice.expect("<bob> number 5")
+    alice.expect("datagram seq 5 came again; shown once")
+    alice.expect("datagram seq 4 came late, out of order")
+    alice.expect("<bob> number 4")
+    alice.sendline("/stats")
+    alice.expect("from the server: 4 datagrams, 1 lost, 1 repeated, 1 reordered")
+    alice.sendline("/quit")
+    alice.expect(pexpect.EOF)

@@ -1,0 +1,389 @@
+"""The UDP chat client: ``python -m udp.client [--host H] [--port P] [--name N] [--reliable]``.
+
+The terminal side (prompt, rendering, commands, the keyboard and receiver
+threads) is ``common.console``; this module adds ``UdpTransport``, one
+connected UDP socket speaking the protocol's UDP session rules:
+
+* ``hello`` is sent again every second until a ``welcome`` or an ``error``
+  answers it, five times at most; the ``welcome``'s ``session`` token then
+  goes into every later frame, with this side's own ``seq``.
+* Every datagram's ``seq`` is counted (``SeqCounter``). In a raw session a
+  gap, a repeat or a late arrival is shown as it is noticed, and a repeated
+  datagram is shown once. ``/stats`` prints the counters.
+* Reliable sessions (``--reliable``) ack every frame with a ``seq`` and hand
+  frames on once and in order (``ReliableReceiver``); frames sent are kept
+  and retransmitted until acked (``ReliableSender``). Each ack is sent
+  ``ACK_COPIES`` times, as the server does: an ack is tiny, and losing it
+  costs a retransmission, or the whole session once six tries are lost.
+* A ``ping`` goes out whenever nothing was sent for ``PING_INTERVAL``. When
+  nothing at all has come from the server for ``--give-up-after`` seconds,
+  despite those pings, the client says so and exits with code 1.
+
+Threads: ``main`` reads the keyboard and ``receiver`` blocks in
+``UdpTransport.receive`` (both from ``common.console``); ``udp-timer``
+resends hellos, pings, retransmits and watches for silence. One lock guards
+the session state and the socket writes. Things the client notices itself
+(loss, silence) reach the screen as ``error`` messages that never went over
+the wire.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import dataclasses
+import math
+import socket
+import sys
+import threading
+import time
+
+from common.codec import (
+    Ack,
+    Bye,
+    ClientMessage,
+    Error,
+    Hello,
+    Ping,
+    ProtocolError,
+    ServerMessage,
+    Welcome,
+    decode_server,
+    encode,
+)
+from common.commands import HELP_TEXT
+from common.console import ChatError, Console, run_client
+from common.reliable import (
+    MAX_TRIES,
+    ReliableReceiver,
+    ReliableSender,
+    SeqCounter,
+    SeqEvent,
+    SeqKind,
+)
+from common.serverargs import DEFAULT_PORT, positive_float
+from udp.server import ACK_COPIES, enlarge_buffers
+
+HELLO_INTERVAL = 1.0
+HELLO_TRIES = 5
+PING_INTERVAL = 5.0
+GIVE_UP_AFTER = 15.0
+RECV_BYTES = 65536
+POLL_INTERVAL = 0.1
+TICK = 0.05
+NOTICE = "notice"
+"""The code of the ``error`` messages the client makes up to tell its user something."""
+NAME_ERRORS = frozenset({"name_taken", "name_invalid"})
+
+
+@dataclasses.dataclass(frozen=True)
+class TransportStats:
+    """What one session counted: datagrams from the server, and frames sent to it."""
+
+    received: int
+    lost: int
+    repeated: int
+    reordered: int
+    sent: int
+    retransmitted: int
+
+
+class UdpTransport:
+    """One UDP session with the chat server, as a ``common.console.Transport``."""
+
+    help_text = "  /stats           datagrams from the server lost, repeated, reordered"
+
+    def __init__(
+        self, sock: socket.socket, peer: str, reliable: bool, give_up_after: float
+    ) -> None:
+        self.peer = peer
+        self.reliable = reliable
+        self.give_up_after = give_up_after
+        self._ping_interval = min(PING_INTERVAL, give_up_after / 3)
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._ready: collections.deque[ServerMessage] = collections.deque()
+        self._over = False
+        self._token: str | None = None
+        self._joined = False
+        self._hello = b""
+        self._hello_tries = 0
+        self._next_hello = math.inf
+        self._next_seq = 1
+        self._bye_seq: int | None = None
+        self._sender = ReliableSender() if reliable else None
+        self._receiver = ReliableReceiver() if reliable else None
+        self._counter = SeqCounter()
+        self._sent = 0
+        self._last_heard = self._last_sent = time.monotonic()
+        self._stop = threading.Event()
+        self._timer = threading.Thread(target=self._run_timer, name="udp-timer", daemon=True)
+
+    @classmethod
+    def connect(
+        cls, host: str, port: int, reliable: bool = False, give_up_after: float = GIVE_UP_AFTER
+    ) -> UdpTransport:
+        """A socket that takes datagrams from ``host:port`` only, and its timer thread."""
+        peer = f"{host}:{port}"
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            enlarge_buffers(sock)
+            sock.connect((host, port))
+        except OSError as exc:
+            sock.close()
+            raise ChatError(f"cannot reach {peer}: {exc.strerror or exc}") from None
+        sock.settimeout(POLL_INTERVAL)
+        transport = cls(sock, peer, reliable, give_up_after)
+        transport._timer.start()
+        return transport
+
+    # ---- sending (main thread, and the timer) --------------------------
+
+    def send(self, message: ClientMessage) -> None:
+        with self._lock:
+            if self._over:
+                raise ConnectionError(f"the session with {self.peer} is over")
+            if isinstance(message, Hello):
+                self._hello = encode(dataclasses.replace(message, reliable=self.reliable))
+                self._hello_tries = 0
+                self._send_hello(time.monotonic())
+                return
+            if self._token is None:
+                raise ConnectionError("no session yet: send hello first")
+            seq = self._send_frame(message, time.monotonic())
+            if isinstance(message, Bye):
+                if self._sender is None:
+                    self._over = True
+                else:
+                    self._bye_seq = seq
+
+    def _send_hello(self, now: float) -> None:
+        self._hello_tries += 1
+        self._next_hello = now + HELLO_INTERVAL
+        self._write(self._hello, now)
+
+    def _send_frame(self, message: ClientMessage, now: float) -> int:
+        """Send with the token and the next seq (kept until acked when reliable); return the seq."""
+        assert self._token is not None
+        if self._sender is None:
+            seq = self._next_seq
+            self._next_seq += 1
+            self._write(encode(message, session=self._token, seq=seq), now)
+            return seq
+        seq = self._sender.next_seq
+        self._sender.queue(seq, encode(message, session=self._token, seq=seq))
+        for frame in self._sender.due(now):
+            self._write(frame, now)
+        return seq
+
+    def _write(self, data: bytes, now: float) -> None:
+        self._sent += 1
+        self._last_sent = now
+        # An earlier ICMP "port unreachable" surfaces here; the silence watch deals with it.
+        with contextlib.suppress(OSError):
+            self._sock.send(data, socket.MSG_DONTWAIT)
+
+    # ---- receiving (receiver thread) -----------------------------------
+
+    def receive(self) -> ServerMessage | None:
+        while True:
+            with self._lock:
+                if self._ready:
+                    return self._ready.popleft()
+                if self._over:
+                    return None
+            try:
+                data = self._sock.recv(RECV_BYTES)
+            except (TimeoutError, ConnectionRefusedError):
+                continue
+            except OSError:
+                return None
+            with self._lock:
+                self._on_datagram(data, time.monotonic())
+
+    def _on_datagram(self, data: bytes, now: float) -> None:
+        self._last_heard = now
+        try:
+            decoded = decode_server(data)
+        except ProtocolError:
+            return
+        message = decoded.message
+        if isinstance(message, Ack):
+            self._on_ack(message.seq, now)
+            return
+        if isinstance(message, Welcome) and self._token is None:
+            if decoded.session is None:
+                return
+            self._token = decoded.session
+        seq = decoded.seq
+        if seq is None:
+            self._take(message)
+            return
+        event = self._counter.on_seq(seq)
+        if self._receiver is None:
+            self._notice_raw(event, seq)
+            if event.kind is not SeqKind.DUPLICATE:
+                self._take(message)
+            return
+        frames = self._receiver.on_frame(seq, data)
+        if frames is None or self._token is None:
+            return
+        ack = encode(Ack(seq=seq), session=self._token)
+        for _ in range(ACK_COPIES):
+            self._write(ack, now)
+        for frame in frames:
+            self._take(message if frame is data else decode_server(frame).message)
+
+    def _on_ack(self, seq: int, now: float) -> None:
+        if self._sender is None:
+            return
+        window_was_full = not self._sender.can_send
+        self._sender.on_ack(seq)
+        if seq == self._bye_seq:
+            self._over = True
+        elif window_was_full:
+            for frame in self._sender.due(now):
+                self._write(frame, now)
+
+    def _take(self, message: ServerMessage) -> None:
+        """Queue a message for ``receive``, ending the session where the message does."""
+        if isinstance(message, Welcome):
+            if self._joined:
+                return
+            self._joined = True
+            self._next_hello = math.inf
+        elif isinstance(message, Error) and not self._joined:
+            self._next_hello = math.inf
+            self._over = message.code not in NAME_ERRORS
+        elif isinstance(message, Bye):
+            self._over = True
+        self._ready.append(message)
+
+    def _notice_raw(self, event: SeqEvent, seq: int) -> None:
+        if event.kind is SeqKind.GAP:
+            first = seq - event.missing
+            span = f"seq {first}" if event.missing == 1 else f"seq {first}-{seq - 1}"
+            self._notice(f"lost {event.missing} datagram(s) from the server ({span})")
+        elif event.kind is SeqKind.DUPLICATE:
+            self._notice(f"datagram seq {seq} came again; shown once")
+        elif event.kind is SeqKind.LATE:
+            self._notice(f"datagram seq {seq} came late, out of order")
+
+    def _notice(self, text: str) -> None:
+        self._ready.append(Error(code=NOTICE, text=text))
+
+    # ---- the timer thread ----------------------------------------------
+
+    def _run_timer(self) -> None:
+        while not self._stop.wait(TICK):
+            with self._lock:
+                if self._over:
+                    return
+                self._tick(time.monotonic())
+
+    def _tick(self, now: float) -> None:
+        if not self._joined:
+            if now >= self._next_hello:
+                if self._hello_tries >= HELLO_TRIES:
+                    self._give_up(
+                        f"no answer from {self.peer} to {HELLO_TRIES} hellos "
+                        f"{HELLO_INTERVAL:g} s apart: is the server running?"
+                    )
+                else:
+                    self._send_hello(now)
+            return
+        if self._sender is not None:
+            for frame in self._sender.due(now):
+                self._write(frame, now)
+            if self._sender.failed:
+                self._give_up(
+                    f"the server at {self.peer} stopped acknowledging: "
+                    f"a frame went unacknowledged {MAX_TRIES} times"
+                )
+                return
+        if now - self._last_heard > self.give_up_after:
+            self._give_up(
+                f"the server at {self.peer} stopped answering: "
+                f"nothing heard for {self.give_up_after:g} s despite pings"
+            )
+        elif now - self._last_sent >= self._ping_interval:
+            self._send_frame(Ping(), now)
+
+    def _give_up(self, text: str) -> None:
+        self._notice(text)
+        self._over = True
+
+    # ---- the rest ------------------------------------------------------
+
+    def stats(self) -> TransportStats:
+        with self._lock:
+            c = self._counter
+            return TransportStats(
+                received=c.received,
+                lost=c.lost,
+                repeated=c.repeated,
+                reordered=c.reordered,
+                sent=self._sent,
+                retransmitted=self._sender.retransmissions if self._sender else 0,
+            )
+
+    def local_command(self, line: str) -> str | None:
+        if line.strip().lower() != "/stats":
+            return None
+        s = self.stats()
+        mode = "reliable" if self.reliable else "raw"
+        resent = f", {s.retransmitted} retransmitted" if self.reliable else ""
+        return (
+            f"{mode} session with {self.peer}\n"
+            f"from the server: {s.received} datagrams, {s.lost} lost, "
+            f"{s.repeated} repeated, {s.reordered} reordered\n"
+            f"to the server: {s.sent} datagrams{resent}"
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            self._over = True
+        self._stop.set()
+        if self._timer is not threading.current_thread() and self._timer.is_alive():
+            self._timer.join()
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        self._sock.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m udp.client",
+        description="The terminal client of the UDP chat.",
+        epilog=HELP_TEXT + "\n" + UdpTransport.help_text,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)"
+    )
+    parser.add_argument("--name", help="your name in the chat (asked for when not given)")
+    parser.add_argument(
+        "--reliable",
+        action="store_true",
+        help="ask for a reliable session: acks and retransmission, nothing lost or repeated",
+    )
+    parser.add_argument(
+        "--give-up-after",
+        type=positive_float,
+        default=GIVE_UP_AFTER,
+        metavar="SECONDS",
+        help="silence from the server after which the client stops (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    console = Console()
+    return run_client(
+        lambda: UdpTransport.connect(args.host, args.port, args.reliable, args.give_up_after),
+        console,
+        args.name,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

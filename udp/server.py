@@ -1,0 +1,726 @@
+"""The UDP chat server: one socket, sessions keyed by the client's address.
+
+Threads, each named and owned by the server:
+
+* ``main``: receives every datagram, decodes it with the shared codec and
+  answers; broadcasts go out from here too. It also catches SIGINT/SIGTERM
+  and runs the shutdown.
+* ``udp-timer``: retransmits reliable frames whose timeout expired, ends
+  sessions silent past ``--session-timeout`` (``left`` reason ``timeout``)
+  and forgets addresses that did not complete a ``hello`` within
+  ``--hello-timeout``.
+
+Lock: one server lock serialises every change to the sessions, their
+sequence numbers and the writes to the socket, so each session's datagrams
+leave in seq order. It is taken outside the registry's lock (see
+``common.registry``), whose callbacks here only build frames; the datagrams
+are written after the registry lock is released. Writes never block
+(the socket is non-blocking): a full kernel buffer loses the datagram, as a
+network would. ``main`` waits in ``poll`` and then drains every datagram
+that is ready.
+
+Who gets an answer:
+
+* An address without a session gets one only to a ``hello``, and at most
+  ``max(3 x the hello's bytes, 256)`` bytes (a ``welcome`` lists fewer users
+  to fit). Its answers carry no ``seq``: there is no session to count in.
+  Anything else from it is dropped unanswered and counted.
+* A frame of a session must carry its ``session`` token; a missing or wrong
+  one (also a right one sent from another address) is dropped, counted and
+  never acted on. Frames that cannot be parsed carry no token to check: they
+  get ``bad_frame`` or ``too_large`` like the protocol says, under the rate
+  limit, and the session goes on.
+
+Sequence numbers: every datagram to a session carries the session's next
+``seq``; the frame is encoded once per broadcast and the ``seq`` spliced
+into each copy. Incoming ``seq`` go to a ``SeqCounter`` (lost, repeated,
+reordered; logged when the session ends); a raw session's repeated frame is
+not acted on twice. A reliable session (``"reliable": true``) also has a
+``ReliableSender`` and ``ReliableReceiver`` (``common.reliable``): every
+frame with a ``seq`` is acked (``ACK_COPIES`` times) and handed on once and
+in order, every frame sent is retransmitted until acked; a sender that gives
+up ends the session (``timeout``), one whose backlog overflows ends it as
+``too_slow``.
+
+Shutdown: ``stop()`` may be called from any thread (a signal handler sets
+the event; ``main`` acts on it). Every session gets ``bye``; the server
+waits up to a second for reliable sessions to ack it, then stops the timer
+and closes the socket.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import secrets
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from common.codec import (
+    MAX_FRAME_BYTES,
+    Ack,
+    AlreadyRegistered,
+    BadFrame,
+    Bye,
+    ClientMessage,
+    Dm,
+    Error,
+    Hello,
+    Joined,
+    Left,
+    Msg,
+    Nick,
+    NoSuchUser,
+    Ping,
+    Pong,
+    ProtocolError,
+    RateLimited,
+    Renamed,
+    Say,
+    SendDm,
+    ServerFull,
+    ServerMessage,
+    TextInvalid,
+    TooLarge,
+    Users,
+    Welcome,
+    Who,
+    decode_client,
+    encode,
+    name_key,
+)
+from common.ratelimit import TokenBucket
+from common.registry import Registry
+from common.reliable import ReliableReceiver, ReliableSender, SeqCounter, SeqKind
+from common.serverargs import (
+    Limits,
+    add_common_arguments,
+    configure_logging,
+    now_ms,
+    positive_float,
+)
+
+log = logging.getLogger("udp.server")
+
+Address = tuple[str, int]
+
+POLL_INTERVAL = 0.2
+SHUTDOWN_GRACE = 1.0
+RECV_BYTES = 65536
+SOCKET_BUFFER_BYTES = 4 << 20
+TOKEN_BYTES = 16
+AMPLIFICATION = 3
+MIN_ANSWER_BYTES = 256
+MAX_STRANGERS = 4096
+TIMER_RESOLUTION = 0.01
+BUSY_TICK = 0.05
+MAX_SWEEP_INTERVAL = 0.5
+SEQ_ROOM = len(b',"seq":') + 20 + 1
+"""Bytes a frame grows by when its ``seq`` is spliced in (20 digits is past any seq)."""
+FIRST_SEQ_BYTES = len(b',"seq":1')
+ACK_COPIES = 2
+"""Acks sent per frame, by both sides: losing an ack costs a retransmission, or the
+session once a frame's six tries are all lost; at 20 % loss each way one copy
+fails a try 36 % of the time (0.2 % of frames end their session), two 23 %
+(0.016 %)."""
+
+
+def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER_BYTES) -> None:
+    """Kernel buffers big enough that a burst on loopback is not lost in them.
+
+    The kernel caps them at ``net.core.rmem_max``/``wmem_max``; raise those
+    to get the full size where the defaults are small.
+    """
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def answer_budget(received: int) -> int:
+    """Bytes the server may send in answer to a datagram of ``received`` bytes."""
+    return min(MAX_FRAME_BYTES, max(AMPLIFICATION * received, MIN_ANSWER_BYTES))
+
+
+def with_seq(body: bytes, seq: int) -> bytes:
+    """``body`` (an encoded frame) with ``"seq"`` as its last field, as ``encode`` puts it."""
+    return b'%s,"seq":%d}' % (body[:-1], seq)
+
+
+def envelope_of(data: bytes) -> tuple[str | None, int | None, str | None]:
+    """The type, ``seq`` and ``session`` of a frame the codec refused, where it has them."""
+    try:
+        obj: Any = json.loads(data)
+    except (ValueError, RecursionError):
+        return None, None, None
+    if not isinstance(obj, dict):
+        return None, None, None
+    kind, seq, token = obj.get("type"), obj.get("seq"), obj.get("session")
+    return (
+        kind if isinstance(kind, str) else None,
+        seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1 else None,
+        token if isinstance(token, str) else None,
+    )
+
+
+@dataclass
+class Stranger:
+    """An address whose ``hello`` was refused: rate limited, forgotten after the hello timeout."""
+
+    since: float
+    bucket: TokenBucket
+
+
+class Session:
+    """One client's session: its token, sequence numbers, rate limit and reliability state."""
+
+    def __init__(self, address: Address, reliable: bool, limits: Limits, now: float) -> None:
+        self.address = address
+        self.label = f"{address[0]}:{address[1]}"
+        self.token = secrets.token_hex(TOKEN_BYTES)
+        self.bucket = TokenBucket(limits.rate_limit, limits.burst, now)
+        self.counter = SeqCounter()
+        self.sender = ReliableSender() if reliable else None
+        self.receiver = ReliableReceiver() if reliable else None
+        self.last_heard = now
+        self.welcome = b""
+        self.sent = 0
+        self._next_seq = 1
+
+    def take_seq(self) -> int:
+        """The next ``seq`` of a raw session (a reliable one's come from its sender)."""
+        self.sent += 1
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        return seq
+
+    def push(self, body: bytes, now: float) -> list[bytes]:
+        """Give ``body`` the next ``seq``; return the datagrams to write now.
+
+        Builds frames only (safe under the registry lock). A reliable frame
+        is kept until acked; it goes out now only if the window has room.
+        """
+        if self.sender is None:
+            return [with_seq(body, self.take_seq())]
+        window_open = self.sender.can_send
+        seq = self.sender.next_seq
+        self.sender.queue(seq, with_seq(body, seq))
+        return self.sender.due(now) if window_open else []
+
+    def summary(self) -> str:
+        c = self.counter
+        text = (
+            f"from client: {c.received} received, {c.lost} lost, {c.repeated} repeated, "
+            f"{c.reordered} reordered; to client: {self.sent} sent"
+        )
+        if self.sender is not None:
+            text += f", {self.sender.retransmissions} retransmitted"
+        return text
+
+
+class UdpChatServer:
+    """The socket, the registry, the sessions and the timer thread."""
+
+    def __init__(self, limits: Limits, host: str = "127.0.0.1", port: int = 8080) -> None:
+        self.limits = limits
+        self.registry: Registry[Session] = Registry(limits.max_users)
+        self.stopping = threading.Event()
+        self.closing = False
+        self.dropped: Counter[str] = Counter()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            enlarge_buffers(self.sock)
+            self.sock.bind((host, port))
+        except OSError:
+            self.sock.close()
+            raise
+        self.sock.setblocking(False)
+        self._poller = select.poll()
+        self._poller.register(self.sock, select.POLLIN)
+        self.address: Address = self.sock.getsockname()[:2]
+        self._lock = threading.Lock()
+        self._sessions: dict[Address, Session] = {}
+        self._by_token: dict[str, Session] = {}
+        self._strangers: dict[Address, Stranger] = {}
+        self._busy: set[Session] = set()
+        self._wake = threading.Event()
+        self._timer_stop = threading.Event()
+        self._timer = threading.Thread(target=self._run_timer, name="udp-timer", daemon=True)
+        self._sweep_interval = min(
+            MAX_SWEEP_INTERVAL, limits.session_timeout / 5, limits.hello_timeout / 5
+        )
+
+    # ---- receiving -----------------------------------------------------
+
+    def serve_forever(self) -> None:
+        """Receive until ``stopping`` is set, re-checking it every poll interval."""
+        log.warning("UDP chat server listening on %s:%d", *self.address)
+        self._timer.start()
+        while not self.stopping.is_set():
+            self._receive()
+        self._shutdown()
+
+    def _receive(self) -> None:
+        """Wait up to a poll interval, then handle every datagram waiting."""
+        if not self._poller.poll(POLL_INTERVAL * 1000):
+            return
+        while True:
+            try:
+                data, address = self.sock.recvfrom(RECV_BYTES)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.debug("receive failed: %s", exc)
+                return
+            with self._lock:
+                try:
+                    self._on_datagram(data, address, time.monotonic())
+                except Exception:
+                    # One socket serves everyone: a fault in one datagram must not end the chat.
+                    log.exception("failed on a datagram from %s:%d", *address)
+
+    def _on_datagram(self, data: bytes, address: Address, now: float) -> None:
+        session = self._sessions.get(address)
+        if session is None:
+            self._from_stranger(data, address, now)
+            return
+        try:
+            decoded = decode_client(data)
+        except (BadFrame, TooLarge) as exc:
+            if not self.closing:
+                self._refuse(session, exc, now)
+            return
+        except ProtocolError as exc:
+            kind, seq, token = envelope_of(data)
+            if kind == "hello":
+                self._hello_again(session, None, exc, now)
+            else:
+                self._on_frame(session, data, None, seq, token, now)
+            return
+        if isinstance(decoded.message, Hello):
+            self._hello_again(session, decoded.message, None, now)
+        else:
+            self._on_frame(session, data, decoded.message, decoded.seq, decoded.session, now)
+
+    def _from_stranger(self, data: bytes, address: Address, now: float) -> None:
+        """Only a ``hello`` from an address without a session gets an answer."""
+        if self.closing:
+            return
+        try:
+            decoded = decode_client(data)
+        except (BadFrame, TooLarge):
+            self._drop("stranger", address)
+            return
+        except ProtocolError as exc:
+            if envelope_of(data)[0] == "hello":
+                self._hello_from_stranger(address, None, exc, len(data), now)
+            else:
+                self._drop("stranger", address)
+            return
+        message = decoded.message
+        if isinstance(message, Hello):
+            self._hello_from_stranger(address, message, None, len(data), now)
+        elif decoded.session is not None and decoded.session in self._by_token:
+            self._drop("foreign_token", address)
+        else:
+            self._drop("stranger", address)
+
+    def _drop(self, why: str, address: Address) -> None:
+        self.dropped[why] += 1
+        log.debug("dropped a datagram from %s:%d (%s)", address[0], address[1], why)
+
+    def _token_ok(self, session: Session, token: str | None) -> bool:
+        if token is None:
+            self._drop("no_token", session.address)
+            return False
+        if hmac.compare_digest(token.encode(), session.token.encode()):
+            return True
+        self._drop("foreign_token" if token in self._by_token else "wrong_token", session.address)
+        return False
+
+    def _on_frame(
+        self,
+        session: Session,
+        data: bytes,
+        message: ClientMessage | None,
+        seq: int | None,
+        token: str | None,
+        now: float,
+    ) -> None:
+        """A frame from a session's address; ``message`` None means the codec refused it."""
+        if not self._token_ok(session, token):
+            return
+        session.last_heard = now
+        if isinstance(message, Ack):
+            if session.sender is not None:
+                self._on_ack(session, message.seq, now)
+            return
+        if self.closing:
+            return
+        if seq is None:
+            self._apply(session, data, message, now)
+            return
+        kind = session.counter.on_seq(seq).kind
+        if session.receiver is None:
+            if kind is not SeqKind.DUPLICATE:
+                self._apply(session, data, message, now)
+            return
+        frames = session.receiver.on_frame(seq, data)
+        if frames is None:
+            return
+        ack = encode(Ack(seq=seq))
+        for _ in range(ACK_COPIES):
+            self._write(ack, session.address)
+        for frame in frames:
+            if self._sessions.get(session.address) is not session:
+                return
+            self._apply(session, frame, message if frame is data else None, now)
+
+    def _on_ack(self, session: Session, seq: int, now: float) -> None:
+        assert session.sender is not None
+        window_was_full = not session.sender.can_send
+        session.sender.on_ack(seq)
+        if window_was_full:
+            self._deliver(session, session.sender.due(now))
+
+    def _apply(
+        self, session: Session, data: bytes, message: ClientMessage | None, now: float
+    ) -> None:
+        """Act on one frame in order, answering a refusal with ``error``."""
+        name = self.registry.name_of(session)
+        if name is None:
+            return
+        try:
+            if not session.bucket.allow(now):
+                raise RateLimited("slow down: too many frames")
+            if message is None:
+                message = decode_client(data).message
+            self._handle(session, name, message, now)
+        except ProtocolError as exc:
+            log.debug("%s (%s): %s %s", session.label, name, exc.code, exc)
+            self._send(session, Error.of(exc), now)
+
+    def _refuse(self, session: Session, exc: ProtocolError, now: float) -> None:
+        """Answer a frame that could not be parsed; it counts against the rate limit."""
+        if session.bucket.allow(now):
+            self._send(session, Error.of(exc), now)
+        else:
+            self._send(session, Error.of(RateLimited("slow down: too many frames")), now)
+
+    # ---- hello ---------------------------------------------------------
+
+    def _hello_from_stranger(
+        self,
+        address: Address,
+        hello: Hello | None,
+        problem: ProtocolError | None,
+        size: int,
+        now: float,
+    ) -> None:
+        """Register a new session, or refuse within the amplification budget."""
+        stranger = self._strangers.get(address)
+        if stranger is not None and not stranger.bucket.allow(now):
+            self._drop("rate_limited", address)
+            return
+        budget = answer_budget(size)
+        if hello is not None:
+            try:
+                self._register(address, hello, budget, now)
+                self._strangers.pop(address, None)
+                return
+            except ProtocolError as exc:
+                problem = exc
+        assert problem is not None
+        log.debug("%s:%d hello refused: %s", address[0], address[1], problem.code)
+        try:
+            self._write(encode(Error.of(problem), limit=budget), address)
+        except TooLarge:
+            self._drop("no_room_to_answer", address)
+        if isinstance(problem, ServerFull):
+            self._strangers.pop(address, None)
+        elif stranger is None:
+            if len(self._strangers) >= MAX_STRANGERS:
+                del self._strangers[next(iter(self._strangers))]
+            bucket = TokenBucket(self.limits.rate_limit, self.limits.burst, now)
+            bucket.allow(now)
+            self._strangers[address] = Stranger(since=now, bucket=bucket)
+
+    def _register(self, address: Address, hello: Hello, budget: int, now: float) -> None:
+        session = Session(address, hello.reliable, self.limits, now)
+        frames: list[bytes] = []
+
+        def greet(names: list[str]) -> None:
+            welcome = Welcome(name=hello.name, users=tuple(names), count=len(names))
+            body = encode(welcome, session=session.token, limit=budget - FIRST_SEQ_BYTES)
+            session.welcome = with_seq(body, 1)
+            frames.extend(session.push(body, now))
+
+        self.registry.join(hello.name, session, greet)
+        self._sessions[address] = session
+        self._by_token[session.token] = session
+        log.info(
+            "%s joined from %s (%s)",
+            hello.name,
+            session.label,
+            "reliable" if hello.reliable else "raw",
+        )
+        self._deliver(session, frames)
+        self._broadcast(Joined(name=hello.name, ts=now_ms()), now, exclude=session)
+
+    def _hello_again(
+        self, session: Session, hello: Hello | None, problem: ProtocolError | None, now: float
+    ) -> None:
+        """The first welcome may have been lost: the same name gets it again."""
+        if self.closing:
+            return
+        if not session.bucket.allow(now):
+            self._send(session, Error.of(RateLimited("slow down: too many frames")), now)
+            return
+        name = self.registry.name_of(session)
+        if hello is not None and name is not None and name_key(hello.name) == name_key(name):
+            self._transmit(session, [session.welcome])
+            return
+        if problem is None:
+            problem = AlreadyRegistered(f"you are already registered as {name}")
+        self._send(session, Error.of(problem), now)
+
+    # ---- the chat ------------------------------------------------------
+
+    def _handle(self, session: Session, name: str, message: ClientMessage, now: float) -> None:
+        if isinstance(message, Say):
+            self._broadcast(Msg(sender=name, text=message.text, ts=now_ms()), now)
+        elif isinstance(message, SendDm):
+            self._direct(session, name, message, now)
+        elif isinstance(message, Who):
+            names = self.registry.names()
+            self._send(session, Users(names=tuple(names), count=len(names)), now)
+        elif isinstance(message, Nick):
+            old = self.registry.rename(session, message.name)
+            log.info("%s renamed to %s", old, message.name)
+            self._broadcast(Renamed(old=old, new=message.name, ts=now_ms()), now)
+        elif isinstance(message, Ping):
+            self._send(session, Pong(), now)
+        elif isinstance(message, Bye):
+            self._end(session, "quit")
+
+    def _direct(self, session: Session, name: str, message: SendDm, now: float) -> None:
+        found = self.registry.find(message.to)
+        if found is None:
+            raise NoSuchUser(f"nobody called {message.to[:40]} is online")
+        target, target_name = found
+        body = checked_body(Dm(sender=name, to=target_name, text=message.text, ts=now_ms()))
+        self._deliver(target, target.push(body, now))
+        if target is not session:
+            self._deliver(session, session.push(body, now))
+
+    def _send(self, session: Session, message: ServerMessage, now: float) -> None:
+        """One message to one session, in its sequence."""
+        body = encode(message, limit=MAX_FRAME_BYTES - SEQ_ROOM)
+        self._deliver(session, session.push(body, now))
+
+    def _broadcast(
+        self, message: ServerMessage, now: float, exclude: Session | None = None
+    ) -> None:
+        """Encode once, give every copy its recipient's ``seq``, then write them all.
+
+        Raw sessions, the bulk of a busy room, take a short path: their copies
+        are written straight from a list, a few microseconds per recipient.
+        """
+        body = checked_body(message)
+        head = body[:-1] + b',"seq":'
+        raw: list[tuple[bytes, Address]] = []
+        reliable: list[tuple[Session, list[bytes]]] = []
+
+        def build(member: Session) -> None:
+            if member.sender is None:
+                raw.append((b"%s%d}" % (head, member.take_seq()), member.address))
+            else:
+                reliable.append((member, member.push(body, now)))
+
+        self.registry.fan_out(build, exclude=exclude)
+        sendto = self.sock.sendto
+        for frame, address in raw:
+            try:
+                sendto(frame, address)
+            except OSError:
+                self.dropped["send_failed"] += 1
+        for member, frames in reliable:
+            self._deliver(member, frames)
+
+    def _deliver(self, session: Session, frames: list[bytes]) -> None:
+        """Write what ``push`` returned; a reliable session is watched until all is acked."""
+        if self._sessions.get(session.address) is not session:
+            return
+        self._transmit(session, frames)
+        sender = session.sender
+        if sender is None:
+            return
+        if sender.failed:
+            self._end(session, "timeout")
+        elif sender.overflowed:
+            self._end(session, "too_slow")
+        elif sender.pending and session not in self._busy:
+            if not self._busy:
+                self._wake.set()
+            self._busy.add(session)
+
+    def _transmit(self, session: Session, frames: list[bytes]) -> None:
+        if session.sender is not None:
+            session.sent += len(frames)
+        for frame in frames:
+            self._write(frame, session.address)
+
+    def _write(self, data: bytes, address: Address) -> None:
+        try:
+            self.sock.sendto(data, address)
+        except OSError as exc:
+            self.dropped["send_failed"] += 1
+            log.debug("send to %s:%d failed: %s", address[0], address[1], exc)
+
+    def _end(self, session: Session, reason: str) -> None:
+        """Take ``session`` out of the chat (once) and tell the others why."""
+        if self._sessions.get(session.address) is not session:
+            return
+        del self._sessions[session.address]
+        del self._by_token[session.token]
+        self._busy.discard(session)
+        name = self.registry.leave(session)
+        log.info("%s left (%s); %s", name, reason, session.summary())
+        if name is not None and not self.closing:
+            self._broadcast(Left(name=name, reason=reason, ts=now_ms()), time.monotonic())
+
+    # ---- the timer -----------------------------------------------------
+
+    def _run_timer(self) -> None:
+        """Retransmit when due; sweep out silent sessions and stale strangers."""
+        next_sweep = time.monotonic() + self._sweep_interval
+        while not self._timer_stop.is_set():
+            self._wake.clear()
+            now = time.monotonic()
+            with self._lock:
+                if now >= next_sweep:
+                    self._sweep(now)
+                    next_sweep = now + self._sweep_interval
+                deadline = self._retransmit(now)
+            wake_at = next_sweep
+            if deadline is not None:
+                # Sessions that became busy meanwhile do not wake the timer: the tick does.
+                wake_at = min(wake_at, deadline, now + BUSY_TICK)
+            self._wake.wait(max(TIMER_RESOLUTION, wake_at - time.monotonic()))
+
+    def _retransmit(self, now: float) -> float | None:
+        """Write what is due for every busy reliable session; return the next deadline."""
+        earliest: float | None = None
+        for session in list(self._busy):
+            sender = session.sender
+            assert sender is not None
+            self._deliver(session, sender.due(now))
+            if session not in self._busy:
+                continue
+            deadline = sender.next_deadline()
+            if deadline is None:
+                self._busy.discard(session)
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        return earliest
+
+    def _sweep(self, now: float) -> None:
+        if self.closing:
+            return
+        for session in list(self._sessions.values()):
+            if now - session.last_heard > self.limits.session_timeout:
+                self._end(session, "timeout")
+        while self._strangers:
+            address, stranger = next(iter(self._strangers.items()))
+            if now - stranger.since <= self.limits.hello_timeout:
+                break
+            del self._strangers[address]
+
+    # ---- stopping ------------------------------------------------------
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def _shutdown(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self.closing = True
+            sessions = list(self._sessions.values())
+            log.warning("shutting down: saying bye to %d session(s)", len(sessions))
+            for session in sessions:
+                self._send(session, Bye(reason="shutdown"), now)
+        deadline = now + SHUTDOWN_GRACE
+        while time.monotonic() < deadline and self._awaiting_acks():
+            self._receive()
+        self._timer_stop.set()
+        self._wake.set()
+        self._timer.join()
+        with self._lock:
+            for session in sessions:
+                self._end(session, "shutdown")
+        if self.dropped:
+            counts = ", ".join(f"{why} {n}" for why, n in sorted(self.dropped.items()))
+            log.warning("datagrams dropped: %s", counts)
+        self.sock.close()
+        log.warning("stopped")
+
+    def _awaiting_acks(self) -> bool:
+        with self._lock:
+            return any(s.sender is not None and s.sender.pending for s in self._sessions.values())
+
+
+def checked_body(message: ServerMessage) -> bytes:
+    """Encode a message built from a client's text, refusing one too big to send."""
+    try:
+        return encode(message, limit=MAX_FRAME_BYTES - SEQ_ROOM)
+    except TooLarge:
+        raise TextInvalid("that message is too long once encoded; send it in parts") from None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m udp.server",
+        description="The UDP chat server: one socket, sessions keyed by the client's "
+        "address, optional reliable delivery per session.",
+        epilog="Try it: python -m udp.server, then in two other terminals: "
+        "python -m udp.client --name alice (and --name bob)",
+    )
+    add_common_arguments(parser)
+    parser.add_argument(
+        "--session-timeout",
+        type=positive_float,
+        default=15.0,
+        metavar="SECONDS",
+        help="silence after which a session ends with reason timeout (default: %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    configure_logging(args.quiet, args.verbose)
+    try:
+        server = UdpChatServer(
+            Limits.from_args(args, session_timeout=args.session_timeout),
+            host=args.host,
+            port=args.port,
+        )
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.serve_forever()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
