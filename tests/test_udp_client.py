@@ -89,6 +89,21 @@ def test_join_chat_stats_quit(start_server: Start, terminals: Terminals, mode: l
         bob.close()
 
 
+def test_a_taken_name_is_asked_again(start_server: Start, terminals: Terminals) -> None:
+    server = start_server("udp.server")
+    bob = UdpTransport.connect(*server.address)
+    try:
+        bob.send(Hello(name="bob"))
+        assert isinstance(receive_until(bob, lambda m: True), Welcome)
+        alice = terminals(server.port, "--name", "BOB", "--reliable")
+        alice.expect("taken; try another")
+        alice.expect("your name: ")
+        alice.sendline("alice")
+        alice.expect(r"welcome, alice! online: bob \(2 in all\)")
+    finally:
+        bob.close()
+
+
 def test_says_so_and_exits_1_when_the_server_stops_answering(
     start_server: Start, terminals: Terminals
 ) -> None:

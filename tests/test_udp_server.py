@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -384,10 +387,33 @@ def test_shutdown_says_bye_to_every_session(server: ServerProcess, peers: Peers)
     reliable.ack(welcome["seq"])
     raw.expect("joined")
     started = time.monotonic()
-    server.proc.send_signal(15)
+    server.proc.send_signal(signal.SIGTERM)
     assert raw.expect("bye")["reason"] == "shutdown"
     bye = reliable.expect("bye")
     reliable.ack(bye["seq"])
     assert server.proc.wait(WAIT) == 0
     assert time.monotonic() - started < 2.0
     assert "Traceback" not in server.log
+
+
+def test_shutdown_is_prompt_under_a_flood(server: ServerProcess, peers: Peers) -> None:
+    flooder = peers(server)
+    flooder.hello("flooder")
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError):
+                flooder.send_raw(b"not json")
+
+    thread = threading.Thread(target=flood, name="test-flood")
+    thread.start()
+    try:
+        flooder.expect("error")
+        started = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.proc.wait(WAIT) == 0
+        assert time.monotonic() - started < 2.0
+    finally:
+        stop.set()
+        thread.join()

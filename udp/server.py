@@ -117,6 +117,7 @@ Address = tuple[str, int]
 POLL_INTERVAL = 0.2
 SHUTDOWN_GRACE = 1.0
 RECV_BYTES = 65536
+RECV_BATCH = 256
 SOCKET_BUFFER_BYTES = 4 << 20
 TOKEN_BYTES = 16
 AMPLIFICATION = 3
@@ -269,10 +270,14 @@ class UdpChatServer:
         self._shutdown()
 
     def _receive(self) -> None:
-        """Wait up to a poll interval, then handle every datagram waiting."""
+        """Wait up to a poll interval, then handle the datagrams waiting, a batch at most.
+
+        Under a flood the socket is never empty: the bound is what lets ``main``
+        see ``stopping`` in time.
+        """
         if not self._poller.poll(POLL_INTERVAL * 1000):
             return
-        while True:
+        for _ in range(RECV_BATCH):
             try:
                 data, address = self.sock.recvfrom(RECV_BYTES)
             except BlockingIOError:
