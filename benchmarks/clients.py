@@ -1,0 +1,518 @@
+"""Load clients that speak the real protocol, run in groups by worker threads.
+
+Contract:
+    Plan(clients, period_ns, t0_ns, start_ns, end_ns)   the open-loop schedule of all clients
+    connect_tcp(index, address, pad=0) -> TcpClient      (blocking until `welcome`)
+    join_udp(socks, reliable) -> [UdpClient]                 (hellos in parallel, resent each 1 s)
+    Worker(clients, first_index, plan, stop).start()        one thread, one epoll, one schedule
+
+Every client records what it sent (`sent`: scheduled times, in ns) and what it received
+(`chunk_times`: arrival times, `chunk_scheds`: the scheduled times found in that arrival, as
+space-separated decimals), and nothing else: no JSON and no Python loop per delivery while the
+load runs. Each `say` text is a marker `b<client>:<round>:<scheduled ns>`; a scheduled time
+alone identifies a message (the plan keeps them unique), so the analysis after the run needs
+only the numbers. All times are time.monotonic_ns() of this process.
+
+Why groups: in CPython, hundreds of threads handing the GIL to each other cost more CPU than
+the server under test, so a thread per client makes the harness the bottleneck. A worker owns a
+contiguous group of clients, their slots of the schedule and one epoll; with as many workers as
+clients it is the thread-per-client design, which the harness can run to show that cost.
+
+A worker waits in select() on its epoll descriptor, because select() sleeps to the microsecond
+and epoll.poll() only to the millisecond. Sends never block: TCP bytes the socket does not take
+wait in that client's own queue (a message counts as sent once its last byte is taken), UDP
+datagrams the kernel refuses are counted in `send_errors` and lost, as on a network.
+
+UDP reliable clients keep the protocol's reliable mode with `common.reliable`: every frame with
+a `seq` is acked (`ACK_COPIES` copies, like `udp.client`) and handed on once and in order, and
+each `say` is kept and retransmitted until acked; the worker checks the timers every 10 ms.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import select
+import socket
+import threading
+import time
+from array import array
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from common.reliable import ReliableReceiver, ReliableSender
+from udp.server import ACK_COPIES, enlarge_buffers
+
+SCHED_RE = re.compile(rb"b\d+:\d+:(\d+)")
+_SEQ_RE = re.compile(rb'"seq":(\d+)\}')
+_SESSION_RE = re.compile(rb'"session":"([0-9a-f]+)"')
+_RECV_BYTES = 1 << 20
+_DATAGRAM_BYTES = 65536
+_MAX_FRAME_BYTES = 8192
+_CONNECT_TIMEOUT_S = 10.0
+_IDLE_WAIT_S = 0.05
+_TICK_NS = 10_000_000
+_HELLO_INTERVAL_S = 1.0
+_HELLO_TRIES = 5
+_SETTLE_S = 0.3
+_TCP_BYE = b'{"type":"bye"}\n'
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The schedule: slot s belongs to client s % clients and is due at t0 + s * period // clients.
+
+    Slots are therefore in time order, and their due times are unique as long as
+    period_ns >= clients, so a scheduled time alone identifies a message.
+    """
+
+    clients: int
+    period_ns: int
+    t0_ns: int
+    start_ns: int
+    end_ns: int
+
+    def due(self, slot: int) -> int:
+        return self.t0_ns + slot * self.period_ns // self.clients
+
+    def measured(self, t_ns: int) -> bool:
+        return self.start_ns <= t_ns < self.end_ns
+
+    def offered(self) -> int:
+        """Messages due inside the measured window."""
+        return self._slots_before(self.end_ns) - self._slots_before(self.start_ns)
+
+    def _slots_before(self, t_ns: int) -> int:
+        # due(s) < t  <=>  s * period < (t - t0) * clients, so count with a ceiling division.
+        return -(-(t_ns - self.t0_ns) * self.clients // self.period_ns)
+
+
+class Client(Protocol):
+    """What a worker needs of a client, whatever its transport."""
+
+    index: int
+    sock: socket.socket
+    sent: list[int]
+    chunk_times: list[int]
+    chunk_scheds: list[bytes]
+    received: int
+
+    @property
+    def blocked(self) -> bool: ...
+
+    def send_say(self, sched: int, k: int) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def on_readable(self, buffer: bytearray, view: memoryview) -> bool: ...
+
+    def tick(self, now_ns: int) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _Recorder:
+    """What one client sent and received; shared by both transports."""
+
+    def __init__(self, index: int, sock: socket.socket) -> None:
+        self.index = index
+        self.sock = sock
+        self.sent: list[int] = []
+        # Per arrival: its time, and its scheduled times as space-separated decimals (parsed
+        # only after the run; converting them on the spot tripled the per-arrival cost).
+        self.chunk_times: list[int] = []
+        self.chunk_scheds: list[bytes] = []
+        self.received = 0
+
+    def _record(self, now: int, found: list[bytes]) -> None:
+        if found:
+            self.chunk_times.append(now)
+            self.chunk_scheds.append(b" ".join(found))
+            self.received += len(found)
+
+
+class TcpClient(_Recorder):
+    """One connection: its outgoing queue, what was sent, and the chunks it received."""
+
+    def __init__(self, index: int, sock: socket.socket, pending: bytes, pad: int = 0) -> None:
+        super().__init__(index, sock)
+        self._padding = b" " + b"x" * pad if pad else b""
+        # When a `left` with reason too_slow arrived (someone was dropped), 0 if never.
+        self.saw_too_slow_ns = 0
+        self._pending = pending
+        self._broken = False
+        self._outbox = bytearray()
+        self._queued: deque[tuple[int, int]] = deque()
+        self._queued_bytes = 0
+        self._written_bytes = 0
+
+    @property
+    def blocked(self) -> bool:
+        return bool(self._outbox) and not self._broken
+
+    def send_say(self, sched: int, k: int) -> None:
+        """Send at once if the socket takes it; otherwise queue behind what is waiting."""
+        frame = b'{"type":"say","text":"b%d:%d:%d%s"}\n' % (self.index, k, sched, self._padding)
+        self._queued_bytes += len(frame)
+        self._queued.append((sched, self._queued_bytes))
+        self._outbox += frame
+        if len(self._outbox) == len(frame):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what the socket takes; a message counts as sent once its last byte is taken."""
+        if self._broken:
+            return
+        try:
+            written = self.sock.send(self._outbox)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._broken = True
+            return
+        del self._outbox[:written]
+        self._written_bytes += written
+        while self._queued and self._queued[0][1] <= self._written_bytes:
+            self.sent.append(self._queued.popleft()[0])
+
+    def on_readable(self, buffer: bytearray, view: memoryview) -> bool:
+        """Read one chunk; the unfinished last line is copied to the front of the shared
+        buffer first, so the regular expression only ever sees whole lines."""
+        kept = len(self._pending)
+        view[:kept] = self._pending
+        try:
+            size = self.sock.recv_into(view[kept : kept + _RECV_BYTES])
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
+        if not size:
+            return False
+        now = time.monotonic_ns()
+        end = kept + size
+        cut = buffer.rfind(b"\n", 0, end) + 1
+        self._pending = bytes(buffer[cut:end])
+        self._record(now, SCHED_RE.findall(buffer, 0, cut))
+        if buffer.find(b'"too_slow"', 0, cut) >= 0 and not self.saw_too_slow_ns:
+            self.saw_too_slow_ns = now
+        return True
+
+    def tick(self, now_ns: int) -> None:
+        """TCP retransmits by itself."""
+
+    def close(self) -> None:
+        """Say `bye` unless a frame is half written, then shut the connection down."""
+        if not self._outbox:
+            with contextlib.suppress(OSError):
+                self.sock.send(_TCP_BYE)
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+
+
+def connect_tcp(index: int, address: tuple[str, int], pad: int = 0) -> TcpClient:
+    """Connect, say `hello` as c<index> and wait for `welcome`; then the socket is non-blocking.
+
+    Each `say` text is the marker, then a space and `pad` x's when pad > 0.
+    """
+    sock = socket.create_connection(address, timeout=_CONNECT_TIMEOUT_S)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.sendall(b'{"type":"hello","name":"c%d"}\n' % index)
+    buffer = b""
+    while b"\n" not in buffer:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"client {index}: server closed before welcome")
+        buffer += data
+    line, _, rest = buffer.partition(b"\n")
+    if json.loads(line).get("type") != "welcome":
+        raise RuntimeError(f"client {index}: expected welcome, got {line!r}")
+    sock.setblocking(False)
+    return TcpClient(index, sock, rest, pad)
+
+
+def tcp_slow_reader(index: int, address: tuple[str, int], receive_buffer: int) -> socket.socket:
+    """A client that joins and then never reads: a small receive buffer fills at once."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(_CONNECT_TIMEOUT_S)
+    sock.connect(address)
+    sock.sendall(b'{"type":"hello","name":"slow%d"}\n' % index)
+    return sock
+
+
+def was_dropped(sock: socket.socket) -> bool:
+    """Read what waits for a slow reader: True if the stream ends (the server closed it)
+    before nothing more came for a moment."""
+    sock.settimeout(_SETTLE_S)
+    try:
+        while sock.recv(_RECV_BYTES):
+            pass
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+class UdpClient(_Recorder):
+    """One UDP session: a connected socket, its token, and the reliable state in that mode."""
+
+    def __init__(self, index: int, sock: socket.socket, reliable: bool) -> None:
+        super().__init__(index, sock)
+        self.reliable = reliable
+        self.token: bytes | None = None
+        self.send_errors = 0
+        self.sender = ReliableSender() if reliable else None
+        self.receiver = ReliableReceiver() if reliable else None
+        self._next_seq = 1
+        flag = b',"reliable":true' if reliable else b""
+        self._hello = b'{"type":"hello","name":"c%d"%s}' % (index, flag)
+
+    @property
+    def blocked(self) -> bool:
+        return False
+
+    @property
+    def retransmitted(self) -> int:
+        return self.sender.retransmissions if self.sender is not None else 0
+
+    @property
+    def failed(self) -> bool:
+        """The server stopped acknowledging: a frame went unacked MAX_TRIES times."""
+        return self.sender is not None and self.sender.failed
+
+    def hello(self) -> None:
+        self._write(self._hello)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.sock.send(data)
+        except OSError:
+            self.send_errors += 1
+
+    def _frame(self, body: bytes) -> bytes:
+        """A client frame with this session's token and the next seq."""
+        assert self.token is not None
+        if self.sender is None:
+            seq = self._next_seq
+            self._next_seq += 1
+        else:
+            seq = self.sender.next_seq
+        return b'%s,"session":"%s","seq":%d}' % (body, self.token, seq)
+
+    def _submit(self, frame: bytes) -> None:
+        if self.sender is None:
+            self._write(frame)
+            return
+        self.sender.queue(self.sender.next_seq, frame)
+        for due in self.sender.due(time.monotonic_ns() / 1e9):
+            self._write(due)
+
+    def send_say(self, sched: int, k: int) -> None:
+        self.sent.append(sched)
+        self._submit(self._frame(b'{"type":"say","text":"b%d:%d:%d"' % (self.index, k, sched)))
+
+    def flush(self) -> None:
+        """Datagrams are written whole or not at all."""
+
+    def on_readable(self, buffer: bytearray, view: memoryview) -> bool:
+        """Take every datagram that waits; one clock reading for the lot."""
+        datagrams: list[bytes] = []
+        while True:
+            try:
+                datagrams.append(self.sock.recv(_DATAGRAM_BYTES))
+            except BlockingIOError:
+                break
+            except ConnectionRefusedError:
+                # An ICMP error from an earlier send; the next datagram may be fine.
+                continue
+            except OSError:
+                return False
+        now = time.monotonic_ns()
+        if self.token is None:
+            self._find_welcome(datagrams)
+        if self.receiver is not None:
+            datagrams = self._reliable(datagrams, now / 1e9)
+        self._record(now, SCHED_RE.findall(b"\n".join(datagrams)))
+        return True
+
+    def _find_welcome(self, datagrams: list[bytes]) -> None:
+        for data in datagrams:
+            if data.startswith(b'{"type":"welcome"'):
+                match = _SESSION_RE.search(data)
+                if match:
+                    self.token = match.group(1)
+                    return
+
+    def _reliable(self, datagrams: list[bytes], now_s: float) -> list[bytes]:
+        """Ack every frame with a seq, take acks, and return what is now deliverable in order."""
+        assert self.sender is not None and self.receiver is not None
+        deliverable: list[bytes] = []
+        for data in datagrams:
+            match = _SEQ_RE.search(data)
+            if match is None or self.token is None:
+                continue
+            seq = int(match.group(1))
+            if data.startswith(b'{"type":"ack"'):
+                window_was_full = not self.sender.can_send
+                self.sender.on_ack(seq)
+                if window_was_full:
+                    for due in self.sender.due(now_s):
+                        self._write(due)
+                continue
+            frames = self.receiver.on_frame(seq, data)
+            if frames is None:
+                continue
+            ack = b'{"type":"ack","seq":%d,"session":"%s"}' % (seq, self.token)
+            for _ in range(ACK_COPIES):
+                self._write(ack)
+            deliverable += frames
+        return deliverable
+
+    def tick(self, now_ns: int) -> None:
+        """Retransmit what timed out."""
+        if self.sender is not None and self.sender.pending:
+            for due in self.sender.due(now_ns / 1e9):
+                self._write(due)
+
+    def close(self) -> None:
+        """Say `bye` (not waiting for its ack), then close the socket."""
+        if self.token is not None:
+            self._submit(self._frame(b'{"type":"bye"'))
+        self.sock.close()
+
+
+def join_udp(
+    first_index: int, count: int, address: tuple[str, int], reliable: bool
+) -> list[UdpClient]:
+    """Open `count` sessions at once: every hello goes out, then again each second to those
+    still without a welcome, five times at most, as the protocol asks of a client."""
+    clients: list[UdpClient] = []
+    poller = select.epoll()
+    try:
+        for offset in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            enlarge_buffers(sock)
+            sock.connect(address)
+            sock.setblocking(False)
+            clients.append(UdpClient(first_index + offset, sock, reliable))
+            poller.register(sock, select.EPOLLIN)
+        by_fd = {client.sock.fileno(): client for client in clients}
+        buffer = bytearray()
+        view = memoryview(buffer)
+        for _ in range(_HELLO_TRIES):
+            waiting = [client for client in clients if client.token is None]
+            if not waiting:
+                return clients
+            for client in waiting:
+                client.hello()
+            deadline = time.monotonic() + _HELLO_INTERVAL_S
+            while any(c.token is None for c in waiting) and time.monotonic() < deadline:
+                for fd, _ in poller.poll(max(0.0, deadline - time.monotonic())):
+                    by_fd[fd].on_readable(buffer, view)
+        missing = sum(1 for client in clients if client.token is None)
+        if missing:
+            raise RuntimeError(f"{missing} of {count} UDP clients got no welcome")
+        return clients
+    except BaseException:
+        for client in clients:
+            client.sock.close()
+        raise
+    finally:
+        poller.close()
+
+
+class Worker:
+    """One thread driving a contiguous group of clients: their slots, their sockets, one epoll.
+
+    `lags` gets how late each measured send left against its schedule, in ns.
+    """
+
+    def __init__(
+        self, clients: Sequence[Client], plan: Plan, stop: threading.Event, name: str
+    ) -> None:
+        self.clients = list(clients)
+        self.plan = plan
+        self.lags: array[int] = array("q")
+        self.scheduled = threading.Event()
+        self.error: BaseException | None = None
+        self._stop = stop
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except Exception as error:
+            # The main thread raises it once the run is over.
+            self.error = error
+            self.scheduled.set()
+
+    def _loop(self) -> None:
+        plan, clients = self.plan, self.clients
+        first, last = clients[0].index, clients[-1].index + 1
+        poller = select.epoll()
+        by_fd = {client.sock.fileno(): client for client in clients}
+        for fd in by_fd:
+            poller.register(fd, select.EPOLLIN)
+        buffer = bytearray(_RECV_BYTES + _MAX_FRAME_BYTES)
+        view = memoryview(buffer)
+        clock = time.monotonic_ns
+        timed = any(isinstance(c, UdpClient) and c.reliable for c in clients)
+        next_tick = clock() + _TICK_NS
+        rounds, index = 0, first
+        sched = plan.due(index)
+        if sched >= plan.end_ns:
+            self.scheduled.set()
+        try:
+            while by_fd and not self._stop.is_set():
+                now = clock()
+                while sched < plan.end_ns and sched <= now:
+                    client = clients[index - first]
+                    was_blocked = client.blocked
+                    client.send_say(sched, rounds)
+                    if sched >= plan.start_ns:
+                        self.lags.append(clock() - sched)
+                    if client.blocked and not was_blocked:
+                        poller.modify(client.sock.fileno(), select.EPOLLIN | select.EPOLLOUT)
+                    index += 1
+                    if index == last:
+                        index, rounds = first, rounds + 1
+                    sched = plan.due(rounds * plan.clients + index)
+                    if sched >= plan.end_ns:
+                        self.scheduled.set()
+                if timed and now >= next_tick:
+                    for client in clients:
+                        client.tick(now)
+                    next_tick = now + _TICK_NS
+                wake = min(sched, next_tick) if timed else sched
+                if sched >= plan.end_ns and not timed:
+                    wait_s = _IDLE_WAIT_S
+                else:
+                    wait_s = min(max((wake - clock()) / 1e9, 0.0), _IDLE_WAIT_S)
+                ready, _, _ = select.select([poller], [], [], wait_s)
+                if not ready:
+                    continue
+                for fd, events in poller.poll(0):
+                    client = by_fd[fd]
+                    if events & select.EPOLLOUT:
+                        client.flush()
+                        if not client.blocked:
+                            poller.modify(fd, select.EPOLLIN)
+                    if not events & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                        continue
+                    if not client.on_readable(buffer, view):
+                        poller.unregister(fd)
+                        del by_fd[fd]
+        finally:
+            view.release()
+            poller.close()

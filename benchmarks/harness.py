@@ -1,0 +1,436 @@
+"""The benchmark suite: which runs make up `make bench` and `make bench-full`, and their files.
+
+Contract:
+    build_suite("bench" | "full" | "tiny", threads=DEFAULT_THREADS) -> [Scenario]
+    run_suite(scenarios, out_dir, suite=..., progress=Reporter(...)) -> dict   (the results)
+    write_results(results, out_dir)   latest.json and latest.csv in out_dir
+    read_results(path) -> dict
+
+A Scenario is one run: a LoadSpec for a load run, or a client count for the capacity run
+(`benchmarks.capacity`). Groups, each answering one question of the report:
+
+- `clients`: TCP, the naive baseline, UDP raw and UDP reliable at 2 to 200 clients x 5 msg/s.
+- `udp-target`: UDP raw and reliable at 100 clients x 10 msg/s.
+- `rate`: TCP and naive at 200 clients x 1 to 50 msg/s, up to saturation (see targets.knee).
+- `lossy`: UDP raw and reliable over a LossyNamespace at 0/1/5/10 % loss each way; skipped
+  with the reason when this machine cannot make one (no root, no nftables).
+- `slow-reader`: TCP with and without one client that never reads, and the naive server with it.
+- `nagle`: the TCP server with Nagle's algorithm on (`--nagle`) and off (TCP_NODELAY).
+- `threads`: the same TCP load driven by grouped worker threads and by a thread per client.
+- `capacity`: how many idle clients one TCP server holds, and the memory each costs.
+
+The results dict: `meta` (suite, date, git commit, Python, machine, load average before and
+after), `runs` (group, name, spec, result per load run), `capacity`, `skipped` (group, reason).
+The CSV has one row per load run, with the meta columns repeated on every row.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from benchmarks import capacity
+from benchmarks.measure import (
+    DEFAULT_THREADS,
+    LoadResult,
+    LoadSpec,
+    format_results,
+    result_from_dict,
+    result_to_dict,
+    run_load,
+)
+from benchmarks.servers import REPO_ROOT
+from udp.lossy import lossy_link_unavailable
+
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+SUITES = ("bench", "full", "tiny")
+GROUPS = (
+    "clients", "udp-target", "rate", "lossy", "slow-reader", "nagle", "threads", "capacity",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One run of the suite: a load run (spec) or a capacity run (capacity_clients)."""
+
+    group: str
+    name: str
+    spec: LoadSpec | None = None
+    capacity_clients: int = 0
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """What differs between the suites."""
+
+    duration: float
+    warmup: float
+    drain: float
+    reliable_drain: float
+    client_counts: tuple[int, ...]
+    sweep_clients: int
+    sweep_rates: tuple[float, ...]
+    target_clients: int
+    lossy_clients: int
+    losses: tuple[int, ...]
+    slow_clients: int
+    slow_duration: float
+    nagle_clients: tuple[int, ...]
+    thread_clients: int
+    thread_counts: tuple[int, ...]
+    capacity_clients: int
+
+
+_SIZES = {
+    "bench": _Sizes(
+        duration=2.0,
+        warmup=0.5,
+        drain=3.0,
+        reliable_drain=10.0,
+        client_counts=(2, 10, 50, 100, 200),
+        sweep_clients=200,
+        sweep_rates=(1, 5, 10, 20, 50),
+        target_clients=100,
+        lossy_clients=20,
+        losses=(0, 1, 5, 10),
+        slow_clients=20,
+        slow_duration=6.0,
+        nagle_clients=(10, 100),
+        thread_clients=200,
+        thread_counts=(),
+        capacity_clients=1000,
+    ),
+    "full": _Sizes(
+        duration=10.0,
+        warmup=1.0,
+        drain=10.0,
+        reliable_drain=15.0,
+        client_counts=(2, 10, 50, 100, 200),
+        sweep_clients=200,
+        sweep_rates=(1, 2, 5, 10, 20, 50),
+        target_clients=100,
+        lossy_clients=20,
+        losses=(0, 1, 5, 10),
+        slow_clients=20,
+        slow_duration=10.0,
+        nagle_clients=(10, 100, 200),
+        thread_clients=200,
+        thread_counts=(1, 2, 4, 8),
+        capacity_clients=5000,
+    ),
+    "tiny": _Sizes(
+        duration=0.5,
+        warmup=0.1,
+        drain=2.0,
+        reliable_drain=3.0,
+        client_counts=(3,),
+        sweep_clients=3,
+        sweep_rates=(20,),
+        target_clients=3,
+        lossy_clients=3,
+        losses=(5,),
+        slow_clients=3,
+        slow_duration=0.5,
+        nagle_clients=(3,),
+        thread_clients=3,
+        thread_counts=(),
+        capacity_clients=20,
+    ),
+}
+
+_SLOW_RATE = 25.0
+_SLOW_PAD = 1900
+_SLOW_MAX_OUTBOX = 65536
+_CLIENTS_RATE = 5.0
+_TARGET_RATE = 10.0
+_LOSSY_RATE = 5.0
+_NAGLE_RATE = 5.0
+_THREADS_RATE = 5.0
+
+
+def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
+    """Every scenario of a suite, in the order they run."""
+    if suite not in _SIZES:
+        raise ValueError(f"suite must be one of {SUITES}")
+    z = _SIZES[suite]
+    base = LoadSpec(duration=z.duration, warmup=z.warmup, drain=z.drain, threads=threads)
+    reliable = dataclasses.replace(base, server="udp", reliable=True, drain=z.reliable_drain)
+    kinds = {
+        "tcp": base,
+        "naive": dataclasses.replace(base, server="naive"),
+        "udp-raw": dataclasses.replace(base, server="udp"),
+        "udp-reliable": reliable,
+    }
+    out: list[Scenario] = []
+
+    def add(group: str, name: str, spec: LoadSpec) -> None:
+        out.append(Scenario(group, name, spec))
+
+    for protocol, spec in kinds.items():
+        for n in z.client_counts:
+            add("clients", f"{protocol} {n}x{_CLIENTS_RATE:g}", _at(spec, n, _CLIENTS_RATE))
+    for protocol in ("udp-raw", "udp-reliable"):
+        n = z.target_clients
+        add("udp-target", f"{protocol} {n}x{_TARGET_RATE:g}", _at(kinds[protocol], n, _TARGET_RATE))
+    for protocol in ("tcp", "naive"):
+        for rate in z.sweep_rates:
+            n = z.sweep_clients
+            add("rate", f"{protocol} {n}x{rate:g}", _at(kinds[protocol], n, rate))
+    for protocol in ("udp-raw", "udp-reliable"):
+        for loss in z.losses:
+            spec = dataclasses.replace(
+                _at(kinds[protocol], z.lossy_clients, _LOSSY_RATE), netns_loss=loss
+            )
+            add("lossy", f"{protocol} {loss}% loss", spec)
+    slow = dataclasses.replace(
+        _at(base, z.slow_clients, _SLOW_RATE), duration=z.slow_duration, pad=_SLOW_PAD
+    )
+    add(
+        "slow-reader", "tcp, no slow reader", dataclasses.replace(slow, max_outbox=_SLOW_MAX_OUTBOX)
+    )
+    add(
+        "slow-reader",
+        "tcp + 1 slow reader",
+        dataclasses.replace(slow, max_outbox=_SLOW_MAX_OUTBOX, slow_readers=1),
+    )
+    add(
+        "slow-reader",
+        "naive + 1 slow reader",
+        dataclasses.replace(slow, server="naive", slow_readers=1),
+    )
+    for n in z.nagle_clients:
+        add("nagle", f"tcp nodelay {n}x{_NAGLE_RATE:g}", _at(base, n, _NAGLE_RATE))
+        add(
+            "nagle",
+            f"tcp nagle {n}x{_NAGLE_RATE:g}",
+            dataclasses.replace(_at(base, n, _NAGLE_RATE), nagle=True),
+        )
+    n = z.thread_clients
+    for count in sorted({threads, *z.thread_counts, n}):
+        label = "a thread per client" if count == n else f"{count} threads"
+        add(
+            "threads",
+            f"tcp {n}x{_THREADS_RATE:g}, {label}",
+            dataclasses.replace(_at(base, n, _THREADS_RATE), threads=count),
+        )
+    out.append(
+        Scenario(
+            "capacity",
+            f"tcp {z.capacity_clients} idle clients",
+            capacity_clients=z.capacity_clients,
+        )
+    )
+    return out
+
+
+def _at(spec: LoadSpec, clients: int, rate: float) -> LoadSpec:
+    return dataclasses.replace(spec, clients=clients, rate=rate)
+
+
+class Reporter:
+    """The progress line: rewritten in place on a terminal, one line per scenario otherwise."""
+
+    def __init__(self, stream: TextIO = sys.stderr) -> None:
+        self._stream = stream
+        self._tty = stream.isatty()
+        self._prefix = ""
+
+    def begin(self, position: int, total: int, scenario: Scenario) -> None:
+        self._prefix = f"[{position:>2}/{total}] {scenario.group}: {scenario.name}"
+        self.update("starting")
+
+    def update(self, text: str) -> None:
+        if self._tty:
+            self._stream.write(f"\r\x1b[K{self._prefix}: {text}")
+            self._stream.flush()
+
+    def end(self, text: str) -> None:
+        if self._tty:
+            self._stream.write("\r\x1b[K")
+        self._stream.write(f"{self._prefix}: {text}\n")
+        self._stream.flush()
+
+    def note(self, text: str) -> None:
+        self._stream.write(text + "\n")
+        self._stream.flush()
+
+
+def _summary_line(result: LoadResult) -> str:
+    return (
+        f"{result.deliveries_per_s:,.0f} deliveries/s, p99 {result.p99_ms:.2f} ms, "
+        f"loss {result.loss_pct:.2f} %, server {result.server_cpu_us_per_delivery:.2f} µs/delivery"
+    )
+
+
+def _git(*args: str) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip()
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+
+
+def machine_meta() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "machine": {
+            "system": f"{platform.system()} {platform.release()}",
+            "arch": platform.machine(),
+            "cpu": _cpu_model(),
+            "cores": os.cpu_count(),
+            "memory_gib": round(_memory_gib(), 1),
+        },
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+    }
+
+
+def run_suite(
+    scenarios: Sequence[Scenario],
+    suite: str,
+    reporter: Reporter | None = None,
+    threads: int = DEFAULT_THREADS,
+) -> dict[str, Any]:
+    """Run the scenarios one after another; the results dict (see the module docstring)."""
+    reporter = reporter or Reporter()
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "meta": {
+            "suite": suite,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "default_threads": threads,
+            "load_average_before": list(os.getloadavg()),
+            **machine_meta(),
+        },
+        "runs": [],
+        "capacity": [],
+        "skipped": [],
+    }
+    lossy_reason = lossy_link_unavailable() if any(s.group == "lossy" for s in scenarios) else None
+    if lossy_reason is not None:
+        reporter.note(f"lossy link runs skipped: {lossy_reason}")
+        results["skipped"].append({"group": "lossy", "reason": lossy_reason})
+    todo = [s for s in scenarios if not (s.group == "lossy" and lossy_reason is not None)]
+    for position, scenario in enumerate(todo, 1):
+        reporter.begin(position, len(todo), scenario)
+        if scenario.spec is None:
+            measured = capacity.measure(scenario.capacity_clients)
+            results["capacity"].append(
+                {"group": scenario.group, "name": scenario.name, **asdict(measured)}
+            )
+            reporter.end(
+                f"{measured.online} online, {measured.bytes_per_client / 1024:.1f} KiB each"
+            )
+            continue
+        result = run_load(scenario.spec, progress=reporter.update)
+        results["runs"].append(
+            {
+                "group": scenario.group,
+                "name": scenario.name,
+                "spec": asdict(scenario.spec),
+                "result": result_to_dict(result),
+            }
+        )
+        reporter.end(_summary_line(result))
+    results["meta"]["load_average_after"] = list(os.getloadavg())
+    results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
+    return results
+
+
+def load_results(results: dict[str, Any], group: str | None = None) -> list[tuple[str, LoadResult]]:
+    """(name, LoadResult) of the load runs, of one group or all."""
+    return [
+        (run["name"], result_from_dict(run["result"]))
+        for run in results["runs"]
+        if group is None or run["group"] == group
+    ]
+
+
+def format_tables(results: dict[str, Any]) -> str:
+    """One table per group, as printed at the end of a run."""
+    parts: list[str] = []
+    for group in GROUPS:
+        runs = load_results(results, group)
+        if runs:
+            names = [name for name, _ in runs]
+            parts.append(f"== {group}\n{format_results([r for _, r in runs], names)}")
+    for entry in results["capacity"]:
+        parts.append(
+            f"== capacity\n{entry['online']} of {entry['clients']} clients online, "
+            f"{entry['bytes_per_client'] / 1024:.1f} KiB of server memory each, "
+            f"{entry['threads_after']} server threads, joined in {entry['connect_seconds']:.1f} s"
+        )
+    for skipped in results["skipped"]:
+        parts.append(f"== {skipped['group']}: skipped ({skipped['reason']})")
+    return "\n\n".join(parts)
+
+
+_META_COLUMNS = ("date", "suite", "git_commit", "python")
+
+
+def _csv_rows(results: dict[str, Any]) -> Iterable[dict[str, Any]]:
+    meta = results["meta"]
+    machine = meta["machine"]
+    for run in results["runs"]:
+        yield {
+            "group": run["group"],
+            "name": run["name"],
+            **run["result"],
+            **{key: meta[key] for key in _META_COLUMNS},
+            "machine": f"{machine['cpu']} x{machine['cores']}, {machine['system']}",
+        }
+
+
+def write_results(results: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """latest.json and latest.csv in out_dir (created if missing); returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path, csv_path = out_dir / "latest.json", out_dir / "latest.csv"
+    json_path.write_text(json.dumps(results, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+    rows = list(_csv_rows(results))
+    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+        fields = [
+            "group",
+            "name",
+            *(f.name for f in dataclasses.fields(LoadResult)),
+            *_META_COLUMNS,
+            "machine",
+        ]
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return json_path, csv_path
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data

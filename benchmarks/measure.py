@@ -1,0 +1,597 @@
+"""One measured load run against one chat server: the method behind every benchmark number.
+
+Contract:
+    run_load(LoadSpec(server="tcp", clients=200, rate=5, ...), progress=None) -> LoadResult
+    run_clients(spec, address, server_pid, progress=None) -> LoadResult   (the client side only)
+    result_to_dict(result) / result_from_dict(mapping)   JSON-safe (inf and nan become None)
+    format_results(results, labels=None) -> str          a table, one row per run
+
+`run_load` starts the server as its own process (`benchmarks.servers`), drives it with
+`spec.clients` clients speaking the real protocol (`benchmarks.clients`), grouped into
+`spec.threads` worker threads, and stops it. With `netns_loss` set, the server and the client side
+both run inside a `udp.lossy.LossyNamespace` whose loopback drops that percentage of UDP
+datagrams: the client side is then the subprocess `python -m benchmarks.client_worker`, which
+prints its LoadResult as JSON. With `relay_loss` the UDP clients talk through an in-process
+`udp.faults.FaultyRelay` instead.
+
+Method, chosen so the numbers cannot flatter the server:
+- Open loop. Client i sends its k-th `say` at t0 + (k*N + i) * period / N (period = 1/rate), so
+  the phases are spread evenly. Latency is measured from the scheduled time, never from the
+  actual send, so a stall shows up in the latencies instead of quietly lowering the offered
+  load (coordinated omission). One clock: time.monotonic_ns() of the client-side process.
+- Statistics cover the measured window [t0 + warmup, t0 + warmup + duration): its messages for
+  latency and loss, and deliveries arriving during it for throughput and server CPU per
+  delivery. After the window the harness waits up to `drain` seconds for the deliveries still
+  owed (raw UDP stops early after half a second with nothing new), then says `bye`, closes,
+  and stops the server with SIGTERM.
+- `expected` = messages of the window sent x clients (every client gets every message, its own
+  included); `lost` = expected - received by the end of the drain; `unsent` = messages of the
+  window still queued in the harness at the end (a server that stopped reading);
+  `duplicates` = a marker seen twice by one client; `reorders` = a marker older than one already
+  seen from the same sender; `unexpected` = a marker never sent. Latency percentiles are over
+  the deliveries that arrived (nearest rank); the missing ones are in `lost`.
+- Server CPU is the server process's user + system time over the window (/proc), per delivery
+  received in it; its peak memory is VmHWM after the run. The harness reports its own CPU
+  (100 % = one core) and how late its sends left against the schedule (`send_lag`), so a reader
+  can tell whether the harness, not the server, was the limit.
+- `connect_s` is the time until every client had its `welcome` (TCP clients join one after the
+  other, UDP clients all at once).
+- Slow readers (`slow_readers`, TCP) join after the others, with a 4 KiB receive buffer, and
+  never read or send; they count in no statistic. `slow_dropped` says how many the server had
+  disconnected by the end, `too_slow_seen` how many fast clients were told one left `too_slow`,
+  `too_slow_after_s` when the first was told, in seconds from t0. `pad` lengthens every text by
+  that many characters, so that a slow reader's buffers fill sooner.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import resource
+import socket
+import subprocess
+import sys
+import threading
+import time
+from array import array
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tabulate import tabulate
+
+from benchmarks import procstat
+from benchmarks.clients import (
+    Client,
+    Plan,
+    TcpClient,
+    UdpClient,
+    Worker,
+    connect_tcp,
+    join_udp,
+    tcp_slow_reader,
+    was_dropped,
+)
+from benchmarks.servers import REPO_ROOT, ServerProcess, server_command
+from udp.faults import FaultyRelay
+from udp.lossy import LossyNamespace
+
+DEFAULT_THREADS = 2
+"""Worker threads when not told: few enough that the GIL is not the bottleneck."""
+
+Progress = Callable[[str], None]
+
+PROGRESS_PREFIX = "progress: "
+"""How the client worker marks its progress lines on stderr."""
+
+_LEAD_NS = 300_000_000
+_POLL_S = 0.01
+_QUIET_NS = 500_000_000
+_STOP_TIMEOUT_S = 5.0
+_SLOW_RCVBUF = 4096
+_WORKER_MARGIN_S = 60.0
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to run: which server, how many clients, how fast, over which link."""
+
+    server: str = "tcp"
+    reliable: bool = False
+    clients: int = 10
+    rate: float = 5.0
+    duration: float = 5.0
+    warmup: float = 1.0
+    drain: float = 5.0
+    threads: int = DEFAULT_THREADS
+    nagle: bool = False
+    slow_readers: int = 0
+    max_outbox: int | None = None
+    pad: int = 0
+    netns_loss: int | None = None
+    relay_loss: float = 0.0
+    seed: int = 1
+
+    @property
+    def protocol(self) -> str:
+        """tcp, naive, udp-raw or udp-reliable."""
+        if self.server != "udp":
+            return self.server
+        return "udp-reliable" if self.reliable else "udp-raw"
+
+    @property
+    def link(self) -> str:
+        if self.netns_loss is not None:
+            return f"netns {self.netns_loss}% loss"
+        if self.relay_loss:
+            return f"relay {self.relay_loss:.0%} loss"
+        return "loopback"
+
+    def validate(self) -> None:
+        if self.server not in ("tcp", "naive", "udp"):
+            raise ValueError("server must be tcp, naive or udp")
+        period_ns = round(1e9 / self.rate) if self.rate > 0 else 0
+        if self.clients < 1 or period_ns < self.clients:
+            raise ValueError("need clients >= 1 and 0 < rate <= 1e9 / clients")
+        if self.duration <= 0 or self.warmup < 0 or self.drain < 0 or self.threads < 1:
+            raise ValueError("need duration > 0, warmup >= 0, drain >= 0, threads >= 1")
+        if self.reliable and self.server != "udp":
+            raise ValueError("reliable mode is UDP's")
+        if self.slow_readers and self.server == "udp":
+            raise ValueError("slow readers are a TCP matter")
+        if (self.netns_loss is not None or self.relay_loss) and self.server != "udp":
+            raise ValueError("lossy links are for UDP")
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What one run measured; rates are per second of the measured window."""
+
+    protocol: str
+    link: str
+    clients: int
+    threads: int
+    rate: float
+    duration: float
+    nagle: bool
+    slow_readers: int
+    connect_s: float
+    offered_msgs_per_s: float
+    sent_msgs_per_s: float
+    offered_deliveries_per_s: float
+    deliveries_per_s: float
+    sent: int
+    expected: int
+    received: int
+    lost: int
+    loss_pct: float
+    unsent: int
+    duplicates: int
+    reorders: int
+    unexpected: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    send_lag_p50_ms: float
+    send_lag_p99_ms: float
+    retransmitted: int
+    send_errors: int
+    slow_dropped: int
+    too_slow_seen: int
+    too_slow_after_s: float
+    server_cpu_pct: float
+    server_cpu_us_per_delivery: float
+    server_peak_rss_mb: float
+    server_threads: int
+    harness_cpu_pct: float
+    server_clean_exit: bool | None
+
+    @property
+    def server(self) -> str:
+        """The server process that ran: tcp, naive or udp."""
+        return self.protocol.split("-")[0]
+
+
+def result_to_dict(result: LoadResult) -> dict[str, Any]:
+    """The fields as JSON-safe values: inf and nan become None."""
+    return {
+        key: None if isinstance(value, float) and not math.isfinite(value) else value
+        for key, value in asdict(result).items()
+    }
+
+
+def result_from_dict(data: Mapping[str, Any]) -> LoadResult:
+    """The inverse of result_to_dict (None in a float field reads as nan); unknown keys ignored."""
+    values: dict[str, Any] = {}
+    for spec_field in dataclasses.fields(LoadResult):
+        value = data.get(spec_field.name)
+        if value is None and spec_field.type == "float":
+            value = math.nan
+        values[spec_field.name] = value
+    return LoadResult(**values)
+
+
+def _raise_open_file_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        # An unlimited hard limit cannot always be taken literally; then keep the soft one.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _own_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def _sleep_until(deadline_ns: int) -> None:
+    delay_ns = deadline_ns - time.monotonic_ns()
+    if delay_ns > 0:
+        time.sleep(delay_ns / 1e9)
+
+
+def _percentile_ms(sorted_ns: Sequence[int], fraction: float) -> float:
+    """Nearest-rank percentile; nan when there is nothing to rank."""
+    if not sorted_ns:
+        return math.nan
+    rank = max(1, math.ceil(fraction * len(sorted_ns)))
+    return sorted_ns[rank - 1] / 1e6
+
+
+def _groups(clients: Sequence[Client], threads: int) -> list[list[Client]]:
+    """Contiguous groups of nearly equal size, one per worker thread."""
+    count = min(threads, len(clients))
+    bounds = [len(clients) * w // count for w in range(count + 1)]
+    return [list(clients[bounds[w] : bounds[w + 1]]) for w in range(count)]
+
+
+def _watch_window(
+    clients: Sequence[Client], plan: Plan, progress: Progress | None, workers: Sequence[Worker]
+) -> None:
+    """Sleep through the measured window, reporting deliveries per second once a second."""
+    if progress is None:
+        _sleep_until(plan.end_ns)
+        return
+    total_s = (plan.end_ns - plan.start_ns) / 1e9
+    last_count = sum(c.received for c in clients)
+    last_ns = time.monotonic_ns()
+    while last_ns < plan.end_ns and not any(w.error for w in workers):
+        _sleep_until(min(plan.end_ns, last_ns + 1_000_000_000))
+        now = time.monotonic_ns()
+        count = sum(c.received for c in clients)
+        rate = (count - last_count) / max((now - last_ns) / 1e9, 1e-9)
+        progress(f"{(now - plan.start_ns) / 1e9:4.1f}/{total_s:g} s, {rate:,.0f} deliveries/s")
+        last_count, last_ns = count, now
+
+
+def _drain(
+    clients: Sequence[Client], workers: Sequence[Worker], deadline_ns: int, quiet_ends: bool
+) -> None:
+    """Wait until every message is scheduled, every queue written and every sent message
+    reached every client, or until the deadline; with quiet_ends, also once nothing new has
+    come for half a second (what raw UDP lost never comes)."""
+    for worker in workers:
+        worker.scheduled.wait(max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9))
+    last_count, last_change = -1, time.monotonic_ns()
+    while (now := time.monotonic_ns()) < deadline_ns:
+        owed = sum(len(c.sent) for c in clients) * len(clients)
+        count = sum(c.received for c in clients)
+        if count >= owed and not any(c.blocked for c in clients):
+            return
+        if count != last_count:
+            last_count, last_change = count, now
+        elif quiet_ends and now - last_change >= _QUIET_NS:
+            return
+        time.sleep(_POLL_S)
+
+
+@dataclass(frozen=True)
+class _Usage:
+    """Resources used during the measured window, and the server's peaks after it."""
+
+    connect_s: float
+    wall_s: float
+    server_cpu_s: float
+    harness_cpu_s: float
+    server_peak_rss: int
+    server_threads: int
+    slow_dropped: int
+
+
+def _connect(
+    spec: LoadSpec, address: tuple[str, int]
+) -> tuple[list[TcpClient] | list[UdpClient], float]:
+    started = time.monotonic()
+    clients: list[TcpClient] | list[UdpClient]
+    if spec.server == "udp":
+        clients = join_udp(0, spec.clients, address, spec.reliable)
+    else:
+        tcp_clients: list[TcpClient] = []
+        try:
+            for index in range(spec.clients):
+                tcp_clients.append(connect_tcp(index, address, spec.pad))
+        except BaseException:
+            for client in tcp_clients:
+                client.close()
+            raise
+        clients = tcp_clients
+    return clients, time.monotonic() - started
+
+
+def run_clients(
+    spec: LoadSpec,
+    address: tuple[str, int],
+    server_pid: int,
+    progress: Progress | None = None,
+) -> LoadResult:
+    """Connect the clients to a running server, run the schedule, and measure."""
+    spec.validate()
+    _raise_open_file_limit()
+    if progress:
+        progress("connecting")
+    clients, connect_s = _connect(spec, address)
+    slow: list[socket.socket] = []
+    stop = threading.Event()
+    workers: list[Worker] = []
+    try:
+        for offset in range(spec.slow_readers):
+            slow.append(tcp_slow_reader(spec.clients + offset, address, _SLOW_RCVBUF))
+        t0 = time.monotonic_ns() + _LEAD_NS
+        start_ns = t0 + round(spec.warmup * 1e9)
+        plan = Plan(
+            spec.clients,
+            round(1e9 / spec.rate),
+            t0,
+            start_ns,
+            start_ns + round(spec.duration * 1e9),
+        )
+        workers = [
+            Worker(group, plan, stop, f"load-{w}")
+            for w, group in enumerate(_groups(clients, spec.threads))
+        ]
+        for worker in workers:
+            worker.start()
+        _sleep_until(plan.start_ns)
+        server_cpu_start = procstat.cpu_seconds(server_pid)
+        harness_cpu_start = _own_cpu_seconds()
+        wall_start = time.monotonic()
+        _watch_window(clients, plan, progress, workers)
+        _sleep_until(plan.end_ns)
+        server_cpu_s = procstat.cpu_seconds(server_pid) - server_cpu_start
+        harness_cpu_s = _own_cpu_seconds() - harness_cpu_start
+        wall_s = time.monotonic() - wall_start
+        if progress:
+            progress("draining")
+        quiet_ends = spec.server == "udp" and not spec.reliable
+        _drain(clients, workers, plan.end_ns + round(spec.drain * 1e9), quiet_ends)
+        usage = _Usage(
+            connect_s=connect_s,
+            wall_s=wall_s,
+            server_cpu_s=server_cpu_s,
+            harness_cpu_s=harness_cpu_s,
+            server_peak_rss=procstat.peak_rss_bytes(server_pid),
+            server_threads=procstat.thread_count(server_pid),
+            slow_dropped=sum(1 for sock in slow if was_dropped(sock)),
+        )
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.join(_STOP_TIMEOUT_S)
+        for client in clients:
+            client.close()
+        for sock in slow:
+            sock.close()
+    for worker in workers:
+        if worker.error is not None:
+            raise RuntimeError(f"a load worker failed: {worker.error!r}") from worker.error
+    lags = array("q")
+    for worker in workers:
+        lags.extend(worker.lags)
+    return _summarise(spec, plan, clients, lags, usage)
+
+
+def _summarise(
+    spec: LoadSpec,
+    plan: Plan,
+    clients: Sequence[TcpClient] | Sequence[UdpClient],
+    lags: array[int],
+    usage: _Usage,
+) -> LoadResult:
+    n = len(clients)
+    duration = (plan.end_ns - plan.start_ns) / 1e9
+    owner = {sched: client.index for client in clients for sched in client.sent}
+    sent = sum(1 for sched in owner if plan.measured(sched))
+    latencies: array[int] = array("q")
+    duplicates = reorders = unexpected = deliveries_in_window = 0
+    for client in clients:
+        seen: set[int] = set()
+        newest = [-1] * n
+        for now, joined in zip(client.chunk_times, client.chunk_scheds, strict=True):
+            batch = joined.split()
+            if plan.measured(now):
+                deliveries_in_window += len(batch)
+            for sched in map(int, batch):
+                sender = owner.get(sched)
+                if sender is None:
+                    unexpected += 1
+                elif sched in seen:
+                    duplicates += 1
+                else:
+                    seen.add(sched)
+                    if sched < newest[sender]:
+                        reorders += 1
+                    else:
+                        newest[sender] = sched
+                    if plan.measured(sched):
+                        latencies.append(now - sched)
+    ordered = sorted(latencies)
+    ordered_lags = sorted(lags)
+    expected = sent * n
+    udp = [c for c in clients if isinstance(c, UdpClient)]
+    too_slow = [
+        c.saw_too_slow_ns for c in clients if isinstance(c, TcpClient) and c.saw_too_slow_ns
+    ]
+    return LoadResult(
+        protocol=spec.protocol,
+        link=spec.link,
+        clients=n,
+        threads=min(spec.threads, n),
+        rate=spec.rate,
+        duration=duration,
+        nagle=spec.nagle,
+        slow_readers=spec.slow_readers,
+        connect_s=usage.connect_s,
+        offered_msgs_per_s=plan.offered() / duration,
+        sent_msgs_per_s=sent / duration,
+        offered_deliveries_per_s=plan.offered() * n / duration,
+        deliveries_per_s=deliveries_in_window / usage.wall_s,
+        sent=sent,
+        expected=expected,
+        received=len(ordered),
+        lost=expected - len(ordered),
+        loss_pct=100 * (expected - len(ordered)) / expected if expected else math.nan,
+        unsent=plan.offered() - sent,
+        duplicates=duplicates,
+        reorders=reorders,
+        unexpected=unexpected,
+        p50_ms=_percentile_ms(ordered, 0.50),
+        p95_ms=_percentile_ms(ordered, 0.95),
+        p99_ms=_percentile_ms(ordered, 0.99),
+        max_ms=_percentile_ms(ordered, 1.0),
+        send_lag_p50_ms=_percentile_ms(ordered_lags, 0.50),
+        send_lag_p99_ms=_percentile_ms(ordered_lags, 0.99),
+        retransmitted=sum(c.retransmitted for c in udp),
+        send_errors=sum(c.send_errors for c in udp),
+        slow_dropped=usage.slow_dropped,
+        too_slow_seen=len(too_slow),
+        too_slow_after_s=(min(too_slow) - plan.t0_ns) / 1e9 if too_slow else math.nan,
+        server_cpu_pct=100 * usage.server_cpu_s / usage.wall_s,
+        server_cpu_us_per_delivery=(
+            1e6 * usage.server_cpu_s / deliveries_in_window if deliveries_in_window else math.nan
+        ),
+        server_peak_rss_mb=usage.server_peak_rss / 2**20,
+        server_threads=usage.server_threads,
+        harness_cpu_pct=100 * usage.harness_cpu_s / usage.wall_s,
+        server_clean_exit=None,
+    )
+
+
+def _relay_stderr(
+    worker: subprocess.Popen[str], progress: Progress | None, messages: list[str]
+) -> None:
+    """Pass the worker's progress lines on; keep the rest for an error message."""
+    assert worker.stderr is not None
+    for line in worker.stderr:
+        text = line.rstrip("\n")
+        if text.startswith(PROGRESS_PREFIX):
+            if progress:
+                progress(text[len(PROGRESS_PREFIX) :])
+        else:
+            messages.append(text)
+
+
+def _run_in_namespace(spec: LoadSpec, progress: Progress | None) -> LoadResult:
+    """Server and client side both inside a fresh lossy namespace."""
+    assert spec.netns_loss is not None
+    with LossyNamespace(spec.netns_loss) as namespace:
+        server = ServerProcess(server_command(spec.server), launch=namespace.run)
+        try:
+            host, port = server.wait_ready()
+            command = [
+                sys.executable, "-m", "benchmarks.client_worker",
+                "--spec", json.dumps(asdict(spec)),
+                "--target", f"{host}:{port}",
+                "--server-pid", str(server.pid),
+            ]  # fmt: skip
+            worker = namespace.run(
+                command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            messages: list[str] = []
+            relay = threading.Thread(
+                target=_relay_stderr, args=(worker, progress, messages), daemon=True
+            )
+            relay.start()
+            assert worker.stdout is not None
+            out = worker.stdout.read()
+            worker.wait(spec.warmup + spec.duration + spec.drain + _WORKER_MARGIN_S)
+            relay.join(_STOP_TIMEOUT_S)
+            if worker.returncode != 0:
+                tail = "\n".join(messages[-20:])
+                raise RuntimeError(f"the client worker failed ({worker.returncode}):\n{tail}")
+            result = result_from_dict(json.loads(out))
+        finally:
+            clean = server.stop()
+    return dataclasses.replace(result, server_clean_exit=clean)
+
+
+def run_load(spec: LoadSpec, progress: Progress | None = None) -> LoadResult:
+    """Start the server, run the load against it, stop it, return the numbers."""
+    spec.validate()
+    if spec.netns_loss is not None:
+        return _run_in_namespace(spec, progress)
+    server = ServerProcess(
+        server_command(spec.server, nagle=spec.nagle, max_outbox=spec.max_outbox)
+    )
+    relay: FaultyRelay | None = None
+    try:
+        address = server.wait_ready()
+        if spec.relay_loss:
+            relay = FaultyRelay(address, drop=spec.relay_loss, seed=spec.seed)
+            relay.start()
+            address = relay.address
+        result = run_clients(spec, address, server.pid, progress)
+    finally:
+        if relay is not None:
+            relay.close()
+        clean = server.stop()
+    return dataclasses.replace(result, server_clean_exit=clean)
+
+
+def _ms(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
+def format_results(results: Sequence[LoadResult], labels: Sequence[str] | None = None) -> str:
+    """A table with one row per run; latencies in ms, `-` where nothing arrived."""
+    headers = [
+        "protocol", "link", "clients", "thr", "rate", "offered deliv/s", "deliv/s", "p50 ms",
+        "p95 ms", "p99 ms", "max ms", "lost", "loss %", "dup", "reord", "unsent", "retx",
+        "srv µs/deliv", "srv CPU%", "srv MB", "harness CPU%", "lag p99 ms", "connect s",
+    ]  # fmt: skip
+    rows = [
+        [
+            r.protocol + (" +nagle" if r.nagle else ""),
+            r.link,
+            r.clients + r.slow_readers,
+            r.threads,
+            f"{r.rate:g}",
+            f"{r.offered_deliveries_per_s:,.0f}",
+            f"{r.deliveries_per_s:,.0f}",
+            _ms(r.p50_ms),
+            _ms(r.p95_ms),
+            _ms(r.p99_ms),
+            _ms(r.max_ms),
+            r.lost,
+            f"{r.loss_pct:.2f}",
+            r.duplicates,
+            r.reorders,
+            r.unsent,
+            r.retransmitted,
+            f"{r.server_cpu_us_per_delivery:.2f}",
+            f"{r.server_cpu_pct:.0f}",
+            f"{r.server_peak_rss_mb:.1f}",
+            f"{r.harness_cpu_pct:.0f}",
+            _ms(r.send_lag_p99_ms),
+            f"{r.connect_s:.2f}",
+        ]
+        for r in results
+    ]
+    if labels is not None:
+        headers.insert(0, "scenario")
+        for row, label in zip(rows, labels, strict=True):
+            row.insert(0, label)
+    return tabulate(rows, headers=headers, disable_numparse=True)
