@@ -132,6 +132,7 @@ class Connection:
         self.sock = sock
         self.label = f"{addr[0]}:{addr[1]}"
         self.text_mode = False
+        self.name: str | None = None  # kept by this client's reader; others ask the registry
         self.bucket = TokenBucket(server.limits.rate_limit, server.limits.burst, time.monotonic())
         self.thread = threading.Thread(target=self.serve, name=f"client-{self.label}", daemon=True)
         self._lock = threading.Lock()
@@ -172,7 +173,7 @@ class Connection:
 
     def send(self, outgoing: Outgoing) -> None:
         """Queue one message for this client alone."""
-        self.queue(outgoing.for_session(self.text_mode, self.server.registry.name_of(self) or ""))
+        self.queue(outgoing.for_session(self.text_mode, self.name or ""))
 
     def _take(self) -> bytearray | None:
         """The bytes to write next, or None: the outbox is empty and writing ends."""
@@ -246,8 +247,10 @@ class Connection:
         first_line = True
         try:
             while True:
-                registered = self.server.registry.name_of(self) is not None
-                self.sock.settimeout(None if registered else max(0.01, deadline - time.monotonic()))
+                if self.name is None:
+                    self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+                elif self.sock.gettimeout() is not None:
+                    self.sock.settimeout(None)
                 try:
                     data = self.sock.recv(RECV_BYTES)
                 except TimeoutError:
@@ -279,7 +282,7 @@ class Connection:
 
     def on_line(self, line: bytes) -> bool:
         """Handle one line; False when the session ends (``bye``, or a full server)."""
-        name = self.server.registry.name_of(self)
+        name = self.name
         try:
             if not self.bucket.allow(time.monotonic()):
                 raise RateLimited("slow down: too many frames")
@@ -420,6 +423,7 @@ class ChatServer:
             conn.send(Outgoing(Users(names=tuple(names), count=len(names))))
         elif isinstance(message, Nick):
             old = self.registry.rename(conn, message.name)
+            conn.name = message.name
             log.info("%s renamed to %s", old, message.name)
             self.broadcast(Renamed(old=old, new=message.name, ts=now_ms()))
         elif isinstance(message, Ping):
@@ -436,6 +440,7 @@ class ChatServer:
             conn.queue(welcome.for_session(conn.text_mode, name))
 
         self.registry.join(name, conn, greet)
+        conn.name = name
         if conn.text_mode:
             conn.say_plain("* type a message and press Enter; /help lists the commands")
         log.info("%s joined from %s (%s)", name, conn.label, "text" if conn.text_mode else "json")
