@@ -126,7 +126,7 @@ def _table(runs: Sequence[tuple[str, LoadResult]], extra: Sequence[str] = ()) ->
         if "slow" in extra:
             row += [
                 "yes" if r.slow_dropped else ("no" if r.slow_readers else "-"),
-                num(r.too_slow_after_s, 1),
+                num(r.too_slow_after_s, 1) if r.slow_readers else "-",
                 r.unsent,
             ]
         rows.append(row)

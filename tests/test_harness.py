@@ -1,0 +1,126 @@
+"""The benchmark harness at toy scale: one run of each kind, and the files it writes.
+
+Each run uses 3 clients and half a second of measurement, so the whole module takes seconds; the
+numbers are not benchmarks, only checks that every kind of run accounts for every message.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.__main__ import main as bench_main
+from benchmarks.harness import build_suite, format_tables, run_suite, write_results
+from benchmarks.measure import LoadSpec, result_from_dict, result_to_dict, run_load
+from benchmarks.targets import evaluate, format_targets
+from udp.lossy import lossy_link_unavailable
+
+# One scenario of each kind from the tiny suite: the four protocols, a slow reader, Nagle, a
+# thread per client, the capacity run and (where the machine can) the lossy link.
+PICKED = {
+    "tcp 3x5",
+    "naive 3x5",
+    "udp-raw 3x5",
+    "udp-reliable 3x5",
+    "udp-reliable 5% loss",
+    "tcp + 1 slow reader",
+    "tcp nagle 3x5",
+    "tcp 3x5, a thread per client",
+    "tcp 20 idle clients",
+}
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    scenarios = [s for s in build_suite("tiny") if s.name in PICKED]
+    assert {s.name for s in scenarios} == PICKED
+    outcome = run_suite(scenarios, "tiny")
+    outcome["out_dir"] = str(tmp_path_factory.mktemp("results"))
+    return outcome
+
+
+def test_every_run_accounts_for_every_message(results: dict[str, Any]) -> None:
+    names = {run["name"] for run in results["runs"]}
+    lossy_ran = lossy_link_unavailable() is None
+    assert names == PICKED - {"tcp 20 idle clients"} - (
+        set() if lossy_ran else {"udp-reliable 5% loss"}
+    )
+    for run in results["runs"]:
+        r = result_from_dict(run["result"])
+        assert r.sent > 0, run["name"]
+        assert r.expected == r.sent * r.clients
+        assert (r.lost, r.duplicates, r.unexpected, r.unsent) == (0, 0, 0, 0), run["name"]
+        assert r.received == r.expected
+        assert 0 < r.p50_ms <= r.p99_ms <= r.max_ms < 5000
+        assert r.server_clean_exit is True
+        assert r.server_peak_rss_mb > 1
+    by_name = {run["name"]: result_from_dict(run["result"]) for run in results["runs"]}
+    assert by_name["tcp 3x5, a thread per client"].threads == 3
+    assert by_name["tcp nagle 3x5"].nagle
+    assert by_name["tcp + 1 slow reader"].slow_readers == 1
+    assert by_name["udp-reliable 3x5"].protocol == "udp-reliable"
+    if not lossy_ran:
+        assert results["skipped"][0]["group"] == "lossy"
+
+
+def test_capacity_run_counts_everyone(results: dict[str, Any]) -> None:
+    (capacity,) = results["capacity"]
+    assert capacity["online"] == capacity["clients"] == 20
+    assert capacity["bytes_per_client"] > 0
+
+
+def test_files_carry_the_runs_and_the_metadata(results: dict[str, Any]) -> None:
+    out_dir = Path(results["out_dir"])
+    json_path, csv_path = write_results(results, out_dir)
+
+    written = json.loads(json_path.read_text(encoding="utf-8"))
+    meta = written["meta"]
+    for key in ("date", "git_commit", "python", "suite", "load_average_before", "elapsed_s"):
+        assert meta[key] not in (None, ""), key
+    assert meta["machine"]["cores"] >= 1 and meta["machine"]["cpu"]
+    assert len(written["runs"]) == len(results["runs"])
+
+    with csv_path.open(encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(results["runs"])
+    for row in rows:
+        assert row["git_commit"] == meta["git_commit"] and row["date"] == meta["date"]
+        assert row["python"] == meta["python"] and row["machine"]
+        assert int(row["lost"]) == 0
+
+    tables = format_tables(written)
+    assert "== clients" in tables and "== capacity" in tables
+    assert "not measured" in format_targets(evaluate(written))
+
+
+def test_results_survive_json() -> None:
+    spec = LoadSpec(server="tcp", clients=2, rate=10, duration=0.3, warmup=0.1, drain=1)
+    result = run_load(spec)
+    again = result_from_dict(json.loads(json.dumps(result_to_dict(result), allow_nan=False)))
+    assert result_to_dict(again) == result_to_dict(result)
+
+
+def test_bad_specs_are_refused() -> None:
+    for spec in (
+        LoadSpec(clients=0),
+        LoadSpec(clients=10, rate=2e8),
+        LoadSpec(server="tcp", reliable=True),
+        LoadSpec(server="udp", slow_readers=1),
+        LoadSpec(server="tcp", netns_loss=5),
+        LoadSpec(threads=0),
+    ):
+        with pytest.raises(ValueError):
+            spec.validate()
+
+
+def test_command_line_lists_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
+    assert bench_main(["--list", "--only", "lossy,capacity"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 9 and all(("lossy" in line) or ("capacity" in line) for line in lines)
+    assert len(build_suite("full")) > len(build_suite("bench"))
+    with pytest.raises(SystemExit):
+        bench_main(["--only", "nonsense", "--list"])
