@@ -37,6 +37,16 @@ chat-udp: ## UDP terminal client on HOST:PORT (NAME=alice, RELIABLE=1 for a reli
 demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%; stops by itself
 	$(PYTHON) -m udp.demo
 
+.PHONY: bench bench-full report
+bench: $(VENV)/.installed ## quick benchmark suite (< 5 min): TCP, UDP, naive -> benchmarks/results/
+	$(PY) -m benchmarks
+
+bench-full: $(VENV)/.installed ## the long benchmark suite: longer runs, more points
+	$(PY) -m benchmarks --full
+
+report: $(VENV)/.installed ## report/REPORT.md and its plots from benchmarks/results/latest.json
+	$(PY) -m report
+
 test: $(VENV)/.installed ## run the whole test suite
 	$(PY) -m pytest
 
