@@ -470,6 +470,23 @@ def _fit_names(obj: dict[str, Any], key: str, limit: int) -> None:
     obj[key] = kept
 
 
+ENVELOPE_ROOM = 32
+"""Bytes kept free in a frame built from a client's text, for a UDP ``seq``."""
+
+
+def encode_checked(message: ServerMessage) -> bytes:
+    """Encode a message built from a client's text, refusing one too big to send.
+
+    The limit leaves room for the UDP envelope, so a text is accepted or
+    refused the same way by both servers. Nobody gets part of it: the
+    refusal comes before the first copy is queued.
+    """
+    try:
+        return encode(message, limit=MAX_FRAME_BYTES - ENVELOPE_ROOM)
+    except TooLarge:
+        raise TextInvalid("that message is too long once encoded; send it in parts") from None
+
+
 def encode_line(message: Message) -> bytes:
     """Encode a message as one TCP line, ``\\n`` included."""
     return encode(message, limit=MAX_FRAME_BYTES - 1) + b"\n"

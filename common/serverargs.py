@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import time
 from dataclasses import dataclass
+from types import FrameType
+from typing import Protocol
 
 DEFAULT_PORT = 8080
 
@@ -117,3 +120,25 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
 def now_ms() -> int:
     """The protocol's ``ts``: wall-clock milliseconds since the Unix epoch."""
     return time.time_ns() // 1_000_000
+
+
+class Stoppable(Protocol):
+    def serve_forever(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def serve_until_signalled(server: Stoppable) -> int:
+    """Serve until Ctrl+C or SIGTERM; the handler only asks the server to stop.
+
+    The server's own thread then runs its shutdown, outside the handler,
+    where it may take locks and join threads.
+    """
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        server.stop()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    server.serve_forever()
+    return 0

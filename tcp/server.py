@@ -35,52 +35,47 @@ import contextlib
 import logging
 import queue
 import resource
-import signal
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass
-from types import FrameType
 
 from common.codec import (
     Ack,
     AlreadyRegistered,
     Bye,
     ClientMessage,
-    Dm,
     Error,
     Hello,
     Joined,
     Left,
     LineFramer,
-    Msg,
     Nick,
-    NoSuchUser,
     NotRegistered,
-    Ping,
-    Pong,
     ProtocolError,
     RateLimited,
-    Renamed,
-    Say,
-    SendDm,
     ServerFull,
     ServerMessage,
-    TextInvalid,
     TooLarge,
-    Users,
     Welcome,
-    Who,
     check_name,
     decode_client,
+    encode_checked,
     encode_line,
 )
 from common.commands import HELP_TEXT, ShowHelp, Usage, parse_command
 from common.ratelimit import TokenBucket
 from common.registry import Registry
 from common.render import describe
-from common.serverargs import Limits, add_common_arguments, configure_logging, now_ms
+from common.room import act
+from common.serverargs import (
+    Limits,
+    add_common_arguments,
+    configure_logging,
+    now_ms,
+    serve_until_signalled,
+)
 
 log = logging.getLogger("tcp.server")
 
@@ -102,12 +97,9 @@ class Outgoing:
 
     @classmethod
     def checked(cls, message: ServerMessage) -> Outgoing:
-        """Encode a message built from a client's text, refusing one too big to send."""
+        """A message built from a client's text, refused before anyone gets it if too big."""
         outgoing = cls(message)
-        try:
-            outgoing.for_session(text_mode=False)
-        except TooLarge:
-            raise TextInvalid("that message is too long once encoded; send it in parts") from None
+        outgoing._json = encode_checked(message) + b"\n"
         return outgoing
 
     def for_session(self, text_mode: bool, me: str = "") -> bytes:
@@ -406,6 +398,9 @@ class ChatServer:
 
         self.registry.fan_out(deliver, exclude=exclude)
 
+    def send_to(self, member: Connection, message: ServerMessage) -> None:
+        member.send(Outgoing(message))
+
     def handle(self, conn: Connection, name: str | None, message: ClientMessage) -> bool:
         """Act on one decoded message; False when the client leaves."""
         if isinstance(message, Bye):
@@ -414,24 +409,12 @@ class ChatServer:
             if not isinstance(message, Hello):
                 raise NotRegistered('say hello first: {"type":"hello","name":"..."}')
             self.register(conn, message.name)
-        elif isinstance(message, Say):
-            self.broadcast(Msg(sender=name, text=message.text, ts=now_ms()))
-        elif isinstance(message, SendDm):
-            self.direct(conn, name, message)
-        elif isinstance(message, Who):
-            names = self.registry.names()
-            conn.send(Outgoing(Users(names=tuple(names), count=len(names))))
-        elif isinstance(message, Nick):
-            old = self.registry.rename(conn, message.name)
-            conn.name = message.name
-            log.info("%s renamed to %s", old, message.name)
-            self.broadcast(Renamed(old=old, new=message.name, ts=now_ms()))
-        elif isinstance(message, Ping):
-            conn.send(Outgoing(Pong()))
         elif isinstance(message, Hello):
             raise AlreadyRegistered(f"you are already registered as {name}")
-        elif isinstance(message, Ack):
-            pass
+        elif not isinstance(message, Ack):
+            act(self, conn, name, message)
+            if isinstance(message, Nick):
+                conn.name = message.name
         return True
 
     def register(self, conn: Connection, name: str) -> None:
@@ -445,16 +428,6 @@ class ChatServer:
             conn.say_plain("* type a message and press Enter; /help lists the commands")
         log.info("%s joined from %s (%s)", name, conn.label, "text" if conn.text_mode else "json")
         self.broadcast(Joined(name=name, ts=now_ms()), exclude=conn)
-
-    def direct(self, conn: Connection, name: str, message: SendDm) -> None:
-        found = self.registry.find(message.to)
-        if found is None:
-            raise NoSuchUser(f"nobody called {message.to[:40]} is online")
-        target, target_name = found
-        dm = Outgoing.checked(Dm(sender=name, to=target_name, text=message.text, ts=now_ms()))
-        target.send(dm)
-        if target is not conn:
-            conn.send(dm)
 
     def drop(self, conn: Connection, reason: str) -> None:
         """Take ``conn`` out of the chat (once) and tell the others why."""
@@ -543,14 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        server.stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    server.serve_forever()
-    return 0
+    return serve_until_signalled(server)
 
 
 if __name__ == "__main__":

@@ -56,14 +56,12 @@ import json
 import logging
 import secrets
 import select
-import signal
 import socket
 import sys
 import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 from common.codec import (
@@ -73,41 +71,32 @@ from common.codec import (
     BadFrame,
     Bye,
     ClientMessage,
-    Dm,
     Error,
     Hello,
     Joined,
     Left,
-    Msg,
-    Nick,
-    NoSuchUser,
-    Ping,
-    Pong,
     ProtocolError,
     RateLimited,
-    Renamed,
-    Say,
-    SendDm,
     ServerFull,
     ServerMessage,
-    TextInvalid,
     TooLarge,
-    Users,
     Welcome,
-    Who,
     decode_client,
     encode,
+    encode_checked,
     name_key,
 )
 from common.ratelimit import TokenBucket
 from common.registry import Registry
 from common.reliable import ReliableReceiver, ReliableSender, SeqCounter, SeqKind
+from common.room import act
 from common.serverargs import (
     Limits,
     add_common_arguments,
     configure_logging,
     now_ms,
     positive_float,
+    serve_until_signalled,
 )
 
 log = logging.getLogger("udp.server")
@@ -500,31 +489,16 @@ class UdpChatServer:
     # ---- the chat ------------------------------------------------------
 
     def _handle(self, session: Session, name: str, message: ClientMessage, now: float) -> None:
-        if isinstance(message, Say):
-            self._broadcast(Msg(sender=name, text=message.text, ts=now_ms()), now)
-        elif isinstance(message, SendDm):
-            self._direct(session, name, message, now)
-        elif isinstance(message, Who):
-            names = self.registry.names()
-            self._send(session, Users(names=tuple(names), count=len(names)), now)
-        elif isinstance(message, Nick):
-            old = self.registry.rename(session, message.name)
-            log.info("%s renamed to %s", old, message.name)
-            self._broadcast(Renamed(old=old, new=message.name, ts=now_ms()), now)
-        elif isinstance(message, Ping):
-            self._send(session, Pong(), now)
-        elif isinstance(message, Bye):
+        if isinstance(message, Bye):
             self._end(session, "quit")
+        else:
+            act(self, session, name, message)
 
-    def _direct(self, session: Session, name: str, message: SendDm, now: float) -> None:
-        found = self.registry.find(message.to)
-        if found is None:
-            raise NoSuchUser(f"nobody called {message.to[:40]} is online")
-        target, target_name = found
-        body = checked_body(Dm(sender=name, to=target_name, text=message.text, ts=now_ms()))
-        self._deliver(target, target.push(body, now))
-        if target is not session:
-            self._deliver(session, session.push(body, now))
+    def broadcast(self, message: ServerMessage, exclude: Session | None = None) -> None:
+        self._broadcast(message, time.monotonic(), exclude)
+
+    def send_to(self, member: Session, message: ServerMessage) -> None:
+        self._send(member, message, time.monotonic())
 
     def _send(self, session: Session, message: ServerMessage, now: float) -> None:
         """One message to one session, in its sequence."""
@@ -539,7 +513,7 @@ class UdpChatServer:
         Raw sessions, the bulk of a busy room, take a short path: their copies
         are written straight from a list, a few microseconds per recipient.
         """
-        body = checked_body(message)
+        body = encode_checked(message)
         head = body[:-1] + b',"seq":'
         raw: list[tuple[bytes, Address]] = []
         reliable: list[tuple[Session, list[bytes]]] = []
@@ -682,14 +656,6 @@ class UdpChatServer:
             return any(s.sender is not None and s.sender.pending for s in self._sessions.values())
 
 
-def checked_body(message: ServerMessage) -> bytes:
-    """Encode a message built from a client's text, refusing one too big to send."""
-    try:
-        return encode(message, limit=MAX_FRAME_BYTES - SEQ_ROOM)
-    except TooLarge:
-        raise TextInvalid("that message is too long once encoded; send it in parts") from None
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m udp.server",
@@ -717,14 +683,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
         return 1
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        server.stop()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
-    server.serve_forever()
-    return 0
+    return serve_until_signalled(server)
 
 
 if __name__ == "__main__":
