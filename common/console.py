@@ -369,8 +369,11 @@ class Transport(Protocol):
         """Send one message; OSError when the connection is gone."""
         ...
 
-    def receive(self) -> ServerMessage | None:
+    def receive(self) -> ServerMessage | Line | None:
         """Block until the next message; None once the session is over.
+
+        A ``Line`` is something the transport noticed itself (a lost
+        datagram, say): it is shown as it is.
 
         After ``send(Bye())`` it should return None as soon as the server
         has let go of the session (the client waits ``QUIT_GRACE`` at most).
@@ -530,7 +533,10 @@ class ChatSession:
             self._lost = True
             self.console.interrupt()
 
-    def _show(self, message: ServerMessage) -> None:
+    def _show(self, message: ServerMessage | Line) -> None:
+        if isinstance(message, Line):
+            self.console.show(message)
+            return
         if isinstance(message, Bye):
             reason = f" ({message.reason})" if message.reason else ""
             self.console.show(Line("system", f"the server ended the session{reason}"))

@@ -62,6 +62,7 @@ from common.reliable import (
     SeqEvent,
     SeqKind,
 )
+from common.render import Line
 from common.serverargs import DEFAULT_PORT, positive_float
 from udp.server import ACK_COPIES, enlarge_buffers
 
@@ -72,7 +73,6 @@ GIVE_UP_AFTER = 15.0
 RECV_BYTES = 65536
 POLL_INTERVAL = 0.1
 TICK = 0.05
-NOTICE = "notice"
 """The code of the ``error`` messages the client makes up to tell its user something."""
 NAME_ERRORS = frozenset({"name_taken", "name_invalid"})
 
@@ -103,7 +103,7 @@ class UdpTransport:
         self._ping_interval = min(PING_INTERVAL, give_up_after / 3)
         self._sock = sock
         self._lock = threading.Lock()
-        self._ready: collections.deque[ServerMessage] = collections.deque()
+        self._ready: collections.deque[ServerMessage | Line] = collections.deque()
         self._over = False
         self._token: str | None = None
         self._joined = False
@@ -186,7 +186,7 @@ class UdpTransport:
 
     # ---- receiving (receiver thread) -----------------------------------
 
-    def receive(self) -> ServerMessage | None:
+    def receive(self) -> ServerMessage | Line | None:
         while True:
             with self._lock:
                 if self._ready:
@@ -271,7 +271,7 @@ class UdpTransport:
             self._notice(f"datagram seq {seq} came late, out of order")
 
     def _notice(self, text: str) -> None:
-        self._ready.append(Error(code=NOTICE, text=text))
+        self._ready.append(Line("system", text))
 
     # ---- the timer thread ----------------------------------------------
 

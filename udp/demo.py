@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from common.codec import Bye, Hello, Say, Welcome
-from common.render import describe
+from common.render import Line, describe
 from udp.client import UdpTransport
 from udp.faults import FaultyRelay
 
@@ -54,7 +54,7 @@ class Screen:
         while (message := self.transport.receive()) is not None:
             if isinstance(message, Welcome):
                 self.welcomed.set()
-            line = describe(message, self.name)
+            line = message if isinstance(message, Line) else describe(message, self.name)
             if line is not None:
                 self.print(line.plain())
 
