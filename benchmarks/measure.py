@@ -80,7 +80,9 @@ from udp.faults import FaultyRelay
 from udp.lossy import LossyNamespace
 
 DEFAULT_THREADS = 2
-"""Worker threads when not told: few enough that the GIL is not the bottleneck."""
+"""Worker threads when not told. On two cores, one or four threads gave a longer tail than two
+at 200 TCP clients and at 100 UDP clients; hundreds make the GIL the bottleneck (the suite's
+`threads` group measures it)."""
 
 Progress = Callable[[str], None]
 
@@ -525,6 +527,8 @@ def _run_in_namespace(spec: LoadSpec, progress: Progress | None) -> LoadResult:
             result = result_from_dict(json.loads(out))
         finally:
             clean = server.stop()
+            if not clean:
+                _warn_unclean(server)
     return dataclasses.replace(result, server_clean_exit=clean)
 
 
@@ -548,7 +552,18 @@ def run_load(spec: LoadSpec, progress: Progress | None = None) -> LoadResult:
         if relay is not None:
             relay.close()
         clean = server.stop()
+        if not clean:
+            _warn_unclean(server)
     return dataclasses.replace(result, server_clean_exit=clean)
+
+
+def _warn_unclean(server: ServerProcess) -> None:
+    """A server that did not stop cleanly may have failed during the run: show why."""
+    print(
+        f"\nwarning: the server (pid {server.pid}) did not stop cleanly; its last lines:\n"
+        + server.tail(),
+        file=sys.stderr,
+    )
 
 
 def _ms(value: float) -> str:

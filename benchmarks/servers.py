@@ -86,9 +86,12 @@ class ServerProcess:
         """The address from the ready line; raises if the server dies or stays silent."""
         self._settled.wait(_READY_TIMEOUT_S)
         if self._address is None:
-            tail = "\n".join(self._stderr_tail)
-            raise RuntimeError(f"server did not report its address; stderr:\n{tail}")
+            raise RuntimeError(f"server did not report its address; stderr:\n{self.tail()}")
         return self._address
+
+    def tail(self) -> str:
+        """The last lines the server wrote on stderr."""
+        return "\n".join(self._stderr_tail)
 
     def stop(self) -> bool:
         """SIGTERM, then SIGKILL if it lingers; True if it ended in time without a traceback,
