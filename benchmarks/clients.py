@@ -126,6 +126,8 @@ class _Recorder:
         self.chunk_times: list[int] = []
         self.chunk_scheds: list[bytes] = []
         self.received = 0
+        # When a `left` with reason too_slow first arrived (someone was dropped), 0 if never.
+        self.saw_too_slow_ns = 0
 
     def _record(self, now: int, found: list[bytes]) -> None:
         if found:
@@ -140,8 +142,6 @@ class TcpClient(_Recorder):
     def __init__(self, index: int, sock: socket.socket, pending: bytes, pad: int = 0) -> None:
         super().__init__(index, sock)
         self._padding = b" " + b"x" * pad if pad else b""
-        # When a `left` with reason too_slow arrived (someone was dropped), 0 if never.
-        self.saw_too_slow_ns = 0
         self._pending = pending
         self._broken = False
         self._outbox = bytearray()
@@ -337,7 +337,10 @@ class UdpClient(_Recorder):
             self._find_welcome(datagrams)
         if self.receiver is not None:
             datagrams = self._reliable(datagrams, now / 1e9)
-        self._record(now, SCHED_RE.findall(b"\n".join(datagrams)))
+        joined = b"\n".join(datagrams)
+        self._record(now, SCHED_RE.findall(joined))
+        if not self.saw_too_slow_ns and b'"too_slow"' in joined:
+            self.saw_too_slow_ns = now
         return True
 
     def _find_welcome(self, datagrams: list[bytes]) -> None:

@@ -38,9 +38,10 @@ Method, chosen so the numbers cannot flatter the server:
   other, UDP clients all at once).
 - Slow readers (`slow_readers`, TCP) join after the others, with a 4 KiB receive buffer, and
   never read or send; they count in no statistic. `slow_dropped` says how many the server had
-  disconnected by the end, `too_slow_seen` how many fast clients were told one left `too_slow`,
-  `too_slow_after_s` when the first was told, in seconds from t0. `pad` lengthens every text by
-  that many characters, so that a slow reader's buffers fill sooner.
+  disconnected by the end. `too_slow_seen` counts the clients (TCP or UDP) that were told some
+  session left `too_slow`, `too_slow_after_s` when the first was told, in seconds from t0.
+  `pad` lengthens every text by that many characters, so that a slow reader's buffers fill
+  sooner.
 """
 
 from __future__ import annotations
@@ -434,9 +435,7 @@ def _summarise(
     ordered_lags = sorted(lags)
     expected = sent * n
     udp = [c for c in clients if isinstance(c, UdpClient)]
-    too_slow = [
-        c.saw_too_slow_ns for c in clients if isinstance(c, TcpClient) and c.saw_too_slow_ns
-    ]
+    too_slow = [c.saw_too_slow_ns for c in clients if c.saw_too_slow_ns]
     return LoadResult(
         protocol=spec.protocol,
         link=spec.link,

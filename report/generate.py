@@ -28,10 +28,13 @@ from benchmarks.targets import (
     KEEP_UP_P99_MS,
     RTO_BUDGET,
     RTO_MS,
+    UDP_RAW_LOSS_PCT,
+    UDP_RAW_P99_MS,
     Target,
     evaluate,
     sweep_knees,
 )
+from common.reliable import MAX_BACKLOG, WINDOW
 from report.plots import make_plots
 
 TEMPLATE = Path(__file__).resolve().parent / "template.md"
@@ -181,12 +184,18 @@ def _miss_reasons(facts: Facts, targets: Sequence[Target], load_before: float) -
         elif target.key == "udp-raw-100x10":
             raw = facts.find("udp-target", "udp-raw", clients=100, rate=10)
             assert raw is not None
-            reasons[target.key] = (
+            parts = [
                 f"the server's one thread used {raw.server_cpu_pct:.0f} % of a core "
                 f"({raw.server_cpu_us_per_delivery:.2f} µs per delivery, mostly the kernel's "
-                "sendto); at that occupancy datagrams wait in the socket buffer, and once "
-                "it overflows they are lost" + busy
-            )
+                "sendto), so datagrams wait in the socket buffer whenever it falls behind"
+            ]
+            if raw.loss_pct >= UDP_RAW_LOSS_PCT:
+                parts.append(f"the buffer overflowed and {raw.loss_pct:.3f} % were lost")
+            if raw.p99_ms >= UDP_RAW_P99_MS:
+                parts.append(
+                    f"the harness's own sends left up to {ms(raw.send_lag_p99_ms)} ms late (p99)"
+                )
+            reasons[target.key] = "; ".join(parts) + busy
         elif target.key == "udp-reliable-5pct":
             rel = facts.find("lossy", "udp-reliable", link="netns 5% loss")
             assert rel is not None
@@ -372,6 +381,17 @@ def build_context(results: dict[str, Any], figures: dict[str, Path]) -> dict[str
             ctx[f"lossy_{key}{loss}_retx"] = facts.get(
                 "lossy", proto, "retransmitted", num, link=link
             )
+    rel = facts.find("udp-target", "udp-reliable", clients=100, rate=10)
+    ctx["target_rel_note"] = (
+        f"Reliable mode did not survive this load: {rel.too_slow_seen} of {rel.clients} clients "
+        "were told that sessions left `too_slow`. With a datagram out and two acks back per "
+        "delivery, the server's one thread fell behind, the frames waiting for acks outgrew "
+        f"a session's bounded backlog ({WINDOW} in flight, {MAX_BACKLOG} queued), and the "
+        "server ended the "
+        "sessions rather than let memory grow."
+        if rel is not None and rel.loss_pct > 50 and rel.too_slow_seen
+        else ""
+    )
     ctx["lossy_skipped"] = "".join(
         f"\n> The lossy-link runs were skipped on the machine that made this file: {s['reason']}.\n"
         for s in results.get("skipped", [])
