@@ -21,7 +21,8 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 - `capacity`: how many idle clients one TCP server holds, and the memory each costs.
 
 The results dict: `meta` (suite, date, git commit, Python, machine, load average before and
-after), `runs` (group, name, spec, result per load run), `capacity`, `skipped` (group, reason).
+after), `runs` (group, name, spec, result per load run), `capacity`, `skipped` (group, reason),
+`failed` (group, name, error: a run that raised; the suite goes on without it).
 The CSV has one row per load run, with the meta columns repeated on every row.
 """
 
@@ -33,6 +34,8 @@ import datetime
 import json
 import os
 import platform
+import resource
+import socket
 import subprocess
 import sys
 import time
@@ -41,17 +44,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks import capacity
+from benchmarks import capacity, procstat
 from benchmarks.measure import (
     DEFAULT_THREADS,
     LoadResult,
     LoadSpec,
     format_results,
+    raise_open_file_limit,
     result_from_dict,
     result_to_dict,
     run_load,
 )
-from benchmarks.servers import REPO_ROOT
+from benchmarks.servers import REPO_ROOT, ServerProcess, server_command
 from udp.lossy import lossy_link_unavailable
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -212,7 +216,7 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
         )
     n = z.thread_clients
     for count in sorted({threads, *z.thread_counts, n}):
-        label = "a thread per client" if count == n else f"{count} threads"
+        label = "a thread per client" if count == n else f"{count} thread{'s' if count > 1 else ''}"
         add(
             "threads",
             f"tcp {n}x{_THREADS_RATE:g}, {label}",
@@ -329,6 +333,7 @@ def run_suite(
         "runs": [],
         "capacity": [],
         "skipped": [],
+        "failed": [],
     }
     lossy_reason = lossy_link_unavailable() if any(s.group == "lossy" for s in scenarios) else None
     if lossy_reason is not None:
@@ -337,28 +342,75 @@ def run_suite(
     todo = [s for s in scenarios if not (s.group == "lossy" and lossy_reason is not None)]
     for position, scenario in enumerate(todo, 1):
         reporter.begin(position, len(todo), scenario)
-        if scenario.spec is None:
-            measured = capacity.measure(scenario.capacity_clients)
-            results["capacity"].append(
-                {"group": scenario.group, "name": scenario.name, **asdict(measured)}
+        try:
+            reporter.end(_run_one(scenario, results, reporter))
+        except Exception as error:
+            # One broken run must not cost the others: it is recorded and reported instead.
+            results["failed"].append(
+                {"group": scenario.group, "name": scenario.name, "error": repr(error)}
             )
-            reporter.end(
-                f"{measured.online} online, {measured.bytes_per_client / 1024:.1f} KiB each"
-            )
-            continue
-        result = run_load(scenario.spec, progress=reporter.update)
-        results["runs"].append(
-            {
-                "group": scenario.group,
-                "name": scenario.name,
-                "spec": asdict(scenario.spec),
-                "result": result_to_dict(result),
-            }
-        )
-        reporter.end(_summary_line(result))
+            reporter.end(f"FAILED: {error!r}")
     results["meta"]["load_average_after"] = list(os.getloadavg())
     results["meta"]["elapsed_s"] = round(time.monotonic() - started, 1)
     return results
+
+
+def _run_one(scenario: Scenario, results: dict[str, Any], reporter: Reporter) -> str:
+    """Run one scenario, add its result to `results`; its one-line summary."""
+    if scenario.spec is None:
+        measured = measure_capacity(scenario.capacity_clients)
+        results["capacity"].append(
+            {"group": scenario.group, "name": scenario.name, **asdict(measured)}
+        )
+        return f"{measured.online} online, {measured.bytes_per_client / 1024:.1f} KiB each"
+    result = run_load(scenario.spec, progress=reporter.update)
+    results["runs"].append(
+        {
+            "group": scenario.group,
+            "name": scenario.name,
+            "spec": asdict(scenario.spec),
+            "result": result_to_dict(result),
+        }
+    )
+    return _summary_line(result)
+
+
+def measure_capacity(clients: int) -> capacity.CapacityResult:
+    """benchmarks.capacity's measurement with this harness's server handling: a server saying
+    goodbye to thousands of connections may take longer to stop than that module waits."""
+    raise_open_file_limit()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if clients + 64 > hard:
+        raise RuntimeError(f"{clients} clients need more than the {hard} open files allowed")
+    server = ServerProcess([*server_command("tcp"), "--max-users", str(clients + 10)])
+    socks: list[socket.socket] = []
+    try:
+        address = server.wait_ready()
+        rss_before = capacity.current_rss_bytes(server.pid)
+        cpu_before = procstat.cpu_seconds(server.pid)
+        started = time.monotonic()
+        for i in range(clients):
+            sock = socket.create_connection(address)
+            sock.sendall(b'{"type":"hello","name":"cap%d"}\n' % i)
+            socks.append(sock)
+        online = capacity.wait_online(address, clients)
+        connect_seconds = time.monotonic() - started
+        capacity.drain(socks)
+        rss_after = capacity.current_rss_bytes(server.pid)
+        return capacity.CapacityResult(
+            clients=clients,
+            online=online,
+            connect_seconds=connect_seconds,
+            rss_before_bytes=rss_before,
+            rss_after_bytes=rss_after,
+            bytes_per_client=(rss_after - rss_before) / clients,
+            threads_after=procstat.thread_count(server.pid),
+            server_cpu_seconds=procstat.cpu_seconds(server.pid) - cpu_before,
+        )
+    finally:
+        for sock in socks:
+            sock.close()
+        server.stop()
 
 
 def load_results(results: dict[str, Any], group: str | None = None) -> list[tuple[str, LoadResult]]:
@@ -384,6 +436,8 @@ def format_tables(results: dict[str, Any]) -> str:
             f"{entry['bytes_per_client'] / 1024:.1f} KiB of server memory each, "
             f"{entry['threads_after']} server threads, joined in {entry['connect_seconds']:.1f} s"
         )
+    for failed in results.get("failed", []):
+        parts.append(f"== {failed['group']}: {failed['name']} FAILED ({failed['error']})")
     for skipped in results["skipped"]:
         parts.append(f"== {skipped['group']}: skipped ({skipped['reason']})")
     return "\n\n".join(parts)

@@ -23,7 +23,7 @@ Method, chosen so the numbers cannot flatter the server:
   latency and loss, and deliveries arriving during it for throughput and server CPU per
   delivery. After the window the harness waits up to `drain` seconds for the deliveries still
   owed (raw UDP stops early after half a second with nothing new), then says `bye`, closes,
-  and stops the server with SIGTERM.
+  and stops the server with SIGTERM. What arrives after the drain counts as lost.
 - `expected` = messages of the window sent x clients (every client gets every message, its own
   included); `lost` = expected - received by the end of the drain; `unsent` = messages of the
   window still queued in the harness at the end (a server that stopped reading);
@@ -81,9 +81,8 @@ from udp.faults import FaultyRelay
 from udp.lossy import LossyNamespace
 
 DEFAULT_THREADS = 2
-"""Worker threads when not told. On two cores, one or four threads gave a longer tail than two
-at 200 TCP clients and at 100 UDP clients; hundreds make the GIL the bottleneck (the suite's
-`threads` group measures it)."""
+"""Worker threads when not told: one per core of the machine the suite was made for. A few
+threads measure alike; hundreds make the GIL the bottleneck (the suite's `threads` group)."""
 
 Progress = Callable[[str], None]
 
@@ -218,7 +217,8 @@ def result_from_dict(data: Mapping[str, Any]) -> LoadResult:
     return LoadResult(**values)
 
 
-def _raise_open_file_limit() -> None:
+def raise_open_file_limit() -> None:
+    """Allow as many open files as the hard limit: every client is a socket."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         # An unlimited hard limit cannot always be taken literally; then keep the soft one.
@@ -294,8 +294,11 @@ def _drain(
 
 @dataclass(frozen=True)
 class _Usage:
-    """Resources used during the measured window, and the server's peaks after it."""
+    """Resources used during the measured window, and the server's peaks after it; what
+    arrives after `drained_ns` (e.g. once reading a slow reader frees a stuck server) is late
+    beyond the drain and counts as lost."""
 
+    drained_ns: int
     connect_s: float
     wall_s: float
     server_cpu_s: float
@@ -333,7 +336,7 @@ def run_clients(
 ) -> LoadResult:
     """Connect the clients to a running server, run the schedule, and measure."""
     spec.validate()
-    _raise_open_file_limit()
+    raise_open_file_limit()
     if progress:
         progress("connecting")
     clients, connect_s = _connect(spec, address)
@@ -372,6 +375,7 @@ def run_clients(
         quiet_ends = spec.server == "udp" and not spec.reliable
         _drain(clients, workers, plan.end_ns + round(spec.drain * 1e9), quiet_ends)
         usage = _Usage(
+            drained_ns=time.monotonic_ns(),
             connect_s=connect_s,
             wall_s=wall_s,
             server_cpu_s=server_cpu_s,
@@ -414,6 +418,8 @@ def _summarise(
         seen: set[int] = set()
         newest = [-1] * n
         for now, joined in zip(client.chunk_times, client.chunk_scheds, strict=True):
+            if now > usage.drained_ns:
+                break
             batch = joined.split()
             if plan.measured(now):
                 deliveries_in_window += len(batch)

@@ -279,6 +279,7 @@ def build_context(results: dict[str, Any], figures: dict[str, Path]) -> dict[str
     load_before = meta["load_average_before"][0]
     ctx: dict[str, str] = {
         "suite": meta["suite"],
+        "suite_command": "make bench-full" if meta["suite"] == "full" else "make bench",
         "date": meta["date"],
         "commit": (meta.get("git_commit") or "unknown")[:10]
         + (" (with uncommitted changes)" if meta.get("git_dirty") else ""),
@@ -391,6 +392,10 @@ def build_context(results: dict[str, Any], figures: dict[str, Path]) -> dict[str
         "sessions rather than let memory grow."
         if rel is not None and rel.loss_pct > 50 and rel.too_slow_seen
         else ""
+    )
+    ctx["failed_note"] = "".join(
+        f"\n> The run `{f['name']}` ({f['group']}) failed and is missing: {f['error']}\n"
+        for f in results.get("failed", [])
     )
     ctx["lossy_skipped"] = "".join(
         f"\n> The lossy-link runs were skipped on the machine that made this file: {s['reason']}.\n"
