@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Protocol
@@ -128,12 +130,18 @@ class Stoppable(Protocol):
     def stop(self) -> None: ...
 
 
-def serve_until_signalled(server: Stoppable) -> int:
-    """Serve until Ctrl+C or SIGTERM; the handler only asks the server to stop.
+def serve_until_signalled(make: Callable[[], Stoppable], args: argparse.Namespace) -> int:
+    """Start a server and serve until Ctrl+C or SIGTERM; return the exit code.
 
-    The server's own thread then runs its shutdown, outside the handler,
-    where it may take locks and join threads.
+    The signal handler only asks the server to stop: its own thread then runs
+    the shutdown, outside the handler, where it may take locks and join
+    threads. A port that cannot be had is one line on stderr and exit code 1.
     """
+    try:
+        server = make()
+    except OSError as exc:
+        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         server.stop()

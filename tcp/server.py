@@ -506,17 +506,15 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.quiet, args.verbose)
     raise_open_file_limit()
     threading.stack_size(THREAD_STACK_BYTES)
-    try:
-        server = ChatServer(
+    return serve_until_signalled(
+        lambda: ChatServer(
             Limits.from_args(args, max_outbox=args.max_outbox),
             host=args.host,
             port=args.port,
             nodelay=not args.nagle,
-        )
-    except OSError as exc:
-        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return serve_until_signalled(server)
+        ),
+        args,
+    )
 
 
 if __name__ == "__main__":

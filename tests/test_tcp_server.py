@@ -9,6 +9,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -409,3 +410,22 @@ def test_json_frames_are_compact_utf8_lines(tcp_server: ServerProcess) -> None:
     assert line == '{"type":"welcome","name":"Zoë","users":["Zoë"],"count":1}\n'.encode()
     assert json.loads(line)["name"] == "Zoë"
     sock.close()
+
+
+@pytest.mark.parametrize("module", ["tcp.server", "udp.server"])
+def test_a_port_in_use_is_one_clear_line_and_exit_code_1(module: str) -> None:
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen()
+        port = tcp.getsockname()[1]
+        udp.bind(("127.0.0.1", port))
+        result = subprocess.run(
+            [sys.executable, "-m", module, "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"cannot listen on 127.0.0.1:{port}: Address already in use")
+    assert "Traceback" not in result.stderr

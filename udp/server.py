@@ -674,16 +674,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     configure_logging(args.quiet, args.verbose)
-    try:
-        server = UdpChatServer(
+    return serve_until_signalled(
+        lambda: UdpChatServer(
             Limits.from_args(args, session_timeout=args.session_timeout),
             host=args.host,
             port=args.port,
-        )
-    except OSError as exc:
-        print(f"cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
-        return 1
-    return serve_until_signalled(server)
+        ),
+        args,
+    )
 
 
 if __name__ == "__main__":
