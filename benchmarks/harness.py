@@ -21,8 +21,9 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 - `capacity`: how many idle clients one TCP server holds, and the memory each costs.
 
 The results dict: `meta` (suite, date, git commit, Python, machine, load average before and
-after), `runs` (group, name, spec, result per load run), `capacity`, `skipped` (group, reason),
-`failed` (group, name, error: a run that raised; the suite goes on without it).
+after); `runs`: group, name, `load_1min` (the 1-minute load average as it started), spec and
+result of each load run; `capacity`; `skipped` (group, reason); `failed` (group, name, error:
+a run that raised; the suite goes on without it).
 The CSV has one row per load run, with the meta columns repeated on every row.
 """
 
@@ -357,10 +358,11 @@ def run_suite(
 
 def _run_one(scenario: Scenario, results: dict[str, Any], reporter: Reporter) -> str:
     """Run one scenario, add its result to `results`; its one-line summary."""
+    load = os.getloadavg()[0]
     if scenario.spec is None:
         measured = measure_capacity(scenario.capacity_clients)
         results["capacity"].append(
-            {"group": scenario.group, "name": scenario.name, **asdict(measured)}
+            {"group": scenario.group, "name": scenario.name, "load_1min": load, **asdict(measured)}
         )
         return f"{measured.online} online, {measured.bytes_per_client / 1024:.1f} KiB each"
     result = run_load(scenario.spec, progress=reporter.update)
@@ -368,6 +370,7 @@ def _run_one(scenario: Scenario, results: dict[str, Any], reporter: Reporter) ->
         {
             "group": scenario.group,
             "name": scenario.name,
+            "load_1min": load,
             "spec": asdict(scenario.spec),
             "result": result_to_dict(result),
         }

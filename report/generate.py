@@ -170,6 +170,14 @@ def _miss_reasons(facts: Facts, targets: Sequence[Target], load_before: float) -
                     f"(p50 {ms(tcp.p50_ms)} ms); the harness's own sends left up to "
                     f"{ms(tcp.send_lag_p99_ms)} ms late (p99)"
                 )
+                knee = sweep_knees(facts.results).get("tcp")
+                if knee is not None:
+                    share = tcp.deliveries_per_s / knee.saturation_deliveries_per_s
+                    parts.append(
+                        f"that load is {share:.0%} of the most the rate sweep got through "
+                        f"({knee.saturation_deliveries_per_s:,.0f} deliveries/s), and a queue "
+                        "served that close to its limit has a long tail"
+                    )
             if tcp.lost or tcp.unsent:
                 parts.append(f"{tcp.lost} deliveries lost and {tcp.unsent} messages unsent")
             if tcp.server_cpu_us_per_delivery >= naive.server_cpu_us_per_delivery:
@@ -272,6 +280,18 @@ def _trends(facts: Facts, default_threads: int) -> dict[str, str]:
     return out
 
 
+def _load_range(results: dict[str, Any]) -> str:
+    """The spread of the 1-minute load average read as each run started, where recorded."""
+    loads = [e["load_1min"] for e in [*results["runs"], *results["capacity"]] if "load_1min" in e]
+    if not loads:
+        return ""
+    return (
+        f" As each run started it was between {min(loads):.2f} and {max(loads):.2f} "
+        f"(median {sorted(loads)[len(loads) // 2]:.2f}); the run's own server and clients "
+        "count in it too."
+    )
+
+
 def build_context(results: dict[str, Any], figures: dict[str, Path]) -> dict[str, str]:
     facts = Facts(results)
     meta = results["meta"]
@@ -289,6 +309,7 @@ def build_context(results: dict[str, Any], figures: dict[str, Path]) -> dict[str
         "system": meta["machine"]["system"],
         "load_before": f"{load_before:.2f}",
         "load_after": f"{meta['load_average_after'][0]:.2f}",
+        "load_range": _load_range(results),
         "elapsed": num(meta["elapsed_s"]),
         "default_threads": str(meta["default_threads"]),
         "keep_up_pct": f"{KEEP_UP * 100:g}",

@@ -50,7 +50,8 @@ def _by_protocol(runs: Sequence[LoadResult]) -> dict[str, list[LoadResult]]:
 
 
 def _finite(values: Sequence[float]) -> list[float]:
-    return [v if math.isfinite(v) else math.nan for v in values]
+    """Values for a log axis: what cannot be drawn on one (inf, 0 or less) becomes a gap."""
+    return [v if math.isfinite(v) and v > 0 else math.nan for v in values]
 
 
 def _latency(runs: Sequence[LoadResult], path: Path) -> Path:
@@ -120,6 +121,7 @@ def _loss(runs: Sequence[LoadResult], path: Path) -> Path:
     right.set_ylabel("latency, ms (solid p99, dotted p50)")
     right.set_title("Latency of what arrived")
     right.grid(True, which="both", alpha=0.3)
+    right.legend()
     return _save(figure, path)
 
 
