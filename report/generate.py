@@ -74,6 +74,24 @@ class Facts:
             group: [r for _, r in load_results(results, group)]
             for group in {run["group"] for run in results["runs"]}
         }
+        self._loads = {(run["group"], run["name"]): run.get("load_1min") for run in results["runs"]}
+        self._names = {
+            id(result): (group, name)
+            for group in self.groups
+            for (name, result) in zip(
+                [run["name"] for run in results["runs"] if run["group"] == group],
+                self.groups[group],
+                strict=True,
+            )
+        }
+
+    def busy(self, run: LoadResult) -> str:
+        """How busy the machine was as this run started, or before the suite if not recorded."""
+        load = self._loads.get(self._names.get(id(run), ("", "")))
+        if load is None:
+            before = self.results["meta"]["load_average_before"][0]
+            return f"; the machine's 1-minute load average was {before:.2f} before the suite"
+        return f"; the machine's 1-minute load average was {load:.2f} as the run started"
 
     def find(self, group: str, protocol: str, **fields: Any) -> LoadResult | None:
         for run in self.groups.get(group, []):
@@ -149,10 +167,9 @@ def _targets_table(targets: Sequence[Target], reasons: dict[str, str]) -> str:
     )
 
 
-def _miss_reasons(facts: Facts, targets: Sequence[Target], load_before: float) -> dict[str, str]:
+def _miss_reasons(facts: Facts, targets: Sequence[Target]) -> dict[str, str]:
     """One sentence per missed target, built from what the same results show."""
     reasons: dict[str, str] = {}
-    busy = f"; the machine's 1-minute load average was {load_before:.2f} before the suite"
     for target in targets:
         if target.met is not False:
             continue
@@ -182,20 +199,20 @@ def _miss_reasons(facts: Facts, targets: Sequence[Target], load_before: float) -
                 parts.append(f"{tcp.lost} deliveries lost and {tcp.unsent} messages unsent")
             if tcp.server_cpu_us_per_delivery >= naive.server_cpu_us_per_delivery:
                 parts.append("TCP did not spend less CPU per delivery than the naive server")
-            reasons[target.key] = "; ".join(parts) + busy
+            reasons[target.key] = "; ".join(parts) + facts.busy(tcp)
         elif target.key == "tcp-saturation":
             reasons[target.key] = (
                 "both servers share one interpreter lock per process; TCP's gain comes from "
                 "coalescing writes, which only pays once the naive server's per-recipient "
-                "sendall calls are the bottleneck" + busy
+                "sendall calls are the bottleneck"
             )
         elif target.key == "udp-raw-100x10":
             raw = facts.find("udp-target", "udp-raw", clients=100, rate=10)
             assert raw is not None
             parts = [
                 f"the server's one thread used {raw.server_cpu_pct:.0f} % of a core "
-                f"({raw.server_cpu_us_per_delivery:.2f} µs per delivery, mostly the kernel's "
-                "sendto), so datagrams wait in the socket buffer whenever it falls behind"
+                f"({raw.server_cpu_us_per_delivery:.2f} µs per delivery), so datagrams wait in "
+                "the socket buffer whenever it falls behind"
             ]
             if raw.loss_pct >= UDP_RAW_LOSS_PCT:
                 parts.append(f"the buffer overflowed and {raw.loss_pct:.3f} % were lost")
@@ -203,7 +220,7 @@ def _miss_reasons(facts: Facts, targets: Sequence[Target], load_before: float) -
                 parts.append(
                     f"the harness's own sends left up to {ms(raw.send_lag_p99_ms)} ms late (p99)"
                 )
-            reasons[target.key] = "; ".join(parts) + busy
+            reasons[target.key] = "; ".join(parts) + facts.busy(raw)
         elif target.key == "udp-reliable-5pct":
             rel = facts.find("lossy", "udp-reliable", link="netns 5% loss")
             assert rel is not None
@@ -316,7 +333,7 @@ def build_context(results: dict[str, Any], figures: dict[str, Path]) -> dict[str
         "keep_up_p99": f"{KEEP_UP_P99_MS:g}",
         "rto_budget_ms": f"{RTO_BUDGET * RTO_MS:g}",
     }
-    reasons = _miss_reasons(facts, targets, load_before)
+    reasons = _miss_reasons(facts, targets)
     ctx["targets_table"] = _targets_table(targets, reasons)
     missed = [t.key for t in targets if t.met is False]
     ctx["targets_summary"] = (
@@ -404,14 +421,18 @@ def build_context(results: dict[str, Any], figures: dict[str, Path]) -> dict[str
                 "lossy", proto, "retransmitted", num, link=link
             )
     rel = facts.find("udp-target", "udp-reliable", clients=100, rate=10)
+    told = (
+        f" ({rel.too_slow_seen} of {rel.clients} clients were told of a session leaving `too_slow`)"
+        if rel is not None and rel.too_slow_seen
+        else ""
+    )
     ctx["target_rel_note"] = (
-        f"Reliable mode did not survive this load: {rel.too_slow_seen} of {rel.clients} clients "
-        "were told that sessions left `too_slow`. With a datagram out and two acks back per "
-        "delivery, the server's one thread fell behind, the frames waiting for acks outgrew "
-        f"a session's bounded backlog ({WINDOW} in flight, {MAX_BACKLOG} queued), and the "
-        "server ended the "
-        "sessions rather than let memory grow."
-        if rel is not None and rel.loss_pct > 50 and rel.too_slow_seen
+        "Reliable mode delivered almost nothing at this load. A reliable delivery costs the "
+        "server's one thread a datagram out and two acks in; once it falls behind, the frames "
+        f"waiting for acks outgrow a session's bounded backlog ({WINDOW} in flight, "
+        f"{MAX_BACKLOG} queued) and the server ends the session as `too_slow` rather than let "
+        f"its memory grow{told}; with its log on, the server shows the sessions ending so."
+        if rel is not None and rel.loss_pct > 50
         else ""
     )
     ctx["failed_note"] = "".join(
