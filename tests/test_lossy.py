@@ -142,7 +142,7 @@ def test_set_loss_to_everything_drops_everything() -> None:
 def test_namespace_and_its_processes_go_away_when_the_body_raises() -> None:
     namespace = LossyNamespace(10)
     with pytest.raises(RuntimeError, match="body failed"), namespace:
-        sleeper = namespace.run([sys.executable, "-c", "import time; time.sleep(60)"])
+        sleeper = namespace.run([sys.executable, "-c", "import signal; signal.pause()"])
         raise RuntimeError("body failed")
     assert sleeper.poll() is not None
     assert not namespace_exists(namespace.name)
