@@ -511,7 +511,11 @@ def build_context(results: dict[str, Any], figures: dict[str, Path]) -> dict[str
     thread_rows = []
     threads = sorted(facts.groups.get("threads", []), key=lambda r: r.threads)
     for r in threads:
-        label = "a thread per client" if r.threads == r.clients else f"{r.threads} worker threads"
+        label = (
+            "a thread per client"
+            if r.threads == r.clients
+            else f"{r.threads} worker thread{'s' if r.threads > 1 else ''}"
+        )
         thread_rows.append(
             [
                 label,
