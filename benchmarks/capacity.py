@@ -121,8 +121,17 @@ def measure(clients: int) -> CapacityResult:
             sock.close()
         return result
     finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_server(proc)
+
+
+def stop_server(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
+    """SIGTERM, then SIGKILL if saying bye to thousands of clients takes too long."""
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
