@@ -437,7 +437,8 @@ class ChatServer:
         if name is None:
             return
         log.info("%s left (%s)", name, reason)
-        self.broadcast(Left(name=name, reason=reason, ts=now_ms()))
+        if not self.stopping.is_set():  # at shutdown everyone has had bye: no left storm
+            self.broadcast(Left(name=name, reason=reason, ts=now_ms()))
 
     # ---- stopping ------------------------------------------------------
 
@@ -455,8 +456,9 @@ class ChatServer:
             conn.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for conn in conns:
             conn.shut(socket.SHUT_RDWR)
+        deadline = time.monotonic() + SHUTDOWN_GRACE
         for conn in conns:
-            conn.thread.join(timeout=SHUTDOWN_GRACE)
+            conn.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.dirty.put(None)
         self.flusher.join(timeout=SHUTDOWN_GRACE)
         log.warning("stopped")
