@@ -431,9 +431,9 @@ class ChatServer:
 
     def drop(self, conn: Connection, reason: str) -> None:
         """Take ``conn`` out of the chat (once) and tell the others why."""
-        if reason == "too_slow":
-            conn.shut(socket.SHUT_RDWR)
         name = self.registry.leave(conn)
+        if reason == "too_slow":
+            conn.shut(socket.SHUT_RDWR)  # after leaving: the woken reader must find it gone
         if name is None:
             return
         log.info("%s left (%s)", name, reason)
