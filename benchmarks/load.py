@@ -14,7 +14,14 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks.measure import DEFAULT_THREADS, LoadResult, LoadSpec, format_results, run_load
+from benchmarks.measure import (
+    DEFAULT_THREADS,
+    LoadResult,
+    LoadSpec,
+    add_load_arguments,
+    format_results,
+    run_load,
+)
 
 __all__ = ["LoadResult", "format_results", "main", "run_tcp_load"]
 
@@ -51,12 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         prog="python -m benchmarks.load", description="Open-loop load test of a TCP chat server."
     )
     parser.add_argument("--server", choices=["naive", "tcp"], default="tcp")
-    parser.add_argument("--clients", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=5.0, help="messages per second per client")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds excluded from stats")
-    parser.add_argument("--drain", type=float, default=5.0, help="seconds to wait for late ones")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="worker threads")
+    add_load_arguments(parser, clients=200, rate=5.0, drain=5.0)
     parser.add_argument(
         "--nagle", action="store_true", help="tcp.server only: leave Nagle on (naive always is)"
     )

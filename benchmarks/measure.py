@@ -46,6 +46,7 @@ Method, chosen so the numbers cannot flatter the server:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -196,6 +197,18 @@ class LoadResult:
     def server(self) -> str:
         """The server process that ran: tcp, naive or udp."""
         return self.protocol.split("-")[0]
+
+
+def add_load_arguments(
+    parser: argparse.ArgumentParser, *, clients: int, rate: float, drain: float
+) -> None:
+    """The flags every load front takes: how many clients, how fast, for how long."""
+    parser.add_argument("--clients", type=int, default=clients)
+    parser.add_argument("--rate", type=float, default=rate, help="messages per second per client")
+    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
+    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
+    parser.add_argument("--drain", type=float, default=drain, help="seconds to wait for late ones")
+    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="worker threads")
 
 
 def result_to_dict(result: LoadResult) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from benchmarks.measure import (
     DEFAULT_THREADS,
     LoadResult,
     LoadSpec,
+    add_load_arguments,
     format_results,
     result_to_dict,
     run_load,
@@ -65,17 +66,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m benchmarks.udp_load",
         description="Loss and latency of the UDP chat under an open-loop load.",
     )
-    parser.add_argument("--clients", type=int, default=100)
-    parser.add_argument("--rate", type=float, default=10.0, help="messages per second per client")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
-    parser.add_argument("--drain", type=float, default=3.0, help="seconds to wait for stragglers")
+    add_load_arguments(parser, clients=100, rate=10.0, drain=3.0)
     parser.add_argument("--reliable", action="store_true", help="reliable sessions")
     parser.add_argument(
         "--relay-loss", type=float, default=0.0, metavar="FRACTION",
         help="drop this fraction of datagrams each way in a FaultyRelay (e.g. 0.05)",
     )  # fmt: skip
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="worker threads")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     result = run_udp_load(
