@@ -92,13 +92,13 @@ def measure(clients: int) -> CapacityResult:
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if clients + 64 > hard:
-        raise SystemExit(f"{clients} clients need more than the {hard} open files allowed")
+        raise RuntimeError(f"{clients} clients need more than the {hard} open files allowed")
     proc, address = start_server("--max-users", str(clients + 10), "--rate-limit", "0")
+    socks: list[socket.socket] = []
     try:
         rss_before = current_rss_bytes(proc.pid)
         cpu_before = cpu_seconds(proc.pid)
         started = time.monotonic()
-        socks = []
         for i in range(clients):
             sock = socket.create_connection(address)
             sock.sendall(b'{"type":"hello","name":"cap%d"}\n' % i)
@@ -107,7 +107,7 @@ def measure(clients: int) -> CapacityResult:
         connect_seconds = time.monotonic() - started
         drain(socks)
         rss_after = current_rss_bytes(proc.pid)
-        result = CapacityResult(
+        return CapacityResult(
             clients=clients,
             online=online,
             connect_seconds=connect_seconds,
@@ -117,10 +117,9 @@ def measure(clients: int) -> CapacityResult:
             threads_after=thread_count(proc.pid),
             server_cpu_seconds=cpu_seconds(proc.pid) - cpu_before,
         )
+    finally:
         for sock in socks:
             sock.close()
-        return result
-    finally:
         stop_server(proc)
 
 
@@ -138,7 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.capacity", description=__doc__)
     parser.add_argument("--clients", type=int, default=5000, help="connections to open")
     args = parser.parse_args(argv)
-    result = measure(args.clients)
+    try:
+        result = measure(args.clients)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     for key, value in asdict(result).items():
         print(f"{key:>20}: {value:,.1f}" if isinstance(value, float) else f"{key:>20}: {value:,}")
     return 0 if result.online == result.clients else 1

@@ -35,8 +35,6 @@ import datetime
 import json
 import os
 import platform
-import resource
-import socket
 import subprocess
 import sys
 import time
@@ -45,18 +43,17 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks import capacity, procstat
+from benchmarks import capacity
 from benchmarks.measure import (
     DEFAULT_THREADS,
     LoadResult,
     LoadSpec,
     format_results,
-    raise_open_file_limit,
     result_from_dict,
     result_to_dict,
     run_load,
 )
-from benchmarks.servers import REPO_ROOT, ServerProcess, server_command
+from benchmarks.servers import REPO_ROOT
 from udp.lossy import lossy_link_unavailable
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -360,7 +357,7 @@ def _run_one(scenario: Scenario, results: dict[str, Any], reporter: Reporter) ->
     """Run one scenario, add its result to `results`; its one-line summary."""
     load = os.getloadavg()[0]
     if scenario.spec is None:
-        measured = measure_capacity(scenario.capacity_clients)
+        measured = capacity.measure(scenario.capacity_clients)
         results["capacity"].append(
             {"group": scenario.group, "name": scenario.name, "load_1min": load, **asdict(measured)}
         )
@@ -376,44 +373,6 @@ def _run_one(scenario: Scenario, results: dict[str, Any], reporter: Reporter) ->
         }
     )
     return _summary_line(result)
-
-
-def measure_capacity(clients: int) -> capacity.CapacityResult:
-    """benchmarks.capacity's measurement with this harness's server handling: a server saying
-    goodbye to thousands of connections may take longer to stop than that module waits."""
-    raise_open_file_limit()
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if clients + 64 > hard:
-        raise RuntimeError(f"{clients} clients need more than the {hard} open files allowed")
-    server = ServerProcess([*server_command("tcp"), "--max-users", str(clients + 10)])
-    socks: list[socket.socket] = []
-    try:
-        address = server.wait_ready()
-        rss_before = capacity.current_rss_bytes(server.pid)
-        cpu_before = procstat.cpu_seconds(server.pid)
-        started = time.monotonic()
-        for i in range(clients):
-            sock = socket.create_connection(address)
-            sock.sendall(b'{"type":"hello","name":"cap%d"}\n' % i)
-            socks.append(sock)
-        online = capacity.wait_online(address, clients)
-        connect_seconds = time.monotonic() - started
-        capacity.drain(socks)
-        rss_after = capacity.current_rss_bytes(server.pid)
-        return capacity.CapacityResult(
-            clients=clients,
-            online=online,
-            connect_seconds=connect_seconds,
-            rss_before_bytes=rss_before,
-            rss_after_bytes=rss_after,
-            bytes_per_client=(rss_after - rss_before) / clients,
-            threads_after=procstat.thread_count(server.pid),
-            server_cpu_seconds=procstat.cpu_seconds(server.pid) - cpu_before,
-        )
-    finally:
-        for sock in socks:
-            sock.close()
-        server.stop()
 
 
 def load_results(results: dict[str, Any], group: str | None = None) -> list[tuple[str, LoadResult]]:
