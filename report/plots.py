@@ -54,22 +54,28 @@ def _finite(values: Sequence[float]) -> list[float]:
     return [v if math.isfinite(v) and v > 0 else math.nan for v in values]
 
 
+def _p99_and_p50(
+    axes: Any, x: Sequence[float], group: Sequence[LoadResult], style: dict[str, Any]
+) -> None:
+    """A protocol's p99 as a solid line and its p50 dotted, against ``x``."""
+    axes.plot(x, _finite([r.p99_ms for r in group]), linestyle="-", **style)
+    axes.plot(
+        x,
+        _finite([r.p50_ms for r in group]),
+        linestyle=":",
+        color=style["color"],
+        marker=style["marker"],
+        alpha=0.6,
+    )
+
+
 def _latency(runs: Sequence[LoadResult], path: Path) -> Path:
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
     for protocol, group in _by_protocol(runs).items():
         group.sort(key=lambda r: r.clients)
         style = STYLE[protocol]
-        clients = [r.clients for r in group]
-        axes.plot(clients, _finite([r.p99_ms for r in group]), linestyle="-", **style)
-        axes.plot(
-            clients,
-            _finite([r.p50_ms for r in group]),
-            linestyle=":",
-            color=style["color"],
-            marker=style["marker"],
-            alpha=0.6,
-        )
+        _p99_and_p50(axes, [r.clients for r in group], group, style)
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("clients (each sending 5 msg/s)")
@@ -106,16 +112,7 @@ def _loss(runs: Sequence[LoadResult], path: Path) -> Path:
         if not group:
             continue
         style = STYLE[group[0].protocol]
-        loss = [_link_loss(r) for r in group]
-        right.plot(loss, _finite([r.p99_ms for r in group]), linestyle="-", **style)
-        right.plot(
-            loss,
-            _finite([r.p50_ms for r in group]),
-            linestyle=":",
-            color=style["color"],
-            marker=style["marker"],
-            alpha=0.6,
-        )
+        _p99_and_p50(right, [_link_loss(r) for r in group], group, style)
     right.set_yscale("log")
     right.set_xlabel("link loss each way, %")
     right.set_ylabel("latency, ms (solid p99, dotted p50)")
