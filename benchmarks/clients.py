@@ -43,8 +43,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from common.reliable import ReliableReceiver, ReliableSender
-from udp.server import ACK_COPIES, enlarge_buffers
+from common.reliable import ACK_COPIES, ReliableReceiver, ReliableSender
+from udp.server import enlarge_buffers
 
 SCHED_RE = re.compile(rb"b\d+:\d+:(\d+)")
 _SEQ_RE = re.compile(rb'"seq":(\d+)\}')
@@ -361,11 +361,8 @@ class UdpClient(_Recorder):
                 continue
             seq = int(match.group(1))
             if data.startswith(b'{"type":"ack"'):
-                window_was_full = not self.sender.can_send
-                self.sender.on_ack(seq)
-                if window_was_full:
-                    for due in self.sender.due(now_s):
-                        self._write(due)
+                for due in self.sender.on_ack(seq, now_s):
+                    self._write(due)
                 continue
             frames = self.receiver.on_frame(seq, data)
             if frames is None:

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from common.reliable import (
+    ACK_COPIES,
     INITIAL_RTO,
     MAX_BACKLOG,
     MAX_TRIES,
@@ -142,7 +143,7 @@ def test_ack_before_last_timeout_expires_keeps_session_alive() -> None:
         deadline = sender.next_deadline()
         assert deadline is not None
         now = deadline
-    assert sender.on_ack(1)
+    assert sender.on_ack(1, now) == []
     assert sender.due(now) == []
     assert not sender.failed
     assert sender.next_deadline() is None
@@ -161,15 +162,58 @@ def test_each_frame_keeps_its_own_timer() -> None:
     assert sender.next_deadline() == pytest.approx(0.25 + 2 * INITIAL_RTO)
 
 
-def test_ack_of_unknown_duplicate_or_untransmitted_seq_is_refused() -> None:
+def test_ack_of_unknown_duplicate_or_untransmitted_seq_changes_nothing() -> None:
     sender = ReliableSender()
-    assert not sender.on_ack(1)
+    assert sender.on_ack(1, 0.0) == []
     sender.queue(1, b"one")
-    assert not sender.on_ack(1)  # queued but never transmitted
+    assert sender.on_ack(1, 0.0) == []  # queued but never transmitted
+    assert sender.pending == 1
     sender.due(0.0)
-    assert not sender.on_ack(2)
-    assert sender.on_ack(1)
-    assert not sender.on_ack(1)
+    assert sender.on_ack(2, 0.0) == []
+    assert sender.pending == 1
+    assert sender.on_ack(1, 0.0) == []
+    assert sender.pending == 0
+    assert sender.on_ack(1, 0.0) == []
+
+
+def test_three_later_acks_resend_a_lost_frame_at_once_and_only_once() -> None:
+    sender = ReliableSender()
+    queue_frames(sender, 6)
+    assert sender.due(0.0) == [frame_for(seq) for seq in range(1, 7)]
+    # Frame 1 was lost: 2, 3 and 4 arrive and are acked long before its timeout.
+    assert sender.on_ack(2, 0.01) == []
+    assert sender.on_ack(3, 0.02) == []
+    assert sender.on_ack(4, 0.03) == [frame_for(1)]
+    assert sender.retransmissions == 1
+    assert sender.on_ack(5, 0.04) == []  # once only
+    assert sender.due(0.05) == []
+    # Its timeout is left as it was: the protocol's schedule still holds.
+    assert sender.next_deadline() == pytest.approx(INITIAL_RTO)
+    assert sender.due(INITIAL_RTO) == [frame_for(1), frame_for(6)]
+    assert sender.next_deadline() == pytest.approx(3 * INITIAL_RTO)
+
+
+def test_fast_retransmission_counts_only_acks_of_later_frames() -> None:
+    sender = ReliableSender()
+    queue_frames(sender, 4)
+    sender.due(0.0)
+    assert sender.on_ack(1, 0.01) == []
+    assert sender.on_ack(2, 0.02) == []
+    assert sender.on_ack(3, 0.03) == []  # three acks, but none of a frame after 4
+    assert sender.retransmissions == 0
+    assert sender.next_deadline() == pytest.approx(INITIAL_RTO)
+
+
+def test_frame_due_by_both_its_timeout_and_later_acks_goes_out_once() -> None:
+    sender = ReliableSender()
+    queue_frames(sender, 4)
+    sender.due(0.0)
+    assert sender.on_ack(2, 0.05) == []
+    assert sender.on_ack(3, 0.1) == []
+    assert sender.on_ack(4, INITIAL_RTO) == [frame_for(1)]
+    assert sender.due(INITIAL_RTO + 0.01) == []
+    assert sender.retransmissions == 1
+    assert sender.next_deadline() == pytest.approx(3 * INITIAL_RTO)
 
 
 def test_queue_requires_consecutive_seqs() -> None:
@@ -190,14 +234,11 @@ def test_window_full_frames_wait_until_the_oldest_is_acked() -> None:
     assert sender.due(0.0) == []
     assert sender.pending == WINDOW + 3
 
-    assert sender.on_ack(1)
-    assert sender.due(0.01) == [frame_for(WINDOW + 1)]
-    assert sender.on_ack(3)  # the oldest unacked is still 2: the window stays put
-    assert sender.due(0.02) == []
-    assert sender.on_ack(2)
-    assert sender.due(0.03) == [frame_for(WINDOW + 2), frame_for(WINDOW + 3)]
+    assert sender.on_ack(1, 0.01) == [frame_for(WINDOW + 1)]
+    assert sender.on_ack(3, 0.02) == []  # the oldest unacked is still 2: the window stays put
+    assert sender.on_ack(2, 0.03) == [frame_for(WINDOW + 2), frame_for(WINDOW + 3)]
     assert not sender.can_send
-    assert sender.on_ack(4)
+    assert sender.on_ack(4, 0.04) == []
     assert sender.can_send
     assert sender.pending == WINDOW - 1
 
@@ -310,12 +351,14 @@ def run_lossy_link(
         if wire and wire[0][0] <= deadline:
             now, _, is_ack, seq, frame = heapq.heappop(wire)
             if is_ack:
-                sender.on_ack(seq)
+                for frame in sender.on_ack(seq, now):
+                    transmit(False, seq_of(frame), frame)
             else:
                 frames = receiver.on_frame(seq, frame)
                 assert frames is not None
                 delivered.extend(frames)
-                transmit(True, seq, b"")
+                for _ in range(ACK_COPIES):
+                    transmit(True, seq, b"")
         else:
             now = max(now, deadline)
         for frame in sender.due(now):

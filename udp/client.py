@@ -55,6 +55,7 @@ from common.codec import (
 from common.commands import HELP_TEXT
 from common.console import ChatError, Console, run_client
 from common.reliable import (
+    ACK_COPIES,
     MAX_TRIES,
     ReliableReceiver,
     ReliableSender,
@@ -64,7 +65,7 @@ from common.reliable import (
 )
 from common.render import Line
 from common.serverargs import DEFAULT_PORT, positive_float
-from udp.server import ACK_COPIES, enlarge_buffers
+from udp.server import enlarge_buffers
 
 HELLO_INTERVAL = 1.0
 HELLO_TRIES = 5
@@ -238,13 +239,12 @@ class UdpTransport:
     def _on_ack(self, seq: int, now: float) -> None:
         if self._sender is None:
             return
-        window_was_full = not self._sender.can_send
-        self._sender.on_ack(seq)
+        frames = self._sender.on_ack(seq, now)
         if seq == self._bye_seq:
             self._over = True
-        elif window_was_full:
-            for frame in self._sender.due(now):
-                self._write(frame, now)
+            return
+        for frame in frames:
+            self._write(frame, now)
 
     def _take(self, message: ServerMessage) -> None:
         """Queue a message for ``receive``, ending the session where the message does."""

@@ -88,7 +88,13 @@ from common.codec import (
 )
 from common.ratelimit import TokenBucket
 from common.registry import Registry
-from common.reliable import ReliableReceiver, ReliableSender, SeqCounter, SeqKind
+from common.reliable import (
+    ACK_COPIES,
+    ReliableReceiver,
+    ReliableSender,
+    SeqCounter,
+    SeqKind,
+)
 from common.room import act
 from common.serverargs import (
     Limits,
@@ -118,11 +124,6 @@ MAX_SWEEP_INTERVAL = 0.5
 SEQ_ROOM = len(b',"seq":') + 20 + 1
 """Bytes a frame grows by when its ``seq`` is spliced in (20 digits is past any seq)."""
 FIRST_SEQ_BYTES = len(b',"seq":1')
-ACK_COPIES = 2
-"""Acks sent per frame, by both sides: losing an ack costs a retransmission, or the
-session once a frame's six tries are all lost; at 20 % loss each way one copy
-fails a try 36 % of the time (0.2 % of frames end their session), two 23 %
-(0.016 %)."""
 
 
 def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER_BYTES) -> None:
@@ -380,10 +381,9 @@ class UdpChatServer:
 
     def _on_ack(self, session: Session, seq: int, now: float) -> None:
         assert session.sender is not None
-        window_was_full = not session.sender.can_send
-        session.sender.on_ack(seq)
-        if window_was_full:
-            self._deliver(session, session.sender.due(now))
+        frames = session.sender.on_ack(seq, now)
+        if frames:
+            self._deliver(session, frames)
 
     def _apply(
         self, session: Session, data: bytes, message: ClientMessage | None, now: float
