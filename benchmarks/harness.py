@@ -21,8 +21,9 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 - `capacity`: how many idle clients one TCP server holds, and the memory each costs.
 
 The results dict: `meta` (suite, date, git commit, Python, machine, load average before and
-after); `runs`: group, name, `load_1min` (the 1-minute load average as it started), spec and
-result of each load run; `capacity`; `skipped` (group, reason); `failed` (group, name, error:
+after, `floor`: the CPU one loopback `send` and `sendto` cost here, from `benchmarks.floor`);
+`runs`: group, name, `load_1min` (the 1-minute load average as it started), spec and result of
+each load run; `capacity`; `skipped` (group, reason); `failed` (group, name, error:
 a run that raised; the suite goes on without it).
 The CSV has one row per load run, with the meta columns repeated on every row.
 """
@@ -44,6 +45,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from benchmarks import capacity
+from benchmarks.floor import measure_floor
 from benchmarks.measure import (
     DEFAULT_THREADS,
     LoadResult,
@@ -327,6 +329,7 @@ def run_suite(
             "default_threads": threads,
             "load_average_before": list(os.getloadavg()),
             **machine_meta(),
+            "floor": dataclasses.asdict(measure_floor()),
         },
         "runs": [],
         "capacity": [],

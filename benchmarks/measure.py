@@ -81,9 +81,11 @@ from benchmarks.servers import REPO_ROOT, ServerProcess, server_command
 from udp.faults import FaultyRelay
 from udp.lossy import LossyNamespace
 
-DEFAULT_THREADS = 2
-"""Worker threads when not told: one per core of the machine the suite was made for. A few
-threads measure alike; hundreds make the GIL the bottleneck (the suite's `threads` group)."""
+DEFAULT_THREADS = 1
+"""Worker threads when not told. Each thread more is one more contender for the one interpreter
+lock, so the harness's sends leave later and its arrivals are stamped later: in the suite's
+`threads` group one thread gives the lowest p99 and lag, and hundreds make the GIL the
+bottleneck."""
 
 Progress = Callable[[str], None]
 

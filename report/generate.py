@@ -59,6 +59,10 @@ def ms(value: float | None) -> str:
     return f"{value:,.0f}"
 
 
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def num(value: float | None, decimals: int = 0) -> str:
     if value is None or math.isnan(value):
         return NA
@@ -92,6 +96,19 @@ class Facts:
             before = self.results["meta"]["load_average_before"][0]
             return f"; the machine's 1-minute load average was {before:.2f} before the suite"
         return f"; the machine's 1-minute load average was {load:.2f} as the run started"
+
+    def floor(self, call: str, deliveries_per_s: float) -> str:
+        """What `call` ("send" or "sendto") alone costs at this rate; "" if not measured."""
+        floor = self.results["meta"].get("floor")
+        if floor is None:
+            return ""
+        us = floor["tcp_send_us" if call == "send" else "udp_sendto_us"]
+        cores = deliveries_per_s * us / 1e6
+        return (
+            f"one loopback `{call}` costs {us:.1f} µs of CPU on this machine "
+            f"(`benchmarks.floor`), so {deliveries_per_s:,.0f} deliveries/s written one "
+            f"`{call}` each would take {cores:.2f} cores before any Python runs"
+        )
 
     def find(self, group: str, protocol: str, **fields: Any) -> LoadResult | None:
         for run in self.groups.get(group, []):
@@ -179,6 +196,11 @@ def _miss_reasons(facts: Facts, targets: Sequence[Target]) -> dict[str, str]:
             assert tcp is not None and naive is not None
             parts = []
             if tcp.p99_ms >= 2:
+                if floor := facts.floor("send", tcp.deliveries_per_s):
+                    parts.append(
+                        floor + "; the server keeps up only because, once it falls behind, one "
+                        "`send` carries several frames, and falling behind is waiting"
+                    )
                 parts.append(
                     f"the server process used {tcp.server_cpu_pct:.0f} % of a core for "
                     f"{tcp.deliveries_per_s:,.0f} deliveries/s; CPython runs one thread at a "
@@ -209,7 +231,9 @@ def _miss_reasons(facts: Facts, targets: Sequence[Target]) -> dict[str, str]:
         elif target.key == "udp-raw-100x10":
             raw = facts.find("udp-target", "udp-raw", clients=100, rate=10)
             assert raw is not None
-            parts = [
+            floor = facts.floor("sendto", raw.deliveries_per_s)
+            parts = [floor] if floor else []
+            parts += [
                 f"the server's one thread used {raw.server_cpu_pct:.0f} % of a core "
                 f"({raw.server_cpu_us_per_delivery:.2f} µs per delivery), so datagrams wait in "
                 "the socket buffer whenever it falls behind"
@@ -227,9 +251,9 @@ def _miss_reasons(facts: Facts, targets: Sequence[Target]) -> dict[str, str]:
             reasons[target.key] = (
                 f"head-of-line blocking: p50 was {ms(rel.p50_ms)} ms. Each client receives "
                 f"{rel.offered_msgs_per_s:,.0f} frames/s; one lost frame holds back every later "
-                "one until its retransmission 200 ms later, and a retransmission lost again "
-                "waits twice as long (0.2, 0.4, 0.8 s...), so the slowest percent waits for "
-                "second and third tries" + (f"; {rel.lost} lost" if rel.lost else "")
+                "one until it is sent again, at once if three later frames are acked, else on "
+                "its timeout (0.2, 0.4, 0.8 s...), so the slowest percent waits for second and "
+                "third tries" + (f"; {rel.lost} lost" if rel.lost else "")
             )
     return reasons
 
@@ -329,6 +353,7 @@ def build_context(results: dict[str, Any], figures: dict[str, Path]) -> dict[str
         "load_range": _load_range(results),
         "elapsed": num(meta["elapsed_s"]),
         "default_threads": str(meta["default_threads"]),
+        "worker_threads": _plural(meta["default_threads"], "worker thread"),
         "keep_up_pct": f"{KEEP_UP * 100:g}",
         "keep_up_p99": f"{KEEP_UP_P99_MS:g}",
         "rto_budget_ms": f"{RTO_BUDGET * RTO_MS:g}",

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from benchmarks.harness import build_suite
-from benchmarks.measure import LoadResult, LoadSpec, result_to_dict
+from benchmarks.measure import DEFAULT_THREADS, LoadResult, LoadSpec, result_to_dict
 from report.generate import generate, render
 
 
@@ -73,12 +73,13 @@ def synthetic_results() -> dict[str, Any]:
              "spec": dataclasses.asdict(scenario.spec), "result": result_to_dict(result)}
         )  # fmt: skip
     meta = {
-        "suite": "bench", "date": "2026-01-02T03:04:05+00:00", "default_threads": 2,
+        "suite": "bench", "date": "2026-01-02T03:04:05+00:00", "default_threads": DEFAULT_THREADS,
         "load_average_before": [0.42, 0.5, 0.6], "load_average_after": [1.23, 0.9, 0.7],
         "python": "3.11.7", "implementation": "CPython",
         "machine": {"system": "Linux 6.1", "arch": "x86_64", "cpu": "Test CPU", "cores": 2,
                     "memory_gib": 24.0},
         "git_commit": "0123456789abcdef", "git_dirty": False, "elapsed_s": 123.4,
+        "floor": {"tcp_send_us": 8.5, "udp_sendto_us": 7.3},
     }  # fmt: skip
     return {"meta": meta, "runs": runs, "capacity": capacity, "skipped": []}
 
@@ -120,6 +121,8 @@ def test_targets_are_judged_from_the_data(report: Path) -> None:
     assert "2.73x" in rows["tcp-saturation"]
     assert "**missed**" in rows["udp-raw-100x10"]
     assert "97 % of a core" in rows["udp-raw-100x10"]
+    assert "`sendto` costs 7.3 µs" in rows["udp-raw-100x10"]
+    assert "100,000 deliveries/s written one `sendto` each would take 0.73 cores" in text
     assert "load average was 0.45 as the run started" in rows["udp-raw-100x10"]
     assert "**met**" in rows["udp-reliable-5pct"]
     assert "3 of 4 targets met; missed: udp-raw-100x10" in text
