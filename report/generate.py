@@ -97,17 +97,19 @@ class Facts:
             return f"; the machine's 1-minute load average was {before:.2f} before the suite"
         return f"; the machine's 1-minute load average was {load:.2f} as the run started"
 
-    def floor(self, call: str, deliveries_per_s: float) -> str:
-        """What `call` ("send" or "sendto") alone costs at this rate; "" if not measured."""
+    def floor(self, call: str, run: LoadResult) -> str:
+        """What `call` ("send" or "sendto") alone costs at this run's load; "" if not measured."""
         floor = self.results["meta"].get("floor")
         if floor is None:
             return ""
         us = floor["tcp_send_us" if call == "send" else "udp_sendto_us"]
-        cores = deliveries_per_s * us / 1e6
+        cores = run.deliveries_per_s * us / 1e6
         return (
             f"one loopback `{call}` costs {us:.1f} µs of CPU on this machine "
-            f"(`benchmarks.floor`), so {deliveries_per_s:,.0f} deliveries/s written one "
-            f"`{call}` each would take {cores:.2f} cores before any Python runs"
+            f"(`benchmarks.floor`): {run.deliveries_per_s:,.0f} deliveries/s written one "
+            f"`{call}` each would take {cores:.2f} cores before any Python runs, and one "
+            f"message to its {run.clients} recipients is {run.clients * us / 1000:.2f} ms of "
+            "writing, which its last recipients wait for even on an idle server"
         )
 
     def find(self, group: str, protocol: str, **fields: Any) -> LoadResult | None:
@@ -196,7 +198,7 @@ def _miss_reasons(facts: Facts, targets: Sequence[Target]) -> dict[str, str]:
             assert tcp is not None and naive is not None
             parts = []
             if tcp.p99_ms >= 2:
-                if floor := facts.floor("send", tcp.deliveries_per_s):
+                if floor := facts.floor("send", tcp):
                     parts.append(
                         floor + "; the server keeps up only because, once it falls behind, one "
                         "`send` carries several frames, and falling behind is waiting"
@@ -231,7 +233,7 @@ def _miss_reasons(facts: Facts, targets: Sequence[Target]) -> dict[str, str]:
         elif target.key == "udp-raw-100x10":
             raw = facts.find("udp-target", "udp-raw", clients=100, rate=10)
             assert raw is not None
-            floor = facts.floor("sendto", raw.deliveries_per_s)
+            floor = facts.floor("sendto", raw)
             parts = [floor] if floor else []
             parts += [
                 f"the server's one thread used {raw.server_cpu_pct:.0f} % of a core "

@@ -123,6 +123,7 @@ def test_targets_are_judged_from_the_data(report: Path) -> None:
     assert "97 % of a core" in rows["udp-raw-100x10"]
     assert "`sendto` costs 7.3 µs" in rows["udp-raw-100x10"]
     assert "100,000 deliveries/s written one `sendto` each would take 0.73 cores" in text
+    assert "one message to its 100 recipients is 0.73 ms of writing" in text
     assert "load average was 0.45 as the run started" in rows["udp-raw-100x10"]
     assert "**met**" in rows["udp-reliable-5pct"]
     assert "3 of 4 targets met; missed: udp-raw-100x10" in text
