@@ -24,18 +24,12 @@ import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from multiprocessing.synchronize import Event
 
 FRAME = b'{"type":"msg","from":"c123","text":"b123:45:1234567890123456","ts":1764000000000}\n'
 _PAUSE_S = 0.001
 _READ_BYTES = 65536
 _READ_WAIT_S = 0.05
-
-
-class EventLike(Protocol):
-    def is_set(self) -> bool: ...
-
-    def set(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +38,7 @@ class Floor:
     udp_sendto_us: float
 
 
-def _drain(readers: Sequence[socket.socket], stop: EventLike) -> None:
+def _drain(readers: Sequence[socket.socket], stop: Event) -> None:
     """Read whatever arrives until told to stop."""
     poller = select.epoll()
     by_fd = {sock.fileno(): sock for sock in readers}
