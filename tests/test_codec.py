@@ -16,6 +16,7 @@ from common.codec import (
     Ack,
     BadFrame,
     Bye,
+    Decoded,
     Dm,
     Error,
     Hello,
@@ -144,6 +145,26 @@ def test_encodes_compact_utf8_in_protocol_order() -> None:
     assert encode(Bye()) == b'{"type":"bye"}'
     assert encode(Ack(seq=4), session="s") == b'{"type":"ack","seq":4,"session":"s"}'
     assert encode_line(Error(code="x", text="y")).endswith(b"}\n")
+
+
+@settings(max_examples=200)
+@given(
+    seq=st.one_of(st.integers(min_value=-5, max_value=10**20), st.just(True)),
+    session=st.text(alphabet="0123456789abcdefABCDEF-x", max_size=70),
+)
+def test_acks_as_clients_write_them_decode_as_the_general_path_does(seq: int, session: str) -> None:
+    plain = b'{"type":"ack","seq":%s,"session":"%s"}' % (
+        json.dumps(seq).encode(),
+        session.encode(),
+    )
+    spaced = plain.replace(b",", b", ")  # the same frame, kept from the short path
+    results: list[Decoded | str] = []
+    for data in (plain, spaced):
+        try:
+            results.append(decode_client(data))
+        except ProtocolError as exc:
+            results.append(exc.code)
+    assert results[0] == results[1]
 
 
 def test_long_name_lists_are_cut_to_fit_and_count_stays_whole() -> None:
