@@ -24,7 +24,7 @@ wait in that client's own queue (a message counts as sent once its last byte is 
 datagrams the kernel refuses are counted in `send_errors` and lost, as on a network.
 
 UDP reliable clients keep the protocol's reliable mode with `common.reliable`: every frame with
-a `seq` is acked (`ACK_COPIES` copies, like `udp.client`) and handed on once and in order, and
+a `seq` is acked (twice when it comes again, like `udp.client`) and handed on once and in order, and
 each `say` is kept and retransmitted until acked; the worker checks the timers every 10 ms.
 """
 
@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from common.reliable import ACK_COPIES, ReliableReceiver, ReliableSender
+from common.reliable import ReliableReceiver, ReliableSender
 from udp.server import enlarge_buffers
 
 SCHED_RE = re.compile(rb"b\d+:\d+:(\d+)")
@@ -364,11 +364,12 @@ class UdpClient(_Recorder):
                 for due in self.sender.on_ack(seq, now_s):
                     self._write(due)
                 continue
+            acks = self.receiver.acks_for(seq)
             frames = self.receiver.on_frame(seq, data)
             if frames is None:
                 continue
             ack = b'{"type":"ack","seq":%d,"session":"%s"}' % (seq, self.token)
-            for _ in range(ACK_COPIES):
+            for _ in range(acks):
                 self._write(ack)
             deliverable += frames
         return deliverable

@@ -267,6 +267,17 @@ def test_in_order_delivery_with_holes_filled_later() -> None:
     assert (receiver.next_expected, receiver.delivered, receiver.held) == (6, 5, 0)
 
 
+def test_a_repeated_frame_gets_more_acks_than_a_new_one() -> None:
+    receiver = ReliableReceiver()
+    assert receiver.acks_for(1) == 1
+    receiver.on_frame(1, frame_for(1))
+    assert receiver.acks_for(1) == ACK_COPIES > 1
+    assert receiver.acks_for(3) == 1
+    receiver.on_frame(3, frame_for(3))  # held early: its repeat is a repeat too
+    assert receiver.acks_for(3) == ACK_COPIES
+    assert receiver.acks_for(2) == 1
+
+
 def test_duplicates_are_suppressed_and_counted() -> None:
     receiver = ReliableReceiver()
     assert receiver.on_frame(1, b"1") == [b"1"]
@@ -354,10 +365,11 @@ def run_lossy_link(
                 for frame in sender.on_ack(seq, now):
                     transmit(False, seq_of(frame), frame)
             else:
+                acks = receiver.acks_for(seq)
                 frames = receiver.on_frame(seq, frame)
                 assert frames is not None
                 delivered.extend(frames)
-                for _ in range(ACK_COPIES):
+                for _ in range(acks):
                     transmit(True, seq, b"")
         else:
             now = max(now, deadline)

@@ -12,9 +12,10 @@ connected UDP socket speaking the protocol's UDP session rules:
   datagram is shown once. ``/stats`` prints the counters.
 * Reliable sessions (``--reliable``) ack every frame with a ``seq`` and hand
   frames on once and in order (``ReliableReceiver``); frames sent are kept
-  and retransmitted until acked (``ReliableSender``). Each ack is sent
-  ``ACK_COPIES`` times, as the server does: an ack is tiny, and losing it
-  costs a retransmission, or the whole session once six tries are lost.
+  and retransmitted until acked (``ReliableSender``). A frame that comes
+  again is acked twice, as the server does: its first ack was lost, and
+  losing acks costs retransmissions, or the whole session once six tries are
+  lost.
 * A ``ping`` goes out whenever nothing was sent for ``PING_INTERVAL``. When
   nothing at all has come from the server for ``--give-up-after`` seconds,
   despite those pings, the client says so and exits with code 1.
@@ -55,7 +56,6 @@ from common.codec import (
 from common.commands import HELP_TEXT
 from common.console import ChatError, Console, run_client
 from common.reliable import (
-    ACK_COPIES,
     MAX_TRIES,
     ReliableReceiver,
     ReliableSender,
@@ -227,11 +227,12 @@ class UdpTransport:
             if event.kind is not SeqKind.DUPLICATE:
                 self._take(message)
             return
+        acks = self._receiver.acks_for(seq)
         frames = self._receiver.on_frame(seq, data)
         if frames is None or self._token is None:
             return
         ack = encode(Ack(seq=seq), session=self._token)
-        for _ in range(ACK_COPIES):
+        for _ in range(acks):
             self._write(ack, now)
         for frame in frames:
             self._take(message if frame is data else decode_server(frame).message)

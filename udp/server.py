@@ -37,7 +37,7 @@ into each copy. Incoming ``seq`` go to a ``SeqCounter`` (lost, repeated,
 reordered; logged when the session ends); a raw session's repeated frame is
 not acted on twice. A reliable session (``"reliable": true``) also has a
 ``ReliableSender`` and ``ReliableReceiver`` (``common.reliable``): every
-frame with a ``seq`` is acked (``ACK_COPIES`` times) and handed on once and
+frame with a ``seq`` is acked (twice if it came again) and handed on once and
 in order, every frame sent is retransmitted until acked; a sender that gives
 up ends the session (``timeout``), one whose backlog overflows ends it as
 ``too_slow``.
@@ -89,7 +89,6 @@ from common.codec import (
 from common.ratelimit import TokenBucket
 from common.registry import Registry
 from common.reliable import (
-    ACK_COPIES,
     ReliableReceiver,
     ReliableSender,
     SeqCounter,
@@ -368,11 +367,12 @@ class UdpChatServer:
             if kind is not SeqKind.DUPLICATE:
                 self._apply(session, data, message, now)
             return
+        acks = session.receiver.acks_for(seq)
         frames = session.receiver.on_frame(seq, data)
         if frames is None:
             return
         ack = encode(Ack(seq=seq))
-        for _ in range(ACK_COPIES):
+        for _ in range(acks):
             self._write(ack, session.address)
         for frame in frames:
             if self._sessions.get(session.address) is not session:
