@@ -320,18 +320,16 @@ class UdpClient(_Recorder):
         """Datagrams are written whole or not at all."""
 
     def on_readable(self, buffer: bytearray, view: memoryview) -> bool:
-        """Take every datagram that waits; one clock reading for the lot."""
-        datagrams: list[bytes] = []
-        while True:
-            try:
-                datagrams.append(self.sock.recv(_DATAGRAM_BYTES))
-            except BlockingIOError:
-                break
-            except ConnectionRefusedError:
-                # An ICMP error from an earlier send; the next datagram may be fine.
-                continue
-            except OSError:
-                return False
+        """Take one datagram. Not a loop until the socket is empty: the epoll is level
+        triggered, so it reports the socket again while more wait, and reading until
+        `BlockingIOError` would cost an exception for every arrival at this load."""
+        try:
+            datagrams = [self.sock.recv(_DATAGRAM_BYTES)]
+        except (BlockingIOError, ConnectionRefusedError):
+            # Refused: an ICMP error from an earlier send; the next datagram may be fine.
+            return True
+        except OSError:
+            return False
         now = time.monotonic_ns()
         if self.token is None:
             self._find_welcome(datagrams)
