@@ -240,6 +240,12 @@ def _miss_reasons(facts: Facts, targets: Sequence[Target]) -> dict[str, str]:
                 f"({raw.server_cpu_us_per_delivery:.2f} µs per delivery), so datagrams wait in "
                 "the socket buffer whenever it falls behind"
             ]
+            busy = min(raw.server_cpu_pct, 99.0) / 100
+            parts.append(
+                f"a backlog built in a brief slowdown drains with the {1 - busy:.0%} of the "
+                f"thread left over, so it lasts about {busy / (1 - busy):.0f} times as long "
+                "as the slowdown did"
+            )
             if raw.loss_pct >= UDP_RAW_LOSS_PCT:
                 parts.append(f"the buffer overflowed and {raw.loss_pct:.3f} % were lost")
             if raw.p99_ms >= UDP_RAW_P99_MS:

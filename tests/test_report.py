@@ -122,6 +122,8 @@ def test_targets_are_judged_from_the_data(report: Path) -> None:
     assert "**missed**" in rows["udp-raw-100x10"]
     assert "97 % of a core" in rows["udp-raw-100x10"]
     assert "`sendto` costs 7.3 µs" in rows["udp-raw-100x10"]
+    assert "drains with the 3% of the thread left over" in rows["udp-raw-100x10"]
+    assert "lasts about 32 times as long" in rows["udp-raw-100x10"]
     assert "100,000 deliveries/s written one `sendto` each would take 0.73 cores" in text
     assert "one message to its 100 recipients is 0.73 ms of writing" in text
     assert "load average was 0.45 as the run started" in rows["udp-raw-100x10"]
