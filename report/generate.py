@@ -461,8 +461,10 @@ def build_context(results: dict[str, Any], figures: dict[str, Path]) -> dict[str
     )
     ctx["target_rel_note"] = (
         "Reliable mode delivered almost nothing at this load. A reliable delivery costs the "
-        "server's one thread a datagram out and two acks in; once it falls behind, the frames "
-        f"waiting for acks outgrow a session's bounded backlog ({WINDOW} in flight, "
+        "server's one thread a datagram out and an ack in. Once it falls behind, acks wait or "
+        "are lost in its socket buffer, the frames they answer are sent again, and that adds to "
+        "the load: with fixed timeouts and no congestion control, overload feeds itself. The "
+        f"frames waiting for acks outgrow a session's bounded backlog ({WINDOW} in flight, "
         f"{MAX_BACKLOG} queued) and the server ends the session as `too_slow` rather than let "
         f"its memory grow{told}; with its log on, the server shows the sessions ending so."
         if rel is not None and rel.loss_pct > 50
