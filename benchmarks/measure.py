@@ -84,8 +84,8 @@ from udp.lossy import LossyNamespace
 DEFAULT_THREADS = 1
 """Worker threads when not told. Each thread more is one more contender for the one interpreter
 lock, so the harness's sends leave later and its arrivals are stamped later: in the suite's
-`threads` group one thread gives the lowest p99 and lag, and hundreds make the GIL the
-bottleneck."""
+`threads` group more threads never measured clearly better than one, two measured worse, and
+hundreds make the GIL the bottleneck."""
 
 Progress = Callable[[str], None]
 
