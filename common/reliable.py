@@ -265,7 +265,7 @@ class ReliableSender:
         frames = self._resend(now) if self._fast or now >= self._earliest else []
         if self.failed:
             return []
-        end = min(self._window_end(), self._next_seq)
+        end = self._sendable_end()
         while self._unsent < end:
             entry = self._unacked.get(self._unsent)
             if entry is not None:  # None: dropped by an overflow
@@ -278,10 +278,10 @@ class ReliableSender:
         """When ``due`` next has work: -inf if right away, None if nothing waits."""
         if self.failed:
             return None
-        if self._fast or self._unsent < min(self._window_end(), self._next_seq):
+        if self._fast or self._unsent < self._sendable_end():
             return -math.inf
         if not self._earliest_exact:
-            self._earliest = min((e.deadline for seq, e in self._in_flight()), default=math.inf)
+            self._earliest = min((e.deadline for e in self._in_flight()), default=math.inf)
             self._earliest_exact = True
         return None if self._earliest == math.inf else self._earliest
 
@@ -289,7 +289,7 @@ class ReliableSender:
         """The frames in flight whose timeout expired or whose fast retransmission is due."""
         frames: list[bytes] = []
         earliest = math.inf
-        for _, entry in self._in_flight():
+        for entry in self._in_flight():
             fast = entry.later_acks == FAST_RETRANSMIT_ACKS
             if fast:
                 entry.later_acks += 1  # once only, whether now or by its timeout
@@ -313,12 +313,16 @@ class ReliableSender:
         entry.deadline = now + INITIAL_RTO * 2 ** (entry.tries - 1)
         self._earliest = min(self._earliest, entry.deadline)
 
-    def _in_flight(self) -> Iterator[tuple[int, _Unacked]]:
+    def _in_flight(self) -> Iterator[_Unacked]:
         """The frames transmitted and not acknowledged, in seq order."""
         for seq, entry in self._unacked.items():
             if seq >= self._unsent:
                 return
-            yield seq, entry
+            yield entry
+
+    def _sendable_end(self) -> int:
+        """The first seq that may not be transmitted yet: beyond the window or not queued."""
+        return min(self._window_end(), self._next_seq)
 
     def _window_end(self) -> int:
         """The first seq beyond the window."""

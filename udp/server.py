@@ -88,12 +88,7 @@ from common.codec import (
 )
 from common.ratelimit import TokenBucket
 from common.registry import Registry
-from common.reliable import (
-    ReliableReceiver,
-    ReliableSender,
-    SeqCounter,
-    SeqKind,
-)
+from common.reliable import ReliableReceiver, ReliableSender, SeqCounter, SeqKind
 from common.room import act
 from common.serverargs import (
     Limits,
