@@ -165,7 +165,11 @@ class Stranger:
 
 
 class Session:
-    """One client's session: its token, sequence numbers, rate limit and reliability state."""
+    """One client's session: its token, sequence numbers, rate limit and reliability state.
+
+    ``sent`` counts the datagrams written to it; a raw session's ``seq`` is
+    that count (a reliable one's sender numbers its own).
+    """
 
     def __init__(self, address: Address, reliable: bool, limits: Limits, now: float) -> None:
         self.address = address
@@ -178,14 +182,6 @@ class Session:
         self.last_heard = now
         self.welcome = b""
         self.sent = 0
-        self._next_seq = 1
-
-    def take_seq(self) -> int:
-        """The next ``seq`` of a raw session (a reliable one's come from its sender)."""
-        self.sent += 1
-        seq = self._next_seq
-        self._next_seq = seq + 1
-        return seq
 
     def push(self, body: bytes, now: float) -> list[bytes]:
         """Give ``body`` the next ``seq``; return the datagrams to write now.
@@ -194,7 +190,8 @@ class Session:
         is kept until acked; it goes out now only if the window has room.
         """
         if self.sender is None:
-            return [with_seq(body, self.take_seq())]
+            self.sent += 1
+            return [with_seq(body, self.sent)]
         window_open = self.sender.can_send
         seq = self.sender.next_seq
         self.sender.queue(seq, with_seq(body, seq))
@@ -505,25 +502,27 @@ class UdpChatServer:
     ) -> None:
         """Encode once, give every copy its recipient's ``seq``, then write them all.
 
-        Raw sessions, the bulk of a busy room, take a short path: their copies
-        are written straight from a list, a few microseconds per recipient.
+        The server lock, held here, already orders broadcasts, joins and
+        leaves, so a snapshot of the members does (``Registry.fan_out`` is not
+        needed). Raw sessions, the bulk of a busy room, are written in the
+        loop itself, with no call per recipient but ``sendto``. Reliable
+        copies are all queued before any is written: writing one may end
+        its session and broadcast ``left``, which must come after this
+        message for everyone.
         """
         body = encode_checked(message)
         head = body[:-1] + b',"seq":'
-        raw: list[tuple[bytes, Address]] = []
-        reliable: list[tuple[Session, list[bytes]]] = []
-
-        def build(member: Session) -> None:
-            if member.sender is None:
-                raw.append((b"%s%d}" % (head, member.take_seq()), member.address))
-            else:
-                reliable.append((member, member.push(body, now)))
-
-        self.registry.fan_out(build, exclude=exclude)
         sendto = self.sock.sendto
-        for frame, address in raw:
+        reliable: list[tuple[Session, list[bytes]]] = []
+        for member in self.registry.members():
+            if member is exclude:
+                continue
+            if member.sender is not None:
+                reliable.append((member, member.push(body, now)))
+                continue
             try:
-                sendto(frame, address)
+                member.sent += 1
+                sendto(b"%s%d}" % (head, member.sent), member.address)
             except OSError:
                 self.dropped["send_failed"] += 1
         for member, frames in reliable:
