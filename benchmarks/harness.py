@@ -10,7 +10,8 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 (`benchmarks.capacity`). Groups, each answering one question of the report:
 
 - `clients`: TCP, the naive baseline, UDP raw and UDP reliable at 2 to 200 clients x 5 msg/s.
-- `udp-target`: UDP raw and reliable at 100 clients x 10 msg/s.
+- `udp-target`: UDP raw and reliable at 100 clients x 10 msg/s; the raw run is repeated
+  (`target_repeats`), since one run's p99 at that load varies widely on a small machine.
 - `rate`: TCP and naive at 200 clients x 1 to 50 msg/s, up to saturation (see targets.knee).
 - `lossy`: UDP raw and reliable over a LossyNamespace at 0/1/5/10 % loss each way; skipped
   with the reason when this machine cannot make one (no root, no nftables).
@@ -87,6 +88,7 @@ class _Sizes:
     sweep_clients: int
     sweep_rates: tuple[float, ...]
     target_clients: int
+    target_repeats: int
     lossy_clients: int
     losses: tuple[int, ...]
     slow_clients: int
@@ -107,6 +109,7 @@ _SIZES = {
         sweep_clients=200,
         sweep_rates=(1, 5, 10, 20, 50),
         target_clients=100,
+        target_repeats=3,
         lossy_clients=20,
         losses=(0, 1, 5, 10),
         slow_clients=20,
@@ -125,6 +128,7 @@ _SIZES = {
         sweep_clients=200,
         sweep_rates=(1, 2, 5, 10, 20, 50),
         target_clients=100,
+        target_repeats=5,
         lossy_clients=20,
         losses=(0, 1, 5, 10),
         slow_clients=20,
@@ -143,6 +147,7 @@ _SIZES = {
         sweep_clients=3,
         sweep_rates=(20,),
         target_clients=3,
+        target_repeats=1,
         lossy_clients=3,
         losses=(5,),
         slow_clients=3,
@@ -186,7 +191,12 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
             add("clients", f"{protocol} {n}x{_CLIENTS_RATE:g}", _at(spec, n, _CLIENTS_RATE))
     for protocol in ("udp-raw", "udp-reliable"):
         n = z.target_clients
-        add("udp-target", f"{protocol} {n}x{_TARGET_RATE:g}", _at(kinds[protocol], n, _TARGET_RATE))
+        name = f"{protocol} {n}x{_TARGET_RATE:g}"
+        spec = _at(kinds[protocol], n, _TARGET_RATE)
+        add("udp-target", name, spec)
+        repeats = z.target_repeats if protocol == "udp-raw" else 1
+        for repeat in range(2, repeats + 1):
+            add("udp-target", f"{name}, run {repeat}", spec)
     for protocol in ("tcp", "naive"):
         for rate in z.sweep_rates:
             n = z.sweep_clients

@@ -2,6 +2,8 @@
 
 Contract:
     knee(runs) -> Knee                  for one server's rate sweep
+    median_run(runs) -> LoadResult      the run with the median p99 (the upper one of two)
+    udp_raw_runs(runs) -> [LoadResult]  the repeats the udp-raw target is judged on
     evaluate(results) -> [Target]       every target, met, missed or not measured
 
 A run keeps up when it delivers at least KEEP_UP of what was offered with p99 below
@@ -13,7 +15,8 @@ The targets:
 - tcp-200x5: TCP at 200 clients x 5 msg/s: p99 < 2 ms, nothing lost or left unsent, and server
   CPU per delivery below the naive server's at the same load.
 - tcp-saturation: TCP's saturation throughput at least 1.5x the naive server's.
-- udp-raw-100x10: UDP raw on loopback at 100 clients x 10 msg/s: loss < 0.1 %, p99 < 5 ms.
+- udp-raw-100x10: UDP raw on loopback at 100 clients x 10 msg/s: loss < 0.1 %, p99 < 5 ms,
+  judged on the run with the median p99 of its repeats (all of them are shown).
 - udp-reliable-5pct: UDP reliable over a link losing 5 % each way: nothing lost, p99 within
   RTO_BUDGET retransmission timeouts of 200 ms.
 """
@@ -133,13 +136,35 @@ def _saturation(results: dict[str, Any]) -> Target:
     return Target("tcp-saturation", goal, ratio >= SATURATION_RATIO, measured)
 
 
+def _by_p99(run: LoadResult) -> float:
+    return math.inf if math.isnan(run.p99_ms) else run.p99_ms
+
+
+def median_run(runs: Sequence[LoadResult]) -> LoadResult:
+    """The run with the median p99; of an even number, the worse of the middle two."""
+    return sorted(runs, key=_by_p99)[len(runs) // 2]
+
+
+def udp_raw_runs(target_runs: Sequence[LoadResult]) -> list[LoadResult]:
+    """The repeats of UDP raw at 100 x 10 among the runs of the `udp-target` group."""
+    return [
+        run
+        for run in target_runs
+        if run.protocol == "udp-raw" and run.clients == 100 and run.rate == 10
+    ]
+
+
 def _udp_raw(results: dict[str, Any]) -> Target:
     goal = f"loss < {UDP_RAW_LOSS_PCT:g} %, p99 < {UDP_RAW_P99_MS:g} ms"
-    run = _find(_runs(results, "udp-target"), "udp-raw", clients=100, rate=10)
-    if run is None:
+    runs = udp_raw_runs(_runs(results, "udp-target"))
+    if not runs:
         return Target("udp-raw-100x10", goal, None, "not measured")
+    run = median_run(runs)
     met = run.loss_pct < UDP_RAW_LOSS_PCT and run.p99_ms < UDP_RAW_P99_MS
     measured = f"loss {run.loss_pct:.3f} %, p99 {run.p99_ms:.2f} ms"
+    if len(runs) > 1:
+        p99s = ", ".join(f"{r.p99_ms:.2f}" for r in sorted(runs, key=_by_p99))
+        measured += f" (the median of {len(runs)} runs, whose p99s were {p99s} ms)"
     return Target("udp-raw-100x10", goal, met, measured)
 
 

@@ -44,6 +44,8 @@ SPECIAL: dict[tuple[str, str], dict[str, Any]] = {
     ("clients", "tcp 200x5"): {"p50_ms": 0.613, "p99_ms": 1.734, "server_cpu_us_per_delivery": 3.2},
     ("clients", "naive 200x5"): {"p99_ms": 987.6, "server_cpu_us_per_delivery": 9.87},
     ("udp-target", "udp-raw 100x10"): {"loss_pct": 0.456, "p99_ms": 7.77, "server_cpu_pct": 97.0},
+    ("udp-target", "udp-raw 100x10, run 2"): {"p99_ms": 3.33, "server_cpu_us_per_delivery": 3.9},
+    ("udp-target", "udp-raw 100x10, run 3"): {"p99_ms": 44.4, "server_cpu_us_per_delivery": 4.4},
     ("lossy", "udp-reliable 5% loss"): {"p50_ms": 111.5, "p99_ms": 444.4, "retransmitted": 321},
     ("lossy", "udp-raw 5% loss"): {"loss_pct": 9.61, "lost": 384},
     ("rate", "tcp 200x20"): {"deliveries_per_s": 412_345.0, "p99_ms": 900.0},
@@ -98,7 +100,7 @@ def test_every_placeholder_is_filled(report: Path) -> None:
     assert "n/a" not in text
     assert "2026-01-02T03:04:05+00:00" in text and "0123456789" in text and "Test CPU" in text
     assert "load average was 0.42 before the suite and 1.23 after it" in text
-    assert "As each run started it was between 0.25 and 0.73" in text
+    assert "As each run started it was between 0.25 and 0.75" in text
 
 
 def test_prose_numbers_are_the_files(report: Path) -> None:
@@ -106,6 +108,8 @@ def test_prose_numbers_are_the_files(report: Path) -> None:
     assert "TCP p50 0.61 ms and p99\n1.73 ms" in text or "TCP p50 0.61 ms and p99 1.73 ms" in text
     assert "TCP 3.20 µs of server CPU per delivery, naive\n9.87 µs" in text
     assert "UDP raw: 0.456 % lost" in text and "7.77" in text
+    assert "repeated 3 times" in text and "p99s were 3.33, 7.77 and 44.4 ms" in text
+    assert "went from 3.90 to 4.40 µs" in text
     assert "p50 112 ms and p99\n444 ms at 5 % (321 retransmissions" in text
     assert "9.61 % at 5 %" in text
     assert "peaks at\n412,345 deliveries/s" in text and "151,234 deliveries/s" in text
@@ -120,6 +124,7 @@ def test_targets_are_judged_from_the_data(report: Path) -> None:
     assert "**met**" in rows["tcp-saturation"]  # 412,345 against 151,234: 2.73x
     assert "2.73x" in rows["tcp-saturation"]
     assert "**missed**" in rows["udp-raw-100x10"]
+    assert "p99 7.77 ms (the median of 3 runs, whose p99s were 3.33, 7.77, 44.40 ms)" in text
     assert "97 % of a core" in rows["udp-raw-100x10"]
     assert "`sendto` costs 7.3 µs" in rows["udp-raw-100x10"]
     assert "drains with the 3% of the thread left over" in rows["udp-raw-100x10"]
