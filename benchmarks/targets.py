@@ -2,6 +2,7 @@
 
 Contract:
     knee(runs) -> Knee                  for one server's rate sweep
+    matching(runs, protocol, **fields) -> [LoadResult]   the runs with those values
     median_run(runs) -> LoadResult      the run with the median p99 (the upper one of two)
     udp_raw_runs(runs) -> [LoadResult]  the repeats the udp-raw target is judged on
     evaluate(results) -> [Target]       every target, met, missed or not measured
@@ -86,11 +87,18 @@ def _runs(results: dict[str, Any], group: str) -> list[LoadResult]:
     return [result_from_dict(run["result"]) for run in results["runs"] if run["group"] == group]
 
 
+def matching(runs: Sequence[LoadResult], protocol: str, **fields: Any) -> list[LoadResult]:
+    """The runs of `protocol` whose other fields have the given values, in suite order."""
+    return [
+        run
+        for run in runs
+        if run.protocol == protocol and all(getattr(run, k) == v for k, v in fields.items())
+    ]
+
+
 def _find(runs: Sequence[LoadResult], protocol: str, **fields: Any) -> LoadResult | None:
-    for run in runs:
-        if run.protocol == protocol and all(getattr(run, k) == v for k, v in fields.items()):
-            return run
-    return None
+    found = matching(runs, protocol, **fields)
+    return found[0] if found else None
 
 
 def sweep_knees(results: dict[str, Any]) -> dict[str, Knee]:
@@ -147,11 +155,7 @@ def median_run(runs: Sequence[LoadResult]) -> LoadResult:
 
 def udp_raw_runs(target_runs: Sequence[LoadResult]) -> list[LoadResult]:
     """The repeats of UDP raw at 100 x 10 among the runs of the `udp-target` group."""
-    return [
-        run
-        for run in target_runs
-        if run.protocol == "udp-raw" and run.clients == 100 and run.rate == 10
-    ]
+    return matching(target_runs, "udp-raw", clients=100, rate=10)
 
 
 def _udp_raw(results: dict[str, Any]) -> Target:

@@ -32,6 +32,7 @@ from benchmarks.targets import (
     UDP_RAW_P99_MS,
     Target,
     evaluate,
+    matching,
     median_run,
     sweep_knees,
     udp_raw_runs,
@@ -115,10 +116,8 @@ class Facts:
         )
 
     def find(self, group: str, protocol: str, **fields: Any) -> LoadResult | None:
-        for run in self.groups.get(group, []):
-            if run.protocol == protocol and all(getattr(run, k) == v for k, v in fields.items()):
-                return run
-        return None
+        found = matching(self.groups.get(group, []), protocol, **fields)
+        return found[0] if found else None
 
     def get(
         self, group: str, protocol: str, what: str, fmt: Callable[[float], str], **fields: Any
