@@ -30,6 +30,8 @@ MAX_FRAME_BYTES = 8192
 MAX_TEXT_CHARS = 2000
 MAX_NAME_CHARS = 24
 NAME_PUNCTUATION = frozenset("_-.")
+HISTORY_DEFAULT_LIMIT = 20
+HISTORY_MAX_LIMIT = 100
 
 
 # --------------------------------------------------------------------------
@@ -193,6 +195,14 @@ class Ack:
     seq: int
 
 
+@dataclass(frozen=True, kw_only=True)
+class History:
+    """``history``: the ``limit`` most recent messages from before this session's welcome."""
+
+    type: ClassVar[str] = "history"
+    limit: int = HISTORY_DEFAULT_LIMIT
+
+
 # --------------------------------------------------------------------------
 # Messages from server to client.
 
@@ -207,10 +217,13 @@ class Welcome:
 
 @dataclass(frozen=True, kw_only=True)
 class Msg:
+    """A message to the room; ``history`` marks a copy sent in answer to ``history``."""
+
     type: ClassVar[str] = "msg"
     sender: str
     text: str
     ts: int
+    history: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -258,6 +271,12 @@ class Pong:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HistoryEnd:
+    type: ClassVar[str] = "history_end"
+    count: int
+
+
+@dataclass(frozen=True, kw_only=True)
 class Error:
     type: ClassVar[str] = "error"
     code: str
@@ -268,8 +287,10 @@ class Error:
         return cls(code=exc.code, text=str(exc))
 
 
-ClientMessage = Hello | Say | SendDm | Who | Nick | Ping | Bye | Ack
-ServerMessage = Welcome | Msg | Dm | Joined | Left | Renamed | Users | Pong | Error | Bye | Ack
+ClientMessage = Hello | Say | SendDm | Who | Nick | Ping | Bye | Ack | History
+ServerMessage = (
+    Welcome | Msg | Dm | Joined | Left | Renamed | Users | Pong | Error | Bye | Ack | HistoryEnd
+)
 Message = ClientMessage | ServerMessage
 
 
@@ -338,7 +359,15 @@ def _client_message(obj: dict[str, Any]) -> ClientMessage:
         return Bye()
     if kind == "ack":
         return Ack(seq=_check_seq(obj.get("seq")))
+    if kind == "history":
+        return History(limit=_history_limit(obj.get("limit", HISTORY_DEFAULT_LIMIT)))
     raise UnknownType(f"unknown frame type {kind[:40]!r}")
+
+
+def _history_limit(value: object) -> int:
+    if not (_is_seq(value) and value <= HISTORY_MAX_LIMIT):
+        raise BadFrame(f"history's limit is a whole number from 1 to {HISTORY_MAX_LIMIT}")
+    return value
 
 
 _PLAIN_ACK = re.compile(rb'\{"type":"ack","seq":([1-9][0-9]{0,17}),"session":"([0-9a-f]{1,64})"\}')
@@ -379,7 +408,12 @@ def _server_message(obj: dict[str, Any]) -> ServerMessage:
             name=_str(obj, "name"), users=_names(obj.get("users")), count=_int(obj, "count")
         )
     if kind == "msg":
-        return Msg(sender=_str(obj, "from"), text=_str(obj, "text"), ts=_int(obj, "ts"))
+        return Msg(
+            sender=_str(obj, "from"),
+            text=_str(obj, "text"),
+            ts=_int(obj, "ts"),
+            history=obj.get("history") is True,
+        )
     if kind == "dm":
         return Dm(
             sender=_str(obj, "from"), to=_str(obj, "to"), text=_str(obj, "text"), ts=_int(obj, "ts")
@@ -400,6 +434,8 @@ def _server_message(obj: dict[str, Any]) -> ServerMessage:
         return Bye(reason=_str(obj, "reason"))
     if kind == "ack":
         return Ack(seq=_check_seq(obj.get("seq")))
+    if kind == "history_end":
+        return HistoryEnd(count=_int(obj, "count"))
     raise UnknownType(f"unknown frame type {kind[:40]!r}")
 
 
@@ -420,7 +456,7 @@ def decode_server(data: bytes) -> Decoded:
 
 
 WIRE_NAMES = {"sender": "from"}
-OMITTED_WHEN_EMPTY = frozenset({"reliable", "pad", "reason"})
+OMITTED_WHEN_EMPTY = frozenset({"reliable", "pad", "reason", "history"})
 
 
 def _wire_fields(message: Message) -> dict[str, Any]:
