@@ -6,7 +6,6 @@ import argparse
 import logging
 import signal
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
@@ -66,6 +65,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags both servers take, with the protocol's defaults."""
     parser.add_argument(
@@ -106,6 +112,14 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="registered users at most; past it a hello gets server_full (default: %(default)s)",
     )
+    parser.add_argument(
+        "--history",
+        type=non_negative_int,
+        default=1000,
+        metavar="N",
+        help="messages kept for users who ask what was said before they came; "
+        "0 turns history off (default: %(default)s)",
+    )
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("--quiet", "-q", action="store_true", help="log only warnings")
     loudness.add_argument("--verbose", "-v", action="store_true", help="log every connection too")
@@ -119,9 +133,18 @@ def configure_logging(quiet: bool, verbose: bool) -> None:
     )
 
 
-def now_ms() -> int:
-    """The protocol's ``ts``: wall-clock milliseconds since the Unix epoch."""
-    return time.time_ns() // 1_000_000
+def announce(what: str, address: tuple[str, int], join_with: str) -> None:
+    """The start-up line, shown even with --quiet: where the server is and how to join it.
+
+    It is information, not a warning, so it is printed rather than logged;
+    scripts wait for its ``listening on HOST:PORT``.
+    """
+    host, port = address
+    print(
+        f"{what} listening on {host}:{port}; join with: {join_with.format(host=host, port=port)}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 class Stoppable(Protocol):

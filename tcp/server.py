@@ -1,31 +1,28 @@
-"""The TCP chat server: one thread per client connection.
+"""The TCP chat server: one reader thread per client, one writer for all.
 
 Threads, each named and owned by the server:
 
 * ``MainThread``: accepts connections and starts one reader thread each;
   signals only set a flag, and this thread then runs the shutdown.
-* ``client-HOST:PORT``: reads its client's lines, decodes them with the
-  shared codec and acts on them. A broadcast is encoded once and queued to
-  every recipient's outbox; no socket is written here.
-* ``flusher``: writes every outbox that has something new, one ``send``
-  each, without blocking. While it writes to one client, frames for the
-  others pile up, so under load one ``send`` carries many frames: the
-  busier the chat, the cheaper each delivery. One hand-off per message,
-  none per delivery.
-* ``writer-HOST:PORT``: exists only while its client reads slower than the
-  chat talks; it blocks on that one socket, so nobody else ever waits.
+* ``client-HOST:PORT``: reads its client's lines, decodes them and hands
+  them to the room (``common.room``), which appends what everyone gets to
+  its one log and queues the rest to the member. No socket is written here.
+* ``writer``: wakes when the room has something new, waits up to
+  ``--coalesce-ms`` after its last pass so that frames gather, then catches
+  every connection up with one non-blocking ``send`` of all it is behind on.
+  A client whose socket is full keeps its place in the log and is polled
+  until it can take more; past ``--max-outbox`` bytes behind it is dropped
+  as ``too_slow``. Nobody ever waits for anybody else. The writer also
+  closes every socket, once its reader is done with it.
 
-Locks: the registry's lock orders broadcasts (see ``common.registry``), so
-every client gets the messages in one order. Each connection's ``_lock``
-guards its outbox and may be taken inside the registry's, never the other
-way round. Bytes are queued under the locks and written outside them.
-
-Past ``--max-outbox`` queued bytes a client is dropped as ``too_slow``.
+Locks: the room's lock (see ``common.room``) orders everything the room
+says; ``_connections_lock`` guards the set of connections and the count of
+those that have not said hello. Neither is held during socket I/O.
 
 Shutdown rule: a signal sets ``stopping``; the accept loop sees it within
-one poll interval, stops accepting, sends every client ``bye``, waits a
-short grace period for them to close, then shuts the remaining sockets and
-joins every thread it started.
+one poll interval, stops accepting, queues ``bye`` to every client, waits
+a short grace period for them to close, then shuts the remaining sockets
+and joins every thread it started.
 """
 
 from __future__ import annotations
@@ -33,8 +30,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import queue
+import os
 import resource
+import select
 import socket
 import sys
 import threading
@@ -42,38 +40,32 @@ import time
 from dataclasses import dataclass
 
 from common.codec import (
-    Ack,
-    AlreadyRegistered,
     Bye,
     ClientMessage,
     Error,
     Hello,
-    Joined,
-    Left,
+    History,
+    HistoryEnd,
     LineFramer,
-    Nick,
-    NotRegistered,
+    Msg,
     ProtocolError,
     RateLimited,
     ServerFull,
-    ServerMessage,
     TooLarge,
-    Welcome,
     check_name,
     decode_client,
-    encode_checked,
     encode_line,
 )
 from common.commands import HELP_TEXT, ShowHelp, Usage, parse_command
 from common.ratelimit import TokenBucket
-from common.registry import Registry
 from common.render import describe
-from common.room import act
+from common.room import Entry, Member, Room, Stage
 from common.serverargs import (
     Limits,
     add_common_arguments,
+    announce,
     configure_logging,
-    now_ms,
+    non_negative_float,
     serve_until_signalled,
 )
 
@@ -84,251 +76,84 @@ SHUTDOWN_GRACE = 1.0
 THREAD_STACK_BYTES = 256 * 1024
 RECV_BYTES = 65536
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 3
-UNREGISTERED_HEADROOM = 64
+MAX_UNREGISTERED = 256
+"""Connections that have not said hello yet, at most; each expires after --hello-timeout."""
+DEFAULT_COALESCE_MS = 2.0
+TEXT_HISTORY = 10
+"""Earlier messages a text-mode session is shown right after its greeting."""
 
 
-class Outgoing:
-    """One server message, encoded at most once per format however many receive it."""
-
-    def __init__(self, message: ServerMessage) -> None:
-        self.message = message
-        self._json: bytes | None = None
-        self._text: bytes | None = None
-
-    @classmethod
-    def checked(cls, message: ServerMessage) -> Outgoing:
-        """A message built from a client's text, refused before anyone gets it if too big."""
-        outgoing = cls(message)
-        outgoing._json = encode_checked(message) + b"\n"
-        return outgoing
-
-    def for_session(self, text_mode: bool, me: str = "") -> bytes:
-        if not text_mode:
-            if self._json is None:
-                self._json = encode_line(self.message)
-            return self._json
-        if self._text is None or me:
-            self._text = b""
-            if isinstance(self.message, Bye):
-                self._text = b"* the server is shutting down\n"
-            elif (line := describe(self.message, me)) is not None:
-                self._text = (line.plain() + "\n").encode("utf-8")
-        return self._text
-
-
-class Connection:
-    """One client: its socket, its reader thread and its outbox."""
+class Connection(Member):
+    """One client: its socket, its reader thread, and what the writer has not sent yet."""
 
     def __init__(self, server: ChatServer, sock: socket.socket, addr: tuple[str, int]) -> None:
-        self.server = server
+        super().__init__()
         self.sock = sock
         self.label = f"{addr[0]}:{addr[1]}"
         self.text_mode = False
-        self.name: str | None = None  # kept by this client's reader; others ask the registry
         self.bucket = TokenBucket(server.limits.rate_limit, server.limits.burst, time.monotonic())
-        self.thread = threading.Thread(target=self.serve, name=f"client-{self.label}", daemon=True)
-        self._lock = threading.Lock()
-        self._max_outbox = server.limits.max_outbox
-        self._out = bytearray()
-        self._flushing = False
-        self._idle = threading.Condition(self._lock)
-        self._closing = False
-        self._too_slow = False
-        self._writer: threading.Thread | None = None
-        self._after_flush_shutdown = False
+        self.thread = threading.Thread(
+            target=server.serve_client, args=(self,), name=f"client-{self.label}", daemon=True
+        )
+        # Owned by the writer thread:
+        self.unsent = b""
+        self.half_close = False  # shut our side once everything queued is written (bye)
+        self.finished = False  # the reader is done: write what is left once, then close
 
-    # ---- writing -------------------------------------------------------
+    def render(self, entries: list[Entry], me: str) -> bytes:
+        """The bytes of ``entries`` for this client: JSON lines, or readable text."""
+        if not self.text_mode:
+            return b"".join([entry.line for entry in entries])
+        return b"".join([text_line(entry, me) for entry in entries])
 
-    def queue(self, data: bytes) -> None:
-        """Append ``data`` to the outbox and, if it was idle, hand it to the flusher.
 
-        Safe under the registry lock: no I/O, and ``SimpleQueue.put`` never blocks.
-        """
-        with self._lock:
-            if self._closing:
-                return
-            if len(self._out) + len(data) > self._max_outbox:
-                self._closing = self._too_slow = True
-            else:
-                self._out += data
-                if self._flushing:
-                    return
-                self._flushing = True
-        self.server.dirty.put(self)
-
-    def attend(self) -> None:
-        """The flusher's turn with this client: drop it if it overflowed, else write."""
-        if self._too_slow:
-            self.server.drop(self, "too_slow")
-        else:
-            self._flush()
-
-    def send(self, outgoing: Outgoing) -> None:
-        """Queue one message for this client alone."""
-        self.queue(outgoing.for_session(self.text_mode, self.name or ""))
-
-    def _take(self) -> bytearray | None:
-        """The bytes to write next, or None: the outbox is empty and writing ends."""
-        with self._lock:
-            if not self._closing and self._out:
-                data, self._out = self._out, bytearray()
-                return data
-            self._flushing = False
-            self._idle.notify_all()
-            finished = self._after_flush_shutdown and not self._closing
-        if finished:
-            self.shut(socket.SHUT_WR)
-        return None
-
-    def _flush(self) -> None:
-        """Write the outbox without blocking; hand a backlog to a writer thread."""
-        while (data := self._take()) is not None:
-            try:
-                sent = self.sock.send(data, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.shut(socket.SHUT_RDWR)
-                sent = len(data)
-            if sent < len(data):
-                writer = threading.Thread(
-                    target=self._write_backlog, name=f"writer-{self.label}", daemon=True
-                )
-                with self._lock:
-                    del data[:sent]
-                    data += self._out
-                    self._out = data
-                    self._writer = writer
-                writer.start()
-                return
-
-    def _write_backlog(self) -> None:
-        """Block on a client that reads slowly, so that nobody else has to."""
-        try:
-            while (data := self._take()) is not None:
-                self.sock.sendall(data)
-        except OSError:
-            self.shut(socket.SHUT_RDWR)
-            self._take()
-
-    def wait_written(self, timeout: float) -> None:
-        """Wait (bounded) until everything queued so far has been handed to the kernel."""
-        with self._lock:
-            self._idle.wait_for(lambda: not self._flushing, timeout)
-
-    def goodbye(self) -> None:
-        """Send ``bye`` (shutdown), then end our side of the stream once it is written."""
-        with self._lock:
-            self._after_flush_shutdown = True
-        self.queue(Outgoing(Bye(reason="shutdown")).for_session(self.text_mode))
-
-    def shut(self, how: int) -> None:
-        with self._lock:
-            if how == socket.SHUT_RDWR:
-                self._closing = True
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(how)
-
-    # ---- reading -------------------------------------------------------
-
-    def serve(self) -> None:
-        """The reader thread: lines in, answers and broadcasts out."""
-        reason = "disconnected"
-        deadline = time.monotonic() + self.server.limits.hello_timeout
-        framer = LineFramer()
-        first_line = True
-        try:
-            while True:
-                if self.name is None:
-                    self.sock.settimeout(max(0.01, deadline - time.monotonic()))
-                elif self.sock.gettimeout() is not None:
-                    self.sock.settimeout(None)
-                try:
-                    data = self.sock.recv(RECV_BYTES)
-                except TimeoutError:
-                    log.info("%s sent no hello in time, closing", self.label)
-                    break
-                if not data:
-                    break
-                for line in framer.feed(data):
-                    if first_line:
-                        self.text_mode = not line.lstrip().startswith(b"{")
-                        first_line = False
-                    if not self.on_line(line):
-                        reason = "quit"
-                        return
-        except TooLarge as exc:
-            log.info("%s sent a frame that is too large, closing", self.label)
-            self.send(Outgoing(Error.of(exc)))
-        except OSError as exc:
-            log.debug("%s: %s", self.label, exc)
-        finally:
-            self.server.drop(self, reason)
-            self.wait_written(SHUTDOWN_GRACE)
-            self.shut(socket.SHUT_RDWR)
-            writer = self._writer
-            if writer is not None:
-                writer.join(timeout=SHUTDOWN_GRACE)
-            self.sock.close()
-            self.server.forget(self)
-
-    def on_line(self, line: bytes) -> bool:
-        """Handle one line; False when the session ends (``bye``, or a full server)."""
-        name = self.name
-        try:
-            if not self.bucket.allow(time.monotonic()):
-                raise RateLimited("slow down: too many frames")
-            if self.text_mode:
-                message = self.parse_text(line, registered=name is not None)
-                if message is None:
-                    return True
-            else:
-                message = decode_client(line).message
-            return self.server.handle(self, name, message)
-        except ProtocolError as exc:
-            log.info("%s (%s): %s %s", self.label, name or "-", exc.code, exc)
-            self.send(Outgoing(Error.of(exc)))
-            return not isinstance(exc, ServerFull)
-
-    def parse_text(self, line: bytes, registered: bool) -> ClientMessage | None:
-        """A text-mode line: the name first, then messages and commands."""
-        try:
-            text = line.decode("utf-8").rstrip("\r\n")
-        except UnicodeDecodeError:
-            self.say_plain("! that line is not UTF-8")
-            return None
-        if not registered:
-            return Hello(name=check_name(text.strip()))
-        try:
-            command = parse_command(text)
-        except Usage as exc:
-            self.say_plain(f"! {exc}")
-            return None
-        if isinstance(command, ShowHelp):
-            self.say_plain(HELP_TEXT)
-            return None
-        return command
-
-    def say_plain(self, text: str) -> None:
-        self.queue((text + "\n").encode("utf-8"))
+def text_line(entry: Entry, me: str) -> bytes:
+    """An entry as a text-mode session shows it (cached when it does not depend on ``me``)."""
+    message = entry.message
+    if message is None:
+        return entry.line
+    if entry.cache is not None:
+        return entry.cache
+    if isinstance(message, Bye):
+        return b"* the server is shutting down\n"
+    if isinstance(message, HistoryEnd):
+        if not message.count:
+            return b"* no earlier messages; live chat follows\n"
+        return b"* %d earlier message(s) above; live chat follows\n" % message.count
+    line = describe(message, me)
+    text = b"" if line is None else (line.plain() + "\n").encode("utf-8")
+    if isinstance(message, Msg) and message.history:
+        text = b"(earlier) " + text
+    if line is None or not line.own:
+        entry.cache = text
+    return text
 
 
 @dataclass
 class ChatServer:
-    """The listening socket, the registry and the live connections."""
+    """The listening socket, the room, the connections and the writer."""
 
     limits: Limits
     host: str = "127.0.0.1"
     port: int = 8080
     nodelay: bool = True
+    coalesce: float = DEFAULT_COALESCE_MS / 1000
+    history: int = 1000
 
     def __post_init__(self) -> None:
-        self.registry: Registry[Connection] = Registry(self.limits.max_users)
+        self.room: Room[Connection] = Room(
+            max_users=self.limits.max_users, history=self.history, wake=self._wake
+        )
         self.stopping = threading.Event()
         self._connections: set[Connection] = set()
+        self._unregistered = 0
         self._connections_lock = threading.Lock()
-        self.dirty: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
-        self.flusher = threading.Thread(target=self._flush_loop, name="flusher", daemon=True)
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._woken = False
+        self._writer_stop = False
+        self._finished: list[Connection] = []
+        self.writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self.listener = socket.create_server((self.host, self.port), reuse_port=False, backlog=1024)
         self.listener.settimeout(POLL_INTERVAL)
         self.address: tuple[str, int] = self.listener.getsockname()[:2]
@@ -337,8 +162,8 @@ class ChatServer:
 
     def serve_forever(self) -> None:
         """Accept until ``stopping`` is set, re-checking it every poll interval."""
-        self.flusher.start()
-        log.warning("chat server listening on %s:%d", *self.address)
+        self.writer.start()
+        announce("chat server", self.address, "nc {host} {port}  (or: make chat-tcp)")
         while not self.stopping.is_set():
             try:
                 sock, addr = self.listener.accept()
@@ -360,12 +185,13 @@ class ChatServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
         conn = Connection(self, sock, addr)
         with self._connections_lock:
-            crowded = len(self._connections) >= self.limits.max_users + UNREGISTERED_HEADROOM
+            crowded = self._unregistered >= MAX_UNREGISTERED
             if not crowded:
                 self._connections.add(conn)
+                self._unregistered += 1
         if crowded:
-            log.info("%s refused: too many connections", conn.label)
-            refusal = encode_line(Error.of(ServerFull("the server is full")))
+            log.info("%s refused: too many connections waiting to say hello", conn.label)
+            refusal = encode_line(Error.of(ServerFull("the server is busy, try again later")))
             with contextlib.suppress(OSError):
                 sock.send(refusal, socket.MSG_DONTWAIT)
             sock.close()
@@ -375,70 +201,226 @@ class ChatServer:
             conn.thread.start()
         except RuntimeError:
             log.warning("%s refused: cannot start another thread", conn.label)
-            self.forget(conn)
+            self._registered_or_gone(conn)
+            with self._connections_lock:
+                self._connections.discard(conn)
             sock.close()
 
-    def forget(self, conn: Connection) -> None:
+    def _registered_or_gone(self, conn: Connection) -> None:
+        """``conn`` no longer waits to say hello: it frees its place among those that do."""
         with self._connections_lock:
-            self._connections.discard(conn)
+            self._unregistered -= 1
 
     def connections(self) -> list[Connection]:
         with self._connections_lock:
             return list(self._connections)
 
-    # ---- the chat ------------------------------------------------------
+    # ---- reading (one thread per client) -------------------------------
 
-    def broadcast(self, message: ServerMessage, exclude: Connection | None = None) -> None:
-        """Queue ``message`` to every user, in one total order; the flusher writes it."""
-        outgoing = Outgoing.checked(message)
-        as_json = outgoing.for_session(text_mode=False)
+    def serve_client(self, conn: Connection) -> None:
+        """The reader thread: lines in, handed to the room; the writer answers."""
+        reason = "disconnected"
+        deadline = time.monotonic() + self.limits.hello_timeout
+        framer = LineFramer()
+        first_line = True
+        waiting = True  # for a good hello
+        try:
+            while True:
+                if waiting:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        log.info("%s sent no hello in time, closing", conn.label)
+                        break
+                    conn.sock.settimeout(left)
+                try:
+                    data = conn.sock.recv(RECV_BYTES)
+                except TimeoutError:
+                    continue
+                if not data:
+                    break
+                for line in framer.feed(data):
+                    if first_line:
+                        conn.text_mode = not line.lstrip().startswith(b"{")
+                        first_line = False
+                    if not self.on_line(conn, line):
+                        reason = "quit"
+                        return
+                    if waiting and conn.stage is Stage.JOINED:
+                        waiting = False
+                        self._registered_or_gone(conn)
+                        conn.sock.settimeout(None)
+        except TooLarge as exc:
+            log.info("%s sent a frame that is too large, closing", conn.label)
+            self.room.refuse(conn, exc)
+        except OSError as exc:
+            log.debug("%s: %s", conn.label, exc)
+        finally:
+            if waiting:
+                self._registered_or_gone(conn)
+            name = self.room.leave(conn, reason)
+            if name is not None:
+                log.info("%s left (%s)", name, reason)
+            self._finish(conn)
 
-        def deliver(conn: Connection) -> None:
-            conn.queue(outgoing.for_session(True) if conn.text_mode else as_json)
+    def on_line(self, conn: Connection, line: bytes) -> bool:
+        """Handle one line; False when the session ends (``bye``, or a full server)."""
+        try:
+            if not conn.bucket.allow(time.monotonic()):
+                raise RateLimited("slow down: too many frames")
+            if conn.text_mode:
+                message = self.parse_text(conn, line)
+                if message is None:
+                    return True
+            else:
+                message = decode_client(line).message
+            stage = conn.stage
+            alive = self.room.handle(conn, message)
+            if stage is Stage.NEW and conn.stage is Stage.JOINED:
+                self._greet(conn)
+            elif not alive and conn.text_mode:
+                self.say_plain(conn, "* bye")
+            return alive
+        except ProtocolError as exc:
+            log.info("%s (%s): %s %s", conn.label, conn.name or "-", exc.code, exc)
+            self.room.refuse(conn, exc)
+            return not isinstance(exc, ServerFull)
 
-        self.registry.fan_out(deliver, exclude=exclude)
-
-    def send_to(self, member: Connection, message: ServerMessage) -> None:
-        member.send(Outgoing(message))
-
-    def handle(self, conn: Connection, name: str | None, message: ClientMessage) -> bool:
-        """Act on one decoded message; False when the client leaves."""
-        if isinstance(message, Bye):
-            return False
-        if name is None:
-            if not isinstance(message, Hello):
-                raise NotRegistered('say hello first: {"type":"hello","name":"..."}')
-            self.register(conn, message.name)
-        elif isinstance(message, Hello):
-            raise AlreadyRegistered(f"you are already registered as {name}")
-        elif not isinstance(message, Ack):
-            act(self, conn, name, message)
-            if isinstance(message, Nick):
-                conn.name = message.name
-        return True
-
-    def register(self, conn: Connection, name: str) -> None:
-        def greet(names: list[str]) -> None:
-            welcome = Outgoing(Welcome(name=name, users=tuple(names), count=len(names)))
-            conn.queue(welcome.for_session(conn.text_mode, name))
-
-        self.registry.join(name, conn, greet)
-        conn.name = name
+    def _greet(self, conn: Connection) -> None:
+        log.info(
+            "%s joined from %s (%s)", conn.name, conn.label, "text" if conn.text_mode else "json"
+        )
         if conn.text_mode:
-            conn.say_plain("* type a message and press Enter; /help lists the commands")
-        log.info("%s joined from %s (%s)", name, conn.label, "text" if conn.text_mode else "json")
-        self.broadcast(Joined(name=name, ts=now_ms()), exclude=conn)
+            self.say_plain(conn, "* type a message and press Enter; /help lists the commands")
+            self.room.handle(conn, History(limit=TEXT_HISTORY))
+
+    def parse_text(self, conn: Connection, line: bytes) -> ClientMessage | None:
+        """A text-mode line: the name first, then messages and commands."""
+        try:
+            text = line.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError:
+            self.say_plain(conn, "! that line is not UTF-8")
+            return None
+        if conn.stage is Stage.NEW:
+            return Hello(name=check_name(text.strip()))
+        try:
+            command = parse_command(text)
+        except Usage as exc:
+            self.say_plain(conn, f"! {exc}")
+            return None
+        if isinstance(command, ShowHelp):
+            self.say_plain(conn, HELP_TEXT)
+            return None
+        return command
+
+    def say_plain(self, conn: Connection, text: str) -> None:
+        """A line of text mode's own, in its place among what the client gets."""
+        self.room.post_entry(conn, Entry(None, (text + "\n").encode("utf-8")))
+
+    # ---- writing (the writer thread) ------------------------------------
+
+    def _wake(self) -> None:
+        """Make sure the writer runs a pass soon; one byte in its pipe, only if asleep."""
+        if not self._woken:
+            self._woken = True
+            with contextlib.suppress(BlockingIOError):
+                os.write(self._wake_w, b"!")
+
+    def _finish(self, conn: Connection) -> None:
+        """The reader is done: the writer writes what is left, then closes the socket."""
+        with self._connections_lock:
+            self._finished.append(conn)
+        self._wake()
+
+    def _write_loop(self) -> None:
+        """Wait for the room or a full socket that drained; catch everyone up in one pass."""
+        poller = select.poll()
+        poller.register(self._wake_r, select.POLLIN)
+        blocked: dict[int, Connection] = {}
+        last_pass = 0.0
+        while not self._writer_stop:
+            ready: list[Connection] = []
+            for fd, _ in poller.poll():
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                    self._woken = False
+                elif (conn := blocked.pop(fd, None)) is not None:
+                    poller.unregister(fd)
+                    ready.append(conn)
+            pause = last_pass + self.coalesce - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)
+            last_pass = time.monotonic()
+            for conn in dict.fromkeys(self.room.pending() + ready):
+                if self._write(conn):
+                    fd = conn.sock.fileno()
+                    blocked[fd] = conn
+                    poller.register(fd, select.POLLOUT)
+            self.room.trim()
+            with self._connections_lock:
+                finished, self._finished = self._finished, []
+            for conn in finished:
+                fd = conn.sock.fileno()
+                if blocked.get(fd) is conn:
+                    poller.unregister(fd)
+                    del blocked[fd]
+                self._close(conn)
+        for conn in self.connections():
+            self._close(conn)
+
+    def _write(self, conn: Connection) -> bool:
+        """One non-blocking ``send`` of all ``conn`` is behind on; True if its socket is full."""
+        if conn.finished:
+            return False
+        if conn.unsent and not self._send(conn, conn.unsent):
+            if self.room.lag(conn) + len(conn.unsent) > self.limits.max_outbox:
+                self.drop(conn, "too_slow")
+                return False
+            return True
+        if self.room.lag(conn) > self.limits.max_outbox:
+            self.drop(conn, "too_slow")
+            return False
+        entries = self.room.take(conn)
+        if entries:
+            if not self._send(conn, conn.render(entries, conn.name)):
+                return True
+            if isinstance(entries[-1].message, Bye):
+                conn.half_close = True
+        if conn.half_close:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_WR)
+        return False
+
+    def _send(self, conn: Connection, data: bytes) -> bool:
+        """Send what the socket takes now; keep the rest. True when all was sent."""
+        try:
+            sent = conn.sock.send(data, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            conn.unsent = b""
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+            return True
+        conn.unsent = data[sent:]
+        return not conn.unsent
+
+    def _close(self, conn: Connection) -> None:
+        """Write the last of what ``conn`` has (once, never waiting), then close it."""
+        if conn.finished:
+            return
+        self._write(conn)
+        conn.finished = True
+        conn.sock.close()
+        with self._connections_lock:
+            self._connections.discard(conn)
 
     def drop(self, conn: Connection, reason: str) -> None:
-        """Take ``conn`` out of the chat (once) and tell the others why."""
-        name = self.registry.leave(conn)
-        if reason == "too_slow":
-            conn.shut(socket.SHUT_RDWR)  # after leaving: the woken reader must find it gone
-        if name is None:
-            return
-        log.info("%s left (%s)", name, reason)
-        if not self.stopping.is_set():  # at shutdown everyone has had bye: no left storm
-            self.broadcast(Left(name=name, reason=reason, ts=now_ms()))
+        """Take ``conn`` out of the room and end its connection; its reader then finishes."""
+        name = self.room.leave(conn, reason)
+        if name is not None:
+            log.info("%s left (%s)", name, reason)
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
 
     # ---- stopping ------------------------------------------------------
 
@@ -447,33 +429,26 @@ class ChatServer:
 
     def _shutdown(self) -> None:
         self.listener.close()
+        self.room.close()
         conns = self.connections()
-        log.warning("shutting down: saying bye to %d connection(s)", len(conns))
+        log.info("shutting down: saying bye to %d connection(s)", len(conns))
         for conn in conns:
-            conn.goodbye()
+            self.room.post(conn, Bye(reason="shutdown"))
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for conn in conns:
             conn.thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for conn in conns:
-            conn.shut(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for conn in conns:
             conn.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        self.dirty.put(None)
-        self.flusher.join(timeout=SHUTDOWN_GRACE)
-        log.warning("stopped")
-
-    def _flush_loop(self) -> None:
-        """The flusher thread: write each outbox that has something new, in turn.
-
-        While it writes to one client, frames for the others pile up in their
-        outboxes, so the busier the chat, the more frames each ``send`` carries.
-        """
-        while (conn := self.dirty.get()) is not None:
-            try:
-                conn.attend()
-            except Exception:
-                log.exception("writing to %s failed", conn.label)
+        self._writer_stop = True
+        self._wake()
+        self.writer.join(timeout=SHUTDOWN_GRACE)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        log.info("stopped")
 
 
 def raise_open_file_limit() -> None:
@@ -500,6 +475,14 @@ def main(argv: list[str] | None = None) -> int:
         "(default: %(default)s)",
     )
     parser.add_argument(
+        "--coalesce-ms",
+        type=non_negative_float,
+        default=DEFAULT_COALESCE_MS,
+        metavar="MS",
+        help="the writer makes at most one pass per this many milliseconds, so that under "
+        "load each send carries more frames; 0 writes at once (default: %(default)s)",
+    )
+    parser.add_argument(
         "--nagle",
         action="store_true",
         help="leave Nagle's algorithm on (TCP_NODELAY off), to measure what it costs",
@@ -514,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             nodelay=not args.nagle,
+            coalesce=args.coalesce_ms / 1000,
+            history=args.history,
         ),
         args,
     )

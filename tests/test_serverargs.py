@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from common.serverargs import Limits, add_common_arguments, now_ms
+from common.room import wall_clock_ms
+from common.serverargs import Limits, add_common_arguments
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -57,4 +58,4 @@ def test_bad_values_are_refused(argv: tuple[str, ...]) -> None:
 
 
 def test_ts_is_wall_clock_milliseconds() -> None:
-    assert abs(now_ms() - time.time() * 1000) < 1000
+    assert abs(wall_clock_ms() - time.time() * 1000) < 1000

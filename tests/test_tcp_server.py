@@ -296,6 +296,7 @@ def test_text_sessions_and_json_sessions_share_one_room(
     nc.sendall(b"bob\n")
     assert b"welcome, bob" in lines.readline()
     assert b"/help" in lines.readline()
+    assert lines.readline() == b"* no earlier messages; live chat follows\n"
     assert alice.expect("joined")["name"] == "bob"
     nc.sendall("hello from nc ☺\n".encode())
     assert alice.expect("msg") | {"ts": 0} == {

@@ -10,14 +10,18 @@ Threads, each named and owned by the server:
   and forgets addresses that did not complete a ``hello`` within
   ``--hello-timeout``.
 
+The chat's rules and its one ordered log are the room's (``common.room``),
+shared with the TCP server. After each batch of datagrams (and each turn
+of the timer) the server catches every session up on what the room has
+for it (``_flush``): one datagram per frame, stamped with the session's
+next ``seq``.
+
 Lock: one server lock serialises every change to the sessions, their
 sequence numbers and the writes to the socket, so each session's datagrams
-leave in seq order. It is taken outside the registry's lock (see
-``common.registry``), whose callbacks here only build frames; the datagrams
-are written after the registry lock is released. Writes never block
-(the socket is non-blocking): a full kernel buffer loses the datagram, as a
-network would. ``main`` waits in ``poll`` and then drains every datagram
-that is ready.
+leave in seq order. It is taken outside the room's lock, never inside.
+Writes never block (the socket is non-blocking): a full kernel buffer
+loses the datagram, as a network would. ``main`` waits in ``poll`` and then
+drains every datagram that is ready.
 
 Who gets an answer:
 
@@ -32,8 +36,8 @@ Who gets an answer:
   limit, and the session goes on.
 
 Sequence numbers: every datagram to a session carries the session's next
-``seq``; the frame is encoded once per broadcast and the ``seq`` spliced
-into each copy. Incoming ``seq`` go to a ``SeqCounter`` (lost, repeated,
+``seq``; a frame is encoded once for everyone and the ``seq`` spliced into
+each copy. Incoming ``seq`` go to a ``SeqCounter`` (lost, repeated,
 reordered; logged when the session ends); a raw session's repeated frame is
 not acted on twice. A reliable session (``"reliable": true``) also has a
 ``ReliableSender`` and ``ReliableReceiver`` (``common.reliable``): every
@@ -73,28 +77,23 @@ from common.codec import (
     ClientMessage,
     Error,
     Hello,
-    Joined,
-    Left,
     ProtocolError,
     RateLimited,
     ServerFull,
-    ServerMessage,
     TooLarge,
     Welcome,
     decode_client,
     encode,
-    encode_checked,
     name_key,
 )
 from common.ratelimit import TokenBucket
-from common.registry import Registry
 from common.reliable import ReliableReceiver, ReliableSender, SeqCounter, SeqKind
-from common.room import act
+from common.room import Entry, Member, Room, Stage
 from common.serverargs import (
     Limits,
     add_common_arguments,
+    announce,
     configure_logging,
-    now_ms,
     positive_float,
     serve_until_signalled,
 )
@@ -164,14 +163,18 @@ class Stranger:
     bucket: TokenBucket
 
 
-class Session:
+class Session(Member):
     """One client's session: its token, sequence numbers, rate limit and reliability state.
 
     ``sent`` counts the datagrams written to it; a raw session's ``seq`` is
-    that count (a reliable one's sender numbers its own).
+    that count (a reliable one's sender numbers its own). ``budget`` is what
+    its first answer, the ``welcome``, may weigh (see ``answer_budget``).
     """
 
-    def __init__(self, address: Address, reliable: bool, limits: Limits, now: float) -> None:
+    def __init__(
+        self, address: Address, reliable: bool, limits: Limits, now: float, budget: int
+    ) -> None:
+        super().__init__()
         self.address = address
         self.label = f"{address[0]}:{address[1]}"
         self.token = secrets.token_hex(TOKEN_BYTES)
@@ -180,8 +183,16 @@ class Session:
         self.sender = ReliableSender() if reliable else None
         self.receiver = ReliableReceiver() if reliable else None
         self.last_heard = now
+        self.budget = budget
         self.welcome = b""
         self.sent = 0
+
+    def frame(self, entry: Entry) -> bytes:
+        """``entry`` as this session's datagram body, without its ``seq``."""
+        if isinstance(entry.message, Welcome):
+            limit = self.budget - FIRST_SEQ_BYTES
+            return encode(entry.message, session=self.token, limit=limit)
+        return entry.line[:-1]
 
     def push(self, body: bytes, now: float) -> list[bytes]:
         """Give ``body`` the next ``seq``; return the datagrams to write now.
@@ -211,9 +222,11 @@ class Session:
 class UdpChatServer:
     """The socket, the registry, the sessions and the timer thread."""
 
-    def __init__(self, limits: Limits, host: str = "127.0.0.1", port: int = 8080) -> None:
+    def __init__(
+        self, limits: Limits, host: str = "127.0.0.1", port: int = 8080, history: int = 1000
+    ) -> None:
         self.limits = limits
-        self.registry: Registry[Session] = Registry(limits.max_users)
+        self.room: Room[Session] = Room(max_users=limits.max_users, history=history)
         self.stopping = threading.Event()
         self.closing = False
         self.dropped: Counter[str] = Counter()
@@ -244,7 +257,7 @@ class UdpChatServer:
 
     def serve_forever(self) -> None:
         """Receive until ``stopping`` is set, re-checking it every poll interval."""
-        log.warning("UDP chat server listening on %s:%d", *self.address)
+        announce("UDP chat server", self.address, "make chat-udp PORT={port} NAME=alice")
         self._timer.start()
         while not self.stopping.is_set():
             self._receive()
@@ -269,6 +282,7 @@ class UdpChatServer:
             with self._lock:
                 try:
                     self._on_datagram(data, address, time.monotonic())
+                    self._flush(time.monotonic())
                 except Exception:
                     # One socket serves everyone: a fault in one datagram must not end the chat.
                     log.exception("failed on a datagram from %s:%d", *address)
@@ -381,25 +395,25 @@ class UdpChatServer:
         self, session: Session, data: bytes, message: ClientMessage | None, now: float
     ) -> None:
         """Act on one frame in order, answering a refusal with ``error``."""
-        name = self.registry.name_of(session)
-        if name is None:
+        if session.stage is not Stage.JOINED:
             return
         try:
             if not session.bucket.allow(now):
                 raise RateLimited("slow down: too many frames")
             if message is None:
                 message = decode_client(data).message
-            self._handle(session, name, message, now)
+            if not self.room.handle(session, message):
+                self._end(session, "quit")
         except ProtocolError as exc:
-            log.debug("%s (%s): %s %s", session.label, name, exc.code, exc)
-            self._send(session, Error.of(exc), now)
+            log.debug("%s (%s): %s %s", session.label, session.name, exc.code, exc)
+            self.room.refuse(session, exc)
 
     def _refuse(self, session: Session, exc: ProtocolError, now: float) -> None:
         """Answer a frame that could not be parsed; it counts against the rate limit."""
         if session.bucket.allow(now):
-            self._send(session, Error.of(exc), now)
+            self.room.refuse(session, exc)
         else:
-            self._send(session, Error.of(RateLimited("slow down: too many frames")), now)
+            self.room.refuse(session, RateLimited("slow down: too many frames"))
 
     # ---- hello ---------------------------------------------------------
 
@@ -440,16 +454,8 @@ class UdpChatServer:
             self._strangers[address] = Stranger(since=now, bucket=bucket)
 
     def _register(self, address: Address, hello: Hello, budget: int, now: float) -> None:
-        session = Session(address, hello.reliable, self.limits, now)
-        frames: list[bytes] = []
-
-        def greet(names: list[str]) -> None:
-            welcome = Welcome(name=hello.name, users=tuple(names), count=len(names))
-            body = encode(welcome, session=session.token, limit=budget - FIRST_SEQ_BYTES)
-            session.welcome = with_seq(body, 1)
-            frames.extend(session.push(body, now))
-
-        self.registry.join(hello.name, session, greet)
+        session = Session(address, hello.reliable, self.limits, now, budget)
+        self.room.handle(session, hello)
         self._sessions[address] = session
         self._by_token[session.token] = session
         log.info(
@@ -458,8 +464,6 @@ class UdpChatServer:
             session.label,
             "reliable" if hello.reliable else "raw",
         )
-        self._deliver(session, frames)
-        self._broadcast(Joined(name=hello.name, ts=now_ms()), now, exclude=session)
 
     def _hello_again(
         self, session: Session, hello: Hello | None, problem: ProtocolError | None, now: float
@@ -468,65 +472,47 @@ class UdpChatServer:
         if self.closing:
             return
         if not session.bucket.allow(now):
-            self._send(session, Error.of(RateLimited("slow down: too many frames")), now)
+            self.room.refuse(session, RateLimited("slow down: too many frames"))
             return
-        name = self.registry.name_of(session)
-        if hello is not None and name is not None and name_key(hello.name) == name_key(name):
+        if hello is not None and name_key(hello.name) == name_key(session.name):
             self._transmit(session, [session.welcome])
             return
         if problem is None:
-            problem = AlreadyRegistered(f"you are already registered as {name}")
-        self._send(session, Error.of(problem), now)
+            problem = AlreadyRegistered(f"you are already registered as {session.name}")
+        self.room.refuse(session, problem)
 
-    # ---- the chat ------------------------------------------------------
+    # ---- writing -------------------------------------------------------
 
-    def _handle(self, session: Session, name: str, message: ClientMessage, now: float) -> None:
-        if isinstance(message, Bye):
-            self._end(session, "quit")
-        else:
-            act(self, session, name, message)
+    def _flush(self, now: float) -> None:
+        """Catch every session up on what the room has for it, in its own ``seq``.
 
-    def broadcast(self, message: ServerMessage, exclude: Session | None = None) -> None:
-        self._broadcast(message, time.monotonic(), exclude)
-
-    def send_to(self, member: Session, message: ServerMessage) -> None:
-        self._send(member, message, time.monotonic())
-
-    def _send(self, session: Session, message: ServerMessage, now: float) -> None:
-        """One message to one session, in its sequence."""
-        body = encode(message, limit=MAX_FRAME_BYTES - SEQ_ROOM)
-        self._deliver(session, session.push(body, now))
-
-    def _broadcast(
-        self, message: ServerMessage, now: float, exclude: Session | None = None
-    ) -> None:
-        """Encode once, give every copy its recipient's ``seq``, then write them all.
-
-        The server lock, held here, already orders broadcasts, joins and
-        leaves, so a snapshot of the members does (``Registry.fan_out`` is not
-        needed). Raw sessions, the bulk of a busy room, are written in the
-        loop itself, with no call per recipient but ``sendto``. Reliable
-        copies are all queued before any is written: writing one may end
-        its session and broadcast ``left``, which must come after this
-        message for everyone.
+        Raw sessions, the bulk of a busy room, are written here with no call
+        per datagram but ``sendto``. Ending a session (a reliable one that
+        gave up) adds ``left`` to the room, so this runs until nothing is new.
         """
-        body = encode_checked(message)
-        head = body[:-1] + b',"seq":'
         sendto = self.sock.sendto
-        reliable: list[tuple[Session, list[bytes]]] = []
-        for member in self.registry.members():
-            if member is exclude:
-                continue
-            if member.sender is not None:
-                reliable.append((member, member.push(body, now)))
-                continue
-            try:
-                member.sent += 1
-                sendto(b"%s%d}" % (head, member.sent), member.address)
-            except OSError:
-                self.dropped["send_failed"] += 1
-        for member, frames in reliable:
-            self._deliver(member, frames)
+        while pending := self.room.pending():
+            for member in pending:
+                entries = self.room.take(member)
+                if self._sessions.get(member.address) is not member:
+                    continue
+                if member.sender is not None:
+                    for entry in entries:
+                        self._deliver(member, member.push(member.frame(entry), now))
+                    continue
+                for entry in entries:
+                    member.sent += 1
+                    if isinstance(entry.message, Welcome):
+                        member.welcome = with_seq(member.frame(entry), member.sent)
+                    elif entry.cache is None:
+                        entry.cache = entry.line[:-2] + b',"seq":'
+                    try:
+                        if isinstance(entry.message, Welcome):
+                            sendto(member.welcome, member.address)
+                        else:
+                            sendto(b"%s%d}" % (entry.cache, member.sent), member.address)
+                    except OSError:
+                        self.dropped["send_failed"] += 1
 
     def _deliver(self, session: Session, frames: list[bytes]) -> None:
         """Write what ``push`` returned; a reliable session is watched until all is acked."""
@@ -559,16 +545,14 @@ class UdpChatServer:
             log.debug("send to %s:%d failed: %s", address[0], address[1], exc)
 
     def _end(self, session: Session, reason: str) -> None:
-        """Take ``session`` out of the chat (once) and tell the others why."""
+        """Take ``session`` out of the chat (once); the room tells the others why."""
         if self._sessions.get(session.address) is not session:
             return
         del self._sessions[session.address]
         del self._by_token[session.token]
         self._busy.discard(session)
-        name = self.registry.leave(session)
-        log.info("%s left (%s); %s", name, reason, session.summary())
-        if name is not None and not self.closing:
-            self._broadcast(Left(name=name, reason=reason, ts=now_ms()), time.monotonic())
+        self.room.leave(session, reason)
+        log.info("%s left (%s); %s", session.name, reason, session.summary())
 
     # ---- the timer -----------------------------------------------------
 
@@ -583,6 +567,7 @@ class UdpChatServer:
                     self._sweep(now)
                     next_sweep = now + self._sweep_interval
                 deadline = self._retransmit(now)
+                self._flush(now)
             wake_at = next_sweep
             if deadline is not None:
                 # Sessions that became busy meanwhile do not wake the timer: the tick does.
@@ -626,10 +611,12 @@ class UdpChatServer:
         now = time.monotonic()
         with self._lock:
             self.closing = True
+            self.room.close()
             sessions = list(self._sessions.values())
-            log.warning("shutting down: saying bye to %d session(s)", len(sessions))
+            log.info("shutting down: saying bye to %d session(s)", len(sessions))
             for session in sessions:
-                self._send(session, Bye(reason="shutdown"), now)
+                self.room.post(session, Bye(reason="shutdown"))
+            self._flush(now)
         deadline = now + SHUTDOWN_GRACE
         while time.monotonic() < deadline and self._awaiting_acks():
             self._receive()
@@ -643,7 +630,7 @@ class UdpChatServer:
             counts = ", ".join(f"{why} {n}" for why, n in sorted(self.dropped.items()))
             log.warning("datagrams dropped: %s", counts)
         self.sock.close()
-        log.warning("stopped")
+        log.info("stopped")
 
     def _awaiting_acks(self) -> bool:
         with self._lock:
@@ -673,6 +660,7 @@ def main(argv: list[str] | None = None) -> int:
             Limits.from_args(args, session_timeout=args.session_timeout),
             host=args.host,
             port=args.port,
+            history=args.history,
         ),
         args,
     )
