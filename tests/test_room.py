@@ -1,0 +1,265 @@
+"""The room's rules and its log, in memory: once for both servers, no socket in sight."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+import threading
+from collections.abc import Iterator
+
+import pytest
+
+from common.codec import (
+    AlreadyRegistered,
+    Bye,
+    Dm,
+    Hello,
+    History,
+    HistoryEnd,
+    Joined,
+    Left,
+    Msg,
+    NameTaken,
+    Nick,
+    NoSuchUser,
+    NotRegistered,
+    Ping,
+    Pong,
+    Renamed,
+    Say,
+    SendDm,
+    ServerFull,
+    ServerMessage,
+    TextInvalid,
+    Users,
+    Welcome,
+    Who,
+)
+from common.room import TRIM_EVERY, Entry, Member, Room, Stage
+
+
+class Peer(Member):
+    """A member as a test sees it: what it took from the room, decoded."""
+
+    def __init__(self, room: Room[Peer]) -> None:
+        super().__init__()
+        self.room = room
+
+    def read(self) -> list[ServerMessage]:
+        return [entry.message for entry in self.room.take(self) if entry.message is not None]
+
+
+def ticking_clock() -> Iterator[int]:
+    return itertools.count(1000)
+
+
+@pytest.fixture
+def room() -> Room[Peer]:
+    clock = ticking_clock()
+    return Room(max_users=3, history=5, clock=lambda: next(clock))
+
+
+def joined(room: Room[Peer], name: str) -> Peer:
+    peer = Peer(room)
+    assert room.handle(peer, Hello(name=name))
+    return peer
+
+
+def test_hello_welcome_joined_say_and_leave(room: Room[Peer]) -> None:
+    alice = joined(room, "alice")
+    assert alice.read() == [Welcome(name="alice", users=("alice",), count=1)]
+    bob = joined(room, "Bob")
+    assert bob.read() == [Welcome(name="Bob", users=("alice", "Bob"), count=2)]
+    assert alice.read() == [Joined(name="Bob", ts=1001)]
+    room.handle(bob, Say(text="hi"))
+    assert alice.read() == bob.read() == [Msg(sender="Bob", text="hi", ts=1002)]
+    assert room.handle(bob, Bye()) is False
+    assert bob.stage is Stage.GONE
+    assert alice.read() == [Left(name="Bob", reason="quit", ts=1003)]
+    assert room.names() == ["alice"]
+
+
+def test_dm_who_nick_ping(room: Room[Peer]) -> None:
+    alice, bob = joined(room, "alice"), joined(room, "bob")
+    alice.read(), bob.read()
+    room.handle(alice, SendDm(to="BOB", text="psst"))
+    dm = Dm(sender="alice", to="bob", text="psst", ts=1002)
+    assert alice.read() == bob.read() == [dm]
+    room.handle(alice, SendDm(to="alice", text="me"))
+    assert alice.read() == [Dm(sender="alice", to="alice", text="me", ts=1003)]
+    room.handle(bob, Who())
+    assert bob.read() == [Users(names=("alice", "bob"), count=2)]
+    room.handle(bob, Nick(name="Bobby"))
+    assert alice.read() == bob.read() == [Renamed(old="bob", new="Bobby", ts=1004)]
+    room.handle(alice, Ping())
+    assert alice.read() == [Pong()]
+
+
+def test_refusals(room: Room[Peer]) -> None:
+    stranger = Peer(room)
+    with pytest.raises(NotRegistered):
+        room.handle(stranger, Say(text="hi"))
+    alice = joined(room, "alice")
+    with pytest.raises(AlreadyRegistered):
+        room.handle(alice, Hello(name="other"))
+    with pytest.raises(NameTaken):
+        room.handle(Peer(room), Hello(name="ALICE"))
+    with pytest.raises(NameTaken):
+        room.handle(Peer(room), Hello(name="ａｌｉｃｅ"))
+    with pytest.raises(NoSuchUser):
+        room.handle(alice, SendDm(to="nobody", text="x"))
+    wide = joined(room, "𠀁" * 24)  # a dm carries two names: this one's frame would pass 8192
+    with pytest.raises(TextInvalid):
+        room.handle(wide, SendDm(to=wide.name, text="𠀁" * 2000))
+    room.leave(wide, "quit")
+    bob = joined(room, "bob")
+    with pytest.raises(NameTaken):
+        room.handle(bob, Nick(name="Alice"))
+    room.handle(bob, Nick(name="BOB"))  # a change of case only is the member's own name
+    joined(room, "carol")
+    with pytest.raises(ServerFull):
+        room.handle(Peer(room), Hello(name="dave"))
+    assert room.names() == ["alice", "BOB", "carol"]
+
+
+def test_a_member_that_left_acts_no_more_and_its_name_is_free(room: Room[Peer]) -> None:
+    alice, ghost = joined(room, "alice"), joined(room, "ghost")
+    assert room.leave(ghost, "too_slow") == "ghost"
+    assert room.leave(ghost, "too_slow") is None
+    assert room.handle(ghost, Say(text="boo")) is False
+    assert room.handle(ghost, Nick(name="other")) is False
+    newcomer = joined(room, "ghost")
+    alice.read()
+    room.handle(newcomer, Say(text="me"))
+    assert [m for m in alice.read() if isinstance(m, Msg)] == [
+        Msg(sender="ghost", text="me", ts=1004)
+    ]
+
+
+def test_a_member_that_leaves_still_gets_what_came_before_its_leave(room: Room[Peer]) -> None:
+    alice, bob = joined(room, "alice"), joined(room, "bob")
+    room.handle(alice, Say(text="one"))
+    room.handle(bob, Bye())
+    room.handle(alice, Say(text="two"))
+    assert [m.text for m in bob.read() if isinstance(m, Msg)] == ["one"]
+
+
+def test_private_frames_come_in_their_place_among_broadcasts(room: Room[Peer]) -> None:
+    alice, bob = joined(room, "alice"), joined(room, "bob")
+    bob.read()
+    room.handle(alice, Say(text="before"))
+    room.handle(bob, Who())
+    room.handle(alice, SendDm(to="bob", text="psst"))
+    room.handle(alice, Say(text="after"))
+    room.post_entry(bob, Entry(None, b"a line of text mode\n"))
+    room.handle(alice, Say(text="last"))
+    kinds = [e.message.type if e.message else e.line.decode() for e in room.take(bob)]
+    assert kinds == ["msg", "users", "dm", "msg", "a line of text mode\n", "msg"]
+
+
+def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_going() -> None:
+    """Threads switch every microsecond, so a broadcast outside the lock would interleave."""
+    room: Room[Peer] = Room(max_users=100)
+    steady = [joined(room, f"steady{i}") for i in range(4)]
+    seen: dict[Peer, list[str]] = {peer: [] for peer in steady}
+    go = threading.Event()
+
+    def sender(n: int) -> None:
+        me = joined(room, f"sender{n}")
+        go.wait()
+        for i in range(200):
+            room.handle(me, Say(text=f"{n}:{i}"))
+
+    def churn() -> None:
+        go.wait()
+        for i in range(50):
+            visitor = joined(room, f"visitor{i}")
+            room.handle(visitor, Say(text=f"visitor{i}"))
+            seen[visitor] = [m.text for m in visitor.read() if isinstance(m, Msg)]
+            room.leave(visitor, "quit")
+
+    def reader(peer: Peer) -> None:
+        go.wait()
+        while len(seen[peer]) < 12 * 200 + 50:
+            seen[peer] += [m.text for m in peer.read() if isinstance(m, Msg)]
+
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(12)]
+    threads += [threading.Thread(target=reader, args=(peer,)) for peer in steady]
+    threads.append(threading.Thread(target=churn))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in threads:
+            thread.start()
+        go.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        sys.setswitchinterval(interval)
+    order = seen[steady[0]]
+    assert len(order) == 12 * 200 + 50
+    for peer in steady[1:]:
+        assert seen[peer] == order
+    for n in range(12):
+        mine = [text for text in order if text.startswith(f"{n}:")]
+        assert mine == [f"{n}:{i}" for i in range(200)]
+    position = {text: i for i, text in enumerate(order)}
+    for peer, texts in seen.items():
+        places = [position[text] for text in texts]
+        assert places == sorted(places), peer.name
+
+
+def test_the_log_is_trimmed_behind_the_slowest_and_a_laggard_is_measured_in_bytes() -> None:
+    room: Room[Peer] = Room(max_users=10, history=0)
+    fast, slow = joined(room, "fast"), joined(room, "slow")
+    sizes = []
+    for i in range(20 * TRIM_EVERY):
+        room.handle(fast, Say(text="x" * 50))
+        fast.read()
+        if i % 3000 == 0:
+            slow.read()
+        room.trim()
+        sizes.append(room.log_size())
+    assert max(sizes) <= 3000 + 2 * TRIM_EVERY
+    line = len(room.take(fast)) or len(b'{"type":"msg","from":"fast","text":"","ts":0}') + 50
+    assert room.lag(slow) >= (20 * TRIM_EVERY - 1) % 3000 * (line - 14)
+    slow.read()
+    assert room.lag(slow) == 0
+    room.trim()
+    assert room.log_size() == 0
+
+
+def test_history_is_what_came_before_the_welcome_and_only_messages(room: Room[Peer]) -> None:
+    alice, bob = joined(room, "alice"), joined(room, "bob")
+    for i in range(7):
+        room.handle(alice, Say(text=f"m{i}"))
+    room.handle(alice, SendDm(to="bob", text="private"))
+    room.handle(bob, Nick(name="robert"))
+    carol = joined(room, "carol")
+    room.handle(alice, Say(text="live"))
+    carol.read()
+    room.handle(carol, History(limit=3))
+    answer = carol.read()
+    assert [(m.text, m.history) for m in answer if isinstance(m, Msg)] == [
+        ("m4", True),
+        ("m5", True),
+        ("m6", True),
+    ]
+    assert answer[-1] == HistoryEnd(count=3)
+    room.handle(carol, History(limit=100))  # the room keeps 5; asked again, from the same point
+    answer = carol.read()
+    # "live" came after carol's welcome but pushed m2 out: answers go as far back as is kept
+    assert [m.text for m in answer if isinstance(m, Msg)] == ["m3", "m4", "m5", "m6"]
+    assert answer[-1] == HistoryEnd(count=4)
+    first = next(m for m in answer if isinstance(m, Msg))
+    assert first.sender == "alice" and first.ts == 1005  # exactly as it was sent then
+
+
+def test_history_off_answers_empty() -> None:
+    room: Room[Peer] = Room(max_users=10, history=0)
+    alice = joined(room, "alice")
+    room.handle(alice, Say(text="gone"))
+    late = joined(room, "late")
+    late.read()
+    room.handle(late, History(limit=20))
+    assert late.read() == [HistoryEnd(count=0)]
