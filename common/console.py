@@ -118,10 +118,18 @@ def format_line(line: Line, colour: bool = False) -> str:
 
 def display_width(text: str) -> int:
     """Columns ``text`` takes on a terminal: wide CJK characters two, combining marks none."""
-    return sum(
-        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
-        for ch in text
-    )
+    return sum(map(columns, text))
+
+
+def columns(ch: str) -> int:
+    """Columns one character takes.
+
+    A mark is told by its category, not by ``unicodedata.combining``: many
+    vowel signs (Devanagari's ``े``) have combining class 0 yet take no column.
+    """
+    if unicodedata.category(ch) in ("Mn", "Me"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
 
 
 def wants_colour(environ: Mapping[str, str]) -> bool:

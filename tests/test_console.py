@@ -149,6 +149,7 @@ def test_display_width() -> None:
     assert display_width("日本語") == 6
     assert display_width("e\u0301") == 1
     assert display_width("Алиса") == 5
+    assert display_width("नमस्ते> ") == 6
 
 
 def test_colour_follows_no_color_and_term() -> None:
