@@ -16,6 +16,8 @@ from common.render import Line, describe, safe
         ("\x1b[2J\x1b]0;pwned\x07", "\\x1b[2J\\x1b]0;pwned\\x07"),
         ("c1 \x9b31m", "c1 \\x9b31m"),
         ("bidi \u202egnp.exe", "bidi \\u202egnp.exe"),
+        ("\u2066isolate\u2069 \u200fmark\u061c", "\\u2066isolate\\u2069 \\u200fmark\\u061c"),
+        ("zero\u200bwidth\u200d\u2060\ufeff", "zero\\u200bwidth\\u200d\\u2060\\ufeff"),
         ("line\u2028sep", "line\\u2028sep"),
         ("Алиса 😀", "Алиса 😀"),
     ],

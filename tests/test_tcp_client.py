@@ -300,6 +300,31 @@ def test_hostile_text_goes_nowhere(
     assert "gotcha" not in alice.output.getvalue()
 
 
+INVISIBLE = "\u202eevil\u200b\u2066\u200f\ufeff"
+INVISIBLE_SHOWN = "\\u202eevil\\u200b\\u2066\\u200f\\ufeff"
+
+
+def test_bidi_and_zero_width_characters_are_shown_escaped(
+    tcp_server: ServerProcess, connect: Connect, spawn: Spawn
+) -> None:
+    """A text may hold them: the terminal and text mode show them, never apply them."""
+    alice = spawn(tcp_server.port, "--name", "alice")
+    alice.expect("alice> ")
+    nc = socket.create_connection(tcp_server.address, timeout=WAIT)
+    lines = nc.makefile("rb")
+    nc.sendall(b"carol\n")
+    assert b"welcome, carol" in lines.readline()
+    mallory = connect(tcp_server.address, "mallory")
+    mallory.send({"type": "say", "text": INVISIBLE})
+    assert mallory.expect("msg")["text"] == INVISIBLE
+    alice.expect(f"<mallory> {re.escape(INVISIBLE_SHOWN)}")
+    shown = next(line for line in iter(lines.readline, b"") if b"<mallory>" in line)
+    assert shown.decode().endswith(f"<mallory> {INVISIBLE_SHOWN}\n")
+    nc.close()
+    for raw in INVISIBLE.replace("evil", ""):
+        assert raw not in alice.output.getvalue()
+
+
 class HostileServer:
     """Says welcome, then messages full of control characters, then hangs up."""
 
