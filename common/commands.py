@@ -13,14 +13,22 @@ from common.codec import Bye, ClientMessage, Nick, Say, SendDm, Who, check_name,
 
 QUIT_WORDS = frozenset({"/quit", "/exit", "выход"})
 
-HELP_TEXT = """\
+COMMANDS_HELP = """\
 commands:
   /who             who is online
   /msg NAME TEXT   a private message to NAME
   /nick NAME       change your name
   /quit            leave the chat (so does typing: выход)
-  /help            this help
-anything else is a message to everyone; start it with // to send a leading /"""
+  /help            this help"""
+MESSAGE_HELP = "anything else is a message to everyone; start it with // to send a leading /"
+
+
+def help_text(local: str = "") -> str:
+    """The help: the commands, then ``local`` (a client's own commands), then what is a message."""
+    return "\n".join(filter(None, (COMMANDS_HELP, local, MESSAGE_HELP)))
+
+
+HELP_TEXT = help_text()
 
 
 class Usage(Exception):

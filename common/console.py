@@ -14,8 +14,10 @@ plus ``local_command`` for commands that only that transport understands
 whole client: ``connect()`` opens a transport (or raises ``ChatError``) for
 each try at a name, asking again while the server refuses it; then it chats
 until the person quits (``/quit``, ``выход``, Ctrl+C, Ctrl+D: ``bye`` is
-sent, exit code 0) or the connection ends (one line saying so on stderr,
-exit code 1).
+sent, exit code 0), the server ends the session (its ``bye``: one line
+saying so, exit code 0) or the connection breaks (one line saying so on
+stderr, exit code 1). A name given on the command line is not asked
+again: if it is refused, the reason is that one line, exit code 1.
 
 ``Console`` is the terminal. When both stdin and stdout are terminals it
 prompts, keeps the half-typed line intact below incoming messages (redrawn
@@ -53,7 +55,7 @@ from common.codec import (
     check_name,
     name_key,
 )
-from common.commands import HELP_TEXT, ShowHelp, Usage, parse_command
+from common.commands import ShowHelp, Usage, help_text, parse_command
 from common.render import Line, describe, safe
 
 RECEIVER_THREAD = "receiver"
@@ -354,6 +356,10 @@ class ChatError(Exception):
     """
 
 
+class NameRefused(Exception):
+    """The name is not valid, or the server would not have it; the text says why."""
+
+
 class Transport(Protocol):
     """One session with a chat server, as the client needs it.
 
@@ -371,6 +377,15 @@ class Transport(Protocol):
     @property
     def help_text(self) -> str:
         """Help lines for this transport's local commands, added to ``/help`` ("" for none)."""
+        ...
+
+    @property
+    def failure(self) -> str | None:
+        """Once ``receive`` has returned None: why, when the transport knows better than "lost".
+
+        The UDP transport never had a connection to lose: it says that
+        nothing answered, or that the server fell silent.
+        """
         ...
 
     def send(self, message: ClientMessage) -> None:
@@ -410,6 +425,7 @@ class ChatSession:
         self.me = ""
         self._quitting = threading.Event()
         self._lost = False
+        self._server_bye: Bye | None = None
 
     def run(self, name: str | None) -> int:
         try:
@@ -434,52 +450,64 @@ class ChatSession:
     # ---- joining (main thread) ----------------------------------------
 
     def _join(self, name: str | None) -> Transport | None:
-        """Register, asking for another name while the one given is refused.
+        """Register, asking for another name while the one typed is refused.
 
-        Each try has a connection of its own, so a person who takes a while
-        to think of a new name never runs into the server's hello timeout.
-        None: the person gave up (end of input).
+        A name given on the command line is not asked again: a refusal ends
+        the client with the reason (a script would otherwise send its next
+        line as a name). Each try has a connection of its own, so a person
+        who takes a while to think of a new name never runs into the
+        server's hello timeout. None: the person gave up (end of input).
         """
+        asked = name is None
         while True:
             if name is None:
                 name = self.console.ask("your name: ")
                 if name is None:
                     return None
             try:
-                check_name(name := name.strip())
-            except NameInvalid as exc:
+                return self._register(name.strip())
+            except NameRefused as exc:
+                if not asked:
+                    raise ChatError(f"cannot join as {name.strip()}: {exc}") from None
                 self.console.warn(f"{exc}; try another")
-                name = None
-                continue
-            transport = self.connect()
-            try:
-                answer = self._hello(transport, name)
-            except BaseException:
-                transport.close()
-                raise
-            if isinstance(answer, Welcome):
-                self.me = answer.name
-                self._show(answer)
-                hint = "type a message and press Enter; /help lists the commands"
-                self.console.show(Line("system", hint))
-                return transport
-            transport.close()
-            self.console.warn(f"{answer.text or answer.code}; try another")
             name = None
+
+    def _register(self, name: str) -> Transport:
+        """A transport registered as ``name``, or ``NameRefused``."""
+        try:
+            check_name(name)
+        except NameInvalid as exc:
+            raise NameRefused(str(exc)) from None
+        transport = self.connect()
+        try:
+            answer = self._hello(transport, name)
+        except BaseException:
+            transport.close()
+            raise
+        if isinstance(answer, Error):
+            transport.close()
+            raise NameRefused(answer.text or answer.code)
+        self.me = answer.name
+        self._show(answer)
+        hint = "type a message and press Enter; /help lists the commands"
+        self.console.show(Line("system", hint))
+        return transport
 
     def _hello(self, transport: Transport, name: str) -> Welcome | Error:
         """Send ``hello`` and wait for the welcome, or for the refusal of the name."""
         try:
             transport.send(Hello(name=name))
         except OSError:
-            raise ChatError(f"connection to {transport.peer} lost") from None
+            raise ChatError(lost(transport)) from None
         while (message := transport.receive()) is not None:
             if isinstance(message, Welcome):
                 return message
             if isinstance(message, Error) and message.code in NAME_ERRORS:
                 return message
+            if isinstance(message, Error):
+                raise ChatError(f"{transport.peer} refused: {message.text or message.code}")
             self._show(message)
-        raise ChatError(f"connection to {transport.peer} lost")
+        raise ChatError(lost(transport))
 
     # ---- the main thread: the keyboard --------------------------------
 
@@ -508,7 +536,7 @@ class ChatSession:
             self.console.warn(str(exc))
             return True
         if isinstance(command, ShowHelp):
-            self.console.note("\n".join(filter(None, (HELP_TEXT, transport.help_text))))
+            self.console.note(help_text(transport.help_text))
             return True
         if isinstance(command, Bye):
             return False
@@ -516,7 +544,11 @@ class ChatSession:
         return True
 
     def _leave(self, transport: Transport, receiver: threading.Thread) -> int:
-        """Say ``bye`` (unless the line is dead), let the last answers arrive, close."""
+        """Say ``bye`` (unless the session is over), let the last answers arrive, close.
+
+        The exit code is 0 when the person quit or the server said ``bye``
+        (it stopped cleanly: one line says so), 1 when the connection broke.
+        """
         self._quitting.set()
         if not self._lost:
             with contextlib.suppress(OSError):
@@ -524,8 +556,12 @@ class ChatSession:
             receiver.join(QUIT_GRACE)
         transport.close()
         receiver.join(QUIT_GRACE)
+        if self._server_bye is not None:
+            reason = f" ({self._server_bye.reason})" if self._server_bye.reason else ""
+            self.console.show(Line("system", f"the server ended the session{reason}"))
+            return 0
         if self._lost:
-            self.console.fatal(f"connection to {transport.peer} lost")
+            self.console.fatal(lost(transport))
             return 1
         return 0
 
@@ -534,6 +570,8 @@ class ChatSession:
     def _receive(self, transport: Transport) -> None:
         """Show every message; when the session ends unasked, wake the main thread."""
         while (message := transport.receive()) is not None:
+            if isinstance(message, Bye):
+                self._server_bye = message
             if isinstance(message, Renamed) and message.old == self.me:
                 self.me = message.new
             self._show(message)
@@ -545,13 +583,14 @@ class ChatSession:
         if isinstance(message, Line):
             self.console.show(message)
             return
-        if isinstance(message, Bye):
-            reason = f" ({message.reason})" if message.reason else ""
-            self.console.show(Line("system", f"the server ended the session{reason}"))
-            return
         line = describe(message, self.me)
         if line is not None:
             self.console.show(line)
+
+
+def lost(transport: Transport) -> str:
+    """The line that says the session ended under the client."""
+    return transport.failure or f"connection to {transport.peer} lost"
 
 
 def run_client(connect: Callable[[], Transport], console: Console, name: str | None) -> int:

@@ -89,8 +89,10 @@ def describe(message: ServerMessage, me: str = "") -> Line | None:
         how = LEFT_REASONS.get(message.reason, f"left ({safe(message.reason)})")
         return Line("system", f"{safe(message.name)} {how}", clock(message.ts))
     if isinstance(message, Renamed):
-        text = f"{safe(message.old)} is now {safe(message.new)}"
-        return Line("system", text, clock(message.ts))
+        # Either name may be ``me``, whether the reader has caught up with the rename or not.
+        if me in (message.old, message.new):
+            return Line("system", f"you are now {safe(message.new)}", clock(message.ts))
+        return Line("system", f"{safe(message.old)} is now {safe(message.new)}", clock(message.ts))
     if isinstance(message, Users):
         more = (
             ""

@@ -26,7 +26,7 @@ from common.codec import (
     ServerMessage,
     Welcome,
 )
-from common.commands import HELP_TEXT
+from common.commands import MESSAGE_HELP
 from common.console import (
     NAME_COLOURS,
     RECEIVER_THREAD,
@@ -184,6 +184,7 @@ class FakeTransport:
     """A server in a queue: answers hello, echoes says, ends on bye or on demand."""
 
     help_text = "  /stats           what the fake counted"
+    failure = None
 
     def __init__(self, taken: frozenset[str] = frozenset(), hang_up: bool = False) -> None:
         self.peer = "fake:1"
@@ -231,7 +232,7 @@ def test_session_chats_and_quits() -> None:
     assert "* welcome, alice! online: nobody else yet (1 in all)" in shown
     assert "<alice (you)> hello" in shown
     assert "sent 2" in shown
-    assert HELP_TEXT + "\n" + transport.help_text in shown
+    assert f"  /help            this help\n{transport.help_text}\n{MESSAGE_HELP}\n" in shown
     assert "! unknown command /nope; /help lists the commands" in shown
     assert err.getvalue() == ""
 

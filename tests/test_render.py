@@ -56,6 +56,15 @@ def test_each_message_kind_has_its_line() -> None:
     assert describe(Pong()) is None
 
 
+def test_your_own_rename_is_in_the_second_person() -> None:
+    """Before the reader knows its new name, and after."""
+    for me in ("carol", "caro"):
+        line = describe(Renamed(old="carol", new="caro", ts=1), me=me)
+        assert line is not None and line.plain().endswith("* you are now caro")
+    line = describe(Renamed(old="carol", new="caro", ts=1), me="bob")
+    assert line is not None and line.plain().endswith("* carol is now caro")
+
+
 def test_hostile_names_and_texts_are_sanitised_in_every_line() -> None:
     evil = "\x1b[31mx"
     for message in (

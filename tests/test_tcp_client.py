@@ -233,7 +233,7 @@ def test_commands(tcp_server: ServerProcess, connect: Connect, spawn: Spawn) -> 
     bob.send({"type": "dm", "to": "alice", "text": "yes?"})
     alice.expect(r"\[dm from bob\] yes\?")
     alice.send("/nick alicia\r")
-    alice.expect("alice is now alicia")
+    alice.expect("you are now alicia")
     assert bob.expect("renamed")["new"] == "alicia"
     alice.send("/frobnicate\r")
     alice.expect("unknown command /frobnicate; /help lists the commands")
@@ -392,8 +392,10 @@ def test_server_shutdown_ends_the_client(start_server: Start, spawn: Spawn) -> N
     alice.expect("alice> ")
     server.stop(signal.SIGTERM)
     alice.expect(r"the server ended the session \(shutdown\)")
-    alice.expect(f"connection to 127.0.0.1:{server.port} lost")
-    assert alice.exit_code() == 1
+    assert alice.exit_code() == 0
+    assert "lost" not in alice.output.getvalue()
+    shown = [row for row in alice.screen() if row]
+    assert shown[-2:] == ["alice>", "* the server ended the session (shutdown)"]
 
 
 def free_port() -> int:
@@ -436,10 +438,25 @@ def test_piped_mode_writes_plain_lines(tcp_server: ServerProcess, connect: Conne
     assert lines[1] == "* welcome, hello! online: bob (2 in all)"
     assert "! unknown command /frobnicate; /help lists the commands" in lines
     assert any(re.fullmatch(r"\d\d:\d\d:\d\d \[dm to bob\] psst", line) for line in lines)
-    assert any(line.endswith("* hello is now carl") for line in lines)
+    assert any(line.endswith("* you are now carl") for line in lines)
     assert any(line.endswith("<carl (you)> bye now") for line in lines)
     assert bob.expect("dm")["text"] == "psst"
     assert bob.expect("left", name="carl")["reason"] == "quit"
+
+
+def test_a_refused_name_from_the_command_line_ends_the_client(
+    tcp_server: ServerProcess, connect: Connect, spawn: Spawn
+) -> None:
+    """Never the next input line as a name: a script would join under its first message."""
+    piped = run_piped(tcp_server.port, "--name", "bad name", stdin="hi\n")
+    assert piped.returncode == 1
+    assert piped.stderr.startswith("cannot join as bad name: a name holds only letters")
+    assert "welcome" not in piped.stdout
+    connect(tcp_server.address, "bob")
+    taken = spawn(tcp_server.port, "--name", "BOB")
+    taken.expect("cannot join as BOB: the name bob is taken")
+    assert taken.exit_code() == 1
+    assert "your name" not in taken.output.getvalue()
 
 
 def test_help_shows_options_and_commands() -> None:
