@@ -47,6 +47,7 @@ from common.codec import (
     ClientMessage,
     Error,
     Hello,
+    History,
     NameInvalid,
     ProtocolError,
     Renamed,
@@ -63,6 +64,8 @@ QUIT_GRACE = 1.0
 PROMPT_WAIT = 0.5
 INTERRUPT_RETRY = 0.1
 NAME_ERRORS = frozenset({"name_taken", "name_invalid"})
+JOIN_HISTORY = 20
+"""Messages from before the welcome asked for on joining, shown above the live chat."""
 
 RESET = "\x1b[0m"
 BOLD, DIM, RED = "1", "2", "31"
@@ -94,8 +97,9 @@ def format_line(line: Line, colour: bool = False) -> str:
     """The text of one line as the console shows it, coloured or plain.
 
     Every field goes through ``safe`` again, whatever made the Line: this is
-    the last stop before the terminal. Own chat lines say ``(you)`` and
-    private ones say ``dm``, so they stand out in plain mode too.
+    the last stop before the terminal. Own chat lines say ``(you)``,
+    private ones ``dm`` and earlier ones (history) ``earlier``, so they
+    stand out in plain mode too; in colour earlier ones are all dim.
     """
     text, who, time = safe(line.text), safe(line.who), safe(line.time)
 
@@ -108,6 +112,8 @@ def format_line(line: Line, colour: bool = False) -> str:
         return style(f"! {text}", BOLD, RED)
     if line.kind == "note":
         return text
+    if line.earlier:
+        return style(safe(line.plain()), DIM)
     stamp = style(time, DIM) + " " if time else ""
     if line.kind == "dm":
         label, _, name = who.rpartition(" ")
@@ -491,6 +497,11 @@ class ChatSession:
         self._show(answer)
         hint = "type a message and press Enter; /help lists the commands"
         self.console.show(Line("system", hint))
+        try:
+            transport.send(History(limit=JOIN_HISTORY))
+        except OSError:
+            transport.close()
+            raise ChatError(lost(transport)) from None
         return transport
 
     def _hello(self, transport: Transport, name: str) -> Welcome | Error:

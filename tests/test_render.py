@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from common.codec import Dm, Error, Joined, Left, Msg, Pong, Renamed, Users, Welcome
+from common.codec import (
+    Dm,
+    Error,
+    HistoryEnd,
+    Joined,
+    Left,
+    Msg,
+    Pong,
+    Renamed,
+    Users,
+    Welcome,
+)
 from common.render import Line, describe, safe
 
 
@@ -76,3 +87,18 @@ def test_hostile_names_and_texts_are_sanitised_in_every_line() -> None:
         line = describe(message)
         assert line is not None
         assert "\x1b" not in line.plain()
+
+
+def test_earlier_messages_are_marked_and_their_end_counted() -> None:
+    """Never taken for live chat, not even one of the reader's own from an earlier session."""
+    earlier = describe(Msg(sender="alice", text="hi", ts=1, history=True), me="alice")
+    assert earlier is not None and earlier.earlier and not earlier.own
+    assert earlier.plain().endswith(" earlier <alice> hi")
+    own = describe(Msg(sender="alice", text="hi", ts=1), me="alice")
+    assert own is not None and own.plain().endswith(" <alice (you)> hi")
+    ends = [describe(HistoryEnd(count=n)) for n in (0, 1, 3)]
+    assert [line.plain() if line else None for line in ends] == [
+        None,
+        "* 1 earlier message above",
+        "* 3 earlier messages above",
+    ]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pexpect
 import pytest
@@ -372,6 +373,80 @@ def test_hostile_server_cannot_drive_the_terminal(spawn: Spawn) -> None:
         assert bad not in out
     assert "\\x1b[2J\\x1b[H\\x1b]0;pwned\\x07\\u202eevil\\x0d\\x08\\x9b31m" in out
     Screen().feed(out)
+
+
+class HistoryServer:
+    """A server on a loopback socket that answers the client's history requests by script.
+
+    The first request gets two earlier messages with a live one between
+    them, the way live traffic may arrive; each later one gets its limit
+    back as the text of one earlier message.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests: list[dict[str, object]] = []
+        self.thread = threading.Thread(target=self._serve, name="history-server", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            json.loads(lines.readline())
+            send = partial(self._send, conn)
+            send({"type": "welcome", "name": "alice", "users": ["alice", "bob"], "count": 2})
+            for line in lines:
+                frame = json.loads(line)
+                if frame["type"] == "bye":
+                    return
+                self.requests.append(frame)
+                if len(self.requests) == 1:
+                    send({"type": "msg", "from": "bob", "text": "first", "ts": 1, "history": True})
+                    send({"type": "msg", "from": "carol", "text": "live", "ts": 3})
+                    send({"type": "msg", "from": "alice", "text": "mine", "ts": 2, "history": True})
+                    send({"type": "history_end", "count": 2})
+                else:
+                    text = f"limit {frame['limit']}"
+                    send({"type": "msg", "from": "bob", "text": text, "ts": 1, "history": True})
+                    send({"type": "history_end", "count": 1})
+
+    @staticmethod
+    def _send(conn: socket.socket, frame: dict[str, object]) -> None:
+        conn.sendall(json.dumps(frame).encode() + b"\n")
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(WAIT)
+
+
+def test_history_is_shown_above_the_live_chat_marked_as_earlier(spawn: Spawn) -> None:
+    server = HistoryServer()
+    alice = spawn(server.port, "--name", "alice", colour=True)
+    alice.expect(r"2 earlier messages above")
+    alice.expect("alice> ")
+    alice.send("/history 50\r")
+    alice.expect("limit 50")
+    alice.expect(r"1 earlier message above")
+    alice.send("/history 0\r")
+    alice.expect(r"usage: /history \[N\], N from 1 to 100")
+    alice.send("/help\r")
+    alice.expect(r"/history \[N\]")
+    alice.send("/quit\r")
+    assert alice.exit_code() == 0
+    server.close()
+    assert server.requests == [{"type": "history", "limit": 20}, {"type": "history", "limit": 50}]
+    rows = [row[9:] for row in alice.screen() if re.match(r"\d\d:\d\d:\d\d ", row)]
+    assert rows == [
+        "earlier <bob> first",
+        "<carol> live",
+        "earlier <alice> mine",
+        "earlier <bob> limit 50",
+    ]
+    assert "* 2 earlier messages above" in alice.screen()
+    out = alice.output.getvalue()
+    assert re.search(r"\x1b\[2m\d\d:\d\d:\d\d earlier <bob> first\x1b\[0m", out)
+    assert "(you)> mine" not in out
 
 
 def test_server_killed_under_the_client(start_server: Start, spawn: Spawn) -> None:

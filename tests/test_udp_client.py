@@ -238,3 +238,28 @@ def test_shows_lost_repeated_and_late_datagrams(
     alice.expect("from the server: 4 datagrams, 1 lost, 1 repeated, 1 reordered")
     alice.sendline("/quit")
     alice.expect(pexpect.EOF)
+
+
+def test_history_and_escaped_text_over_udp(scripted: ScriptedServer, terminals: Terminals) -> None:
+    """The request carries the token; earlier messages are marked, live ones and their
+    bidi controls shown as they are sent, escaped."""
+    alice = terminals(scripted.port, "--name", "alice")
+    alice.logfile_read = shown = io.StringIO()
+    scripted.next_frame()
+    scripted.send({"type": "welcome", "name": "alice", "users": ["alice"], "count": 1,
+                   "session": TOKEN, "seq": 1})  # fmt: skip
+    request, _ = scripted.next_frame()
+    assert request == {"type": "history", "limit": 20, "session": TOKEN, "seq": 1}
+    scripted.send({"type": "msg", "from": "bob", "text": "before", "ts": 1, "history": True,
+                   "seq": 2})  # fmt: skip
+    scripted.send({"type": "msg", "from": "bob", "text": "\u202elive\u200b", "ts": 2, "seq": 3})
+    scripted.send({"type": "history_end", "count": 1, "seq": 4})
+    alice.expect(r"\d\d:\d\d:\d\d earlier <bob> before")
+    alice.expect(r"\d\d:\d\d:\d\d <bob> \\u202elive\\u200b")
+    alice.expect(r"\* 1 earlier message above")
+    alice.sendline("/help")
+    alice.expect("/stats")
+    alice.expect("anything else is a message")
+    alice.sendline("/quit")
+    alice.expect(pexpect.EOF)
+    assert "\u202e" not in shown.getvalue() and "\u200b" not in shown.getvalue()
