@@ -102,15 +102,133 @@ def name_key(name: str) -> str:
     return unicodedata.normalize("NFKC", name).casefold()
 
 
+COMMON, INHERITED = "COMMON", "INHERITED"
+SCRIPT_OF_WORD = {
+    # Letters of no one script, and the marks that go with any script.
+    "DIGIT": COMMON,
+    "SPACE": COMMON,
+    "MIDDLE": COMMON,
+    "MODIFIER": COMMON,
+    "CARON": COMMON,
+    "KATAKANA-HIRAGANA": COMMON,
+    "VERTICAL": COMMON,
+    "MASU": COMMON,
+    "COMBINING": INHERITED,
+    "VARIATION": INHERITED,
+    "MUSICAL": INHERITED,
+    "PHAISTOS": INHERITED,
+    "VEDIC": INHERITED,
+    "ZNAMENNY": INHERITED,
+    # Scripts whose characters are named after something else.
+    "CJK": "HAN",
+    "IDEOGRAPHIC": "HAN",
+    "VIETNAMESE": "HAN",
+    "HENTAIGANA": "HIRAGANA",
+    "ARABIC-INDIC": "ARABIC",
+    "EXTENDED": "ARABIC",
+    "TURNED": "LATIN",
+    "ROMAN": "LATIN",
+}
+SCRIPTS_OF_THEIR_MARKS = frozenset({"CYRILLIC", "DEVANAGARI", "GREEK"})
+"""Scripts whose ``COMBINING <SCRIPT> ...`` marks are all their own, not only letters and digits."""
+TWO_WORD_SCRIPTS = frozenset({"OLD", "TAI", "INSCRIPTIONAL", "LINEAR", "MEROITIC"})
+"""First words that several scripts share (OLD ITALIC, OLD PERSIAN, ...): the second tells."""
+SCRIPTS_USED_TOGETHER = (
+    frozenset({"LATIN", "HAN", "HIRAGANA", "KATAKANA"}),
+    frozenset({"LATIN", "HAN", "BOPOMOFO"}),
+    frozenset({"LATIN", "HAN", "HANGUL"}),
+)
+INVISIBLE_IN_NAMES = frozenset(
+    chr(code)
+    for first, last in (
+        (0x034F, 0x034F),  # combining grapheme joiner
+        (0x115F, 0x1160),  # Hangul choseong and jungseong fillers
+        (0x17B4, 0x17B5),  # Khmer inherent vowels
+        (0x180B, 0x180D),  # Mongolian free variation selectors
+        (0x180F, 0x180F),
+        (0x3164, 0x3164),  # Hangul filler
+        (0xFE00, 0xFE0F),  # variation selectors
+        (0xFFA0, 0xFFA0),  # halfwidth Hangul filler
+        (0x16FE4, 0x16FE4),  # Khitan small script filler
+        (0xE0100, 0xE01EF),  # variation selectors supplement
+    )
+    for code in range(first, last + 1)
+)
+"""Letters and marks that show nothing: Unicode's default-ignorable ones, and the Khitan filler."""
+MAX_MARKS_IN_A_ROW = 4
+"""More non-spacing marks on one letter only pile up over the lines around (UTS #39, 5.4)."""
+
+
+def script(ch: str) -> str:
+    """The script ``ch`` is written in, as the first word(s) of its Unicode name.
+
+    Python has no Script property, but Unicode names every letter, mark
+    and digit of a script after it (``CYRILLIC CAPITAL LETTER IE``,
+    ``DEVANAGARI VOWEL SIGN E``, ``THAI CHARACTER KO KAI``): the first
+    word is the script, which needs no table of ranges to keep up with
+    new versions of Unicode. ``SCRIPT_OF_WORD`` covers the exceptions
+    among letters, marks and digits once they are NFKC-folded (which
+    turns ``Ｂ`` and ``𝐁`` into ``B``): ideographs named ``CJK ...``, the
+    few letters of no one script (``ー``, ``ʼ``, ``0``) and the marks
+    that go with any (``COMBINING ACUTE ACCENT``; but ``COMBINING
+    CYRILLIC LETTER A`` is Cyrillic). Checked against Unicode's own
+    Script property for every such character: where the two differ, this
+    is stricter (``𝐁`` counts as Latin, Unicode says Common), except that
+    a few historic scripts that share one first word are told apart by
+    the second. A character without a name (the Tangut ideographs, in
+    some versions of Python) is a script of its own, ``""``.
+    """
+    words = unicodedata.name(ch, "").split(" ")
+    if words[0] == "COMBINING" and (
+        "LETTER" in words or "DIGIT" in words or words[1] in SCRIPTS_OF_THEIR_MARKS
+    ):
+        words = words[1:]
+    first = " ".join(words[:2]) if words[0] in TWO_WORD_SCRIPTS else words[0]
+    return SCRIPT_OF_WORD.get(first, first)
+
+
+def name_scripts(name: str) -> frozenset[str]:
+    """The scripts of ``name`` as it is compared (NFKC), besides Common and Inherited."""
+    folded = unicodedata.normalize("NFKC", name)
+    scripts = {script(ch) for ch in folded if ch not in NAME_PUNCTUATION}
+    return frozenset(scripts - {COMMON, INHERITED})
+
+
 def check_name(name: object) -> str:
-    """Return ``name`` if it is a valid user name, else raise ``NameInvalid``."""
+    """Return ``name`` if it is a valid user name, else raise ``NameInvalid``.
+
+    Beyond the protocol's letters, digits, ``_``, ``-`` and ``.``, a name
+    may hold the marks its script needs (``नमस्ते``), after a letter, a
+    few at a time. A name must be visible: no filler letter that shows
+    nothing (``U+3164``). And it is written in one script, or in
+    one of the combinations that languages use (Han with Hiragana and
+    Katakana, with Bopomofo, or with Hangul, any of them with Latin),
+    which is UTS #39's "highly restrictive" level: ``Eve`` with a
+    Cyrillic ``Е`` would pass for ``Eve``, so it is refused.
+    """
     if not isinstance(name, str):
         raise NameInvalid("a name must be a string")
     if not 1 <= len(name) <= MAX_NAME_CHARS:
         raise NameInvalid(f"a name has 1 to {MAX_NAME_CHARS} characters")
-    for ch in name:
-        if not (ch.isalpha() or unicodedata.category(ch) == "Nd" or ch in NAME_PUNCTUATION):
+    marks = 0
+    for i, ch in enumerate(name):
+        category = unicodedata.category(ch)
+        if ch in INVISIBLE_IN_NAMES:
+            raise NameInvalid(f"a name is visible: U+{ord(ch):04X} shows nothing")
+        if category[0] == "M":
+            if i == 0:
+                raise NameInvalid("a name starts with a letter or digit, not a combining mark")
+            marks = marks + 1 if category != "Mc" else 0
+            if marks > MAX_MARKS_IN_A_ROW:
+                raise NameInvalid(f"at most {MAX_MARKS_IN_A_ROW} marks on one letter")
+            continue
+        marks = 0
+        if not (ch.isalpha() or category == "Nd" or ch in NAME_PUNCTUATION):
             raise NameInvalid(f"a name holds only letters, digits, '_', '-' and '.', not {ch!r}")
+    scripts = name_scripts(name)
+    if len(scripts) > 1 and not any(scripts <= used for used in SCRIPTS_USED_TOGETHER):
+        mixed = " and ".join(sorted(s.title() for s in scripts))
+        raise NameInvalid(f"a name is written in one script, not {mixed}")
     return name
 
 

@@ -9,18 +9,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.codec import Bye, ClientMessage, Nick, Say, SendDm, Who, check_name, check_text
+from common.codec import (
+    HISTORY_DEFAULT_LIMIT,
+    HISTORY_MAX_LIMIT,
+    Bye,
+    ClientMessage,
+    History,
+    Nick,
+    Say,
+    SendDm,
+    Who,
+    check_name,
+    check_text,
+)
 
 QUIT_WORDS = frozenset({"/quit", "/exit", "выход"})
 
-HELP_TEXT = """\
+COMMANDS_HELP = """\
 commands:
   /who             who is online
   /msg NAME TEXT   a private message to NAME
   /nick NAME       change your name
+  /history [N]     the last N messages from before you joined (20; up to 100)
   /quit            leave the chat (so does typing: выход)
-  /help            this help
-anything else is a message to everyone; start it with // to send a leading /"""
+  /help            this help"""
+MESSAGE_HELP = "anything else is a message to everyone; start it with // to send a leading /"
+
+
+def help_text(local: str = "") -> str:
+    """The help: the commands, then ``local`` (a client's own commands), then what is a message."""
+    return "\n".join(filter(None, (COMMANDS_HELP, local, MESSAGE_HELP)))
+
+
+HELP_TEXT = help_text()
 
 
 class Usage(Exception):
@@ -54,9 +75,20 @@ def parse_command(line: str) -> ClientMessage | ShowHelp:
         if not rest:
             raise Usage("usage: /nick NAME")
         return Nick(name=check_name(rest))
+    if command == "/history":
+        return History(limit=history_limit(rest))
     if command in ("/msg", "/dm"):
         to, _, text = rest.partition(" ")
         if not to or not text.strip():
             raise Usage("usage: /msg NAME TEXT")
         return SendDm(to=to, text=check_text(text.strip()))
     raise Usage(f"unknown command {command[:30]}; /help lists the commands")
+
+
+def history_limit(typed: str) -> int:
+    """The N of ``/history [N]``."""
+    if not typed:
+        return HISTORY_DEFAULT_LIMIT
+    if not (typed.isascii() and typed.isdigit() and 1 <= int(typed) <= HISTORY_MAX_LIMIT):
+        raise Usage(f"usage: /history [N], N from 1 to {HISTORY_MAX_LIMIT}")
+    return int(typed)

@@ -14,8 +14,10 @@ plus ``local_command`` for commands that only that transport understands
 whole client: ``connect()`` opens a transport (or raises ``ChatError``) for
 each try at a name, asking again while the server refuses it; then it chats
 until the person quits (``/quit``, ``выход``, Ctrl+C, Ctrl+D: ``bye`` is
-sent, exit code 0) or the connection ends (one line saying so on stderr,
-exit code 1).
+sent, exit code 0), the server ends the session (its ``bye``: one line
+saying so, exit code 0) or the connection breaks (one line saying so on
+stderr, exit code 1). A name given on the command line is not asked
+again: if it is refused, the reason is that one line, exit code 1.
 
 ``Console`` is the terminal. When both stdin and stdout are terminals it
 prompts, keeps the half-typed line intact below incoming messages (redrawn
@@ -45,6 +47,7 @@ from common.codec import (
     ClientMessage,
     Error,
     Hello,
+    History,
     NameInvalid,
     ProtocolError,
     Renamed,
@@ -53,7 +56,7 @@ from common.codec import (
     check_name,
     name_key,
 )
-from common.commands import HELP_TEXT, ShowHelp, Usage, parse_command
+from common.commands import ShowHelp, Usage, help_text, parse_command
 from common.render import Line, describe, safe
 
 RECEIVER_THREAD = "receiver"
@@ -61,6 +64,8 @@ QUIT_GRACE = 1.0
 PROMPT_WAIT = 0.5
 INTERRUPT_RETRY = 0.1
 NAME_ERRORS = frozenset({"name_taken", "name_invalid"})
+JOIN_HISTORY = 20
+"""Messages from before the welcome asked for on joining, shown above the live chat."""
 
 RESET = "\x1b[0m"
 BOLD, DIM, RED = "1", "2", "31"
@@ -92,8 +97,9 @@ def format_line(line: Line, colour: bool = False) -> str:
     """The text of one line as the console shows it, coloured or plain.
 
     Every field goes through ``safe`` again, whatever made the Line: this is
-    the last stop before the terminal. Own chat lines say ``(you)`` and
-    private ones say ``dm``, so they stand out in plain mode too.
+    the last stop before the terminal. Own chat lines say ``(you)``,
+    private ones ``dm`` and earlier ones (history) ``earlier``, so they
+    stand out in plain mode too; in colour earlier ones are all dim.
     """
     text, who, time = safe(line.text), safe(line.who), safe(line.time)
 
@@ -106,6 +112,8 @@ def format_line(line: Line, colour: bool = False) -> str:
         return style(f"! {text}", BOLD, RED)
     if line.kind == "note":
         return text
+    if line.earlier:
+        return style(safe(line.plain()), DIM)
     stamp = style(time, DIM) + " " if time else ""
     if line.kind == "dm":
         label, _, name = who.rpartition(" ")
@@ -118,10 +126,18 @@ def format_line(line: Line, colour: bool = False) -> str:
 
 def display_width(text: str) -> int:
     """Columns ``text`` takes on a terminal: wide CJK characters two, combining marks none."""
-    return sum(
-        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
-        for ch in text
-    )
+    return sum(map(columns, text))
+
+
+def columns(ch: str) -> int:
+    """Columns one character takes.
+
+    A mark is told by its category, not by ``unicodedata.combining``: many
+    vowel signs (Devanagari's ``े``) have combining class 0 yet take no column.
+    """
+    if unicodedata.category(ch) in ("Mn", "Me"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
 
 
 def wants_colour(environ: Mapping[str, str]) -> bool:
@@ -346,6 +362,10 @@ class ChatError(Exception):
     """
 
 
+class NameRefused(Exception):
+    """The name is not valid, or the server would not have it; the text says why."""
+
+
 class Transport(Protocol):
     """One session with a chat server, as the client needs it.
 
@@ -363,6 +383,15 @@ class Transport(Protocol):
     @property
     def help_text(self) -> str:
         """Help lines for this transport's local commands, added to ``/help`` ("" for none)."""
+        ...
+
+    @property
+    def failure(self) -> str | None:
+        """Once ``receive`` has returned None: why, when the transport knows better than "lost".
+
+        The UDP transport never had a connection to lose: it says that
+        nothing answered, or that the server fell silent.
+        """
         ...
 
     def send(self, message: ClientMessage) -> None:
@@ -402,6 +431,7 @@ class ChatSession:
         self.me = ""
         self._quitting = threading.Event()
         self._lost = False
+        self._server_bye: Bye | None = None
 
     def run(self, name: str | None) -> int:
         try:
@@ -426,52 +456,69 @@ class ChatSession:
     # ---- joining (main thread) ----------------------------------------
 
     def _join(self, name: str | None) -> Transport | None:
-        """Register, asking for another name while the one given is refused.
+        """Register, asking for another name while the one typed is refused.
 
-        Each try has a connection of its own, so a person who takes a while
-        to think of a new name never runs into the server's hello timeout.
-        None: the person gave up (end of input).
+        A name given on the command line is not asked again: a refusal ends
+        the client with the reason (a script would otherwise send its next
+        line as a name). Each try has a connection of its own, so a person
+        who takes a while to think of a new name never runs into the
+        server's hello timeout. None: the person gave up (end of input).
         """
+        asked = name is None
         while True:
             if name is None:
                 name = self.console.ask("your name: ")
                 if name is None:
                     return None
             try:
-                check_name(name := name.strip())
-            except NameInvalid as exc:
+                return self._register(name.strip())
+            except NameRefused as exc:
+                if not asked:
+                    raise ChatError(f"cannot join as {name.strip()}: {exc}") from None
                 self.console.warn(f"{exc}; try another")
-                name = None
-                continue
-            transport = self.connect()
-            try:
-                answer = self._hello(transport, name)
-            except BaseException:
-                transport.close()
-                raise
-            if isinstance(answer, Welcome):
-                self.me = answer.name
-                self._show(answer)
-                hint = "type a message and press Enter; /help lists the commands"
-                self.console.show(Line("system", hint))
-                return transport
-            transport.close()
-            self.console.warn(f"{answer.text or answer.code}; try another")
             name = None
+
+    def _register(self, name: str) -> Transport:
+        """A transport registered as ``name``, or ``NameRefused``."""
+        try:
+            check_name(name)
+        except NameInvalid as exc:
+            raise NameRefused(str(exc)) from None
+        transport = self.connect()
+        try:
+            answer = self._hello(transport, name)
+        except BaseException:
+            transport.close()
+            raise
+        if isinstance(answer, Error):
+            transport.close()
+            raise NameRefused(answer.text or answer.code)
+        self.me = answer.name
+        self._show(answer)
+        hint = "type a message and press Enter; /help lists the commands"
+        self.console.show(Line("system", hint))
+        try:
+            transport.send(History(limit=JOIN_HISTORY))
+        except OSError:
+            transport.close()
+            raise ChatError(lost(transport)) from None
+        return transport
 
     def _hello(self, transport: Transport, name: str) -> Welcome | Error:
         """Send ``hello`` and wait for the welcome, or for the refusal of the name."""
         try:
             transport.send(Hello(name=name))
         except OSError:
-            raise ChatError(f"connection to {transport.peer} lost") from None
+            raise ChatError(lost(transport)) from None
         while (message := transport.receive()) is not None:
             if isinstance(message, Welcome):
                 return message
             if isinstance(message, Error) and message.code in NAME_ERRORS:
                 return message
+            if isinstance(message, Error):
+                raise ChatError(f"{transport.peer} refused: {message.text or message.code}")
             self._show(message)
-        raise ChatError(f"connection to {transport.peer} lost")
+        raise ChatError(lost(transport))
 
     # ---- the main thread: the keyboard --------------------------------
 
@@ -500,7 +547,7 @@ class ChatSession:
             self.console.warn(str(exc))
             return True
         if isinstance(command, ShowHelp):
-            self.console.note("\n".join(filter(None, (HELP_TEXT, transport.help_text))))
+            self.console.note(help_text(transport.help_text))
             return True
         if isinstance(command, Bye):
             return False
@@ -508,7 +555,11 @@ class ChatSession:
         return True
 
     def _leave(self, transport: Transport, receiver: threading.Thread) -> int:
-        """Say ``bye`` (unless the line is dead), let the last answers arrive, close."""
+        """Say ``bye`` (unless the session is over), let the last answers arrive, close.
+
+        The exit code is 0 when the person quit or the server said ``bye``
+        (it stopped cleanly: one line says so), 1 when the connection broke.
+        """
         self._quitting.set()
         if not self._lost:
             with contextlib.suppress(OSError):
@@ -516,8 +567,12 @@ class ChatSession:
             receiver.join(QUIT_GRACE)
         transport.close()
         receiver.join(QUIT_GRACE)
+        if self._server_bye is not None:
+            reason = f" ({self._server_bye.reason})" if self._server_bye.reason else ""
+            self.console.show(Line("system", f"the server ended the session{reason}"))
+            return 0
         if self._lost:
-            self.console.fatal(f"connection to {transport.peer} lost")
+            self.console.fatal(lost(transport))
             return 1
         return 0
 
@@ -526,6 +581,8 @@ class ChatSession:
     def _receive(self, transport: Transport) -> None:
         """Show every message; when the session ends unasked, wake the main thread."""
         while (message := transport.receive()) is not None:
+            if isinstance(message, Bye):
+                self._server_bye = message
             if isinstance(message, Renamed) and message.old == self.me:
                 self.me = message.new
             self._show(message)
@@ -537,13 +594,14 @@ class ChatSession:
         if isinstance(message, Line):
             self.console.show(message)
             return
-        if isinstance(message, Bye):
-            reason = f" ({message.reason})" if message.reason else ""
-            self.console.show(Line("system", f"the server ended the session{reason}"))
-            return
         line = describe(message, self.me)
         if line is not None:
             self.console.show(line)
+
+
+def lost(transport: Transport) -> str:
+    """The line that says the session ended under the client."""
+    return transport.failure or f"connection to {transport.peer} lost"
 
 
 def run_client(connect: Callable[[], Transport], console: Console, name: str | None) -> int:

@@ -12,7 +12,18 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
-from common.codec import Dm, Error, Joined, Left, Msg, Renamed, ServerMessage, Users, Welcome
+from common.codec import (
+    Dm,
+    Error,
+    HistoryEnd,
+    Joined,
+    Left,
+    Msg,
+    Renamed,
+    ServerMessage,
+    Users,
+    Welcome,
+)
 
 UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 
@@ -50,18 +61,27 @@ def clock(ts_ms: int) -> str:
 
 @dataclass(frozen=True)
 class Line:
-    """One line to show. ``kind`` is chat, dm, system or error."""
+    """One line to show. ``kind`` is chat, dm, system or error.
+
+    ``own``: a chat line of the reader's own; ``earlier``: one said before
+    the reader joined (an answer to ``history``), marked as such in plain
+    text too, so that it is never taken for live chat.
+    """
 
     kind: str
     text: str
     time: str = ""
     who: str = ""
     own: bool = False
+    earlier: bool = False
 
     def plain(self) -> str:
         stamp = f"{self.time} " if self.time else ""
+        if self.kind == "chat" and self.earlier:
+            return f"{stamp}earlier <{self.who}> {self.text}"
         if self.kind == "chat":
-            return f"{stamp}<{self.who}> {self.text}"
+            you = " (you)" if self.own else ""
+            return f"{stamp}<{self.who}{you}> {self.text}"
         if self.kind == "dm":
             return f"{stamp}[{self.who}] {self.text}"
         if self.kind == "error":
@@ -77,8 +97,14 @@ def describe(message: ServerMessage, me: str = "") -> Line | None:
             safe(message.text),
             clock(message.ts),
             safe(message.sender),
-            own=message.sender == me,
+            own=message.sender == me and not message.history,
+            earlier=message.history,
         )
+    if isinstance(message, HistoryEnd):
+        if message.count <= 0:
+            return None
+        plural = "s" if message.count != 1 else ""
+        return Line("system", f"{message.count} earlier message{plural} above")
     if isinstance(message, Dm):
         own = message.sender == me
         who = f"dm to {safe(message.to)}" if own else f"dm from {safe(message.sender)}"
@@ -89,8 +115,10 @@ def describe(message: ServerMessage, me: str = "") -> Line | None:
         how = LEFT_REASONS.get(message.reason, f"left ({safe(message.reason)})")
         return Line("system", f"{safe(message.name)} {how}", clock(message.ts))
     if isinstance(message, Renamed):
-        text = f"{safe(message.old)} is now {safe(message.new)}"
-        return Line("system", text, clock(message.ts))
+        # Either name may be ``me``, whether the reader has caught up with the rename or not.
+        if me in (message.old, message.new):
+            return Line("system", f"you are now {safe(message.new)}", clock(message.ts))
+        return Line("system", f"{safe(message.old)} is now {safe(message.new)}", clock(message.ts))
     if isinstance(message, Users):
         more = (
             ""

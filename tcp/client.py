@@ -34,6 +34,7 @@ class TcpTransport:
     """One TCP connection to the chat server, as a ``common.console.Transport``."""
 
     help_text = ""
+    failure = None
 
     def __init__(self, sock: socket.socket, peer: str) -> None:
         self.peer = peer

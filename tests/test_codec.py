@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import unicodedata
 
 import pytest
 from hypothesis import given, settings
@@ -42,6 +43,7 @@ from common.codec import (
     encode,
     encode_line,
     name_key,
+    script,
 )
 
 
@@ -125,6 +127,58 @@ def test_names_compare_without_case_or_width() -> None:
     assert name_key("Алиса") == name_key("АЛИСА")
     assert check_name("Алиса") == "Алиса"
     assert check_name("x" * MAX_NAME_CHARS)
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Алиса", "bob_2", "Боб", "Ｂｏｂ", "a.b-c", "José", "Jose\u0301", "Ελένη", "محمد",
+        "تست۱۲۳", "नमस्ते", "ப்ரியா", "ราตรี", "ქეთი", "山田", "やまだ太郎", "田中ミーナ",
+        "김민준", "王小明ㄅ", "Tokyo東京", "e" + "\u0301" * 4,
+    ],
+)  # fmt: skip
+def test_names_in_any_script_and_with_the_marks_it_needs(name: str) -> None:
+    assert check_name(name) == name
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("\u3164", "visible"),
+        ("bob\u3164", "visible"),
+        ("\u115f\u1160", "visible"),
+        ("\uffa0", "visible"),
+        ("bob\ufe0f", "visible"),
+        ("bob\u034f", "visible"),
+        ("\u0301bob", "combining mark"),
+        ("e" + "\u0301" * 5, "marks"),
+        ("\u0415ve", "Cyrillic and Latin"),
+        ("p\u0430ypal", "Cyrillic and Latin"),
+        ("\u0391lice", "Greek and Latin"),
+        ("Боб\u0363", "Cyrillic and Latin"),
+        ("a\u0967", "Devanagari and Latin"),
+        ("김やま", "Hangul and Hiragana"),
+        ("ㄅカ", "Bopomofo and Katakana"),
+    ],
+)
+def test_invisible_stacked_and_mixed_script_names_are_refused(name: str, why: str) -> None:
+    with pytest.raises(NameInvalid, match=why):
+        check_name(name)
+    with pytest.raises(NameInvalid):
+        decode_client(frame(type="hello", name=name))
+
+
+@pytest.mark.parametrize(
+    ("ch", "expected"),
+    [
+        ("a", "LATIN"), ("Ｂ", "LATIN"), ("𝐁", "LATIN"), ("Е", "CYRILLIC"), ("\u0485", "CYRILLIC"),
+        ("\u0301", "INHERITED"), ("\u0363", "LATIN"), ("े", "DEVANAGARI"), ("漢", "HAN"),
+        ("々", "HAN"), ("ー", "COMMON"), ("7", "COMMON"), ("٣", "ARABIC"), ("𐌀", "OLD ITALIC"),
+        ("𐎠", "OLD PERSIAN"),
+    ],
+)  # fmt: skip
+def test_the_script_of_a_character_comes_from_its_name(ch: str, expected: str) -> None:
+    assert script(unicodedata.normalize("NFKC", ch)) == expected
 
 
 def test_text_limits_count_characters_not_bytes() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.codec import Bye, NameInvalid, Nick, Say, SendDm, TextInvalid, Who
+from common.codec import Bye, History, NameInvalid, Nick, Say, SendDm, TextInvalid, Who
 from common.commands import ShowHelp, Usage, parse_command
 
 
@@ -21,13 +21,19 @@ from common.commands import ShowHelp, Usage, parse_command
         ("выход", Bye()),
         ("  Выход ", Bye()),
         ("//who is there", Say(text="/who is there")),
+        ("/history", History(limit=20)),
+        ("/history 100", History(limit=100)),
     ],
 )
 def test_lines_become_messages(line: str, expected: object) -> None:
     assert parse_command(line) == expected
 
 
-@pytest.mark.parametrize("line", ["/msg", "/msg alice", "/nick", "/dance", "/msg alice   "])
+@pytest.mark.parametrize(
+    "line",
+    ["/msg", "/msg alice", "/nick", "/dance", "/msg alice   ", "/history 0", "/history 101",
+     "/history x", "/history ٣"],
+)  # fmt: skip
 def test_mistakes_are_usage_hints_not_messages(line: str) -> None:
     with pytest.raises(Usage):
         parse_command(line)

@@ -18,6 +18,7 @@ from common.codec import (
     Dm,
     Error,
     Hello,
+    History,
     Joined,
     Left,
     Msg,
@@ -26,7 +27,7 @@ from common.codec import (
     ServerMessage,
     Welcome,
 )
-from common.commands import HELP_TEXT
+from common.commands import MESSAGE_HELP
 from common.console import (
     NAME_COLOURS,
     RECEIVER_THREAD,
@@ -149,6 +150,7 @@ def test_display_width() -> None:
     assert display_width("日本語") == 6
     assert display_width("e\u0301") == 1
     assert display_width("Алиса") == 5
+    assert display_width("नमस्ते> ") == 6
 
 
 def test_colour_follows_no_color_and_term() -> None:
@@ -183,6 +185,7 @@ class FakeTransport:
     """A server in a queue: answers hello, echoes says, ends on bye or on demand."""
 
     help_text = "  /stats           what the fake counted"
+    failure = None
 
     def __init__(self, taken: frozenset[str] = frozenset(), hang_up: bool = False) -> None:
         self.peer = "fake:1"
@@ -224,13 +227,14 @@ def test_session_chats_and_quits() -> None:
     transport = FakeTransport()
     console, out, err = plain_console("hello\n/stats\n/help\n/nope\n/quit\nnot read\n")
     assert run_client(lambda: transport, console, "alice") == 0
-    assert [type(m) for m in transport.sent] == [Hello, Say, Bye]
+    assert transport.sent[1] == History(limit=20)
+    assert [type(m) for m in transport.sent] == [Hello, History, Say, Bye]
     assert transport.receivers == {RECEIVER_THREAD}
     shown = out.getvalue()
     assert "* welcome, alice! online: nobody else yet (1 in all)" in shown
     assert "<alice (you)> hello" in shown
-    assert "sent 2" in shown
-    assert HELP_TEXT + "\n" + transport.help_text in shown
+    assert "sent 3" in shown
+    assert f"  /help            this help\n{transport.help_text}\n{MESSAGE_HELP}\n" in shown
     assert "! unknown command /nope; /help lists the commands" in shown
     assert err.getvalue() == ""
 
@@ -263,4 +267,4 @@ def test_session_ends_with_exit_code_1_when_the_server_goes() -> None:
         keyboard.write("never read\n")
     assert "<bob> going down" in out.getvalue()
     assert err.getvalue() == "connection to fake:1 lost\n"
-    assert [type(m) for m in transport.sent] == [Hello]
+    assert [type(m) for m in transport.sent] == [Hello, History]

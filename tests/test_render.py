@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from common.codec import Dm, Error, Joined, Left, Msg, Pong, Renamed, Users, Welcome
+from common.codec import (
+    Dm,
+    Error,
+    HistoryEnd,
+    Joined,
+    Left,
+    Msg,
+    Pong,
+    Renamed,
+    Users,
+    Welcome,
+)
 from common.render import Line, describe, safe
 
 
@@ -16,6 +27,8 @@ from common.render import Line, describe, safe
         ("\x1b[2J\x1b]0;pwned\x07", "\\x1b[2J\\x1b]0;pwned\\x07"),
         ("c1 \x9b31m", "c1 \\x9b31m"),
         ("bidi \u202egnp.exe", "bidi \\u202egnp.exe"),
+        ("\u2066isolate\u2069 \u200fmark\u061c", "\\u2066isolate\\u2069 \\u200fmark\\u061c"),
+        ("zero\u200bwidth\u200d\u2060\ufeff", "zero\\u200bwidth\\u200d\\u2060\\ufeff"),
         ("line\u2028sep", "line\\u2028sep"),
         ("Алиса 😀", "Алиса 😀"),
     ],
@@ -54,6 +67,15 @@ def test_each_message_kind_has_its_line() -> None:
     assert describe(Pong()) is None
 
 
+def test_your_own_rename_is_in_the_second_person() -> None:
+    """Before the reader knows its new name, and after."""
+    for me in ("carol", "caro"):
+        line = describe(Renamed(old="carol", new="caro", ts=1), me=me)
+        assert line is not None and line.plain().endswith("* you are now caro")
+    line = describe(Renamed(old="carol", new="caro", ts=1), me="bob")
+    assert line is not None and line.plain().endswith("* carol is now caro")
+
+
 def test_hostile_names_and_texts_are_sanitised_in_every_line() -> None:
     evil = "\x1b[31mx"
     for message in (
@@ -65,3 +87,18 @@ def test_hostile_names_and_texts_are_sanitised_in_every_line() -> None:
         line = describe(message)
         assert line is not None
         assert "\x1b" not in line.plain()
+
+
+def test_earlier_messages_are_marked_and_their_end_counted() -> None:
+    """Never taken for live chat, not even one of the reader's own from an earlier session."""
+    earlier = describe(Msg(sender="alice", text="hi", ts=1, history=True), me="alice")
+    assert earlier is not None and earlier.earlier and not earlier.own
+    assert earlier.plain().endswith(" earlier <alice> hi")
+    own = describe(Msg(sender="alice", text="hi", ts=1), me="alice")
+    assert own is not None and own.plain().endswith(" <alice (you)> hi")
+    ends = [describe(HistoryEnd(count=n)) for n in (0, 1, 3)]
+    assert [line.plain() if line else None for line in ends] == [
+        None,
+        "* 1 earlier message above",
+        "* 3 earlier messages above",
+    ]

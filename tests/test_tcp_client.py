@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 
 import pexpect
 import pytest
@@ -233,7 +234,7 @@ def test_commands(tcp_server: ServerProcess, connect: Connect, spawn: Spawn) -> 
     bob.send({"type": "dm", "to": "alice", "text": "yes?"})
     alice.expect(r"\[dm from bob\] yes\?")
     alice.send("/nick alicia\r")
-    alice.expect("alice is now alicia")
+    alice.expect("you are now alicia")
     assert bob.expect("renamed")["new"] == "alicia"
     alice.send("/frobnicate\r")
     alice.expect("unknown command /frobnicate; /help lists the commands")
@@ -300,6 +301,31 @@ def test_hostile_text_goes_nowhere(
     assert "gotcha" not in alice.output.getvalue()
 
 
+INVISIBLE = "\u202eevil\u200b\u2066\u200f\ufeff"
+INVISIBLE_SHOWN = "\\u202eevil\\u200b\\u2066\\u200f\\ufeff"
+
+
+def test_bidi_and_zero_width_characters_are_shown_escaped(
+    tcp_server: ServerProcess, connect: Connect, spawn: Spawn
+) -> None:
+    """A text may hold them: the terminal and text mode show them, never apply them."""
+    alice = spawn(tcp_server.port, "--name", "alice")
+    alice.expect("alice> ")
+    nc = socket.create_connection(tcp_server.address, timeout=WAIT)
+    lines = nc.makefile("rb")
+    nc.sendall(b"carol\n")
+    assert b"welcome, carol" in lines.readline()
+    mallory = connect(tcp_server.address, "mallory")
+    mallory.send({"type": "say", "text": INVISIBLE})
+    assert mallory.expect("msg")["text"] == INVISIBLE
+    alice.expect(f"<mallory> {re.escape(INVISIBLE_SHOWN)}")
+    shown = next(line for line in iter(lines.readline, b"") if b"<mallory>" in line)
+    assert shown.decode().endswith(f"<mallory> {INVISIBLE_SHOWN}\n")
+    nc.close()
+    for raw in INVISIBLE.replace("evil", ""):
+        assert raw not in alice.output.getvalue()
+
+
 class HostileServer:
     """Says welcome, then messages full of control characters, then hangs up."""
 
@@ -349,6 +375,80 @@ def test_hostile_server_cannot_drive_the_terminal(spawn: Spawn) -> None:
     Screen().feed(out)
 
 
+class HistoryServer:
+    """A server on a loopback socket that answers the client's history requests by script.
+
+    The first request gets two earlier messages with a live one between
+    them, the way live traffic may arrive; each later one gets its limit
+    back as the text of one earlier message.
+    """
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.requests: list[dict[str, object]] = []
+        self.thread = threading.Thread(target=self._serve, name="history-server", daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, conn.makefile("rb") as lines:
+            json.loads(lines.readline())
+            send = partial(self._send, conn)
+            send({"type": "welcome", "name": "alice", "users": ["alice", "bob"], "count": 2})
+            for line in lines:
+                frame = json.loads(line)
+                if frame["type"] == "bye":
+                    return
+                self.requests.append(frame)
+                if len(self.requests) == 1:
+                    send({"type": "msg", "from": "bob", "text": "first", "ts": 1, "history": True})
+                    send({"type": "msg", "from": "carol", "text": "live", "ts": 3})
+                    send({"type": "msg", "from": "alice", "text": "mine", "ts": 2, "history": True})
+                    send({"type": "history_end", "count": 2})
+                else:
+                    text = f"limit {frame['limit']}"
+                    send({"type": "msg", "from": "bob", "text": text, "ts": 1, "history": True})
+                    send({"type": "history_end", "count": 1})
+
+    @staticmethod
+    def _send(conn: socket.socket, frame: dict[str, object]) -> None:
+        conn.sendall(json.dumps(frame).encode() + b"\n")
+
+    def close(self) -> None:
+        self.listener.close()
+        self.thread.join(WAIT)
+
+
+def test_history_is_shown_above_the_live_chat_marked_as_earlier(spawn: Spawn) -> None:
+    server = HistoryServer()
+    alice = spawn(server.port, "--name", "alice", colour=True)
+    alice.expect(r"2 earlier messages above")
+    alice.expect("alice> ")
+    alice.send("/history 50\r")
+    alice.expect("limit 50")
+    alice.expect(r"1 earlier message above")
+    alice.send("/history 0\r")
+    alice.expect(r"usage: /history \[N\], N from 1 to 100")
+    alice.send("/help\r")
+    alice.expect(r"/history \[N\]")
+    alice.send("/quit\r")
+    assert alice.exit_code() == 0
+    server.close()
+    assert server.requests == [{"type": "history", "limit": 20}, {"type": "history", "limit": 50}]
+    rows = [row[9:] for row in alice.screen() if re.match(r"\d\d:\d\d:\d\d ", row)]
+    assert rows == [
+        "earlier <bob> first",
+        "<carol> live",
+        "earlier <alice> mine",
+        "earlier <bob> limit 50",
+    ]
+    assert "* 2 earlier messages above" in alice.screen()
+    out = alice.output.getvalue()
+    assert re.search(r"\x1b\[2m\d\d:\d\d:\d\d earlier <bob> first\x1b\[0m", out)
+    assert "(you)> mine" not in out
+
+
 def test_server_killed_under_the_client(start_server: Start, spawn: Spawn) -> None:
     server = start_server("tcp.server")
     alice = spawn(server.port, "--name", "alice")
@@ -367,8 +467,10 @@ def test_server_shutdown_ends_the_client(start_server: Start, spawn: Spawn) -> N
     alice.expect("alice> ")
     server.stop(signal.SIGTERM)
     alice.expect(r"the server ended the session \(shutdown\)")
-    alice.expect(f"connection to 127.0.0.1:{server.port} lost")
-    assert alice.exit_code() == 1
+    assert alice.exit_code() == 0
+    assert "lost" not in alice.output.getvalue()
+    shown = [row for row in alice.screen() if row]
+    assert shown[-2:] == ["alice>", "* the server ended the session (shutdown)"]
 
 
 def free_port() -> int:
@@ -411,10 +513,25 @@ def test_piped_mode_writes_plain_lines(tcp_server: ServerProcess, connect: Conne
     assert lines[1] == "* welcome, hello! online: bob (2 in all)"
     assert "! unknown command /frobnicate; /help lists the commands" in lines
     assert any(re.fullmatch(r"\d\d:\d\d:\d\d \[dm to bob\] psst", line) for line in lines)
-    assert any(line.endswith("* hello is now carl") for line in lines)
+    assert any(line.endswith("* you are now carl") for line in lines)
     assert any(line.endswith("<carl (you)> bye now") for line in lines)
     assert bob.expect("dm")["text"] == "psst"
     assert bob.expect("left", name="carl")["reason"] == "quit"
+
+
+def test_a_refused_name_from_the_command_line_ends_the_client(
+    tcp_server: ServerProcess, connect: Connect, spawn: Spawn
+) -> None:
+    """Never the next input line as a name: a script would join under its first message."""
+    piped = run_piped(tcp_server.port, "--name", "bad name", stdin="hi\n")
+    assert piped.returncode == 1
+    assert piped.stderr.startswith("cannot join as bad name: a name holds only letters")
+    assert "welcome" not in piped.stdout
+    connect(tcp_server.address, "bob")
+    taken = spawn(tcp_server.port, "--name", "BOB")
+    taken.expect("cannot join as BOB: the name bob is taken")
+    assert taken.exit_code() == 1
+    assert "your name" not in taken.output.getvalue()
 
 
 def test_help_shows_options_and_commands() -> None:

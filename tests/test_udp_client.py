@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pexpect
 import pytest
 
+import udp.client
 from common.codec import Hello, Msg, Say, Welcome
+from common.console import Console, run_client
 from tests.conftest import ROOT, WAIT, ServerProcess
 from udp.client import UdpTransport
 
@@ -95,7 +101,9 @@ def test_a_taken_name_is_asked_again(start_server: Start, terminals: Terminals) 
     try:
         bob.send(Hello(name="bob"))
         assert isinstance(receive_until(bob, lambda m: True), Welcome)
-        alice = terminals(server.port, "--name", "BOB", "--reliable")
+        alice = terminals(server.port, "--reliable")
+        alice.expect("your name: ")
+        alice.sendline("BOB")
         alice.expect("taken; try another")
         alice.expect("your name: ")
         alice.sendline("alice")
@@ -115,6 +123,46 @@ def test_says_so_and_exits_1_when_the_server_stops_answering(
     alice.expect(pexpect.EOF)
     alice.close()
     assert alice.exitstatus == 1
+    assert "lost" not in alice.before
+
+
+def test_no_server_is_one_line_and_exit_code_1(
+    scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five hellos unanswered (a second apart; here 50 ms, to keep the suite fast)."""
+    monkeypatch.setattr(udp.client, "HELLO_INTERVAL", 0.05)
+    out, err = io.StringIO(), io.StringIO()
+    console = Console(io.StringIO(), out, err)
+    connect = partial(UdpTransport.connect, "127.0.0.1", scripted.port)
+    assert run_client(connect, console, "alice") == 1
+    assert err.getvalue() == (
+        f"no answer from 127.0.0.1:{scripted.port} to 5 hellos 0.05 s apart: "
+        "is the server running?\n"
+    )
+    assert out.getvalue() == ""
+    assert [scripted.next_frame()[0]["type"] for _ in range(5)] == ["hello"] * 5
+
+
+def test_the_demo_shows_what_each_one_typed_and_the_servers_address() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "udp.demo"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        timeout=WAIT * 3,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    server = re.match(r"server on (\S+);", lines[0])
+    assert server is not None
+    assert " alice > hi all, this is the UDP chat" in lines
+    assert " carol > /stats" in lines
+    stats = [line for line in lines if "session with" in line]
+    assert stats == [
+        f"{name:>6} | {mode} session with {server[1]}"
+        for name, mode in (("alice", "raw"), ("bob", "reliable"), ("carol", "raw"))
+    ]
 
 
 class ScriptedServer:
@@ -190,3 +238,28 @@ def test_shows_lost_repeated_and_late_datagrams(
     alice.expect("from the server: 4 datagrams, 1 lost, 1 repeated, 1 reordered")
     alice.sendline("/quit")
     alice.expect(pexpect.EOF)
+
+
+def test_history_and_escaped_text_over_udp(scripted: ScriptedServer, terminals: Terminals) -> None:
+    """The request carries the token; earlier messages are marked, live ones and their
+    bidi controls shown as they are sent, escaped."""
+    alice = terminals(scripted.port, "--name", "alice")
+    alice.logfile_read = shown = io.StringIO()
+    scripted.next_frame()
+    scripted.send({"type": "welcome", "name": "alice", "users": ["alice"], "count": 1,
+                   "session": TOKEN, "seq": 1})  # fmt: skip
+    request, _ = scripted.next_frame()
+    assert request == {"type": "history", "limit": 20, "session": TOKEN, "seq": 1}
+    scripted.send({"type": "msg", "from": "bob", "text": "before", "ts": 1, "history": True,
+                   "seq": 2})  # fmt: skip
+    scripted.send({"type": "msg", "from": "bob", "text": "\u202elive\u200b", "ts": 2, "seq": 3})
+    scripted.send({"type": "history_end", "count": 1, "seq": 4})
+    alice.expect(r"\d\d:\d\d:\d\d earlier <bob> before")
+    alice.expect(r"\d\d:\d\d:\d\d <bob> \\u202elive\\u200b")
+    alice.expect(r"\* 1 earlier message above")
+    alice.sendline("/help")
+    alice.expect("/stats")
+    alice.expect("anything else is a message")
+    alice.sendline("/quit")
+    alice.expect(pexpect.EOF)
+    assert "\u202e" not in shown.getvalue() and "\u200b" not in shown.getvalue()

@@ -23,9 +23,10 @@ connected UDP socket speaking the protocol's UDP session rules:
 Threads: ``main`` reads the keyboard and ``receiver`` blocks in
 ``UdpTransport.receive`` (both from ``common.console``); ``udp-timer``
 resends hellos, pings, retransmits and watches for silence. One lock guards
-the session state and the socket writes. Things the client notices itself
-(loss, silence) reach the screen as ``error`` messages that never went over
-the wire.
+the session state and the socket writes. What the client notices itself
+reaches the screen as lines that never went over the wire (a loss, a
+repeat); when it gives up (no answer to any hello, silence, frames never
+acknowledged) the session ends and ``failure`` is the one line that says why.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from common.codec import (
     decode_server,
     encode,
 )
-from common.commands import HELP_TEXT
+from common.commands import help_text
 from common.console import ChatError, Console, run_client
 from common.reliable import (
     MAX_TRIES,
@@ -106,6 +107,7 @@ class UdpTransport:
         self._lock = threading.Lock()
         self._ready: collections.deque[ServerMessage | Line] = collections.deque()
         self._over = False
+        self.failure: str | None = None
         self._token: str | None = None
         self._joined = False
         self._hello = b""
@@ -123,17 +125,26 @@ class UdpTransport:
 
     @classmethod
     def connect(
-        cls, host: str, port: int, reliable: bool = False, give_up_after: float = GIVE_UP_AFTER
+        cls,
+        host: str,
+        port: int,
+        reliable: bool = False,
+        give_up_after: float = GIVE_UP_AFTER,
+        server: str | None = None,
     ) -> UdpTransport:
-        """A socket that takes datagrams from ``host:port`` only, and its timer thread."""
-        peer = f"{host}:{port}"
+        """A socket that takes datagrams from ``host:port`` only, and its timer thread.
+
+        ``server`` is the server's address as shown to people when
+        ``host:port`` is a relay in front of it (the demo's lossy link).
+        """
+        peer = server or f"{host}:{port}"
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
             enlarge_buffers(sock)
             sock.connect((host, port))
         except OSError as exc:
             sock.close()
-            raise ChatError(f"cannot reach {peer}: {exc.strerror or exc}") from None
+            raise ChatError(f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
         sock.settimeout(POLL_INTERVAL)
         transport = cls(sock, peer, reliable, give_up_after)
         transport._timer.start()
@@ -311,8 +322,9 @@ class UdpTransport:
         elif now - self._last_sent >= self._ping_interval:
             self._send_frame(Ping(), now)
 
-    def _give_up(self, text: str) -> None:
-        self._notice(text)
+    def _give_up(self, why: str) -> None:
+        """End the session; ``why`` becomes the client's last line."""
+        self.failure = why
         self._over = True
 
     # ---- the rest ------------------------------------------------------
@@ -357,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m udp.client",
         description="The terminal client of the UDP chat.",
-        epilog=HELP_TEXT + "\n" + UdpTransport.help_text,
+        epilog=help_text(UdpTransport.help_text),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")

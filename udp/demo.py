@@ -3,10 +3,11 @@
 Starts ``udp.server`` on a free port and three scripted clients: alice (raw,
 straight to the server), bob (reliable) and carol (raw), the last two behind a
 ``FaultyRelay`` that drops ``--loss`` of the datagrams each way. Everyone says
-a few lines; each client's screen is printed as it happens, prefixed with its
-name, then each one's ``/stats`` and the server's log of how the sessions
-ended. Bob's reliable session shows every line once and in order; carol's raw
-one shows the gaps it noticed. Exits 0 once the server has stopped cleanly.
+a few lines: what each one types is printed as ``name > text``, and each
+client's screen as it happens, as ``name | line``; then each one's
+``/stats`` and the server's log of how the sessions ended. Bob's reliable
+session shows every line once and in order; carol's raw one shows the gaps
+it noticed. Exits 0 once the server has stopped cleanly.
 """
 
 from __future__ import annotations
@@ -58,9 +59,14 @@ class Screen:
             if line is not None:
                 self.print(line.plain())
 
-    def print(self, text: str) -> None:
+    def print(self, text: str, mark: str = "|") -> None:
         with self.out:
-            print(f"{self.name:>6} | {text}", flush=True)
+            print(f"{self.name:>6} {mark} {text}", flush=True)
+
+    def type(self, text: str) -> None:
+        """Show what this person types, then send it as the client would."""
+        self.print(text, ">")
+        self.transport.send(Say(text=text))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,22 +90,29 @@ def main(argv: list[str] | None = None) -> int:
     address = (ready.group(1), int(ready.group(2)))
     out = threading.Lock()
     with FaultyRelay(address, drop=args.loss, seed=2) as relay:
-        print(f"server on {address[0]}:{address[1]}; bob and carol lose {args.loss:.0%} each way")
+        at = f"{address[0]}:{address[1]}"
+        print(
+            f"server on {at}; bob and carol reach it through a relay on "
+            f"{relay.address[0]}:{relay.address[1]} that loses {args.loss:.0%} each way"
+        )
         screens = {
             "alice": Screen("alice", UdpTransport.connect(*address), out),
-            "bob": Screen("bob", UdpTransport.connect(*relay.address, reliable=True), out),
-            "carol": Screen("carol", UdpTransport.connect(*relay.address), out),
+            "bob": Screen(
+                "bob", UdpTransport.connect(*relay.address, reliable=True, server=at), out
+            ),
+            "carol": Screen("carol", UdpTransport.connect(*relay.address, server=at), out),
         }
         for name, screen in screens.items():
             screen.transport.send(Hello(name=name))
             screen.welcomed.wait(6)
         for name, text in SCRIPT:
-            screens[name].transport.send(Say(text=text))
+            screens[name].type(text)
             time.sleep(PAUSE)
         time.sleep(SETTLE)
         for screen in screens.values():
+            screen.print("/stats", ">")
             for line in (screen.transport.local_command("/stats") or "").splitlines():
-                screen.print(f"/stats: {line}")
+                screen.print(line)
             screen.transport.send(Bye())
         for screen in screens.values():
             screen.thread.join(1.0)
