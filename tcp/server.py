@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from common.codec import (
     Bye,
     ClientMessage,
+    Dm,
     Error,
     Hello,
     History,
@@ -50,7 +51,9 @@ from common.codec import (
     Msg,
     ProtocolError,
     RateLimited,
+    Renamed,
     ServerFull,
+    ServerMessage,
     TooLarge,
     check_name,
     decode_client,
@@ -108,25 +111,30 @@ class Connection(Member):
 
 
 def text_line(entry: Entry, me: str) -> bytes:
-    """An entry as a text-mode session shows it (cached when it does not depend on ``me``)."""
+    """An entry as a text-mode session shows it; made once unless it speaks of ``me``."""
     message = entry.message
     if message is None:
         return entry.line
-    if entry.cache is not None:
-        return entry.cache
+    personal = (
+        isinstance(message, Dm)
+        or (isinstance(message, Msg) and message.sender == me)
+        or (isinstance(message, Renamed) and me in (message.old, message.new))
+    )
+    if personal:
+        return render_text(message, me)
+    if entry.cache is None:
+        entry.cache = render_text(message, "")
+    return entry.cache
+
+
+def render_text(message: ServerMessage, me: str) -> bytes:
     if isinstance(message, Bye):
         return b"* the server is shutting down\n"
-    if isinstance(message, HistoryEnd):
-        if not message.count:
-            return b"* no earlier messages; live chat follows\n"
-        return b"* %d earlier message(s) above; live chat follows\n" % message.count
     line = describe(message, me)
-    text = b"" if line is None else (line.plain() + "\n").encode("utf-8")
-    if isinstance(message, Msg) and message.history:
-        text = b"(earlier) " + text
-    if line is None or not line.own:
-        entry.cache = text
-    return text
+    text = "" if line is None else line.plain() + "\n"
+    if isinstance(message, HistoryEnd):
+        text += "* live chat follows\n"
+    return text.encode("utf-8")
 
 
 @dataclass

@@ -296,13 +296,13 @@ def test_text_sessions_and_json_sessions_share_one_room(
     nc.sendall(b"bob\n")
     assert b"welcome, bob" in lines.readline()
     assert b"/help" in lines.readline()
-    assert lines.readline() == b"* no earlier messages; live chat follows\n"
+    assert lines.readline() == b"* live chat follows\n"
     assert alice.expect("joined")["name"] == "bob"
     nc.sendall("hello from nc ☺\n".encode())
     assert alice.expect("msg") | {"ts": 0} == {
         "type": "msg", "from": "bob", "text": "hello from nc ☺", "ts": 0
     }  # fmt: skip
-    assert lines.readline().decode().endswith("<bob> hello from nc ☺\n")
+    assert lines.readline().decode().endswith("<bob (you)> hello from nc ☺\n")
     alice.send({"type": "say", "text": "hi bob"})
     assert lines.readline().decode().endswith("<alice> hi bob\n")
     nc.sendall(b"/msg alice secret\n/who\n/nope\n\xff\n")
@@ -311,10 +311,44 @@ def test_text_sessions_and_json_sessions_share_one_room(
     assert b"online (2): alice, bob" in lines.readline()
     assert lines.readline().startswith(b"! unknown command /nope")
     assert lines.readline().startswith(b"! that line is not UTF-8")
-    nc.sendall(b"/quit\n")
+    nc.sendall(b"/nick robert\n")
+    assert alice.expect("renamed")["new"] == "robert"
+    assert lines.readline().endswith(b"* you are now robert\n")
+    nc.sendall(b"/help\n")
+    assert lines.readline() == b"commands:\n"
+    while not lines.readline().startswith(b"anything else is a message"):
+        pass
+    nc.sendall("выход\n".encode())
     assert alice.expect("left") | {"ts": 0} == {
-        "type": "left", "name": "bob", "reason": "quit", "ts": 0
+        "type": "left", "name": "robert", "reason": "quit", "ts": 0
     }  # fmt: skip
+    assert lines.readline() == b"* bye\n"
+    assert lines.readline() == b""  # and the server closed the connection
+    nc.close()
+
+
+def test_text_mode_shows_the_last_ten_messages_then_says_live_chat_follows(
+    tcp_server: ServerProcess, connect: Connect
+) -> None:
+    alice = connect(tcp_server.address, "alice")
+    for i in range(12):
+        alice.send({"type": "say", "text": f"m{i}"})
+    alice.expect("msg", text="m11")
+    nc = socket.create_connection(tcp_server.address, timeout=WAIT)
+    lines = nc.makefile("rb")
+    nc.sendall(b"bob\n")
+    assert b"welcome, bob" in lines.readline()
+    assert b"/help" in lines.readline()
+    earlier = [lines.readline().decode() for _ in range(10)]
+    assert [line.split("earlier <alice> ")[1] for line in earlier] == [
+        f"m{i}\n" for i in range(2, 12)
+    ]
+    assert lines.readline() == b"* 10 earlier messages above\n"
+    assert lines.readline() == b"* live chat follows\n"
+    nc.sendall(b"/history 2\n")
+    assert lines.readline().decode().endswith("earlier <alice> m10\n")
+    assert lines.readline().decode().endswith("earlier <alice> m11\n")
+    assert lines.readline() == b"* 2 earlier messages above\n"
     nc.close()
 
 
@@ -387,7 +421,8 @@ def test_help_lists_every_limit_flag() -> None:
     ).stdout
     for flag in (
         "--host", "--port", "--hello-timeout", "--rate-limit", "--burst",
-        "--max-users", "--max-outbox", "--nagle", "--quiet", "--verbose",
+        "--max-users", "--max-outbox", "--nagle", "--quiet", "--verbose", "--history",
+        "--coalesce-ms",
     ):  # fmt: skip
         assert flag in out
 
