@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from common.codec import (
+    MAX_FRAME_BYTES,
     AlreadyRegistered,
     Bye,
     ClientMessage,
@@ -78,6 +79,9 @@ from common.codec import (
 )
 
 DEFAULT_HISTORY = 1000
+WELCOME_NAMES = MAX_FRAME_BYTES // 4
+"""Names a welcome can hold at most (one-letter names); it is cut to fit, so a join in a
+room of thousands builds no longer a list than that."""
 TRIM_EVERY = 1024
 """Log entries read by everyone before the log drops them: trimming is amortised."""
 
@@ -251,9 +255,15 @@ class Room(Generic[M]):
             self._dirty.clear()
             return found
 
-    def take(self, member: M) -> list[Entry]:
-        """Everything ``member`` is behind on, in order; its cursor moves past it."""
+    def take(self, member: M, limit: int | None = None) -> list[Entry] | None:
+        """Everything ``member`` is behind on, in order; its cursor moves past it.
+
+        None, and nothing taken, when that is more than ``limit`` bytes: the
+        member is too far behind to be caught up.
+        """
         with self.lock:
+            if limit is not None and self._lag(member) > limit:
+                return None
             return self._collect(member)
 
     def _collect(self, member: M) -> list[Entry]:
@@ -279,10 +289,13 @@ class Room(Generic[M]):
     def lag(self, member: M) -> int:
         """Bytes waiting for ``member`` in the room: its part of the log and its private frames."""
         with self.lock:
-            behind = 0
-            if member.stage is Stage.JOINED and member.cursor < self._end:
-                behind = self._bytes - self._log[member.cursor - self._base].start
-            return behind + member.private_bytes
+            return self._lag(member)
+
+    def _lag(self, member: M) -> int:
+        behind = 0
+        if member.stage is Stage.JOINED and member.cursor < self._end:
+            behind = self._bytes - self._log[member.cursor - self._base].start
+        return behind + member.private_bytes
 
     def trim(self) -> None:
         """Forget the log entries every member has read (amortised: in big steps)."""
@@ -328,8 +341,8 @@ class Room(Generic[M]):
         member.stage = Stage.JOINED
         member.name = name
         member.cursor = member.welcomed_at = self._end
-        names = [m.name for m in self._members]
-        self._post(member, Entry.of(Welcome(name=name, users=tuple(names), count=len(names))))
+        names = tuple(m.name for m in itertools.islice(self._members, WELCOME_NAMES))
+        self._post(member, Entry.of(Welcome(name=name, users=names, count=len(self._members))))
 
     def _leave(self, member: M, reason: str) -> None:
         """Out of the room; what the log held for it until now stays its to read."""

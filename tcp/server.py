@@ -7,9 +7,12 @@ Threads, each named and owned by the server:
 * ``client-HOST:PORT``: reads its client's lines, decodes them and hands
   them to the room (``common.room``), which appends what everyone gets to
   its one log and queues the rest to the member. No socket is written here.
-* ``writer``: wakes when the room has something new, waits up to
-  ``--coalesce-ms`` after its last pass so that frames gather, then catches
-  every connection up with one non-blocking ``send`` of all it is behind on.
+* ``writer``: wakes when the room has something new and catches every
+  connection up with one non-blocking ``send`` of all it is behind on. Between
+  two passes it rests at least ``--coalesce-ms`` and at least as long as the
+  last pass took, so that frames gather: the busier the room, the more frames
+  each ``send`` carries, and the writer never takes more than about half a
+  core from the readers.
   A client whose socket is full keeps its place in the log and is polled
   until it can take more; past ``--max-outbox`` bytes behind it is dropped
   as ``too_slow``. Nobody ever waits for anybody else. The writer also
@@ -344,7 +347,7 @@ class ChatServer:
         poller = select.poll()
         poller.register(self._wake_r, select.POLLIN)
         blocked: dict[int, Connection] = {}
-        last_pass = 0.0
+        last_pass = took = 0.0
         while not self._writer_stop:
             ready: list[Connection] = []
             for fd, _ in poller.poll():
@@ -354,7 +357,7 @@ class ChatServer:
                 elif (conn := blocked.pop(fd, None)) is not None:
                     poller.unregister(fd)
                     ready.append(conn)
-            pause = last_pass + self.coalesce - time.monotonic()
+            pause = last_pass + max(self.coalesce, took) - time.monotonic()
             if pause > 0:
                 time.sleep(pause)
             last_pass = time.monotonic()
@@ -364,6 +367,7 @@ class ChatServer:
                     blocked[fd] = conn
                     poller.register(fd, select.POLLOUT)
             self.room.trim()
+            took = time.monotonic() - last_pass
             with self._connections_lock:
                 finished, self._finished = self._finished, []
             for conn in finished:
@@ -384,10 +388,10 @@ class ChatServer:
                 self.drop(conn, "too_slow")
                 return False
             return True
-        if self.room.lag(conn) > self.limits.max_outbox:
+        entries = self.room.take(conn, self.limits.max_outbox)
+        if entries is None:
             self.drop(conn, "too_slow")
             return False
-        entries = self.room.take(conn)
         if entries:
             if not self._send(conn, conn.render(entries, conn.name)):
                 return True

@@ -494,7 +494,7 @@ class UdpChatServer:
         while pending := self.room.pending():
             for member in pending:
                 entries = self.room.take(member)
-                if self._sessions.get(member.address) is not member:
+                if entries is None or self._sessions.get(member.address) is not member:
                     continue
                 if member.sender is not None:
                     for entry in entries:
