@@ -344,8 +344,13 @@ class Room(Generic[M]):
     # ---- what a backplane asks -------------------------------------------
 
     def receive(self, entries: list[tuple[Entry, bool]]) -> None:
-        """Entries in the shared order, each marked True if this server published it."""
+        """Entries in the shared order, each marked True if this server published it.
+
+        Once the room is closed its members have had ``bye``: what still comes is not theirs.
+        """
         with self.lock:
+            if self._closed:
+                return
             for entry, mine in entries:
                 self.apply(entry, mine=mine)
         self._wake_remote()
@@ -476,10 +481,10 @@ class Room(Generic[M]):
             raise Unavailable("the room cannot be reached just now; try again in a moment")
         key = name_key(name)
         holder = self._claims.get(key) or self._by_key.get(key)
-        if holder is not None and holder is not member:
-            raise NameTaken(f"the name {holder.name or name} is taken")
-        if holder is None and key in self._roster:
-            raise NameTaken(f"the name {self._roster[key]} is taken")
+        if (holder is not None and holder is not member) or (
+            holder is None and key in self._roster
+        ):
+            raise NameTaken(f"the name {self._roster.get(key, name)} is taken")
         if joining and len(self._members) + len(self._claims) >= self._max_users:
             raise ServerFull(f"the server is full ({self._max_users} users)")
         self._claims[key] = member
