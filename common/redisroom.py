@@ -347,7 +347,8 @@ class RedisBackplane:
     def _rejoin(self) -> None:
         """Our users were taken out while we could not renew: claim their names, say joined."""
         assert self._room is not None
-        for name in self._room.local_names():
+        names = self._room.local_names()
+        for name in names:
             try:
                 won = self.claim(name, None)
             except Unavailable:
@@ -356,6 +357,7 @@ class RedisBackplane:
                 self.publish(Entry.of(Joined(name=name, ts=wall_clock_ms())))
             else:
                 log.warning("%s's name was taken while this server was away", name)
+        log.warning("claimed %d name(s) again", len(names))
 
     # ---- Redis away and back ----------------------------------------------
 

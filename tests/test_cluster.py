@@ -41,14 +41,15 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """A ``redis-server`` of the test's own, saving its data on a clean stop."""
+    """A ``redis-server`` of the test's own; ``persist``: it saves its data on a clean stop."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, persist: bool = True) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed (.ci/install-system-deps installs it)")
         self.binary = binary
         self.directory = directory
+        self.save = "3600 1" if persist else ""
         self.port = free_port()
         self.proc: subprocess.Popen[str] | None = None
         self.start()
@@ -61,7 +62,7 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--dir", str(self.directory), "--save", "3600 1", "--appendonly", "no"),
+                *("--dir", str(self.directory), "--save", self.save, "--appendonly", "no"),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -260,6 +261,30 @@ def test_redis_away_and_back(
             frames.append(frame)
         assert not [f for f in frames if f["type"] in ("msg", "error")]
     assert "Traceback" not in one.log + two.log
+
+
+def test_redis_back_without_its_data(start_server: Start, tmp_path: Path, connect: Connect) -> None:
+    """A Redis that lost everything: each server finds its lease gone and claims its names again."""
+    store = RedisServer(tmp_path, persist=False)
+    try:
+        args = ("--rate-limit", "0", "--redis", store.url, "--lease", LEASE)
+        one = start_server("tcp.server", *args)
+        alice = connect(one.address, "alice")
+        store.stop()
+        one.wait_for_log("lost Redis")
+        store.start()
+        one.wait_for_log("claimed 1 name")
+        two = start_server("tcp.server", *args)  # it knows the room from Redis alone
+        newcomer = connect(two.address)
+        newcomer.send({"type": "hello", "name": "alice"})
+        assert newcomer.expect("error")["code"] == "name_taken"
+        bob = connect(two.address, "bob")
+        alice.send({"type": "say", "text": "still here"})
+        assert bob.expect("msg")["text"] == "still here"
+    finally:
+        if store.proc is not None and store.proc.poll() is None:
+            store.proc.kill()
+            store.proc.wait()
 
 
 # ---- --history-file -----------------------------------------------------------
