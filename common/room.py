@@ -373,17 +373,19 @@ class Room(Generic[M]):
     def apply(self, entry: Entry, *, mine: bool) -> None:
         """One event in the shared order (lock held): into the log, the roster, the history."""
         message = entry.message
+        if isinstance(message, Msg):  # the common case first
+            self._append(entry)
+            self._history.append((self._end - 1, message))
+            if self._archive is not None:
+                self._archive.add(message)
+            return
         if isinstance(message, Dm):
             for key in dict.fromkeys((name_key(message.to), name_key(message.sender))):
                 if (end := self._by_key.get(key)) is not None:
                     self._post(end, entry)
             return
         self._append(entry)
-        if isinstance(message, Msg):
-            self._history.append((self._end - 1, message))
-            if self._archive is not None:
-                self._archive.add(message)
-        elif isinstance(message, Joined):
+        if isinstance(message, Joined):
             key = name_key(message.name)
             self._roster[key] = message.name
             if mine:
@@ -547,12 +549,12 @@ class Room(Generic[M]):
             self._backplane.publish(Entry.of(left))
 
     def _act(self, member: M, message: ClientMessage) -> None:
-        if isinstance(message, (Say, SendDm)) and not self._backplane.ready:
-            raise Unavailable("the room cannot be reached just now: your message was not sent")
         if isinstance(message, Say):
+            self._check_ready()
             msg = Msg(sender=member.name, text=message.text, ts=self._clock())
             self._backplane.publish(Entry.checked(msg))
         elif isinstance(message, SendDm):
+            self._check_ready()
             self._dm(member, message)
         elif isinstance(message, Who):
             names = self._sorted_names()
@@ -561,6 +563,10 @@ class Room(Generic[M]):
             self._post(member, Entry.of(Pong()))
         elif isinstance(message, History):
             self._answer_history(member, message.limit)
+
+    def _check_ready(self) -> None:
+        if not self._backplane.ready:
+            raise Unavailable("the room cannot be reached just now: your message was not sent")
 
     def _dm(self, member: M, message: SendDm) -> None:
         to = self._roster.get(name_key(message.to))
