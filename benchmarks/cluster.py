@@ -210,7 +210,7 @@ def run_stream(publishers: int, duration: float) -> StreamRun:
                     for _ in range(500):
                         number += 1
                         script(
-                            keys=["chat:bench:log", "chat:bench:seen", "chat:bench:names"],
+                            keys=["chat:{bench}:log", "chat:{bench}:seen", "chat:{bench}:names"],
                             args=[f"s{n}", number, frame, 1000, "", ""],
                             client=pipe,
                         )

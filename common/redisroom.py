@@ -1,18 +1,20 @@
 """One room across servers, through Redis (``--redis URL``, ``--room NAME``).
 
-Keys, for the room ``R``:
+Keys, for the room ``R``, all with the hash tag ``{R}``: were the rooms
+spread over the nodes of a Redis Cluster, each room's keys would still be
+in one slot, as the scripts that touch several of them at once require:
 
-* ``chat:R:log``, a stream: the room's one order. Each entry is one event
+* ``chat:{R}:log``, a stream: the room's one order. Each entry is one event
   (``joined``, ``left``, ``renamed``, ``msg``, ``dm``) as its JSON frame
   (``f``) with the server that published it (``s``). Trimmed with an
   approximate ``MAXLEN`` of ``--history`` (never under ``MIN_STREAM``, so a
   reader a moment behind loses nothing).
-* ``chat:R:names``, a hash: name key -> ``TOKEN NAME``; ``TOKEN`` is
+* ``chat:{R}:names``, a hash: name key -> ``TOKEN NAME``; ``TOKEN`` is
   ``SERVER:N``, one per hello. A name is claimed with one script, so two
   servers racing for it cannot both win.
-* ``chat:R:servers``, a sorted set: server -> when its lease ends (Redis
+* ``chat:{R}:servers``, a sorted set: server -> when its lease ends (Redis
   clock, ms).
-* ``chat:R:seen``, a hash: server -> the last event number it published,
+* ``chat:{R}:seen``, a hash: server -> the last event number it published,
   so an event sent again after a lost connection is not added twice.
 
 Threads, each named and owned by this backplane, stopped by ``close``:
@@ -159,7 +161,7 @@ class RedisBackplane:
         self._lease = lease
         self._maxlen = max(history, MIN_STREAM)
         self._history = history
-        prefix = f"chat:{room}:"
+        prefix = f"chat:{{{room}}}:"
         self._log, self._names = prefix + "log", prefix + "names"
         self._servers, self._seen = prefix + "servers", prefix + "seen"
         self._tickets = itertools.count(1)
