@@ -11,7 +11,7 @@ PORT ?= 8080
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements.txt
+$(VENV)/.installed: requirements.txt requirements-redis.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -36,6 +36,10 @@ chat-udp: ## UDP terminal client on HOST:PORT (NAME=alice, RELIABLE=1 for a reli
 
 demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%; stops by itself
 	$(PYTHON) -m udp.demo
+
+.PHONY: run-cluster
+run-cluster: $(VENV)/.installed ## one room on a Redis and three servers: TCP on PORT and PORT+1, UDP on PORT+2, Redis on PORT+3
+	$(PY) -m common.runcluster --host $(HOST) --port $(PORT)
 
 .PHONY: bench bench-full report
 bench: $(VENV)/.installed ## quick benchmark suite (< 5 min): TCP, UDP, naive -> benchmarks/results/

@@ -89,6 +89,14 @@ class ServerFull(ProtocolError):
     code = "server_full"
 
 
+class Unavailable(RateLimited):
+    """The room is shared through a backplane the server cannot reach just now.
+
+    The protocol has no code of its own for it: like ``rate_limited``, the
+    frame is dropped and the session goes on, and the text says why.
+    """
+
+
 # --------------------------------------------------------------------------
 # Validation of the two kinds of free-form field.
 

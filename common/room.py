@@ -21,6 +21,19 @@ log position. A member's ``welcome`` is posted at a log position; the
 answer to ``history`` is the messages before that position, so history
 and live traffic never overlap and never leave a gap.
 
+Backplane. What the room says to everyone (``joined``, ``left``,
+``renamed``, ``msg``) and every ``dm`` goes through the room's
+``Backplane``, the one place that orders it. The default, ``LocalBackplane``,
+applies it at once, under the lock, in O(1): one server is its own order.
+A shared one (``common.redisroom``) queues it to be ordered with the other
+servers' and hands it back, in that order, through ``receive``: the log is
+then a copy of the shared order, and a member's own words reach it only
+that way. So joining takes two steps: the name is reserved here and
+claimed on the backplane (``claim``, outside the lock: it may do I/O),
+then ``joined`` is published and the member is welcomed at the point
+where it comes back. ``roster`` is everyone in the room, on any server,
+as the ordered events tell it; ``who``, ``count`` and ``welcome`` list it.
+
 A member's stage is explicit (``Stage``): ``NEW`` until a good ``hello``,
 ``JOINED`` while in the room, ``GONE`` once it left, after which it acts
 no more (whatever its reader still has in hand is ignored).
@@ -31,7 +44,8 @@ method takes it; none does I/O under it, and none calls out while holding
 it. After a change that gives someone something to read, the room calls
 the transport's ``wake`` (outside the lock). A transport may hold its own
 lock while calling the room (the UDP server does), never the other way
-round.
+round. The backplane's ``publish`` is called under the lock and must not
+block; its ``claim`` and ``close`` are called outside it.
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from common.codec import (
     MAX_FRAME_BYTES,
@@ -70,6 +84,7 @@ from common.codec import (
     SendDm,
     ServerFull,
     ServerMessage,
+    Unavailable,
     Users,
     Welcome,
     Who,
@@ -84,6 +99,10 @@ WELCOME_NAMES = MAX_FRAME_BYTES // 4
 room of thousands builds no longer a list than that."""
 TRIM_EVERY = 1024
 """Log entries read by everyone before the log drops them: trimming is amortised."""
+JOIN_WAIT = 5.0
+"""Seconds a hello waits for its ``joined`` to come back from a shared backplane."""
+EARLIER = -1
+"""The log position of messages loaded at start: before every member's welcome."""
 
 
 def wall_clock_ms() -> int:
@@ -143,6 +162,65 @@ class Member:
 M = TypeVar("M", bound=Member)
 
 
+class Backplane(Protocol):
+    """Where the room's events are put in their one order (see the module's docstring).
+
+    ``ready`` is False while the order cannot be reached: the room then
+    refuses what would need it (``Unavailable``).
+    """
+
+    ready: bool
+
+    def attach(self, room: Room[Any]) -> None:
+        """Start feeding ``room``; called once, at the end of its constructor."""
+
+    def claim(self, name: str, old: str | None) -> bool:
+        """Claim ``name`` (giving up ``old`` when renaming); False if someone else has it.
+
+        Called outside the room's lock; may do I/O and raise ``Unavailable``.
+        """
+
+    def publish(self, entry: Entry) -> None:
+        """Put ``entry`` in the order. Called under the room's lock: O(1), no I/O."""
+
+    def close(self) -> None:
+        """The server stops: its users leave the shared room (``shutdown``)."""
+
+
+class Archive(Protocol):
+    """Where messages are kept past the process (``common.historyfile``)."""
+
+    earlier: list[Msg]
+
+    def add(self, msg: Msg) -> None:
+        """Keep ``msg``. Called under the room's lock: O(1), no I/O."""
+
+    def close(self) -> None:
+        """Write what is left."""
+
+
+class LocalBackplane:
+    """One server is its own order: everything is applied at once, nothing is claimed."""
+
+    ready = True
+
+    def __init__(self) -> None:
+        self._room: Room[Any] | None = None
+
+    def attach(self, room: Room[Any]) -> None:
+        self._room = room
+
+    def claim(self, name: str, old: str | None) -> bool:
+        return True
+
+    def publish(self, entry: Entry) -> None:
+        assert self._room is not None
+        self._room.apply(entry, mine=True)
+
+    def close(self) -> None:
+        pass
+
+
 class Room(Generic[M]):
     """The chat's rules and its log. ``wake`` is called when a member has something to read.
 
@@ -156,12 +234,22 @@ class Room(Generic[M]):
         history: int = DEFAULT_HISTORY,
         wake: Callable[[], None] = lambda: None,
         clock: Callable[[], int] = wall_clock_ms,
+        backplane: Backplane | None = None,
+        archive: Archive | None = None,
+        wake_remote: Callable[[], None] | None = None,
     ) -> None:
+        """``wake_remote`` is called when a backplane's thread brought something (else ``wake``)."""
         self.lock = threading.Lock()
+        self._changed = threading.Condition(self.lock)
         self._max_users = max_users
         self._wake = wake
+        self._wake_remote = wake if wake_remote is None else wake_remote
         self._clock = clock
-        self._by_key: dict[str, M] = {}
+        self._backplane: Backplane = LocalBackplane() if backplane is None else backplane
+        self._archive = archive
+        self._by_key: dict[str, M] = {}  # the members on this server
+        self._claims: dict[str, M] = {}  # names reserved by a hello or nick under way
+        self._roster: dict[str, str] = {}  # everyone in the room, by key: oldest first
         self._members: dict[M, None] = {}  # insertion-ordered: oldest first
         self._log: list[Entry] = []
         self._base = 0  # log position of self._log[0]
@@ -170,6 +258,9 @@ class Room(Generic[M]):
         self._dirty: set[M] = set()  # members posted to since the last ``pending``
         self._unread = 0  # log position up to which ``pending`` was asked
         self._closed = False
+        if archive is not None:
+            self._history.extend((EARLIER, msg) for msg in archive.earlier)
+        self._backplane.attach(self)
 
     # ---- the log (lock held) -------------------------------------------
 
@@ -205,12 +296,16 @@ class Room(Generic[M]):
             elif member.stage is Stage.NEW:
                 if not isinstance(message, Hello):
                     raise NotRegistered('say hello first: {"type":"hello","name":"..."}')
-                self._join(member, message.name)
+                self._reserve(member, message.name, joining=True)
             elif isinstance(message, Hello):
                 raise AlreadyRegistered(f"you are already registered as {member.name}")
+            elif isinstance(message, Nick):
+                self._reserve(member, message.name, joining=False)
             else:
                 self._act(member, message)
             alive = member.stage is not Stage.GONE
+        if isinstance(message, (Hello, Nick)):
+            self._claim(member, message.name)
         self._wake()
         return alive
 
@@ -239,9 +334,70 @@ class Room(Generic[M]):
         return name
 
     def close(self) -> None:
-        """The server stops: from now on nobody is told ``left`` (everyone had ``bye``)."""
+        """The server stops: from now on nobody is told ``left`` (everyone had ``bye``).
+
+        The backplane then says ``left`` (``shutdown``) for them to the other
+        servers, and the archive writes what it has not written yet.
+        """
         with self.lock:
             self._closed = True
+        self._backplane.close()
+        if self._archive is not None:
+            self._archive.close()
+
+    # ---- what a backplane asks -------------------------------------------
+
+    def receive(self, entries: list[tuple[Entry, bool]]) -> None:
+        """Entries in the shared order, each marked True if this server published it.
+
+        Once the room is closed its members have had ``bye``: what still comes is not theirs.
+        """
+        with self.lock:
+            if self._closed:
+                return
+            for entry, mine in entries:
+                self.apply(entry, mine=mine)
+        self._wake_remote()
+
+    def preload(self, earlier: list[Msg], names: list[str]) -> None:
+        """Start from a shared room's state: its latest messages and who is in it."""
+        with self.lock:
+            self._history.clear()
+            self._history.extend((EARLIER, msg) for msg in earlier)
+            self._roster = {name_key(name): name for name in names}
+
+    def tell_everyone(self, message: ServerMessage) -> None:
+        """Queue ``message`` to every member in the room (the backplane's news)."""
+        with self.lock:
+            entry = Entry.of(message)
+            for member in self._members:
+                self._post(member, entry)
+        self._wake_remote()
+
+    def apply(self, entry: Entry, *, mine: bool) -> None:
+        """One event in the shared order (lock held): into the log, the roster, the history."""
+        message = entry.message
+        if isinstance(message, Msg):  # the common case first
+            self._append(entry)
+            self._history.append((self._end - 1, message))
+            if self._archive is not None:
+                self._archive.add(message)
+            return
+        if isinstance(message, Dm):
+            for key in dict.fromkeys((name_key(message.to), name_key(message.sender))):
+                if (end := self._by_key.get(key)) is not None:
+                    self._post(end, entry)
+            return
+        self._append(entry)
+        if isinstance(message, Joined):
+            key = name_key(message.name)
+            self._roster[key] = message.name
+            if mine:
+                self._welcome(key, message.name)
+        elif isinstance(message, Left):
+            self._roster.pop(name_key(message.name), None)
+        elif isinstance(message, Renamed):
+            self._rename_in_roster(message.old, message.new)
 
     def pending(self) -> list[M]:
         """The members that may have something new since the last call: the writer's list."""
@@ -309,13 +465,19 @@ class Room(Generic[M]):
     # ---- what a transport may look up ------------------------------------
 
     def __len__(self) -> int:
+        """The members on this server."""
         with self.lock:
             return len(self._members)
 
     def names(self) -> list[str]:
-        """The names online, sorted case-insensitively."""
+        """The names in the room, on any server, sorted case-insensitively."""
         with self.lock:
             return self._sorted_names()
+
+    def local_names(self) -> list[str]:
+        """The names of the members on this server."""
+        with self.lock:
+            return [m.name for m in self._members]
 
     def members(self) -> list[M]:
         with self.lock:
@@ -328,21 +490,66 @@ class Room(Generic[M]):
 
     # ---- the rules (lock held) -------------------------------------------
 
-    def _join(self, member: M, name: str) -> None:
+    def _reserve(self, member: M, name: str, *, joining: bool) -> None:
+        """Hold ``name`` for ``member`` while the backplane is asked for it (lock held)."""
+        if not self._backplane.ready:
+            raise Unavailable("the room cannot be reached just now; try again in a moment")
         key = name_key(name)
-        holder = self._by_key.get(key)
-        if holder is not None:
-            raise NameTaken(f"the name {holder.name} is taken")
-        if len(self._members) >= self._max_users:
+        holder = self._claims.get(key) or self._by_key.get(key)
+        if (holder is not None and holder is not member) or (
+            holder is None and key in self._roster
+        ):
+            raise NameTaken(f"the name {self._roster.get(key, name)} is taken")
+        if joining and len(self._members) + len(self._claims) >= self._max_users:
             raise ServerFull(f"the server is full ({self._max_users} users)")
-        self._append(Entry.of(Joined(name=name, ts=self._clock())))
+        self._claims[key] = member
+        if joining:
+            member.name = name
+
+    def _claim(self, member: M, name: str) -> None:
+        """Claim ``name`` on the backplane, then join or rename; the reservation ends here."""
+        key = name_key(name)
+        joining = member.stage is Stage.NEW
+        old = None if joining else member.name
+        try:
+            won = self._backplane.claim(name, old)
+        except Unavailable:
+            with self.lock:
+                self._claims.pop(key, None)
+            raise
+        with self.lock:
+            if not won:
+                self._claims.pop(key, None)
+                raise NameTaken(f"the name {name} is taken")
+            if not joining:
+                del self._claims[key]
+                if member.stage is Stage.JOINED:
+                    self._rename(member, name)
+                return
+            self._backplane.publish(Entry.of(Joined(name=name, ts=self._clock())))
+            self._changed.wait_for(lambda: member.stage is not Stage.NEW, JOIN_WAIT)
+            if self._claims.get(key) is member:
+                del self._claims[key]
+                raise Unavailable("the room did not answer in time; try again in a moment")
+
+    def _welcome(self, key: str, name: str) -> None:
+        """``joined`` of a hello of ours came back: the member is in the room from here on."""
+        member = self._claims.pop(key, None)
+        if member is None and key in self._by_key:
+            return  # the backplane said so again for a member already here
+        if member is None or member.stage is not Stage.NEW:
+            # Its hello gave up waiting: whoever else was told it joined is told it left.
+            left = Left(name=name, reason="disconnected", ts=self._clock())
+            self._backplane.publish(Entry.of(left))
+            return
         self._by_key[key] = member
         self._members[member] = None
         member.stage = Stage.JOINED
-        member.name = name
         member.cursor = member.welcomed_at = self._end
-        names = tuple(m.name for m in itertools.islice(self._members, WELCOME_NAMES))
-        self._post(member, Entry.of(Welcome(name=name, users=names, count=len(self._members))))
+        names = tuple(itertools.islice(self._roster.values(), WELCOME_NAMES))
+        welcome = Welcome(name=name, users=names, count=len(self._roster))
+        self._post(member, Entry.of(welcome))
+        self._changed.notify_all()
 
     def _leave(self, member: M, reason: str) -> None:
         """Out of the room; what the log held for it until now stays its to read."""
@@ -352,46 +559,53 @@ class Room(Generic[M]):
         del self._members[member]
         del self._by_key[name_key(member.name)]
         if not self._closed:  # at shutdown everyone has had bye: no storm of left
-            self._append(Entry.of(Left(name=member.name, reason=reason, ts=self._clock())))
+            left = Left(name=member.name, reason=reason, ts=self._clock())
+            self._backplane.publish(Entry.of(left))
 
     def _act(self, member: M, message: ClientMessage) -> None:
         if isinstance(message, Say):
+            self._check_ready()
             msg = Msg(sender=member.name, text=message.text, ts=self._clock())
-            self._append(Entry.checked(msg))
-            self._history.append((self._end - 1, msg))
+            self._backplane.publish(Entry.checked(msg))
         elif isinstance(message, SendDm):
+            self._check_ready()
             self._dm(member, message)
         elif isinstance(message, Who):
             names = self._sorted_names()
             self._post(member, Entry.of(Users(names=tuple(names), count=len(names))))
-        elif isinstance(message, Nick):
-            self._rename(member, message.name)
         elif isinstance(message, Ping):
             self._post(member, Entry.of(Pong()))
         elif isinstance(message, History):
             self._answer_history(member, message.limit)
 
+    def _check_ready(self) -> None:
+        if not self._backplane.ready:
+            raise Unavailable("the room cannot be reached just now: your message was not sent")
+
     def _dm(self, member: M, message: SendDm) -> None:
-        target = self._by_key.get(name_key(message.to))
-        if target is None:
+        to = self._roster.get(name_key(message.to))
+        if to is None:
             raise NoSuchUser(f"nobody called {message.to[:40]} is online")
-        entry = Entry.checked(
-            Dm(sender=member.name, to=target.name, text=message.text, ts=self._clock())
-        )
-        self._post(target, entry)
-        if target is not member:
-            self._post(member, entry)
+        dm = Dm(sender=member.name, to=to, text=message.text, ts=self._clock())
+        self._backplane.publish(Entry.checked(dm))
 
     def _rename(self, member: M, new: str) -> None:
-        key = name_key(new)
-        holder = self._by_key.get(key)
-        if holder is not None and holder is not member:
-            raise NameTaken(f"the name {holder.name} is taken")
         old = member.name
         del self._by_key[name_key(old)]
-        self._by_key[key] = member
+        self._by_key[name_key(new)] = member
         member.name = new
-        self._append(Entry.of(Renamed(old=old, new=new, ts=self._clock())))
+        self._backplane.publish(Entry.of(Renamed(old=old, new=new, ts=self._clock())))
+
+    def _rename_in_roster(self, old: str, new: str) -> None:
+        """The roster keeps its order (oldest first): the new name takes the old one's place."""
+        old_key, new_key = name_key(old), name_key(new)
+        if old_key == new_key:
+            self._roster[old_key] = new
+        else:
+            self._roster = {
+                (new_key if key == old_key else key): (new if key == old_key else name)
+                for key, name in self._roster.items()
+            }
 
     def _answer_history(self, member: M, limit: int) -> None:
         """The ``limit`` latest messages from before ``member``'s welcome, oldest first."""
@@ -404,4 +618,4 @@ class Room(Generic[M]):
         self._post(member, Entry.of(HistoryEnd(count=len(found))))
 
     def _sorted_names(self) -> list[str]:
-        return sorted((m.name for m in self._members), key=name_key)
+        return sorted(self._roster.values(), key=name_key)

@@ -12,6 +12,11 @@ from types import FrameType
 from typing import Protocol
 
 DEFAULT_PORT = 8080
+DEFAULT_LEASE = 10.0
+
+
+class StartError(Exception):
+    """Something the server needs cannot be had at start; its text is the one line to show."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +125,32 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="messages kept for users who ask what was said before they came; "
         "0 turns history off (default: %(default)s)",
     )
+    parser.add_argument(
+        "--history-file",
+        metavar="PATH",
+        help="keep the messages in this SQLite file too, so history survives a restart "
+        "(default: in memory only)",
+    )
+    parser.add_argument(
+        "--redis",
+        metavar="URL",
+        help="share the room with every server on this Redis, e.g. redis://127.0.0.1:6379/0 "
+        "(needs: pip install -r requirements-redis.txt)",
+    )
+    parser.add_argument(
+        "--room",
+        default="lobby",
+        metavar="NAME",
+        help="with --redis: the shared room's name (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--lease",
+        type=positive_float,
+        default=DEFAULT_LEASE,
+        metavar="SECONDS",
+        help="with --redis: how long this server's users stay in the room once it stops "
+        "answering; it renews its lease 4 times as often (default: %(default)s)",
+    )
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("--quiet", "-q", action="store_true", help="log only warnings")
     loudness.add_argument("--verbose", "-v", action="store_true", help="log every connection too")
@@ -158,12 +189,16 @@ def serve_until_signalled(make: Callable[[], Stoppable], args: argparse.Namespac
 
     The signal handler only asks the server to stop: its own thread then runs
     the shutdown, outside the handler, where it may take locks and join
-    threads. A port that cannot be had is one line on stderr and exit code 1.
+    threads. A port that cannot be had, or anything else it needs at start
+    (``StartError``), is one line on stderr and exit code 1.
     """
     try:
         server = make()
     except OSError as exc:
         print(f"cannot listen on {args.host}:{args.port}: {exc.strerror}", file=sys.stderr)
+        return 1
+    except StartError as exc:
+        print(exc, file=sys.stderr)
         return 1
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

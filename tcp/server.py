@@ -40,7 +40,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.codec import (
     Bye,
@@ -74,6 +74,7 @@ from common.serverargs import (
     non_negative_float,
     serve_until_signalled,
 )
+from common.sharing import Sharing, open_sharing
 
 log = logging.getLogger("tcp.server")
 
@@ -150,11 +151,9 @@ class ChatServer:
     nodelay: bool = True
     coalesce: float = DEFAULT_COALESCE_MS / 1000
     history: int = 1000
+    sharing: Sharing = field(default_factory=Sharing)
 
     def __post_init__(self) -> None:
-        self.room: Room[Connection] = Room(
-            max_users=self.limits.max_users, history=self.history, wake=self._wake
-        )
         self.stopping = threading.Event()
         self._connections: set[Connection] = set()
         self._unregistered = 0
@@ -162,6 +161,14 @@ class ChatServer:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._woken = False
+        backplane, archive = open_sharing(self.sharing, self.history)
+        self.room: Room[Connection] = Room(
+            max_users=self.limits.max_users,
+            history=self.history,
+            wake=self._wake,
+            backplane=backplane,
+            archive=archive,
+        )
         self._writer_stop = False
         self._finished: list[Connection] = []
         self.writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
@@ -511,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
             nodelay=not args.nagle,
             coalesce=args.coalesce_ms / 1000,
             history=args.history,
+            sharing=Sharing.from_args(args),
         ),
         args,
     )

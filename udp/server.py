@@ -97,6 +97,7 @@ from common.serverargs import (
     positive_float,
     serve_until_signalled,
 )
+from common.sharing import Sharing, open_sharing
 
 log = logging.getLogger("udp.server")
 
@@ -223,10 +224,24 @@ class UdpChatServer:
     """The socket, the registry, the sessions and the timer thread."""
 
     def __init__(
-        self, limits: Limits, host: str = "127.0.0.1", port: int = 8080, history: int = 1000
+        self,
+        limits: Limits,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        history: int = 1000,
+        sharing: Sharing | None = None,
     ) -> None:
         self.limits = limits
-        self.room: Room[Session] = Room(max_users=limits.max_users, history=history)
+        self._wake = threading.Event()
+        backplane, archive = open_sharing(sharing or Sharing(), history)
+        # What a backplane brings arrives on its own thread: the timer flushes it.
+        self.room: Room[Session] = Room(
+            max_users=limits.max_users,
+            history=history,
+            backplane=backplane,
+            archive=archive,
+            wake_remote=self._wake.set,
+        )
         self.stopping = threading.Event()
         self.closing = False
         self.dropped: Counter[str] = Counter()
@@ -246,7 +261,6 @@ class UdpChatServer:
         self._by_token: dict[str, Session] = {}
         self._strangers: dict[Address, Stranger] = {}
         self._busy: set[Session] = set()
-        self._wake = threading.Event()
         self._timer_stop = threading.Event()
         self._timer = threading.Thread(target=self._run_timer, name="udp-timer", daemon=True)
         self._sweep_interval = min(
@@ -661,6 +675,7 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             history=args.history,
+            sharing=Sharing.from_args(args),
         ),
         args,
     )

@@ -1,0 +1,280 @@
+"""The room beyond one process, measured: one TCP server against two sharing a room through Redis.
+
+    python -m benchmarks.cluster [--duration 5] [--json PATH]
+
+Three questions, each answered on this machine (its cores are shared by the servers, Redis and
+the load, so a number here is what they manage together, not what each would alone):
+
+1. Throughput past saturation and CPU per delivery: the same open-loop load against one server
+   alone, one server on Redis, and two servers on Redis with the clients split between them.
+   CPU is every process of the chat (servers and Redis) over the measured window, per delivery.
+2. The latency Redis adds at 200 clients x 5 msg/s: the same three set-ups, p50/p99/max.
+3. What one Redis stream carries: events appended per second through the servers' own publish
+   script, pipelined like the servers do, and Redis's CPU per event, from which the ceiling of
+   one stream (one Redis core) follows.
+
+It reuses the load clients of `benchmarks.clients` (the same open-loop schedule and markers as
+the rest of the suite) and `benchmarks.servers`; the analysis here is the few numbers it needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import redis
+from tabulate import tabulate
+
+from benchmarks import procstat
+from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp
+from benchmarks.measure import raise_open_file_limit
+from benchmarks.servers import ServerProcess, server_command
+from common.redisroom import PUBLISH
+
+LEAD_NS = 300_000_000
+WARMUP_S = 1.0
+DRAIN_S = 5.0
+POLL_S = 0.01
+SATURATION = ((100, 20.0), (100, 40.0), (100, 80.0), (100, 160.0))
+"""(clients, msg/s each) of the throughput runs: 200k to 1.6M deliveries/s offered."""
+LATENCY = (200, 5.0)
+SETUPS = ("one server", "one server + Redis", "two servers + Redis")
+
+
+@dataclass(frozen=True)
+class Run:
+    setup: str
+    clients: int
+    rate: float
+    offered_deliveries_per_s: float
+    deliveries_per_s: float
+    lost_pct: float
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    chat_cpu_pct: float
+    cpu_us_per_delivery: float
+
+
+@dataclass(frozen=True)
+class StreamRun:
+    publishers: int
+    events_per_s: float
+    redis_cpu_pct: float
+    redis_cpu_us_per_event: float
+    ceiling_events_per_s: float
+
+
+class Redis:
+    """A redis-server of this run's own on a free port, its data in memory only."""
+
+    def __init__(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("benchmarks.cluster needs redis-server: apt-get install redis-server")
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [
+                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no"),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stdout = self.proc.stdout
+        assert stdout is not None
+        for line in stdout:
+            if "Ready to accept connections" in line:
+                threading.Thread(target=stdout.read, name="redis-log", daemon=True).start()
+                break
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def percentile_ms(ordered: Sequence[int], fraction: float) -> float:
+    if not ordered:
+        return math.nan
+    return ordered[max(1, math.ceil(fraction * len(ordered))) - 1] / 1e6
+
+
+def run_load(setup: str, clients: int, rate: float, duration: float) -> Run:
+    """Start the set-up's servers (and Redis), run the load, stop them all."""
+    store = Redis() if "Redis" in setup else None
+    count = 2 if setup.startswith("two") else 1
+    argv = server_command("tcp") + (["--redis", store.url] if store else [])
+    servers = [ServerProcess(argv) for _ in range(count)]
+    try:
+        addresses = [server.wait_ready() for server in servers]
+        pids = [server.pid for server in servers] + ([store.proc.pid] if store else [])
+        return measure(setup, clients, rate, duration, addresses, pids)
+    finally:
+        for server in servers:
+            server.stop()
+        if store:
+            store.stop()
+
+
+def measure(
+    setup: str,
+    n: int,
+    rate: float,
+    duration: float,
+    addresses: Sequence[tuple[str, int]],
+    pids: Sequence[int],
+) -> Run:
+    """Clients split evenly between ``addresses``; one schedule, one worker, one clock."""
+    clients: list[TcpClient] = [
+        connect_tcp(i, addresses[i * len(addresses) // n]) for i in range(n)
+    ]
+    stop = threading.Event()
+    t0 = time.monotonic_ns() + LEAD_NS
+    start_ns = t0 + round(WARMUP_S * 1e9)
+    plan = Plan(n, round(1e9 / rate), t0, start_ns, start_ns + round(duration * 1e9))
+    worker = Worker(clients, plan, stop, "load-0")
+    worker.start()
+    try:
+        time.sleep(max(0.0, (plan.start_ns - time.monotonic_ns()) / 1e9))
+        cpu_start = sum(procstat.cpu_seconds(pid) for pid in pids)
+        time.sleep(max(0.0, (plan.end_ns - time.monotonic_ns()) / 1e9))
+        cpu_s = sum(procstat.cpu_seconds(pid) for pid in pids) - cpu_start
+        worker.scheduled.wait(DRAIN_S)
+        deadline = time.monotonic() + DRAIN_S
+        while time.monotonic() < deadline:
+            if sum(c.received for c in clients) >= sum(len(c.sent) for c in clients) * n:
+                break
+            time.sleep(POLL_S)
+    finally:
+        stop.set()
+        worker.join(DRAIN_S)
+        for client in clients:
+            client.close()
+    if worker.error is not None:
+        raise RuntimeError(f"the load worker failed: {worker.error!r}")
+    latencies: list[int] = []
+    in_window = 0
+    for client in clients:
+        for now, joined in zip(client.chunk_times, client.chunk_scheds, strict=True):
+            batch = [int(s) for s in joined.split()]
+            if plan.measured(now):
+                in_window += len(batch)
+            latencies += [now - s for s in batch if plan.measured(s)]
+    sent = sum(1 for c in clients for s in c.sent if plan.measured(s))
+    latencies.sort()
+    return Run(
+        setup=setup,
+        clients=n,
+        rate=rate,
+        offered_deliveries_per_s=n * n * rate,
+        deliveries_per_s=in_window / duration,
+        lost_pct=100 * (1 - len(latencies) / max(1, sent * n)),
+        p50_ms=percentile_ms(latencies, 0.50),
+        p99_ms=percentile_ms(latencies, 0.99),
+        max_ms=percentile_ms(latencies, 1.0),
+        chat_cpu_pct=100 * cpu_s / duration,
+        cpu_us_per_delivery=1e6 * cpu_s / max(1, in_window),
+    )
+
+
+def run_stream(publishers: int, duration: float) -> StreamRun:
+    """Publishers append through the servers' publish script as fast as they can, pipelined."""
+    store = Redis()
+    try:
+        frame = b'{"type":"msg","from":"c1","text":"b1:1:1234567890123456789","ts":1764000000000}'
+        counts = [0] * publishers
+        stop = threading.Event()
+
+        def publish(n: int) -> None:
+            client = redis.Redis.from_url(store.url, protocol=2)
+            script = client.register_script(PUBLISH)
+            number = 0
+            while not stop.is_set():
+                with client.pipeline(transaction=False) as pipe:
+                    for _ in range(500):
+                        number += 1
+                        script(
+                            keys=["chat:{bench}:log", "chat:{bench}:seen", "chat:{bench}:names"],
+                            args=[f"s{n}", number, frame, 1000, "", ""],
+                            client=pipe,
+                        )
+                    pipe.execute()
+                counts[n] = number
+
+        threads = [
+            threading.Thread(target=publish, args=(n,), name=f"publisher-{n}")
+            for n in range(publishers)
+        ]
+        for thread in threads:
+            thread.start()
+        time.sleep(WARMUP_S)
+        first, cpu_start, started = sum(counts), procstat.cpu_seconds(store.proc.pid), time.time()
+        time.sleep(duration)
+        events = sum(counts) - first
+        cpu_s = procstat.cpu_seconds(store.proc.pid) - cpu_start
+        elapsed = time.time() - started
+        stop.set()
+        for thread in threads:
+            thread.join()
+    finally:
+        store.stop()
+    per_event_s = cpu_s / max(1, events)
+    return StreamRun(
+        publishers=publishers,
+        events_per_s=events / elapsed,
+        redis_cpu_pct=100 * cpu_s / elapsed,
+        redis_cpu_us_per_event=1e6 * per_event_s,
+        ceiling_events_per_s=1 / per_event_s if per_event_s else math.inf,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__)
+    parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
+    parser.add_argument("--json", metavar="PATH", help="also write the numbers here")
+    args = parser.parse_args(argv)
+    raise_open_file_limit()
+    saturation = [
+        run_load(setup, clients, rate, args.duration)
+        for clients, rate in SATURATION
+        for setup in SETUPS
+    ]
+    latency = [run_load(setup, *LATENCY, args.duration) for setup in SETUPS]
+    stream = [run_stream(publishers, args.duration) for publishers in (1, 2)]
+    print("Throughput past saturation, CPU of servers and Redis together per delivery:")
+    print(tabulate([asdict(r) for r in saturation], headers="keys", floatfmt=",.2f"))
+    print("\nLatency at 200 clients x 5 msg/s:")
+    print(tabulate([asdict(r) for r in latency], headers="keys", floatfmt=",.2f"))
+    print("\nOne Redis stream, appended through the publish script:")
+    print(tabulate([asdict(r) for r in stream], headers="keys", floatfmt=",.2f"))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as out:
+            json.dump(
+                {
+                    "saturation": [asdict(r) for r in saturation],
+                    "latency": [asdict(r) for r in latency],
+                    "stream": [asdict(r) for r in stream],
+                },
+                out,
+                indent=2,
+            )
+
+
+if __name__ == "__main__":
+    main()

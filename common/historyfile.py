@@ -1,0 +1,106 @@
+"""History that survives a restart: the room's messages in a SQLite file (``--history-file``).
+
+The room hands every ``msg`` it broadcasts to ``add``, under its lock, so
+``add`` only appends to a queue. One thread, ``history-file``, owns the
+database connection: it wakes at most every ``BATCH_SECONDS``, writes what
+queued up in one transaction and commits. So a server killed with SIGKILL
+loses at most the last batch, and the broadcasting thread never waits for
+the disk. The journal is WAL: a commit is one append to the log file, and a
+reader (another process looking at the file) never blocks the writer.
+
+The file holds messages only, one row each, keyed by ``pos``: their order
+in the room, counted on from the last row at every start. At start the
+last ``keep`` rows are loaded (``earlier``); rows older than ``keep`` are
+deleted as new ones come, so the file stays the size of the history.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import threading
+from collections import deque
+from pathlib import Path
+
+from common.codec import Msg
+from common.serverargs import StartError
+
+log = logging.getLogger("common.historyfile")
+
+BATCH_SECONDS = 0.1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS msg (
+    pos INTEGER PRIMARY KEY,
+    sender TEXT NOT NULL,
+    text TEXT NOT NULL,
+    ts INTEGER NOT NULL
+)
+"""
+
+
+class HistoryFile:
+    """One SQLite file, its writer thread and the queue between the room and it."""
+
+    def __init__(self, path: str, keep: int) -> None:
+        """Open (or create) the file and load its last ``keep`` messages.
+
+        Anything wrong with it (not a database, a directory, a place where
+        nothing may be written) is a ``StartError`` of one line.
+        """
+        self._keep = keep
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode != "wal":
+                raise sqlite3.OperationalError(f"its journal cannot be put in WAL mode ({mode})")
+            self._db.execute(SCHEMA)
+            rows = self._db.execute(
+                "SELECT pos, sender, text, ts FROM msg ORDER BY pos DESC LIMIT ?", (keep,)
+            ).fetchall()
+            last = self._db.execute("SELECT max(pos) FROM msg").fetchone()[0]
+        except sqlite3.Error as exc:
+            raise StartError(f"cannot use {Path(path)} as --history-file: {exc}") from None
+        self.earlier = [Msg(sender=s, text=t, ts=ts) for _, s, t, ts in reversed(rows)]
+        self._next = (last or 0) + 1
+        self._queue: deque[Msg] = deque()
+        self._stop = threading.Event()
+        self._failed = False
+        self._thread = threading.Thread(target=self._run, name="history-file", daemon=True)
+        self._thread.start()
+
+    def add(self, msg: Msg) -> None:
+        """Queue ``msg`` for the next batch (O(1); ``deque.append`` is thread-safe)."""
+        self._queue.append(msg)
+
+    def close(self) -> None:
+        """Write the last batch and close the file."""
+        self._stop.set()
+        self._thread.join()
+        self._db.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(BATCH_SECONDS):
+            self._write()
+        self._write()
+
+    def _write(self) -> None:
+        """Everything queued until now, in one transaction."""
+        batch: list[Msg] = []
+        while self._queue:
+            batch.append(self._queue.popleft())
+        if not batch:
+            return
+        first = self._next
+        self._next += len(batch)
+        rows = [(first + i, m.sender, m.text, m.ts) for i, m in enumerate(batch)]
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.executemany("INSERT INTO msg VALUES (?, ?, ?, ?)", rows)
+                self._db.execute("DELETE FROM msg WHERE pos <= ?", (self._next - 1 - self._keep,))
+            self._failed = False
+        except sqlite3.Error as exc:
+            if not self._failed:
+                log.error("cannot write the history file, messages are not kept: %s", exc)
+            self._failed = True

@@ -1,0 +1,385 @@
+"""One room across servers, through Redis (``--redis URL``, ``--room NAME``).
+
+Keys, for the room ``R``, all with the hash tag ``{R}``: were the rooms
+spread over the nodes of a Redis Cluster, each room's keys would still be
+in one slot, as the scripts that touch several of them at once require:
+
+* ``chat:{R}:log``, a stream: the room's one order. Each entry is one event
+  (``joined``, ``left``, ``renamed``, ``msg``, ``dm``) as its JSON frame
+  (``f``) with the server that published it (``s``). Trimmed with an
+  approximate ``MAXLEN`` of ``--history`` (never under ``MIN_STREAM``, so a
+  reader a moment behind loses nothing).
+* ``chat:{R}:names``, a hash: name key -> ``TOKEN NAME``; ``TOKEN`` is
+  ``SERVER:N``, one per hello. A name is claimed with one script, so two
+  servers racing for it cannot both win.
+* ``chat:{R}:servers``, a sorted set: server -> when its lease ends (Redis
+  clock, ms).
+* ``chat:{R}:seen``, a hash: server -> the last event number it published,
+  so an event sent again after a lost connection is not added twice.
+
+Threads, each named and owned by this backplane, stopped by ``close``:
+
+* ``redis-publisher`` sends what the room published, in order, pipelined
+  in batches; while Redis is away it keeps it and sends it when it is back.
+* ``redis-reader`` reads the stream from where it is and hands each batch
+  to the room, in stream order: the server's own words reach its users only
+  this way, so every server delivers one sequence.
+* ``redis-lease`` renews this server's lease every quarter lease and takes
+  out the servers whose lease ended: their users leave (``disconnected``)
+  and their names are free. It does not take anyone out for one lease after
+  it (re)connects, so that servers coming back together have time to renew.
+
+When Redis goes away, every user is told once (an ``error``; the protocol
+has no code for it, so it is ``rate_limited`` with a text that says why)
+and what needs the shared room is refused the same way until it is back
+(``ready`` is False): the chat does not split into rooms that would each have their own
+order. The reader goes on from the last entry it read, the publisher sends
+what it kept, and ``seen`` drops what had already arrived: nothing is
+delivered twice or out of order.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from typing import Any, cast
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from common.codec import (
+    Error,
+    Joined,
+    Left,
+    Msg,
+    ProtocolError,
+    Unavailable,
+    decode_server,
+    name_key,
+)
+from common.room import Entry, Room, wall_clock_ms
+from common.serverargs import StartError
+
+log = logging.getLogger("common.redisroom")
+
+StreamRead = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+"""What XREAD answers (RESP2, bytes): per stream, its entries as (id, fields)."""
+
+MIN_STREAM = 1000
+READ_BLOCK_MS = 500
+READ_COUNT = 1000
+PUBLISH_BATCH = 500
+RETRY_SECONDS = 0.25
+CLOSE_WAIT = 2.0
+SOCKET_TIMEOUT = 3.0
+
+CLAIM = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if held and string.match(held, '^([^:]+):') ~= ARGV[4] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ' ' .. ARGV[3])
+if ARGV[5] ~= '' and ARGV[5] ~= ARGV[1] then
+  local old = redis.call('HGET', KEYS[1], ARGV[5])
+  if old and string.sub(old, 1, #ARGV[2] + 1) == ARGV[2] .. ' ' then
+    redis.call('HDEL', KEYS[1], ARGV[5])
+  end
+end
+return 1
+"""
+"""KEYS: names. ARGV: key, token, name, server, old key or ''.
+
+A name held by this server is its to give again: the room checked it is
+free here, and a leaving member's release may still be on its way.
+"""
+
+PUBLISH = """
+if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if ARGV[5] ~= '' then
+  local held = redis.call('HGET', KEYS[3], ARGV[5])
+  if held and string.sub(held, 1, #ARGV[6] + 1) == ARGV[6] .. ' ' then
+    redis.call('HDEL', KEYS[3], ARGV[5])
+  end
+end
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 's', ARGV[1], 'f', ARGV[3])
+return 1
+"""
+"""KEYS: log, seen, names. ARGV: server, number, frame, maxlen, key to release or '', token."""
+
+LEASE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local alive = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local gone = {}
+local reason = 'disconnected'
+if ARGV[3] == 'retire' then
+  gone[ARGV[1]] = true
+  reason = 'shutdown'
+  redis.call('ZREM', KEYS[1], ARGV[1])
+else
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  if ARGV[3] == 'reap' then
+    for _, server in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+      gone[server] = true
+      redis.call('ZREM', KEYS[1], server)
+    end
+  end
+end
+if next(gone) == nil then return alive and 1 or 0 end
+local names = redis.call('HGETALL', KEYS[2])
+for i = 1, #names, 2 do
+  local owner, name = string.match(names[i + 1], '^([^:]+):%S* (.*)$')
+  if gone[owner] then
+    redis.call('HDEL', KEYS[2], names[i])
+    local frame = cjson.encode({type = 'left', name = name, reason = reason, ts = now})
+    redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 's', owner, 'f', frame)
+  end
+end
+for server in pairs(gone) do redis.call('HDEL', KEYS[4], server) end
+return alive and 1 or 0
+"""
+"""KEYS: servers, names, log, seen. ARGV: server, lease ms, 'renew'|'reap'|'retire', maxlen.
+
+Returns 1 if this server's lease was still there. ``retire`` takes this
+server out (a clean stop, ``shutdown``); ``reap`` takes out every server
+whose lease ended (``disconnected``).
+"""
+
+
+class RedisBackplane:
+    """The room's order in a Redis stream, its names in a hash, this server's lease."""
+
+    def __init__(self, url: str, room: str, *, history: int, lease: float) -> None:
+        """Connect and check Redis answers; ``StartError`` if it does not."""
+        self.ready = False
+        self.server = secrets.token_hex(8)
+        self._url = url
+        self._lease = lease
+        self._maxlen = max(history, MIN_STREAM)
+        self._history = history
+        prefix = f"chat:{{{room}}}:"
+        self._log, self._names = prefix + "log", prefix + "names"
+        self._servers, self._seen = prefix + "servers", prefix + "seen"
+        self._tickets = itertools.count(1)
+        self._tokens: dict[str, str] = {}  # name key -> token of the member holding it here
+        self._numbers = itertools.count(1)
+        self._outbox: deque[tuple[int, bytes, str, str]] = deque()
+        self._outbox_changed = threading.Condition()
+        self._state_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._closing = False
+        self._room: Room[Any] | None = None
+        self._last_id = b"0-0"
+        try:
+            self._redis = redis.Redis.from_url(
+                url,
+                socket_timeout=SOCKET_TIMEOUT,
+                socket_connect_timeout=SOCKET_TIMEOUT,
+                retry=Retry(NoBackoff(), 0),
+                protocol=2,
+            )
+            self._claim = self._redis.register_script(CLAIM)
+            self._publish = self._redis.register_script(PUBLISH)
+            self._lease_script = self._redis.register_script(LEASE)
+            self._renew("renew")
+        except (redis.RedisError, ValueError) as exc:
+            raise StartError(f"cannot use Redis at {url}: {exc}") from None
+        self._threads = [
+            threading.Thread(target=self._run_publisher, name="redis-publisher", daemon=True),
+            threading.Thread(target=self._run_reader, name="redis-reader", daemon=True),
+            threading.Thread(target=self._run_lease, name="redis-lease", daemon=True),
+        ]
+
+    # ---- what the room calls -------------------------------------------
+
+    def attach(self, room: Room[Any]) -> None:
+        """Load the room's state from Redis, then start following the stream."""
+        self._room = room
+        try:
+            with self._redis.pipeline(transaction=True) as pipe:
+                pipe.xrevrange(self._log, count=self._maxlen + 200)
+                pipe.hgetall(self._names)
+                entries, names = pipe.execute()
+        except redis.RedisError as exc:
+            raise StartError(f"cannot read the room from Redis at {self._url}: {exc}") from None
+        earlier: list[Msg] = []
+        for _, fields in entries:
+            message = decode_server(fields[b"f"]).message
+            if isinstance(message, Msg) and len(earlier) < self._history:
+                earlier.append(message)
+        if entries:
+            self._last_id = entries[0][0]
+        room.preload(earlier[::-1], [held.decode().split(" ", 1)[1] for held in names.values()])
+        self.ready = True
+        log.info("sharing the room through Redis at %s as server %s", self._url, self.server)
+        for thread in self._threads:
+            thread.start()
+
+    def claim(self, name: str, old: str | None) -> bool:
+        key = name_key(name)
+        old_key = "" if old is None else name_key(old)
+        token = self._tokens.get(old_key) or f"{self.server}:{next(self._tickets)}"
+        try:
+            won = self._claim(keys=[self._names], args=[key, token, name, self.server, old_key])
+        except redis.RedisError as exc:
+            self._lost(exc)
+            raise Unavailable(
+                "the room cannot be reached just now; try again in a moment"
+            ) from None
+        if won:
+            with self._state_lock:
+                self._tokens.pop(old_key, None)
+                self._tokens[key] = token
+        return bool(won)
+
+    def publish(self, entry: Entry) -> None:
+        release, token = "", ""
+        if isinstance(entry.message, Left):
+            release = name_key(entry.message.name)
+            with self._state_lock:
+                token = self._tokens.pop(release, "")
+        with self._outbox_changed:
+            self._outbox.append((next(self._numbers), entry.line[:-1], release, token))
+            self._outbox_changed.notify()
+
+    def close(self) -> None:
+        """Send what is queued, say ``left`` (``shutdown``) for our users, stop the threads."""
+        with self._outbox_changed:
+            self._closing = True
+            self._outbox_changed.notify()
+        self._threads[0].join(CLOSE_WAIT)
+        self._stopping.set()
+        with self._outbox_changed:
+            self._outbox_changed.notify()
+        for thread in self._threads:
+            thread.join(CLOSE_WAIT)
+
+    # ---- the threads ----------------------------------------------------
+
+    def _run_publisher(self) -> None:
+        """Send the outbox in order, in pipelined batches; keep it while Redis is away."""
+        while True:
+            with self._outbox_changed:
+                while not self._outbox and not self._closing and not self._stopping.is_set():
+                    self._outbox_changed.wait()
+                if self._stopping.is_set():
+                    return
+                batch = list(itertools.islice(self._outbox, PUBLISH_BATCH))
+            try:
+                if batch:
+                    with self._redis.pipeline(transaction=False) as pipe:
+                        for number, frame, release, token in batch:
+                            self._publish(
+                                keys=[self._log, self._seen, self._names],
+                                args=[self.server, number, frame, self._maxlen, release, token],
+                                client=pipe,
+                            )
+                        pipe.execute()
+                elif self._closing:
+                    self._renew("retire")
+                    return
+            except redis.RedisError as exc:
+                self._lost(exc)
+                self._stopping.wait(RETRY_SECONDS)
+                continue
+            with self._outbox_changed:
+                for _ in batch:
+                    self._outbox.popleft()
+
+    def _run_reader(self) -> None:
+        """Follow the stream from the last entry read; hand each batch to the room in order."""
+        assert self._room is not None
+        while not self._stopping.is_set():
+            try:
+                found = cast(
+                    StreamRead,
+                    self._redis.xread(
+                        {self._log: self._last_id}, count=READ_COUNT, block=READ_BLOCK_MS
+                    ),
+                )
+            except redis.RedisError as exc:
+                self._lost(exc)
+                self._stopping.wait(RETRY_SECONDS)
+                continue
+            self._back()
+            for _, entries in found:
+                batch: list[tuple[Entry, bool]] = []
+                for entry_id, fields in entries:
+                    self._last_id = entry_id
+                    try:
+                        batch.append(self._entry(fields[b"f"], fields[b"s"]))
+                    except (ProtocolError, KeyError) as exc:
+                        log.warning("skipped a stream entry that is not a frame: %s", exc)
+                self._room.receive(batch)
+
+    def _entry(self, frame: bytes, origin: bytes) -> tuple[Entry, bool]:
+        message = decode_server(frame).message
+        # Redis itself writes the left of a server that is gone: encode it like ours.
+        entry = Entry.of(message) if isinstance(message, Left) else Entry(message, frame + b"\n")
+        return entry, origin.decode() == self.server
+
+    def _run_lease(self) -> None:
+        """Renew the lease; take out servers whose lease ended, after one lease of grace."""
+        grace_until = time.monotonic() + self._lease
+        while not self._stopping.wait(self._lease / 4):
+            reap = time.monotonic() >= grace_until
+            try:
+                alive = self._renew("reap" if reap else "renew")
+            except redis.RedisError as exc:
+                self._lost(exc)
+                grace_until = float("inf")
+                continue
+            if grace_until == float("inf"):
+                grace_until = time.monotonic() + self._lease
+            if not alive:
+                log.warning("this server's lease had ended: the others took its users out")
+                self._rejoin()
+
+    def _renew(self, mode: str) -> bool:
+        alive = self._lease_script(
+            keys=[self._servers, self._names, self._log, self._seen],
+            args=[self.server, int(self._lease * 1000), mode, self._maxlen],
+        )
+        return bool(alive)
+
+    def _rejoin(self) -> None:
+        """Our users were taken out while we could not renew: claim their names, say joined."""
+        assert self._room is not None
+        names = self._room.local_names()
+        for name in names:
+            try:
+                won = self.claim(name, None)
+            except Unavailable:
+                return
+            if won:
+                self.publish(Entry.of(Joined(name=name, ts=wall_clock_ms())))
+            else:
+                log.warning("%s's name was taken while this server was away", name)
+        log.warning("claimed %d name(s) again", len(names))
+
+    # ---- Redis away and back ----------------------------------------------
+
+    def _lost(self, exc: Exception) -> None:
+        with self._state_lock:
+            if not self.ready:
+                return
+            self.ready = False
+        log.warning("lost Redis (%s): messages are refused until it is back", exc)
+        assert self._room is not None
+        self._room.tell_everyone(
+            Error(
+                code=Unavailable.code,
+                text="the room cannot be reached just now: messages are refused until it is back",
+            )
+        )
+
+    def _back(self) -> None:
+        with self._state_lock:
+            if self.ready:
+                return
+            self.ready = True
+        log.warning("Redis is back: the room is shared again")

@@ -1,0 +1,105 @@
+"""``make run-cluster``: a Redis and three servers sharing one room, on consecutive ports.
+
+TCP on PORT and PORT+1, UDP on PORT+2, Redis on PORT+3 (its data in
+memory only). It prints how to join each, then waits for Ctrl+C and stops
+the servers (their users get ``bye``) before Redis. Every process it
+starts is its own child; the main thread owns them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from types import FrameType
+
+from common.serverargs import DEFAULT_PORT
+
+STOP_WAIT = 5.0
+
+
+def start(command: list[str], ready: str) -> subprocess.Popen[str]:
+    """Start ``command`` and wait for the line that says it is ready; its output then goes on."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if ready in line:
+            threading.Thread(target=echo, args=(proc,), name=f"log-{proc.pid}", daemon=True).start()
+            return proc
+    raise SystemExit(f"{' '.join(command)} did not start (exit code {proc.wait()})")
+
+
+def echo(proc: subprocess.Popen[str]) -> None:
+    """Show the rest of a process's log: joins, leaves, Redis away and back."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        print(line, end="", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m common.runcluster", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="the first port")
+    args = parser.parse_args(argv)
+    redis_server = shutil.which("redis-server")
+    if redis_server is None:
+        print("run-cluster needs redis-server: apt-get install redis-server", file=sys.stderr)
+        return 1
+    host, port = args.host, args.port
+    url = f"redis://{host}:{port + 3}/0"
+    procs = [
+        start(
+            [
+                redis_server,
+                "--bind",
+                host,
+                "--port",
+                str(port + 3),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            "Ready to accept connections",
+        )
+    ]
+    try:
+        for module, offset in (("tcp.server", 0), ("tcp.server", 1), ("udp.server", 2)):
+            command = [sys.executable, "-m", module, "--host", host, "--port", str(port + offset)]
+            procs.append(start([*command, "--redis", url], "listening on"))
+        print(f"\nOne room on three servers, shared through Redis at {url}:")
+        for offset in (0, 1):
+            at = f"{host} {port + offset}"
+            print(
+                f"  TCP  {host}:{port + offset}   nc {at}  or  make chat-tcp PORT={port + offset}"
+            )
+        print(f"  UDP  {host}:{port + 2}   make chat-udp PORT={port + 2}")
+        print("Ctrl+C stops them all.\n", flush=True)
+        stop = threading.Event()
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGINT, on_signal)
+        signal.signal(signal.SIGTERM, on_signal)
+        while not stop.wait(1.0):
+            if any(proc.poll() is not None for proc in procs):
+                print("a process of the cluster ended; stopping the others", file=sys.stderr)
+                break
+    finally:
+        for proc in reversed(procs):  # the servers first: they say left to Redis
+            if proc.poll() is None:
+                proc.terminate()
+            try:
+                proc.wait(STOP_WAIT)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

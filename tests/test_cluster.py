@@ -1,0 +1,417 @@
+"""Several servers, one room: two TCP servers and one UDP server on a real Redis.
+
+Each test starts what it needs on free loopback ports: a ``redis-server``
+of its own (without one on this machine the tests skip and say why), and
+servers with a short lease so that a dead server's users leave quickly.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
+from tests.test_udp_server import UdpPeer
+
+Start = Callable[..., ServerProcess]
+Connect = Callable[..., JsonClient]
+LEASE = "1"
+"""Seconds of lease in these tests: a killed server's users leave within about two."""
+GONE_WITHIN = 15.0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own; ``persist``: it saves its data on a clean stop."""
+
+    def __init__(self, directory: Path, *, persist: bool = True) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (.ci/install-system-deps installs it)")
+        self.binary = binary
+        self.directory = directory
+        self.save = "3600 1" if persist else ""
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--dir", str(self.directory), "--save", self.save, "--appendonly", "no"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        stdout = self.proc.stdout
+        assert stdout is not None
+        for line in stdout:
+            if "Ready to accept connections" in line:
+                # Read the rest of its log, so that it never waits on a full pipe.
+                threading.Thread(target=stdout.read, name="redis-log", daemon=True).start()
+                return
+        raise AssertionError("redis-server did not start")
+
+    def stop(self) -> None:
+        """A clean stop: Redis saves its data and exits."""
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(WAIT)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    yield server
+    if server.proc is not None and server.proc.poll() is None:
+        server.proc.kill()
+        server.proc.wait()
+
+
+Cluster = Callable[..., ServerProcess]
+
+
+@pytest.fixture
+def cluster(start_server: Start, redis_server: RedisServer) -> Cluster:
+    """Start a server on the test's Redis (``cluster("tcp.server")``), rate limit off."""
+
+    def start(module: str, *args: str) -> ServerProcess:
+        return start_server(
+            module, "--rate-limit", "0", "--redis", redis_server.url, "--lease", LEASE, *args
+        )
+
+    return start
+
+
+def udp_join(server: ServerProcess, name: str) -> UdpPeer:
+    peer = UdpPeer(server.address)
+    peer.hello(name)
+    return peer
+
+
+def texts_until(read: Callable[[], dict[str, Any]], count: int) -> list[str]:
+    """The texts of the next ``count`` ``msg`` frames, other frames skipped."""
+    texts: list[str] = []
+    while len(texts) < count:
+        frame = read()
+        if frame["type"] == "msg":
+            texts.append(frame["text"])
+    return texts
+
+
+def test_a_name_asked_on_two_servers_at_once_is_won_once(cluster: Cluster) -> None:
+    first, second = cluster("tcp.server"), cluster("tcp.server")
+    for round_ in range(50):
+        name = f"race{round_}"
+        clients = [JsonClient(first.address), JsonClient(second.address)]
+        start = threading.Barrier(2)
+
+        def ask(client: JsonClient, name: str = name, start: threading.Barrier = start) -> None:
+            start.wait()
+            client.send({"type": "hello", "name": name})
+
+        threads = [threading.Thread(target=ask, args=(c,)) for c in clients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        answers = sorted(c.recv()["type"] for c in clients)
+        assert answers == ["error", "welcome"], f"round {round_}"
+        for client in clients:
+            client.close()
+
+
+def test_one_order_for_every_client_on_every_server(cluster: Cluster, connect: Connect) -> None:
+    """12 senders, 4 on each of two TCP servers and one UDP server, all talking at once."""
+    tcp_a, tcp_b, udp = cluster("tcp.server"), cluster("tcp.server"), cluster("udp.server")
+    tcp_clients = [connect((tcp_a if n % 2 else tcp_b).address, f"t{n}") for n in range(8)]
+    udp_peers = [udp_join(udp, f"u{n}") for n in range(4)]
+    per_sender = 20
+    total = per_sender * 12
+    go = threading.Barrier(12)
+
+    def talk(send: Callable[[dict[str, Any]], object], who: str) -> None:
+        go.wait()
+        for i in range(per_sender):
+            send({"type": "say", "text": f"{who}:{i}"})
+
+    senders = [threading.Thread(target=talk, args=(c.send, c.name)) for c in tcp_clients]
+    senders += [
+        threading.Thread(target=talk, args=(p.send, f"u{n}")) for n, p in enumerate(udp_peers)
+    ]
+    for thread in senders:
+        thread.start()
+    orders = [texts_until(client.recv, total) for client in tcp_clients]
+    orders += [texts_until(peer.recv, total) for peer in udp_peers]
+    for thread in senders:
+        thread.join()
+    assert all(order == orders[0] for order in orders)
+    assert len(set(orders[0])) == total
+    for who in [c.name for c in tcp_clients] + [f"u{n}" for n in range(4)]:
+        mine = [text for text in orders[0] if text.split(":")[0] == who]
+        assert mine == [f"{who}:{i}" for i in range(per_sender)]
+    for peer in udp_peers:
+        peer.close()
+
+
+def test_history_who_and_dm_across_servers(cluster: Cluster, connect: Connect) -> None:
+    tcp_a, udp = cluster("tcp.server"), cluster("udp.server")
+    alice = connect(tcp_a.address, "alice")
+    for i in range(10):
+        alice.send({"type": "say", "text": f"m{i}"})
+    assert texts_until(alice.recv, 10) == [f"m{i}" for i in range(10)]
+    bob = udp_join(udp, "bob")
+    bob.send({"type": "history", "limit": 5})
+    earlier = [bob.expect("msg", history=True)["text"] for _ in range(5)]
+    assert earlier == [f"m{i}" for i in range(5, 10)]
+    assert bob.expect("history_end")["count"] == 5
+    assert alice.expect("joined")["name"] == "bob"
+    bob.send({"type": "who"})
+    assert bob.expect("users")["names"] == ["alice", "bob"]
+    alice.send({"type": "dm", "to": "BOB", "text": "psst"})
+    assert bob.expect("dm")["text"] == alice.expect("dm")["text"] == "psst"
+    bob.send({"type": "dm", "to": "alice", "text": "hi alice"})
+    assert alice.expect("dm")["from"] == "bob"
+    bob.send({"type": "dm", "to": "nobody", "text": "x"})
+    assert bob.expect("error")["code"] == "no_such_user"
+    bob.close()
+
+
+def test_a_killed_server_s_users_leave_and_free_their_names(
+    cluster: Cluster, connect: Connect
+) -> None:
+    survivor, doomed = cluster("tcp.server"), cluster("tcp.server")
+    alice = connect(survivor.address, "alice")
+    connect(doomed.address, "bob")
+    connect(doomed.address, "carol")
+    assert alice.expect("joined", name="carol")
+    killed = time.monotonic()
+    doomed.stop(signal.SIGKILL)
+    gone = {alice.expect("left", GONE_WITHIN, reason="disconnected")["name"] for _ in range(2)}
+    assert gone == {"bob", "carol"}
+    assert time.monotonic() - killed < GONE_WITHIN
+    assert connect(survivor.address, "Bob").name == "Bob"
+
+
+def test_a_clean_stop_says_shutdown(cluster: Cluster, connect: Connect) -> None:
+    staying, stopping = cluster("tcp.server"), cluster("udp.server")
+    alice = connect(staying.address, "alice")
+    udp_join(stopping, "bob").close()
+    assert alice.expect("joined")["name"] == "bob"
+    assert stopping.stop() == 0
+    assert alice.expect("left", name="bob")["reason"] == "shutdown"
+
+
+def test_redis_away_and_back(
+    start_server: Start, redis_server: RedisServer, connect: Connect
+) -> None:
+    """Stopped, every user hears it once and messages are refused; started again, all goes on."""
+    args = ("--rate-limit", "0", "--redis", redis_server.url, "--lease", "3")
+    one, two = start_server("tcp.server", *args), start_server("tcp.server", *args)
+    alice, bob = connect(one.address, "alice"), connect(two.address, "bob")
+    assert alice.expect("joined")["name"] == "bob"
+    said = [f"before{i}" for i in range(20)]
+    for text in said:
+        alice.send({"type": "say", "text": text})
+    assert texts_until(bob.recv, 20) == said
+    redis_server.stop()
+    for client in (alice, bob):
+        assert "cannot be reached" in client.expect("error", code="rate_limited")["text"]
+    for server in (one, two):
+        server.wait_for_log("lost Redis")
+    alice.send({"type": "say", "text": "while away"})
+    assert "not sent" in alice.expect("error", code="rate_limited")["text"]
+    redis_server.start()
+    for server in (one, two):
+        server.wait_for_log("Redis is back")
+    after = [f"after{i}" for i in range(20)]
+    for n, text in enumerate(after):
+        (alice if n % 2 else bob).send({"type": "say", "text": text})
+    orders = [texts_until(client.recv, 20) for client in (alice, bob)]
+    assert orders[0] == orders[1] and sorted(orders[0]) == sorted(after)
+    for client in (alice, bob):
+        client.send({"type": "ping"})
+        frames = []
+        while (frame := client.recv())["type"] != "pong":
+            frames.append(frame)
+        assert not [f for f in frames if f["type"] in ("msg", "error")]
+    assert "Traceback" not in one.log + two.log
+
+
+def test_redis_back_without_its_data(start_server: Start, tmp_path: Path, connect: Connect) -> None:
+    """A Redis that lost everything: each server finds its lease gone and claims its names again."""
+    store = RedisServer(tmp_path, persist=False)
+    try:
+        args = ("--rate-limit", "0", "--redis", store.url, "--lease", LEASE)
+        one = start_server("tcp.server", *args)
+        alice = connect(one.address, "alice")
+        store.stop()
+        one.wait_for_log("lost Redis")
+        store.start()
+        one.wait_for_log("claimed 1 name")
+        two = start_server("tcp.server", *args)  # it knows the room from Redis alone
+        newcomer = connect(two.address)
+        newcomer.send({"type": "hello", "name": "alice"})
+        assert newcomer.expect("error")["code"] == "name_taken"
+        bob = connect(two.address, "bob")
+        alice.send({"type": "say", "text": "still here"})
+        assert bob.expect("msg")["text"] == "still here"
+    finally:
+        if store.proc is not None and store.proc.poll() is None:
+            store.proc.kill()
+            store.proc.wait()
+
+
+# ---- --history-file -----------------------------------------------------------
+
+
+def kept_rows(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        count: int = db.execute("SELECT count(*) FROM msg").fetchone()[0]
+        return count
+
+
+def wait_for_rows(path: Path, count: int) -> None:
+    deadline = time.monotonic() + WAIT
+    while kept_rows(path) < count:
+        assert time.monotonic() < deadline, f"the file never held {count} messages"
+        time.sleep(0.02)
+
+
+def earlier_texts(client: JsonClient) -> list[str]:
+    client.send({"type": "history", "limit": 100})
+    texts = []
+    while (frame := client.recv())["type"] != "history_end":
+        if frame.get("history"):
+            texts.append(frame["text"])
+    return texts
+
+
+@pytest.mark.parametrize("module", ["tcp.server", "udp.server"])
+def test_history_file_survives_a_restart_and_a_kill(
+    start_server: Start, connect: Connect, tmp_path: Path, module: str
+) -> None:
+    path = tmp_path / "history.db"
+    first = start_server("tcp.server", "--rate-limit", "0", "--history-file", str(path))
+    alice = connect(first.address, "alice")
+    for i in range(10):
+        alice.send({"type": "say", "text": f"m{i}"})
+    texts_until(alice.recv, 10)
+    assert first.stop() == 0
+    assert kept_rows(path) == 10
+
+    second = start_server(module, "--rate-limit", "0", "--history-file", str(path))
+    if module == "udp.server":
+        peer = udp_join(second, "bob")
+        peer.send({"type": "history", "limit": 100})
+        assert [peer.expect("msg", history=True)["text"] for _ in range(10)] == [
+            f"m{i}" for i in range(10)
+        ]
+        peer.close()
+        return
+    bob = connect(second.address, "bob")
+    assert earlier_texts(bob) == [f"m{i}" for i in range(10)]
+    for i in range(10, 20):
+        bob.send({"type": "say", "text": f"m{i}"})
+    texts_until(bob.recv, 10)
+    wait_for_rows(path, 20)
+    for i in range(20, 30):
+        bob.send({"type": "say", "text": f"m{i}"})
+    texts_until(bob.recv, 10)
+    second.stop(signal.SIGKILL)
+
+    third = start_server("tcp.server", "--history-file", str(path))
+    kept = earlier_texts(connect(third.address, "carol"))
+    assert kept == [f"m{i}" for i in range(len(kept))] and len(kept) >= 20
+
+
+@pytest.mark.parametrize("bad", ["garbage", "directory", "missing/dir"])
+def test_history_file_refuses_a_file_it_cannot_use(tmp_path: Path, bad: str) -> None:
+    path = tmp_path / bad
+    if bad == "garbage":
+        path.write_bytes(b"this is not a database, it only says so at length\n" * 100)
+    elif bad == "directory":
+        path.mkdir()
+    done = subprocess.run(
+        [sys.executable, "-m", "tcp.server", "--port", "0", "--history-file", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert done.returncode == 1
+    assert re.fullmatch(r"cannot use \S+ as --history-file: .+\n", done.stderr), done.stderr
+
+
+def test_without_the_redis_package_redis_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "redis").mkdir()
+    (tmp_path / "redis" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'redis'\", name='redis')\n"
+    )
+    for module in ("tcp.server", "udp.server"):
+        done = subprocess.run(
+            [sys.executable, "-m", module, "--port", "0", "--redis", "redis://127.0.0.1:1/0"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=WAIT,
+            env={**os.environ, "PYTHONPATH": str(tmp_path)},
+        )
+        assert done.returncode == 1
+        assert (
+            done.stderr.startswith("--redis needs the redis package")
+            and done.stderr.count("\n") == 1
+        )
+
+
+def test_unreachable_redis_is_one_line() -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcp.server",
+            "--port",
+            "0",
+            "--redis",
+            f"redis://127.0.0.1:{free_port()}/0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("cannot use Redis at") and done.stderr.count("\n") == 1
+
+
+def test_the_chat_alone_imports_only_the_standard_library() -> None:
+    code = (
+        "import sys, tcp.server, udp.server, common.sharing\n"
+        "assert 'redis' not in sys.modules and 'sqlite3' not in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=WAIT)
