@@ -38,7 +38,7 @@ demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%;
 	$(PYTHON) -m udp.demo
 
 .PHONY: bench bench-full report
-bench: $(VENV)/.installed ## quick benchmark suite (< 5 min): TCP, UDP, naive -> benchmarks/results/
+bench: $(VENV)/.installed ## quick benchmark suite (< 5 min): TCP, UDP, the assignment's server -> benchmarks/results/
 	$(PY) -m benchmarks
 
 bench-full: $(VENV)/.installed ## the long benchmark suite: longer runs, more points
