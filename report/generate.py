@@ -82,7 +82,7 @@ def provenance(results_path: Path) -> Provenance:
         shown = str(results_path)
     changes = [
         line[3:]
-        for line in _git("status", "--porcelain").splitlines()
+        for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
         if not line[3:].startswith("report/") or line[3:].endswith(".py")
     ]
     return Provenance(
