@@ -64,6 +64,10 @@ _MAX_FRAME_BYTES = 8192
 _CONNECT_TIMEOUT_S = 10.0
 _IDLE_WAIT_S = 0.05
 _TICK_NS = 10_000_000
+_EVENTS_PER_PASS = 8
+"""Reads between two looks at the schedule: a pass over every ready socket of a busy room
+took milliseconds, and every send due meanwhile left that late. The epoll is level triggered
+and hands out its ready sockets in turn, so the rest are read on the next passes."""
 _HELLO_INTERVAL_S = 1.0
 _HELLO_TRIES = 5
 _SETTLE_S = 0.3
@@ -572,7 +576,7 @@ class Worker:
                 ready, _, _ = select.select([poller], [], [], wait_s)
                 if not ready:
                     continue
-                for fd, events in poller.poll(0):
+                for fd, events in poller.poll(0, _EVENTS_PER_PASS):
                     client = by_fd[fd]
                     if events & select.EPOLLOUT:
                         client.flush()
