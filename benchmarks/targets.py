@@ -189,7 +189,7 @@ def _paired(
 
 
 def _tcp_200x5(results: dict[str, Any]) -> Target:
-    goal = f"p99 < {TCP_P99_MS:g} ms, none lost, CPU/delivery below the assignment's server's"
+    goal = f"p99 < {TCP_P99_MS:g} ms, 0 lost, µs/delivery < assignment's"
 
     def values(tcp: LoadResult, base: LoadResult) -> Values:
         return {
@@ -211,7 +211,7 @@ def _tcp_200x5(results: dict[str, Any]) -> Target:
 
 
 def _saturation(results: dict[str, Any]) -> Target:
-    goal = f"peak deliveries/s >= {SATURATION_RATIO:g}x the assignment's server's"
+    goal = f"peak deliveries/s >= {SATURATION_RATIO:g}x assignment's"
 
     def values(tcp: LoadResult, base: LoadResult) -> Values:
         return {
@@ -242,7 +242,7 @@ def _udp_raw(results: dict[str, Any]) -> Target:
 
 def _udp_reliable(results: dict[str, Any]) -> Target:
     budget = RTO_BUDGET * RTO_MS
-    goal = f"none lost, p99 <= {RTO_BUDGET} RTOs ({budget:g} ms)"
+    goal = f"0 lost, p99 <= {RTO_BUDGET} RTOs ({budget:g} ms)"
     samples = [
         Sample({"lost": float(r.lost), "p99_ms": r.p99_ms}, r.harness_bound)
         for r in repeats(results, "targets", "udp-reliable", link="netns 5% loss")
@@ -259,26 +259,42 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
     return [_tcp_200x5(results), _saturation(results), _udp_raw(results), _udp_reliable(results)]
 
 
-_SHOWN: dict[str, tuple[str, str, str]] = {
-    "p99_ms": ("p99", "{:.2f}", " ms"),
-    "lost": ("lost", "{:.0f}", ""),
-    "loss_pct": ("loss", "{:.3f}", " %"),
-    "cpu_us": ("CPU", "{:.2f}", " µs/delivery"),
-    "base_cpu_us": ("assignment's", "{:.2f}", " µs"),
-    "tcp": ("TCP", "{:,.0f}", "/s"),
-    "base": ("assignment's", "{:,.0f}", "/s"),
-    "ratio": ("ratio", "{:.2f}", "x"),
+def _ms(value: float) -> str:
+    """A latency with as many digits as make sense for its size."""
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _mega(value: float) -> str:
+    return f"{value / 1e6:.2f} M"
+
+
+_SHOWN: dict[str, tuple[str, Callable[[float], str], str]] = {
+    "p99_ms": ("p99", _ms, " ms"),
+    "lost": ("lost", "{:.0f}".format, ""),
+    "loss_pct": ("loss", "{:.3f}".format, " %"),
+    "cpu_us": ("", "{:.2f}".format, " µs"),
+    "base_cpu_us": ("vs", "{:.2f}".format, " µs"),
+    "tcp": ("TCP", _mega, "/s"),
+    "base": ("vs", _mega, "/s"),
+    "ratio": ("", "{:.2f}".format, "x"),
 }
+
+
+def _shown(key: str, value: float) -> str:
+    label, fmt, unit = _SHOWN[key]
+    return f"{label} {fmt(value)}{unit}".strip()
 
 
 def describe(target: Target) -> str:
     """The medians, each with its range over the counted repeats: `p99 17.8 ms [17.3-18.9]`."""
     parts = []
     for key, value in target.medians.items():
-        label, fmt, unit = _SHOWN[key]
+        fmt = _SHOWN[key][1]
         low, high = target.ranges[key]
-        span = "" if low == high else f" [{fmt.format(low)}-{fmt.format(high)}]"
-        parts.append(f"{label} {fmt.format(value)}{unit}{span}")
+        span = "" if fmt(low) == fmt(high) else f" [{fmt(low)}-{fmt(high)}]"
+        parts.append(_shown(key, value) + span)
     return ", ".join(parts)
 
 
@@ -286,9 +302,7 @@ def describe_repeats(target: Target) -> str:
     """Each repeat's values and whether it held: what an unstable verdict is printed with."""
     out = []
     for number, (sample, held) in enumerate(zip(target.samples, target.held, strict=True), 1):
-        shown = ", ".join(
-            f"{_SHOWN[k][0]} {_SHOWN[k][1].format(v)}" for k, v in sample.values.items()
-        )
+        shown = ", ".join(_shown(k, v) for k, v in sample.values.items())
         state = "harness-bound" if held is None else "held" if held else "failed"
         out.append(f"run {number}: {shown} ({state})")
     return "; ".join(out)

@@ -305,7 +305,11 @@ def build_context(
     for key, protocol in (
         ("tcp", "tcp"), ("base", "assignment"), ("raw", "udp-raw"), ("rel", "udp-reliable"),
     ):  # fmt: skip
-        runs = _at(results, protocol, clients=light, rate=5, link="loopback") if light else []
+        runs = (
+            _at(results, protocol, clients=light, rate=5, link="loopback", nagle=False)
+            if light
+            else []
+        )
         ctx[f"light_{key}_us"] = spread(runs, "server_cpu_us_per_delivery", lambda v: num(v, 2))
         ctx[f"light_{key}_p99"] = spread(runs, "p99_ms", ms)
         ctx[f"light_{key}_p50"] = spread(runs, "p50_ms", ms)

@@ -114,7 +114,7 @@ def test_verdicts_follow_the_repeats(report: str) -> None:
     assert "**met**" in rows["tcp-200x5"]
     assert "p99 1.60 ms [1.50-1.70]" in rows["tcp-200x5"]
     assert "**unstable**" in rows["udp-raw-100x10"]
-    assert "run 2: loss 0.000, p99 7.77 (failed)" in report
+    assert "run 2: loss 0.000 %, p99 7.77 ms (failed)" in report
     assert "harness-bound" in rows["tcp-saturation"]
     assert "**met**" in rows["udp-reliable-5pct"]
 
