@@ -57,15 +57,16 @@ def _positive(value: float) -> float:
 def _series(
     axes: Any, x: Sequence[float], y: Sequence[float], runs: Sequence[LoadResult], **style: Any
 ) -> None:
-    """A line through the points, each point filled unless its run was harness-bound."""
-    axes.plot(x, [_positive(v) for v in y], **{**style, "marker": None})
-    for xi, yi, run in zip(x, y, runs, strict=True):
+    """A line through the points; a point whose run was harness-bound is drawn hollow."""
+    axes.plot(x, [_positive(v) for v in y], **style)
+    bound = [(xi, yi) for xi, yi, run in zip(x, y, runs, strict=True) if run.harness_bound]
+    if bound:
         axes.plot(
-            [xi],
-            [_positive(yi)],
+            [xi for xi, _ in bound],
+            [_positive(yi) for _, yi in bound],
             marker=style["marker"],
             color=style["color"],
-            markerfacecolor="none" if run.harness_bound else style["color"],
+            markerfacecolor="white",
             linestyle="none",
         )
 
