@@ -275,6 +275,10 @@ def build_context(
         "targets_summary": ", ".join(f"{t.key} {t.verdict}" for t in targets),
         **_calibration(),
     }
+    every_run = [r for _, r in load_results(results)]
+    ctx["bound_runs"] = (
+        f"{sum(r.harness_bound for r in every_run)} of the {len(every_run)} load runs"
+    )
     repeat_counts = {run.get("repeat", 1) for run in results["runs"] if run["group"] in REPEATED}
     ctx["repeats"] = str(max(repeat_counts, default=1))
 
