@@ -74,23 +74,30 @@ def _git(*args: str) -> str:
 
 
 def provenance(results_path: Path) -> Provenance:
-    """The commit that last changed the results file, HEAD, and whether anything outside the
-    report's own output (REPORT.md and its figures) is uncommitted."""
+    """The commit that last changed the results file, HEAD, and whether anything but the
+    report's own output is uncommitted."""
     try:
         shown = str(results_path.resolve().relative_to(REPO_ROOT))
     except ValueError:
         shown = str(results_path)
-    changes = [
-        line[3:]
+    # Each line is two status letters, a space and the path (the first one's leading space is
+    # stripped along with the output's).
+    paths = [
+        line[2:].strip()
         for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
-        if not line[3:].startswith("report/") or line[3:].endswith(".py")
     ]
+    changes = [p for p in paths if not _generated(p)]
     return Provenance(
         results_path=shown,
         results_commit=_git("log", "-1", "--format=%h", "--", shown),
         head=_git("rev-parse", "--short", "HEAD"),
         clean=not changes and bool(_git("rev-parse", "HEAD")),
     )
+
+
+def _generated(path: str) -> bool:
+    """What `make report` writes: REPORT.md and the figures beside it."""
+    return path == "report/REPORT.md" or (path.startswith("report/") and path.endswith(".png"))
 
 
 def render(template: str, context: dict[str, str]) -> str:
