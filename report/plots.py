@@ -8,7 +8,8 @@ harness-bound run is drawn hollow: it is shown, but it is not a server result. F
   1 / (1 - p) on a log scale), of all four servers at one load (`common_clients` x 5 msg/s).
 - latency: p50 and p99 against clients at 5 msg/s (the 200-client point is the median repeat).
 - throughput: deliveries per second against the offered load, TCP and the assignment's server.
-- loss: deliveries lost against the link's loss, UDP raw and reliable.
+- loss: deliveries lost against the link's loss, UDP raw and reliable (reliable at 5 % is the
+  median repeat of the target's runs).
 """
 
 from __future__ import annotations
@@ -164,9 +165,10 @@ def _loss(runs: Sequence[LoadResult], path: Path) -> Path:
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
     for protocol, group in _by_protocol(runs).items():
-        group.sort(key=_link_loss)
+        points = _points(group, "link")
+        points.sort(key=_link_loss)
         _series(
-            axes, [_link_loss(r) for r in group], [r.loss_pct for r in group], group,
+            axes, [_link_loss(r) for r in points], [r.loss_pct for r in points], points,
             **STYLE[protocol],
         )  # fmt: skip
     links = sorted({_link_loss(r) for r in runs})
@@ -196,7 +198,9 @@ def make_plots(
         r for _, r in load_results(results, "targets") if r.rate == 5 and r.link == "loopback"
     ]
     sweep = [r for g in ("rate", "peak") for _, r in load_results(results, g)]
-    lossy = [r for _, r in load_results(results, "lossy")]
+    lossy = [
+        r for g in ("lossy", "targets") for _, r in load_results(results, g) if r.link != "loopback"
+    ]
     if common_clients is not None:
         same = [r for r in clients if r.clients == common_clients]
         written["percentiles"] = _percentiles(same, common_clients, out_dir / "percentiles.png")

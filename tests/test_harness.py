@@ -121,7 +121,11 @@ def test_bad_specs_are_refused() -> None:
 def test_command_line_lists_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main(["--list", "--only", "lossy,capacity"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 9 and all(("lossy" in line) or ("capacity" in line) for line in lines)
+    # Reliable mode at 5 % loss is left to the repeated targets group.
+    assert len(lines) == 8 and all(("lossy" in line) or ("capacity" in line) for line in lines)
+    assert bench_main(["--list", "--only", "targets"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 12 and sum("udp-reliable 5% loss" in line for line in lines) == 3
     assert len(build_suite("full")) > len(build_suite("bench"))
     with pytest.raises(SystemExit):
         bench_main(["--only", "nonsense", "--list"])
