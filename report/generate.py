@@ -343,7 +343,7 @@ def build_context(
         ctx[f"{key}_knee"] = (
             f"{k.knee_rate:g} msg/s per client ({num(k.knee_offered)} deliveries/s)"
             if k and k.knee_rate is not None
-            else "below the lowest rate of the sweep"
+            else "none"
             if k
             else NA
         )
