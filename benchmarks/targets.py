@@ -129,8 +129,15 @@ def matching(runs: Sequence[LoadResult], protocol: str, **fields: Any) -> list[L
 
 def repeats(results: dict[str, Any], group: str, protocol: str, **fields: Any) -> list[LoadResult]:
     """The repeats of one scenario of a group, in the order they ran."""
+    return list(numbered_repeats(results, group, protocol, **fields).values())
+
+
+def numbered_repeats(
+    results: dict[str, Any], group: str, protocol: str, **fields: Any
+) -> dict[int, LoadResult]:
+    """The repeats of one scenario of a group by their number (a failed one is missing)."""
     runs = sorted(_runs(results, group), key=lambda pair: pair[0])
-    return matching([r for _, r in runs], protocol, **fields)
+    return {n: r for n, r in runs if matching([r], protocol, **fields)}
 
 
 def sweep_knees(results: dict[str, Any]) -> dict[str, Knee]:
@@ -179,12 +186,13 @@ def _target(
 
 
 def _paired(
-    ours: Sequence[LoadResult], theirs: Sequence[LoadResult], values: Callable[..., Values]
+    ours: Mapping[int, LoadResult], theirs: Mapping[int, LoadResult], values: Callable[..., Values]
 ) -> list[Sample]:
-    """One sample per round from the two servers' runs of that round."""
+    """One sample per round from the two servers' runs of that round; a round in which either
+    run is missing (it failed) gives none."""
     return [
-        Sample(values(a, b), a.harness_bound or b.harness_bound)
-        for a, b in zip(ours, theirs, strict=False)
+        Sample(values(ours[n], theirs[n]), ours[n].harness_bound or theirs[n].harness_bound)
+        for n in sorted(ours.keys() & theirs.keys())
     ]
 
 
@@ -203,8 +211,8 @@ def _tcp_200x5(results: dict[str, Any]) -> Target:
         return v["p99_ms"] < TCP_P99_MS and v["lost"] == 0 and v["cpu_us"] < v["base_cpu_us"]
 
     samples = _paired(
-        repeats(results, "targets", "tcp", clients=200, rate=5),
-        repeats(results, "targets", "assignment", clients=200, rate=5),
+        numbered_repeats(results, "targets", "tcp", clients=200, rate=5),
+        numbered_repeats(results, "targets", "assignment", clients=200, rate=5),
         values,
     )
     return _target("tcp-200x5", goal, samples, holds)
@@ -221,7 +229,9 @@ def _saturation(results: dict[str, Any]) -> Target:
         }
 
     samples = _paired(
-        repeats(results, "peak", "tcp"), repeats(results, "peak", "assignment"), values
+        numbered_repeats(results, "peak", "tcp"),
+        numbered_repeats(results, "peak", "assignment"),
+        values,
     )
     return _target("tcp-saturation", goal, samples, lambda v: v["ratio"] >= SATURATION_RATIO)
 

@@ -13,6 +13,7 @@ import pytest
 
 from benchmarks.harness import build_suite
 from benchmarks.measure import DEFAULT_THREADS, PERCENTILES, LoadResult, LoadSpec, result_to_dict
+from benchmarks.targets import evaluate
 from report.generate import Provenance, generate, render
 
 
@@ -152,3 +153,15 @@ def test_an_unknown_placeholder_is_an_error() -> None:
     assert render("a {{x}} b", {"x": "1"}) == "a 1 b"
     with pytest.raises(KeyError):
         render("{{missing}}", {})
+
+
+def test_a_failed_repeat_leaves_its_round_out_of_a_paired_target() -> None:
+    results = synthetic_results()
+    results["runs"] = [
+        run
+        for run in results["runs"]
+        if not (run["group"] == "targets" and run["name"] == "tcp 200x5" and run["repeat"] == 2)
+    ]
+    target = next(t for t in evaluate(results) if t.key == "tcp-200x5")
+    assert [s.values["p99_ms"] for s in target.samples] == [1.5, 1.7]
+    assert target.verdict == "met"
