@@ -48,7 +48,8 @@ from report.plots import make_plots
 TEMPLATE = Path(__file__).resolve().parent / "template.md"
 CALIBRATION = REPO_ROOT / "benchmarks" / "calibration.json"
 NA = "n/a"
-BOUND_MARK = " (harness-bound)"
+BOUND_MARK = "†"
+"""Marks a figure from harness-bound runs, so that a number in a sentence stays readable."""
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
 
 
