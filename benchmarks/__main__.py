@@ -36,7 +36,7 @@ def _groups(text: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks",
-        description="Load the TCP and UDP chat servers (and a naive baseline) with clients "
+        description="Load the TCP and UDP chat servers (and the assignment's server) with clients "
         "speaking the real protocol; measure latency, loss, throughput and cost.",
     )
     parser.add_argument(

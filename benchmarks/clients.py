@@ -3,15 +3,22 @@
 Contract:
     Plan(clients, period_ns, t0_ns, start_ns, end_ns)   the open-loop schedule of all clients
     connect_tcp(index, address, pad=0) -> TcpClient      (blocking until `welcome`)
+    connect_raw_text(count, address, pad=0) -> [TcpClient]  (the assignment's raw text lines)
     join_udp(socks, reliable) -> [UdpClient]                 (hellos in parallel, resent each 1 s)
     Worker(clients, first_index, plan, stop).start()        one thread, one epoll, one schedule
 
 Every client records what it sent (`sent`: scheduled times, in ns) and what it received
-(`chunk_times`: arrival times, `chunk_scheds`: the scheduled times found in that arrival, as
-space-separated decimals), and nothing else: no JSON and no Python loop per delivery while the
-load runs. Each `say` text is a marker `b<client>:<round>:<scheduled ns>`; a scheduled time
-alone identifies a message (the plan keeps them unique), so the analysis after the run needs
-only the numbers. All times are time.monotonic_ns() of this process.
+(`chunk_times`: arrival times, `chunks`: the whole lines that arrival completed, as bytes), and
+nothing else: while the load runs a TCP arrival costs one `recv_into` a reused buffer, a search
+for the last line end, a count of markers and one copy, however many frames it carries; no JSON,
+no regular expression, no Python loop per delivery. Each message text is a marker
+`#<client>:<round>:<scheduled ns>`; a scheduled time alone identifies a message (the plan keeps
+them unique), so the analysis after the run (`markers`) needs only the numbers. All times are
+time.monotonic_ns() of this process.
+
+Raw text mode drives the assignment's server, which knows no frames: a client's first line is
+its name, every later line a message, and what arrives is text in which the markers are found
+wherever they are. That server does not echo a message to its sender.
 
 Why groups: in CPython, hundreds of threads handing the GIL to each other cost more CPU than
 the server under test, so a thread per client makes the harness the bottleneck. A worker owns a
@@ -46,7 +53,9 @@ from typing import Protocol
 from common.reliable import ReliableReceiver, ReliableSender
 from udp.server import enlarge_buffers
 
-SCHED_RE = re.compile(rb"b\d+:\d+:(\d+)")
+MARK = b"#"
+SCHED_RE = re.compile(rb"#\d+:\d+:(\d+)")
+_JOINED_RE = re.compile(rb"c(\d+)\D")
 _SEQ_RE = re.compile(rb'"seq":(\d+)\}')
 _SESSION_RE = re.compile(rb'"session":"([0-9a-f]+)"')
 _RECV_BYTES = 1 << 20
@@ -55,10 +64,16 @@ _MAX_FRAME_BYTES = 8192
 _CONNECT_TIMEOUT_S = 10.0
 _IDLE_WAIT_S = 0.05
 _TICK_NS = 10_000_000
+_EVENTS_PER_PASS = 8
+"""Reads between two looks at the schedule: a pass over every ready socket of a busy room
+took milliseconds, and every send due meanwhile left that late. The epoll is level triggered
+and hands out its ready sockets in turn, so the rest are read on the next passes."""
 _HELLO_INTERVAL_S = 1.0
 _HELLO_TRIES = 5
 _SETTLE_S = 0.3
 _TCP_BYE = b'{"type":"bye"}\n'
+_JSON_SAY = b'{"type":"say","text":"#%d:%d:%d%s"}\n'
+_RAW_SAY = b"#%d:%d:%d%s\n"
 
 
 @dataclass(frozen=True)
@@ -97,7 +112,7 @@ class Client(Protocol):
     sock: socket.socket
     sent: list[int]
     chunk_times: list[int]
-    chunk_scheds: list[bytes]
+    chunks: list[bytes]
     received: int
 
     @property
@@ -121,27 +136,39 @@ class _Recorder:
         self.index = index
         self.sock = sock
         self.sent: list[int] = []
-        # Per arrival: its time, and its scheduled times as space-separated decimals (parsed
-        # only after the run; converting them on the spot tripled the per-arrival cost).
+        # Per arrival: its time and its bytes, read for markers only after the run (finding
+        # them on the spot cost more per delivery than everything else the harness does).
         self.chunk_times: list[int] = []
-        self.chunk_scheds: list[bytes] = []
+        self.chunks: list[bytes] = []
+        # Markers seen so far, for the progress line and for knowing when the drain is done.
         self.received = 0
-        # When a `left` with reason too_slow first arrived (someone was dropped), 0 if never.
-        self.saw_too_slow_ns = 0
 
-    def _record(self, now: int, found: list[bytes]) -> None:
-        if found:
+    def _record(self, now: int, data: bytes) -> None:
+        if data:
             self.chunk_times.append(now)
-            self.chunk_scheds.append(b" ".join(found))
-            self.received += len(found)
+            self.chunks.append(data)
+            self.received += data.count(MARK)
+
+    def too_slow_ns(self) -> int:
+        """When a `left` with reason too_slow first arrived (someone was dropped), 0 if never."""
+        arrivals = zip(self.chunk_times, self.chunks, strict=True)
+        return next((t for t, data in arrivals if b'"too_slow"' in data), 0)
+
+
+def markers(data: bytes) -> list[int]:
+    """The scheduled times of the markers in one arrival."""
+    return [int(sched) for sched in SCHED_RE.findall(data)]
 
 
 class TcpClient(_Recorder):
     """One connection: its outgoing queue, what was sent, and the chunks it received."""
 
-    def __init__(self, index: int, sock: socket.socket, pending: bytes, pad: int = 0) -> None:
+    def __init__(
+        self, index: int, sock: socket.socket, pending: bytes, pad: int = 0, raw: bool = False
+    ) -> None:
         super().__init__(index, sock)
         self._padding = b" " + b"x" * pad if pad else b""
+        self._say = _RAW_SAY if raw else _JSON_SAY
         self._pending = pending
         self._broken = False
         self._outbox = bytearray()
@@ -155,7 +182,7 @@ class TcpClient(_Recorder):
 
     def send_say(self, sched: int, k: int) -> None:
         """Send at once if the socket takes it; otherwise queue behind what is waiting."""
-        frame = b'{"type":"say","text":"b%d:%d:%d%s"}\n' % (self.index, k, sched, self._padding)
+        frame = self._say % (self.index, k, sched, self._padding)
         self._queued_bytes += len(frame)
         self._queued.append((sched, self._queued_bytes))
         self._outbox += frame
@@ -180,7 +207,7 @@ class TcpClient(_Recorder):
 
     def on_readable(self, buffer: bytearray, view: memoryview) -> bool:
         """Read one chunk; the unfinished last line is copied to the front of the shared
-        buffer first, so the regular expression only ever sees whole lines."""
+        buffer first, so that only whole lines are kept and counted."""
         kept = len(self._pending)
         view[:kept] = self._pending
         try:
@@ -195,9 +222,8 @@ class TcpClient(_Recorder):
         end = kept + size
         cut = buffer.rfind(b"\n", 0, end) + 1
         self._pending = bytes(buffer[cut:end])
-        self._record(now, SCHED_RE.findall(buffer, 0, cut))
-        if buffer.find(b'"too_slow"', 0, cut) >= 0 and not self.saw_too_slow_ns:
-            self.saw_too_slow_ns = now
+        if cut:
+            self._record(now, bytes(view[:cut]))
         return True
 
     def tick(self, now_ns: int) -> None:
@@ -232,6 +258,58 @@ def connect_tcp(index: int, address: tuple[str, int], pad: int = 0) -> TcpClient
         raise RuntimeError(f"client {index}: expected welcome, got {line!r}")
     sock.setblocking(False)
     return TcpClient(index, sock, rest, pad)
+
+
+def connect_raw_text(count: int, address: tuple[str, int], pad: int = 0) -> list[TcpClient]:
+    """Connect `count` raw text clients one after another, each giving its name `c<index>`.
+
+    The server says nothing to the one who joins, only `<name> ...` to the others, so a client
+    is known to be in the room once it has heard of someone's join or someone has heard of its
+    own. Then every socket is non-blocking.
+    """
+    socks: list[socket.socket] = []
+    try:
+        for index in range(count):
+            sock = socket.create_connection(address, timeout=_CONNECT_TIMEOUT_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.sendall(b"c%d\n" % index)
+            socks.append(sock)
+        _await_joins(socks)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    for sock in socks:
+        sock.setblocking(False)
+    return [TcpClient(index, sock, b"", pad, raw=True) for index, sock in enumerate(socks)]
+
+
+def _await_joins(socks: Sequence[socket.socket]) -> None:
+    """Read every socket until each client is known to be in the room (see connect_raw_text)."""
+    if len(socks) < 2:
+        return
+    by_fd = {sock.fileno(): sock for sock in socks}
+    index_of = {sock: index for index, sock in enumerate(socks)}
+    tails = dict.fromkeys(socks, b"")
+    known: set[int] = set()
+    poller = select.poll()
+    for fd in by_fd:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + _CONNECT_TIMEOUT_S
+    while len(known) < len(socks):
+        ready = poller.poll(max(0.0, deadline - time.monotonic()) * 1000)
+        if not ready:
+            raise TimeoutError(f"{len(socks) - len(known)} raw text clients never joined")
+        for fd, _ in ready:
+            sock = by_fd[fd]
+            data = sock.recv(_RECV_BYTES)
+            if not data:
+                raise ConnectionError(f"the server closed client {index_of[sock]} as it joined")
+            heard = tails[sock] + data
+            names = {int(i) for i in _JOINED_RE.findall(heard)} - {index_of[sock]}
+            if names:
+                known |= names | {index_of[sock]}
+            tails[sock] = heard[-16:]
 
 
 def tcp_slow_reader(index: int, address: tuple[str, int], receive_buffer: int) -> socket.socket:
@@ -314,7 +392,7 @@ class UdpClient(_Recorder):
 
     def send_say(self, sched: int, k: int) -> None:
         self.sent.append(sched)
-        self._submit(self._frame(b'{"type":"say","text":"b%d:%d:%d"' % (self.index, k, sched)))
+        self._submit(self._frame(b'{"type":"say","text":"#%d:%d:%d"' % (self.index, k, sched)))
 
     def flush(self) -> None:
         """Datagrams are written whole or not at all."""
@@ -324,7 +402,7 @@ class UdpClient(_Recorder):
         triggered, so it reports the socket again while more wait, and reading until
         `BlockingIOError` would cost an exception for every arrival at this load."""
         try:
-            datagrams = [self.sock.recv(_DATAGRAM_BYTES)]
+            data = self.sock.recv(_DATAGRAM_BYTES)
         except (BlockingIOError, ConnectionRefusedError):
             # Refused: an ICMP error from an earlier send; the next datagram may be fine.
             return True
@@ -332,13 +410,10 @@ class UdpClient(_Recorder):
             return False
         now = time.monotonic_ns()
         if self.token is None:
-            self._find_welcome(datagrams)
+            self._find_welcome([data])
         if self.receiver is not None:
-            datagrams = self._reliable(datagrams, now / 1e9)
-        joined = b"\n".join(datagrams)
-        self._record(now, SCHED_RE.findall(joined))
-        if not self.saw_too_slow_ns and b'"too_slow"' in joined:
-            self.saw_too_slow_ns = now
+            data = b"\n".join(self._reliable([data], now / 1e9))
+        self._record(now, data)
         return True
 
     def _find_welcome(self, datagrams: list[bytes]) -> None:
@@ -501,7 +576,7 @@ class Worker:
                 ready, _, _ = select.select([poller], [], [], wait_s)
                 if not ready:
                     continue
-                for fd, events in poller.poll(0):
+                for fd, events in poller.poll(0, _EVENTS_PER_PASS):
                     client = by_fd[fd]
                     if events & select.EPOLLOUT:
                         client.flush()

@@ -34,7 +34,7 @@ import redis
 from tabulate import tabulate
 
 from benchmarks import procstat
-from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp
+from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp, markers
 from benchmarks.measure import raise_open_file_limit
 from benchmarks.servers import ServerProcess, server_command
 from common.redisroom import PUBLISH
@@ -171,8 +171,8 @@ def measure(
     latencies: list[int] = []
     in_window = 0
     for client in clients:
-        for now, joined in zip(client.chunk_times, client.chunk_scheds, strict=True):
-            batch = [int(s) for s in joined.split()]
+        for now, data in zip(client.chunk_times, client.chunks, strict=True):
+            batch = markers(data)
             if plan.measured(now):
                 in_window += len(batch)
             latencies += [now - s for s in batch if plan.measured(s)]

@@ -1,7 +1,7 @@
-"""Open-loop load test of one TCP chat server (or the naive baseline), from the command line.
+"""Open-loop load test of one TCP chat server (or the assignment's), from the command line.
 
 Contract:
-    python -m benchmarks.load --server {tcp,naive} --clients 200 --rate 5 --duration 10
+    python -m benchmarks.load --server {tcp,assignment} --clients 200 --rate 5 --duration 10
                               [--warmup 1] [--drain 5] [--nagle] [--threads N]
     run_tcp_load(server, clients=..., rate=..., duration=..., ...) -> LoadResult
     format_results([LoadResult, ...]) -> str  (a table, one row per run)
@@ -37,9 +37,10 @@ def run_tcp_load(
     nagle: bool = False,
     threads: int = DEFAULT_THREADS,
 ) -> LoadResult:
-    """Start `server` ("tcp" or "naive"), run the load against it, stop it, return the numbers."""
-    if server not in ("tcp", "naive"):
-        raise ValueError("server must be tcp or naive")
+    """Start `server` ("tcp" or "assignment"), run the load against it, stop it, return the
+    numbers."""
+    if server not in ("tcp", "assignment"):
+        raise ValueError("server must be tcp or assignment")
     spec = LoadSpec(
         server=server,
         clients=clients,
@@ -57,10 +58,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.load", description="Open-loop load test of a TCP chat server."
     )
-    parser.add_argument("--server", choices=["naive", "tcp"], default="tcp")
+    parser.add_argument("--server", choices=["assignment", "tcp"], default="tcp")
     add_load_arguments(parser, clients=200, rate=5.0, drain=5.0)
     parser.add_argument(
-        "--nagle", action="store_true", help="tcp.server only: leave Nagle on (naive always is)"
+        "--nagle",
+        action="store_true",
+        help="tcp.server only: leave Nagle on (the assignment's server always does)",
     )
     args = parser.parse_args(argv)
     result = run_tcp_load(

@@ -24,16 +24,18 @@ Method, chosen so the numbers cannot flatter the server:
   delivery. After the window the harness waits up to `drain` seconds for the deliveries still
   owed (raw UDP stops early after half a second with nothing new), then says `bye`, closes,
   and stops the server with SIGTERM. What arrives after the drain counts as lost.
-- `expected` = messages of the window sent x clients (every client gets every message, its own
-  included); `lost` = expected - received by the end of the drain; `unsent` = messages of the
-  window still queued in the harness at the end (a server that stopped reading);
+- `expected` = messages of the window sent x recipients (every client gets every message, its
+  own included, except from the assignment's server, which does not echo); `lost` = expected -
+  received by the end of the drain; `unsent` = messages of the window still queued in the
+  harness at the end (a server that stopped reading);
   `duplicates` = a marker seen twice by one client; `reorders` = a marker older than one already
   seen from the same sender; `unexpected` = a marker never sent. Latency percentiles are over
   the deliveries that arrived (nearest rank); the missing ones are in `lost`.
 - Server CPU is the server process's user + system time over the window (/proc), per delivery
   received in it; its peak memory is VmHWM after the run. The harness reports its own CPU
-  (100 % = one core) and how late its sends left against the schedule (`send_lag`), so a reader
-  can tell whether the harness, not the server, was the limit.
+  (100 % = one core, and per delivery) and how late its sends left against the schedule
+  (`send_lag`); a run past HARNESS_CPU_LIMIT_PCT or HARNESS_LAG_LIMIT_MS is `harness_bound`.
+- Latency percentiles: p50, p95, p99 and max, and PERCENTILES for the percentile plot.
 - `connect_s` is the time until every client had its `welcome` (TCP clients join one after the
   other, UDP clients all at once).
 - Slow readers (`slow_readers`, TCP) join after the others, with a 4 KiB receive buffer, and
@@ -63,8 +65,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from tabulate import tabulate
-
 from benchmarks import procstat
 from benchmarks.clients import (
     Client,
@@ -72,12 +72,15 @@ from benchmarks.clients import (
     TcpClient,
     UdpClient,
     Worker,
+    connect_raw_text,
     connect_tcp,
     join_udp,
+    markers,
     tcp_slow_reader,
     was_dropped,
 )
 from benchmarks.servers import REPO_ROOT, ServerProcess, server_command
+from benchmarks.tables import table
 from udp.faults import FaultyRelay
 from udp.lossy import LossyNamespace
 
@@ -98,6 +101,15 @@ _QUIET_NS = 500_000_000
 _STOP_TIMEOUT_S = 5.0
 _SLOW_RCVBUF = 4096
 _WORKER_MARGIN_S = 60.0
+
+HARNESS_CPU_LIMIT_PCT = 85.0
+HARNESS_LAG_LIMIT_MS = 1.0
+"""A run is harness-bound when the harness used more than HARNESS_CPU_LIMIT_PCT of a core or
+its sends left more than HARNESS_LAG_LIMIT_MS late at p99: then the clients, not the server,
+may have set the pace, and the run says nothing about the server."""
+
+PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9)
+"""The latency percentiles every run keeps, for the percentile plot."""
 
 
 @dataclass(frozen=True)
@@ -122,10 +134,15 @@ class LoadSpec:
 
     @property
     def protocol(self) -> str:
-        """tcp, naive, udp-raw or udp-reliable."""
+        """tcp, assignment, udp-raw or udp-reliable."""
         if self.server != "udp":
             return self.server
         return "udp-reliable" if self.reliable else "udp-raw"
+
+    @property
+    def echoes(self) -> bool:
+        """Whether a sender receives its own message: the assignment's server does not echo."""
+        return self.server != "assignment"
 
     @property
     def link(self) -> str:
@@ -136,8 +153,8 @@ class LoadSpec:
         return "loopback"
 
     def validate(self) -> None:
-        if self.server not in ("tcp", "naive", "udp"):
-            raise ValueError("server must be tcp, naive or udp")
+        if self.server not in ("tcp", "assignment", "udp"):
+            raise ValueError("server must be tcp, assignment or udp")
         period_ns = round(1e9 / self.rate) if self.rate > 0 else 0
         if self.clients < 1 or period_ns < self.clients:
             raise ValueError("need clients >= 1 and 0 < rate <= 1e9 / clients")
@@ -181,6 +198,7 @@ class LoadResult:
     p95_ms: float
     p99_ms: float
     max_ms: float
+    percentiles_ms: list[float]
     send_lag_p50_ms: float
     send_lag_p99_ms: float
     retransmitted: int
@@ -193,12 +211,23 @@ class LoadResult:
     server_peak_rss_mb: float
     server_threads: int
     harness_cpu_pct: float
+    harness_cpu_us_per_delivery: float
     server_clean_exit: bool | None
 
     @property
     def server(self) -> str:
-        """The server process that ran: tcp, naive or udp."""
+        """The server process that ran: tcp, assignment or udp."""
         return self.protocol.split("-")[0]
+
+    @property
+    def harness_bound(self) -> bool:
+        """True when the harness may have been the limit (see HARNESS_CPU_LIMIT_PCT)."""
+        return is_harness_bound(self.harness_cpu_pct, self.send_lag_p99_ms)
+
+
+def is_harness_bound(harness_cpu_pct: float, send_lag_p99_ms: float) -> bool:
+    """The harness-bound rule; a lag that could not be measured (nothing sent) does not count."""
+    return harness_cpu_pct > HARNESS_CPU_LIMIT_PCT or send_lag_p99_ms > HARNESS_LAG_LIMIT_MS
 
 
 def add_load_arguments(
@@ -228,6 +257,8 @@ def result_from_dict(data: Mapping[str, Any]) -> LoadResult:
         value = data.get(spec_field.name)
         if value is None and spec_field.type == "float":
             value = math.nan
+        if value is None and spec_field.name == "percentiles_ms":
+            value = []
         values[spec_field.name] = value
     return LoadResult(**values)
 
@@ -287,7 +318,11 @@ def _watch_window(
 
 
 def _drain(
-    clients: Sequence[Client], workers: Sequence[Worker], deadline_ns: int, quiet_ends: bool
+    clients: Sequence[Client],
+    workers: Sequence[Worker],
+    deadline_ns: int,
+    quiet_ends: bool,
+    recipients: int,
 ) -> None:
     """Wait until every message is scheduled, every queue written and every sent message
     reached every client, or until the deadline; with quiet_ends, also once nothing new has
@@ -296,7 +331,7 @@ def _drain(
         worker.scheduled.wait(max(0.0, (deadline_ns - time.monotonic_ns()) / 1e9))
     last_count, last_change = -1, time.monotonic_ns()
     while (now := time.monotonic_ns()) < deadline_ns:
-        owed = sum(len(c.sent) for c in clients) * len(clients)
+        owed = sum(len(c.sent) for c in clients) * recipients
         count = sum(c.received for c in clients)
         if count >= owed and not any(c.blocked for c in clients):
             return
@@ -330,6 +365,8 @@ def _connect(
     clients: list[TcpClient] | list[UdpClient]
     if spec.server == "udp":
         clients = join_udp(0, spec.clients, address, spec.reliable)
+    elif spec.server == "assignment":
+        clients = connect_raw_text(spec.clients, address, spec.pad)
     else:
         tcp_clients: list[TcpClient] = []
         try:
@@ -388,7 +425,9 @@ def run_clients(
         if progress:
             progress("draining")
         quiet_ends = spec.server == "udp" and not spec.reliable
-        _drain(clients, workers, plan.end_ns + round(spec.drain * 1e9), quiet_ends)
+        _drain(
+            clients, workers, plan.end_ns + round(spec.drain * 1e9), quiet_ends, _recipients(spec)
+        )
         usage = _Usage(
             drained_ns=time.monotonic_ns(),
             connect_s=connect_s,
@@ -416,6 +455,11 @@ def run_clients(
     return _summarise(spec, plan, clients, lags, usage)
 
 
+def _recipients(spec: LoadSpec) -> int:
+    """How many clients receive each message."""
+    return spec.clients if spec.echoes else spec.clients - 1
+
+
 def _summarise(
     spec: LoadSpec,
     plan: Plan,
@@ -432,13 +476,13 @@ def _summarise(
     for client in clients:
         seen: set[int] = set()
         newest = [-1] * n
-        for now, joined in zip(client.chunk_times, client.chunk_scheds, strict=True):
+        for now, data in zip(client.chunk_times, client.chunks, strict=True):
             if now > usage.drained_ns:
                 break
-            batch = joined.split()
+            batch = markers(data)
             if plan.measured(now):
                 deliveries_in_window += len(batch)
-            for sched in map(int, batch):
+            for sched in batch:
                 sender = owner.get(sched)
                 if sender is None:
                     unexpected += 1
@@ -454,9 +498,9 @@ def _summarise(
                         latencies.append(now - sched)
     ordered = sorted(latencies)
     ordered_lags = sorted(lags)
-    expected = sent * n
+    expected = sent * _recipients(spec)
     udp = [c for c in clients if isinstance(c, UdpClient)]
-    too_slow = [c.saw_too_slow_ns for c in clients if c.saw_too_slow_ns]
+    too_slow = [t for t in (c.too_slow_ns() for c in clients) if t]
     return LoadResult(
         protocol=spec.protocol,
         link=spec.link,
@@ -469,7 +513,7 @@ def _summarise(
         connect_s=usage.connect_s,
         offered_msgs_per_s=plan.offered() / duration,
         sent_msgs_per_s=sent / duration,
-        offered_deliveries_per_s=plan.offered() * n / duration,
+        offered_deliveries_per_s=plan.offered() * _recipients(spec) / duration,
         deliveries_per_s=deliveries_in_window / usage.wall_s,
         sent=sent,
         expected=expected,
@@ -484,6 +528,7 @@ def _summarise(
         p95_ms=_percentile_ms(ordered, 0.95),
         p99_ms=_percentile_ms(ordered, 0.99),
         max_ms=_percentile_ms(ordered, 1.0),
+        percentiles_ms=[_percentile_ms(ordered, p / 100) for p in PERCENTILES] if ordered else [],
         send_lag_p50_ms=_percentile_ms(ordered_lags, 0.50),
         send_lag_p99_ms=_percentile_ms(ordered_lags, 0.99),
         retransmitted=sum(c.retransmitted for c in udp),
@@ -498,6 +543,9 @@ def _summarise(
         server_peak_rss_mb=usage.server_peak_rss / 2**20,
         server_threads=usage.server_threads,
         harness_cpu_pct=100 * usage.harness_cpu_s / usage.wall_s,
+        harness_cpu_us_per_delivery=(
+            1e6 * usage.harness_cpu_s / deliveries_in_window if deliveries_in_window else math.nan
+        ),
         server_clean_exit=None,
     )
 
@@ -595,7 +643,8 @@ def format_results(results: Sequence[LoadResult], labels: Sequence[str] | None =
     headers = [
         "protocol", "link", "clients", "thr", "rate", "offered deliv/s", "deliv/s", "p50 ms",
         "p95 ms", "p99 ms", "max ms", "lost", "loss %", "dup", "reord", "unsent", "retx",
-        "srv µs/deliv", "srv CPU%", "srv MB", "harness CPU%", "lag p99 ms", "connect s",
+        "srv µs/deliv", "srv CPU%", "srv MB", "harness CPU%", "harness µs/deliv", "lag p99 ms",
+        "connect s", "harness-bound",
     ]  # fmt: skip
     rows = [
         [
@@ -620,8 +669,10 @@ def format_results(results: Sequence[LoadResult], labels: Sequence[str] | None =
             f"{r.server_cpu_pct:.0f}",
             f"{r.server_peak_rss_mb:.1f}",
             f"{r.harness_cpu_pct:.0f}",
+            f"{r.harness_cpu_us_per_delivery:.2f}",
             _ms(r.send_lag_p99_ms),
             f"{r.connect_s:.2f}",
+            "HARNESS-BOUND" if r.harness_bound else "",
         ]
         for r in results
     ]
@@ -629,4 +680,4 @@ def format_results(results: Sequence[LoadResult], labels: Sequence[str] | None =
         headers.insert(0, "scenario")
         for row, label in zip(rows, labels, strict=True):
             row.insert(0, label)
-    return tabulate(rows, headers=headers, disable_numparse=True)
+    return table(rows, headers)

@@ -1,12 +1,12 @@
 """The chat server under test, run as its own process.
 
 Contract:
-    server_command(kind, nagle=..., max_outbox=...) -> argv   (kind: "tcp", "naive" or "udp")
+    server_command(kind, nagle=..., max_outbox=...) -> argv   (kind: "tcp", "assignment" or "udp")
     ServerProcess(argv, launch=subprocess.Popen)  starts it; wait_ready() -> (host, port);
     stop() -> True when it exited with status 0 in time and logged no traceback.
 
 Every server listens on 127.0.0.1 with `--port 0` and prints `listening on HOST:PORT` on stderr;
-the chat servers also get `--rate-limit 0 --quiet` so the load is neither refused nor logged.
+the project's servers also get `--rate-limit 0 --quiet` so the load is neither refused nor logged.
 `launch` lets a caller start the process elsewhere, e.g. `LossyNamespace.run` to put it inside a
 network namespace (`ip netns exec` execs the server, so the pid is the server's own).
 """
@@ -23,7 +23,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-SERVER_MODULES = {"tcp": "tcp.server", "naive": "benchmarks.naive_server", "udp": "udp.server"}
+SERVER_MODULES = {
+    "tcp": "tcp.server",
+    "assignment": "benchmarks.assignment_server",
+    "udp": "udp.server",
+}
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _READY_RE = re.compile(r"listening on (\S+):(\d+)")
@@ -38,7 +42,7 @@ def server_command(kind: str, *, nagle: bool = False, max_outbox: int | None = N
     if kind not in SERVER_MODULES:
         raise ValueError(f"server must be one of {sorted(SERVER_MODULES)}")
     command = [sys.executable, "-m", SERVER_MODULES[kind], "--host", "127.0.0.1", "--port", "0"]
-    if kind != "naive":
+    if kind != "assignment":
         command += ["--rate-limit", "0", "--quiet"]
     if nagle and kind == "tcp":
         command.append("--nagle")

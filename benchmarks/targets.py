@@ -3,29 +3,36 @@
 Contract:
     knee(runs) -> Knee                  for one server's rate sweep
     matching(runs, protocol, **fields) -> [LoadResult]   the runs with those values
-    median_run(runs) -> LoadResult      the run with the median p99 (the upper one of two)
-    udp_raw_runs(runs) -> [LoadResult]  the repeats the udp-raw target is judged on
-    evaluate(results) -> [Target]       every target, met, missed or not measured
+    repeats(results, group, protocol, **fields) -> [LoadResult]   one per repeat, in order
+    judge(samples, holds) -> (verdict, medians)           the verdict rule, on its own
+    evaluate(results) -> [Target]       every target: met, missed, unstable, harness-bound or
+                                        not measured
 
 A run keeps up when it delivers at least KEEP_UP of what was offered with p99 below
 KEEP_UP_P99_MS: a server that falls behind builds a queue, and the queue shows in both. The knee
-of a sweep is the highest offered load that kept up; its saturation throughput is the most
-deliveries per second any run of the sweep reached.
+of a sweep is the highest offered load that kept up.
 
-The targets:
+The targets, each judged on the repeated runs of the `targets` and `peak` groups:
 - tcp-200x5: TCP at 200 clients x 5 msg/s: p99 < 2 ms, nothing lost or left unsent, and server
-  CPU per delivery below the naive server's at the same load.
-- tcp-saturation: TCP's saturation throughput at least 1.5x the naive server's.
-- udp-raw-100x10: UDP raw on loopback at 100 clients x 10 msg/s: loss < 0.1 %, p99 < 5 ms,
-  judged on the run with the median p99 of its repeats (all of them are shown).
+  CPU per delivery below the assignment's server's in the same round.
+- tcp-saturation: TCP's peak deliveries/s past saturation (200 x 50) at least 1.5x the
+  assignment's server's in the same round.
+- udp-raw-100x10: UDP raw on loopback at 100 clients x 10 msg/s: loss < 0.1 %, p99 < 5 ms.
 - udp-reliable-5pct: UDP reliable over a link losing 5 % each way: nothing lost, p99 within
   RTO_BUDGET retransmission timeouts of 200 ms.
+
+The verdict rule (`judge`): a repeat whose run was harness-bound is not a server result and is
+not counted. With fewer than two thirds of the repeats counted, the verdict is harness-bound.
+Otherwise a target is met when it holds on the medians of the counted repeats and in every one
+of them, missed when it fails on the medians and in every one, and unstable when the counted
+repeats disagree: one run's luck must not decide a verdict.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import statistics
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +47,12 @@ UDP_RAW_P99_MS = 5.0
 RTO_MS = 200.0
 RTO_BUDGET = 3
 
+MET, MISSED, UNSTABLE, BOUND, NOT_MEASURED = (
+    "met", "missed", "unstable", "harness-bound", "not measured",
+)  # fmt: skip
+
+Values = Mapping[str, float]
+
 
 @dataclass(frozen=True)
 class Knee:
@@ -48,16 +61,33 @@ class Knee:
     protocol: str
     knee_rate: float | None
     knee_offered: float | None
-    saturation_deliveries_per_s: float
-    saturation_rate: float
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One repeat of a target: the values it is judged on, and whether the harness was the
+    limit in any run it comes from."""
+
+    values: Values
+    harness_bound: bool
 
 
 @dataclass(frozen=True)
 class Target:
+    """A target's verdict; `medians` and `ranges` are over the counted repeats, `samples` are
+    all of them, in the order they ran."""
+
     key: str
     goal: str
-    met: bool | None
-    measured: str
+    verdict: str
+    medians: Values
+    ranges: Mapping[str, tuple[float, float]]
+    samples: Sequence[Sample]
+    held: Sequence[bool | None]
+
+    @property
+    def met(self) -> bool:
+        return self.verdict == MET
 
 
 def keeps_up(result: LoadResult) -> bool:
@@ -71,20 +101,21 @@ def keeps_up(result: LoadResult) -> bool:
 def knee(runs: Sequence[LoadResult]) -> Knee:
     """The knee of one server's sweep; runs are sorted by offered load here."""
     ordered = sorted(runs, key=lambda r: r.offered_deliveries_per_s)
-    best = max(ordered, key=lambda r: r.deliveries_per_s)
     kept = [r for r in ordered if keeps_up(r)]
     last = kept[-1] if kept else None
     return Knee(
         protocol=ordered[0].protocol,
         knee_rate=last.rate if last else None,
         knee_offered=last.offered_deliveries_per_s if last else None,
-        saturation_deliveries_per_s=best.deliveries_per_s,
-        saturation_rate=best.rate,
     )
 
 
-def _runs(results: dict[str, Any], group: str) -> list[LoadResult]:
-    return [result_from_dict(run["result"]) for run in results["runs"] if run["group"] == group]
+def _runs(results: dict[str, Any], group: str) -> list[tuple[int, LoadResult]]:
+    return [
+        (run.get("repeat", 1), result_from_dict(run["result"]))
+        for run in results["runs"]
+        if run["group"] == group
+    ]
 
 
 def matching(runs: Sequence[LoadResult], protocol: str, **fields: Any) -> list[LoadResult]:
@@ -96,97 +127,204 @@ def matching(runs: Sequence[LoadResult], protocol: str, **fields: Any) -> list[L
     ]
 
 
-def _find(runs: Sequence[LoadResult], protocol: str, **fields: Any) -> LoadResult | None:
-    found = matching(runs, protocol, **fields)
-    return found[0] if found else None
+def repeats(results: dict[str, Any], group: str, protocol: str, **fields: Any) -> list[LoadResult]:
+    """The repeats of one scenario of a group, in the order they ran."""
+    return list(numbered_repeats(results, group, protocol, **fields).values())
+
+
+def numbered_repeats(
+    results: dict[str, Any], group: str, protocol: str, **fields: Any
+) -> dict[int, LoadResult]:
+    """The repeats of one scenario of a group by their number (a failed one is missing)."""
+    runs = sorted(_runs(results, group), key=lambda pair: pair[0])
+    return {n: r for n, r in runs if matching([r], protocol, **fields)}
 
 
 def sweep_knees(results: dict[str, Any]) -> dict[str, Knee]:
     """The knee of each server in the rate sweep."""
-    runs = _runs(results, "rate")
+    runs = [r for _, r in _runs(results, "rate")]
     return {
         protocol: knee([r for r in runs if r.protocol == protocol])
         for protocol in sorted({r.protocol for r in runs})
     }
 
 
+def medians(samples: Sequence[Sample]) -> dict[str, float]:
+    """Each value's median over the samples (nan where a sample has nan)."""
+    keys = samples[0].values.keys() if samples else ()
+    return {k: statistics.median(s.values[k] for s in samples) for k in keys}
+
+
+def judge(
+    samples: Sequence[Sample], holds: Callable[[Values], bool]
+) -> tuple[str, dict[str, float]]:
+    """The verdict rule of the module docstring; also the medians it was judged on."""
+    if not samples:
+        return NOT_MEASURED, {}
+    counted = [s for s in samples if not s.harness_bound]
+    if not counted or len(counted) < math.ceil(2 * len(samples) / 3):
+        return BOUND, medians(samples)
+    middle = medians(counted)
+    each = [holds(s.values) for s in counted]
+    if holds(middle) and all(each):
+        return MET, middle
+    if not holds(middle) and not any(each):
+        return MISSED, middle
+    return UNSTABLE, middle
+
+
+def _target(
+    key: str, goal: str, samples: Sequence[Sample], holds: Callable[[Values], bool]
+) -> Target:
+    verdict, middle = judge(samples, holds)
+    counted = [s for s in samples if not s.harness_bound] or list(samples)
+    ranges = {
+        k: (min(s.values[k] for s in counted), max(s.values[k] for s in counted)) for k in middle
+    }
+    held = [None if s.harness_bound else holds(s.values) for s in samples]
+    return Target(key, goal, verdict, middle, ranges, samples, held)
+
+
+def _paired(
+    ours: Mapping[int, LoadResult], theirs: Mapping[int, LoadResult], values: Callable[..., Values]
+) -> list[Sample]:
+    """One sample per round from the two servers' runs of that round; a round in which either
+    run is missing (it failed) gives none."""
+    return [
+        Sample(values(ours[n], theirs[n]), ours[n].harness_bound or theirs[n].harness_bound)
+        for n in sorted(ours.keys() & theirs.keys())
+    ]
+
+
 def _tcp_200x5(results: dict[str, Any]) -> Target:
-    goal = f"p99 < {TCP_P99_MS:g} ms, no loss, server CPU per delivery below the naive server's"
-    runs = _runs(results, "clients")
-    tcp, naive = _find(runs, "tcp", clients=200, rate=5), _find(runs, "naive", clients=200, rate=5)
-    if tcp is None or naive is None:
-        return Target("tcp-200x5", goal, None, "not measured")
-    met = (
-        tcp.p99_ms < TCP_P99_MS
-        and tcp.lost == 0
-        and tcp.unsent == 0
-        and tcp.server_cpu_us_per_delivery < naive.server_cpu_us_per_delivery
+    goal = f"p99 < {TCP_P99_MS:g} ms, 0 lost, µs/delivery < assignment's"
+
+    def values(tcp: LoadResult, base: LoadResult) -> Values:
+        return {
+            "p99_ms": tcp.p99_ms,
+            "lost": float(tcp.lost + tcp.unsent),
+            "cpu_us": tcp.server_cpu_us_per_delivery,
+            "base_cpu_us": base.server_cpu_us_per_delivery,
+        }
+
+    def holds(v: Values) -> bool:
+        return v["p99_ms"] < TCP_P99_MS and v["lost"] == 0 and v["cpu_us"] < v["base_cpu_us"]
+
+    samples = _paired(
+        numbered_repeats(results, "targets", "tcp", clients=200, rate=5),
+        numbered_repeats(results, "targets", "assignment", clients=200, rate=5),
+        values,
     )
-    measured = (
-        f"p99 {tcp.p99_ms:.2f} ms, {tcp.lost} lost, {tcp.unsent} unsent, "
-        f"{tcp.server_cpu_us_per_delivery:.2f} µs/delivery (naive: "
-        f"{naive.server_cpu_us_per_delivery:.2f})"
-    )
-    return Target("tcp-200x5", goal, met, measured)
+    return _target("tcp-200x5", goal, samples, holds)
 
 
 def _saturation(results: dict[str, Any]) -> Target:
-    goal = f"TCP saturation throughput >= {SATURATION_RATIO:g}x the naive server's"
-    knees = sweep_knees(results)
-    if "tcp" not in knees or "naive" not in knees:
-        return Target("tcp-saturation", goal, None, "not measured")
-    tcp, naive = knees["tcp"], knees["naive"]
-    ratio = tcp.saturation_deliveries_per_s / naive.saturation_deliveries_per_s
-    measured = (
-        f"{tcp.saturation_deliveries_per_s:,.0f} against {naive.saturation_deliveries_per_s:,.0f}"
-        f" deliveries/s ({ratio:.2f}x)"
+    goal = f"peak deliveries/s >= {SATURATION_RATIO:g}x assignment's"
+
+    def values(tcp: LoadResult, base: LoadResult) -> Values:
+        return {
+            "tcp": tcp.deliveries_per_s,
+            "base": base.deliveries_per_s,
+            "ratio": tcp.deliveries_per_s / base.deliveries_per_s,
+        }
+
+    samples = _paired(
+        numbered_repeats(results, "peak", "tcp"),
+        numbered_repeats(results, "peak", "assignment"),
+        values,
     )
-    return Target("tcp-saturation", goal, ratio >= SATURATION_RATIO, measured)
-
-
-def _by_p99(run: LoadResult) -> float:
-    return math.inf if math.isnan(run.p99_ms) else run.p99_ms
-
-
-def median_run(runs: Sequence[LoadResult]) -> LoadResult:
-    """The run with the median p99; of an even number, the worse of the middle two."""
-    return sorted(runs, key=_by_p99)[len(runs) // 2]
-
-
-def udp_raw_runs(target_runs: Sequence[LoadResult]) -> list[LoadResult]:
-    """The repeats of UDP raw at 100 x 10 among the runs of the `udp-target` group."""
-    return matching(target_runs, "udp-raw", clients=100, rate=10)
+    return _target("tcp-saturation", goal, samples, lambda v: v["ratio"] >= SATURATION_RATIO)
 
 
 def _udp_raw(results: dict[str, Any]) -> Target:
     goal = f"loss < {UDP_RAW_LOSS_PCT:g} %, p99 < {UDP_RAW_P99_MS:g} ms"
-    runs = udp_raw_runs(_runs(results, "udp-target"))
-    if not runs:
-        return Target("udp-raw-100x10", goal, None, "not measured")
-    run = median_run(runs)
-    met = run.loss_pct < UDP_RAW_LOSS_PCT and run.p99_ms < UDP_RAW_P99_MS
-    measured = f"loss {run.loss_pct:.3f} %, p99 {run.p99_ms:.2f} ms"
-    if len(runs) > 1:
-        p99s = ", ".join(f"{r.p99_ms:.2f}" for r in sorted(runs, key=_by_p99))
-        measured += f" (the median of {len(runs)} runs, whose p99s were {p99s} ms)"
-    return Target("udp-raw-100x10", goal, met, measured)
+    samples = [
+        Sample({"loss_pct": r.loss_pct, "p99_ms": r.p99_ms}, r.harness_bound)
+        for r in repeats(results, "targets", "udp-raw", clients=100, rate=10)
+    ]
+    return _target(
+        "udp-raw-100x10",
+        goal,
+        samples,
+        lambda v: v["loss_pct"] < UDP_RAW_LOSS_PCT and v["p99_ms"] < UDP_RAW_P99_MS,
+    )
 
 
 def _udp_reliable(results: dict[str, Any]) -> Target:
     budget = RTO_BUDGET * RTO_MS
-    goal = f"no loss, p99 <= {RTO_BUDGET} RTOs ({budget:g} ms)"
-    run = _find(_runs(results, "lossy"), "udp-reliable", link="netns 5% loss")
-    if run is None:
-        return Target("udp-reliable-5pct", goal, None, "not measured")
-    met = run.lost == 0 and math.isfinite(run.p99_ms) and run.p99_ms <= budget
-    measured = f"{run.lost} lost, {run.duplicates} duplicates, p99 {run.p99_ms:.1f} ms"
-    return Target("udp-reliable-5pct", goal, met, measured)
+    goal = f"0 lost, p99 <= {RTO_BUDGET} RTOs ({budget:g} ms)"
+    samples = [
+        Sample({"lost": float(r.lost), "p99_ms": r.p99_ms}, r.harness_bound)
+        for r in repeats(results, "targets", "udp-reliable", link="netns 5% loss")
+    ]
+    return _target(
+        "udp-reliable-5pct",
+        goal,
+        samples,
+        lambda v: v["lost"] == 0 and math.isfinite(v["p99_ms"]) and v["p99_ms"] <= budget,
+    )
 
 
 def evaluate(results: dict[str, Any]) -> list[Target]:
     return [_tcp_200x5(results), _saturation(results), _udp_raw(results), _udp_reliable(results)]
 
 
+def _ms(value: float) -> str:
+    """A latency with as many digits as make sense for its size."""
+    if not math.isfinite(value):
+        return str(value)
+    return f"{value:.2f}" if value < 10 else f"{value:.1f}" if value < 100 else f"{value:,.0f}"
+
+
+def _mega(value: float) -> str:
+    return f"{value / 1e6:.2f} M"
+
+
+_SHOWN: dict[str, tuple[str, Callable[[float], str], str]] = {
+    "p99_ms": ("p99", _ms, " ms"),
+    "lost": ("lost", "{:.0f}".format, ""),
+    "loss_pct": ("loss", "{:.3f}".format, " %"),
+    "cpu_us": ("", "{:.2f}".format, " µs"),
+    "base_cpu_us": ("vs", "{:.2f}".format, " µs"),
+    "tcp": ("TCP", _mega, "/s"),
+    "base": ("vs", _mega, "/s"),
+    "ratio": ("", "{:.2f}".format, "x"),
+}
+
+
+def _shown(key: str, value: float) -> str:
+    label, fmt, unit = _SHOWN[key]
+    return f"{label} {fmt(value)}{unit}".strip()
+
+
+def describe(target: Target) -> str:
+    """The medians, each with its range over the counted repeats: `p99 17.8 ms [17.3-18.9]`."""
+    parts = []
+    for key, value in target.medians.items():
+        fmt = _SHOWN[key][1]
+        low, high = target.ranges[key]
+        span = "" if fmt(low) == fmt(high) else f" [{fmt(low)}-{fmt(high)}]"
+        parts.append(_shown(key, value) + span)
+    return ", ".join(parts)
+
+
+def describe_repeats(target: Target) -> str:
+    """Each repeat's values and whether it held: what an unstable verdict is printed with."""
+    out = []
+    for number, (sample, held) in enumerate(zip(target.samples, target.held, strict=True), 1):
+        shown = ", ".join(_shown(k, v) for k, v in sample.values.items())
+        state = "harness-bound" if held is None else "held" if held else "failed"
+        out.append(f"run {number}: {shown} ({state})")
+    return "; ".join(out)
+
+
 def format_targets(targets: Sequence[Target]) -> str:
-    verdict = {True: "met", False: "MISSED", None: "not measured"}
-    return "\n".join(f"{verdict[t.met]:>12}  {t.key}: {t.goal}; {t.measured}" for t in targets)
+    lines = []
+    for t in targets:
+        measured = describe(t)
+        lines.append(
+            f"{t.verdict.upper():>14}  {t.key}: {t.goal}" + (f"; {measured}" if measured else "")
+        )
+        if t.verdict in (UNSTABLE, BOUND):
+            lines.append(" " * 16 + describe_repeats(t))
+    return "\n".join(lines)

@@ -1,7 +1,9 @@
-"""`python -m report [--results PATH] [--out DIR]`: regenerate REPORT.md and its figures.
+"""`python -m report [--results PATH] [--out DIR] [--strict]`: regenerate REPORT.md and its figures.
 
 Reads benchmarks/results/latest.json (written by `make bench`) and writes report/REPORT.md and
-the PNG figures beside it; see report.generate.
+the PNG figures beside it; see report.generate. A report made while the working tree has
+uncommitted changes (the results file included) says so at its top, since it cannot be
+reproduced from the repository; `--strict` refuses to write one.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.harness import RESULTS_DIR
-from report.generate import generate
+from report.generate import generate, provenance
 
 REPORT_DIR = Path(__file__).resolve().parent
 
@@ -22,11 +24,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "latest.json")
     parser.add_argument("--out", type=Path, default=REPORT_DIR, help="where REPORT.md goes")
+    parser.add_argument(
+        "--strict", action="store_true", help="refuse to write a report from uncommitted files"
+    )
     args = parser.parse_args(argv)
     if not args.results.exists():
         print(f"{args.results} does not exist: run `make bench` first", file=sys.stderr)
         return 1
-    report = generate(args.results, args.out)
+    origin = provenance(args.results)
+    if not origin.clean:
+        if args.strict:
+            print("uncommitted changes: commit the results first", file=sys.stderr)
+            return 1
+        print("warning: uncommitted changes; the report is marked as a draft", file=sys.stderr)
+    report = generate(args.results, args.out, origin)
     print(f"wrote {report}")
     return 0
 

@@ -1,20 +1,21 @@
 """The report's figures, drawn from a results dict with matplotlib's Agg canvas (no display).
 
-Contract: make_plots(results, out_dir) -> {figure key: path of the PNG written}. A figure whose
-runs are missing from the results (a group skipped or left out with --only) is not drawn and
-has no key. Figures:
+Contract: make_plots(results, out_dir, common_clients) -> {figure key: path of the PNG written}.
+A figure whose runs are missing from the results is not drawn and has no key. A point from a
+harness-bound run is drawn hollow: it is shown, but it is not a server result. Figures:
 
-- latency: p50 and p99 latency against clients, TCP vs UDP raw vs UDP reliable (and the naive
-  baseline), 5 msg/s per client.
-- loss: deliveries lost against the link's loss, UDP raw and reliable, with the loss a raw
-  delivery should see (it crosses the link twice); and reliable mode's latency over that link.
-- throughput: deliveries per second against the offered load, TCP vs naive, with each knee.
-- cpu: server CPU per delivery against clients, per server.
+- percentiles: latency at each percentile from p50 to p99.9, HdrHistogram style (the x axis is
+  1 / (1 - p) on a log scale), of all four servers at one load (`common_clients` x 5 msg/s).
+- latency: p50 and p99 against clients at 5 msg/s (the 200-client point is the median repeat).
+- throughput: deliveries per second against the offered load, TCP and the assignment's server.
+- loss: deliveries lost against the link's loss, UDP raw and reliable (reliable at 5 % is the
+  median repeat of the target's runs).
 """
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,16 +24,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from benchmarks.harness import load_results
-from benchmarks.measure import LoadResult
-from benchmarks.targets import sweep_knees
+from benchmarks.measure import PERCENTILES, LoadResult
 
 STYLE: dict[str, dict[str, Any]] = {
     "tcp": {"color": "tab:blue", "marker": "o", "label": "TCP"},
-    "naive": {"color": "tab:gray", "marker": "x", "label": "naive thread-per-client"},
+    "assignment": {"color": "tab:gray", "marker": "D", "label": "the assignment's server"},
     "udp-raw": {"color": "tab:orange", "marker": "s", "label": "UDP raw"},
     "udp-reliable": {"color": "tab:green", "marker": "^", "label": "UDP reliable"},
 }
 _DPI = 110
+_BOUND_NOTE = "hollow marker: harness-bound run, not a server result"
 
 
 def _save(figure: Figure, path: Path) -> Path:
@@ -49,76 +50,109 @@ def _by_protocol(runs: Sequence[LoadResult]) -> dict[str, list[LoadResult]]:
     return grouped
 
 
-def _finite(values: Sequence[float]) -> list[float]:
-    """Values for a log axis: what cannot be drawn on one (inf, 0 or less) becomes a gap."""
-    return [v if math.isfinite(v) and v > 0 else math.nan for v in values]
+def _positive(value: float) -> float:
+    """A value for a log axis: what cannot be drawn on one becomes a gap."""
+    return value if math.isfinite(value) and value > 0 else math.nan
 
 
-def _p99_and_p50(
-    axes: Any, x: Sequence[float], group: Sequence[LoadResult], style: dict[str, Any]
+def _series(
+    axes: Any, x: Sequence[float], y: Sequence[float], runs: Sequence[LoadResult], **style: Any
 ) -> None:
-    """A protocol's p99 as a solid line and its p50 dotted, against ``x``."""
-    axes.plot(x, _finite([r.p99_ms for r in group]), linestyle="-", **style)
-    axes.plot(
-        x,
-        _finite([r.p50_ms for r in group]),
-        linestyle=":",
-        color=style["color"],
-        marker=style["marker"],
-        alpha=0.6,
-    )
+    """A line through the points; a point whose run was harness-bound is drawn hollow."""
+    axes.plot(x, [_positive(v) for v in y], **style)
+    bound = [(xi, yi) for xi, yi, run in zip(x, y, runs, strict=True) if run.harness_bound]
+    if bound:
+        axes.plot(
+            [xi for xi, _ in bound],
+            [_positive(yi) for _, yi in bound],
+            marker=style["marker"],
+            color=style["color"],
+            markerfacecolor="white",
+            linestyle="none",
+        )
+
+
+def _percentiles(runs: Sequence[LoadResult], clients: int, path: Path) -> Path:
+    figure = Figure(figsize=(8, 4.5))
+    axes = figure.subplots()
+    x = [1 / (1 - p / 100) for p in PERCENTILES]
+    for run in runs:
+        if not run.percentiles_ms:
+            continue
+        style = STYLE[run.protocol]
+        label = style["label"] + (" (harness-bound)" if run.harness_bound else "")
+        _series(axes, x, run.percentiles_ms, [run] * len(x), **{**style, "label": label})
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xticks(x, [f"{p:g}%" for p in PERCENTILES])
+    axes.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+    axes.set_xlabel("percentile")
+    axes.set_ylabel("latency, ms")
+    axes.set_title(f"Latency by percentile, {clients} clients × 5 msg/s each")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(title=_BOUND_NOTE, title_fontsize="small")
+    return _save(figure, path)
+
+
+def _median(runs: Sequence[LoadResult]) -> LoadResult:
+    """The run with the median p99 of a point's repeats."""
+    ordered = sorted(runs, key=lambda r: math.inf if math.isnan(r.p99_ms) else r.p99_ms)
+    return ordered[len(ordered) // 2]
+
+
+def _points(runs: Sequence[LoadResult], key: str) -> list[LoadResult]:
+    """One run per value of `key`: the median repeat where a point was repeated."""
+    by_value: dict[float, list[LoadResult]] = {}
+    for run in runs:
+        by_value.setdefault(getattr(run, key), []).append(run)
+    return [_median(group) for _, group in sorted(by_value.items())]
 
 
 def _latency(runs: Sequence[LoadResult], path: Path) -> Path:
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
     for protocol, group in _by_protocol(runs).items():
-        group.sort(key=lambda r: r.clients)
+        points = _points(group, "clients")
+        x = [r.clients for r in points]
         style = STYLE[protocol]
-        _p99_and_p50(axes, [r.clients for r in group], group, style)
+        _series(axes, x, [r.p99_ms for r in points], points, **style)
+        axes.plot(
+            x, [_positive(r.p50_ms) for r in points], linestyle=":", color=style["color"], alpha=0.6
+        )
     axes.set_xscale("log")
     axes.set_yscale("log")
     axes.set_xlabel("clients (each sending 5 msg/s)")
     axes.set_ylabel("latency, ms (solid p99, dotted p50)")
     axes.set_title("Latency from the scheduled send to each delivery")
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
+    axes.legend(title=_BOUND_NOTE, title_fontsize="small")
     return _save(figure, path)
 
 
-def _loss(runs: Sequence[LoadResult], path: Path) -> Path:
-    figure = Figure(figsize=(10, 4.5))
-    left, right = figure.subplots(1, 2)
-    grouped = _by_protocol(runs)
-    for protocol, group in grouped.items():
-        group.sort(key=lambda r: _link_loss(r))
-        style = STYLE[protocol]
-        left.plot([_link_loss(r) for r in group], [r.loss_pct for r in group], **style)
-    links = sorted({_link_loss(r) for r in runs})
-    left.plot(
-        links,
-        [100 * (1 - (1 - p / 100) ** 2) for p in links],
-        linestyle="--",
-        color="black",
-        alpha=0.5,
-        label="1 - (1 - p)², two crossings",
-    )
-    left.set_xlabel("link loss each way, %")
-    left.set_ylabel("deliveries lost, %")
-    left.set_title("Loss over a lossy link")
-    left.grid(True, alpha=0.3)
-    left.legend()
-    for group in grouped.get("udp-reliable", []), grouped.get("udp-raw", []):
-        if not group:
-            continue
-        style = STYLE[group[0].protocol]
-        _p99_and_p50(right, [_link_loss(r) for r in group], group, style)
-    right.set_yscale("log")
-    right.set_xlabel("link loss each way, %")
-    right.set_ylabel("latency, ms (solid p99, dotted p50)")
-    right.set_title("Latency of what arrived")
-    right.grid(True, which="both", alpha=0.3)
-    right.legend()
+def _throughput(runs: Sequence[LoadResult], path: Path) -> Path:
+    figure = Figure(figsize=(8, 4.5))
+    axes = figure.subplots()
+    top = max(r.offered_deliveries_per_s for r in runs)
+    axes.plot([0, top], [0, top], linestyle="--", color="black", alpha=0.4, label="all delivered")
+    for protocol, group in _by_protocol(runs).items():
+        points = _points(group, "offered_deliveries_per_s")
+        _series(
+            axes,
+            [r.offered_deliveries_per_s for r in points],
+            [
+                statistics.median(r.deliveries_per_s for r in group if r.rate == p.rate)
+                for p in points
+            ],
+            points,
+            **STYLE[protocol],
+        )
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.set_xlabel("offered deliveries/s (200 clients, rate swept)")
+    axes.set_ylabel("deliveries/s received (median of repeats)")
+    axes.set_title("Throughput against offered load")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend(title=_BOUND_NOTE, title_fontsize="small")
     return _save(figure, path)
 
 
@@ -127,70 +161,53 @@ def _link_loss(result: LoadResult) -> float:
     return float(result.link.split()[1].rstrip("%"))
 
 
-def _throughput(results: dict[str, Any], runs: Sequence[LoadResult], path: Path) -> Path:
+def _loss(runs: Sequence[LoadResult], path: Path) -> Path:
     figure = Figure(figsize=(8, 4.5))
     axes = figure.subplots()
-    knees = sweep_knees(results)
-    top = max(r.offered_deliveries_per_s for r in runs)
-    axes.plot([0, top], [0, top], linestyle="--", color="black", alpha=0.4, label="all delivered")
     for protocol, group in _by_protocol(runs).items():
-        group.sort(key=lambda r: r.offered_deliveries_per_s)
-        axes.plot(
-            [r.offered_deliveries_per_s for r in group],
-            [r.deliveries_per_s for r in group],
+        points = _points(group, "link")
+        points.sort(key=_link_loss)
+        _series(
+            axes, [_link_loss(r) for r in points], [r.loss_pct for r in points], points,
             **STYLE[protocol],
-        )
-        knee = knees[protocol]
-        if knee.knee_offered is not None:
-            kept = next(r for r in group if r.rate == knee.knee_rate)
-            axes.annotate(
-                f"knee: {knee.knee_rate:g} msg/s",
-                (kept.offered_deliveries_per_s, kept.deliveries_per_s),
-                textcoords="offset points",
-                xytext=(10, -15),
-                color=STYLE[protocol]["color"],
-            )
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("offered deliveries/s (200 clients, rate swept)")
-    axes.set_ylabel("deliveries/s received")
-    axes.set_title("Throughput against offered load")
-    axes.grid(True, which="both", alpha=0.3)
+        )  # fmt: skip
+    links = sorted({_link_loss(r) for r in runs})
+    axes.plot(
+        links,
+        [100 * (1 - (1 - p / 100) ** 2) for p in links],
+        linestyle="--",
+        color="black",
+        alpha=0.5,
+        label="1 - (1 - p)², two crossings",
+    )
+    axes.set_xlabel("link loss each way, %")
+    axes.set_ylabel("deliveries lost, %")
+    axes.set_title("Loss over a lossy link, 20 clients × 5 msg/s")
+    axes.grid(True, alpha=0.3)
     axes.legend()
     return _save(figure, path)
 
 
-def _cpu(runs: Sequence[LoadResult], path: Path) -> Path:
-    figure = Figure(figsize=(8, 4.5))
-    axes = figure.subplots()
-    for protocol, group in _by_protocol(runs).items():
-        group.sort(key=lambda r: r.clients)
-        axes.plot(
-            [r.clients for r in group],
-            _finite([r.server_cpu_us_per_delivery for r in group]),
-            **STYLE[protocol],
-        )
-    axes.set_xscale("log")
-    axes.set_yscale("log")
-    axes.set_xlabel("clients (each sending 5 msg/s)")
-    axes.set_ylabel("server CPU per delivery, µs")
-    axes.set_title("What one delivery costs the server")
-    axes.grid(True, which="both", alpha=0.3)
-    axes.legend()
-    return _save(figure, path)
-
-
-def make_plots(results: dict[str, Any], out_dir: Path) -> dict[str, Path]:
+def make_plots(
+    results: dict[str, Any], out_dir: Path, common_clients: int | None
+) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     clients = [r for _, r in load_results(results, "clients")]
-    lossy = [r for _, r in load_results(results, "lossy")]
-    sweep = [r for _, r in load_results(results, "rate")]
+    at_five = [
+        r for _, r in load_results(results, "targets") if r.rate == 5 and r.link == "loopback"
+    ]
+    sweep = [r for g in ("rate", "peak") for _, r in load_results(results, g)]
+    lossy = [
+        r for g in ("lossy", "targets") for _, r in load_results(results, g) if r.link != "loopback"
+    ]
+    if common_clients is not None:
+        same = [r for r in clients if r.clients == common_clients]
+        written["percentiles"] = _percentiles(same, common_clients, out_dir / "percentiles.png")
     if clients:
-        written["latency"] = _latency(clients, out_dir / "latency_vs_clients.png")
-        written["cpu"] = _cpu(clients, out_dir / "cpu_per_delivery.png")
+        written["latency"] = _latency(clients + at_five, out_dir / "latency_vs_clients.png")
+    if sweep:
+        written["throughput"] = _throughput(sweep, out_dir / "throughput_vs_offered.png")
     if lossy:
         written["loss"] = _loss(lossy, out_dir / "loss_vs_link_loss.png")
-    if sweep:
-        written["throughput"] = _throughput(results, sweep, out_dir / "throughput_vs_offered.png")
     return written
