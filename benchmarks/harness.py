@@ -10,7 +10,8 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 (`benchmarks.capacity`). Groups, each answering one question of the report:
 
 - `targets`: the runs the targets are judged on (benchmarks.targets): TCP and the assignment's
-  server at 200 clients x 5 msg/s, UDP raw at 100 x 10, UDP reliable over a link losing 5 %.
+  server at 200 clients x 5 msg/s, TCP there again with coalescing off (`--coalesce-ms 0`),
+  UDP raw at 100 x 10, UDP reliable over a link losing 5 %.
 - `peak`: TCP and the assignment's server at 200 clients x 50 msg/s, past saturation: the most
   deliveries per second each gets through (a short drain: the backlog of an overload never
   drains, and only the throughput is asked of these runs).
@@ -27,6 +28,8 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 - `slow-reader`: TCP with and without one client that never reads, and the assignment's server
   with it; texts padded to about 2 KB, so that the slow reader's buffers fill within seconds.
 - `nagle`: the TCP server with Nagle's algorithm on (`--nagle`) and off (TCP_NODELAY).
+- `coalesce`: the TCP writer's rest between passes (`--coalesce-ms`) against what it buys: CPU
+  per delivery and p99 at 200 x 5 and 200 x 50 (the default's runs are in `targets`/`peak`).
 - `threads` (full suite): the same TCP load driven by grouped worker threads and by a thread
   per client.
 - `capacity`: how many idle clients one TCP server holds, and the memory each costs.
@@ -72,7 +75,8 @@ from udp.lossy import lossy_link_unavailable
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SUITES = ("bench", "full", "tiny")
 GROUPS = (
-    "targets", "peak", "clients", "rate", "lossy", "slow-reader", "nagle", "threads", "capacity",
+    "targets", "peak", "clients", "rate", "lossy", "slow-reader", "nagle", "coalesce", "threads",
+    "capacity",
 )  # fmt: skip
 REPEATED = ("targets", "peak")
 
@@ -107,6 +111,7 @@ class _Sizes:
     slow_clients: int
     slow_duration: float
     nagle_clients: tuple[int, ...]
+    coalesce: tuple[tuple[float, float], ...]  # (msg/s per client, ms) at 200 clients
     thread_counts: tuple[int, ...]
     capacity_clients: int
 
@@ -128,6 +133,7 @@ _SIZES = {
         slow_clients=20,
         slow_duration=3.0,
         nagle_clients=(100,),
+        coalesce=((5, 5), (50, 0)),
         thread_counts=(),
         capacity_clients=500,
     ),
@@ -147,6 +153,7 @@ _SIZES = {
         slow_clients=20,
         slow_duration=10.0,
         nagle_clients=(10, 100, 200),
+        coalesce=((5, 1), (5, 5), (5, 10), (50, 0), (50, 5)),
         thread_counts=(1, 2, 4, 8),
         capacity_clients=5000,
     ),
@@ -166,6 +173,7 @@ _SIZES = {
         slow_clients=3,
         slow_duration=0.5,
         nagle_clients=(3,),
+        coalesce=((10, 0),),
         thread_counts=(1,),
         capacity_clients=20,
     ),
@@ -206,6 +214,10 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
     rounds: dict[str, list[tuple[str, LoadSpec]]] = {
         "targets": [
             (f"tcp {small}x{_CLIENTS_RATE:g}", _at(kinds["tcp"], small, _CLIENTS_RATE)),
+            (
+                f"tcp {small}x{_CLIENTS_RATE:g} coalesce 0 ms",
+                dataclasses.replace(_at(kinds["tcp"], small, _CLIENTS_RATE), coalesce_ms=0.0),
+            ),
             (
                 f"assignment {small}x{_CLIENTS_RATE:g}",
                 _at(kinds["assignment"], small, _CLIENTS_RATE),
@@ -263,6 +275,12 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
             "nagle",
             f"tcp nagle {n}x{_NAGLE_RATE:g}",
             dataclasses.replace(_at(base, n, _NAGLE_RATE), nagle=True),
+        )
+    for rate, rest in z.coalesce:
+        add(
+            "coalesce",
+            f"tcp {small}x{rate:g} coalesce {rest:g} ms",
+            dataclasses.replace(_at(base, small, rate), coalesce_ms=rest, drain=z.peak_drain),
         )
     n = z.sweep_clients
     if z.thread_counts:

@@ -127,6 +127,7 @@ class LoadSpec:
     nagle: bool = False
     slow_readers: int = 0
     max_outbox: int | None = None
+    coalesce_ms: float | None = None  # TCP: the writer's rest between passes; None: the default
     pad: int = 0
     netns_loss: int | None = None
     relay_loss: float = 0.0
@@ -179,6 +180,7 @@ class LoadResult:
     rate: float
     duration: float
     nagle: bool
+    coalesce_ms: float  # nan: the server's default
     slow_readers: int
     connect_s: float
     offered_msgs_per_s: float
@@ -509,6 +511,7 @@ def _summarise(
         rate=spec.rate,
         duration=duration,
         nagle=spec.nagle,
+        coalesce_ms=math.nan if spec.coalesce_ms is None else spec.coalesce_ms,
         slow_readers=spec.slow_readers,
         connect_s=usage.connect_s,
         offered_msgs_per_s=plan.offered() / duration,
@@ -606,7 +609,12 @@ def run_load(spec: LoadSpec, progress: Progress | None = None) -> LoadResult:
     if spec.netns_loss is not None:
         return _run_in_namespace(spec, progress)
     server = ServerProcess(
-        server_command(spec.server, nagle=spec.nagle, max_outbox=spec.max_outbox)
+        server_command(
+            spec.server,
+            nagle=spec.nagle,
+            max_outbox=spec.max_outbox,
+            coalesce_ms=spec.coalesce_ms,
+        )
     )
     relay: FaultyRelay | None = None
     try:
@@ -638,6 +646,14 @@ def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:.2f}"
 
 
+def label_of(result: LoadResult) -> str:
+    """The server as a table names it: its protocol and the flags that differ from default."""
+    label = result.protocol + (" +nagle" if result.nagle else "")
+    if math.isfinite(result.coalesce_ms):
+        label += f" coalesce {result.coalesce_ms:g} ms"
+    return label
+
+
 def format_results(results: Sequence[LoadResult], labels: Sequence[str] | None = None) -> str:
     """A table with one row per run; latencies in ms, `-` where nothing arrived."""
     headers = [
@@ -648,7 +664,7 @@ def format_results(results: Sequence[LoadResult], labels: Sequence[str] | None =
     ]  # fmt: skip
     rows = [
         [
-            r.protocol + (" +nagle" if r.nagle else ""),
+            label_of(r),
             r.link,
             r.clients + r.slow_readers,
             r.threads,

@@ -1,7 +1,8 @@
 """The chat server under test, run as its own process.
 
 Contract:
-    server_command(kind, nagle=..., max_outbox=...) -> argv   (kind: "tcp", "assignment" or "udp")
+    server_command(kind, nagle=..., max_outbox=..., coalesce_ms=...) -> argv
+                                                (kind: "tcp", "assignment" or "udp")
     ServerProcess(argv, launch=subprocess.Popen)  starts it; wait_ready() -> (host, port);
     stop() -> True when it exited with status 0 in time and logged no traceback.
 
@@ -37,8 +38,14 @@ _STOP_TIMEOUT_S = 5.0
 Launcher = Callable[..., "subprocess.Popen[Any]"]
 
 
-def server_command(kind: str, *, nagle: bool = False, max_outbox: int | None = None) -> list[str]:
-    """The argv that starts one server on a free port of 127.0.0.1."""
+def server_command(
+    kind: str,
+    *,
+    nagle: bool = False,
+    max_outbox: int | None = None,
+    coalesce_ms: float | None = None,
+) -> list[str]:
+    """The argv that starts one server on a free port of 127.0.0.1 (TCP flags for TCP only)."""
     if kind not in SERVER_MODULES:
         raise ValueError(f"server must be one of {sorted(SERVER_MODULES)}")
     command = [sys.executable, "-m", SERVER_MODULES[kind], "--host", "127.0.0.1", "--port", "0"]
@@ -48,6 +55,8 @@ def server_command(kind: str, *, nagle: bool = False, max_outbox: int | None = N
         command.append("--nagle")
     if max_outbox is not None and kind == "tcp":
         command += ["--max-outbox", str(max_outbox)]
+    if coalesce_ms is not None and kind == "tcp":
+        command += ["--coalesce-ms", f"{coalesce_ms:g}"]
     return command
 
 

@@ -309,7 +309,7 @@ def build_context(
         ctx[f"{key}_harness_cpu"] = spread(runs, "harness_cpu_pct", num)
         ctx[f"{key}_lag"] = spread(runs, "send_lag_p99_ms", ms)
     ctx["tcppeak_offered"] = num(tcp_peak[0].offered_deliveries_per_s) if tcp_peak else NA
-    sat = by_key["tcp-saturation"]
+    sat = by_key["tcp-200x50"]
     ctx["peak_ratio"] = f"{sat.medians['ratio']:.2f}" if "ratio" in sat.medians else NA
 
     light = _common_load(results)

@@ -27,7 +27,9 @@ def fake(spec: LoadSpec, **overrides: Any) -> LoadResult:
     result = LoadResult(
         protocol=spec.protocol, link=spec.link, clients=spec.clients,
         threads=min(spec.threads, spec.clients), rate=spec.rate, duration=spec.duration,
-        nagle=spec.nagle, slow_readers=spec.slow_readers, connect_s=0.25,
+        nagle=spec.nagle,
+        coalesce_ms=math.nan if spec.coalesce_ms is None else spec.coalesce_ms,
+        slow_readers=spec.slow_readers, connect_s=0.25,
         offered_msgs_per_s=offered, sent_msgs_per_s=offered,
         offered_deliveries_per_s=deliveries, deliveries_per_s=deliveries, sent=sent,
         expected=sent * recipients, received=sent * recipients, lost=0, loss_pct=0.0,
@@ -116,7 +118,7 @@ def test_verdicts_follow_the_repeats(report: str) -> None:
     assert "p99 1.60 ms [1.50-1.70]" in rows["tcp-200x5"]
     assert "**unstable**" in rows["udp-raw-100x10"]
     assert "run 2: loss 0.000 %, p99 7.77 ms (failed)" in report
-    assert "harness-bound" in rows["tcp-saturation"]
+    assert "harness-bound" in rows["tcp-200x50"]
     assert "**met**" in rows["udp-reliable-5pct"]
 
 
