@@ -31,9 +31,15 @@ Who gets an answer:
   Anything else from it is dropped unanswered and counted.
 * A frame of a session must carry its ``session`` token; a missing or wrong
   one (also a right one sent from another address) is dropped, counted and
-  never acted on. Frames that cannot be parsed carry no token to check: they
-  get ``bad_frame`` or ``too_large`` like the protocol says, under the rate
-  limit, and the session goes on.
+  never acted on, acks included.
+* Anyone can send from a session's address, so what carries no token to
+  check (a datagram that cannot be parsed, a ``hello`` again) is answered
+  from a bucket of its own, ``UNTRUSTED_BURST`` at once and
+  ``UNTRUSTED_RATE`` a second after that, whatever arrives: ``bad_frame``,
+  ``too_large``, ``already_registered`` or the same ``welcome`` again. The
+  answer is one raw datagram without ``seq`` (the welcome again is the
+  first one, seq and all), never queued for retransmission, and it touches
+  nothing of the session: not its rate limit, not its liveness.
 
 Sequence numbers: every datagram to a session carries the session's next
 ``seq``; a frame is encoded once for everyone and the ``seq`` spliced into
@@ -111,6 +117,10 @@ TOKEN_BYTES = 16
 AMPLIFICATION = 3
 MIN_ANSWER_BYTES = 256
 MAX_STRANGERS = 4096
+UNTRUSTED_BURST = 8
+"""Answers at once to datagrams from a session's address that carry no token."""
+UNTRUSTED_RATE = 1.0
+"""Answers a second to them after the burst: a client that retries its hello is served."""
 TIMER_RESOLUTION = 0.01
 BUSY_TICK = 0.05
 MAX_SWEEP_INTERVAL = 0.5
@@ -168,7 +178,10 @@ class Session(Member):
 
     ``sent`` counts the datagrams written to it; a raw session's ``seq`` is
     that count (a reliable one's sender numbers its own). ``budget`` is what
-    its first answer, the ``welcome``, may weigh (see ``answer_budget``).
+    its first answer, the ``welcome``, may weigh (see ``answer_budget``);
+    ``welcome`` is that datagram as sent, for a ``hello`` that comes again.
+    ``untrusted`` limits the answers to what comes from its address without
+    a token.
     """
 
     def __init__(
@@ -179,6 +192,7 @@ class Session(Member):
         self.label = f"{address[0]}:{address[1]}"
         self.token = secrets.token_hex(TOKEN_BYTES)
         self.bucket = TokenBucket(limits.rate_limit, limits.burst, now)
+        self.untrusted = TokenBucket(UNTRUSTED_RATE, UNTRUSTED_BURST, now)
         self.counter = SeqCounter()
         self.sender = ReliableSender() if reliable else None
         self.receiver = ReliableReceiver() if reliable else None
@@ -194,18 +208,18 @@ class Session(Member):
             return encode(entry.message, session=self.token, limit=limit)
         return entry.line[:-1]
 
-    def push(self, body: bytes, now: float) -> list[bytes]:
-        """Give ``body`` the next ``seq``; return the datagrams to write now.
+    def push(self, entry: Entry, now: float) -> list[bytes]:
+        """Queue ``entry`` to a reliable session under its next ``seq``; return what to write now.
 
-        Builds frames only (safe under the registry lock). A reliable frame
-        is kept until acked; it goes out now only if the window has room.
+        The frame is kept until acked; it goes out now only if the window has room.
         """
-        if self.sender is None:
-            self.sent += 1
-            return [with_seq(body, self.sent)]
+        assert self.sender is not None
         window_open = self.sender.can_send
         seq = self.sender.next_seq
-        self.sender.queue(seq, with_seq(body, seq))
+        datagram = with_seq(self.frame(entry), seq)
+        if isinstance(entry.message, Welcome):
+            self.welcome = datagram
+        self.sender.queue(seq, datagram)
         return self.sender.due(now) if window_open else []
 
     def summary(self) -> str:
@@ -296,7 +310,7 @@ class UdpChatServer:
             decoded = decode_client(data)
         except (BadFrame, TooLarge) as exc:
             if not self.closing:
-                self._refuse(session, exc, now)
+                self._answer_untrusted(session, encode(Error.of(exc)), now)
             return
         except ProtocolError as exc:
             kind, seq, token = envelope_of(data)
@@ -408,12 +422,12 @@ class UdpChatServer:
             log.debug("%s (%s): %s %s", session.label, session.name, exc.code, exc)
             self.room.refuse(session, exc)
 
-    def _refuse(self, session: Session, exc: ProtocolError, now: float) -> None:
-        """Answer a frame that could not be parsed; it counts against the rate limit."""
-        if session.bucket.allow(now):
-            self.room.refuse(session, exc)
+    def _answer_untrusted(self, session: Session, datagram: bytes, now: float) -> None:
+        """Answer what came from ``session``'s address without a token: raw, and rarely."""
+        if session.untrusted.allow(now):
+            self._write(datagram, session.address)
         else:
-            self.room.refuse(session, RateLimited("slow down: too many frames"))
+            self._drop("unanswered", session.address)
 
     # ---- hello ---------------------------------------------------------
 
@@ -468,18 +482,18 @@ class UdpChatServer:
     def _hello_again(
         self, session: Session, hello: Hello | None, problem: ProtocolError | None, now: float
     ) -> None:
-        """The first welcome may have been lost: the same name gets it again."""
+        """The first welcome may have been lost: the same name gets it again.
+
+        A hello carries no token, so it is answered as anything untrusted is.
+        """
         if self.closing:
             return
-        if not session.bucket.allow(now):
-            self.room.refuse(session, RateLimited("slow down: too many frames"))
-            return
         if hello is not None and name_key(hello.name) == name_key(session.name):
-            self._transmit(session, [session.welcome])
+            self._answer_untrusted(session, session.welcome, now)
             return
         if problem is None:
             problem = AlreadyRegistered(f"you are already registered as {session.name}")
-        self.room.refuse(session, problem)
+        self._answer_untrusted(session, encode(Error.of(problem)), now)
 
     # ---- writing -------------------------------------------------------
 
@@ -498,7 +512,7 @@ class UdpChatServer:
                     continue
                 if member.sender is not None:
                     for entry in entries:
-                        self._deliver(member, member.push(member.frame(entry), now))
+                        self._deliver(member, member.push(entry, now))
                     continue
                 for entry in entries:
                     member.sent += 1

@@ -1,0 +1,79 @@
+"""The UDP server against floods, forgeries and peers that never ack: real server, loopback."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from typing import Any
+
+from tests.conftest import ServerProcess
+from tests.test_udp_server import QUIET, Peers, UdpPeer, peers, server, stop_and_log
+
+Start = Callable[..., ServerProcess]
+
+__all__ = ["peers", "server"]
+
+
+def frames_in(peer: UdpPeer, timeout: float = QUIET) -> list[dict[str, Any]]:
+    """The frames that reach ``peer`` within ``timeout``."""
+    return [json.loads(data) for data in peer.silence(timeout)]
+
+
+# ---- datagrams without the token ----------------------------------------------
+
+
+def test_datagrams_without_the_token_get_few_answers_and_end_no_session(
+    start_server: Start, peers: Peers
+) -> None:
+    server = start_server("udp.server", "-v")  # the default rate limit: 20 a second, 50 at once
+    alice, bob, carol = peers(server), peers(server), peers(server)
+    carol.hello("carol")
+    welcomes = {alice: alice.hello("alice"), bob: bob.hello("bob", reliable=True)}
+    bob.ack(welcomes[bob]["seq"])
+    alice.expect("joined", name="bob")
+
+    hostile = [
+        b"x",
+        b'{"type":"hello","name":"bob"}',
+        b'{"type":"hello","name":"mallory"}',
+        b'{"type":"say","text":"forged"}',
+        b'{"type":"say","text":"forged","session":"%s"}' % (b"0" * 32),
+    ]
+    for peer in (alice, bob):  # what anyone may send with a session's source address
+        for i in range(2000):
+            peer.send_raw(hostile[i % len(hostile)])
+    for peer in (alice, bob):
+        answers = frames_in(peer, 0.5)
+        assert 1 <= len(answers) <= 12, f"{len(answers)} answers to 2000 datagrams"
+        for answer in answers:  # the welcome again is the first one; the rest have no seq
+            assert answer == welcomes[peer] if answer["type"] == "welcome" else "seq" not in answer
+        assert frames_in(peer) == [], "an answer was retransmitted"
+
+    for peer in (alice, bob):  # their own frames are not rate limited: the flood was not theirs
+        for i in range(10):
+            seq = peer.send({"type": "say", "text": f"{peer.address[1]} {i}"})
+            if peer is bob:
+                bob.expect("ack", seq=seq)
+    texts = [carol.expect("msg")["text"] for _ in range(20)]
+    assert len(set(texts)) == 20
+    assert not re.search(r"left \((?!shutdown)", stop_and_log(server)), "a session was ended"
+
+
+def test_a_forged_ack_clears_nothing(server: ServerProcess, peers: Peers) -> None:
+    alice, mallory = peers(server), peers(server)
+    welcome = alice.hello("alice", reliable=True)
+    alice.ack(welcome["seq"])
+    alice.send({"type": "ping"})
+    pong = alice.expect("pong")
+    for forged in (
+        {"type": "ack", "seq": pong["seq"]},
+        {"type": "ack", "seq": pong["seq"], "session": "0" * 32},
+    ):
+        alice.send_raw(json.dumps(forged).encode())
+    stolen = {"type": "ack", "seq": pong["seq"], "session": alice.token}
+    mallory.send_raw(json.dumps(stolen).encode())
+    again = alice.expect("pong", timeout=0.5)
+    assert again == pong, "a forged ack stopped the retransmission"
+    alice.ack(pong["seq"])
+    assert frames_in(alice, 0.5) == []
