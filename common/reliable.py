@@ -42,7 +42,12 @@ per frame and leaves the schedule above as it is: one extra copy, not a try.
 Bounds, so that a peer that is slow, gone or hostile costs bounded memory:
 
 * ``SeqCounter`` remembers which of the last ``SEQ_HISTORY`` seqs arrived, as a
-  bit mask; older ones count as repeated. A jump of any size costs nothing.
+  bit mask. Its window is ``SEQ_HISTORY`` either side of the highest seq seen:
+  a seq outside it is neither a loss nor a repeat but numbering that started
+  again (a peer that restarted, or one wild seq), so the count restarts from
+  it. One far-off seq therefore costs nothing and mutes nothing: the next
+  seq of the old numbering is outside the window of the new one and restarts
+  it again.
 * The sender transmits only seqs less than ``WINDOW`` past the oldest
   unacknowledged one, and keeps at most ``MAX_BACKLOG`` more frames queued
   behind the window; past that it sets ``overflowed`` and drops the frame.
@@ -102,7 +107,9 @@ class SeqKind(enum.Enum):
     LATE = "late"
     """Below the highest seen, filling an earlier gap: reordered."""
     DUPLICATE = "duplicate"
-    """Seen before, or too old to tell: repeated."""
+    """Seen before: repeated."""
+    RESTART = "restart"
+    """``SEQ_HISTORY`` or more away from the highest seen, either way: numbering starts again."""
 
 
 @dataclass(frozen=True)
@@ -118,9 +125,10 @@ class SeqCounter:
     """Counts lost, repeated and reordered datagrams of a raw session.
 
     ``received`` counts distinct seqs, ``lost`` the seqs below the highest one
-    that have not arrived (yet), ``repeated`` the datagrams seen before or
-    older than ``SEQ_HISTORY`` behind the highest, ``reordered`` the late
-    arrivals that filled a gap (each also takes one off ``lost``).
+    that have not arrived (yet), ``repeated`` the datagrams seen before,
+    ``reordered`` the late arrivals that filled a gap (each also takes one off
+    ``lost``), ``restarts`` the seqs outside the window, from which the
+    numbering starts again (the seqs before one are taken as seen).
     """
 
     def __init__(self) -> None:
@@ -129,18 +137,27 @@ class SeqCounter:
         self.lost = 0
         self.repeated = 0
         self.reordered = 0
+        self.restarts = 0
         # Bit i set: seq ``highest - i`` has arrived.
         self._seen = 0
+
+    def restart(self) -> None:
+        """The peer numbers from 1 again (it said ``hello`` again): forget the old numbering."""
+        self.highest = self._seen = 0
+        self.restarts += 1
 
     def on_seq(self, seq: int) -> SeqEvent:
         """Account for one datagram; seq must be 1 or more (ValueError otherwise)."""
         _check_seq(seq)
+        if not self.highest - SEQ_HISTORY < seq < self.highest + SEQ_HISTORY:
+            self.highest = seq
+            self._seen = (1 << SEQ_HISTORY) - 1
+            self.received += 1
+            self.restarts += 1
+            return SeqEvent(SeqKind.RESTART)
         if seq > self.highest:
             jump = seq - self.highest
-            if jump >= SEQ_HISTORY:
-                self._seen = 1
-            else:
-                self._seen = ((self._seen << jump) | 1) & ((1 << SEQ_HISTORY) - 1)
+            self._seen = ((self._seen << jump) | 1) & ((1 << SEQ_HISTORY) - 1)
             self.highest = seq
             self.received += 1
             self.lost += jump - 1
@@ -148,7 +165,7 @@ class SeqCounter:
                 return SeqEvent(SeqKind.NEW)
             return SeqEvent(SeqKind.GAP, missing=jump - 1)
         age = self.highest - seq
-        if age >= SEQ_HISTORY or (self._seen >> age) & 1:
+        if (self._seen >> age) & 1:
             self.repeated += 1
             return SeqEvent(SeqKind.DUPLICATE)
         self._seen |= 1 << age

@@ -77,3 +77,30 @@ def test_a_forged_ack_clears_nothing(server: ServerProcess, peers: Peers) -> Non
     assert again == pong, "a forged ack stopped the retransmission"
     alice.ack(pong["seq"])
     assert frames_in(alice, 0.5) == []
+
+
+# ---- seqs far off -------------------------------------------------------------
+
+
+def test_a_far_future_seq_does_not_mute_a_raw_session(server: ServerProcess, peers: Peers) -> None:
+    alice, bob = peers(server), peers(server)
+    alice.hello("alice")
+    bob.hello("bob")
+    for text in ("one", "two"):
+        alice.send({"type": "say", "text": text})
+        bob.expect("msg", timeout=1.0, text=text)
+    wild = {"type": "say", "text": "wild", "session": alice.token, "seq": 10**18}
+    alice.send_raw(json.dumps(wild).encode())
+    bob.expect("msg", timeout=1.0, text="wild")
+    for text in ("three", "four"):  # the numbering goes on from 3
+        alice.send({"type": "say", "text": text})
+        bob.expect("msg", timeout=1.0, text=text)
+    alice.seq -= 1
+    alice.send({"type": "say", "text": "four"})  # a repeat is still one
+    alice.send({"type": "hello", "name": "alice"}, envelope=False)  # a client starting over
+    alice.expect("welcome")
+    alice.seq = 0
+    alice.send({"type": "say", "text": "five"})
+    bob.expect("msg", timeout=1.0, text="five")
+    assert [f["text"] for f in frames_in(bob) if f["type"] == "msg"] == []
+    assert "6 received, 0 lost, 1 repeated, 0 reordered, 3 restarted" in stop_and_log(server)

@@ -45,12 +45,19 @@ Sequence numbers: every datagram to a session carries the session's next
 ``seq``; a frame is encoded once for everyone and the ``seq`` spliced into
 each copy. Incoming ``seq`` go to a ``SeqCounter`` (lost, repeated,
 reordered; logged when the session ends); a raw session's repeated frame is
-not acted on twice. A reliable session (``"reliable": true``) also has a
-``ReliableSender`` and ``ReliableReceiver`` (``common.reliable``): every
-frame with a ``seq`` is acked (twice if it came again) and handed on once and
-in order, every frame sent is retransmitted until acked; a sender that gives
-up ends the session (``timeout``), one whose backlog overflows ends it as
-``too_slow``.
+not acted on twice. Its window is ``SEQ_HISTORY`` (1024) either side of the
+highest seq seen: a seq outside it (10^18, or 1 again from a client that
+restarted) is acted on and the count starts again from it, so no seq can
+mute a session; a ``hello`` again from the session's address (its client
+starting over) starts the count again too. A reliable session's window is
+the receiver's: seqs from ``WINDOW`` (64) past the next expected one are
+dropped unacked, and seqs before it are repeats, acked again.
+
+A reliable session (``"reliable": true``) also has a ``ReliableSender``
+and ``ReliableReceiver`` (``common.reliable``): every frame with a ``seq``
+is acked (twice if it came again) and handed on once and in order, every
+frame sent is retransmitted until acked; a sender that gives up ends the
+session (``timeout``), one whose backlog overflows ends it as ``too_slow``.
 
 Shutdown: ``stop()`` may be called from any thread (a signal handler sets
 the event; ``main`` acts on it). Every session gets ``bye``; the server
@@ -226,7 +233,7 @@ class Session(Member):
         c = self.counter
         text = (
             f"from client: {c.received} received, {c.lost} lost, {c.repeated} repeated, "
-            f"{c.reordered} reordered; to client: {self.sent} sent"
+            f"{c.reordered} reordered, {c.restarts} restarted; to client: {self.sent} sent"
         )
         if self.sender is not None:
             text += f", {self.sender.retransmissions} retransmitted"
@@ -489,6 +496,7 @@ class UdpChatServer:
         if self.closing:
             return
         if hello is not None and name_key(hello.name) == name_key(session.name):
+            session.counter.restart()
             self._answer_untrusted(session, session.welcome, now)
             return
         if problem is None:
