@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +20,57 @@ __all__ = ["peers", "server"]
 def frames_in(peer: UdpPeer, timeout: float = QUIET) -> list[dict[str, Any]]:
     """The frames that reach ``peer`` within ``timeout``."""
     return [json.loads(data) for data in peer.silence(timeout)]
+
+
+def hello_flood(server: tuple[str, int], count: int, sockets_at_once: int = 500) -> None:
+    """``count`` hellos, each from a source port of its own, as fast as they go out."""
+    for start in range(0, count, sockets_at_once):
+        socks = [
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            for _ in range(min(sockets_at_once, count - start))
+        ]
+        try:
+            for i, sock in enumerate(socks, start):
+                sock.sendto(b'{"type":"hello","name":"flood%d"}' % i, server)
+        finally:
+            for sock in socks:
+                sock.close()
+
+
+# ---- a flood of hellos ------------------------------------------------------
+
+
+def test_a_hello_flood_does_not_knock_established_sessions_off(
+    start_server: Start, peers: Peers
+) -> None:
+    server = start_server("udp.server", "--session-timeout", "1.5", "--rate-limit", "0")
+    alice, bob = peers(server), peers(server)
+    alice.hello("alice")
+    bob.hello("bob")
+    alice.expect("joined", name="bob")
+
+    started = time.monotonic()
+    hello_flood(server.address, 4000)
+    assert time.monotonic() - started < 1.0, "the flood took too long to be one"
+    seen: list[dict[str, Any]] = []
+    while time.monotonic() - started < 2.0:  # longer than the session timeout
+        for peer in (alice, bob):
+            peer.send({"type": "ping"})
+            seen += frames_in(peer, 0.1)
+    said = time.monotonic()
+    alice.send({"type": "say", "text": "still here"})
+    bob.expect("msg", timeout=1.0, text="still here")
+    assert time.monotonic() - said < 1.0
+    left = [f for f in seen if f["type"] == "left" and f["name"] in ("alice", "bob")]
+    assert left == [], "an established session was ended during the flood"
+
+    carol = peers(server)
+    for _ in range(5):  # as a client does: hello again each second, five times
+        carol.send({"type": "hello", "name": "carol"}, envelope=False)
+        if any(f["type"] == "welcome" for f in frames_in(carol, 1.0)):
+            break
+    else:
+        raise AssertionError("a newcomer was not admitted after the flood")
 
 
 # ---- datagrams without the token ----------------------------------------------

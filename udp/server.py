@@ -10,6 +10,12 @@ Threads, each named and owned by the server:
   and forgets addresses that did not complete a ``hello`` within
   ``--hello-timeout``.
 
+Liveness is judged by when datagrams arrived, not when ``main`` got to them:
+``_caught_up`` is the last moment ``main`` found the socket empty, so every
+datagram that arrived before it has been read, and a session is silent when
+its last one was read more than ``--session-timeout`` before that. A backlog
+in the socket (a flood being worked through) times nobody out.
+
 The chat's rules and its one ordered log are the room's (``common.room``),
 shared with the TCP server. After each batch of datagrams (and each turn
 of the timer) the server catches every session up on what the room has
@@ -28,7 +34,10 @@ Who gets an answer:
 * An address without a session gets one only to a ``hello``, and at most
   ``max(3 x the hello's bytes, 256)`` bytes (a ``welcome`` lists fewer users
   to fit). Its answers carry no ``seq``: there is no session to count in.
-  Anything else from it is dropped unanswered and counted.
+  Anything else from it is dropped unanswered and counted. New sessions
+  are admitted within a budget (``ADMISSION_RATE``) of what they cost: a
+  join is a ``welcome`` plus a ``joined`` to every member. A ``hello`` past
+  it is dropped unanswered; its client says ``hello`` again a second later.
 * A frame of a session must carry its ``session`` token; a missing or wrong
   one (also a right one sent from another address) is dropped, counted and
   never acted on, acks included.
@@ -124,6 +133,14 @@ TOKEN_BYTES = 16
 AMPLIFICATION = 3
 MIN_ANSWER_BYTES = 256
 MAX_STRANGERS = 4096
+ADMISSION_RATE = 10_000.0
+"""Datagrams a second that new sessions may cost the server. A join costs its
+``welcome`` and a ``joined`` to every member, so this bounds joins x members:
+at 100 members, about 100 joins a second; at 5,000, two (200 users joining
+at once all get in within about a second). A datagram costs 10 to 20 µs of
+``sendto`` on a small machine, so joins take at most a fifth of a core
+however many hellos arrive."""
+ADMISSION_BURST = 10_000
 UNTRUSTED_BURST = 8
 """Answers at once to datagrams from a session's address that carry no token."""
 UNTRUSTED_RATE = 1.0
@@ -267,6 +284,8 @@ class UdpChatServer:
         self._by_token: dict[str, Session] = {}
         self._strangers: dict[Address, Stranger] = {}
         self._busy: set[Session] = set()
+        self._caught_up = time.monotonic()
+        self._admission = TokenBucket(ADMISSION_RATE, ADMISSION_BURST, self._caught_up)
         self._wake = threading.Event()
         self._timer_stop = threading.Event()
         self._timer = threading.Thread(target=self._run_timer, name="udp-timer", daemon=True)
@@ -288,25 +307,36 @@ class UdpChatServer:
         """Wait up to a poll interval, then handle the datagrams waiting, a batch at most.
 
         Under a flood the socket is never empty: the bound is what lets ``main``
-        see ``stopping`` in time.
+        see ``stopping`` in time. Finding it empty moves ``_caught_up``. What a
+        datagram gives the room is written before the next is read, so what
+        waits in memory is one datagram's worth (one ``history`` answer).
         """
+        before = time.monotonic()
         if not self._poller.poll(POLL_INTERVAL * 1000):
+            self._caught_up_at(before)
             return
         for _ in range(RECV_BATCH):
+            now = time.monotonic()
             try:
                 data, address = self.sock.recvfrom(RECV_BYTES)
             except BlockingIOError:
+                self._caught_up_at(now)
                 return
             except OSError as exc:
                 log.debug("receive failed: %s", exc)
                 return
             with self._lock:
                 try:
-                    self._on_datagram(data, address, time.monotonic())
+                    self._on_datagram(data, address, now)
                     self._flush(time.monotonic())
                 except Exception:
                     # One socket serves everyone: a fault in one datagram must not end the chat.
                     log.exception("failed on a datagram from %s:%d", *address)
+
+    def _caught_up_at(self, now: float) -> None:
+        """The socket was empty at ``now``: every datagram that arrived before it has been read."""
+        with self._lock:
+            self._caught_up = now
 
     def _on_datagram(self, data: bytes, address: Address, now: float) -> None:
         session = self._sessions.get(address)
@@ -453,6 +483,9 @@ class UdpChatServer:
             return
         budget = answer_budget(size)
         if hello is not None:
+            if not self._admission.allow(now, len(self.room) + 1):
+                self._drop("admission", address)
+                return
             try:
                 self._register(address, hello, budget, now)
                 self._strangers.pop(address, None)
@@ -613,10 +646,11 @@ class UdpChatServer:
         return earliest
 
     def _sweep(self, now: float) -> None:
+        """End the sessions silent past the timeout, judged as of ``_caught_up``."""
         if self.closing:
             return
         for session in list(self._sessions.values()):
-            if now - session.last_heard > self.limits.session_timeout:
+            if self._caught_up - session.last_heard > self.limits.session_timeout:
                 self._end(session, "timeout")
         while self._strangers:
             address, stranger = next(iter(self._strangers.items()))
