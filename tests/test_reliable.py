@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from common.reliable import (
     ACK_COPIES,
+    HOLD_COST,
     INITIAL_RTO,
     MAX_BACKLOG,
     MAX_TRIES,
@@ -24,6 +25,7 @@ from common.reliable import (
     SeqCounter,
     SeqEvent,
     SeqKind,
+    SharedFrames,
 )
 
 
@@ -278,6 +280,26 @@ def test_backlog_overflow_is_reported() -> None:
 
 
 # ReliableReceiver
+
+
+def test_shared_frames_are_held_once_and_stamped_with_each_senders_seq() -> None:
+    shared = SharedFrames(lambda frame, seq: b"%s %d" % (frame, seq))
+    senders = [ReliableSender(shared) for _ in range(3)]
+    senders[0].queue(1, b"private")
+    frame = b"x" * 1000
+    for sender in senders:
+        sender.queue(sender.next_seq, frame)
+    assert shared.held_bytes == len(b"private") + len(frame) + 4 * HOLD_COST
+    assert senders[0].held_bytes == len(b"private") + len(frame) + 2 * HOLD_COST
+    assert senders[0].due(0.0) == [b"private 1", frame + b" 2"]
+    assert senders[1].due(0.0) == [frame + b" 1"]
+    assert senders[0].due(INITIAL_RTO) == [b"private 1", frame + b" 2"], "stamped again"
+    senders[0].on_ack(2, INITIAL_RTO)
+    senders[1].on_ack(1, INITIAL_RTO)
+    assert shared.held_bytes == len(b"private") + len(frame) + 2 * HOLD_COST
+    senders[2].close()
+    senders[0].close()
+    assert shared.held_bytes == 0 and senders[0].held_bytes == 0
 
 
 def test_in_order_delivery_with_holes_filled_later() -> None:

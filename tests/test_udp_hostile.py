@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from common.reliable import MAX_BACKLOG, WINDOW
 from tests.conftest import ServerProcess
 from tests.test_udp_server import QUIET, Peers, UdpPeer, peers, server, stop_and_log
 
@@ -157,3 +158,54 @@ def test_a_far_future_seq_does_not_mute_a_raw_session(server: ServerProcess, pee
     bob.expect("msg", timeout=1.0, text="five")
     assert [f["text"] for f in frames_in(bob) if f["type"] == "msg"] == []
     assert "6 received, 0 lost, 1 repeated, 0 reordered, 3 restarted" in stop_and_log(server)
+
+
+# ---- reliable sessions that never ack -----------------------------------------
+
+
+def memory_kib(server: ServerProcess, field: str) -> int:
+    """A line of the server's /proc status: VmRSS (now) or VmHWM (the peak), in KiB."""
+    with open(f"/proc/{server.proc.pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def test_reliable_sessions_that_never_ack_hold_bounded_memory(
+    start_server: Start, peers: Peers
+) -> None:
+    server = start_server("udp.server", "--rate-limit", "0", "--history", "100", "-v")
+    alice = peers(server)
+    alice.hello("alice")
+    for i in range(100):  # 100 messages of about 6 KB for history to answer with
+        alice.send({"type": "say", "text": f"{i:04d}" + "字" * 1996})
+    alice.expect("msg", text=f"{99:04d}" + "字" * 1996)
+    before = memory_kib(server, "VmRSS")
+
+    silent = [peers(server) for _ in range(40)]
+    for i, peer in enumerate(silent):  # never acks: every frame is held for it
+        peer.send({"type": "hello", "name": f"silent{i}", "reliable": True}, envelope=False)
+        peer.token = peer.expect("welcome")["session"]
+        for _ in range(10):  # ten answers of 101 frames: 6 MB each session, under its backlog
+            peer.send({"type": "history", "limit": 100})
+    alice.send({"type": "ping"})
+    alice.expect("pong")  # everything before it was handled
+    grown = memory_kib(server, "VmHWM") - before
+    assert grown < 80 << 10, f"the server grew by {grown >> 10} MiB"
+    server.wait_for_log(r"silent\d+ left \(too_slow\)")
+    alice.send({"type": "say", "text": "still served"})
+    alice.expect("msg", text="still served")
+
+
+def test_a_reliable_session_whose_backlog_overflows_ends_too_slow(
+    server: ServerProcess, peers: Peers
+) -> None:
+    alice, slow = peers(server), peers(server)
+    alice.hello("alice")
+    slow.hello("slow", reliable=True)  # and never acks
+    alice.expect("joined", name="slow")
+    for i in range(WINDOW + MAX_BACKLOG):
+        alice.send({"type": "say", "text": f"m{i}"})
+    left = alice.expect("left", name="slow")
+    assert left["reason"] == "too_slow"

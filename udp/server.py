@@ -67,6 +67,11 @@ and ``ReliableReceiver`` (``common.reliable``): every frame with a ``seq``
 is acked (twice if it came again) and handed on once and in order, every
 frame sent is retransmitted until acked; a sender that gives up ends the
 session (``timeout``), one whose backlog overflows ends it as ``too_slow``.
+Their senders share frames (``SharedFrames``): a frame held by many
+sessions is one object, stamped with each one's ``seq`` as it goes out.
+What they hold together is bounded (``MAX_HELD_BYTES``, 32 MiB): past it,
+the session holding most is ended as ``too_slow``, so sessions that never
+ack cost bounded memory however many there are.
 
 Shutdown: ``stop()`` may be called from any thread (a signal handler sets
 the event; ``main`` acts on it). Every session gets ``bye``; the server
@@ -109,7 +114,13 @@ from common.codec import (
     name_key,
 )
 from common.ratelimit import TokenBucket
-from common.reliable import ReliableReceiver, ReliableSender, SeqCounter, SeqKind
+from common.reliable import (
+    ReliableReceiver,
+    ReliableSender,
+    SeqCounter,
+    SeqKind,
+    SharedFrames,
+)
 from common.room import Entry, Member, Room, Stage
 from common.serverargs import (
     Limits,
@@ -141,6 +152,9 @@ at once all get in within about a second). A datagram costs 10 to 20 µs of
 ``sendto`` on a small machine, so joins take at most a fifth of a core
 however many hellos arrive."""
 ADMISSION_BURST = 10_000
+MAX_HELD_BYTES = 32 << 20
+"""Bytes all reliable sessions may hold for retransmission together, each frame
+counted once however many hold it; past it the one holding most is ended."""
 UNTRUSTED_BURST = 8
 """Answers at once to datagrams from a session's address that carry no token."""
 UNTRUSTED_RATE = 1.0
@@ -168,9 +182,9 @@ def answer_budget(received: int) -> int:
     return min(MAX_FRAME_BYTES, max(AMPLIFICATION * received, MIN_ANSWER_BYTES))
 
 
-def with_seq(body: bytes, seq: int) -> bytes:
-    """``body`` (an encoded frame) with ``"seq"`` as its last field, as ``encode`` puts it."""
-    return b'%s,"seq":%d}' % (body[:-1], seq)
+def stamp(prefix: bytes, seq: int) -> bytes:
+    """The datagram: ``prefix`` (a frame cut just before its seq's digits) and ``seq``."""
+    return b"%s%d}" % (prefix, seq)
 
 
 def envelope_of(data: bytes) -> tuple[str | None, int | None, str | None]:
@@ -209,7 +223,13 @@ class Session(Member):
     """
 
     def __init__(
-        self, address: Address, reliable: bool, limits: Limits, now: float, budget: int
+        self,
+        address: Address,
+        reliable: bool,
+        limits: Limits,
+        now: float,
+        budget: int,
+        shared: SharedFrames,
     ) -> None:
         super().__init__()
         self.address = address
@@ -218,19 +238,26 @@ class Session(Member):
         self.bucket = TokenBucket(limits.rate_limit, limits.burst, now)
         self.untrusted = TokenBucket(UNTRUSTED_RATE, UNTRUSTED_BURST, now)
         self.counter = SeqCounter()
-        self.sender = ReliableSender() if reliable else None
+        self.sender = ReliableSender(shared) if reliable else None
         self.receiver = ReliableReceiver() if reliable else None
         self.last_heard = now
         self.budget = budget
         self.welcome = b""
         self.sent = 0
 
-    def frame(self, entry: Entry) -> bytes:
-        """``entry`` as this session's datagram body, without its ``seq``."""
+    def prefix(self, entry: Entry) -> bytes:
+        """``entry`` as this session's datagram up to its seq's digits (see ``stamp``).
+
+        A frame is cut once for all who get it (``entry.cache``): reliable
+        sessions hold that one object, not a copy each. The ``welcome`` is
+        this session's own (its token, its budget).
+        """
         if isinstance(entry.message, Welcome):
             limit = self.budget - FIRST_SEQ_BYTES
-            return encode(entry.message, session=self.token, limit=limit)
-        return entry.line[:-1]
+            return encode(entry.message, session=self.token, limit=limit)[:-1] + b',"seq":'
+        if entry.cache is None:
+            entry.cache = entry.line[:-2] + b',"seq":'
+        return entry.cache
 
     def push(self, entry: Entry, now: float) -> list[bytes]:
         """Queue ``entry`` to a reliable session under its next ``seq``; return what to write now.
@@ -240,10 +267,10 @@ class Session(Member):
         assert self.sender is not None
         window_open = self.sender.can_send
         seq = self.sender.next_seq
-        datagram = with_seq(self.frame(entry), seq)
+        prefix = self.prefix(entry)
         if isinstance(entry.message, Welcome):
-            self.welcome = datagram
-        self.sender.queue(seq, datagram)
+            self.welcome = stamp(prefix, seq)
+        self.sender.queue(seq, prefix)
         return self.sender.due(now) if window_open else []
 
     def summary(self) -> str:
@@ -284,6 +311,7 @@ class UdpChatServer:
         self._by_token: dict[str, Session] = {}
         self._strangers: dict[Address, Stranger] = {}
         self._busy: set[Session] = set()
+        self._held = SharedFrames(stamp)
         self._caught_up = time.monotonic()
         self._admission = TokenBucket(ADMISSION_RATE, ADMISSION_BURST, self._caught_up)
         self._wake = threading.Event()
@@ -508,7 +536,7 @@ class UdpChatServer:
             self._strangers[address] = Stranger(since=now, bucket=bucket)
 
     def _register(self, address: Address, hello: Hello, budget: int, now: float) -> None:
-        session = Session(address, hello.reliable, self.limits, now, budget)
+        session = Session(address, hello.reliable, self.limits, now, budget, self._held)
         self.room.handle(session, hello)
         self._sessions[address] = session
         self._by_token[session.token] = session
@@ -543,7 +571,8 @@ class UdpChatServer:
 
         Raw sessions, the bulk of a busy room, are written here with no call
         per datagram but ``sendto``. Ending a session (a reliable one that
-        gave up) adds ``left`` to the room, so this runs until nothing is new.
+        gave up, or held too much) adds ``left`` to the room, so this runs
+        until nothing is new.
         """
         sendto = self.sock.sendto
         while pending := self.room.pending():
@@ -557,17 +586,23 @@ class UdpChatServer:
                     continue
                 for entry in entries:
                     member.sent += 1
+                    datagram = b"%s%d}" % (entry.cache or member.prefix(entry), member.sent)
                     if isinstance(entry.message, Welcome):
-                        member.welcome = with_seq(member.frame(entry), member.sent)
-                    elif entry.cache is None:
-                        entry.cache = entry.line[:-2] + b',"seq":'
+                        member.welcome = datagram
                     try:
-                        if isinstance(entry.message, Welcome):
-                            sendto(member.welcome, member.address)
-                        else:
-                            sendto(b"%s%d}" % (entry.cache, member.sent), member.address)
+                        sendto(datagram, member.address)
                     except OSError:
                         self.dropped["send_failed"] += 1
+            self._bound_held()
+
+    def _bound_held(self) -> None:
+        """Past ``MAX_HELD_BYTES`` held for all reliable sessions, end the one holding most."""
+        while self._held.held_bytes > MAX_HELD_BYTES:
+            _, heaviest = max(
+                ((s.sender.held_bytes, s) for s in self._sessions.values() if s.sender is not None),
+                key=lambda pair: pair[0],
+            )
+            self._end(heaviest, "too_slow")
 
     def _deliver(self, session: Session, frames: list[bytes]) -> None:
         """Write what ``push`` returned; a reliable session is watched until all is acked."""
@@ -606,6 +641,8 @@ class UdpChatServer:
         del self._sessions[session.address]
         del self._by_token[session.token]
         self._busy.discard(session)
+        if session.sender is not None:
+            session.sender.close()
         self.room.leave(session, reason)
         log.info("%s left (%s); %s", session.name, reason, session.summary())
 
@@ -646,7 +683,12 @@ class UdpChatServer:
         return earliest
 
     def _sweep(self, now: float) -> None:
-        """End the sessions silent past the timeout, judged as of ``_caught_up``."""
+        """End the sessions silent past the timeout, judged as of ``_caught_up``.
+
+        The room forgets here what everyone has read (every session is
+        caught up on the log at each flush, so all of it but the last sweep's).
+        """
+        self.room.trim()
         if self.closing:
             return
         for session in list(self._sessions.values()):
