@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
+from common import reliable
 from common.reliable import MAX_BACKLOG, WINDOW
-from tests.conftest import ServerProcess
+from common.serverargs import Limits
+from tests.conftest import WAIT, ServerProcess
 from tests.test_udp_server import QUIET, Peers, UdpPeer, peers, server, stop_and_log
+from udp.server import UdpChatServer
 
 Start = Callable[..., ServerProcess]
 
@@ -209,3 +216,73 @@ def test_a_reliable_session_whose_backlog_overflows_ends_too_slow(
         alice.send({"type": "say", "text": f"m{i}"})
     left = alice.expect("left", name="slow")
     assert left["reason"] == "too_slow"
+
+
+def test_a_repeated_frame_gets_two_acks(server: ServerProcess, peers: Peers) -> None:
+    alice = peers(server)
+    welcome = alice.hello("alice", reliable=True)
+    alice.ack(welcome["seq"])
+    ping = json.dumps({"type": "ping", "seq": 1, "session": alice.token}).encode()
+    alice.send_raw(ping)
+    assert alice.recv() == {"type": "ack", "seq": 1}
+    alice.ack(alice.expect("pong")["seq"])
+    assert frames_in(alice) == [], "a frame's first arrival gets one ack"
+    alice.send_raw(ping)
+    assert frames_in(alice) == [{"type": "ack", "seq": 1}] * 2, "a repeat gets two, and no pong"
+
+
+def test_a_reliable_session_whose_frames_go_unacked_ends_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The one test that needs the retransmission clock faster than the protocol's 200 ms:
+    the server runs in this process, on loopback, with its first timeout at 10 ms."""
+    monkeypatch.setattr(reliable, "INITIAL_RTO", 0.01)
+    server = UdpChatServer(Limits(rate_limit=0), port=0)
+    thread = threading.Thread(target=server.serve_forever, name="test-udp-server")
+    thread.start()
+    bob, alice = UdpPeer(server.address), UdpPeer(server.address)
+    try:
+        welcome = bob.hello("bob", reliable=True)
+        bob.ack(welcome["seq"])
+        alice.hello("alice")  # bob never acks its joined: given up after 6 tries, 0.63 s
+        started = time.monotonic()
+        while time.monotonic() - started < WAIT:
+            bob.send({"type": "ping"})  # bob is not silent: only its acks are missing
+            for frame in frames_in(alice, 0.1):
+                if frame["type"] == "left":
+                    assert (frame["name"], frame["reason"]) == ("bob", "timeout")
+                    assert time.monotonic() - started > 0.5
+                    return
+        raise AssertionError("bob was never given up")
+    finally:
+        server.stop()
+        thread.join(WAIT)
+        bob.close()
+        alice.close()
+
+
+def test_a_dm_to_nobody_is_no_such_user(server: ServerProcess, peers: Peers) -> None:
+    alice = peers(server)
+    alice.hello("alice")
+    seq = alice.send({"type": "dm", "to": "nobody", "text": "psst"})
+    error = alice.expect("error")
+    assert error["code"] == "no_such_user" and "nobody" in error["text"]
+    assert error["seq"] == seq + 1, "it comes in the session, after the welcome"
+
+
+# ---- shutdown -----------------------------------------------------------------
+
+
+def test_shutdown_waits_for_reliable_sessions_to_ack_bye(
+    server: ServerProcess, peers: Peers
+) -> None:
+    careful = peers(server)
+    welcome = careful.hello("careful", reliable=True)
+    careful.ack(welcome["seq"])
+    server.proc.send_signal(signal.SIGTERM)
+    bye = careful.expect("bye")
+    assert careful.expect("bye", timeout=1.0) == bye, "bye is sent again until acked"
+    acked = time.monotonic()
+    careful.ack(bye["seq"])
+    assert server.proc.wait(WAIT) == 0
+    assert time.monotonic() - acked < 0.5, "the ack of bye did not end the wait"
