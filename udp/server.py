@@ -162,8 +162,6 @@ UNTRUSTED_RATE = 1.0
 TIMER_RESOLUTION = 0.01
 BUSY_TICK = 0.05
 MAX_SWEEP_INTERVAL = 0.5
-SEQ_ROOM = len(b',"seq":') + 20 + 1
-"""Bytes a frame grows by when its ``seq`` is spliced in (20 digits is past any seq)."""
 FIRST_SEQ_BYTES = len(b',"seq":1')
 
 
