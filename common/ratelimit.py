@@ -10,6 +10,8 @@ from __future__ import annotations
 class TokenBucket:
     """``rate`` tokens a second refill a bucket of ``burst``; a frame takes one.
 
+    What costs more than a frame may take more (``cost``).
+
     A ``rate`` of 0 turns the limit off: every frame is allowed.
     """
 
@@ -19,13 +21,15 @@ class TokenBucket:
         self._tokens = self._burst
         self._stamp = now
 
-    def allow(self, now: float) -> bool:
+    def allow(self, now: float, cost: float = 1.0) -> bool:
+        """Take ``cost`` tokens if the bucket has them (a cost over ``burst`` takes a full one)."""
         if self._rate <= 0:
             return True
         elapsed = max(0.0, now - self._stamp)
         self._stamp = now
         self._tokens = min(self._burst, self._tokens + elapsed * self._rate)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        cost = min(cost, self._burst)
+        if self._tokens >= cost:
+            self._tokens -= cost
             return True
         return False

@@ -1,7 +1,9 @@
 """Sequence accounting and reliable delivery for UDP chat sessions, without I/O.
 
 Nothing here touches a socket or reads a clock. Frames are opaque ``bytes``
-that already carry their ``seq``; every method that depends on time takes
+that already carry their ``seq``, or, for a sender given ``SharedFrames``,
+one frame shared by many senders that each stamp with their own ``seq`` when
+they transmit it; every method that depends on time takes
 ``now``, monotonic seconds supplied by the caller. That keeps the UDP server
 (one instance of each class per session) and the UDP client free to choose
 their own threads and clocks, and lets the tests drive time by hand. None of
@@ -42,11 +44,20 @@ per frame and leaves the schedule above as it is: one extra copy, not a try.
 Bounds, so that a peer that is slow, gone or hostile costs bounded memory:
 
 * ``SeqCounter`` remembers which of the last ``SEQ_HISTORY`` seqs arrived, as a
-  bit mask; older ones count as repeated. A jump of any size costs nothing.
+  bit mask. Its window is ``SEQ_HISTORY`` either side of the highest seq seen:
+  a seq outside it is neither a loss nor a repeat but numbering that started
+  again (a peer that restarted, or one wild seq), so the count restarts from
+  it. One far-off seq therefore costs nothing and mutes nothing: the next
+  seq of the old numbering is outside the window of the new one and restarts
+  it again.
 * The sender transmits only seqs less than ``WINDOW`` past the oldest
   unacknowledged one, and keeps at most ``MAX_BACKLOG`` more frames queued
   behind the window; past that it sets ``overflowed`` and drops the frame.
   At the 8192-byte frame limit that is at most about 9 MB per session.
+  Senders that share their frames (``SharedFrames``) hold one copy of a frame
+  however many of them hold it, and ``SharedFrames.held_bytes`` is what they
+  hold together, each frame once plus ``HOLD_COST`` per sender holding it:
+  the figure a server bounds for all its sessions at once.
 * The receiver holds only seqs less than ``WINDOW`` past the next one it
   expects (at most about 512 KB per session) and drops farther ones unacked,
   so their sender transmits them again. Its window matches the sender's, so a
@@ -57,7 +68,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 SEQ_HISTORY = 1024
@@ -86,6 +97,11 @@ frames use up all six tries and end their session."""
 FAST_RETRANSMIT_ACKS = 3
 """Acks of later frames after which an unacknowledged frame is sent again at once."""
 
+HOLD_COST = 160
+"""Bytes a sender spends holding one frame besides the frame itself: its entry,
+its seq and its place in the queue (``tracemalloc`` measures about 135, and 24
+more for a deadline once the frame was sent)."""
+
 
 def _check_seq(seq: int) -> None:
     if seq < 1:
@@ -102,7 +118,9 @@ class SeqKind(enum.Enum):
     LATE = "late"
     """Below the highest seen, filling an earlier gap: reordered."""
     DUPLICATE = "duplicate"
-    """Seen before, or too old to tell: repeated."""
+    """Seen before: repeated."""
+    RESTART = "restart"
+    """``SEQ_HISTORY`` or more away from the highest seen, either way: numbering starts again."""
 
 
 @dataclass(frozen=True)
@@ -118,9 +136,10 @@ class SeqCounter:
     """Counts lost, repeated and reordered datagrams of a raw session.
 
     ``received`` counts distinct seqs, ``lost`` the seqs below the highest one
-    that have not arrived (yet), ``repeated`` the datagrams seen before or
-    older than ``SEQ_HISTORY`` behind the highest, ``reordered`` the late
-    arrivals that filled a gap (each also takes one off ``lost``).
+    that have not arrived (yet), ``repeated`` the datagrams seen before,
+    ``reordered`` the late arrivals that filled a gap (each also takes one off
+    ``lost``), ``restarts`` the seqs outside the window, from which the
+    numbering starts again (the seqs before one are taken as seen).
     """
 
     def __init__(self) -> None:
@@ -129,18 +148,27 @@ class SeqCounter:
         self.lost = 0
         self.repeated = 0
         self.reordered = 0
+        self.restarts = 0
         # Bit i set: seq ``highest - i`` has arrived.
         self._seen = 0
+
+    def restart(self) -> None:
+        """The peer numbers from 1 again (it said ``hello`` again): forget the old numbering."""
+        self.highest = self._seen = 0
+        self.restarts += 1
 
     def on_seq(self, seq: int) -> SeqEvent:
         """Account for one datagram; seq must be 1 or more (ValueError otherwise)."""
         _check_seq(seq)
+        if not self.highest - SEQ_HISTORY < seq < self.highest + SEQ_HISTORY:
+            self.highest = seq
+            self._seen = (1 << SEQ_HISTORY) - 1
+            self.received += 1
+            self.restarts += 1
+            return SeqEvent(SeqKind.RESTART)
         if seq > self.highest:
             jump = seq - self.highest
-            if jump >= SEQ_HISTORY:
-                self._seen = 1
-            else:
-                self._seen = ((self._seen << jump) | 1) & ((1 << SEQ_HISTORY) - 1)
+            self._seen = ((self._seen << jump) | 1) & ((1 << SEQ_HISTORY) - 1)
             self.highest = seq
             self.received += 1
             self.lost += jump - 1
@@ -148,7 +176,7 @@ class SeqCounter:
                 return SeqEvent(SeqKind.NEW)
             return SeqEvent(SeqKind.GAP, missing=jump - 1)
         age = self.highest - seq
-        if age >= SEQ_HISTORY or (self._seen >> age) & 1:
+        if (self._seen >> age) & 1:
             self.repeated += 1
             return SeqEvent(SeqKind.DUPLICATE)
         self._seen |= 1 << age
@@ -158,9 +186,42 @@ class SeqCounter:
         return SeqEvent(SeqKind.LATE)
 
 
-@dataclass
+class SharedFrames:
+    """Frames held by many senders: one object each, counted once in ``held_bytes``.
+
+    ``stamp(frame, seq)`` makes the datagram a sender transmits, from the shared
+    frame and that sender's ``seq``. A frame is known by its identity while some
+    sender holds it (so it stays alive and its ``id`` is its own).
+    """
+
+    def __init__(self, stamp: Callable[[bytes, int], bytes]) -> None:
+        self.stamp = stamp
+        self.held_bytes = 0
+        self._holders: dict[int, int] = {}
+
+    def hold(self, frame: bytes) -> None:
+        key = id(frame)
+        holders = self._holders.get(key, 0)
+        if not holders:
+            self.held_bytes += len(frame)
+        self._holders[key] = holders + 1
+        self.held_bytes += HOLD_COST
+
+    def release(self, frame: bytes) -> None:
+        key = id(frame)
+        holders = self._holders[key] - 1
+        self.held_bytes -= HOLD_COST
+        if holders:
+            self._holders[key] = holders
+        else:
+            del self._holders[key]
+            self.held_bytes -= len(frame)
+
+
+@dataclass(slots=True)
 class _Unacked:
     frame: bytes
+    seq: int
     tries: int = 0
     # When the next transmission is due; -inf until the first one.
     deadline: float = -math.inf
@@ -183,7 +244,11 @@ class ReliableSender:
     frames in flight are looked through only when one of them is due.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, shared: SharedFrames | None = None) -> None:
+        # Frames are shared with other senders, and stamped with their seq here.
+        self._shared = shared
+        # What this sender holds: its frames in full, plus HOLD_COST each.
+        self.held_bytes = 0
         # A frame went unacknowledged after MAX_TRIES: the session is over.
         self.failed = False
         # The backlog was full and a frame was dropped: the session is over.
@@ -229,7 +294,10 @@ class ReliableSender:
         if seq >= self._window_end() + MAX_BACKLOG:
             self.overflowed = True
             return
-        self._unacked[seq] = _Unacked(frame)
+        self._unacked[seq] = _Unacked(frame, seq)
+        self.held_bytes += len(frame) + HOLD_COST
+        if self._shared is not None:
+            self._shared.hold(frame)
 
     def on_ack(self, seq: int, now: float) -> list[bytes]:
         """Forget an acknowledged frame; return the frames to transmit now.
@@ -242,6 +310,7 @@ class ReliableSender:
         if entry is None or entry.tries == 0:
             return []
         del self._unacked[seq]
+        self._let_go(entry)
         if entry.deadline <= self._earliest:
             self._earliest_exact = False
         for older, waiting in self._unacked.items():
@@ -270,7 +339,7 @@ class ReliableSender:
             entry = self._unacked.get(self._unsent)
             if entry is not None:  # None: dropped by an overflow
                 self._transmit(entry, now)
-                frames.append(entry.frame)
+                frames.append(self._datagram(entry))
             self._unsent += 1
         return frames
 
@@ -296,17 +365,33 @@ class ReliableSender:
             if entry.deadline > now:
                 if fast:
                     self.retransmissions += 1
-                    frames.append(entry.frame)
+                    frames.append(self._datagram(entry))
             elif entry.tries == MAX_TRIES:
                 self.failed = True
                 return []
             else:
                 self.retransmissions += 1
                 self._transmit(entry, now)
-                frames.append(entry.frame)
+                frames.append(self._datagram(entry))
             earliest = min(earliest, entry.deadline)
         self._earliest, self._earliest_exact, self._fast = earliest, True, False
         return frames
+
+    def close(self) -> None:
+        """The session is over: let go of every frame held."""
+        for entry in self._unacked.values():
+            self._let_go(entry)
+        self._unacked.clear()
+
+    def _let_go(self, entry: _Unacked) -> None:
+        self.held_bytes -= len(entry.frame) + HOLD_COST
+        if self._shared is not None:
+            self._shared.release(entry.frame)
+
+    def _datagram(self, entry: _Unacked) -> bytes:
+        if self._shared is None:
+            return entry.frame
+        return self._shared.stamp(entry.frame, entry.seq)
 
     def _transmit(self, entry: _Unacked, now: float) -> None:
         entry.tries += 1

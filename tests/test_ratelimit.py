@@ -31,3 +31,13 @@ def test_a_clock_going_backwards_grants_nothing() -> None:
     bucket = TokenBucket(rate=10, burst=1, now=5.0)
     assert bucket.allow(5.0)
     assert not bucket.allow(4.0)
+
+
+def test_a_costly_frame_takes_more_and_one_over_the_burst_a_full_bucket() -> None:
+    bucket = TokenBucket(rate=100, burst=100, now=0.0)
+    assert bucket.allow(0.0, cost=60)
+    assert not bucket.allow(0.0, cost=60)
+    assert bucket.allow(0.0, cost=40)
+    assert not bucket.allow(0.5, cost=1000)
+    assert bucket.allow(1.0, cost=1000)
+    assert not bucket.allow(1.0)

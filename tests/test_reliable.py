@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from common.reliable import (
     ACK_COPIES,
+    HOLD_COST,
     INITIAL_RTO,
     MAX_BACKLOG,
     MAX_TRIES,
@@ -24,6 +25,7 @@ from common.reliable import (
     SeqCounter,
     SeqEvent,
     SeqKind,
+    SharedFrames,
 )
 
 
@@ -75,14 +77,38 @@ def test_seq_counter_first_seq_after_one_counts_the_ones_before_as_lost() -> Non
     assert (counter.lost, counter.reordered) == (1, 1)
 
 
-def test_seq_counter_seq_older_than_history_counts_as_repeated() -> None:
+def test_seq_counter_window_edges() -> None:
     counter = SeqCounter()
     counter.on_seq(1)
-    counter.on_seq(SEQ_HISTORY + 2)
-    assert counter.lost == SEQ_HISTORY
-    assert counter.on_seq(3) == SeqEvent(SeqKind.LATE)
-    assert counter.on_seq(2) == SeqEvent(SeqKind.DUPLICATE)
-    assert (counter.lost, counter.repeated, counter.reordered) == (SEQ_HISTORY - 1, 1, 1)
+    assert counter.on_seq(SEQ_HISTORY) == SeqEvent(SeqKind.GAP, missing=SEQ_HISTORY - 2)
+    assert counter.on_seq(1) == SeqEvent(SeqKind.DUPLICATE)  # the oldest seq remembered
+    assert counter.on_seq(2) == SeqEvent(SeqKind.LATE)
+    assert counter.on_seq(2 * SEQ_HISTORY - 1) == SeqEvent(SeqKind.GAP, missing=SEQ_HISTORY - 2)
+    assert counter.on_seq(SEQ_HISTORY - 1) == SeqEvent(SeqKind.RESTART)  # one too far back
+    assert counter.on_seq(2 * SEQ_HISTORY - 1) == SeqEvent(SeqKind.RESTART)  # one too far ahead
+    assert (counter.received, counter.repeated, counter.restarts) == (6, 1, 2)
+
+
+def test_seq_counter_one_far_off_seq_mutes_nothing() -> None:
+    counter = SeqCounter()
+    for seq in range(1, 6):
+        counter.on_seq(seq)
+    assert counter.on_seq(10**18) == SeqEvent(SeqKind.RESTART)
+    assert counter.on_seq(6) == SeqEvent(SeqKind.RESTART), "the old numbering goes on"
+    assert counter.on_seq(7) == SeqEvent(SeqKind.NEW)
+    assert counter.on_seq(5) == SeqEvent(SeqKind.DUPLICATE), "what came before a restart is seen"
+    assert counter.on_seq(1) == SeqEvent(SeqKind.DUPLICATE)
+    assert (counter.received, counter.lost, counter.repeated, counter.restarts) == (8, 0, 2, 2)
+
+
+def test_seq_counter_restart_takes_one_as_new() -> None:
+    counter = SeqCounter()
+    for seq in range(1, 501):
+        counter.on_seq(seq)
+    counter.restart()
+    assert counter.on_seq(1) == SeqEvent(SeqKind.NEW)
+    assert counter.on_seq(3) == SeqEvent(SeqKind.GAP, missing=1)
+    assert (counter.received, counter.lost, counter.restarts) == (502, 1, 1)
 
 
 def test_seq_counter_far_jump_allocates_nothing_in_proportion() -> None:
@@ -96,10 +122,10 @@ def test_seq_counter_far_jump_allocates_nothing_in_proportion() -> None:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert event == SeqEvent(SeqKind.GAP, missing=jump - 1)
+    assert event == SeqEvent(SeqKind.RESTART)
     assert peak < 10_000
     assert counter.on_seq(100 + jump) == SeqEvent(SeqKind.NEW)
-    assert counter.on_seq(98 + jump) == SeqEvent(SeqKind.LATE)
+    assert counter.on_seq(98 + jump) == SeqEvent(SeqKind.DUPLICATE)
 
 
 def test_seq_counter_rejects_seq_below_one() -> None:
@@ -254,6 +280,26 @@ def test_backlog_overflow_is_reported() -> None:
 
 
 # ReliableReceiver
+
+
+def test_shared_frames_are_held_once_and_stamped_with_each_senders_seq() -> None:
+    shared = SharedFrames(lambda frame, seq: b"%s %d" % (frame, seq))
+    senders = [ReliableSender(shared) for _ in range(3)]
+    senders[0].queue(1, b"private")
+    frame = b"x" * 1000
+    for sender in senders:
+        sender.queue(sender.next_seq, frame)
+    assert shared.held_bytes == len(b"private") + len(frame) + 4 * HOLD_COST
+    assert senders[0].held_bytes == len(b"private") + len(frame) + 2 * HOLD_COST
+    assert senders[0].due(0.0) == [b"private 1", frame + b" 2"]
+    assert senders[1].due(0.0) == [frame + b" 1"]
+    assert senders[0].due(INITIAL_RTO) == [b"private 1", frame + b" 2"], "stamped again"
+    senders[0].on_ack(2, INITIAL_RTO)
+    senders[1].on_ack(1, INITIAL_RTO)
+    assert shared.held_bytes == len(b"private") + len(frame) + 2 * HOLD_COST
+    senders[2].close()
+    senders[0].close()
+    assert shared.held_bytes == 0 and senders[0].held_bytes == 0
 
 
 def test_in_order_delivery_with_holes_filled_later() -> None:

@@ -291,7 +291,8 @@ def test_flood_is_rate_limited_and_others_are_served(start_server: Start, peers:
         alice.send({"type": "ping"})
         alice.send_raw(b"garbage")
     codes = [json.loads(d).get("code") for d in alice.silence()]
-    assert codes.count("rate_limited") >= 300
+    assert codes.count("rate_limited") >= 190, "past the limit, frames with the token are refused"
+    assert 1 <= codes.count("bad_frame") <= 10, "garbage gets a few answers, not one each"
     bob.send({"type": "say", "text": "hello?"})
     assert bob.expect("msg")["text"] == "hello?"
 

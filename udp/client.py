@@ -281,6 +281,8 @@ class UdpTransport:
             self._notice(f"datagram seq {seq} came again; shown once")
         elif event.kind is SeqKind.LATE:
             self._notice(f"datagram seq {seq} came late, out of order")
+        elif event.kind is SeqKind.RESTART:
+            self._notice(f"datagram seq {seq} is far from the ones before; counting from it")
 
     def _notice(self, text: str) -> None:
         self._ready.append(Line("system", text))

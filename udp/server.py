@@ -10,6 +10,12 @@ Threads, each named and owned by the server:
   and forgets addresses that did not complete a ``hello`` within
   ``--hello-timeout``.
 
+Liveness is judged by when datagrams arrived, not when ``main`` got to them:
+``_caught_up`` is the last moment ``main`` found the socket empty, so every
+datagram that arrived before it has been read, and a session is silent when
+its last one was read more than ``--session-timeout`` before that. A backlog
+in the socket (a flood being worked through) times nobody out.
+
 The chat's rules and its one ordered log are the room's (``common.room``),
 shared with the TCP server. After each batch of datagrams (and each turn
 of the timer) the server catches every session up on what the room has
@@ -28,23 +34,44 @@ Who gets an answer:
 * An address without a session gets one only to a ``hello``, and at most
   ``max(3 x the hello's bytes, 256)`` bytes (a ``welcome`` lists fewer users
   to fit). Its answers carry no ``seq``: there is no session to count in.
-  Anything else from it is dropped unanswered and counted.
+  Anything else from it is dropped unanswered and counted. New sessions
+  are admitted within a budget (``ADMISSION_RATE``) of what they cost: a
+  join is a ``welcome`` plus a ``joined`` to every member. A ``hello`` past
+  it is dropped unanswered; its client says ``hello`` again a second later.
 * A frame of a session must carry its ``session`` token; a missing or wrong
   one (also a right one sent from another address) is dropped, counted and
-  never acted on. Frames that cannot be parsed carry no token to check: they
-  get ``bad_frame`` or ``too_large`` like the protocol says, under the rate
-  limit, and the session goes on.
+  never acted on, acks included.
+* Anyone can send from a session's address, so what carries no token to
+  check (a datagram that cannot be parsed, a ``hello`` again) is answered
+  from a bucket of its own, ``UNTRUSTED_BURST`` at once and
+  ``UNTRUSTED_RATE`` a second after that, whatever arrives: ``bad_frame``,
+  ``too_large``, ``already_registered`` or the same ``welcome`` again. The
+  answer is one raw datagram without ``seq`` (the welcome again is the
+  first one, seq and all), never queued for retransmission, and it touches
+  nothing of the session: not its rate limit, not its liveness.
 
 Sequence numbers: every datagram to a session carries the session's next
 ``seq``; a frame is encoded once for everyone and the ``seq`` spliced into
 each copy. Incoming ``seq`` go to a ``SeqCounter`` (lost, repeated,
 reordered; logged when the session ends); a raw session's repeated frame is
-not acted on twice. A reliable session (``"reliable": true``) also has a
-``ReliableSender`` and ``ReliableReceiver`` (``common.reliable``): every
-frame with a ``seq`` is acked (twice if it came again) and handed on once and
-in order, every frame sent is retransmitted until acked; a sender that gives
-up ends the session (``timeout``), one whose backlog overflows ends it as
-``too_slow``.
+not acted on twice. Its window is ``SEQ_HISTORY`` (1024) either side of the
+highest seq seen: a seq outside it (10^18, or 1 again from a client that
+restarted) is acted on and the count starts again from it, so no seq can
+mute a session; a ``hello`` again from the session's address (its client
+starting over) starts the count again too. A reliable session's window is
+the receiver's: seqs from ``WINDOW`` (64) past the next expected one are
+dropped unacked, and seqs before it are repeats, acked again.
+
+A reliable session (``"reliable": true``) also has a ``ReliableSender``
+and ``ReliableReceiver`` (``common.reliable``): every frame with a ``seq``
+is acked (twice if it came again) and handed on once and in order, every
+frame sent is retransmitted until acked; a sender that gives up ends the
+session (``timeout``), one whose backlog overflows ends it as ``too_slow``.
+Their senders share frames (``SharedFrames``): a frame held by many
+sessions is one object, stamped with each one's ``seq`` as it goes out.
+What they hold together is bounded (``MAX_HELD_BYTES``, 32 MiB): past it,
+the session holding most is ended as ``too_slow``, so sessions that never
+ack cost bounded memory however many there are.
 
 Shutdown: ``stop()`` may be called from any thread (a signal handler sets
 the event; ``main`` acts on it). Every session gets ``bye``; the server
@@ -87,7 +114,13 @@ from common.codec import (
     name_key,
 )
 from common.ratelimit import TokenBucket
-from common.reliable import ReliableReceiver, ReliableSender, SeqCounter, SeqKind
+from common.reliable import (
+    ReliableReceiver,
+    ReliableSender,
+    SeqCounter,
+    SeqKind,
+    SharedFrames,
+)
 from common.room import Entry, Member, Room, Stage
 from common.serverargs import (
     Limits,
@@ -112,11 +145,24 @@ TOKEN_BYTES = 16
 AMPLIFICATION = 3
 MIN_ANSWER_BYTES = 256
 MAX_STRANGERS = 4096
+ADMISSION_RATE = 10_000.0
+"""Datagrams a second that new sessions may cost the server. A join costs its
+``welcome`` and a ``joined`` to every member, so this bounds joins x members:
+at 100 members, about 100 joins a second; at 5,000, two (200 users joining
+at once all get in within about a second). A datagram costs 10 to 20 µs of
+``sendto`` on a small machine, so joins take at most a fifth of a core
+however many hellos arrive."""
+ADMISSION_BURST = 10_000
+MAX_HELD_BYTES = 32 << 20
+"""Bytes all reliable sessions may hold for retransmission together, each frame
+counted once however many hold it; past it the one holding most is ended."""
+UNTRUSTED_BURST = 8
+"""Answers at once to datagrams from a session's address that carry no token."""
+UNTRUSTED_RATE = 1.0
+"""Answers a second to them after the burst: a client that retries its hello is served."""
 TIMER_RESOLUTION = 0.01
 BUSY_TICK = 0.05
 MAX_SWEEP_INTERVAL = 0.5
-SEQ_ROOM = len(b',"seq":') + 20 + 1
-"""Bytes a frame grows by when its ``seq`` is spliced in (20 digits is past any seq)."""
 FIRST_SEQ_BYTES = len(b',"seq":1')
 
 
@@ -135,9 +181,9 @@ def answer_budget(received: int) -> int:
     return min(MAX_FRAME_BYTES, max(AMPLIFICATION * received, MIN_ANSWER_BYTES))
 
 
-def with_seq(body: bytes, seq: int) -> bytes:
-    """``body`` (an encoded frame) with ``"seq"`` as its last field, as ``encode`` puts it."""
-    return b'%s,"seq":%d}' % (body[:-1], seq)
+def stamp(prefix: bytes, seq: int) -> bytes:
+    """The datagram: ``prefix`` (a frame cut just before its seq's digits) and ``seq``."""
+    return b"%s%d}" % (prefix, seq)
 
 
 def envelope_of(data: bytes) -> tuple[str | None, int | None, str | None]:
@@ -169,51 +215,68 @@ class Session(Member):
 
     ``sent`` counts the datagrams written to it; a raw session's ``seq`` is
     that count (a reliable one's sender numbers its own). ``budget`` is what
-    its first answer, the ``welcome``, may weigh (see ``answer_budget``).
+    its first answer, the ``welcome``, may weigh (see ``answer_budget``);
+    ``welcome`` is that datagram as sent, for a ``hello`` that comes again.
+    ``untrusted`` limits the answers to what comes from its address without
+    a token.
     """
 
     def __init__(
-        self, address: Address, reliable: bool, limits: Limits, now: float, budget: int
+        self,
+        address: Address,
+        reliable: bool,
+        limits: Limits,
+        now: float,
+        budget: int,
+        shared: SharedFrames,
     ) -> None:
         super().__init__()
         self.address = address
         self.label = f"{address[0]}:{address[1]}"
         self.token = secrets.token_hex(TOKEN_BYTES)
         self.bucket = TokenBucket(limits.rate_limit, limits.burst, now)
+        self.untrusted = TokenBucket(UNTRUSTED_RATE, UNTRUSTED_BURST, now)
         self.counter = SeqCounter()
-        self.sender = ReliableSender() if reliable else None
+        self.sender = ReliableSender(shared) if reliable else None
         self.receiver = ReliableReceiver() if reliable else None
         self.last_heard = now
         self.budget = budget
         self.welcome = b""
         self.sent = 0
 
-    def frame(self, entry: Entry) -> bytes:
-        """``entry`` as this session's datagram body, without its ``seq``."""
+    def prefix(self, entry: Entry) -> bytes:
+        """``entry`` as this session's datagram up to its seq's digits (see ``stamp``).
+
+        A frame is cut once for all who get it (``entry.cache``): reliable
+        sessions hold that one object, not a copy each. The ``welcome`` is
+        this session's own (its token, its budget).
+        """
         if isinstance(entry.message, Welcome):
             limit = self.budget - FIRST_SEQ_BYTES
-            return encode(entry.message, session=self.token, limit=limit)
-        return entry.line[:-1]
+            return encode(entry.message, session=self.token, limit=limit)[:-1] + b',"seq":'
+        if entry.cache is None:
+            entry.cache = entry.line[:-2] + b',"seq":'
+        return entry.cache
 
-    def push(self, body: bytes, now: float) -> list[bytes]:
-        """Give ``body`` the next ``seq``; return the datagrams to write now.
+    def push(self, entry: Entry, now: float) -> list[bytes]:
+        """Queue ``entry`` to a reliable session under its next ``seq``; return what to write now.
 
-        Builds frames only (safe under the registry lock). A reliable frame
-        is kept until acked; it goes out now only if the window has room.
+        The frame is kept until acked; it goes out now only if the window has room.
         """
-        if self.sender is None:
-            self.sent += 1
-            return [with_seq(body, self.sent)]
+        assert self.sender is not None
         window_open = self.sender.can_send
         seq = self.sender.next_seq
-        self.sender.queue(seq, with_seq(body, seq))
+        prefix = self.prefix(entry)
+        if isinstance(entry.message, Welcome):
+            self.welcome = stamp(prefix, seq)
+        self.sender.queue(seq, prefix)
         return self.sender.due(now) if window_open else []
 
     def summary(self) -> str:
         c = self.counter
         text = (
             f"from client: {c.received} received, {c.lost} lost, {c.repeated} repeated, "
-            f"{c.reordered} reordered; to client: {self.sent} sent"
+            f"{c.reordered} reordered, {c.restarts} restarted; to client: {self.sent} sent"
         )
         if self.sender is not None:
             text += f", {self.sender.retransmissions} retransmitted"
@@ -261,6 +324,9 @@ class UdpChatServer:
         self._by_token: dict[str, Session] = {}
         self._strangers: dict[Address, Stranger] = {}
         self._busy: set[Session] = set()
+        self._held = SharedFrames(stamp)
+        self._caught_up = time.monotonic()
+        self._admission = TokenBucket(ADMISSION_RATE, ADMISSION_BURST, self._caught_up)
         self._timer_stop = threading.Event()
         self._timer = threading.Thread(target=self._run_timer, name="udp-timer", daemon=True)
         self._sweep_interval = min(
@@ -281,25 +347,36 @@ class UdpChatServer:
         """Wait up to a poll interval, then handle the datagrams waiting, a batch at most.
 
         Under a flood the socket is never empty: the bound is what lets ``main``
-        see ``stopping`` in time.
+        see ``stopping`` in time. Finding it empty moves ``_caught_up``. What a
+        datagram gives the room is written before the next is read, so what
+        waits in memory is one datagram's worth (one ``history`` answer).
         """
+        before = time.monotonic()
         if not self._poller.poll(POLL_INTERVAL * 1000):
+            self._caught_up_at(before)
             return
         for _ in range(RECV_BATCH):
+            now = time.monotonic()
             try:
                 data, address = self.sock.recvfrom(RECV_BYTES)
             except BlockingIOError:
+                self._caught_up_at(now)
                 return
             except OSError as exc:
                 log.debug("receive failed: %s", exc)
                 return
             with self._lock:
                 try:
-                    self._on_datagram(data, address, time.monotonic())
+                    self._on_datagram(data, address, now)
                     self._flush(time.monotonic())
                 except Exception:
                     # One socket serves everyone: a fault in one datagram must not end the chat.
                     log.exception("failed on a datagram from %s:%d", *address)
+
+    def _caught_up_at(self, now: float) -> None:
+        """The socket was empty at ``now``: every datagram that arrived before it has been read."""
+        with self._lock:
+            self._caught_up = now
 
     def _on_datagram(self, data: bytes, address: Address, now: float) -> None:
         session = self._sessions.get(address)
@@ -310,7 +387,7 @@ class UdpChatServer:
             decoded = decode_client(data)
         except (BadFrame, TooLarge) as exc:
             if not self.closing:
-                self._refuse(session, exc, now)
+                self._answer_untrusted(session, encode(Error.of(exc)), now)
             return
         except ProtocolError as exc:
             kind, seq, token = envelope_of(data)
@@ -422,12 +499,12 @@ class UdpChatServer:
             log.debug("%s (%s): %s %s", session.label, session.name, exc.code, exc)
             self.room.refuse(session, exc)
 
-    def _refuse(self, session: Session, exc: ProtocolError, now: float) -> None:
-        """Answer a frame that could not be parsed; it counts against the rate limit."""
-        if session.bucket.allow(now):
-            self.room.refuse(session, exc)
+    def _answer_untrusted(self, session: Session, datagram: bytes, now: float) -> None:
+        """Answer what came from ``session``'s address without a token: raw, and rarely."""
+        if session.untrusted.allow(now):
+            self._write(datagram, session.address)
         else:
-            self.room.refuse(session, RateLimited("slow down: too many frames"))
+            self._drop("unanswered", session.address)
 
     # ---- hello ---------------------------------------------------------
 
@@ -446,6 +523,9 @@ class UdpChatServer:
             return
         budget = answer_budget(size)
         if hello is not None:
+            if not self._admission.allow(now, len(self.room) + 1):
+                self._drop("admission", address)
+                return
             try:
                 self._register(address, hello, budget, now)
                 self._strangers.pop(address, None)
@@ -468,7 +548,7 @@ class UdpChatServer:
             self._strangers[address] = Stranger(since=now, bucket=bucket)
 
     def _register(self, address: Address, hello: Hello, budget: int, now: float) -> None:
-        session = Session(address, hello.reliable, self.limits, now, budget)
+        session = Session(address, hello.reliable, self.limits, now, budget, self._held)
         self.room.handle(session, hello)
         self._sessions[address] = session
         self._by_token[session.token] = session
@@ -482,18 +562,19 @@ class UdpChatServer:
     def _hello_again(
         self, session: Session, hello: Hello | None, problem: ProtocolError | None, now: float
     ) -> None:
-        """The first welcome may have been lost: the same name gets it again."""
+        """The first welcome may have been lost: the same name gets it again.
+
+        A hello carries no token, so it is answered as anything untrusted is.
+        """
         if self.closing:
             return
-        if not session.bucket.allow(now):
-            self.room.refuse(session, RateLimited("slow down: too many frames"))
-            return
         if hello is not None and name_key(hello.name) == name_key(session.name):
-            self._transmit(session, [session.welcome])
+            session.counter.restart()
+            self._answer_untrusted(session, session.welcome, now)
             return
         if problem is None:
             problem = AlreadyRegistered(f"you are already registered as {session.name}")
-        self.room.refuse(session, problem)
+        self._answer_untrusted(session, encode(Error.of(problem)), now)
 
     # ---- writing -------------------------------------------------------
 
@@ -502,7 +583,8 @@ class UdpChatServer:
 
         Raw sessions, the bulk of a busy room, are written here with no call
         per datagram but ``sendto``. Ending a session (a reliable one that
-        gave up) adds ``left`` to the room, so this runs until nothing is new.
+        gave up, or held too much) adds ``left`` to the room, so this runs
+        until nothing is new.
         """
         sendto = self.sock.sendto
         while pending := self.room.pending():
@@ -512,21 +594,27 @@ class UdpChatServer:
                     continue
                 if member.sender is not None:
                     for entry in entries:
-                        self._deliver(member, member.push(member.frame(entry), now))
+                        self._deliver(member, member.push(entry, now))
                     continue
                 for entry in entries:
                     member.sent += 1
+                    datagram = b"%s%d}" % (entry.cache or member.prefix(entry), member.sent)
                     if isinstance(entry.message, Welcome):
-                        member.welcome = with_seq(member.frame(entry), member.sent)
-                    elif entry.cache is None:
-                        entry.cache = entry.line[:-2] + b',"seq":'
+                        member.welcome = datagram
                     try:
-                        if isinstance(entry.message, Welcome):
-                            sendto(member.welcome, member.address)
-                        else:
-                            sendto(b"%s%d}" % (entry.cache, member.sent), member.address)
+                        sendto(datagram, member.address)
                     except OSError:
                         self.dropped["send_failed"] += 1
+            self._bound_held()
+
+    def _bound_held(self) -> None:
+        """Past ``MAX_HELD_BYTES`` held for all reliable sessions, end the one holding most."""
+        while self._held.held_bytes > MAX_HELD_BYTES:
+            _, heaviest = max(
+                ((s.sender.held_bytes, s) for s in self._sessions.values() if s.sender is not None),
+                key=lambda pair: pair[0],
+            )
+            self._end(heaviest, "too_slow")
 
     def _deliver(self, session: Session, frames: list[bytes]) -> None:
         """Write what ``push`` returned; a reliable session is watched until all is acked."""
@@ -565,6 +653,8 @@ class UdpChatServer:
         del self._sessions[session.address]
         del self._by_token[session.token]
         self._busy.discard(session)
+        if session.sender is not None:
+            session.sender.close()
         self.room.leave(session, reason)
         log.info("%s left (%s); %s", session.name, reason, session.summary())
 
@@ -605,10 +695,16 @@ class UdpChatServer:
         return earliest
 
     def _sweep(self, now: float) -> None:
+        """End the sessions silent past the timeout, judged as of ``_caught_up``.
+
+        The room forgets here what everyone has read (every session is
+        caught up on the log at each flush, so all of it but the last sweep's).
+        """
+        self.room.trim()
         if self.closing:
             return
         for session in list(self._sessions.values()):
-            if now - session.last_heard > self.limits.session_timeout:
+            if self._caught_up - session.last_heard > self.limits.session_timeout:
                 self._end(session, "timeout")
         while self._strangers:
             address, stranger = next(iter(self._strangers.items()))
