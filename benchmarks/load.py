@@ -2,7 +2,7 @@
 
 Contract:
     python -m benchmarks.load --server {tcp,assignment} --clients 200 --rate 5 --duration 10
-                              [--warmup 1] [--drain 5] [--nagle] [--threads N]
+                              [--warmup 1] [--drain 5] [--nagle] [--coalesce-ms MS] [--threads N]
     run_tcp_load(server, clients=..., rate=..., duration=..., ...) -> LoadResult
     format_results([LoadResult, ...]) -> str  (a table, one row per run)
 
@@ -35,6 +35,7 @@ def run_tcp_load(
     warmup: float = 1.0,
     drain: float = 5.0,
     nagle: bool = False,
+    coalesce_ms: float | None = None,
     threads: int = DEFAULT_THREADS,
 ) -> LoadResult:
     """Start `server` ("tcp" or "assignment"), run the load against it, stop it, return the
@@ -49,6 +50,7 @@ def run_tcp_load(
         warmup=warmup,
         drain=drain,
         nagle=nagle,
+        coalesce_ms=coalesce_ms,
         threads=threads,
     )
     return run_load(spec)
@@ -65,6 +67,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="tcp.server only: leave Nagle on (the assignment's server always does)",
     )
+    parser.add_argument(
+        "--coalesce-ms",
+        type=float,
+        metavar="MS",
+        help="tcp.server only: the writer's rest between passes (default: the server's)",
+    )
     args = parser.parse_args(argv)
     result = run_tcp_load(
         args.server,
@@ -74,6 +82,7 @@ def main(argv: list[str] | None = None) -> None:
         warmup=args.warmup,
         drain=args.drain,
         nagle=args.nagle,
+        coalesce_ms=args.coalesce_ms,
         threads=args.threads,
     )
     print(format_results([result]))

@@ -250,6 +250,8 @@ def check_text(text: object) -> str:
         raise TextInvalid("a text must be a string")
     if not 1 <= len(text) <= MAX_TEXT_CHARS:
         raise TextInvalid(f"a text has 1 to {MAX_TEXT_CHARS} characters")
+    if text.isprintable():  # the common case, checked in C: no control character at all
+        return text
     for ch in text:
         if ch != "\t" and unicodedata.category(ch) in ("Cc", "Cs"):
             raise TextInvalid(f"a text holds no control characters, found U+{ord(ch):04X}")

@@ -552,9 +552,16 @@ class Room(Generic[M]):
         self._changed.notify_all()
 
     def _leave(self, member: M, reason: str) -> None:
-        """Out of the room; what the log held for it until now stays its to read."""
-        for entry in self._collect(member):
-            self._post(member, entry)
+        """Out of the room; what the log held for it until now stays its to read.
+
+        Not for a member dropped as too slow: it could not read what it had.
+        """
+        kept = [] if reason == "too_slow" else self._collect(member)
+        member.private.clear()
+        member.private.extend((self._end, entry) for entry in kept)
+        member.private_bytes = sum(len(entry.line) for entry in kept)
+        if kept:
+            self._dirty.add(member)
         member.stage = Stage.GONE
         del self._members[member]
         del self._by_key[name_key(member.name)]

@@ -85,7 +85,7 @@ RECV_BYTES = 65536
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 3
 MAX_UNREGISTERED = 256
 """Connections that have not said hello yet, at most; each expires after --hello-timeout."""
-DEFAULT_COALESCE_MS = 2.0
+DEFAULT_COALESCE_MS = 6.0
 TEXT_HISTORY = 10
 """Earlier messages a text-mode session is shown right after its greeting."""
 
