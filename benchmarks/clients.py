@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from common.reliable import ReliableReceiver, ReliableSender
-from udp.server import enlarge_buffers
+from udp.sockets import enlarge_buffers
 
 MARK = b"#"
 SCHED_RE = re.compile(rb"#\d+:\d+:(\d+)")

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import WAIT, ServerProcess
-from udp.server import enlarge_buffers
+from udp.sockets import enlarge_buffers
 
 Start = Callable[..., ServerProcess]
 QUIET = 0.3

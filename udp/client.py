@@ -66,7 +66,7 @@ from common.reliable import (
 )
 from common.render import Line
 from common.serverargs import DEFAULT_PORT, positive_float
-from udp.server import enlarge_buffers
+from udp.sockets import enlarge_buffers
 
 HELLO_INTERVAL = 1.0
 HELLO_TRIES = 5

@@ -29,49 +29,8 @@ Writes never block (the socket is non-blocking): a full kernel buffer
 loses the datagram, as a network would. ``main`` waits in ``poll`` and then
 drains every datagram that is ready.
 
-Who gets an answer:
-
-* An address without a session gets one only to a ``hello``, and at most
-  ``max(3 x the hello's bytes, 256)`` bytes (a ``welcome`` lists fewer users
-  to fit). Its answers carry no ``seq``: there is no session to count in.
-  Anything else from it is dropped unanswered and counted. New sessions
-  are admitted within a budget (``ADMISSION_RATE``) of what they cost: a
-  join is a ``welcome`` plus a ``joined`` to every member. A ``hello`` past
-  it is dropped unanswered; its client says ``hello`` again a second later.
-* A frame of a session must carry its ``session`` token; a missing or wrong
-  one (also a right one sent from another address) is dropped, counted and
-  never acted on, acks included.
-* Anyone can send from a session's address, so what carries no token to
-  check (a datagram that cannot be parsed, a ``hello`` again) is answered
-  from a bucket of its own, ``UNTRUSTED_BURST`` at once and
-  ``UNTRUSTED_RATE`` a second after that, whatever arrives: ``bad_frame``,
-  ``too_large``, ``already_registered`` or the same ``welcome`` again. The
-  answer is one raw datagram without ``seq`` (the welcome again is the
-  first one, seq and all), never queued for retransmission, and it touches
-  nothing of the session: not its rate limit, not its liveness.
-
-Sequence numbers: every datagram to a session carries the session's next
-``seq``; a frame is encoded once for everyone and the ``seq`` spliced into
-each copy. Incoming ``seq`` go to a ``SeqCounter`` (lost, repeated,
-reordered; logged when the session ends); a raw session's repeated frame is
-not acted on twice. Its window is ``SEQ_HISTORY`` (1024) either side of the
-highest seq seen: a seq outside it (10^18, or 1 again from a client that
-restarted) is acted on and the count starts again from it, so no seq can
-mute a session; a ``hello`` again from the session's address (its client
-starting over) starts the count again too. A reliable session's window is
-the receiver's: seqs from ``WINDOW`` (64) past the next expected one are
-dropped unacked, and seqs before it are repeats, acked again.
-
-A reliable session (``"reliable": true``) also has a ``ReliableSender``
-and ``ReliableReceiver`` (``common.reliable``): every frame with a ``seq``
-is acked (twice if it came again) and handed on once and in order, every
-frame sent is retransmitted until acked; a sender that gives up ends the
-session (``timeout``), one whose backlog overflows ends it as ``too_slow``.
-Their senders share frames (``SharedFrames``): a frame held by many
-sessions is one object, stamped with each one's ``seq`` as it goes out.
-What they hold together is bounded (``MAX_HELD_BYTES``, 32 MiB): past it,
-the session holding most is ended as ``too_slow``, so sessions that never
-ack cost bounded memory however many there are.
+Who gets an answer, sequence numbers and reliable sessions: see
+``udp.session``, which keeps each session's side of them.
 
 Shutdown: ``stop()`` may be called from any thread (a signal handler sets
 the event; ``main`` acts on it). Every session gets ``bye``; the server
@@ -83,20 +42,15 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import json
 import logging
-import secrets
 import select
 import socket
 import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
-from typing import Any
 
 from common.codec import (
-    MAX_FRAME_BYTES,
     Ack,
     AlreadyRegistered,
     BadFrame,
@@ -115,13 +69,10 @@ from common.codec import (
 )
 from common.ratelimit import TokenBucket
 from common.reliable import (
-    ReliableReceiver,
-    ReliableSender,
-    SeqCounter,
     SeqKind,
     SharedFrames,
 )
-from common.room import Entry, Member, Room, Stage
+from common.room import Room, Stage
 from common.serverargs import (
     Limits,
     add_common_arguments,
@@ -131,19 +82,15 @@ from common.serverargs import (
     serve_until_signalled,
 )
 from common.sharing import Sharing, open_sharing
+from udp.session import Address, Session, Stranger, answer_budget, envelope_of, stamp
+from udp.sockets import enlarge_buffers
 
 log = logging.getLogger("udp.server")
-
-Address = tuple[str, int]
 
 POLL_INTERVAL = 0.2
 SHUTDOWN_GRACE = 1.0
 RECV_BYTES = 65536
 RECV_BATCH = 256
-SOCKET_BUFFER_BYTES = 4 << 20
-TOKEN_BYTES = 16
-AMPLIFICATION = 3
-MIN_ANSWER_BYTES = 256
 MAX_STRANGERS = 4096
 ADMISSION_RATE = 10_000.0
 """Datagrams a second that new sessions may cost the server. A join costs its
@@ -156,131 +103,9 @@ ADMISSION_BURST = 10_000
 MAX_HELD_BYTES = 32 << 20
 """Bytes all reliable sessions may hold for retransmission together, each frame
 counted once however many hold it; past it the one holding most is ended."""
-UNTRUSTED_BURST = 8
-"""Answers at once to datagrams from a session's address that carry no token."""
-UNTRUSTED_RATE = 1.0
-"""Answers a second to them after the burst: a client that retries its hello is served."""
 TIMER_RESOLUTION = 0.01
 BUSY_TICK = 0.05
 MAX_SWEEP_INTERVAL = 0.5
-FIRST_SEQ_BYTES = len(b',"seq":1')
-
-
-def enlarge_buffers(sock: socket.socket, size: int = SOCKET_BUFFER_BYTES) -> None:
-    """Kernel buffers big enough that a burst on loopback is not lost in them.
-
-    The kernel caps them at ``net.core.rmem_max``/``wmem_max``; raise those
-    to get the full size where the defaults are small.
-    """
-    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-        sock.setsockopt(socket.SOL_SOCKET, option, size)
-
-
-def answer_budget(received: int) -> int:
-    """Bytes the server may send in answer to a datagram of ``received`` bytes."""
-    return min(MAX_FRAME_BYTES, max(AMPLIFICATION * received, MIN_ANSWER_BYTES))
-
-
-def stamp(prefix: bytes, seq: int) -> bytes:
-    """The datagram: ``prefix`` (a frame cut just before its seq's digits) and ``seq``."""
-    return b"%s%d}" % (prefix, seq)
-
-
-def envelope_of(data: bytes) -> tuple[str | None, int | None, str | None]:
-    """The type, ``seq`` and ``session`` of a frame the codec refused, where it has them."""
-    try:
-        obj: Any = json.loads(data)
-    except (ValueError, RecursionError):
-        return None, None, None
-    if not isinstance(obj, dict):
-        return None, None, None
-    kind, seq, token = obj.get("type"), obj.get("seq"), obj.get("session")
-    return (
-        kind if isinstance(kind, str) else None,
-        seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1 else None,
-        token if isinstance(token, str) else None,
-    )
-
-
-@dataclass
-class Stranger:
-    """An address whose ``hello`` was refused: rate limited, forgotten after the hello timeout."""
-
-    since: float
-    bucket: TokenBucket
-
-
-class Session(Member):
-    """One client's session: its token, sequence numbers, rate limit and reliability state.
-
-    ``sent`` counts the datagrams written to it; a raw session's ``seq`` is
-    that count (a reliable one's sender numbers its own). ``budget`` is what
-    its first answer, the ``welcome``, may weigh (see ``answer_budget``);
-    ``welcome`` is that datagram as sent, for a ``hello`` that comes again.
-    ``untrusted`` limits the answers to what comes from its address without
-    a token.
-    """
-
-    def __init__(
-        self,
-        address: Address,
-        reliable: bool,
-        limits: Limits,
-        now: float,
-        budget: int,
-        shared: SharedFrames,
-    ) -> None:
-        super().__init__()
-        self.address = address
-        self.label = f"{address[0]}:{address[1]}"
-        self.token = secrets.token_hex(TOKEN_BYTES)
-        self.bucket = TokenBucket(limits.rate_limit, limits.burst, now)
-        self.untrusted = TokenBucket(UNTRUSTED_RATE, UNTRUSTED_BURST, now)
-        self.counter = SeqCounter()
-        self.sender = ReliableSender(shared) if reliable else None
-        self.receiver = ReliableReceiver() if reliable else None
-        self.last_heard = now
-        self.budget = budget
-        self.welcome = b""
-        self.sent = 0
-
-    def prefix(self, entry: Entry) -> bytes:
-        """``entry`` as this session's datagram up to its seq's digits (see ``stamp``).
-
-        A frame is cut once for all who get it (``entry.cache``): reliable
-        sessions hold that one object, not a copy each. The ``welcome`` is
-        this session's own (its token, its budget).
-        """
-        if isinstance(entry.message, Welcome):
-            limit = self.budget - FIRST_SEQ_BYTES
-            return encode(entry.message, session=self.token, limit=limit)[:-1] + b',"seq":'
-        if entry.cache is None:
-            entry.cache = entry.line[:-2] + b',"seq":'
-        return entry.cache
-
-    def push(self, entry: Entry, now: float) -> list[bytes]:
-        """Queue ``entry`` to a reliable session under its next ``seq``; return what to write now.
-
-        The frame is kept until acked; it goes out now only if the window has room.
-        """
-        assert self.sender is not None
-        window_open = self.sender.can_send
-        seq = self.sender.next_seq
-        prefix = self.prefix(entry)
-        if isinstance(entry.message, Welcome):
-            self.welcome = stamp(prefix, seq)
-        self.sender.queue(seq, prefix)
-        return self.sender.due(now) if window_open else []
-
-    def summary(self) -> str:
-        c = self.counter
-        text = (
-            f"from client: {c.received} received, {c.lost} lost, {c.repeated} repeated, "
-            f"{c.reordered} reordered, {c.restarts} restarted; to client: {self.sent} sent"
-        )
-        if self.sender is not None:
-            text += f", {self.sender.retransmissions} retransmitted"
-        return text
 
 
 class UdpChatServer:
