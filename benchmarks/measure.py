@@ -49,12 +49,10 @@ Method, chosen so the numbers cannot flatter the server:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import math
 import os
-import resource
 import socket
 import subprocess
 import sys
@@ -81,6 +79,7 @@ from benchmarks.clients import (
 )
 from benchmarks.servers import REPO_ROOT, ServerProcess, server_command
 from benchmarks.tables import table
+from common.serverargs import raise_open_file_limit
 from udp.faults import FaultyRelay
 from udp.lossy import LossyNamespace
 
@@ -263,15 +262,6 @@ def result_from_dict(data: Mapping[str, Any]) -> LoadResult:
             value = []
         values[spec_field.name] = value
     return LoadResult(**values)
-
-
-def raise_open_file_limit() -> None:
-    """Allow as many open files as the hard limit: every client is a socket."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        # An unlimited hard limit cannot always be taken literally; then keep the soft one.
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _own_cpu_seconds() -> float:

@@ -13,6 +13,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from common.codec import (
+    Bye,
     Dm,
     Error,
     HistoryEnd,
@@ -136,3 +137,14 @@ def describe(message: ServerMessage, me: str = "") -> Line | None:
     if isinstance(message, Error):
         return Line("error", safe(message.text or message.code))
     return None
+
+
+def text_mode_line(message: ServerMessage, me: str) -> bytes:
+    """``message`` as the TCP server's text mode (``nc``) shows it to ``me``: one or two lines."""
+    if isinstance(message, Bye):
+        return b"* the server is shutting down\n"
+    line = describe(message, me)
+    text = "" if line is None else line.plain() + "\n"
+    if isinstance(message, HistoryEnd):
+        text += "* live chat follows\n"
+    return text.encode("utf-8")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Callable
@@ -47,6 +49,17 @@ class Limits:
             max_outbox=max_outbox,
             session_timeout=session_timeout,
         )
+
+
+def raise_open_file_limit() -> None:
+    """Thousands of clients need thousands of descriptors: take all the hard limit allows.
+
+    An unlimited hard limit cannot always be taken literally; then the soft one stays.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def positive_float(text: str) -> float:

@@ -34,7 +34,6 @@ import argparse
 import contextlib
 import logging
 import os
-import resource
 import select
 import socket
 import sys
@@ -49,14 +48,12 @@ from common.codec import (
     Error,
     Hello,
     History,
-    HistoryEnd,
     LineFramer,
     Msg,
     ProtocolError,
     RateLimited,
     Renamed,
     ServerFull,
-    ServerMessage,
     TooLarge,
     check_name,
     decode_client,
@@ -64,7 +61,7 @@ from common.codec import (
 )
 from common.commands import HELP_TEXT, ShowHelp, Usage, parse_command
 from common.ratelimit import TokenBucket
-from common.render import describe
+from common.render import text_mode_line
 from common.room import Entry, Member, Room, Stage
 from common.serverargs import (
     Limits,
@@ -72,6 +69,7 @@ from common.serverargs import (
     announce,
     configure_logging,
     non_negative_float,
+    raise_open_file_limit,
     serve_until_signalled,
 )
 from common.sharing import Sharing, open_sharing
@@ -125,20 +123,10 @@ def text_line(entry: Entry, me: str) -> bytes:
         or (isinstance(message, Renamed) and me in (message.old, message.new))
     )
     if personal:
-        return render_text(message, me)
+        return text_mode_line(message, me)
     if entry.cache is None:
-        entry.cache = render_text(message, "")
+        entry.cache = text_mode_line(message, "")
     return entry.cache
-
-
-def render_text(message: ServerMessage, me: str) -> bytes:
-    if isinstance(message, Bye):
-        return b"* the server is shutting down\n"
-    line = describe(message, me)
-    text = "" if line is None else line.plain() + "\n"
-    if isinstance(message, HistoryEnd):
-        text += "* live chat follows\n"
-    return text.encode("utf-8")
 
 
 @dataclass
@@ -468,13 +456,6 @@ class ChatServer:
         os.close(self._wake_r)
         os.close(self._wake_w)
         log.info("stopped")
-
-
-def raise_open_file_limit() -> None:
-    """Thousands of clients need thousands of descriptors: take all we may."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def main(argv: list[str] | None = None) -> int:
