@@ -303,8 +303,8 @@ def test_one_byte_at_a_time_across_a_split_utf8_character() -> None:
     assert [decode_client(line).message for line in got] == [Say(text="ü€😀")]
 
 
-def test_blank_lines_are_skipped() -> None:
-    assert list(LineFramer().feed(b"\n\r\n  \n{}\n")) == [b"{}"]
+def test_blank_lines_come_out_empty() -> None:
+    assert list(LineFramer().feed(b"\n\r\n  \n{}\n")) == [b"", b"", b"", b"{}"]
 
 
 def test_a_line_of_exactly_the_limit_passes_and_one_more_byte_does_not() -> None:

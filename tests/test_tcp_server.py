@@ -150,6 +150,20 @@ def test_hello_timeout_drops_a_silent_connection(start_server: Start, connect: C
     assert late.closed(timeout=WAIT)
 
 
+def test_blank_lines_count_against_the_rate_limit_and_draw_no_answer(
+    start_server: Start, connect: Connect
+) -> None:
+    server = start_server("tcp.server", "--rate-limit", "0.1", "--burst", "3")
+    c = connect(server.address, "blank")
+    c.send_raw(b"\n\r\n  \n")
+    c.send({"type": "ping"})
+    assert c.recv() == {
+        "type": "error",
+        "code": "rate_limited",
+        "text": "slow down: too many frames",
+    }
+
+
 # ---- ordering and slow readers ---------------------------------------------
 
 
