@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import shutil
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from tcp.server import MAX_UNREGISTERED
 from tests.conftest import WAIT, JsonClient, ServerProcess
 
 Connect = Callable[..., JsonClient]
@@ -150,6 +152,81 @@ def test_hello_timeout_drops_a_silent_connection(start_server: Start, connect: C
     assert late.closed(timeout=WAIT)
 
 
+def test_the_hello_deadline_holds_whatever_arrives(start_server: Start, connect: Connect) -> None:
+    """Blank lines, an unfinished line or refused frames every 5 ms buy no time at all."""
+    server = start_server("tcp.server", "--hello-timeout", "0.5")
+    drips = [b"\n", b"{", b'{"type":"ping"}\n']
+    clients = [connect(server.address) for _ in drips]
+    stop = threading.Event()
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.005):
+                for client, data in zip(clients, drips, strict=True):
+                    client.send_raw(data)
+
+    dripper = threading.Thread(target=drip)
+    dripper.start()
+    started = time.monotonic()
+    try:
+        for client in clients:
+            assert client.closed(timeout=4 * 0.5)
+        assert time.monotonic() - started < 0.5 + 0.3
+    finally:
+        stop.set()
+        dripper.join()
+
+
+def test_connections_that_never_say_hello_leave_the_users_places_free(
+    start_server: Start, connect: Connect
+) -> None:
+    """With 10 places, 1 user and 74 connections dripping bytes, a newcomer still joins."""
+    server = start_server("tcp.server", "--max-users", "10", "--hello-timeout", "1")
+    connect(server.address, "one")
+    drippers = [connect(server.address) for _ in range(74)]
+    stop = threading.Event()
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.05):
+                for client in drippers:
+                    client.send_raw(b"\n")
+
+    dripper = threading.Thread(target=drip)
+    dripper.start()
+    try:
+        newcomer = connect(server.address, "newcomer")
+        newcomer.send({"type": "who"})
+        assert newcomer.expect("users")["names"] == ["newcomer", "one"]
+        for client in drippers:
+            assert client.closed(timeout=2.0)
+    finally:
+        stop.set()
+        dripper.join()
+
+
+def test_past_the_bound_on_connections_yet_to_say_hello_a_new_one_is_refused(
+    start_server: Start, connect: Connect
+) -> None:
+    server = start_server("tcp.server")
+    user = connect(server.address, "user")
+    baseline = server.threads()
+    waiting = [connect(server.address) for _ in range(MAX_UNREGISTERED)]
+    refused = connect(server.address)
+    assert refused.recv() == {
+        "type": "error",
+        "code": "server_full",
+        "text": "the server is busy, try again later",
+    }
+    assert refused.closed()
+    user.send({"type": "say", "text": "still here"})
+    assert user.expect("msg")["text"] == "still here"
+    for client in waiting:
+        client.close()
+    assert wait_until(lambda: server.threads() == baseline)
+    connect(server.address, "later")
+
+
 def test_blank_lines_count_against_the_rate_limit_and_draw_no_answer(
     start_server: Start, connect: Connect
 ) -> None:
@@ -224,6 +301,62 @@ def test_a_client_that_never_reads_is_dropped_and_stalls_nobody(
     talker.send({"type": "say", "text": "after"})
     assert talker.expect("msg", text="after")
     sleeper.close()
+
+
+def test_a_client_dropped_as_too_slow_acts_no_more_with_lines_in_hand(
+    start_server: Start, connect: Connect
+) -> None:
+    """It talks and renames faster than it reads: once it has left, nothing it sent counts.
+
+    Its reader still has hundreds of lines in hand when the writer drops it,
+    a ``nick`` among them; then another client takes the name it freed.
+    """
+    server = start_server("tcp.server", "--rate-limit", "0")
+    watcher = connect(server.address, "watcher")
+    baseline = server.threads()
+    ghost = socket.socket()
+    ghost.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ghost.settimeout(WAIT)
+    ghost.connect(server.address)
+    ghost.sendall(b'{"type":"hello","name":"ghost"}\n')
+    big = b'{"type":"say","text":"' + b"B" * 1990 + b'"}\n'
+    names = (b"Ghost", b"ghost")
+    stop = threading.Event()
+
+    def talk() -> None:
+        n = 0
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                lines = [big]
+                for i in range(n, n + 20):
+                    lines.append(b'{"type":"say","text":"%d"}\n' % i)
+                    if i % 1000 == 500:
+                        lines.append(b'{"type":"nick","name":"%s"}\n' % names[i // 1000 % 2])
+                n += 20
+                ghost.sendall(b"".join(lines))
+
+    talker = threading.Thread(target=talk)
+    talker.start()
+    try:
+        left = watcher.expect("left", timeout=2 * WAIT)
+        assert (left["name"].lower(), left["reason"]) == ("ghost", "too_slow")
+        assert wait_until(lambda: server.threads() == baseline)
+    finally:
+        stop.set()
+        talker.join()
+        ghost.close()
+    heir = connect(server.address, "ghost")
+    heir.send({"type": "say", "text": "the real ghost"})
+    after: list[dict[str, object]] = []
+    while not after or after[-1] != {"type": "msg", "from": "ghost", "text": "the real ghost"}:
+        frame = watcher.recv()
+        frame.pop("ts", None)
+        after.append(frame)
+    assert after == [
+        {"type": "joined", "name": "ghost"},
+        {"type": "msg", "from": "ghost", "text": "the real ghost"},
+    ]
+    assert "Traceback" not in server.log
 
 
 # ---- hostile and broken clients --------------------------------------------
