@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import shutil
 import signal
 import socket
 import struct
@@ -18,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tcp.server import MAX_UNREGISTERED
+from common.serverargs import Limits
+from tcp.server import MAX_UNREGISTERED, ChatServer
 from tests.conftest import WAIT, JsonClient, ServerProcess
 
 Connect = Callable[..., JsonClient]
@@ -574,16 +574,23 @@ def test_help_lists_every_limit_flag() -> None:
         assert flag in out
 
 
-@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss from iproute2")
-def test_keepalive_is_on_for_every_connection(tcp_server: ServerProcess, connect: Connect) -> None:
-    connect(tcp_server.address, "kept")
-    out = subprocess.run(
-        ["ss", "-tnoH", "state", "established", f"( sport = :{tcp_server.port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "keepalive" in out, out
+def test_keepalive_is_on_for_every_connection_idle_60_s_then_3_probes_10_s_apart() -> None:
+    """Read back from the server's own socket: the values are what frees a vanished peer's name."""
+    server = ChatServer(Limits(), port=0)
+    serving = threading.Thread(target=server.serve_forever)
+    serving.start()
+    try:
+        with socket.create_connection(server.address, timeout=WAIT):
+            assert wait_until(lambda: len(server.connections()) == 1)
+            [conn] = server.connections()
+            assert conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert [
+                conn.sock.getsockopt(socket.IPPROTO_TCP, option)
+                for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+            ] == [60, 10, 3]
+    finally:
+        server.stop()
+        serving.join(WAIT)
 
 
 def test_json_frames_are_compact_utf8_lines(tcp_server: ServerProcess) -> None:
