@@ -299,7 +299,7 @@ def test_a_client_that_never_reads_is_dropped_and_stalls_nobody(
     assert (left["name"], left["reason"]) == ("sleeper", "too_slow")
     server.wait_for_log("sleeper left \\(too_slow\\)")
     talker.send({"type": "say", "text": "after"})
-    assert talker.expect("msg", text="after")
+    assert talker.expect("msg", text="after")["from"] == "talker"
     sleeper.close()
 
 
