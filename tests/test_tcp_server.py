@@ -287,8 +287,9 @@ def test_a_client_that_never_reads_is_dropped_and_stalls_nobody(
     sent = 0
     left = None
     while left is None and sent < 5000:
-        talker.send({"type": "say", "text": f"{sent} {text}"})
-        sent += 1
+        for _ in range(25):
+            talker.send({"type": "say", "text": f"{sent} {text}"})
+            sent += 1
         while left is None:
             frame = talker.recv()
             if frame["type"] == "left":
