@@ -540,8 +540,10 @@ def test_a_client_that_ignores_bye_cannot_hold_up_the_shutdown(start_server: Sta
     stubborn = socket.create_connection(server.address)
     stubborn.sendall(b'{"type":"hello","name":"stubborn"}\n')
     server.wait_for_log("stubborn joined")
+    started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=WAIT) == 0
+    assert time.monotonic() - started < 2.0
     stubborn.close()
 
 
