@@ -683,9 +683,10 @@ class LineFramer:
     """Split a TCP byte stream into lines, keeping the unfinished tail.
 
     ``feed(data)`` returns the complete lines in ``data`` (without ``\\n`` or
-    a trailing ``\\r``; blank lines skipped). A line longer than the frame
-    limit raises ``TooLarge`` as soon as that is certain, without waiting
-    for its end: the buffer never grows past one frame.
+    a trailing ``\\r``). A blank line comes out empty: the protocol ignores
+    it, but a server still counts it against the rate limit. A line longer
+    than the frame limit raises ``TooLarge`` as soon as that is certain,
+    without waiting for its end: the buffer never grows past one frame.
     """
 
     def __init__(self, limit: int = MAX_FRAME_BYTES) -> None:
@@ -706,8 +707,7 @@ class LineFramer:
                 self._refuse()
             if line.endswith(b"\r"):
                 line = line[:-1]
-            if line.strip():
-                yield line
+            yield line if line.strip() else b""
         if len(self._tail) >= self._limit:
             self._refuse()
 

@@ -62,7 +62,7 @@ class TcpTransport:
             while not self._lines:
                 try:
                     data = self._sock.recv(RECV_BYTES)
-                    self._lines.extend(self._framer.feed(data))
+                    self._lines.extend(line for line in self._framer.feed(data) if line)
                 except (OSError, ProtocolError):
                     return None
                 if not data:

@@ -245,6 +245,9 @@ class ChatServer:
                 if not data:
                     break
                 for line in framer.feed(data):
+                    if not line:  # ignored, but no cheaper than a frame for the rate limit
+                        conn.bucket.allow(time.monotonic())
+                        continue
                     if first_line:
                         conn.text_mode = not line.lstrip().startswith(b"{")
                         first_line = False

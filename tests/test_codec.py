@@ -113,6 +113,16 @@ def test_refuses_bad_frames_with_their_code(data: bytes, error: type[ProtocolErr
     assert str(caught.value)
 
 
+def test_a_frame_of_exactly_the_limit_decodes_and_one_byte_more_does_not() -> None:
+    """The protocol's 8192 bytes are a frame's whole size: a datagram of exactly that passes."""
+    padding = b'{"type":"say","text":"hi","pad":""}'
+    exact = padding[:-2] + b"x" * (MAX_FRAME_BYTES - len(padding)) + b'"}'
+    assert len(exact) == MAX_FRAME_BYTES
+    assert decode_client(exact).message == Say(text="hi")
+    with pytest.raises(TooLarge):
+        decode_client(exact[:-2] + b'x"}')
+
+
 def test_error_codes_match_the_protocol() -> None:
     codes = {cls.code for cls in ProtocolError.__subclasses__()}
     assert codes == {
@@ -126,7 +136,7 @@ def test_names_compare_without_case_or_width() -> None:
     assert name_key("Bob") == name_key("BOB") == name_key("Ｂｏｂ")
     assert name_key("Алиса") == name_key("АЛИСА")
     assert check_name("Алиса") == "Алиса"
-    assert check_name("x" * MAX_NAME_CHARS)
+    assert check_name("x" * MAX_NAME_CHARS) == "x" * MAX_NAME_CHARS
 
 
 @pytest.mark.parametrize(
@@ -182,7 +192,7 @@ def test_the_script_of_a_character_comes_from_its_name(ch: str, expected: str) -
 
 
 def test_text_limits_count_characters_not_bytes() -> None:
-    assert check_text("я" * MAX_TEXT_CHARS)
+    assert check_text("я" * MAX_TEXT_CHARS) == "я" * MAX_TEXT_CHARS
     with pytest.raises(TextInvalid):
         check_text("я" * (MAX_TEXT_CHARS + 1))
 
@@ -303,8 +313,8 @@ def test_one_byte_at_a_time_across_a_split_utf8_character() -> None:
     assert [decode_client(line).message for line in got] == [Say(text="ü€😀")]
 
 
-def test_blank_lines_are_skipped() -> None:
-    assert list(LineFramer().feed(b"\n\r\n  \n{}\n")) == [b"{}"]
+def test_blank_lines_come_out_empty() -> None:
+    assert list(LineFramer().feed(b"\n\r\n  \n{}\n")) == [b"", b"", b"", b"{}"]
 
 
 def test_a_line_of_exactly_the_limit_passes_and_one_more_byte_does_not() -> None:
@@ -314,12 +324,13 @@ def test_a_line_of_exactly_the_limit_passes_and_one_more_byte_does_not() -> None
         list(LineFramer().feed(b"x" * MAX_FRAME_BYTES + b"\n"))
 
 
-def test_an_endless_line_is_refused_without_buffering_it() -> None:
+def test_an_endless_line_is_refused_as_soon_as_it_is_one_frame_long() -> None:
+    """Never more than one frame's worth is held: the byte that makes it too long is refused."""
     framer = LineFramer()
+    assert list(framer.feed(b"y" * (MAX_FRAME_BYTES - 1))) == []
+    assert framer.pending == MAX_FRAME_BYTES - 1
     with pytest.raises(TooLarge):
-        for _ in range(100):
-            list(framer.feed(b"y" * 1000))
-    assert framer.pending <= MAX_FRAME_BYTES
+        list(framer.feed(b"y"))
 
 
 def test_good_lines_before_a_too_long_one_still_come_out() -> None:

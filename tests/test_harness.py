@@ -56,7 +56,10 @@ def test_every_run_accounts_for_every_message(results: dict[str, Any]) -> None:
         assert r.expected == r.sent * recipients
         assert (r.lost, r.duplicates, r.unexpected, r.unsent) == (0, 0, 0, 0), run["name"]
         assert r.received == r.expected
-        assert 0 < r.p50_ms <= r.p99_ms <= r.max_ms < 5000
+        # A delivery takes about a millisecond on loopback; over the lossy link a frame may
+        # need three retransmissions (200 + 400 + 800 ms).
+        slowest = 1600 if "loss" in run["name"] else 500
+        assert 0 < r.p50_ms <= r.p99_ms <= r.max_ms < slowest, run["name"]
         assert r.server_clean_exit is True
         assert r.server_peak_rss_mb > 1
     by_name = {run["name"]: result_from_dict(run["result"]) for run in results["runs"]}

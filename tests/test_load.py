@@ -27,10 +27,10 @@ def test_small_run_against_the_assignments_server_delivers_everything() -> None:
     assert 0 < result.p50_ms <= result.p95_ms <= result.p99_ms <= result.max_ms < 1000
     assert math.isfinite(result.send_lag_p99_ms)
     assert result.deliveries_per_s > 0
-    assert result.server_cpu_us_per_delivery >= 0
+    assert 0 <= result.server_cpu_us_per_delivery < 1000
     assert result.server_peak_rss_mb > 1
     assert result.server_threads >= 1 + 5
-    assert result.harness_cpu_pct >= 0
+    assert 0 <= result.harness_cpu_pct < 100
     assert result.connect_s > 0
     assert "assignment" in format_results([result])
 

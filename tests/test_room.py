@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -159,17 +160,31 @@ def test_private_frames_come_in_their_place_among_broadcasts(room: Room[Peer]) -
 
 
 def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_going() -> None:
-    """Threads switch every microsecond, so a broadcast outside the lock would interleave."""
-    room: Room[Peer] = Room(max_users=100)
+    """Threads switch every microsecond, so any step of the room outside its lock would show.
+
+    A dozen senders talk and post lines of their own to the steady members
+    while visitors come and go, two rivals race for the same fifty names, and
+    a writer asks what is pending and trims the log: everyone sees one order
+    with nothing lost or repeated, each private line arrives in order, each
+    name is had once, and the history a latecomer asks for is the end of that
+    same order.
+    """
+    room: Room[Peer] = Room(max_users=200)
     steady = [joined(room, f"steady{i}") for i in range(4)]
     seen: dict[Peer, list[str]] = {peer: [] for peer in steady}
-    go = threading.Event()
+    private: dict[Peer, list[str]] = {peer: [] for peer in steady}
+    failures: list[BaseException] = []
+    rivals_done = threading.Barrier(2)
+    winners: list[str] = []
+    go, talked, read_all = threading.Event(), threading.Event(), threading.Event()
 
     def sender(n: int) -> None:
         me = joined(room, f"sender{n}")
         go.wait()
         for i in range(200):
             room.handle(me, Say(text=f"{n}:{i}"))
+            if i % 10 == 0:
+                room.post_entry(steady[n % 4], Entry(None, f"{n}:{i}".encode()))
 
     def churn() -> None:
         go.wait()
@@ -179,26 +194,66 @@ def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_goin
             seen[visitor] = [m.text for m in visitor.read() if isinstance(m, Msg)]
             room.leave(visitor, "quit")
 
+    def rival() -> None:
+        mine = [Peer(room) for _ in range(50)]
+        go.wait()
+        for i, peer in enumerate(mine):
+            with contextlib.suppress(NameTaken):
+                room.handle(peer, Hello(name=f"rival{i}"))
+                winners.append(peer.name)
+        rivals_done.wait()
+        for peer in mine:
+            room.leave(peer, "quit")
+
     def reader(peer: Peer) -> None:
         go.wait()
-        while len(seen[peer]) < 12 * 200 + 50:
-            seen[peer] += [m.text for m in peer.read() if isinstance(m, Msg)]
+        while True:
+            last = talked.is_set()
+            for entry in room.take(peer) or []:
+                if entry.message is None:
+                    private[peer].append(entry.line.decode())
+                elif isinstance(entry.message, Msg):
+                    seen[peer].append(entry.message.text)
+            if last:
+                return
 
-    threads = [threading.Thread(target=sender, args=(n,)) for n in range(12)]
-    threads += [threading.Thread(target=reader, args=(peer,)) for peer in steady]
-    threads.append(threading.Thread(target=churn))
+    def writer() -> None:
+        go.wait()
+        while not read_all.is_set():
+            room.pending()
+            room.trim()
+
+    def recorded(body: Callable[..., None], *args: Peer | int) -> threading.Thread:
+        def run() -> None:
+            try:
+                body(*args)
+            except BaseException as exc:
+                failures.append(exc)
+                raise
+
+        return threading.Thread(target=run)
+
+    talkers = [recorded(sender, n) for n in range(12)]
+    talkers += [recorded(body) for body in (churn, rival, rival)]
+    readers = [recorded(reader, peer) for peer in steady]
+    trimming = recorded(writer)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
-        for thread in threads:
+        for thread in [*talkers, *readers, trimming]:
             thread.start()
         go.set()
-        for thread in threads:
-            thread.join(timeout=60)
+        for group, done in ((talkers, talked), (readers, read_all), ([trimming], None)):
+            for thread in group:
+                thread.join(timeout=60)
+            if done is not None:
+                done.set()
     finally:
         sys.setswitchinterval(interval)
+    assert failures == []
+    assert sorted(winners) == sorted(f"rival{i}" for i in range(50))
     order = seen[steady[0]]
-    assert len(order) == 12 * 200 + 50
+    assert len(order) == len(set(order)) == 12 * 200 + 50
     for peer in steady[1:]:
         assert seen[peer] == order
     for n in range(12):
@@ -208,6 +263,16 @@ def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_goin
     for peer, texts in seen.items():
         places = [position[text] for text in texts]
         assert places == sorted(places), peer.name
+    for k, peer in enumerate(steady):
+        assert sorted(private[peer]) == sorted(
+            f"{n}:{i}" for n in range(k, 12, 4) for i in range(0, 200, 10)
+        )
+        for n in range(k, 12, 4):
+            mine = [line for line in private[peer] if line.startswith(f"{n}:")]
+            assert mine == [f"{n}:{i}" for i in range(0, 200, 10)]
+    late = joined(room, "late")
+    room.handle(late, History(limit=100))
+    assert [m.text for m in late.read() if isinstance(m, Msg)] == order[-100:]
 
 
 def test_the_log_is_trimmed_behind_the_slowest_and_a_laggard_is_measured_in_bytes() -> None:

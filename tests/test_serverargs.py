@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import argparse
+import threading
 import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import pytest
 
+import tcp.server
+import udp.server
 from common.room import wall_clock_ms
 from common.serverargs import Limits, add_common_arguments
+
+PROTOCOL_LIMITS = Limits(
+    hello_timeout=10.0,
+    rate_limit=20.0,
+    burst=50,
+    max_users=10000,
+    max_outbox=1048576,
+    session_timeout=15.0,
+)
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -20,14 +35,33 @@ def parse(*argv: str) -> argparse.Namespace:
 def test_defaults_are_the_protocols() -> None:
     args = parse()
     assert (args.host, args.port) == ("127.0.0.1", 8080)
-    assert Limits.from_args(args) == Limits(
-        hello_timeout=10.0,
-        rate_limit=20.0,
-        burst=50,
-        max_users=10000,
-        max_outbox=1048576,
-        session_timeout=15.0,
-    )
+    assert Limits.from_args(args) == PROTOCOL_LIMITS
+
+
+@pytest.mark.parametrize(
+    ("module", "server_class"), [(tcp.server, "ChatServer"), (udp.server, "UdpChatServer")]
+)
+def test_each_server_without_flags_runs_with_the_protocols_limits(
+    module: ModuleType, server_class: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What each server's own flags hand its server, not what ``Limits`` defaults to."""
+    built: list[tuple[Limits, dict[str, Any]]] = []
+
+    def build(limits: Limits, **options: Any) -> None:
+        built.append((limits, options))
+
+    def serve(make: Callable[[], None], args: argparse.Namespace) -> int:
+        make()
+        return 0
+
+    monkeypatch.setattr(module, server_class, build)
+    monkeypatch.setattr(module, "serve_until_signalled", serve)
+    monkeypatch.setattr(module, "configure_logging", lambda quiet, verbose: None)
+    monkeypatch.setattr(threading, "stack_size", lambda size=0: 0)
+    assert module.main([]) == 0
+    [(limits, options)] = built
+    assert (options["host"], options["port"], options["history"]) == ("127.0.0.1", 8080, 1000)
+    assert limits == PROTOCOL_LIMITS
 
 
 def test_flags_set_the_limits() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
-import shutil
 import signal
 import socket
 import struct
@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from common.serverargs import Limits
+from tcp.server import MAX_UNREGISTERED, ChatServer
 from tests.conftest import WAIT, JsonClient, ServerProcess
 
 Connect = Callable[..., JsonClient]
@@ -150,6 +152,95 @@ def test_hello_timeout_drops_a_silent_connection(start_server: Start, connect: C
     assert late.closed(timeout=WAIT)
 
 
+def test_the_hello_deadline_holds_whatever_arrives(start_server: Start, connect: Connect) -> None:
+    """Blank lines, an unfinished line or refused frames every 5 ms buy no time at all."""
+    server = start_server("tcp.server", "--hello-timeout", "0.5")
+    drips = [b"\n", b"{", b'{"type":"ping"}\n']
+    clients = [connect(server.address) for _ in drips]
+    stop = threading.Event()
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.005):
+                for client, data in zip(clients, drips, strict=True):
+                    client.send_raw(data)
+
+    dripper = threading.Thread(target=drip)
+    dripper.start()
+    started = time.monotonic()
+    try:
+        for client in clients:
+            assert client.closed(timeout=4 * 0.5)
+        assert time.monotonic() - started < 0.5 + 0.3
+    finally:
+        stop.set()
+        dripper.join()
+
+
+def test_connections_that_never_say_hello_leave_the_users_places_free(
+    start_server: Start, connect: Connect
+) -> None:
+    """With 10 places, 1 user and 74 connections dripping bytes, a newcomer still joins."""
+    server = start_server("tcp.server", "--max-users", "10", "--hello-timeout", "1")
+    connect(server.address, "one")
+    drippers = [connect(server.address) for _ in range(74)]
+    stop = threading.Event()
+
+    def drip() -> None:
+        with contextlib.suppress(OSError):
+            while not stop.wait(0.05):
+                for client in drippers:
+                    client.send_raw(b"\n")
+
+    dripper = threading.Thread(target=drip)
+    dripper.start()
+    try:
+        newcomer = connect(server.address, "newcomer")
+        newcomer.send({"type": "who"})
+        assert newcomer.expect("users")["names"] == ["newcomer", "one"]
+        for client in drippers:
+            assert client.closed(timeout=2.0)
+    finally:
+        stop.set()
+        dripper.join()
+
+
+def test_past_the_bound_on_connections_yet_to_say_hello_a_new_one_is_refused(
+    start_server: Start, connect: Connect
+) -> None:
+    server = start_server("tcp.server")
+    user = connect(server.address, "user")
+    baseline = server.threads()
+    waiting = [connect(server.address) for _ in range(MAX_UNREGISTERED)]
+    refused = connect(server.address)
+    assert refused.recv() == {
+        "type": "error",
+        "code": "server_full",
+        "text": "the server is busy, try again later",
+    }
+    assert refused.closed()
+    user.send({"type": "say", "text": "still here"})
+    assert user.expect("msg")["text"] == "still here"
+    for client in waiting:
+        client.close()
+    assert wait_until(lambda: server.threads() == baseline)
+    connect(server.address, "later")
+
+
+def test_blank_lines_count_against_the_rate_limit_and_draw_no_answer(
+    start_server: Start, connect: Connect
+) -> None:
+    server = start_server("tcp.server", "--rate-limit", "0.1", "--burst", "3")
+    c = connect(server.address, "blank")
+    c.send_raw(b"\n\r\n  \n")
+    c.send({"type": "ping"})
+    assert c.recv() == {
+        "type": "error",
+        "code": "rate_limited",
+        "text": "slow down: too many frames",
+    }
+
+
 # ---- ordering and slow readers ---------------------------------------------
 
 
@@ -196,8 +287,9 @@ def test_a_client_that_never_reads_is_dropped_and_stalls_nobody(
     sent = 0
     left = None
     while left is None and sent < 5000:
-        talker.send({"type": "say", "text": f"{sent} {text}"})
-        sent += 1
+        for _ in range(25):
+            talker.send({"type": "say", "text": f"{sent} {text}"})
+            sent += 1
         while left is None:
             frame = talker.recv()
             if frame["type"] == "left":
@@ -208,8 +300,64 @@ def test_a_client_that_never_reads_is_dropped_and_stalls_nobody(
     assert (left["name"], left["reason"]) == ("sleeper", "too_slow")
     server.wait_for_log("sleeper left \\(too_slow\\)")
     talker.send({"type": "say", "text": "after"})
-    assert talker.expect("msg", text="after")
+    assert talker.expect("msg", text="after")["from"] == "talker"
     sleeper.close()
+
+
+def test_a_client_dropped_as_too_slow_acts_no_more_with_lines_in_hand(
+    start_server: Start, connect: Connect
+) -> None:
+    """It talks and renames faster than it reads: once it has left, nothing it sent counts.
+
+    Its reader still has hundreds of lines in hand when the writer drops it,
+    a ``nick`` among them; then another client takes the name it freed.
+    """
+    server = start_server("tcp.server", "--rate-limit", "0")
+    watcher = connect(server.address, "watcher")
+    baseline = server.threads()
+    ghost = socket.socket()
+    ghost.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    ghost.settimeout(WAIT)
+    ghost.connect(server.address)
+    ghost.sendall(b'{"type":"hello","name":"ghost"}\n')
+    big = b'{"type":"say","text":"' + b"B" * 1990 + b'"}\n'
+    names = (b"Ghost", b"ghost")
+    stop = threading.Event()
+
+    def talk() -> None:
+        n = 0
+        with contextlib.suppress(OSError):
+            while not stop.is_set():
+                lines = [big]
+                for i in range(n, n + 20):
+                    lines.append(b'{"type":"say","text":"%d"}\n' % i)
+                    if i % 1000 == 500:
+                        lines.append(b'{"type":"nick","name":"%s"}\n' % names[i // 1000 % 2])
+                n += 20
+                ghost.sendall(b"".join(lines))
+
+    talker = threading.Thread(target=talk)
+    talker.start()
+    try:
+        left = watcher.expect("left", timeout=2 * WAIT)
+        assert (left["name"].lower(), left["reason"]) == ("ghost", "too_slow")
+        assert wait_until(lambda: server.threads() == baseline)
+    finally:
+        stop.set()
+        talker.join()
+        ghost.close()
+    heir = connect(server.address, "ghost")
+    heir.send({"type": "say", "text": "the real ghost"})
+    after: list[dict[str, object]] = []
+    while not after or after[-1] != {"type": "msg", "from": "ghost", "text": "the real ghost"}:
+        frame = watcher.recv()
+        frame.pop("ts", None)
+        after.append(frame)
+    assert after == [
+        {"type": "joined", "name": "ghost"},
+        {"type": "msg", "from": "ghost", "text": "the real ghost"},
+    ]
+    assert "Traceback" not in server.log
 
 
 # ---- hostile and broken clients --------------------------------------------
@@ -392,8 +540,10 @@ def test_a_client_that_ignores_bye_cannot_hold_up_the_shutdown(start_server: Sta
     stubborn = socket.create_connection(server.address)
     stubborn.sendall(b'{"type":"hello","name":"stubborn"}\n')
     server.wait_for_log("stubborn joined")
+    started = time.monotonic()
     server.proc.send_signal(signal.SIGTERM)
     assert server.proc.wait(timeout=WAIT) == 0
+    assert time.monotonic() - started < 2.0
     stubborn.close()
 
 
@@ -427,16 +577,23 @@ def test_help_lists_every_limit_flag() -> None:
         assert flag in out
 
 
-@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss from iproute2")
-def test_keepalive_is_on_for_every_connection(tcp_server: ServerProcess, connect: Connect) -> None:
-    connect(tcp_server.address, "kept")
-    out = subprocess.run(
-        ["ss", "-tnoH", "state", "established", f"( sport = :{tcp_server.port} )"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert "keepalive" in out, out
+def test_keepalive_is_on_for_every_connection_idle_60_s_then_3_probes_10_s_apart() -> None:
+    """Read back from the server's own socket: the values are what frees a vanished peer's name."""
+    server = ChatServer(Limits(), port=0)
+    serving = threading.Thread(target=server.serve_forever)
+    serving.start()
+    try:
+        with socket.create_connection(server.address, timeout=WAIT):
+            assert wait_until(lambda: len(server.connections()) == 1)
+            [conn] = server.connections()
+            assert conn.sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert [
+                conn.sock.getsockopt(socket.IPPROTO_TCP, option)
+                for option in (socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT)
+            ] == [60, 10, 3]
+    finally:
+        server.stop()
+        serving.join(WAIT)
 
 
 def test_json_frames_are_compact_utf8_lines(tcp_server: ServerProcess) -> None:

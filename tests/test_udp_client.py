@@ -141,6 +141,9 @@ def test_no_server_is_one_line_and_exit_code_1(
     )
     assert out.getvalue() == ""
     assert [scripted.next_frame()[0]["type"] for _ in range(5)] == ["hello"] * 5
+    scripted.sock.settimeout(0)
+    with pytest.raises(BlockingIOError):
+        scripted.next_frame()  # no sixth: the client gave up after five
 
 
 def test_the_demo_shows_what_each_one_typed_and_the_servers_address() -> None:

@@ -89,8 +89,9 @@ def join() -> Iterator[Callable[..., Collector]]:
 Join = Callable[..., Collector]
 
 
-def sync(peer: Collector) -> None:
-    """Ping until a pong answers, then wait out stragglers: the link is quiet again."""
+def sync(peer: Collector, relay: FaultyRelay) -> None:
+    """Ping until a pong answers, then wait until every datagram the relay let through to
+    ``peer`` (held back ones and copies included) has arrived: the link is quiet again."""
     deadline = time.monotonic() + DEADLINE
     while time.monotonic() < deadline:
         pongs = peer.count(Pong)
@@ -98,9 +99,13 @@ def sync(peer: Collector) -> None:
         def answered(messages: list[ServerMessage | Line], seen: int = pongs) -> bool:
             return sum(isinstance(m, Pong) for m in messages) > seen
 
+        def arrived() -> bool:
+            link, seen = relay.stats().to_client, peer.transport.stats()
+            return seen.received + seen.repeated == link.passed + link.duplicated
+
         peer.transport.send(Ping())
         if peer.wait(answered, SYNC_WAIT):
-            time.sleep(SYNC_WAIT)
+            assert wait_until(arrived), "the relay let through more than arrived"
             return
     raise AssertionError("no pong came back")
 
@@ -131,13 +136,13 @@ def test_seq_accounting_under_drop_duplicate_reorder(start_server: Start, join: 
     with FaultyRelay(server.address, drop=0.1, duplicate=0.1, reorder=0.1, seed=7) as relay:
         bob = join(relay.address, "bob")
         alice = join(server.address, "alice")
-        sync(bob)
+        sync(bob, relay)
         link_before, bob_before = relay.stats().to_client, bob.transport.stats()
         for first in range(0, 300, BATCH):
             for i in range(first, first + BATCH):
                 alice.transport.send(Say(text=f"m{i}"))
             assert alice.wait_for_text(f"m{first + BATCH - 1}")
-        sync(bob)
+        sync(bob, relay)
         link = delta(relay.stats().to_client, link_before)
         seen = delta(bob.transport.stats(), bob_before)
 
@@ -147,7 +152,7 @@ def test_seq_accounting_under_drop_duplicate_reorder(start_server: Start, join: 
             assert wait_until(
                 lambda: relay.stats().to_server.received == bob.transport.stats().sent
             )
-        sync(bob)
+        sync(bob, relay)
         to_server = relay.stats().to_server
         bob_sent = bob.transport.stats().sent
 
