@@ -39,7 +39,7 @@ demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%;
 
 .PHONY: run-cluster
 run-cluster: $(VENV)/.installed ## one room on a Redis and three servers: TCP on PORT and PORT+1, UDP on PORT+2, Redis on PORT+3
-	$(PY) -m common.runcluster --host $(HOST) --port $(PORT)
+	$(PY) -m common.cli.runcluster --host $(HOST) --port $(PORT)
 
 .PHONY: bench bench-full report
 bench: $(VENV)/.installed ## quick benchmark suite (< 5 min): TCP, UDP, the assignment's server -> benchmarks/results/

@@ -30,9 +30,10 @@ and epoll.poll() only to the millisecond. Sends never block: TCP bytes the socke
 wait in that client's own queue (a message counts as sent once its last byte is taken), UDP
 datagrams the kernel refuses are counted in `send_errors` and lost, as on a network.
 
-UDP reliable clients keep the protocol's reliable mode with `common.reliable`: every frame with
-a `seq` is acked (twice when it comes again, like `udp.client`) and handed on once and in order, and
-each `say` is kept and retransmitted until acked; the worker checks the timers every 10 ms.
+UDP reliable clients keep the protocol's reliable mode with `common.protocol.reliable`: every
+frame with a `seq` is acked (twice when it comes again, like `udp.client`) and handed on once and
+in order, and each `say` is kept and retransmitted until acked; the worker checks the timers
+every 10 ms.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from common.reliable import ReliableReceiver, ReliableSender
+from common.protocol.reliable import ReliableReceiver, ReliableSender
 from udp.sockets import enlarge_buffers
 
 MARK = b"#"

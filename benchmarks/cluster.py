@@ -36,8 +36,8 @@ from tabulate import tabulate
 from benchmarks import procstat
 from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp, markers
 from benchmarks.servers import ServerProcess, server_command
-from common.redisroom import PUBLISH
-from common.serverargs import raise_open_file_limit
+from common.cli.serverargs import raise_open_file_limit
+from common.room.redisroom import PUBLISH
 
 LEAD_NS = 300_000_000
 WARMUP_S = 1.0

@@ -70,7 +70,7 @@ from benchmarks.measure import (
     run_load,
 )
 from benchmarks.servers import REPO_ROOT
-from udp.lossy import lossy_link_unavailable
+from netsim.lossy import lossy_link_unavailable
 
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SUITES = ("bench", "full", "tiny")

@@ -9,10 +9,10 @@ Contract:
 `run_load` starts the server as its own process (`benchmarks.servers`), drives it with
 `spec.clients` clients speaking the real protocol (`benchmarks.clients`), grouped into
 `spec.threads` worker threads, and stops it. With `netns_loss` set, the server and the client side
-both run inside a `udp.lossy.LossyNamespace` whose loopback drops that percentage of UDP
+both run inside a `netsim.lossy.LossyNamespace` whose loopback drops that percentage of UDP
 datagrams: the client side is then the subprocess `python -m benchmarks.client_worker`, which
 prints its LoadResult as JSON. With `relay_loss` the UDP clients talk through an in-process
-`udp.faults.FaultyRelay` instead.
+`netsim.faults.FaultyRelay` instead.
 
 Method, chosen so the numbers cannot flatter the server:
 - Open loop. Client i sends its k-th `say` at t0 + (k*N + i) * period / N (period = 1/rate), so
@@ -79,9 +79,9 @@ from benchmarks.clients import (
 )
 from benchmarks.servers import REPO_ROOT, ServerProcess, server_command
 from benchmarks.tables import table
-from common.serverargs import raise_open_file_limit
-from udp.faults import FaultyRelay
-from udp.lossy import LossyNamespace
+from common.cli.serverargs import raise_open_file_limit
+from netsim.faults import FaultyRelay
+from netsim.lossy import LossyNamespace
 
 DEFAULT_THREADS = 1
 """Worker threads when not told. Each thread more is one more contender for the one interpreter

@@ -9,8 +9,8 @@ Contract:
 A front for one run of `benchmarks.measure`, which holds the method (open loop from the
 scheduled time, one clock, what each number means). The server runs as its own process
 (`udp.server --port 0 --rate-limit 0 --quiet`). With `--relay-loss` every client talks to it
-through a `udp.faults.FaultyRelay` that drops that fraction of the datagrams in each direction.
-For a real lossy link, run the whole command inside a `udp.lossy.LossyNamespace`
+through a `netsim.faults.FaultyRelay` that drops that fraction of the datagrams in each direction.
+For a real lossy link, run the whole command inside a `netsim.lossy.LossyNamespace`
 (`ip netns exec`): the server it starts is in there too. `--json` prints the LoadResult as one
 JSON object (`sent`, `expected`, `lost`, `duplicates`, `reorders`, `retransmitted`,
 `server_clean_exit`, ...). The exit status is 1 when the server did not stop cleanly.

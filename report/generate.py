@@ -331,8 +331,10 @@ def build_context(
     ctx["raw5_loss"] = spread(raw5, "loss_pct", lambda v: num(v, 2))
 
     tcp_code = code_lines(REPO_ROOT / "tcp" / "server.py")
-    reliable_code = code_lines(REPO_ROOT / "common" / "reliable.py")
-    udp_code = code_lines(REPO_ROOT / "udp" / "server.py")
+    reliable_code = code_lines(REPO_ROOT / "common" / "protocol" / "reliable.py")
+    udp_code = code_lines(REPO_ROOT / "udp" / "server.py") + code_lines(
+        REPO_ROOT / "udp" / "session.py"
+    )
     ctx["tcp_lines"] = str(tcp_code)
     ctx["reliable_lines"] = str(reliable_code)
     ctx["udp_lines"] = str(udp_code)

@@ -1,7 +1,7 @@
 """The TCP chat client: ``python -m tcp.client [--host H] [--port P] [--name N]``.
 
 The terminal side (threads, prompt, rendering, commands) is
-``common.console``; this module only adds ``TcpTransport``: one socket,
+``common.terminal.console``; this module only adds ``TcpTransport``: one socket,
 JSON lines out with ``encode_line``, lines in through ``LineFramer`` and
 ``decode_server``. Exit code 0 when the person quits, 1 when the server
 cannot be reached or the connection ends under the client.
@@ -15,7 +15,7 @@ import contextlib
 import socket
 import sys
 
-from common.codec import (
+from common.protocol.codec import (
     ClientMessage,
     LineFramer,
     ProtocolError,
@@ -23,15 +23,15 @@ from common.codec import (
     decode_server,
     encode_line,
 )
-from common.commands import HELP_TEXT
-from common.console import ChatError, Console, run_client
+from common.terminal.commands import HELP_TEXT
+from common.terminal.console import ChatError, Console, run_client
 
 CONNECT_TIMEOUT = 5.0
 RECV_BYTES = 65536
 
 
 class TcpTransport:
-    """One TCP connection to the chat server, as a ``common.console.Transport``."""
+    """One TCP connection to the chat server, as a ``common.terminal.console.Transport``."""
 
     help_text = ""
     failure = None

@@ -5,7 +5,7 @@ Threads, each named and owned by the server:
 * ``MainThread``: accepts connections and starts one reader thread each;
   signals only set a flag, and this thread then runs the shutdown.
 * ``client-HOST:PORT``: reads its client's lines, decodes them and hands
-  them to the room (``common.room``), which appends what everyone gets to
+  them to the room (``common.room.room``), which appends what everyone gets to
   its one log and queues the rest to the member. No socket is written here.
 * ``writer``: wakes when the room has something new and catches every
   connection up with one non-blocking ``send`` of all it is behind on. Between
@@ -18,7 +18,7 @@ Threads, each named and owned by the server:
   as ``too_slow``. Nobody ever waits for anybody else. The writer also
   closes every socket, once its reader is done with it.
 
-Locks: the room's lock (see ``common.room``) orders everything the room
+Locks: the room's lock (see ``common.room.room``) orders everything the room
 says; ``_connections_lock`` guards the set of connections and the count of
 those that have not said hello. Neither is held during socket I/O.
 
@@ -41,7 +41,16 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from common.codec import (
+from common.cli.serverargs import (
+    Limits,
+    add_common_arguments,
+    announce,
+    configure_logging,
+    non_negative_float,
+    raise_open_file_limit,
+    serve_until_signalled,
+)
+from common.protocol.codec import (
     Bye,
     ClientMessage,
     Dm,
@@ -59,20 +68,11 @@ from common.codec import (
     decode_client,
     encode_line,
 )
-from common.commands import HELP_TEXT, ShowHelp, Usage, parse_command
-from common.ratelimit import TokenBucket
-from common.render import text_mode_line
-from common.room import Entry, Member, Room, Stage
-from common.serverargs import (
-    Limits,
-    add_common_arguments,
-    announce,
-    configure_logging,
-    non_negative_float,
-    raise_open_file_limit,
-    serve_until_signalled,
-)
-from common.sharing import Sharing, open_sharing
+from common.room.ratelimit import TokenBucket
+from common.room.room import Entry, Member, Room, Stage
+from common.room.sharing import Sharing, open_sharing
+from common.terminal.commands import HELP_TEXT, ShowHelp, Usage, parse_command
+from common.terminal.render import text_mode_line
 
 log = logging.getLogger("tcp.server")
 

@@ -1,6 +1,6 @@
 """The room's backplane seam, in memory: two rooms sharing one order, as two servers would.
 
-``SharedOrder`` plays what Redis does for ``common.redisroom``: names claimed
+``SharedOrder`` plays what Redis does for ``common.room.redisroom``: names claimed
 in one place, events put in one sequence, and every room fed that sequence
 by a thread of its own, outside anyone's lock. It is only as faithful as the
 seam: the real backplane is tested against a real Redis in test_cluster.
@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from common.codec import (
+from common.protocol.codec import (
     Dm,
     Hello,
     History,
@@ -32,7 +32,7 @@ from common.codec import (
     Who,
     name_key,
 )
-from common.room import Entry, Room
+from common.room.room import Entry, Room
 from tests.test_room import Peer
 
 

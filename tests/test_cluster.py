@@ -411,7 +411,7 @@ def test_unreachable_redis_is_one_line() -> None:
 
 def test_the_chat_alone_imports_only_the_standard_library() -> None:
     code = (
-        "import sys, tcp.server, udp.server, common.sharing\n"
+        "import sys, tcp.server, udp.server, common.room.sharing\n"
         "assert 'redis' not in sys.modules and 'sqlite3' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=WAIT)

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.codec import (
+from common.protocol.codec import (
     MAX_FRAME_BYTES,
     MAX_NAME_CHARS,
     MAX_TEXT_CHARS,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from common.codec import Bye, History, NameInvalid, Nick, Say, SendDm, TextInvalid, Who
-from common.commands import ShowHelp, Usage, parse_command
+from common.protocol.codec import Bye, History, NameInvalid, Nick, Say, SendDm, TextInvalid, Who
+from common.terminal.commands import ShowHelp, Usage, parse_command
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from common.codec import (
+from common.protocol.codec import (
     Bye,
     ClientMessage,
     Dm,
@@ -27,8 +27,8 @@ from common.codec import (
     ServerMessage,
     Welcome,
 )
-from common.commands import MESSAGE_HELP
-from common.console import (
+from common.terminal.commands import MESSAGE_HELP
+from common.terminal.console import (
     NAME_COLOURS,
     RECEIVER_THREAD,
     Console,
@@ -39,7 +39,7 @@ from common.console import (
     run_client,
     wants_colour,
 )
-from common.render import Line, describe
+from common.terminal.render import Line, describe
 
 SGR = re.compile(r"\x1b\[[0-9;]*m")
 HOSTILE = "\x1b[2J\x1b[H\x1b]0;pwned\x07\u202eevil\r\n\x08\x9b31m\x00"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from udp.faults import Address, FaultyRelay, LinkStats, RelayStats
+from netsim.faults import Address, FaultyRelay, LinkStats, RelayStats
 
 COUNT = 2000
 WINDOW = 32

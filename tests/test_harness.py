@@ -17,7 +17,7 @@ from benchmarks.__main__ import main as bench_main
 from benchmarks.harness import build_suite, format_tables, run_suite, write_results
 from benchmarks.measure import LoadSpec, result_from_dict, result_to_dict, run_load
 from benchmarks.targets import evaluate, format_targets
-from udp.lossy import lossy_link_unavailable
+from netsim.lossy import lossy_link_unavailable
 
 # One scenario of each kind from the tiny suite: the four servers, a slow reader, Nagle, a
 # thread per client, the capacity run and (where the machine can) the lossy link.

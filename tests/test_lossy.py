@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from udp.lossy import LossyNamespace, lossy_link_unavailable
+from netsim.lossy import LossyNamespace, lossy_link_unavailable
 
 TIMEOUT = 5.0
 DATAGRAMS = 1000

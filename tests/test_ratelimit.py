@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from common.ratelimit import TokenBucket
+from common.room.ratelimit import TokenBucket
 
 
 def test_a_burst_then_the_sustained_rate() -> None:

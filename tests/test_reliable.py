@@ -1,4 +1,4 @@
-"""Tests for common.reliable, driving time by hand with a float ``now``."""
+"""Tests for common.protocol.reliable, driving time by hand with a float ``now``."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from common.reliable import (
+from common.protocol.reliable import (
     ACK_COPIES,
     HOLD_COST,
     INITIAL_RTO,

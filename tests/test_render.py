@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from common.codec import (
+from common.protocol.codec import (
     Dm,
     Error,
     HistoryEnd,
@@ -16,7 +16,7 @@ from common.codec import (
     Users,
     Welcome,
 )
-from common.render import Line, describe, safe
+from common.terminal.render import Line, describe, safe
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from common.codec import (
+from common.protocol.codec import (
     AlreadyRegistered,
     Bye,
     Dm,
@@ -36,7 +36,7 @@ from common.codec import (
     Welcome,
     Who,
 )
-from common.room import TRIM_EVERY, Entry, Member, Room, Stage
+from common.room.room import TRIM_EVERY, Entry, Member, Room, Stage
 
 
 class Peer(Member):

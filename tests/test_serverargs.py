@@ -13,8 +13,8 @@ import pytest
 
 import tcp.server
 import udp.server
-from common.room import wall_clock_ms
-from common.serverargs import Limits, add_common_arguments
+from common.cli.serverargs import Limits, add_common_arguments
+from common.room.room import wall_clock_ms
 
 PROTOCOL_LIMITS = Limits(
     hello_timeout=10.0,

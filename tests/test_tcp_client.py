@@ -17,7 +17,7 @@ from functools import partial
 import pexpect
 import pytest
 
-from common.console import name_colour
+from common.terminal.console import name_colour
 from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
 
 Connect = Callable[..., JsonClient]

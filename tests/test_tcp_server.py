@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from common.serverargs import Limits
+from common.cli.serverargs import Limits
 from tcp.server import MAX_UNREGISTERED, ChatServer
 from tests.conftest import WAIT, JsonClient, ServerProcess
 

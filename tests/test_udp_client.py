@@ -18,8 +18,8 @@ import pexpect
 import pytest
 
 import udp.client
-from common.codec import Hello, Msg, Say, Welcome
-from common.console import Console, run_client
+from common.protocol.codec import Hello, Msg, Say, Welcome
+from common.terminal.console import Console, run_client
 from tests.conftest import ROOT, WAIT, ServerProcess
 from udp.client import UdpTransport
 

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from common import reliable
-from common.reliable import MAX_BACKLOG, WINDOW
-from common.serverargs import Limits
+from common.cli.serverargs import Limits
+from common.protocol import reliable
+from common.protocol.reliable import MAX_BACKLOG, WINDOW
 from tests.conftest import WAIT, ServerProcess
 from tests.test_udp_server import QUIET, Peers, UdpPeer, peers, server, stop_and_log
 from udp.server import UdpChatServer

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from common.codec import Error, Hello, Msg, Ping, Pong, Say, ServerMessage, Welcome
-from common.render import Line
+from common.protocol.codec import Error, Hello, Msg, Ping, Pong, Say, ServerMessage, Welcome
+from common.terminal.render import Line
+from netsim.faults import FaultyRelay
+from netsim.lossy import LossyNamespace, lossy_link_unavailable
 from tests.conftest import ServerProcess
 from udp.client import UdpTransport
-from udp.faults import FaultyRelay
-from udp.lossy import LossyNamespace, lossy_link_unavailable
 
 Start = Callable[..., ServerProcess]
 DEADLINE = 20.0

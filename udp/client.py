@@ -1,7 +1,7 @@
 """The UDP chat client: ``python -m udp.client [--host H] [--port P] [--name N] [--reliable]``.
 
 The terminal side (prompt, rendering, commands, the keyboard and receiver
-threads) is ``common.console``; this module adds ``UdpTransport``, one
+threads) is ``common.terminal.console``; this module adds ``UdpTransport``, one
 connected UDP socket speaking the protocol's UDP session rules:
 
 * ``hello`` is sent again every second until a ``welcome`` or an ``error``
@@ -21,7 +21,7 @@ connected UDP socket speaking the protocol's UDP session rules:
   despite those pings, the client says so and exits with code 1.
 
 Threads: ``main`` reads the keyboard and ``receiver`` blocks in
-``UdpTransport.receive`` (both from ``common.console``); ``udp-timer``
+``UdpTransport.receive`` (both from ``common.terminal.console``); ``udp-timer``
 resends hellos, pings, retransmits and watches for silence. One lock guards
 the session state and the socket writes. What the client notices itself
 reaches the screen as lines that never went over the wire (a loss, a
@@ -41,7 +41,8 @@ import sys
 import threading
 import time
 
-from common.codec import (
+from common.cli.serverargs import DEFAULT_PORT, positive_float
+from common.protocol.codec import (
     Ack,
     Bye,
     ClientMessage,
@@ -54,9 +55,7 @@ from common.codec import (
     decode_server,
     encode,
 )
-from common.commands import help_text
-from common.console import ChatError, Console, run_client
-from common.reliable import (
+from common.protocol.reliable import (
     MAX_TRIES,
     ReliableReceiver,
     ReliableSender,
@@ -64,8 +63,9 @@ from common.reliable import (
     SeqEvent,
     SeqKind,
 )
-from common.render import Line
-from common.serverargs import DEFAULT_PORT, positive_float
+from common.terminal.commands import help_text
+from common.terminal.console import ChatError, Console, run_client
+from common.terminal.render import Line
 from udp.sockets import enlarge_buffers
 
 HELLO_INTERVAL = 1.0
@@ -92,7 +92,7 @@ class TransportStats:
 
 
 class UdpTransport:
-    """One UDP session with the chat server, as a ``common.console.Transport``."""
+    """One UDP session with the chat server, as a ``common.terminal.console.Transport``."""
 
     help_text = "  /stats           datagrams from the server lost, repeated, reordered"
 

@@ -21,10 +21,10 @@ import threading
 import time
 from pathlib import Path
 
-from common.codec import Bye, Hello, Say, Welcome
-from common.render import Line, describe
+from common.protocol.codec import Bye, Hello, Say, Welcome
+from common.terminal.render import Line, describe
+from netsim.faults import FaultyRelay
 from udp.client import UdpTransport
-from udp.faults import FaultyRelay
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"listening on (\S+):(\d+)")

@@ -16,7 +16,7 @@ datagram that arrived before it has been read, and a session is silent when
 its last one was read more than ``--session-timeout`` before that. A backlog
 in the socket (a flood being worked through) times nobody out.
 
-The chat's rules and its one ordered log are the room's (``common.room``),
+The chat's rules and its one ordered log are the room's (``common.room.room``),
 shared with the TCP server. After each batch of datagrams (and each turn
 of the timer) the server catches every session up on what the room has
 for it (``_flush``): one datagram per frame, stamped with the session's
@@ -50,7 +50,15 @@ import threading
 import time
 from collections import Counter
 
-from common.codec import (
+from common.cli.serverargs import (
+    Limits,
+    add_common_arguments,
+    announce,
+    configure_logging,
+    positive_float,
+    serve_until_signalled,
+)
+from common.protocol.codec import (
     Ack,
     AlreadyRegistered,
     BadFrame,
@@ -67,21 +75,13 @@ from common.codec import (
     encode,
     name_key,
 )
-from common.ratelimit import TokenBucket
-from common.reliable import (
+from common.protocol.reliable import (
     SeqKind,
     SharedFrames,
 )
-from common.room import Room, Stage
-from common.serverargs import (
-    Limits,
-    add_common_arguments,
-    announce,
-    configure_logging,
-    positive_float,
-    serve_until_signalled,
-)
-from common.sharing import Sharing, open_sharing
+from common.room.ratelimit import TokenBucket
+from common.room.room import Room, Stage
+from common.room.sharing import Sharing, open_sharing
 from udp.session import Address, Session, Stranger, answer_budget, envelope_of, stamp
 from udp.sockets import enlarge_buffers
 

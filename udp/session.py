@@ -37,7 +37,7 @@ the receiver's: seqs from ``WINDOW`` (64) past the next expected one are
 dropped unacked, and seqs before it are repeats, acked again.
 
 A reliable session (``"reliable": true``) also has a ``ReliableSender``
-and ``ReliableReceiver`` (``common.reliable``): every frame with a ``seq``
+and ``ReliableReceiver`` (``common.protocol.reliable``): every frame with a ``seq``
 is acked (twice if it came again) and handed on once and in order, every
 frame sent is retransmitted until acked; a sender that gives up ends the
 session (``timeout``), one whose backlog overflows ends it as ``too_slow``.
@@ -55,11 +55,11 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-from common.codec import MAX_FRAME_BYTES, Welcome, encode
-from common.ratelimit import TokenBucket
-from common.reliable import ReliableReceiver, ReliableSender, SeqCounter, SharedFrames
-from common.room import Entry, Member
-from common.serverargs import Limits
+from common.cli.serverargs import Limits
+from common.protocol.codec import MAX_FRAME_BYTES, Welcome, encode
+from common.protocol.reliable import ReliableReceiver, ReliableSender, SeqCounter, SharedFrames
+from common.room.ratelimit import TokenBucket
+from common.room.room import Entry, Member
 
 Address = tuple[str, int]
 

@@ -52,7 +52,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from common.codec import (
+from common.protocol.codec import (
     Error,
     Joined,
     Left,
@@ -62,10 +62,10 @@ from common.codec import (
     decode_server,
     name_key,
 )
-from common.room import Entry, Room, wall_clock_ms
-from common.serverargs import StartError
+from common.room.room import Entry, Room, wall_clock_ms
+from common.room.sharing import StartError
 
-log = logging.getLogger("common.redisroom")
+log = logging.getLogger("common.room.redisroom")
 
 StreamRead = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 """What XREAD answers (RESP2, bytes): per stream, its entries as (id, fields)."""

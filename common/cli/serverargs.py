@@ -13,12 +13,9 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Protocol
 
+from common.room.sharing import DEFAULT_LEASE, StartError
+
 DEFAULT_PORT = 8080
-DEFAULT_LEASE = 10.0
-
-
-class StartError(Exception):
-    """Something the server needs cannot be had at start; its text is the one line to show."""
 
 
 @dataclass(frozen=True, kw_only=True)

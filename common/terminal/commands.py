@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.codec import (
+from common.protocol.codec import (
     HISTORY_DEFAULT_LIMIT,
     HISTORY_MAX_LIMIT,
     Bye,

@@ -22,10 +22,10 @@ import threading
 from collections import deque
 from pathlib import Path
 
-from common.codec import Msg
-from common.serverargs import StartError
+from common.protocol.codec import Msg
+from common.room.sharing import StartError
 
-log = logging.getLogger("common.historyfile")
+log = logging.getLogger("common.room.historyfile")
 
 BATCH_SECONDS = 0.1
 

@@ -25,7 +25,7 @@ Backplane. What the room says to everyone (``joined``, ``left``,
 ``renamed``, ``msg``) and every ``dm`` goes through the room's
 ``Backplane``, the one place that orders it. The default, ``LocalBackplane``,
 applies it at once, under the lock, in O(1): one server is its own order.
-A shared one (``common.redisroom``) queues it to be ordered with the other
+A shared one (``common.room.redisroom``) queues it to be ordered with the other
 servers' and hands it back, in that order, through ``receive``: the log is
 then a copy of the shared order, and a member's own words reach it only
 that way. So joining takes two steps: the name is reserved here and
@@ -59,7 +59,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from common.codec import (
+from common.protocol.codec import (
     MAX_FRAME_BYTES,
     AlreadyRegistered,
     Bye,
@@ -188,7 +188,7 @@ class Backplane(Protocol):
 
 
 class Archive(Protocol):
-    """Where messages are kept past the process (``common.historyfile``)."""
+    """Where messages are kept past the process (``common.room.historyfile``)."""
 
     earlier: list[Msg]
 

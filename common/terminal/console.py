@@ -42,7 +42,7 @@ from collections.abc import Callable, Mapping
 from types import FrameType, ModuleType
 from typing import Protocol, TextIO
 
-from common.codec import (
+from common.protocol.codec import (
     Bye,
     ClientMessage,
     Error,
@@ -56,8 +56,8 @@ from common.codec import (
     check_name,
     name_key,
 )
-from common.commands import ShowHelp, Usage, help_text, parse_command
-from common.render import Line, describe, safe
+from common.terminal.commands import ShowHelp, Usage, help_text, parse_command
+from common.terminal.render import Line, describe, safe
 
 RECEIVER_THREAD = "receiver"
 QUIT_GRACE = 1.0

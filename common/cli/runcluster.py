@@ -16,7 +16,7 @@ import sys
 import threading
 from types import FrameType
 
-from common.serverargs import DEFAULT_PORT
+from common.cli.serverargs import DEFAULT_PORT
 
 STOP_WAIT = 5.0
 
@@ -40,7 +40,7 @@ def echo(proc: subprocess.Popen[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.runcluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m common.cli.runcluster", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="the first port")
     args = parser.parse_args(argv)

@@ -12,7 +12,7 @@ import time
 import unicodedata
 from dataclasses import dataclass
 
-from common.codec import (
+from common.protocol.codec import (
     Bye,
     Dm,
     Error,

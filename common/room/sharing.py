@@ -11,8 +11,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from common.room import Archive, Backplane
-from common.serverargs import DEFAULT_LEASE, StartError
+from common.room.room import Archive, Backplane
+
+DEFAULT_LEASE = 10.0
+"""Seconds a server's lease in a shared room lasts unless renewed."""
+
+
+class StartError(Exception):
+    """Something the server needs cannot be had at start; its text is the one line to show."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,13 +41,13 @@ def open_sharing(sharing: Sharing, history: int) -> tuple[Backplane | None, Arch
     """The backplane and archive the flags ask for; ``StartError`` when one cannot be had."""
     archive: Archive | None = None
     if sharing.history_file is not None:
-        from common.historyfile import HistoryFile
+        from common.room.historyfile import HistoryFile
 
         archive = HistoryFile(sharing.history_file, history)
     if sharing.redis is None:
         return None, archive
     try:
-        from common.redisroom import RedisBackplane
+        from common.room.redisroom import RedisBackplane
     except ImportError as exc:
         raise StartError(
             f"--redis needs the redis package ({exc.name} is missing): "

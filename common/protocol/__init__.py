@@ -1,0 +1,3 @@
+"""The wire: frames as typed messages (codec) and UDP's sequence numbers, acks
+and retransmission (reliable). Imports nothing of the project.
+"""

@@ -1,0 +1,3 @@
+"""What a person sees and types: commands, rendering, the terminal client's
+screen. Imports only common.protocol.
+"""
