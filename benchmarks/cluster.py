@@ -1,6 +1,6 @@
 """The room beyond one process, measured: one TCP server against two sharing a room through Redis.
 
-    python -m benchmarks.cluster [--duration 5] [--json PATH]
+    python -m benchmarks.cluster [--duration 5] [--json PATH]   (`make bench-cluster`)
 
 Three questions, each answered on this machine (its cores are shared by the servers, Redis and
 the load, so a number here is what they manage together, not what each would alone):
@@ -15,11 +15,14 @@ the load, so a number here is what they manage together, not what each would alo
 
 It reuses the load clients of `benchmarks.clients` (the same open-loop schedule and markers as
 the rest of the suite) and `benchmarks.servers`; the analysis here is the few numbers it needs.
+The JSON file also records what it was measured on (`meta`, as the suite's results do), since
+the report quotes it: how many cores the servers, Redis and the load had between them.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import shutil
@@ -35,6 +38,7 @@ from tabulate import tabulate
 
 from benchmarks import procstat
 from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp, markers
+from benchmarks.harness import machine_meta
 from benchmarks.servers import ServerProcess, server_command
 from common.cli.serverargs import raise_open_file_limit
 from common.room.redisroom import PUBLISH
@@ -250,6 +254,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", metavar="PATH", help="also write the numbers here")
     args = parser.parse_args(argv)
     raise_open_file_limit()
+    meta = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": args.duration,
+        **machine_meta(),
+    }
     saturation = [
         run_load(setup, clients, rate, args.duration)
         for clients, rate in SATURATION
@@ -267,6 +276,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.json, "w", encoding="utf-8") as out:
             json.dump(
                 {
+                    "meta": meta,
                     "saturation": [asdict(r) for r in saturation],
                     "latency": [asdict(r) for r in latency],
                     "stream": [asdict(r) for r in stream],

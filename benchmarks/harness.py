@@ -196,27 +196,43 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
         raise ValueError(f"suite must be one of {SUITES}")
     z = _SIZES[suite]
     base = LoadSpec(duration=z.duration, warmup=z.warmup, drain=z.drain, threads=threads)
-    reliable = dataclasses.replace(base, server="udp", reliable=True, drain=z.reliable_drain)
     kinds = {
         "tcp": base,
         "assignment": dataclasses.replace(base, server="assignment"),
         "udp-raw": dataclasses.replace(base, server="udp"),
-        "udp-reliable": reliable,
+        "udp-reliable": dataclasses.replace(
+            base, server="udp", reliable=True, drain=z.reliable_drain
+        ),
     }
-    # Small suites shrink the fixed loads to their own client counts.
-    small = min(z.sweep_clients, _TARGET_CLIENTS)
+    return [
+        *_repeated(z, kinds),
+        *_sweeps(z, kinds),
+        *_lossy(z, kinds),
+        *_ablations(z, base, threads),
+        Scenario(
+            "capacity",
+            f"tcp {z.capacity_clients} idle clients",
+            capacity_clients=z.capacity_clients,
+        ),
+    ]
+
+
+def _small(z: _Sizes) -> int:
+    """The fixed loads' client count: small suites shrink them to their own."""
+    return min(z.sweep_clients, _TARGET_CLIENTS)
+
+
+def _repeated(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
+    """`targets` and `peak`, one round of every scenario after another."""
+    small = _small(z)
     udp_clients = min(z.sweep_clients, _UDP_TARGET[0])
-    out: list[Scenario] = []
-
-    def add(group: str, name: str, spec: LoadSpec) -> None:
-        out.append(Scenario(group, name, spec))
-
+    tcp5 = _at(kinds["tcp"], small, _CLIENTS_RATE)
     rounds: dict[str, list[tuple[str, LoadSpec]]] = {
         "targets": [
-            (f"tcp {small}x{_CLIENTS_RATE:g}", _at(kinds["tcp"], small, _CLIENTS_RATE)),
+            (f"tcp {small}x{_CLIENTS_RATE:g}", tcp5),
             (
                 f"tcp {small}x{_CLIENTS_RATE:g} coalesce 0 ms",
-                dataclasses.replace(_at(kinds["tcp"], small, _CLIENTS_RATE), coalesce_ms=0.0),
+                dataclasses.replace(tcp5, coalesce_ms=0.0),
             ),
             (
                 f"assignment {small}x{_CLIENTS_RATE:g}",
@@ -229,7 +245,8 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
             (
                 f"udp-reliable {_TARGET_LOSS}% loss",
                 dataclasses.replace(
-                    _at(reliable, z.lossy_clients, _LOSSY_RATE), netns_loss=_TARGET_LOSS
+                    _at(kinds["udp-reliable"], z.lossy_clients, _LOSSY_RATE),
+                    netns_loss=_TARGET_LOSS,
                 ),
             ),
         ],
@@ -241,65 +258,88 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
             for p in ("tcp", "assignment")
         ],
     }
-    for group, scenarios in rounds.items():
-        for repeat in range(1, z.repeats + 1):
-            out += [Scenario(group, name, spec, repeat=repeat) for name, spec in scenarios]
-    for protocol, spec in kinds.items():
-        for n in z.client_counts:
-            add("clients", f"{protocol} {n}x{_CLIENTS_RATE:g}", _at(spec, n, _CLIENTS_RATE))
-    for protocol in ("tcp", "assignment"):
-        for rate in z.sweep_rates:
-            n = z.sweep_clients
-            add("rate", f"{protocol} {n}x{rate:g}", _at(kinds[protocol], n, rate))
-    for protocol in ("udp-raw", "udp-reliable"):
-        for loss in z.losses:
-            if protocol == "udp-reliable" and loss == _TARGET_LOSS and z.repeats > 1:
-                continue  # the targets group runs it, repeated
-            spec = dataclasses.replace(
+    return [
+        Scenario(group, name, spec, repeat=repeat)
+        for group, scenarios in rounds.items()
+        for repeat in range(1, z.repeats + 1)
+        for name, spec in scenarios
+    ]
+
+
+def _sweeps(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
+    """`clients` (every server) and `rate` (the two TCP servers)."""
+    out = [
+        Scenario("clients", f"{protocol} {n}x{_CLIENTS_RATE:g}", _at(spec, n, _CLIENTS_RATE))
+        for protocol, spec in kinds.items()
+        for n in z.client_counts
+    ]
+    n = z.sweep_clients
+    out += [
+        Scenario("rate", f"{protocol} {n}x{rate:g}", _at(kinds[protocol], n, rate))
+        for protocol in ("tcp", "assignment")
+        for rate in z.sweep_rates
+    ]
+    return out
+
+
+def _lossy(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
+    """`lossy`: both UDP modes at each loss (reliable at the target's loss is in `targets`
+    when the suite repeats)."""
+    return [
+        Scenario(
+            "lossy",
+            f"{protocol} {loss}% loss",
+            dataclasses.replace(
                 _at(kinds[protocol], z.lossy_clients, _LOSSY_RATE), netns_loss=loss
-            )
-            add("lossy", f"{protocol} {loss}% loss", spec)
+            ),
+        )
+        for protocol in ("udp-raw", "udp-reliable")
+        for loss in z.losses
+        if not (protocol == "udp-reliable" and loss == _TARGET_LOSS and z.repeats > 1)
+    ]
+
+
+def _ablations(z: _Sizes, base: LoadSpec, threads: int) -> list[Scenario]:
+    """`slow-reader`, `nagle`, `coalesce` and `threads`: one TCP setting changed at a time."""
     slow = dataclasses.replace(
         _at(base, z.slow_clients, _SLOW_RATE), duration=z.slow_duration, pad=_SLOW_PAD
     )
-    add("slow-reader", "tcp, no slow reader", slow)
-    add("slow-reader", "tcp + 1 slow reader", dataclasses.replace(slow, slow_readers=1))
-    add(
-        "slow-reader",
-        "assignment + 1 slow reader",
-        dataclasses.replace(slow, server="assignment", slow_readers=1),
-    )
+    out = [
+        Scenario("slow-reader", "tcp, no slow reader", slow),
+        Scenario("slow-reader", "tcp + 1 slow reader", dataclasses.replace(slow, slow_readers=1)),
+        Scenario(
+            "slow-reader",
+            "assignment + 1 slow reader",
+            dataclasses.replace(slow, server="assignment", slow_readers=1),
+        ),
+    ]
     for n in z.nagle_clients:
-        add("nagle", f"tcp nodelay {n}x{_NAGLE_RATE:g}", _at(base, n, _NAGLE_RATE))
-        add(
-            "nagle",
-            f"tcp nagle {n}x{_NAGLE_RATE:g}",
-            dataclasses.replace(_at(base, n, _NAGLE_RATE), nagle=True),
+        nodelay = _at(base, n, _NAGLE_RATE)
+        out.append(Scenario("nagle", f"tcp nodelay {n}x{_NAGLE_RATE:g}", nodelay))
+        out.append(
+            Scenario(
+                "nagle", f"tcp nagle {n}x{_NAGLE_RATE:g}", dataclasses.replace(nodelay, nagle=True)
+            )
         )
-    for rate, rest in z.coalesce:
-        add(
+    small = _small(z)
+    out += [
+        Scenario(
             "coalesce",
             f"tcp {small}x{rate:g} coalesce {rest:g} ms",
             dataclasses.replace(_at(base, small, rate), coalesce_ms=rest, drain=z.peak_drain),
         )
+        for rate, rest in z.coalesce
+    ]
     n = z.sweep_clients
-    if z.thread_counts:
-        for count in sorted({threads, *z.thread_counts, n}):
-            label = (
-                "a thread per client" if count == n else f"{count} thread{'s' if count > 1 else ''}"
-            )
-            add(
+    for count in sorted({threads, *z.thread_counts, n}) if z.thread_counts else ():
+        label = "a thread per client" if count == n else f"{count} thread{'s' if count > 1 else ''}"
+        out.append(
+            Scenario(
                 "threads",
                 f"tcp {n}x{_THREADS_RATE:g}, {label}",
                 dataclasses.replace(_at(base, n, _THREADS_RATE), threads=count),
             )
-    out.append(
-        Scenario(
-            "capacity",
-            f"tcp {z.capacity_clients} idle clients",
-            capacity_clients=z.capacity_clients,
         )
-    )
     return out
 
 

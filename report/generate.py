@@ -32,6 +32,7 @@ from benchmarks.measure import HARNESS_CPU_LIMIT_PCT, HARNESS_LAG_LIMIT_MS, Load
 from benchmarks.servers import REPO_ROOT
 from benchmarks.tables import table
 from benchmarks.targets import (
+    DEFAULT,
     KEEP_UP,
     KEEP_UP_P99_MS,
     MET,
@@ -44,9 +45,12 @@ from benchmarks.targets import (
     sweep_knees,
 )
 from report.plots import make_plots
+from tcp.server import DEFAULT_COALESCE_MS
 
 TEMPLATE = Path(__file__).resolve().parent / "template.md"
 CALIBRATION = REPO_ROOT / "benchmarks" / "calibration.json"
+CLUSTER_FILE = "cluster.json"
+"""`make bench-cluster`'s results, kept beside the suite's."""
 NA = "n/a"
 BOUND_MARK = "†"
 """Marks a figure from harness-bound runs, so that a number in a sentence stays readable."""
@@ -196,8 +200,9 @@ _VERDICT = {
 
 
 def _targets_table(targets: Sequence[Target]) -> str:
-    rows = [[t.key, t.goal, _VERDICT[t.verdict], describe(t) or NA] for t in targets]
-    return table(rows, ["target", "goal", "verdict", "median [range]"], markdown=True)
+    """Narrow enough for one screen: the measured values go in the notes under it."""
+    rows = [[t.key, _VERDICT[t.verdict], t.goal] for t in targets]
+    return table(rows, ["target", "verdict", "goal"], markdown=True)
 
 
 def _target_notes(targets: Sequence[Target]) -> str:
@@ -258,12 +263,44 @@ def _at(results: dict[str, Any], protocol: str, **fields: Any) -> list[LoadResul
 
 
 def build_context(
-    results: dict[str, Any], figures: dict[str, Path], origin: Provenance
+    results: dict[str, Any],
+    figures: dict[str, Path],
+    origin: Provenance,
+    cluster: dict[str, Any] | None = None,
 ) -> dict[str, str]:
+    """Every placeholder of the template, each filled by the part of the report it belongs to."""
+    return {
+        **_meta_context(results, origin),
+        **_targets_context(results),
+        **_headline_context(results),
+        **_light_context(results),
+        **_code_context(),
+        **_knee_context(results),
+        **_ablation_context(results),
+        **_coalesce_context(results),
+        **_capacity_context(results),
+        **_tables_context(results),
+        **_figures_context(figures),
+        **cluster_context(cluster),
+        **_calibration(),
+    }
+
+
+def _meta_context(results: dict[str, Any], origin: Provenance) -> dict[str, str]:
+    """Where and how the results were measured, and what the run left out."""
     meta = results["meta"]
-    targets = evaluate(results)
-    by_key = {t.key: t for t in targets}
-    ctx: dict[str, str] = {
+    every_run = [r for _, r in load_results(results)]
+    repeat_counts = {run.get("repeat", 1) for run in results["runs"] if run["group"] in REPEATED}
+    notes = "".join(
+        f"\n> The run `{f['name']}` ({f['group']}) failed and is missing: {f['error']}\n"
+        for f in results.get("failed", [])
+    ) + "".join(
+        f"\n> The `{s['group']}` runs were skipped on the machine that made this file: "
+        f"{s['reason']}.\n"
+        for s in results.get("skipped", [])
+    )
+    floor = meta.get("floor")
+    return {
         "provenance": _provenance_text(meta, origin),
         "suite": meta["suite"],
         "suite_command": "make bench-full" if meta["suite"] == "full" else "make bench",
@@ -278,42 +315,67 @@ def build_context(
         "keep_up_p99": f"{KEEP_UP_P99_MS:g}",
         "harness_cpu_limit": f"{HARNESS_CPU_LIMIT_PCT:g}",
         "harness_lag_limit": f"{HARNESS_LAG_LIMIT_MS:g}",
+        "bound_runs": f"{sum(r.harness_bound for r in every_run)} of the {len(every_run)} runs",
+        "repeats": str(max(repeat_counts, default=1)),
+        "notes": notes,
+        "floor_tcp_us": num(floor["tcp_send_us"], 1) if floor else NA,
+        "coalesce_default": f"{DEFAULT_COALESCE_MS:g}",
+    }
+
+
+def _targets_context(results: dict[str, Any]) -> dict[str, str]:
+    """The targets table, each target's measured values for its note, and the unplain ones."""
+    targets = evaluate(results)
+    ctx = {
         "targets_table": _targets_table(targets),
         "target_notes": _target_notes(targets),
-        "targets_summary": ", ".join(f"{t.key} {t.verdict}" for t in targets),
-        **_calibration(),
     }
-    every_run = [r for _, r in load_results(results)]
-    ctx["bound_runs"] = (
-        f"{sum(r.harness_bound for r in every_run)} of the {len(every_run)} load runs"
-    )
-    repeat_counts = {run.get("repeat", 1) for run in results["runs"] if run["group"] in REPEATED}
-    ctx["repeats"] = str(max(repeat_counts, default=1))
+    for t in targets:
+        ctx["target_" + t.key.replace("-", "_")] = describe(t) or NA
+    return ctx
 
-    tcp5 = repeats(results, "targets", "tcp", clients=200, rate=5)
-    base5 = repeats(results, "targets", "assignment", clients=200, rate=5)
-    raw10 = repeats(results, "targets", "udp-raw", clients=100, rate=10)
-    rel5 = repeats(results, "targets", "udp-reliable", link="netns 5% loss")
+
+def _headline_context(results: dict[str, Any]) -> dict[str, str]:
+    """The repeated runs' medians and ranges, and what the floor says of TCP's sends."""
+    tcp5 = repeats(results, "targets", "tcp", clients=200, rate=5, coalesce_ms=DEFAULT)
     tcp_peak = repeats(results, "peak", "tcp")
-    base_peak = repeats(results, "peak", "assignment")
+    ctx: dict[str, str] = {}
     for key, runs in (
-        ("tcp5", tcp5), ("base5", base5), ("raw10", raw10), ("rel5", rel5),
-        ("tcppeak", tcp_peak), ("basepeak", base_peak),
-    ):  # fmt: skip
+        ("tcp5", tcp5),
+        ("base5", repeats(results, "targets", "assignment", clients=200, rate=5)),
+        ("raw10", repeats(results, "targets", "udp-raw", clients=100, rate=10)),
+        ("rel5", repeats(results, "targets", "udp-reliable", link="netns 5% loss")),
+        ("tcppeak", tcp_peak),
+        ("basepeak", repeats(results, "peak", "assignment")),
+    ):
         ctx[f"{key}_p50"] = spread(runs, "p50_ms", ms)
         ctx[f"{key}_p99"] = spread(runs, "p99_ms", ms)
-        ctx[f"{key}_us"] = spread(runs, "server_cpu_us_per_delivery", lambda v: num(v, 2))
-        ctx[f"{key}_loss"] = spread(runs, "loss_pct", lambda v: num(v, 2))
+        ctx[f"{key}_us"] = spread(runs, "server_cpu_us_per_delivery", _us)
+        ctx[f"{key}_loss"] = spread(runs, "loss_pct", _us)
         ctx[f"{key}_deliv"] = spread(runs, "deliveries_per_s", num)
-        ctx[f"{key}_harness_us"] = spread(runs, "harness_cpu_us_per_delivery", lambda v: num(v, 2))
+        ctx[f"{key}_harness_us"] = spread(runs, "harness_cpu_us_per_delivery", _us)
         ctx[f"{key}_harness_cpu"] = spread(runs, "harness_cpu_pct", num)
         ctx[f"{key}_lag"] = spread(runs, "send_lag_p99_ms", ms)
     ctx["tcppeak_offered"] = num(tcp_peak[0].offered_deliveries_per_s) if tcp_peak else NA
-    sat = by_key["tcp-200x50"]
-    ctx["peak_ratio"] = f"{sat.medians['ratio']:.2f}" if "ratio" in sat.medians else NA
+    floor = results["meta"].get("floor")
+    ctx["tcp5_frames"] = (
+        num(floor["tcp_send_us"] / statistics.median(_cpu_us(tcp5)), 1) if floor and tcp5 else NA
+    )
+    return ctx
 
+
+def _us(value: float) -> str:
+    return num(value, 2)
+
+
+def _cpu_us(runs: Sequence[LoadResult]) -> list[float]:
+    return [r.server_cpu_us_per_delivery for r in runs]
+
+
+def _light_context(results: dict[str, Any]) -> dict[str, str]:
+    """All four servers at the one load where all of them kept up: the percentile plot's."""
     light = _common_load(results)
-    ctx["pct_load"] = f"{light} clients × 5 msg/s" if light else NA
+    ctx = {"pct_load": f"{light} clients × 5 msg/s" if light else NA}
     for key, protocol in (
         ("tcp", "tcp"), ("base", "assignment"), ("raw", "udp-raw"), ("rel", "udp-reliable"),
     ):  # fmt: skip
@@ -322,25 +384,34 @@ def build_context(
             if light
             else []
         )
-        ctx[f"light_{key}_us"] = spread(runs, "server_cpu_us_per_delivery", lambda v: num(v, 2))
+        ctx[f"light_{key}_us"] = spread(runs, "server_cpu_us_per_delivery", _us)
         ctx[f"light_{key}_p99"] = spread(runs, "p99_ms", ms)
         ctx[f"light_{key}_p50"] = spread(runs, "p50_ms", ms)
     lossless = repeats(results, "lossy", "udp-reliable", link="netns 0% loss")
     ctx["rel0_p99"] = spread(lossless, "p99_ms", ms)
     raw5 = repeats(results, "lossy", "udp-raw", link="netns 5% loss")
-    ctx["raw5_loss"] = spread(raw5, "loss_pct", lambda v: num(v, 2))
+    ctx["raw5_loss"] = spread(raw5, "loss_pct", _us)
+    return ctx
 
+
+def _code_context() -> dict[str, str]:
+    """What UDP's reliability and sessions cost in code, against the whole TCP server."""
     tcp_code = code_lines(REPO_ROOT / "tcp" / "server.py")
     reliable_code = code_lines(REPO_ROOT / "common" / "protocol" / "reliable.py")
     udp_code = code_lines(REPO_ROOT / "udp" / "server.py") + code_lines(
         REPO_ROOT / "udp" / "session.py"
     )
-    ctx["tcp_lines"] = str(tcp_code)
-    ctx["reliable_lines"] = str(reliable_code)
-    ctx["udp_lines"] = str(udp_code)
-    ctx["udp_code_ratio"] = f"{(reliable_code + udp_code) / tcp_code:.1f}"
+    return {
+        "tcp_lines": str(tcp_code),
+        "reliable_lines": str(reliable_code),
+        "udp_lines": str(udp_code),
+        "udp_code_ratio": f"{(reliable_code + udp_code) / tcp_code:.1f}",
+    }
 
+
+def _knee_context(results: dict[str, Any]) -> dict[str, str]:
     knees = sweep_knees(results)
+    ctx: dict[str, str] = {}
     for key, protocol in (("tcp", "tcp"), ("base", "assignment")):
         k = knees.get(protocol)
         ctx[f"{key}_knee"] = (
@@ -350,52 +421,185 @@ def build_context(
             if k
             else NA
         )
+    return ctx
 
+
+def _ablation_context(results: dict[str, Any]) -> dict[str, str]:
+    """The slow reader's and Nagle's ablations."""
     slow = {name: r for name, r in load_results(results, "slow-reader")}
     with_slow, without = slow.get("tcp + 1 slow reader"), slow.get("tcp, no slow reader")
     base_slow = slow.get("assignment + 1 slow reader")
-    ctx["slow_tcp_dropped"] = (
-        NA if with_slow is None else "was dropped" if with_slow.slow_dropped else "was not dropped"
-    )
-    ctx["slow_tcp_p99"] = ms(with_slow.p99_ms) if with_slow else NA
-    ctx["slow_none_p99"] = ms(without.p99_ms) if without else NA
-    ctx["slow_base_loss"] = num(base_slow.loss_pct, 1) if base_slow else NA
-    ctx["slow_base_unsent"] = num(base_slow.unsent) if base_slow else NA
     nagle = {(r.clients, r.nagle): r for _, r in load_results(results, "nagle")}
     sizes = sorted({c for c, _ in nagle})
     on = nagle.get((sizes[0], True)) if sizes else None
     off = nagle.get((sizes[0], False)) if sizes else None
-    ctx["nagle_clients"] = str(sizes[0]) if sizes else NA
-    ctx["nagle_on_p99"] = ms(on.p99_ms) if on else NA
-    ctx["nagle_off_p99"] = ms(off.p99_ms) if off else NA
+    return {
+        "slow_tcp_dropped": (
+            NA
+            if with_slow is None
+            else "was dropped"
+            if with_slow.slow_dropped
+            else "was not dropped"
+        ),
+        "slow_tcp_p99": ms(with_slow.p99_ms) if with_slow else NA,
+        "slow_none_p99": ms(without.p99_ms) if without else NA,
+        "slow_base_loss": num(base_slow.loss_pct, 1) if base_slow else NA,
+        "slow_base_unsent": num(base_slow.unsent) if base_slow else NA,
+        "nagle_clients": str(sizes[0]) if sizes else NA,
+        "nagle_on_p99": ms(on.p99_ms) if on else NA,
+        "nagle_off_p99": ms(off.p99_ms) if off else NA,
+    }
 
+
+def _coalesce_context(results: dict[str, Any]) -> dict[str, str]:
+    """The writer's rest against what it buys: every TCP run of the `coalesce` group, with the
+    default's and no rest's runs of `targets` and `peak`, at each load, by rest."""
+    runs = [
+        r
+        for group in ("coalesce", "targets", "peak")
+        for _, r in load_results(results, group)
+        if r.protocol == "tcp" and r.slow_readers == 0 and not r.nagle
+    ]
+    floor = results["meta"].get("floor")
+    by_point: dict[tuple[int, float, float], list[LoadResult]] = {}
+    for r in runs:
+        rest = DEFAULT_COALESCE_MS if math.isnan(r.coalesce_ms) else r.coalesce_ms
+        by_point.setdefault((r.clients, r.rate, rest), []).append(r)
+    rows = [
+        [
+            f"{clients} × {rate:g}" + (" (default)" if rest == DEFAULT_COALESCE_MS else ""),
+            f"{rest:g}",
+            spread(point, "p50_ms", ms),
+            spread(point, "p99_ms", ms),
+            spread(point, "server_cpu_us_per_delivery", _us),
+            num(floor["tcp_send_us"] / statistics.median(_cpu_us(point)), 1) if floor else NA,
+            spread(point, "server_cpu_pct", num),
+        ]
+        for (clients, rate, rest), point in sorted(by_point.items())
+    ]
+    headers = [
+        "load", "rest ms", "p50 ms", "p99 ms", "server µs/deliv", "frames/send ≥", "server CPU %",
+    ]  # fmt: skip
+    return {
+        "table_coalesce": (
+            table(rows, headers, markdown=True)
+            if load_results(results, "coalesce")
+            else "_Not measured in this results file._"
+        )
+    }
+
+
+def _capacity_context(results: dict[str, Any]) -> dict[str, str]:
     capacity = results.get("capacity", [])
     cap = capacity[0] if capacity else None
-    ctx["cap_clients"] = num(cap["clients"]) if cap else NA
-    ctx["cap_online"] = num(cap["online"]) if cap else NA
-    ctx["cap_kib"] = num(cap["bytes_per_client"] / 1024, 1) if cap else NA
-    ctx["cap_connect"] = num(cap["connect_seconds"], 1) if cap else NA
+    return {
+        "cap_clients": num(cap["clients"]) if cap else NA,
+        "cap_online": num(cap["online"]) if cap else NA,
+        "cap_kib": num(cap["bytes_per_client"] / 1024, 1) if cap else NA,
+        "cap_connect": num(cap["connect_seconds"], 1) if cap else NA,
+    }
 
-    ctx["table_targets_runs"] = _group_table(results, "targets")
-    ctx["table_peak"] = _group_table(results, "peak")
-    ctx["table_clients"] = _group_table(results, "clients")
-    ctx["table_rate"] = _group_table(results, "rate")
-    ctx["table_lossy"] = _group_table(results, "lossy", ("retx",))
-    ctx["table_slow"] = _group_table(results, "slow-reader", ("slow",))
-    ctx["table_nagle"] = _group_table(results, "nagle")
-    ctx["table_threads"] = _group_table(results, "threads")
-    ctx["notes"] = "".join(
-        f"\n> The run `{f['name']}` ({f['group']}) failed and is missing: {f['error']}\n"
-        for f in results.get("failed", [])
-    ) + "".join(
-        f"\n> The `{s['group']}` runs were skipped on the machine that made this file: "
-        f"{s['reason']}.\n"
-        for s in results.get("skipped", [])
-    )
-    for key in ("percentiles", "latency", "throughput", "loss"):
-        path = figures.get(key)
-        ctx[f"fig_{key}"] = f"![{key}]({path.name})" if path else "_No data for this figure._"
-    return ctx
+
+def _tables_context(results: dict[str, Any]) -> dict[str, str]:
+    return {
+        "table_targets_runs": _group_table(results, "targets"),
+        "table_peak": _group_table(results, "peak"),
+        "table_clients": _group_table(results, "clients"),
+        "table_rate": _group_table(results, "rate"),
+        "table_lossy": _group_table(results, "lossy", ("retx",)),
+        "table_slow": _group_table(results, "slow-reader", ("slow",)),
+        "table_nagle": _group_table(results, "nagle"),
+        "table_threads": _group_table(results, "threads"),
+    }
+
+
+def _figures_context(figures: dict[str, Path]) -> dict[str, str]:
+    return {
+        f"fig_{key}": f"![{key}]({figures[key].name})"
+        if key in figures
+        else "_No data for this figure._"
+        for key in ("percentiles", "latency", "throughput", "loss")
+    }
+
+
+_CLUSTER_KEYS = (
+    "cluster_date", "cluster_commit", "cluster_duration", "cluster_cores", "cluster_room",
+    "cluster_one_peak", "cluster_redis_peak", "cluster_two_peak", "cluster_one_p99",
+    "cluster_redis_p99", "cluster_two_p99", "stream_events", "stream_us", "stream_ceiling",
+    "stream_room_deliveries",
+)  # fmt: skip
+
+
+def cluster_context(cluster: dict[str, Any] | None) -> dict[str, str]:
+    """Section 5's figures from `benchmarks.cluster`'s file: each set-up's most deliveries/s
+    past saturation and p99 at the latency load, and what one stream carries at most."""
+    missing = "_Not measured: run `make bench-cluster`._"
+    if cluster is None:
+        tables = ("table_cluster_saturation", "table_cluster_latency", "table_cluster_stream")
+        return {key: NA for key in _CLUSTER_KEYS} | {key: missing for key in tables}
+    meta, latency = cluster["meta"], cluster["latency"]
+    peak = {s: max(r["deliveries_per_s"] for r in cluster["saturation"] if r["setup"] == s)
+            for s in {r["setup"] for r in cluster["saturation"]}}  # fmt: skip
+    p99 = {r["setup"]: r["p99_ms"] for r in latency}
+    stream = max(cluster["stream"], key=lambda r: r["events_per_s"])
+    room = latency[0]["clients"] if latency else 0
+    return {
+        "cluster_date": meta["date"],
+        "cluster_commit": (meta.get("git_commit") or "unknown")[:10],
+        "cluster_duration": f"{meta['duration_s']:g}",
+        "cluster_cores": str(meta["machine"]["cores"]),
+        "cluster_room": str(room),
+        "cluster_one_peak": num(peak.get("one server")),
+        "cluster_redis_peak": num(peak.get("one server + Redis")),
+        "cluster_two_peak": num(peak.get("two servers + Redis")),
+        "cluster_one_p99": ms(p99.get("one server")),
+        "cluster_redis_p99": ms(p99.get("one server + Redis")),
+        "cluster_two_p99": ms(p99.get("two servers + Redis")),
+        "stream_events": num(stream["events_per_s"]),
+        "stream_us": num(stream["redis_cpu_us_per_event"], 1),
+        "stream_ceiling": num(stream["ceiling_events_per_s"]),
+        "stream_room_deliveries": num(stream["ceiling_events_per_s"] * room),
+        "table_cluster_saturation": _cluster_table(cluster["saturation"], _SATURATION_COLUMNS),
+        "table_cluster_latency": _cluster_table(latency, _LATENCY_COLUMNS),
+        "table_cluster_stream": _cluster_table(cluster["stream"], _STREAM_COLUMNS),
+    }
+
+
+_CLUSTER_COLUMNS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "setup": ("set-up", str),
+    "clients": ("clients", str),
+    "rate": ("msg/s each", "{:g}".format),
+    "offered_deliveries_per_s": ("deliv/s offered", num),
+    "deliveries_per_s": ("deliv/s", num),
+    "lost_pct": ("lost %", _us),
+    "p50_ms": ("p50 ms", ms),
+    "p99_ms": ("p99 ms", ms),
+    "max_ms": ("max ms", ms),
+    "chat_cpu_pct": ("chat CPU %", num),
+    "cpu_us_per_delivery": ("chat µs/deliv", _us),
+    "publishers": ("publishers", str),
+    "events_per_s": ("events/s", num),
+    "redis_cpu_pct": ("Redis CPU %", num),
+    "redis_cpu_us_per_event": ("Redis µs/event", _us),
+    "ceiling_events_per_s": ("one core's events/s", num),
+}
+"""How each column of the cluster file is headed and shown ("chat" is servers and Redis)."""
+
+
+_SATURATION_COLUMNS = (
+    "setup", "clients", "rate", "offered_deliveries_per_s", "deliveries_per_s", "lost_pct",
+    "p99_ms", "chat_cpu_pct", "cpu_us_per_delivery",
+)  # fmt: skip
+_LATENCY_COLUMNS = ("setup", "p50_ms", "p99_ms", "max_ms", "cpu_us_per_delivery")
+_STREAM_COLUMNS = (
+    "publishers", "events_per_s", "redis_cpu_pct", "redis_cpu_us_per_event",
+    "ceiling_events_per_s",
+)  # fmt: skip
+
+
+def _cluster_table(runs: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    rows = [[_CLUSTER_COLUMNS[c][1](run[c]) for c in columns] for run in runs]
+    return table(rows, [_CLUSTER_COLUMNS[c][0] for c in columns], markdown=True)
 
 
 def _common_load(results: dict[str, Any]) -> int | None:
@@ -422,10 +626,14 @@ def _common_load(results: dict[str, Any]) -> int | None:
 
 
 def generate(results_path: Path, out_dir: Path, origin: Provenance | None = None) -> Path:
+    """The report from a results file and, beside it, benchmarks.cluster's CLUSTER_FILE (section
+    5 says it was not measured when that file is missing)."""
     results = read_results(results_path)
+    cluster_path = results_path.parent / CLUSTER_FILE
+    cluster = read_results(cluster_path) if cluster_path.exists() else None
     light = _common_load(results)
     figures = make_plots(results, out_dir, light)
-    context = build_context(results, figures, origin or provenance(results_path))
+    context = build_context(results, figures, origin or provenance(results_path), cluster)
     text = render(TEMPLATE.read_text(encoding="utf-8"), context)
     report = out_dir / "REPORT.md"
     report.write_text(text, encoding="utf-8")

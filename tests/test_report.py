@@ -14,7 +14,7 @@ import pytest
 from benchmarks.harness import build_suite
 from benchmarks.measure import DEFAULT_THREADS, PERCENTILES, LoadResult, LoadSpec, result_to_dict
 from benchmarks.targets import evaluate
-from report.generate import Provenance, generate, render
+from report.generate import CLUSTER_FILE, Provenance, generate, render
 
 
 def fake(spec: LoadSpec, **overrides: Any) -> LoadResult:
@@ -50,6 +50,9 @@ SPECIAL: dict[tuple[str, str, int], dict[str, Any]] = {
     ("targets", "tcp 200x5", 1): {"p99_ms": 1.5, "server_cpu_us_per_delivery": 3.1},
     ("targets", "tcp 200x5", 2): {"p99_ms": 1.6, "server_cpu_us_per_delivery": 3.2},
     ("targets", "tcp 200x5", 3): {"p99_ms": 1.7, "server_cpu_us_per_delivery": 3.3},
+    ("targets", "tcp 200x5 coalesce 0 ms", 1): {"p99_ms": 1.2},
+    ("targets", "tcp 200x5 coalesce 0 ms", 2): {"p99_ms": 1.3},
+    ("targets", "tcp 200x5 coalesce 0 ms", 3): {"p99_ms": 1.4},
     ("targets", "udp-raw 100x10", 1): {"p99_ms": 3.33},
     ("targets", "udp-raw 100x10", 2): {"p99_ms": 7.77},
     ("targets", "udp-raw 100x10", 3): {"p99_ms": 4.44},
@@ -90,6 +93,29 @@ def synthetic_results() -> dict[str, Any]:
     return {"meta": meta, "runs": runs, "capacity": capacity, "skipped": []}
 
 
+def synthetic_cluster() -> dict[str, Any]:
+    """benchmarks.cluster's file: one server and two on Redis, past saturation and at 200 x 5."""
+
+    def run(setup: str, clients: int, rate: float, delivered: float, p99: float) -> dict[str, Any]:
+        return {"setup": setup, "clients": clients, "rate": rate,
+                "offered_deliveries_per_s": clients * clients * rate,
+                "deliveries_per_s": delivered, "lost_pct": 0.0, "p50_ms": p99 / 4,
+                "p99_ms": p99, "max_ms": p99 * 2, "chat_cpu_pct": 150.0,
+                "cpu_us_per_delivery": 1.25}  # fmt: skip
+
+    setups = ("one server", "one server + Redis", "two servers + Redis")
+    return {
+        "meta": {"date": "2026-01-03T04:05:06+00:00", "duration_s": 5.0,
+                 "git_commit": "fedcba987654", "machine": {"cores": 2}},
+        "saturation": [run(s, 100, 80.0, 700_000.0 - 100_000 * i, 900.0)
+                       for i, s in enumerate(setups)],
+        "latency": [run(s, 200, 5.0, 200_000.0, 4.0 + i) for i, s in enumerate(setups)],
+        "stream": [{"publishers": n, "events_per_s": 50_000.0 * n, "redis_cpu_pct": 90.0,
+                    "redis_cpu_us_per_event": 12.5, "ceiling_events_per_s": 80_000.0}
+                   for n in (1, 2)],
+    }  # fmt: skip
+
+
 CLEAN = Provenance("benchmarks/results/latest.json", "abc1234", "def5678", clean=True)
 
 
@@ -98,6 +124,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> str:
     out = tmp_path_factory.mktemp("report")
     results_path = out / "results.json"
     results_path.write_text(json.dumps(synthetic_results(), allow_nan=False), encoding="utf-8")
+    (out / CLUSTER_FILE).write_text(json.dumps(synthetic_cluster()), encoding="utf-8")
     return generate(results_path, out, CLEAN).read_text(encoding="utf-8")
 
 
@@ -115,11 +142,48 @@ def test_every_placeholder_is_filled_and_the_source_is_named(report: str) -> Non
 def test_verdicts_follow_the_repeats(report: str) -> None:
     rows = _rows(report)
     assert "**met**" in rows["tcp-200x5"]
-    assert "p99 1.60 ms [1.50-1.70]" in rows["tcp-200x5"]
+    assert "- `tcp-200x5` (p99 1.60 ms [1.50-1.70]," in report
     assert "**unstable**" in rows["udp-raw-100x10"]
     assert "run 2: loss 0.000 %, p99 7.77 ms (failed)" in report
     assert "harness-bound" in rows["tcp-200x50"]
+    assert "**met**" in rows["tcp-no-coalescing"]
     assert "**met**" in rows["udp-reliable-5pct"]
+
+
+def test_the_targets_table_fits_a_screen(report: str) -> None:
+    section = report.split("### 2.2", 1)[1].split("Measured, as median", 1)[0]
+    table = [line for line in section.splitlines() if line.startswith("|")]
+    assert len(table) == 7 and max(len(line) for line in table) <= 130
+
+
+def _flat(text: str) -> str:
+    """The text with its line breaks as spaces, as a reader sees it."""
+    return " ".join(text.split())
+
+
+def test_the_cost_model_and_the_writer_s_rest_come_from_the_results(report: str) -> None:
+    assert "One loopback `send` costs 8.5 µs of CPU" in _flat(report)
+    # The floor over the 200 x 5 runs' median CPU per delivery (3.2 µs): frames per send.
+    assert "carried at least 2.7 frames" in _flat(report)
+    rests = [
+        line.split("|")[1:4]
+        for line in report.split("**The writer's rest.**", 1)[1].splitlines()
+        if line.startswith("| 200")
+    ]
+    assert [(load.strip(), rest.strip()) for load, rest, _ in rests] == [
+        ("200 × 5", "0"), ("200 × 5", "5"), ("200 × 5 (default)", "6"),
+        ("200 × 50", "0"), ("200 × 50 (default)", "6"),
+    ]  # fmt: skip
+    assert rests[0][2].strip() == "2.50"  # the repeated runs with no rest, their median
+
+
+def test_past_one_machine_comes_from_the_cluster_file(report: str) -> None:
+    section = _flat(report.split("## 5. Past one machine", 1)[1].split("## 6.", 1)[0])
+    assert "2026-01-03T04:05:06+00:00 at commit fedcba9876" in section
+    assert "this machine's 2 cores" in section
+    assert "about 80,000 events/s, which at 200 members is 16,000,000 deliveries/s" in section
+    assert "the 700,000 deliveries/s one server delivered alone" in section
+    assert "(`chat:{lobby}:log`" in section
 
 
 def test_harness_bound_runs_are_marked_in_the_tables(report: str) -> None:
@@ -134,6 +198,13 @@ def test_harness_bound_runs_are_marked_in_the_tables(report: str) -> None:
 def test_figures_are_written(report: str, tmp_path_factory: pytest.TempPathFactory) -> None:
     for name in ("percentiles", "latency_vs_clients", "throughput_vs_offered", "loss_vs_link_loss"):
         assert f"]({name}.png)" in report
+
+
+def test_a_missing_cluster_file_says_how_to_make_it(tmp_path: Path) -> None:
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(synthetic_results(), allow_nan=False), encoding="utf-8")
+    text = generate(results_path, tmp_path, CLEAN).read_text(encoding="utf-8")
+    assert "_Not measured: run `make bench-cluster`._" in text
 
 
 def test_the_answer_and_the_report_keep_to_their_length(report: str) -> None:
