@@ -385,7 +385,8 @@ def _summary_line(result: LoadResult) -> str:
     )
 
 
-def _git(*args: str) -> str:
+def git_output(*args: str) -> str:
+    """What ``git ARGS`` prints in the repository, stripped; empty when git cannot say."""
     try:
         done = subprocess.run(
             ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
@@ -422,8 +423,8 @@ def machine_meta() -> dict[str, Any]:
             "cores": os.cpu_count(),
             "memory_gib": round(_memory_gib(), 1),
         },
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_commit": git_output("rev-parse", "HEAD"),
+        "git_dirty": bool(git_output("status", "--porcelain", "--untracked-files=no")),
     }
 
 

@@ -21,13 +21,12 @@ import json
 import math
 import re
 import statistics
-import subprocess
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import REPEATED, load_results, read_results
+from benchmarks.harness import REPEATED, git_output, load_results, read_results
 from benchmarks.measure import HARNESS_CPU_LIMIT_PCT, HARNESS_LAG_LIMIT_MS, LoadResult
 from benchmarks.servers import REPO_ROOT
 from benchmarks.tables import table
@@ -68,16 +67,6 @@ class Provenance:
     clean: bool
 
 
-def _git(*args: str) -> str:
-    try:
-        done = subprocess.run(
-            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return ""
-    return done.stdout.strip()
-
-
 def provenance(results_path: Path) -> Provenance:
     """The commit that last changed the results file, HEAD, and whether anything but the
     report's own output is uncommitted."""
@@ -89,14 +78,14 @@ def provenance(results_path: Path) -> Provenance:
     # stripped along with the output's).
     paths = [
         line[2:].strip()
-        for line in _git("status", "--porcelain", "--untracked-files=no").splitlines()
+        for line in git_output("status", "--porcelain", "--untracked-files=no").splitlines()
     ]
     changes = [p for p in paths if not _generated(p)]
     return Provenance(
         results_path=shown,
-        results_commit=_git("log", "-1", "--format=%h", "--", shown),
-        head=_git("rev-parse", "--short", "HEAD"),
-        clean=not changes and bool(_git("rev-parse", "HEAD")),
+        results_commit=git_output("log", "-1", "--format=%h", "--", shown),
+        head=git_output("rev-parse", "--short", "HEAD"),
+        clean=not changes and bool(git_output("rev-parse", "HEAD")),
     )
 
 

@@ -11,9 +11,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from common.room.sharing import DEFAULT_LEASE, StartError
+
+Number = TypeVar("Number", int, float)
 
 DEFAULT_PORT = 8080
 
@@ -59,32 +61,24 @@ def raise_open_file_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
-def positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
+def _number(cast: Callable[[str], Number], *, zero_allowed: bool) -> Callable[[str], Number]:
+    """An argparse ``type``: ``cast`` the text, then refuse what is negative (or zero)."""
+
+    def parse(text: str) -> Number:
+        value = cast(text)
+        if value < 0 or (value == 0 and not zero_allowed):
+            bound = "0 or more" if zero_allowed else "more than 0"
+            raise argparse.ArgumentTypeError(f"must be {bound}, not {text}")
+        return value
+
+    parse.__name__ = cast.__name__  # what argparse names in "invalid ... value"
+    return parse
 
 
-def non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
+positive_float = _number(float, zero_allowed=False)
+non_negative_float = _number(float, zero_allowed=True)
+positive_int = _number(int, zero_allowed=False)
+non_negative_int = _number(int, zero_allowed=True)
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
