@@ -390,15 +390,7 @@ def run_clients(
     try:
         for offset in range(spec.slow_readers):
             slow.append(tcp_slow_reader(spec.clients + offset, address, _SLOW_RCVBUF))
-        t0 = time.monotonic_ns() + _LEAD_NS
-        start_ns = t0 + round(spec.warmup * 1e9)
-        plan = Plan(
-            spec.clients,
-            round(1e9 / spec.rate),
-            t0,
-            start_ns,
-            start_ns + round(spec.duration * 1e9),
-        )
+        plan = _plan(spec)
         workers = [
             Worker(group, plan, stop, f"load-{w}")
             for w, group in enumerate(_groups(clients, spec.threads))
@@ -441,15 +433,66 @@ def run_clients(
     for worker in workers:
         if worker.error is not None:
             raise RuntimeError(f"a load worker failed: {worker.error!r}") from worker.error
-    lags = array("q")
-    for worker in workers:
-        lags.extend(worker.lags)
+    lags = array("q", (lag for worker in workers for lag in worker.lags))
     return _summarise(spec, plan, clients, lags, usage)
+
+
+def _plan(spec: LoadSpec) -> Plan:
+    """The open-loop schedule of a run that starts a moment from now."""
+    t0 = time.monotonic_ns() + _LEAD_NS
+    start_ns = t0 + round(spec.warmup * 1e9)
+    end_ns = start_ns + round(spec.duration * 1e9)
+    return Plan(spec.clients, round(1e9 / spec.rate), t0, start_ns, end_ns)
 
 
 def _recipients(spec: LoadSpec) -> int:
     """How many clients receive each message."""
     return spec.clients if spec.echoes else spec.clients - 1
+
+
+@dataclass
+class _Tally:
+    """What the arrivals held: latencies of measured messages, and what was wrong with them."""
+
+    latencies: array[int]
+    in_window: int = 0
+    duplicates: int = 0
+    reorders: int = 0
+    unexpected: int = 0
+
+
+def _tally(
+    plan: Plan,
+    clients: Sequence[TcpClient] | Sequence[UdpClient],
+    owner: dict[int, int],
+    drained_ns: int,
+) -> _Tally:
+    """Read every client's arrivals for markers, after the run: nothing of this is timed."""
+    tally = _Tally(array("q"))
+    for client in clients:
+        seen: set[int] = set()
+        newest = [-1] * len(clients)
+        for now, data in zip(client.chunk_times, client.chunks, strict=True):
+            if now > drained_ns:
+                break
+            batch = markers(data)
+            if plan.measured(now):
+                tally.in_window += len(batch)
+            for sched in batch:
+                sender = owner.get(sched)
+                if sender is None:
+                    tally.unexpected += 1
+                elif sched in seen:
+                    tally.duplicates += 1
+                else:
+                    seen.add(sched)
+                    if sched < newest[sender]:
+                        tally.reorders += 1
+                    else:
+                        newest[sender] = sched
+                    if plan.measured(sched):
+                        tally.latencies.append(now - sched)
+    return tally
 
 
 def _summarise(
@@ -463,31 +506,9 @@ def _summarise(
     duration = (plan.end_ns - plan.start_ns) / 1e9
     owner = {sched: client.index for client in clients for sched in client.sent}
     sent = sum(1 for sched in owner if plan.measured(sched))
-    latencies: array[int] = array("q")
-    duplicates = reorders = unexpected = deliveries_in_window = 0
-    for client in clients:
-        seen: set[int] = set()
-        newest = [-1] * n
-        for now, data in zip(client.chunk_times, client.chunks, strict=True):
-            if now > usage.drained_ns:
-                break
-            batch = markers(data)
-            if plan.measured(now):
-                deliveries_in_window += len(batch)
-            for sched in batch:
-                sender = owner.get(sched)
-                if sender is None:
-                    unexpected += 1
-                elif sched in seen:
-                    duplicates += 1
-                else:
-                    seen.add(sched)
-                    if sched < newest[sender]:
-                        reorders += 1
-                    else:
-                        newest[sender] = sched
-                    if plan.measured(sched):
-                        latencies.append(now - sched)
+    tally = _tally(plan, clients, owner, usage.drained_ns)
+    latencies, deliveries_in_window = tally.latencies, tally.in_window
+    duplicates, reorders, unexpected = tally.duplicates, tally.reorders, tally.unexpected
     ordered = sorted(latencies)
     ordered_lags = sorted(lags)
     expected = sent * _recipients(spec)

@@ -83,6 +83,15 @@ non_negative_int = _number(int, zero_allowed=True)
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags both servers take, with the protocol's defaults."""
+    _add_limits(parser)
+    _add_sharing(parser)
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("--quiet", "-q", action="store_true", help="log only warnings")
+    loudness.add_argument("--verbose", "-v", action="store_true", help="log every connection too")
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    """Where to listen, and the protocol's Limits table."""
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
@@ -129,6 +138,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="messages kept for users who ask what was said before they came; "
         "0 turns history off (default: %(default)s)",
     )
+
+
+def _add_sharing(parser: argparse.ArgumentParser) -> None:
+    """Where the room lives besides this process (``common.room.sharing``)."""
     parser.add_argument(
         "--history-file",
         metavar="PATH",
@@ -155,9 +168,6 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --redis: how long this server's users stay in the room once it stops "
         "answering; it renews its lease 4 times as often (default: %(default)s)",
     )
-    loudness = parser.add_mutually_exclusive_group()
-    loudness.add_argument("--quiet", "-q", action="store_true", help="log only warnings")
-    loudness.add_argument("--verbose", "-v", action="store_true", help="log every connection too")
 
 
 def configure_logging(quiet: bool, verbose: bool) -> None:
