@@ -463,11 +463,13 @@ def _coalesce_context(results: dict[str, Any]) -> dict[str, str]:
             spread(point, "server_cpu_us_per_delivery", _us),
             num(floor["tcp_send_us"] / statistics.median(_cpu_us(point)), 1) if floor else NA,
             spread(point, "server_cpu_pct", num),
+            spread(point, "send_lag_p99_ms", ms),
         ]
         for (clients, rate, rest), point in sorted(by_point.items())
     ]
     headers = [
         "load", "rest ms", "p50 ms", "p99 ms", "server µs/deliv", "frames/send ≥", "server CPU %",
+        "harness lag p99 ms",
     ]  # fmt: skip
     return {
         "table_coalesce": (
