@@ -12,7 +12,8 @@ Threads, each named and owned by the server:
   two passes it rests at least ``--coalesce-ms`` and at least as long as the
   last pass took, so that frames gather: the busier the room, the more frames
   each ``send`` carries, and the writer never takes more than about half a
-  core from the readers.
+  core from the readers. Within a pass it yields the CPU every
+  ``YIELD_EVERY`` connections, so that nobody it wakes waits for the pass.
   A client whose socket is full keeps its place in the log and is polled
   until it can take more; past ``--max-outbox`` bytes behind it is dropped
   as ``too_slow``. Nobody ever waits for anybody else. The writer also
@@ -83,7 +84,11 @@ RECV_BYTES = 65536
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 3
 MAX_UNREGISTERED = 256
 """Connections that have not said hello yet, at most; each expires after --hello-timeout."""
-DEFAULT_COALESCE_MS = 6.0
+DEFAULT_COALESCE_MS = 7.0
+YIELD_EVERY = 16
+"""Connections the writer catches up before it offers its CPU to whoever waits for it: a pass
+over a big room takes milliseconds, and a process woken by the writer's own sends (a client on
+the same machine) must not wait for the whole pass to end."""
 TEXT_HISTORY = 10
 """Earlier messages a text-mode session is shown right after its greeting."""
 
@@ -359,7 +364,9 @@ class ChatServer:
             if pause > 0:
                 time.sleep(pause)
             last_pass = time.monotonic()
-            for conn in dict.fromkeys(self.room.pending() + ready):
+            for i, conn in enumerate(dict.fromkeys(self.room.pending() + ready)):
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    os.sched_yield()
                 if self._write(conn):
                     fd = conn.sock.fileno()
                     blocked[fd] = conn
