@@ -27,7 +27,6 @@ import json
 import math
 import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from benchmarks import procstat
 from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp, markers
 from benchmarks.harness import machine_meta
 from benchmarks.servers import ServerProcess, server_command
+from common.cli.runcluster import start_redis
 from common.cli.serverargs import raise_open_file_limit
 from common.room.redisroom import PUBLISH
 
@@ -85,20 +85,7 @@ class Redis:
         if binary is None:
             raise SystemExit("benchmarks.cluster needs redis-server: apt-get install redis-server")
         self.port = free_port()
-        self.proc = subprocess.Popen(
-            [
-                *(binary, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no"),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        stdout = self.proc.stdout
-        assert stdout is not None
-        for line in stdout:
-            if "Ready to accept connections" in line:
-                threading.Thread(target=stdout.read, name="redis-log", daemon=True).start()
-                break
+        self.proc = start_redis(binary, self.port)
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:

@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from common.cli.runcluster import start_redis
 from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
 from tests.test_udp_server import UdpPeer
 
@@ -59,23 +60,8 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                *(self.binary, "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--dir", str(self.directory), "--save", self.save, "--appendonly", "no"),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        stdout = self.proc.stdout
-        assert stdout is not None
-        for line in stdout:
-            if "Ready to accept connections" in line:
-                # Read the rest of its log, so that it never waits on a full pipe.
-                threading.Thread(target=stdout.read, name="redis-log", daemon=True).start()
-                return
-        raise AssertionError("redis-server did not start")
+        options = ("--dir", str(self.directory), "--save", self.save, "--appendonly", "no")
+        self.proc = start_redis(self.binary, self.port, options=options)
 
     def stop(self) -> None:
         """A clean stop: Redis saves its data and exits."""

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Sequence
 from types import FrameType
 
 from common.cli.serverargs import DEFAULT_PORT
@@ -21,15 +22,38 @@ from common.cli.serverargs import DEFAULT_PORT
 STOP_WAIT = 5.0
 
 
-def start(command: list[str], ready: str) -> subprocess.Popen[str]:
-    """Start ``command`` and wait for the line that says it is ready; its output then goes on."""
+REDIS_READY = "Ready to accept connections"
+IN_MEMORY = ("--save", "", "--appendonly", "no")
+
+
+def start(command: list[str], ready: str, *, show_log: bool = True) -> subprocess.Popen[str]:
+    """Start ``command`` and wait for the line that says it is ready.
+
+    The rest of its log goes on being read, so that it never waits on a full
+    pipe: shown (``show_log``) or dropped. RuntimeError if it ends first.
+    """
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
         if ready in line:
-            threading.Thread(target=echo, args=(proc,), name=f"log-{proc.pid}", daemon=True).start()
+            read = echo if show_log else drain
+            threading.Thread(target=read, args=(proc,), name=f"log-{proc.pid}", daemon=True).start()
             return proc
-    raise SystemExit(f"{' '.join(command)} did not start (exit code {proc.wait()})")
+    raise RuntimeError(f"{' '.join(command)} did not start (exit code {proc.wait()})")
+
+
+def start_redis(
+    binary: str,
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    options: Sequence[str] = IN_MEMORY,
+    show_log: bool = False,
+) -> subprocess.Popen[str]:
+    """A ``redis-server`` on ``host:port``, once it accepts connections; its data in memory
+    unless ``options`` say otherwise."""
+    command = [binary, "--bind", host, "--port", str(port), *options]
+    return start(command, REDIS_READY, show_log=show_log)
 
 
 def echo(proc: subprocess.Popen[str]) -> None:
@@ -37,6 +61,11 @@ def echo(proc: subprocess.Popen[str]) -> None:
     assert proc.stdout is not None
     for line in proc.stdout:
         print(line, end="", flush=True)
+
+
+def drain(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    proc.stdout.read()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,22 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     host, port = args.host, args.port
     url = f"redis://{host}:{port + 3}/0"
-    procs = [
-        start(
-            [
-                redis_server,
-                "--bind",
-                host,
-                "--port",
-                str(port + 3),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            "Ready to accept connections",
-        )
-    ]
+    try:
+        procs = [start_redis(redis_server, port + 3, host=host, show_log=True)]
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
     try:
         for module, offset in (("tcp.server", 0), ("tcp.server", 1), ("udp.server", 2)):
             command = [sys.executable, "-m", module, "--host", host, "--port", str(port + offset)]
@@ -89,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             if any(proc.poll() is not None for proc in procs):
                 print("a process of the cluster ended; stopping the others", file=sys.stderr)
                 break
+    except RuntimeError as exc:  # a server did not start
+        print(exc, file=sys.stderr)
+        return 1
     finally:
         for proc in reversed(procs):  # the servers first: they say left to Redis
             if proc.poll() is None:
