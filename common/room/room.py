@@ -479,10 +479,6 @@ class Room(Generic[M]):
         with self.lock:
             return [m.name for m in self._members]
 
-    def members(self) -> list[M]:
-        with self.lock:
-            return list(self._members)
-
     def log_size(self) -> int:
         """Entries the log holds now (bounded by trimming)."""
         with self.lock:
