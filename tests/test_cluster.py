@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from typing import Any
 import pytest
 
 from common.cli.runcluster import start_redis
-from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
+from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess, free_port
 from tests.test_udp_server import UdpPeer
 
 Start = Callable[..., ServerProcess]
@@ -32,13 +31,6 @@ Connect = Callable[..., JsonClient]
 LEASE = "1"
 """Seconds of lease in these tests: a killed server's users leave within about two."""
 GONE_WITHIN = 15.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class RedisServer:

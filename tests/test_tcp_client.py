@@ -18,7 +18,7 @@ import pexpect
 import pytest
 
 from common.terminal.console import name_colour
-from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
+from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess, free_port
 
 Connect = Callable[..., JsonClient]
 Start = Callable[..., ServerProcess]
@@ -471,13 +471,6 @@ def test_server_shutdown_ends_the_client(start_server: Start, spawn: Spawn) -> N
     assert "lost" not in alice.output.getvalue()
     shown = [row for row in alice.screen() if row]
     assert shown[-2:] == ["alice>", "* the server ended the session (shutdown)"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def run_piped(port: int, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
