@@ -107,14 +107,17 @@ class Connection(Member):
         )
         # Owned by the writer thread:
         self.unsent = b""
-        self.half_close = False  # shut our side once everything queued is written (bye)
         self.finished = False  # the reader is done: write what is left once, then close
 
-    def render(self, entries: list[Entry], me: str) -> bytes:
-        """The bytes of ``entries`` for this client: JSON lines, or readable text."""
+    def take(self, room: Room[Connection], limit: int) -> bytes | None:
+        """All this client is behind on, as it is sent: JSON lines, or readable text. None when
+        that is more than ``limit`` bytes."""
         if not self.text_mode:
-            return b"".join([entry.line for entry in entries])
-        return b"".join([text_line(entry, me) for entry in entries])
+            return room.take_lines(self, limit)
+        entries = room.take(self, limit)
+        if entries is None:
+            return None
+        return b"".join([text_line(entry, self.name) for entry in entries])
 
 
 def text_line(entry: Entry, me: str) -> bytes:
@@ -163,6 +166,7 @@ class ChatServer:
             archive=archive,
         )
         self._writer_stop = False
+        self._said_bye = False
         self._finished: list[Connection] = []
         self.writer = threading.Thread(target=self._write_loop, name="writer", daemon=True)
         self.listener = socket.create_server((self.host, self.port), reuse_port=False, backlog=1024)
@@ -393,16 +397,14 @@ class ChatServer:
                 self.drop(conn, "too_slow")
                 return False
             return True
-        entries = self.room.take(conn, self.limits.max_outbox)
-        if entries is None:
+        said_bye = self._said_bye  # read before taking: then what is taken holds the bye
+        data = conn.take(self.room, self.limits.max_outbox)
+        if data is None:
             self.drop(conn, "too_slow")
             return False
-        if entries:
-            if not self._send(conn, conn.render(entries, conn.name)):
-                return True
-            if isinstance(entries[-1].message, Bye):
-                conn.half_close = True
-        if conn.half_close:
+        if data and not self._send(conn, data):
+            return True
+        if said_bye:
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_WR)
         return False
@@ -451,6 +453,7 @@ class ChatServer:
         log.info("shutting down: saying bye to %d connection(s)", len(conns))
         for conn in conns:
             self.room.post(conn, Bye(reason="shutdown"))
+        self._said_bye = True  # the writer shuts our side of each once its bye is written
         deadline = time.monotonic() + SHUTDOWN_GRACE
         for conn in conns:
             conn.thread.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -159,6 +159,26 @@ def test_private_frames_come_in_their_place_among_broadcasts(room: Room[Peer]) -
     assert kinds == ["msg", "users", "dm", "msg", "a line of text mode\n", "msg"]
 
 
+def test_take_lines_is_take_as_bytes_and_shared_by_members_at_the_same_place() -> None:
+    room: Room[Peer] = Room(max_users=10, history=0)
+    alice, bob, carol = joined(room, "alice"), joined(room, "bob"), joined(room, "carol")
+    for peer in (alice, bob, carol):
+        peer.read()
+    room.handle(alice, Say(text="one"))
+    room.handle(alice, Say(text="two"))
+    room.handle(carol, Who())  # carol's answer comes in its place: her lines are her own
+    room.handle(alice, Say(text="three"))
+    expected = [e.line for e in room.take(alice) or []]
+    assert len(expected) == 3
+    bobs, carols = room.take_lines(bob), room.take_lines(carol)
+    assert bobs == b"".join(expected)
+    assert carols is not None and carols.count(b"\n") == 4 and b'"users"' in carols
+    room.handle(alice, Say(text="four"))
+    assert room.take_lines(bob, limit=0) is None  # too far behind: nothing taken
+    assert room.take_lines(bob) == room.take_lines(carol) == (room.take(alice) or [])[0].line
+    assert room.take_lines(bob) == b""
+
+
 def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_going() -> None:
     """Threads switch every microsecond, so any step of the room outside its lock would show.
 

@@ -9,7 +9,8 @@ The log. Everything the room says to everyone (``msg``, ``joined``,
 log, in O(1) however many are online. Each member keeps a cursor: its
 place in the log. A transport's writer asks ``take(member)`` for all that
 member is behind on and writes it (TCP: one ``send`` of the lot; UDP: one
-datagram each, stamped with the member's ``seq``). Frames for one member
+datagram each, stamped with the member's ``seq``). ``take_lines`` gives the
+same as bytes, and joins a span once for every member at the same place. Frames for one member
 only (``welcome``, ``dm``, ``users``, ``error``, ...) wait in its
 ``private`` queue, each with the log position it was posted at, so they
 reach it in their right place relative to the log. The log is trimmed
@@ -254,6 +255,7 @@ class Room(Generic[M]):
         self._log: list[Entry] = []
         self._base = 0  # log position of self._log[0]
         self._bytes = 0  # bytes ever appended to the log
+        self._joined: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
         self._history: deque[tuple[int, Msg]] = deque(maxlen=history)
         self._dirty: set[M] = set()  # members posted to since the last ``pending``
         self._unread = 0  # log position up to which ``pending`` was asked
@@ -421,6 +423,22 @@ class Room(Generic[M]):
             if limit is not None and self._lag(member) > limit:
                 return None
             return self._collect(member)
+
+    def take_lines(self, member: M, limit: int | None = None) -> bytes | None:
+        """``take``, as the JSON lines it is sent in. Members at the same place in the log (all
+        of them, in a writer's pass over a busy room) share one join of the same span."""
+        with self.lock:
+            if limit is not None and self._lag(member) > limit:
+                return None
+            if member.private or member.stage is not Stage.JOINED:
+                return b"".join([entry.line for entry in self._collect(member)])
+            start, stop, lines = self._joined
+            if (start, stop) != (member.cursor, self._end):
+                start, stop = member.cursor, self._end
+                lines = b"".join([entry.line for entry in self._slice(start, stop)])
+                self._joined = (start, stop, lines)
+            member.cursor = stop
+            return lines
 
     def _collect(self, member: M) -> list[Entry]:
         """Merge the log from the member's cursor with its private frames, by position."""
