@@ -254,6 +254,7 @@ class Room(Generic[M]):
         self._members: dict[M, None] = {}  # insertion-ordered: oldest first
         self._log: list[Entry] = []
         self._base = 0  # log position of self._log[0]
+        self._end = 0  # log position after its last entry
         self._bytes = 0  # bytes ever appended to the log
         self._joined: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
         self._history: deque[tuple[int, Msg]] = deque(maxlen=history)
@@ -266,14 +267,11 @@ class Room(Generic[M]):
 
     # ---- the log (lock held) -------------------------------------------
 
-    @property
-    def _end(self) -> int:
-        return self._base + len(self._log)
-
     def _append(self, entry: Entry) -> None:
         entry.start = self._bytes
         self._bytes += len(entry.line)
         self._log.append(entry)
+        self._end += 1
 
     def _post(self, member: M, entry: Entry) -> None:
         member.private.append((self._end, entry))
@@ -428,15 +426,17 @@ class Room(Generic[M]):
         """``take``, as the JSON lines it is sent in. Members at the same place in the log (all
         of them, in a writer's pass over a busy room) share one join of the same span."""
         with self.lock:
-            if limit is not None and self._lag(member) > limit:
-                return None
             if member.private or member.stage is not Stage.JOINED:
+                if limit is not None and self._lag(member) > limit:
+                    return None
                 return b"".join([entry.line for entry in self._collect(member)])
             start, stop, lines = self._joined
-            if (start, stop) != (member.cursor, self._end):
+            if start != member.cursor or stop != self._end:
                 start, stop = member.cursor, self._end
                 lines = b"".join([entry.line for entry in self._slice(start, stop)])
                 self._joined = (start, stop, lines)
+            if limit is not None and len(lines) > limit:  # its lag: it has nothing else
+                return None
             member.cursor = stop
             return lines
 
