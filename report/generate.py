@@ -331,6 +331,7 @@ def _headline_context(results: dict[str, Any]) -> dict[str, str]:
     ctx: dict[str, str] = {}
     for key, runs in (
         ("tcp5", tcp5),
+        ("nocoal", repeats(results, "targets", "tcp", clients=200, rate=5, coalesce_ms=0.0)),
         ("base5", repeats(results, "targets", "assignment", clients=200, rate=5)),
         ("raw10", repeats(results, "targets", "udp-raw", clients=100, rate=10)),
         ("rel5", repeats(results, "targets", "udp-reliable", link="netns 5% loss")),
@@ -344,6 +345,7 @@ def _headline_context(results: dict[str, Any]) -> dict[str, str]:
         ctx[f"{key}_deliv"] = spread(runs, "deliveries_per_s", num)
         ctx[f"{key}_harness_us"] = spread(runs, "harness_cpu_us_per_delivery", _us)
         ctx[f"{key}_harness_cpu"] = spread(runs, "harness_cpu_pct", num)
+        ctx[f"{key}_srv_cpu"] = spread(runs, "server_cpu_pct", num)
         ctx[f"{key}_lag"] = spread(runs, "send_lag_p99_ms", ms)
     ctx["tcppeak_offered"] = num(tcp_peak[0].offered_deliveries_per_s) if tcp_peak else NA
     floor = results["meta"].get("floor")
