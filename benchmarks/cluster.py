@@ -51,6 +51,9 @@ SATURATION = ((100, 20.0), (100, 40.0), (100, 80.0), (100, 160.0))
 """(clients, msg/s each) of the throughput runs: 200k to 1.6M deliveries/s offered."""
 LATENCY = (200, 5.0)
 SETUPS = ("one server", "one server + Redis", "two servers + Redis")
+REFUSED = b'"code":"rate_limited"'
+"""How a refused message is told to its sender: a server past what it can carry on Redis
+refuses new messages rather than queue them (``common.room.redisroom.MAX_IN_FLIGHT``)."""
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Run:
     offered_deliveries_per_s: float
     deliveries_per_s: float
     lost_pct: float
+    refused_pct: float
     p50_ms: float
     p99_ms: float
     max_ms: float
@@ -160,12 +164,13 @@ def measure(
     if worker.error is not None:
         raise RuntimeError(f"the load worker failed: {worker.error!r}")
     latencies: list[int] = []
-    in_window = 0
+    in_window = refused = 0
     for client in clients:
         for now, data in zip(client.chunk_times, client.chunks, strict=True):
             batch = markers(data)
             if plan.measured(now):
                 in_window += len(batch)
+                refused += data.count(REFUSED)
             latencies += [now - s for s in batch if plan.measured(s)]
     sent = sum(1 for c in clients for s in c.sent if plan.measured(s))
     latencies.sort()
@@ -176,6 +181,7 @@ def measure(
         offered_deliveries_per_s=n * n * rate,
         deliveries_per_s=in_window / duration,
         lost_pct=100 * (1 - len(latencies) / max(1, sent * n)),
+        refused_pct=100 * refused / max(1, sent),
         p50_ms=percentile_ms(latencies, 0.50),
         p99_ms=percentile_ms(latencies, 0.99),
         max_ms=percentile_ms(latencies, 1.0),

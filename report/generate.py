@@ -565,6 +565,7 @@ _CLUSTER_COLUMNS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "offered_deliveries_per_s": ("deliv/s offered", num),
     "deliveries_per_s": ("deliv/s", num),
     "lost_pct": ("lost %", _us),
+    "refused_pct": ("refused %", _us),
     "p50_ms": ("p50 ms", ms),
     "p99_ms": ("p99 ms", ms),
     "max_ms": ("max ms", ms),
@@ -581,7 +582,7 @@ _CLUSTER_COLUMNS: dict[str, tuple[str, Callable[[Any], str]]] = {
 
 _SATURATION_COLUMNS = (
     "setup", "clients", "rate", "offered_deliveries_per_s", "deliveries_per_s", "lost_pct",
-    "p99_ms", "chat_cpu_pct", "cpu_us_per_delivery",
+    "refused_pct", "p99_ms", "chat_cpu_pct", "cpu_us_per_delivery",
 )  # fmt: skip
 _LATENCY_COLUMNS = ("setup", "p50_ms", "p99_ms", "max_ms", "cpu_us_per_delivery")
 _STREAM_COLUMNS = (

@@ -52,6 +52,7 @@ class SharedBackplane:
 
     def __init__(self, order: SharedOrder) -> None:
         self.ready = True
+        self.busy = False
         self.order = order
         self.room: Room[Any] | None = None
         self.feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
@@ -159,4 +160,9 @@ def test_a_room_that_cannot_reach_its_order_refuses() -> None:
         first.handle(Peer(first), Hello(name="bob"))
     backplane.ready = True
     assert joined(first, "bob").stage is alice.stage
+    backplane.busy = True  # too much on its way: new messages wait for nothing, they are refused
+    for message in (Say(text="x"), SendDm(to="bob", text="x")):
+        with pytest.raises(RateLimited, match="busy"):
+            first.handle(alice, message)
+    assert first.handle(alice, Nick(name="al")) and first.handle(alice, Who())
     first.close()

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from common.cli.runcluster import start_redis
+from common.room.redisroom import MAX_IN_FLIGHT
 from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess, free_port
 from tests.test_udp_server import UdpPeer
 
@@ -239,6 +241,34 @@ def test_redis_away_and_back(
             frames.append(frame)
         assert not [f for f in frames if f["type"] in ("msg", "error")]
     assert "Traceback" not in one.log + two.log
+
+
+def test_a_server_that_cannot_keep_up_refuses_instead_of_queueing(
+    start_server: Start, redis_server: RedisServer, connect: Connect
+) -> None:
+    """Redis takes no writes for a while: past MAX_IN_FLIGHT events on their way, messages are
+    refused (``rate_limited``), and the ones accepted all arrive, in order, once it takes them."""
+    server = start_server(
+        "tcp.server", "--rate-limit", "0", "--redis", redis_server.url, "--lease", "10"
+    )
+    alice = connect(server.address, "alice")
+    redis.Redis.from_url(redis_server.url).client_pause(1500, all=False)
+    said = [f"m{i}" for i in range(MAX_IN_FLIGHT + 50)]
+    alice.send_raw(b"".join(b'{"type":"say","text":"%s"}\n' % text.encode() for text in said))
+    delivered: list[str] = []
+    refused = 0
+    while len(delivered) + refused < len(said):
+        frame = alice.recv()
+        if frame["type"] == "error":
+            assert frame["code"] == "rate_limited" and "busy" in frame["text"]
+            refused += 1
+        elif frame["type"] == "msg":
+            delivered.append(frame["text"])
+    assert delivered == said[: len(delivered)]
+    assert MAX_IN_FLIGHT - 10 <= len(delivered) <= MAX_IN_FLIGHT + 1
+    alice.send({"type": "say", "text": "later"})
+    assert alice.expect("msg")["text"] == "later"
+    assert "Traceback" not in server.log
 
 
 def test_redis_back_without_its_data(start_server: Start, tmp_path: Path, connect: Connect) -> None:

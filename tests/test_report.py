@@ -100,8 +100,8 @@ def synthetic_cluster() -> dict[str, Any]:
     def run(setup: str, clients: int, rate: float, delivered: float, p99: float) -> dict[str, Any]:
         return {"setup": setup, "clients": clients, "rate": rate,
                 "offered_deliveries_per_s": clients * clients * rate,
-                "deliveries_per_s": delivered, "lost_pct": 0.0, "p50_ms": p99 / 4,
-                "p99_ms": p99, "max_ms": p99 * 2, "chat_cpu_pct": 150.0,
+                "deliveries_per_s": delivered, "lost_pct": 0.0, "refused_pct": 0.0,
+                "p50_ms": p99 / 4, "p99_ms": p99, "max_ms": p99 * 2, "chat_cpu_pct": 150.0,
                 "cpu_us_per_delivery": 1.25}  # fmt: skip
 
     setups = ("one server", "one server + Redis", "two servers + Redis")

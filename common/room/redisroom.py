@@ -6,7 +6,8 @@ in one slot, as the scripts that touch several of them at once require:
 
 * ``chat:{R}:log``, a stream: the room's one order. Each entry is one event
   (``joined``, ``left``, ``renamed``, ``msg``, ``dm``) as its JSON frame
-  (``f``) with the server that published it (``s``). Trimmed with an
+  (``f``) with the server that published it (``s``) and that server's
+  number for it (``n``; none for a ``left`` Redis writes). Trimmed with an
   approximate ``MAXLEN`` of ``--history`` (never under ``MIN_STREAM``, so a
   reader a moment behind loses nothing).
 * ``chat:{R}:names``, a hash: name key -> ``TOKEN NAME``; ``TOKEN`` is
@@ -70,7 +71,13 @@ log = logging.getLogger("common.room.redisroom")
 StreamRead = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 """What XREAD answers (RESP2, bytes): per stream, its entries as (id, fields)."""
 
-MIN_STREAM = 1000
+MIN_STREAM = 10_000
+MAX_IN_FLIGHT = 1000
+"""Events this server may have put in the order that have not come back to it yet; past it
+the room is ``busy`` and refuses new messages. A server past what it can carry would otherwise
+queue without bound, and its reader, falling ever further behind, would find the stream
+trimmed past events it never read. With this bound a reader that is behind at all is at most
+MAX_IN_FLIGHT of its own events behind, well within MIN_STREAM."""
 READ_BLOCK_MS = 500
 READ_COUNT = 1000
 PUBLISH_BATCH = 500
@@ -105,7 +112,7 @@ if ARGV[5] ~= '' then
     redis.call('HDEL', KEYS[3], ARGV[5])
   end
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 's', ARGV[1], 'f', ARGV[3])
+redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 's', ARGV[1], 'n', ARGV[2], 'f', ARGV[3])
 return 1
 """
 """KEYS: log, seen, names. ARGV: server, number, frame, maxlen, key to release or '', token."""
@@ -167,6 +174,8 @@ class RedisBackplane:
         self._tickets = itertools.count(1)
         self._tokens: dict[str, str] = {}  # name key -> token of the member holding it here
         self._numbers = itertools.count(1)
+        self._published = 0  # the number of the last event put in the outbox
+        self._returned = 0  # the number of the last of our events read back from the stream
         self._outbox: deque[tuple[int, bytes, str, str]] = deque()
         self._outbox_changed = threading.Condition()
         self._state_lock = threading.Lock()
@@ -236,6 +245,10 @@ class RedisBackplane:
                 self._tokens[key] = token
         return bool(won)
 
+    @property
+    def busy(self) -> bool:
+        return self._published - self._returned > MAX_IN_FLIGHT
+
     def publish(self, entry: Entry) -> None:
         release, token = "", ""
         if isinstance(entry.message, Left):
@@ -243,7 +256,8 @@ class RedisBackplane:
             with self._state_lock:
                 token = self._tokens.pop(release, "")
         with self._outbox_changed:
-            self._outbox.append((next(self._numbers), entry.line[:-1], release, token))
+            self._published = next(self._numbers)
+            self._outbox.append((self._published, entry.line[:-1], release, token))
             self._outbox_changed.notify()
 
     def close(self) -> None:
@@ -311,16 +325,20 @@ class RedisBackplane:
                 for entry_id, fields in entries:
                     self._last_id = entry_id
                     try:
-                        batch.append(self._entry(fields[b"f"], fields[b"s"]))
+                        batch.append(self._entry(fields))
                     except (ProtocolError, KeyError) as exc:
                         log.warning("skipped a stream entry that is not a frame: %s", exc)
                 self._room.receive(batch)
 
-    def _entry(self, frame: bytes, origin: bytes) -> tuple[Entry, bool]:
+    def _entry(self, fields: dict[bytes, bytes]) -> tuple[Entry, bool]:
+        frame = fields[b"f"]
         message = decode_server(frame).message
         # Redis itself writes the left of a server that is gone: encode it like ours.
         entry = Entry.of(message) if isinstance(message, Left) else Entry(message, frame + b"\n")
-        return entry, origin.decode() == self.server
+        mine = fields[b"s"].decode() == self.server
+        if mine and b"n" in fields:
+            self._returned = int(fields[b"n"])
+        return entry, mine
 
     def _run_lease(self) -> None:
         """Renew the lease; take out servers whose lease ended, after one lease of grace."""

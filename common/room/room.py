@@ -80,6 +80,7 @@ from common.protocol.codec import (
     Ping,
     Pong,
     ProtocolError,
+    RateLimited,
     Renamed,
     Say,
     SendDm,
@@ -172,6 +173,12 @@ class Backplane(Protocol):
 
     ready: bool
 
+    @property
+    def busy(self) -> bool:
+        """True while too much of what this server put in the order has not come back yet:
+        the room then refuses new messages (``RateLimited``) rather than queue them without
+        bound."""
+
     def attach(self, room: Room[Any]) -> None:
         """Start feeding ``room``; called once, at the end of its constructor."""
 
@@ -204,6 +211,7 @@ class LocalBackplane:
     """One server is its own order: everything is applied at once, nothing is claimed."""
 
     ready = True
+    busy = False
 
     def __init__(self) -> None:
         self._room: Room[Any] | None = None
@@ -602,6 +610,8 @@ class Room(Generic[M]):
     def _check_ready(self) -> None:
         if not self._backplane.ready:
             raise Unavailable("the room cannot be reached just now: your message was not sent")
+        if self._backplane.busy:
+            raise RateLimited("the room is busy: your message was not sent; try again in a moment")
 
     def _dm(self, member: M, message: SendDm) -> None:
         to = self._roster.get(name_key(message.to))
