@@ -110,14 +110,12 @@ class Connection(Member):
         self.finished = False  # the reader is done: write what is left once, then close
 
     def take(self, room: Room[Connection], limit: int) -> bytes | None:
-        """All this client is behind on, as it is sent: JSON lines, or readable text. None when
-        that is more than ``limit`` bytes."""
+        """All this client is behind on, as it is sent (JSON lines, or readable text); None,
+        and nothing taken, past ``limit`` bytes."""
         if not self.text_mode:
             return room.take_lines(self, limit)
         entries = room.take(self, limit)
-        if entries is None:
-            return None
-        return b"".join([text_line(entry, self.name) for entry in entries])
+        return None if entries is None else b"".join([text_line(e, self.name) for e in entries])
 
 
 def text_line(entry: Entry, me: str) -> bytes:
