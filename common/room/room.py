@@ -9,9 +9,9 @@ The log. Everything the room says to everyone (``msg``, ``joined``,
 log, in O(1) however many are online. Each member keeps a cursor: its
 place in the log. A transport's writer asks ``take(member)`` for all that
 member is behind on and writes it (TCP: one ``send`` of the lot; UDP: one
-datagram each, stamped with the member's ``seq``). ``take_lines`` gives the
-same as bytes, and joins a span once for every member at the same place. Frames for one member
-only (``welcome``, ``dm``, ``users``, ``error``, ...) wait in its
+datagram each, stamped with the member's ``seq``); ``take_lines`` gives the
+same as bytes, joined once for every member at the same place. Frames for
+one member only (``welcome``, ``dm``, ``users``, ``error``, ...) wait in its
 ``private`` queue, each with the log position it was posted at, so they
 reach it in their right place relative to the log. The log is trimmed
 behind the slowest member; how far a member may fall behind is the
@@ -262,7 +262,6 @@ class Room(Generic[M]):
         self._members: dict[M, None] = {}  # insertion-ordered: oldest first
         self._log: list[Entry] = []
         self._base = 0  # log position of self._log[0]
-        self._end = 0  # log position after its last entry
         self._bytes = 0  # bytes ever appended to the log
         self._joined: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
         self._history: deque[tuple[int, Msg]] = deque(maxlen=history)
@@ -275,11 +274,14 @@ class Room(Generic[M]):
 
     # ---- the log (lock held) -------------------------------------------
 
+    @property
+    def _end(self) -> int:
+        return self._base + len(self._log)
+
     def _append(self, entry: Entry) -> None:
         entry.start = self._bytes
         self._bytes += len(entry.line)
         self._log.append(entry)
-        self._end += 1
 
     def _post(self, member: M, entry: Entry) -> None:
         member.private.append((self._end, entry))
@@ -426,18 +428,20 @@ class Room(Generic[M]):
         member is too far behind to be caught up.
         """
         with self.lock:
-            if limit is not None and self._lag(member) > limit:
-                return None
-            return self._collect(member)
+            return self._take(member, limit)
+
+    def _take(self, member: M, limit: int | None) -> list[Entry] | None:
+        if limit is not None and self._lag(member) > limit:
+            return None
+        return self._collect(member)
 
     def take_lines(self, member: M, limit: int | None = None) -> bytes | None:
         """``take``, as the JSON lines it is sent in. Members at the same place in the log (all
         of them, in a writer's pass over a busy room) share one join of the same span."""
         with self.lock:
             if member.private or member.stage is not Stage.JOINED:
-                if limit is not None and self._lag(member) > limit:
-                    return None
-                return b"".join([entry.line for entry in self._collect(member)])
+                entries = self._take(member, limit)
+                return None if entries is None else b"".join([e.line for e in entries])
             start, stop, lines = self._joined
             if start != member.cursor or stop != self._end:
                 start, stop = member.cursor, self._end
