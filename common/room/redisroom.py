@@ -72,6 +72,9 @@ StreamRead = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 """What XREAD answers (RESP2, bytes): per stream, its entries as (id, fields)."""
 
 MIN_STREAM = 10_000
+READ_AT_START = 1200
+"""Entries a server reads back at start, at least, to find its ``--history`` messages among the
+room's other events (it reads ``--history`` + 200 when that is more)."""
 MAX_IN_FLIGHT = 1000
 """Events this server may have put in the order that have not come back to it yet; past it
 the room is ``busy`` and refuses new messages. A server past what it can carry would otherwise
@@ -210,7 +213,7 @@ class RedisBackplane:
         self._room = room
         try:
             with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xrevrange(self._log, count=self._maxlen + 200)
+                pipe.xrevrange(self._log, count=max(self._history + 200, READ_AT_START))
                 pipe.hgetall(self._names)
                 entries, names = pipe.execute()
         except redis.RedisError as exc:
