@@ -26,7 +26,6 @@ import datetime
 import json
 import math
 import shutil
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from benchmarks import procstat
 from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp, markers
 from benchmarks.harness import machine_meta
 from benchmarks.servers import ServerProcess, server_command
-from common.cli.runcluster import start_redis
+from common.cli.runcluster import free_port, start_redis
 from common.cli.serverargs import raise_open_file_limit
 from common.room.redisroom import PUBLISH
 
@@ -95,13 +94,6 @@ class Redis:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def percentile_ms(ordered: Sequence[int], fraction: float) -> float:

@@ -22,14 +22,6 @@ READY = re.compile(r"listening on (\S+):(\d+)")
 WAIT = 5.0
 
 
-def free_port() -> int:
-    """A port on loopback that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 class ServerProcess:
     """A chat server started as its own process on a free port."""
 

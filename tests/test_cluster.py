@@ -23,9 +23,9 @@ from typing import Any
 import pytest
 import redis
 
-from common.cli.runcluster import start_redis
+from common.cli.runcluster import free_port, start_redis
 from common.room.redisroom import MAX_IN_FLIGHT
-from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess, free_port
+from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
 from tests.test_udp_server import UdpPeer
 
 Start = Callable[..., ServerProcess]

@@ -17,8 +17,9 @@ from functools import partial
 import pexpect
 import pytest
 
+from common.cli.runcluster import free_port
 from common.terminal.console import name_colour
-from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess, free_port
+from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
 
 Connect = Callable[..., JsonClient]
 Start = Callable[..., ServerProcess]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,14 @@ STOP_WAIT = 5.0
 
 REDIS_READY = "Ready to accept connections"
 IN_MEMORY = ("--save", "", "--appendonly", "no")
+
+
+def free_port() -> int:
+    """A port on loopback that nothing listens on now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def start(command: list[str], ready: str, *, show_log: bool = True) -> subprocess.Popen[str]:
