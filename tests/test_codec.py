@@ -21,6 +21,9 @@ from common.protocol.codec import (
     Dm,
     Error,
     Hello,
+    HistoryEnd,
+    Joined,
+    Left,
     LineFramer,
     Msg,
     NameInvalid,
@@ -28,6 +31,8 @@ from common.protocol.codec import (
     NoSuchUser,
     Ping,
     ProtocolError,
+    Renamed,
+    Resume,
     Say,
     SendDm,
     TextInvalid,
@@ -351,3 +356,86 @@ def test_random_bytes_never_escape_as_anything_but_protocol_errors(data: bytes) 
     except TooLarge:
         pass
     assert framer.pending < MAX_FRAME_BYTES
+
+
+# ---- resume (v1.2) ----------------------------------------------------------
+
+
+def test_hello_carries_resumable_and_resume() -> None:
+    resume = {"session": "ab" * 16, "epoch": "e1", "after": "42"}
+    decoded = decode_client(frame(type="hello", name="a", resumable=True, resume=resume))
+    assert decoded.message == Hello(
+        name="a", resumable=True, resume=Resume(session="ab" * 16, epoch="e1", after="42")
+    )
+    assert decoded.message.resuming
+    fresh = decode_client(frame(type="hello", name="a", resume={"session": "s", "epoch": "e"}))
+    assert fresh.message.resume == Resume(session="s", epoch="e", after=None)
+    assert decode_client(frame(type="hello", name="a", resume=None)).message == Hello(name="a")
+    assert not Hello(name="a").resuming
+
+
+@pytest.mark.parametrize(
+    "resume",
+    [
+        "s",
+        [],
+        {"epoch": "e", "after": None},
+        {"session": "s", "after": None},
+        {"session": 5, "epoch": "e"},
+        {"session": "s", "epoch": "e", "after": 7},
+        {"session": "s" * 201, "epoch": "e", "after": None},
+    ],
+)
+def test_a_malformed_resume_is_a_bad_frame(resume: object) -> None:
+    with pytest.raises(BadFrame):
+        decode_client(frame(type="hello", name="a", resume=resume))
+
+
+def test_resume_fields_encode_in_protocol_order() -> None:
+    hello = Hello(name="a", resumable=True, resume=Resume(session="s", epoch="e", after=None))
+    assert encode(hello) == (
+        b'{"type":"hello","name":"a","resumable":true,'
+        b'"resume":{"session":"s","epoch":"e","after":null}}'
+    )
+    assert encode(Welcome(name="a", users=("a",), count=1, session="s", epoch="e")) == (
+        b'{"type":"welcome","name":"a","users":["a"],"count":1,"session":"s","epoch":"e",'
+        b'"last":null}'
+    )
+    assert encode(Welcome(name="a", users=("a",), count=1)) == (
+        b'{"type":"welcome","name":"a","users":["a"],"count":1}'
+    )
+    assert encode(Msg(sender="a", text="t", ts=1, id="7")) == (
+        b'{"type":"msg","from":"a","text":"t","ts":1,"id":"7"}'
+    )
+    assert encode(Msg(sender="a", text="t", ts=1, history=True, id="7")).endswith(
+        b'"history":true,"id":"7"}'
+    )
+    assert encode(HistoryEnd(count=0, resumed=False)) == (
+        b'{"type":"history_end","count":0,"resumed":false}'
+    )
+    assert encode(HistoryEnd(count=0)) == b'{"type":"history_end","count":0}'
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        Welcome(name="a", users=("a",), count=1, session="s", epoch="e", last="5-0"),
+        Welcome(name="a", users=("a",), count=1, session="s", epoch="e", last=None),
+        Msg(sender="a", text="t", ts=1, history=True, id="12"),
+        Joined(name="a", ts=1, id="1"),
+        Left(name="a", reason="quit", ts=1, id="2"),
+        Renamed(old="a", new="b", ts=1, id="3"),
+        HistoryEnd(count=3, resumed=True),
+        HistoryEnd(count=0, resumed=False),
+        HistoryEnd(count=2),
+    ],
+)
+def test_resume_fields_round_trip(message: object) -> None:
+    assert decode_server(encode(message)).message == message  # type: ignore[arg-type]
+
+
+def test_a_udp_welcome_has_its_session_once() -> None:
+    welcome = Welcome(name="a", users=("a",), count=1, session="s", epoch="e")
+    data = encode(welcome, session="s", seq=1)
+    assert data.count(b'"session"') == 1
+    assert decode_server(data).session == "s"

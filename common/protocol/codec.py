@@ -273,11 +273,33 @@ def _check_seq(value: object) -> int:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Resume:
+    """Where a client left off: its old ``session``, the room's ``epoch`` then, the last ``id``.
+
+    ``after`` is None when the client saw no ``id`` and its welcome's ``last`` was null.
+    """
+
+    session: str
+    epoch: str
+    after: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
 class Hello:
+    """``hello``; ``resumable`` keeps the place through a broken connection, ``resume`` asks
+    for a session and the messages missed since (v1.2)."""
+
     type: ClassVar[str] = "hello"
     name: str
     reliable: bool = False
     pad: str = ""
+    resumable: bool = False
+    resume: Resume | None = None
+
+    @property
+    def resuming(self) -> bool:
+        """The client speaks v1.2 resume: its welcome carries ``session``, ``epoch``, ``last``."""
+        return self.resumable or self.resume is not None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -337,10 +359,16 @@ class History:
 
 @dataclass(frozen=True, kw_only=True)
 class Welcome:
+    """``welcome``; ``epoch`` and ``last`` (and ``session`` on TCP) only to a client that
+    speaks v1.2 resume (``Hello.resuming``): everyone else gets the 1.1 frame unchanged."""
+
     type: ClassVar[str] = "welcome"
     name: str
     users: tuple[str, ...]
     count: int
+    session: str = ""
+    epoch: str = ""
+    last: str | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -352,6 +380,7 @@ class Msg:
     text: str
     ts: int
     history: bool = False
+    id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -368,6 +397,7 @@ class Joined:
     type: ClassVar[str] = "joined"
     name: str
     ts: int
+    id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,6 +406,7 @@ class Left:
     name: str
     reason: str
     ts: int
+    id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -384,6 +415,7 @@ class Renamed:
     old: str
     new: str
     ts: int
+    id: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -400,8 +432,11 @@ class Pong:
 
 @dataclass(frozen=True, kw_only=True)
 class HistoryEnd:
+    """``history_end``; ``resumed`` (True or False) only where it ends a resume's answer."""
+
     type: ClassVar[str] = "history_end"
     count: int
+    resumed: bool | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -469,6 +504,8 @@ def _client_message(obj: dict[str, Any]) -> ClientMessage:
             name=check_name(obj.get("name")),
             reliable=obj.get("reliable") is True,
             pad=pad if isinstance(pad, str) else "",
+            resumable=obj.get("resumable") is True,
+            resume=_resume(obj.get("resume")),
         )
     if kind == "say":
         return Say(text=check_text(obj.get("text")))
@@ -490,6 +527,26 @@ def _client_message(obj: dict[str, Any]) -> ClientMessage:
     if kind == "history":
         return History(limit=_history_limit(obj.get("limit", HISTORY_DEFAULT_LIMIT)))
     raise UnknownType(f"unknown frame type {kind[:40]!r}")
+
+
+MAX_RESUME_FIELD = 200
+"""Characters a ``resume`` field may have: tokens, epochs and ids are far shorter."""
+
+
+def _resume(value: object) -> Resume | None:
+    """A hello's ``resume``: absent or null is none; anything but the protocol's form is refused."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        session, epoch, after = value.get("session"), value.get("epoch"), value.get("after")
+        if (
+            isinstance(session, str)
+            and isinstance(epoch, str)
+            and (after is None or isinstance(after, str))
+            and all(len(s) <= MAX_RESUME_FIELD for s in (session, epoch, after or ""))
+        ):
+            return Resume(session=session, epoch=epoch, after=after)
+    raise BadFrame('resume is {"session": S, "epoch": E, "after": ID or null}, each a short string')
 
 
 def _history_limit(value: object) -> int:
@@ -529,11 +586,21 @@ def _int(obj: dict[str, Any], key: str) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def _str_or_none(obj: dict[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    return value if isinstance(value, str) else None
+
+
 def _server_message(obj: dict[str, Any]) -> ServerMessage:
     kind = obj["type"]
     if kind == "welcome":
         return Welcome(
-            name=_str(obj, "name"), users=_names(obj.get("users")), count=_int(obj, "count")
+            name=_str(obj, "name"),
+            users=_names(obj.get("users")),
+            count=_int(obj, "count"),
+            session=_str(obj, "session"),
+            epoch=_str(obj, "epoch"),
+            last=_str_or_none(obj, "last"),
         )
     if kind == "msg":
         return Msg(
@@ -541,17 +608,25 @@ def _server_message(obj: dict[str, Any]) -> ServerMessage:
             text=_str(obj, "text"),
             ts=_int(obj, "ts"),
             history=obj.get("history") is True,
+            id=_str(obj, "id"),
         )
     if kind == "dm":
         return Dm(
             sender=_str(obj, "from"), to=_str(obj, "to"), text=_str(obj, "text"), ts=_int(obj, "ts")
         )
     if kind == "joined":
-        return Joined(name=_str(obj, "name"), ts=_int(obj, "ts"))
+        return Joined(name=_str(obj, "name"), ts=_int(obj, "ts"), id=_str(obj, "id"))
     if kind == "left":
-        return Left(name=_str(obj, "name"), reason=_str(obj, "reason"), ts=_int(obj, "ts"))
+        return Left(
+            name=_str(obj, "name"),
+            reason=_str(obj, "reason"),
+            ts=_int(obj, "ts"),
+            id=_str(obj, "id"),
+        )
     if kind == "renamed":
-        return Renamed(old=_str(obj, "old"), new=_str(obj, "new"), ts=_int(obj, "ts"))
+        return Renamed(
+            old=_str(obj, "old"), new=_str(obj, "new"), ts=_int(obj, "ts"), id=_str(obj, "id")
+        )
     if kind == "users":
         return Users(names=_names(obj.get("names")), count=_int(obj, "count"))
     if kind == "pong":
@@ -563,7 +638,10 @@ def _server_message(obj: dict[str, Any]) -> ServerMessage:
     if kind == "ack":
         return Ack(seq=_check_seq(obj.get("seq")))
     if kind == "history_end":
-        return HistoryEnd(count=_int(obj, "count"))
+        resumed = obj.get("resumed")
+        return HistoryEnd(
+            count=_int(obj, "count"), resumed=resumed if isinstance(resumed, bool) else None
+        )
     raise UnknownType(f"unknown frame type {kind[:40]!r}")
 
 
@@ -584,7 +662,11 @@ def decode_server(data: bytes) -> Decoded:
 
 
 WIRE_NAMES = {"sender": "from"}
-OMITTED_WHEN_EMPTY = frozenset({"reliable", "pad", "reason", "history"})
+OMITTED_WHEN_EMPTY = frozenset(
+    {"reliable", "pad", "reason", "history", "resumable", "id", "session", "epoch"}
+)
+"""Fields left out when false or empty; besides these, a field that is None is left out,
+except a welcome's ``last``, which is null in a room that has said nothing yet."""
 
 
 def _wire_fields(message: Message) -> dict[str, Any]:
@@ -592,8 +674,13 @@ def _wire_fields(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(message):
         value = getattr(message, f.name)
-        if f.name in OMITTED_WHEN_EMPTY and not value:
+        if f.name == "last" and isinstance(message, Welcome):
+            if not message.epoch:  # a 1.1 welcome: no resume fields at all
+                continue
+        elif value is None or (f.name in OMITTED_WHEN_EMPTY and not value):
             continue
+        if isinstance(value, Resume):
+            value = {"session": value.session, "epoch": value.epoch, "after": value.after}
         out[WIRE_NAMES.get(f.name, f.name)] = list(value) if isinstance(value, tuple) else value
     return out
 
@@ -653,8 +740,9 @@ def _json_size(text: str) -> int:
     return len(_dumps(text))
 
 
-ENVELOPE_ROOM = 32
-"""Bytes kept free in a frame built from a client's text, for a UDP ``seq``."""
+ENVELOPE_ROOM = 64
+"""Bytes kept free in a frame built from a client's text: for the ``id`` the room gives it
+(a Redis stream id is some 15 to 20 characters) and a UDP ``seq``."""
 
 
 def encode_checked(message: ServerMessage) -> bytes:
