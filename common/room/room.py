@@ -79,7 +79,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from common.protocol.codec import (
     MAX_FRAME_BYTES,
@@ -267,6 +267,22 @@ class Backplane(Protocol):
         """The server stops: its users leave the shared room (``shutdown``)."""
 
 
+@runtime_checkable
+class SharesSessions(Protocol):
+    """A backplane that knows which session holds each name, on every server, so that a
+    resume can take over a session held on another server (``common.room.redisroom``)."""
+
+    def claim_session(self, name: str, old: str | None, session: str) -> bool:
+        """``claim``, noting that ``session`` holds the name."""
+
+    def take_over(self, name: str, session: str) -> bool:
+        """Give ``name`` to this server if ``session`` holds it, wherever; False if not.
+
+        Outside the room's lock; may do I/O. When it is True, the backplane hands
+        ``Room.taken_over`` to every server, in the room's order.
+        """
+
+
 class Archive(Protocol):
     """Where messages are kept past the process (``common.room.historyfile``).
 
@@ -419,6 +435,7 @@ class Room(Generic[M]):
         ``refuse``. A member that is gone acts no more.
         """
         taken: M | None = None
+        elsewhere = False  # the hello resumes a session another server holds
         with self.lock:
             if member.stage in ENDED:
                 return False
@@ -432,7 +449,9 @@ class Room(Generic[M]):
                     raise NotRegistered('say hello first: {"type":"hello","name":"..."}')
                 taken = self._take_over(member, message)
                 if taken is None:
-                    self._reserve(member, message.name, joining=True)
+                    elsewhere = self._reserve(
+                        member, message.name, joining=True, resuming=message.resume is not None
+                    )
                     member.hello = message
             elif isinstance(message, Hello):
                 raise AlreadyRegistered(f"you are already registered as {member.name}")
@@ -444,7 +463,7 @@ class Room(Generic[M]):
         if taken is not None:
             self._on_taken(taken)
         elif isinstance(message, (Hello, Nick)):
-            self._claim(member, message.name)
+            self._claim(member, message.name, take_over=elsewhere)
         self._wake()
         return alive
 
@@ -543,6 +562,33 @@ class Room(Generic[M]):
                 self.epoch = epoch
             self._floor = None if floor is None else id_key(floor)
             self._newest = newest
+
+    def taken_over(self, key: str, *, mine: bool) -> None:
+        """A resume took over the session holding the name ``key``, on the server that
+        published it (``mine``: this one). There, the resuming member is in the room from
+        here on, nobody told; on the server that held the session, its member is ``TAKEN``."""
+        taken: M | None = None
+        with self.lock:
+            if self._closed:
+                return
+            member = self._claims.get(key) if mine else self._by_key.get(key)
+            if mine and member is not None and member.hello.resume is not None:
+                del self._claims[key]
+                member.token = member.hello.resume.session
+                self._greet(member)
+                self._changed.notify_all()
+            elif mine:  # its hello gave up waiting: the session it took over is gone
+                name = self._roster.get(key, key)
+                left = Left(name=name, reason="disconnected", ts=self._clock())
+                self._backplane.publish(Entry.of(left))
+            elif member is not None and member.stage in (Stage.JOINED, Stage.AWAY):
+                self._move(member, Stage.TAKEN)
+                member.private.clear()
+                member.private_bytes = 0
+                taken = member
+        if taken is not None:
+            self._on_taken(taken)
+        self._wake_remote()
 
     def tell_everyone(self, message: ServerMessage) -> None:
         """Queue ``message`` to every member in the room (the backplane's news)."""
@@ -685,14 +731,19 @@ class Room(Generic[M]):
 
     # ---- the rules (lock held) -------------------------------------------
 
-    def _reserve(self, member: M, name: str, *, joining: bool) -> None:
-        """Hold ``name`` for ``member`` while the backplane is asked for it (lock held)."""
+    def _reserve(self, member: M, name: str, *, joining: bool, resuming: bool = False) -> bool:
+        """Hold ``name`` for ``member`` while the backplane is asked for it (lock held).
+
+        True when another server holds it and the hello resumes: the backplane is then
+        asked whether it is that session's, to take it over.
+        """
         if not self._backplane.ready:
             raise Unavailable("the room cannot be reached just now; try again in a moment")
         key = name_key(name)
         holder = self._claims.get(key) or self._by_key.get(key)
+        elsewhere = holder is None and key in self._roster
         if (holder is not None and holder is not member) or (
-            holder is None and key in self._roster
+            elsewhere and not (resuming and isinstance(self._backplane, SharesSessions))
         ):
             raise NameTaken(f"the name {self._roster.get(key, name)} is taken")
         if joining and len(self._by_key) + len(self._claims) >= self._max_users:
@@ -700,14 +751,23 @@ class Room(Generic[M]):
         self._claims[key] = member
         if joining:
             member.name = name
+        return elsewhere
 
-    def _claim(self, member: M, name: str) -> None:
-        """Claim ``name`` on the backplane, then join or rename; the reservation ends here."""
+    def _claim(self, member: M, name: str, *, take_over: bool = False) -> None:
+        """Claim ``name`` on the backplane (or take over the session that holds it on another
+        server), then join or rename; the reservation ends here."""
         key = name_key(name)
         joining = member.stage is Stage.NEW
         old = None if joining else member.name
+        backplane = self._backplane
         try:
-            won = self._backplane.claim(name, old)
+            if take_over:
+                assert isinstance(backplane, SharesSessions) and member.hello.resume is not None
+                won = backplane.take_over(name, member.hello.resume.session)
+            elif isinstance(backplane, SharesSessions):
+                won = backplane.claim_session(name, old, member.token)
+            else:
+                won = backplane.claim(name, old)
         except Unavailable:
             with self.lock:
                 self._claims.pop(key, None)
@@ -721,7 +781,8 @@ class Room(Generic[M]):
                 if member.stage is Stage.JOINED:
                     self._rename(member, name)
                 return
-            self._backplane.publish(Entry.of(Joined(name=name, ts=self._clock())))
+            if not take_over:  # a takeover is in the order already (``taken_over``)
+                self._backplane.publish(Entry.of(Joined(name=name, ts=self._clock())))
             self._changed.wait_for(lambda: member.stage is not Stage.NEW, JOIN_WAIT)
             if self._claims.get(key) is member:
                 del self._claims[key]
