@@ -340,3 +340,17 @@ def test_messages_a_killed_server_never_wrote_make_resume_false(tmp_path: Path) 
     third = HistoryFile(path, 100)
     assert third.epoch != epoch  # nothing says how far it counted: a new life
     third.close()
+
+
+def test_more_missed_than_a_resume_may_carry_is_resumed_false(clock: Clock) -> None:
+    room: Room[Peer] = Room(max_users=10, clock=clock, resume_grace=GRACE, resume_bytes=500)
+    alice, _ = join(room, "alice")
+    bob, welcome = join(room, "bob")
+    room.leave(bob, "disconnected")
+    say(room, alice, "x" * 200)
+    second, frames = resume(room, "bob", welcome, welcome.last)
+    assert frames[-1] == HistoryEnd(count=1, resumed=True)
+    room.leave(second, "disconnected")
+    say(room, alice, "y" * 200, "z" * 200)
+    _, frames = resume(room, "bob", welcome, welcome.last)
+    assert frames[1:] == [HistoryEnd(count=0, resumed=False)]

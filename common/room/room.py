@@ -131,6 +131,10 @@ DEFAULT_RESUME_GRACE = 10.0
 """Seconds a resumable member whose connection broke keeps its place (``--resume-grace``)."""
 TOKEN_BYTES = 16
 """A session token's random bytes: 128 bits, written as 32 hex digits."""
+RESUME_MAX_BYTES = 256 * 1024
+"""Bytes of missed messages a resume is answered with at most; past that it is answered
+``resumed: false`` (the client then asks ``history`` as a newcomer does) rather than queue
+more than a slow link or a TCP writer's limit would take."""
 RESUMABLE_REASONS = frozenset({"disconnected", "timeout"})
 """Ways a connection ends that a resumable member survives for the grace; ``quit``,
 ``too_slow`` and ``shutdown`` end it at once."""
@@ -348,6 +352,7 @@ class Room(Generic[M]):
         wake_remote: Callable[[], None] | None = None,
         resume_grace: float = DEFAULT_RESUME_GRACE,
         on_taken: Callable[[M], None] = lambda member: None,
+        resume_bytes: int = RESUME_MAX_BYTES,
     ) -> None:
         """``wake_remote`` is called when a backplane's thread brought something (else ``wake``).
 
@@ -375,6 +380,7 @@ class Room(Generic[M]):
         self._unread = 0  # log position up to which ``pending`` was asked
         self._closed = False
         self._grace = int(resume_grace * 1000)
+        self._resume_bytes = resume_bytes
         self._on_taken = on_taken
         self._away: dict[M, None] = {}  # members AWAY, in the order their grace ends
         self.epoch = new_epoch()
@@ -869,13 +875,18 @@ class Room(Generic[M]):
         if not complete:
             self._post(member, Entry.of(HistoryEnd(count=0, resumed=False)))
             return
-        missed: list[Msg] = []
+        missed: list[Entry] = []
+        size = 0
         for _, msg in reversed(self._history):
             if after is not None and (id_key(msg.id) or ()) <= after:
                 break
-            missed.append(msg)
-        for msg in reversed(missed):
-            self._post(member, Entry.of(dataclasses.replace(msg, history=True)))
+            missed.append(Entry.of(dataclasses.replace(msg, history=True)))
+            size += len(missed[-1].line)
+            if size > self._resume_bytes:
+                self._post(member, Entry.of(HistoryEnd(count=0, resumed=False)))
+                return
+        for entry in reversed(missed):
+            self._post(member, entry)
         self._post(member, Entry.of(HistoryEnd(count=len(missed), resumed=True)))
 
     def _leave(self, member: M, reason: str) -> None:
