@@ -93,16 +93,20 @@ def say(room: Room[Peer], peer: Peer, *lines: str) -> None:
         room.handle(peer, Say(text=line))
 
 
-def test_a_resumable_welcome_carries_session_epoch_and_last(room: Room[Peer]) -> None:
+def test_every_welcome_carries_session_epoch_and_last(room: Room[Peer]) -> None:
     alice, welcome = join(room, "alice")
     assert (welcome.session, welcome.epoch) == (alice.token, room.epoch)
     assert len(welcome.session) == 32
-    assert welcome.last is not None  # its own joined
+    assert welcome.last is None  # the first in a new room: nothing came before it
     plain = Peer(room)
     room.handle(plain, Hello(name="bob"))
     first = plain.read()[0]
     assert isinstance(first, Welcome)
-    assert (first.session, first.epoch, first.last) == ("", "", None)
+    assert (first.epoch, first.session) == (room.epoch, plain.token)
+    assert first.session != alice.token
+    (joined,) = alice.read()
+    assert isinstance(joined, Joined)
+    assert first.last is not None and id_key(first.last) < id_key(joined.id)  # alice's joined
 
 
 def test_every_room_frame_has_an_id_increasing_in_the_room_order(room: Room[Peer]) -> None:

@@ -166,18 +166,20 @@ def test_past_the_grace_the_others_are_told_only_then(
     alice.expect("joined", name="bob")
 
 
-def test_a_client_that_does_not_ask_to_resume_sees_1_1_unchanged(
+def test_a_client_that_does_not_ask_to_resume_leaves_at_once_as_in_1_1(
     server: ServerProcess, connect: Connect
 ) -> None:
     alice = connect(server.address, "alice")
     plain = JsonClient(server.address)
     plain.send({"type": "hello", "name": "plain"})
-    assert plain.recv() == {
+    welcome = plain.recv()
+    assert {k: welcome[k] for k in ("type", "name", "users", "count")} == {
         "type": "welcome",
         "name": "plain",
         "users": ["alice", "plain"],
         "count": 2,
     }
+    assert {"session", "epoch", "last"} <= welcome.keys()  # every v1.2 welcome has them
     plain.close()
     assert alice.expect("left", name="plain")["reason"] == "disconnected"
 

@@ -296,11 +296,6 @@ class Hello:
     resumable: bool = False
     resume: Resume | None = None
 
-    @property
-    def resuming(self) -> bool:
-        """The client speaks v1.2 resume: its welcome carries ``session``, ``epoch``, ``last``."""
-        return self.resumable or self.resume is not None
-
 
 @dataclass(frozen=True, kw_only=True)
 class Say:
@@ -359,16 +354,17 @@ class History:
 
 @dataclass(frozen=True, kw_only=True)
 class Welcome:
-    """``welcome``; ``epoch`` and ``last`` (and ``session`` on TCP) only to a client that
-    speaks v1.2 resume (``Hello.resuming``): everyone else gets the 1.1 frame unchanged."""
+    """``welcome``: since v1.2 every one carries ``session``, ``epoch`` and ``last`` (what a
+    client needs to resume later), on TCP too; a 1.1 client ignores them. Like ``id``,
+    they are not part of ``==``: two welcomes are equal when they say the same to a person."""
 
     type: ClassVar[str] = "welcome"
     name: str
     users: tuple[str, ...]
     count: int
-    session: str = ""
-    epoch: str = ""
-    last: str | None = None
+    session: str = field(default="", compare=False)
+    epoch: str = field(default="", compare=False)
+    last: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, kw_only=True)

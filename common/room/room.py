@@ -392,6 +392,7 @@ class Room(Generic[M]):
         self.epoch = new_epoch()
         self._last_id = 0  # the last id this room gave (ids of its own count)
         self._newest: str | None = None  # the newest log entry's id: a welcome's ``last``
+        self._before_newest: str | None = None  # the one before: a joiner's ``last``
         self._floor: str | None = None  # the id of the newest msg no longer kept (None: none)
         if archive is not None:
             self._history.extend((EARLIER, msg) for msg in archive.earlier)
@@ -426,7 +427,7 @@ class Room(Generic[M]):
             if self._archive is not None:
                 self._archive.given(self._last_id, msg=isinstance(message, Msg))
         assert isinstance(entry.message, (Msg, Joined, Left, Renamed))
-        self._newest = entry.message.id
+        self._before_newest, self._newest = self._newest, entry.message.id
         return entry
 
     def _remember(self, msg: Msg) -> None:
@@ -573,7 +574,7 @@ class Room(Generic[M]):
             if epoch is not None:
                 self.epoch = epoch
             self._floor = floor
-            self._newest = newest
+            self._before_newest = self._newest = newest
 
     def taken_over(self, key: str, *, mine: bool) -> None:
         """A resume took over the session holding the name ``key``, on the server that
@@ -587,7 +588,7 @@ class Room(Generic[M]):
             if mine and member is not None and member.hello.resume is not None:
                 del self._claims[key]
                 member.token = member.hello.resume.session
-                self._greet(member)
+                self._greet(member, self._newest)
                 self._changed.notify_all()
             elif mine:  # its hello gave up waiting: the session it took over is gone
                 name = self._roster.get(key, key)
@@ -810,19 +811,26 @@ class Room(Generic[M]):
             left = Left(name=name, reason="disconnected", ts=self._clock())
             self._backplane.publish(Entry.of(left))
             return
-        self._greet(member)
+        self._greet(member, self._before_newest)  # its own joined is the newest
         self._changed.notify_all()
 
-    def _greet(self, member: M) -> None:
-        """In the room from here on: its welcome, and the messages it missed if it resumes."""
+    def _greet(self, member: M, last: str | None) -> None:
+        """In the room from here on: its welcome, and the messages it missed if it resumes.
+
+        The welcome's ``last`` is the newest entry before the member came in: for a join,
+        the one before its own ``joined`` (``null`` for the first to speak in a new room);
+        for a takeover, which adds no entry, the newest."""
         self._move(member, Stage.JOINED)
         member.cursor = member.welcomed_at = self._end
         names = tuple(itertools.islice(self._roster.values(), WELCOME_NAMES))
-        welcome = Welcome(name=member.name, users=names, count=len(self._roster))
-        if member.hello.resuming:
-            welcome = dataclasses.replace(
-                welcome, session=member.token, epoch=self.epoch, last=self._newest
-            )
+        welcome = Welcome(
+            name=member.name,
+            users=names,
+            count=len(self._roster),
+            session=member.token,
+            epoch=self.epoch,
+            last=last,
+        )
         self._post(member, Entry.of(welcome))
         if member.hello.resume is not None:
             self._answer_resume(member, member.hello.resume)
@@ -845,7 +853,7 @@ class Room(Generic[M]):
         old.private.clear()
         old.private_bytes = 0
         member.name, member.token, member.hello = old.name, old.token, hello
-        self._greet(member)
+        self._greet(member, self._newest)
         return old
 
     def _move(self, member: M, stage: Stage) -> None:
