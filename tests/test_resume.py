@@ -106,7 +106,9 @@ def test_every_welcome_carries_session_epoch_and_last(room: Room[Peer]) -> None:
     assert first.session != alice.token
     (joined,) = alice.read()
     assert isinstance(joined, Joined)
-    assert first.last is not None and id_key(first.last) < id_key(joined.id)  # alice's joined
+    assert first.last is not None
+    before, after = id_key(first.last), id_key(joined.id)
+    assert before is not None and after is not None and before < after  # then alice's joined
 
 
 def test_every_room_frame_has_an_id_increasing_in_the_room_order(room: Room[Peer]) -> None:
