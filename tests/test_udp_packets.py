@@ -107,7 +107,7 @@ class PacketPeer:
         if pad:
             hello["pad"] = pad
         self.send_raw(json.dumps(hello).encode())
-        welcome = json.loads(self.datagram() or b"{}")
+        welcome: dict[str, Any] = json.loads(self.datagram() or b"{}")
         assert welcome["type"] == "welcome", welcome
         self.token = welcome["session"]
         return welcome
@@ -196,7 +196,8 @@ def test_packets_pack_frames_and_stay_within_size(start_server: Start, peers: Pe
     reader.until("pong")
     talker.hello("talker", reliable=False)
     talker.packet({"type": "ping"}, *({"type": "say", "text": f"t{i}" * 40} for i in range(30)))
-    sizes, texts = [], []
+    sizes: list[int] = []
+    texts: list[str] = []
     while len(texts) < 30:
         data = reader.datagram()
         assert data is not None

@@ -651,10 +651,14 @@ class UdpChatServer:
         earliest: float | None = None
         for session in list(self._busy):
             if session.link is not None:
-                self._busy.discard(session)
-                self._send_link(session, now)
-                deadline = session.link.next_deadline() if session in self._busy else None
-                if deadline is not None and (earliest is None or deadline < earliest):
+                deadline = session.link.next_deadline()
+                if deadline is not None and deadline <= now:
+                    self._busy.discard(session)
+                    self._send_link(session, now)
+                    deadline = session.link.next_deadline() if session in self._busy else None
+                if deadline is None:
+                    self._busy.discard(session)
+                elif earliest is None or deadline < earliest:
                     earliest = deadline
                 continue
             sender = session.sender
