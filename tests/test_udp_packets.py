@@ -298,18 +298,21 @@ def test_a_silent_reliable_packet_session_ends(start_server: Start, peers: Peers
 
 
 @pytest.mark.usefixtures("lossy_link")
-def test_reliable_packets_lose_nothing_at_10_percent_loss() -> None:
+@pytest.mark.parametrize("sessions", [[], ["--no-packets"]], ids=["packets", "1.0"])
+def test_reliable_loses_nothing_at_10_percent_loss(sessions: list[str]) -> None:
+    """udp_load speaks packets unless told otherwise; 1.0 stays covered on the lossy link."""
     from netsim.lossy import LossyNamespace
 
     with LossyNamespace(10) as namespace:
         result = load_in_namespace(
             namespace,
             *("--clients", "5", "--rate", "5", "--duration", "3", "--drain", "10", "--reliable"),
-            "--packets",
+            *sessions,
         )
         counters = namespace.counters()
 
     assert counters.dropped > 20
+    assert result["protocol"] == "udp-reliable" + ("" if sessions else "-packets")
     assert (result["lost"], result["duplicates"], result["reorders"]) == (0, 0, 0), result
     assert result["retransmitted"] > 0
     assert result["server_clean_exit"]
