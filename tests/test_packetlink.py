@@ -162,6 +162,7 @@ def test_a_lost_last_packet_is_probed_within_one_probe_timeout() -> None:
     recovery.on_ack([(first, first)], 0, RTT)
     last = sent(recovery, 1.0)
     deadline = recovery.deadline()
+    assert deadline is not None
     assert deadline == pytest.approx(1.0 + recovery.rtt.probe_timeout())
     assert recovery.on_timeout(deadline) is None  # a probe timeout: send a probe
     assert recovery.probe_timeouts == 1
@@ -316,6 +317,7 @@ def test_an_ack_is_due_after_two_packets_or_after_the_delay_and_rides_with_frame
     pair.take(pair.client, one, 0.001)
     assert pair.client.datagrams(0.002) == []  # one packet: not yet
     due = pair.client.next_deadline()
+    assert due is not None
     assert due == pytest.approx(0.001 + MAX_ACK_DELAY - ACK_TIMER_SLACK)
     (ack,) = pair.client.datagrams(due)
     assert parse(ack).frames == [b'{"type":"ack","ranges":[[0,0]],"delay":15}']
