@@ -292,8 +292,11 @@ def test_a_silent_reliable_packet_session_ends(start_server: Start, peers: Peers
     watcher.until("pong")
     peer.hello("ghost")
     peer.packet({"type": "ping"})
-    # It never acks: six probe timeouts (0.3 s doubling: about 20 s) end it.
-    frames = watcher.until("left", timeout=40)
+    peer.until("pong")
+    peer.packet({"type": "ack", "ranges": [[0, 0]], "delay": 0})  # an RTT sample: about 1 ms
+    peer.packet({"type": "ping"})
+    # Then it never acks again: six probe timeouts (about 30 ms, doubling) end it.
+    frames = watcher.until("left", timeout=WAIT)
     assert [f["reason"] for f in frames if f["type"] == "left"] == ["timeout"]
 
 
