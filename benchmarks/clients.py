@@ -384,6 +384,13 @@ class UdpClient(_Recorder):
         return self.reliable or self.packets
 
     @property
+    def acks(self) -> tuple[int, int]:
+        """A packet session's acks sent, and the packets received that they answer."""
+        if self.link is None:
+            return 0, 0
+        return self.link.acks_sent, self.link.packets_received
+
+    @property
     def retransmitted(self) -> int:
         if self.link is not None:
             return self.link.retransmissions

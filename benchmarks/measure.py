@@ -217,6 +217,8 @@ class LoadResult:
     harness_cpu_pct: float
     harness_cpu_us_per_delivery: float
     server_clean_exit: bool | None
+    acks_per_packet: float = math.nan
+    """UDP packet sessions: the clients' acks per packet received from the server."""
 
     @property
     def server(self) -> str:
@@ -564,7 +566,14 @@ def _summarise(
             1e6 * usage.harness_cpu_s / deliveries_in_window if deliveries_in_window else math.nan
         ),
         server_clean_exit=None,
+        acks_per_packet=_acks_per_packet(udp),
     )
+
+
+def _acks_per_packet(clients: Sequence[UdpClient]) -> float:
+    acks = [client.acks for client in clients]
+    received = sum(packets for _, packets in acks)
+    return sum(sent for sent, _ in acks) / received if received else math.nan
 
 
 def _relay_stderr(

@@ -93,6 +93,7 @@ class PacketLink:
         self.retransmissions = 0
         self.packets_sent = 0
         self.acks_sent = 0
+        self.packets_received = 0
         self.far_packets = 0
         self.recovery = LossRecovery()
         self.receiver = ReliableReceiver(window)
@@ -350,6 +351,7 @@ class PacketLink:
             return False
         if not self._received.add(pn):
             return False
+        self.packets_received += 1
         self.proven = True
         if largest is None or pn > largest:
             self._largest_received_at = now
