@@ -424,7 +424,7 @@ class UdpChatServer:
             self._end(session, "timeout")
         elif link.overflowed:
             self._end(session, "too_slow")
-        elif link.next_deadline() is not None and session not in self._busy:
+        elif session not in self._busy and link.next_deadline() is not None:
             if not self._busy:
                 self._wake.set()
             self._busy.add(session)
