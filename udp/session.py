@@ -204,7 +204,8 @@ class Session(Member):
         """Frames sent reliably and not acknowledged yet."""
         if self.sender is not None:
             return self.sender.pending > 0
-        return self.link is not None and self.link.reliable and self.link.pending > 0
+        link = self.link
+        return link is not None and link.reliable and link.proven and link.pending > 0
 
     def summary(self) -> str:
         c = self.counter
