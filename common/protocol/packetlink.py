@@ -261,8 +261,8 @@ class PacketLink:
         datagrams: list[bytes] = []
         lines = [ack] if ack is not None else []
         seqs: list[int] = []
-        room = MAX_PACKET_BYTES - len(header(self.recovery.next_pn, self._session)) - len(
-            ack or b""
+        room = (
+            MAX_PACKET_BYTES - len(header(self.recovery.next_pn, self._session)) - len(ack or b"")
         )
         count, r = len(resend), 0
         while r < count or unsent < end:
