@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from common.protocol.codec import MAX_ACK_RANGES
 from common.protocol.packets import MAX_PACKET_BYTES, header
@@ -62,6 +62,10 @@ ACK_TIMER_SLACK = 0.010
 for exactly that delay) fires first and sends again what had arrived."""
 PACKET_WINDOW = 1024
 """Seqs in flight past the oldest unacknowledged one, and held early by a receiver."""
+
+
+def _stamped_line(stamp: Callable[[bytes, int], bytes]) -> Callable[[bytes, int], bytes]:
+    return lambda frame, seq: stamp(frame, seq) + b"\n"
 
 
 class PacketLink:
@@ -99,6 +103,8 @@ class PacketLink:
         self.receiver = ReliableReceiver(window)
         self._session = session
         self._shared = shared
+        # A frame's line in a packet: stamped with its seq if shared, and its "\n".
+        self._line_of = self._plain_line if shared is None else _stamped_line(shared.stamp)
         self._next_seq = first_seq
         # Raw: frames not sent yet. Reliable: every frame not acknowledged, by seq.
         self._queue: deque[tuple[int, bytes]] = deque()
@@ -305,11 +311,9 @@ class PacketLink:
         self.packets_sent += 1
         return data
 
-    def _line_of(self, frame: bytes, seq: int) -> bytes:
-        """The frame's line in a packet: stamped with ``seq`` if shared, and its ``\n``."""
-        if self._shared is None:
-            return frame + b"\n"
-        return self._shared.stamp(frame, seq) + b"\n"
+    @staticmethod
+    def _plain_line(frame: bytes, seq: int) -> bytes:
+        return frame + b"\n"
 
     def _window_end(self) -> int:
         oldest = next(iter(self._unacked), self._next_seq)
@@ -378,11 +382,15 @@ class PacketLink:
         outcome = self.recovery.on_ack(ranges, delay_ms / 1000, now)
         if outcome is None:
             return
+        unacked, shared, freed = self._unacked, self._shared, 0
         for packet in outcome.acked:
             for seq in packet.seqs:
-                frame = self._unacked.pop(seq, None)
+                frame = unacked.pop(seq, None)
                 if frame is not None:
-                    self._let_go(frame)
+                    freed += len(frame) + HOLD_COST
+                    if shared is not None:
+                        shared.release(frame)
+        self.held_bytes -= freed
         self._lost(outcome.lost)
 
     def on_frame(self, seq: int, frame: bytes) -> list[bytes] | None:
