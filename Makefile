@@ -42,7 +42,7 @@ run-cluster: $(VENV)/.installed ## one room on a Redis and three servers: TCP on
 	$(PY) -m common.cli.runcluster --host $(HOST) --port $(PORT)
 
 .PHONY: bench bench-full bench-cluster report
-bench: $(VENV)/.installed ## quick benchmark suite (< 5 min): TCP, UDP, the assignment's server -> benchmarks/results/
+bench: $(VENV)/.installed ## quick benchmark suite (about 7 min): TCP, UDP 1.0 and packets, the assignment's server -> benchmarks/results/
 	$(PY) -m benchmarks
 
 bench-full: $(VENV)/.installed ## the long benchmark suite: longer runs, more points
