@@ -11,7 +11,9 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 
 - `targets`: the runs the targets are judged on (benchmarks.targets): TCP and the assignment's
   server at 200 clients x 5 msg/s, TCP there again with coalescing off (`--coalesce-ms 0`),
-  UDP raw at 100 x 10, UDP reliable over a link losing 5 %.
+  UDP raw at 100 x 10, UDP reliable over a link losing 5 %; UDP packet sessions (v1.2): raw at
+  200 x 5 (against TCP there), raw and reliable at 100 x 5, reliable at 200 x 5, and reliable
+  over links losing 1, 5 and 10 %. The 1.0 runs stay as the "before".
 - `peak`: TCP and the assignment's server at 200 clients x 50 msg/s, past saturation: the most
   deliveries per second each gets through (a short drain: the backlog of an overload never
   drains, and only the throughput is asked of these runs).
@@ -21,7 +23,8 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 - `clients`: TCP, the assignment's server, UDP raw and UDP reliable at 10 to 100 clients
   x 5 msg/s (the 200-client point is in `targets`).
 - `rate`: TCP and the assignment's server at 200 clients x 5 to 20 msg/s: where each stops
-  keeping up (targets.knee); the 50 msg/s point is in `peak`.
+  keeping up (targets.knee); the 50 msg/s point is in `peak`. Reliable UDP packet sessions
+  there too, and at twice the highest rate: past saturation, does it degrade or collapse?
 - `lossy`: UDP raw and reliable over a LossyNamespace at 0/1/5/10 % loss each way (reliable at
   5 % is in `targets` when the suite repeats); skipped with the reason when this machine cannot
   make one (no root, no nftables).
@@ -183,6 +186,7 @@ _CLIENTS_RATE = 5.0
 _TARGET_CLIENTS = 200
 _UDP_TARGET = (100, 10.0)
 _TARGET_LOSS = 5
+_PACKET_LOSSES = (1, 5, 10)
 _SLOW_RATE = 40.0
 _SLOW_PAD = 1900
 _LOSSY_RATE = 5.0
@@ -202,6 +206,10 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
         "udp-raw": dataclasses.replace(base, server="udp"),
         "udp-reliable": dataclasses.replace(
             base, server="udp", reliable=True, drain=z.reliable_drain
+        ),
+        "udp-raw-packets": dataclasses.replace(base, server="udp", packets=True),
+        "udp-reliable-packets": dataclasses.replace(
+            base, server="udp", reliable=True, packets=True, drain=z.reliable_drain
         ),
     }
     return [
@@ -249,6 +257,7 @@ def _repeated(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
                     netns_loss=_TARGET_LOSS,
                 ),
             ),
+            *_packet_targets(z, kinds),
         ],
         "peak": [
             (
@@ -266,6 +275,38 @@ def _repeated(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
     ]
 
 
+def _packet_targets(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[tuple[str, LoadSpec]]:
+    """The `targets` runs of UDP packet sessions (benchmarks.targets judges them)."""
+    small = _small(z)
+    udp_clients = min(z.sweep_clients, _UDP_TARGET[0])
+    rate = _CLIENTS_RATE
+    return [
+        (f"udp-raw-packets {small}x{rate:g}", _at(kinds["udp-raw-packets"], small, rate)),
+        (
+            f"udp-raw-packets {udp_clients}x{rate:g}",
+            _at(kinds["udp-raw-packets"], udp_clients, rate),
+        ),
+        (
+            f"udp-reliable-packets {udp_clients}x{rate:g}",
+            _at(kinds["udp-reliable-packets"], udp_clients, rate),
+        ),
+        (
+            f"udp-reliable-packets {small}x{rate:g}",
+            _at(kinds["udp-reliable-packets"], small, rate),
+        ),
+        *(
+            (
+                f"udp-reliable-packets {loss}% loss",
+                dataclasses.replace(
+                    _at(kinds["udp-reliable-packets"], z.lossy_clients, _LOSSY_RATE),
+                    netns_loss=loss,
+                ),
+            )
+            for loss in _PACKET_LOSSES
+        ),
+    ]
+
+
 def _sweeps(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
     """`clients` (every server) and `rate` (the two TCP servers)."""
     out = [
@@ -278,6 +319,14 @@ def _sweeps(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
         Scenario("rate", f"{protocol} {n}x{rate:g}", _at(kinds[protocol], n, rate))
         for protocol in ("tcp", "assignment")
         for rate in z.sweep_rates
+    ]
+    out += [
+        Scenario(
+            "rate",
+            f"udp-reliable-packets {n}x{rate:g}",
+            _at(kinds["udp-reliable-packets"], n, rate),
+        )
+        for rate in (*z.sweep_rates, 2 * z.sweep_rates[-1])
     ]
     return out
 

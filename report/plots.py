@@ -31,6 +31,8 @@ STYLE: dict[str, dict[str, Any]] = {
     "assignment": {"color": "tab:gray", "marker": "D", "label": "the assignment's server"},
     "udp-raw": {"color": "tab:orange", "marker": "s", "label": "UDP raw"},
     "udp-reliable": {"color": "tab:green", "marker": "^", "label": "UDP reliable"},
+    "udp-raw-packets": {"color": "tab:red", "marker": "v", "label": "UDP raw packets"},
+    "udp-reliable-packets": {"color": "tab:purple", "marker": "P", "label": "UDP reliable packets"},
 }
 _DPI = 110
 _BOUND_NOTE = "hollow marker: harness-bound run, not a server result"

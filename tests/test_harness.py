@@ -128,7 +128,9 @@ def test_command_line_lists_the_suites(capsys: pytest.CaptureFixture[str]) -> No
     assert len(lines) == 8 and all(("lossy" in line) or ("capacity" in line) for line in lines)
     assert bench_main(["--list", "--only", "targets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 15 and sum("udp-reliable 5% loss" in line for line in lines) == 3
+    # 5 runs of 1.0 and the assignment's server, 7 of packet sessions, in each of 3 rounds.
+    assert len(lines) == 36 and sum("udp-reliable 5% loss" in line for line in lines) == 3
+    assert sum("udp-reliable-packets 5% loss" in line for line in lines) == 3
     assert sum("tcp 200x5 coalesce 0 ms" in line for line in lines) == 3
     assert len(build_suite("full")) > len(build_suite("bench"))
     with pytest.raises(SystemExit):
