@@ -366,8 +366,9 @@ def test_hostile_server_cannot_drive_the_terminal(spawn: Spawn) -> None:
     )
     alice = spawn(server.port, "--name", "alice")
     alice.expect("the end")
-    alice.expect(f"connection to 127.0.0.1:{server.port} lost")
-    assert alice.exit_code() == 1
+    alice.expect("connection lost; reconnecting")
+    alice.send("\x03")
+    assert alice.exit_code() == 0
     server.close()
     out = alice.output.getvalue()
     for bad in ("\x1b[2J", "\x1b[H", "\x1b]", "\x07", "\u202e", "\x08", "\x9b"):
@@ -450,16 +451,21 @@ def test_history_is_shown_above_the_live_chat_marked_as_earlier(spawn: Spawn) ->
     assert "(you)> mine" not in out
 
 
-def test_server_killed_under_the_client(start_server: Start, spawn: Spawn) -> None:
+def test_server_killed_under_the_client_then_ctrl_c_while_reconnecting(
+    start_server: Start, spawn: Spawn
+) -> None:
     server = start_server("tcp.server")
     alice = spawn(server.port, "--name", "alice")
     alice.expect("alice> ")
     alice.send("typing")
     alice.expect("typing")
     server.stop(signal.SIGKILL)
-    alice.expect(f"connection to 127.0.0.1:{server.port} lost")
-    assert alice.exit_code() == 1
+    alice.expect("connection lost; reconnecting")
+    alice.expect("alice> typing")  # the line being typed survives
+    alice.send("\x03")
+    assert alice.exit_code() == 0
     assert "Traceback" not in alice.output.getvalue()
+    assert alice.output.getvalue().count("connection lost; reconnecting") == 1
 
 
 def test_server_shutdown_ends_the_client(start_server: Start, spawn: Spawn) -> None:
