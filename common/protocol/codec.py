@@ -380,7 +380,7 @@ class Msg:
     text: str
     ts: int
     history: bool = False
-    id: str = ""
+    id: str = field(default="", compare=False)  # where it stands in the room, not what it says
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -397,7 +397,7 @@ class Joined:
     type: ClassVar[str] = "joined"
     name: str
     ts: int
-    id: str = ""
+    id: str = field(default="", compare=False)  # where it stands in the room, not what it says
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -406,7 +406,7 @@ class Left:
     name: str
     reason: str
     ts: int
-    id: str = ""
+    id: str = field(default="", compare=False)  # where it stands in the room, not what it says
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -415,7 +415,7 @@ class Renamed:
     old: str
     new: str
     ts: int
-    id: str = ""
+    id: str = field(default="", compare=False)  # where it stands in the room, not what it says
 
 
 @dataclass(frozen=True, kw_only=True)

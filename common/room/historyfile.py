@@ -8,21 +8,40 @@ loses at most the last batch, and the broadcasting thread never waits for
 the disk. The journal is WAL: a commit is one append to the log file, and a
 reader (another process looking at the file) never blocks the writer.
 
-The file holds messages only, one row each, keyed by ``pos``: their order
-in the room, counted on from the last row at every start. At start the
-last ``keep`` rows are loaded (``earlier``); rows older than ``keep`` are
-deleted as new ones come, so the file stays the size of the history.
+The file holds messages only, one row each, keyed by ``pos``: their ``id``
+in the room. At start the last ``keep`` rows are loaded (``earlier``); rows
+older than ``keep`` are deleted as new ones come, so the file stays the
+size of the history.
+
+Resume (protocol 1.2) needs more than the messages, so that a restart
+resumes: the history's ``epoch`` (table ``meta``, made once with the file)
+and the ids. The room counts ids on from the last one it gave, so every
+id it gives is noted, as it is given, in a page of a small file mapped into
+memory beside the database (``PATH-ids``: the last id given, the last id
+given to a ``msg``). Writing there is a store to memory, no system call,
+and the kernel keeps the page when the process is killed, so at start the
+file knows how far the killed process counted even if its last batch of
+messages never reached the database: those messages are lost, and
+``floor`` says so (a resume from before them gets ``resumed: false``).
+``floor`` is also the newest message deleted past ``keep`` (``meta``). A
+file whose ids cannot be trusted (the page is missing, or the database
+comes from before resume) starts a new epoch: no resume into it can
+pretend to be whole.
 """
 
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import sqlite3
+import struct
 import threading
 from collections import deque
 from pathlib import Path
 
 from common.protocol.codec import Msg
+from common.room.room import new_epoch
 from common.room.sharing import StartError
 
 log = logging.getLogger("common.room.historyfile")
@@ -35,8 +54,11 @@ CREATE TABLE IF NOT EXISTS msg (
     sender TEXT NOT NULL,
     text TEXT NOT NULL,
     ts INTEGER NOT NULL
-)
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+IDS = struct.Struct("<QQ")
+"""The page of ids beside the database: the last id given, the last given to a ``msg``."""
 
 
 class HistoryFile:
@@ -54,30 +76,74 @@ class HistoryFile:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise sqlite3.OperationalError(f"its journal cannot be put in WAL mode ({mode})")
-            self._db.execute(SCHEMA)
+            self._db.executescript(SCHEMA)
             rows = self._db.execute(
                 "SELECT pos, sender, text, ts FROM msg ORDER BY pos DESC LIMIT ?", (keep,)
             ).fetchall()
-            last = self._db.execute("SELECT max(pos) FROM msg").fetchone()[0]
-        except sqlite3.Error as exc:
+            top = self._db.execute("SELECT max(pos) FROM msg").fetchone()[0] or 0
+            meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+            self._ids, given = self._map_ids(f"{path}-ids")
+        except (sqlite3.Error, OSError) as exc:
             raise StartError(f"cannot use {Path(path)} as --history-file: {exc}") from None
-        self.earlier = [Msg(sender=s, text=t, ts=ts) for _, s, t, ts in reversed(rows)]
-        self._next = (last or 0) + 1
+        self.earlier = [
+            Msg(sender=s, text=t, ts=ts, id=str(pos)) for pos, s, t, ts in reversed(rows)
+        ]
+        self._resume_from(meta, top, given)
+        self._pos = top  # the last row's pos (the writer thread's own)
         self._queue: deque[Msg] = deque()
         self._stop = threading.Event()
         self._failed = False
         self._thread = threading.Thread(target=self._run, name="history-file", daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def _map_ids(path: str) -> tuple[mmap.mmap, tuple[int, int] | None]:
+        """The page of ids, mapped; what it held (None: it is new, or not one of ours)."""
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            size = os.fstat(fd).st_size
+            if size != IDS.size:
+                os.ftruncate(fd, 0)
+                os.ftruncate(fd, IDS.size)
+            page = mmap.mmap(fd, IDS.size)
+        finally:
+            os.close(fd)
+        return page, (IDS.unpack_from(page) if size == IDS.size else None)
+
+    def _resume_from(self, meta: dict[str, str], top: int, given: tuple[int, int] | None) -> None:
+        """The epoch, the last id and the floor, from what the last process left."""
+        epoch = meta.get("epoch")
+        if epoch is None or given is None:
+            epoch = new_epoch()  # nothing says how far the last process counted
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?)", (epoch,))
+            self._db.execute("DELETE FROM meta WHERE key = 'floor'")
+            given = (top, top)
+        assert given is not None
+        self.epoch = epoch
+        self.last_id = max(given[0], top)
+        self._last_msg = max(given[1], top)
+        floor = int(meta.get("floor", "0"))
+        if given[1] > top:  # messages given after the last batch written: lost with it
+            floor = max(floor, given[1])
+        self.floor = str(floor) if floor else None
+        IDS.pack_into(self._ids, 0, self.last_id, self._last_msg)
+
     def add(self, msg: Msg) -> None:
         """Queue ``msg`` for the next batch (O(1); ``deque.append`` is thread-safe)."""
         self._queue.append(msg)
+
+    def given(self, entry_id: int, *, msg: bool) -> None:
+        """Note ``entry_id`` in the mapped page: two stores to memory."""
+        if msg:
+            self._last_msg = entry_id
+        IDS.pack_into(self._ids, 0, entry_id, self._last_msg)
 
     def close(self) -> None:
         """Write the last batch and close the file."""
         self._stop.set()
         self._thread.join()
         self._db.close()
+        self._ids.close()
 
     def _run(self) -> None:
         while not self._stop.wait(BATCH_SECONDS):
@@ -91,14 +157,20 @@ class HistoryFile:
             batch.append(self._queue.popleft())
         if not batch:
             return
-        first = self._next
-        self._next += len(batch)
-        rows = [(first + i, m.sender, m.text, m.ts) for i, m in enumerate(batch)]
+        rows = []
+        for m in batch:  # ids of a room shared through Redis are the stream's: then count here
+            self._pos = int(m.id) if m.id.isdigit() else self._pos + 1
+            rows.append((self._pos, m.sender, m.text, m.ts))
         try:
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.executemany("INSERT INTO msg VALUES (?, ?, ?, ?)", rows)
-                self._db.execute("DELETE FROM msg WHERE pos <= ?", (self._next - 1 - self._keep,))
+                self._db.executemany("INSERT OR REPLACE INTO msg VALUES (?, ?, ?, ?)", rows)
+                cut = self._db.execute(
+                    "SELECT pos FROM msg ORDER BY pos DESC LIMIT 1 OFFSET ?", (self._keep,)
+                ).fetchone()
+                if cut is not None:  # the newest message forgotten: the floor from now on
+                    self._db.execute("DELETE FROM msg WHERE pos <= ?", cut)
+                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('floor', ?)", cut)
             self._failed = False
         except sqlite3.Error as exc:
             if not self._failed:

@@ -35,9 +35,27 @@ then ``joined`` is published and the member is welcomed at the point
 where it comes back. ``roster`` is everyone in the room, on any server,
 as the ordered events tell it; ``who``, ``count`` and ``welcome`` list it.
 
-A member's stage is explicit (``Stage``): ``NEW`` until a good ``hello``,
-``JOINED`` while in the room, ``GONE`` once it left, after which it acts
-no more (whatever its reader still has in hand is ignored).
+A member's stage is explicit (``Stage``) and changes in one function
+(``_move``): ``NEW`` until a good ``hello``, ``JOINED`` while in the room,
+``GONE`` once it left, after which it acts no more (whatever its reader
+still has in hand is ignored). Resume (protocol 1.2) adds two: a member
+that said ``resumable`` and whose connection broke without ``bye`` is
+``AWAY`` for the grace (``resume_grace``): its name stays taken, nobody is
+told, and only once the grace is over (``expire``) do the others get its
+``left``. A ``hello`` with ``resume`` naming its session token takes over
+a member that holds that name (``JOINED``, its connection maybe half open,
+or ``AWAY``): the old member is ``TAKEN`` (the transport closes its
+connection without a word, through ``on_taken``) and the new one is in the
+room under the same name and token, with no ``left`` or ``joined``.
+
+Ids and epoch. Every log entry the room says to everyone gets an ``id``
+where it is put in the order (``apply``): the backplane's (a Redis stream
+id) or the room's own count, continued from the archive's. The ``epoch``
+names this life of the history: new at every start in memory, kept by
+the archive or the backplane. ``floor`` is the id of the newest ``msg``
+the room no longer has (forgotten past ``--history``, or lost with a
+killed process): a resume after an id at or past it gets every message
+since; one before it, or in another epoch, gets ``resumed: false``.
 
 Locking rule: one lock (``Room.lock``) guards the room: the members, their
 names, stages, cursors and private queues, the log and the history. Every
@@ -51,8 +69,11 @@ block; its ``claim`` and ``close`` are called outside it.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hmac
 import itertools
+import secrets
 import threading
 import time
 from collections import deque
@@ -82,6 +103,7 @@ from common.protocol.codec import (
     ProtocolError,
     RateLimited,
     Renamed,
+    Resume,
     Say,
     SendDm,
     ServerFull,
@@ -105,6 +127,30 @@ JOIN_WAIT = 5.0
 """Seconds a hello waits for its ``joined`` to come back from a shared backplane."""
 EARLIER = -1
 """The log position of messages loaded at start: before every member's welcome."""
+DEFAULT_RESUME_GRACE = 10.0
+"""Seconds a resumable member whose connection broke keeps its place (``--resume-grace``)."""
+TOKEN_BYTES = 16
+"""A session token's random bytes: 128 bits, written as 32 hex digits."""
+RESUMABLE_REASONS = frozenset({"disconnected", "timeout"})
+"""Ways a connection ends that a resumable member survives for the grace; ``quit``,
+``too_slow`` and ``shutdown`` end it at once."""
+
+IdKey = tuple[int, ...]
+"""An id as the room compares it: ``"17"`` is (17,), a Redis ``"1764000000000-3"`` is
+(1764000000000, 3). Clients never parse ids; only the room compares them."""
+
+
+def id_key(entry_id: str) -> IdKey | None:
+    """The order of ``entry_id``; None for anything that is not an id of ours."""
+    parts = entry_id.split("-")
+    if len(parts) > 2 or not all(p.isascii() and p.isdigit() and len(p) <= 20 for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+def new_epoch() -> str:
+    """A name for a new life of the room's history: random, so no two lives share one."""
+    return secrets.token_hex(8)
 
 
 def wall_clock_ms() -> int:
@@ -133,6 +179,13 @@ class Entry:
     def of(cls, message: ServerMessage) -> Entry:
         return cls(message, encode_line(message))
 
+    def stamped(self, entry_id: str) -> Entry:
+        """This room frame with its ``id``: the field goes last, so the line is spliced, not
+        encoded again (ids are digits and ``-``: nothing to escape)."""
+        assert isinstance(self.message, (Msg, Joined, Left, Renamed))
+        message = dataclasses.replace(self.message, id=entry_id)
+        return Entry(message, b'%s,"id":"%s"}\n' % (self.line[:-2], entry_id.encode()))
+
     @classmethod
     def checked(cls, message: ServerMessage) -> Entry:
         """A message built from a client's text: refused before anyone gets it if too big."""
@@ -140,9 +193,24 @@ class Entry:
 
 
 class Stage(enum.Enum):
-    NEW = "new"
-    JOINED = "joined"
-    GONE = "gone"
+    """Where a member stands; it changes in ``Room._move`` only, along ``MOVES``."""
+
+    NEW = "new"  # until a good hello
+    JOINED = "joined"  # in the room, its connection alive (or half open: nobody knows yet)
+    AWAY = "away"  # its connection broke: its place is kept, unannounced, for the grace
+    GONE = "gone"  # out of the room; acts no more
+    TAKEN = "taken"  # its session went on in a new connection; acts no more, nobody told
+
+
+MOVES = {
+    Stage.NEW: frozenset({Stage.JOINED, Stage.GONE}),
+    Stage.JOINED: frozenset({Stage.AWAY, Stage.GONE, Stage.TAKEN}),
+    Stage.AWAY: frozenset({Stage.GONE, Stage.TAKEN}),
+    Stage.GONE: frozenset({Stage.GONE}),
+    Stage.TAKEN: frozenset({Stage.TAKEN}),
+}
+ENDED = frozenset({Stage.AWAY, Stage.GONE, Stage.TAKEN})
+"""Stages whose connection acts no more: whatever its reader still has in hand is ignored."""
 
 
 class Member:
@@ -159,6 +227,10 @@ class Member:
         self.welcomed_at = 0
         self.private: deque[tuple[int, Entry]] = deque()
         self.private_bytes = 0
+        self.token = secrets.token_hex(TOKEN_BYTES)  # the session, as welcome gives it
+        self.hello = Hello(name="")  # the hello that joined it: does it resume, and from where
+        self.away_until = 0  # AWAY: when the grace ends (the room's clock)
+        self.away_reason = ""  # AWAY: the reason its left will give
 
 
 M = TypeVar("M", bound=Member)
@@ -196,12 +268,24 @@ class Backplane(Protocol):
 
 
 class Archive(Protocol):
-    """Where messages are kept past the process (``common.room.historyfile``)."""
+    """Where messages are kept past the process (``common.room.historyfile``).
+
+    With the messages it keeps the history's ``epoch``, the last id it gave
+    (``last_id``: the room counts on from it) and ``floor``, the id of the
+    newest message it lost or forgot (None: none).
+    """
 
     earlier: list[Msg]
+    epoch: str
+    last_id: int
+    floor: str | None
 
     def add(self, msg: Msg) -> None:
         """Keep ``msg``. Called under the room's lock: O(1), no I/O."""
+
+    def given(self, entry_id: int, *, msg: bool) -> None:
+        """The room gave ``entry_id`` (to a ``msg`` or not). Under the lock: O(1), no system
+        call; it must survive the process being killed (``historyfile``: a mapped page)."""
 
     def close(self) -> None:
         """Write what is left."""
@@ -246,8 +330,14 @@ class Room(Generic[M]):
         backplane: Backplane | None = None,
         archive: Archive | None = None,
         wake_remote: Callable[[], None] | None = None,
+        resume_grace: float = DEFAULT_RESUME_GRACE,
+        on_taken: Callable[[M], None] = lambda member: None,
     ) -> None:
-        """``wake_remote`` is called when a backplane's thread brought something (else ``wake``)."""
+        """``wake_remote`` is called when a backplane's thread brought something (else ``wake``).
+
+        ``on_taken`` is called (outside the lock) with a member whose session a new
+        connection took over: the transport closes its connection without a word.
+        """
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)
         self._max_users = max_users
@@ -268,8 +358,18 @@ class Room(Generic[M]):
         self._dirty: set[M] = set()  # members posted to since the last ``pending``
         self._unread = 0  # log position up to which ``pending`` was asked
         self._closed = False
+        self._grace = int(resume_grace * 1000)
+        self._on_taken = on_taken
+        self._away: dict[M, None] = {}  # members AWAY, in the order their grace ends
+        self.epoch = new_epoch()
+        self._last_id = 0  # the last id this room gave (ids of its own count)
+        self._newest: str | None = None  # the newest log entry's id: a welcome's ``last``
+        self._floor: IdKey | None = None  # the newest msg no longer kept (None: none)
         if archive is not None:
             self._history.extend((EARLIER, msg) for msg in archive.earlier)
+            self.epoch, self._last_id = archive.epoch, archive.last_id
+            self._newest = str(archive.last_id) if archive.last_id else None
+            self._floor = None if archive.floor is None else id_key(archive.floor)
         self._backplane.attach(self)
 
     # ---- the log (lock held) -------------------------------------------
@@ -288,6 +388,28 @@ class Room(Generic[M]):
         member.private_bytes += len(entry.line)
         self._dirty.add(member)
 
+    def _numbered(self, entry: Entry) -> Entry:
+        """A room frame with its id: the backplane's, or the next of the room's own count."""
+        message = entry.message
+        assert isinstance(message, (Msg, Joined, Left, Renamed))
+        if not message.id:
+            self._last_id += 1
+            entry = entry.stamped(str(self._last_id))
+            if self._archive is not None:
+                self._archive.given(self._last_id, msg=isinstance(message, Msg))
+        assert isinstance(entry.message, (Msg, Joined, Left, Renamed))
+        self._newest = entry.message.id
+        return entry
+
+    def _remember(self, msg: Msg) -> None:
+        """Keep ``msg`` for history and resume; the one it pushes out sets the floor."""
+        kept = self._history
+        if len(kept) == kept.maxlen:
+            self._floor = id_key(kept[0][1].id if kept else msg.id)
+        kept.append((self._end - 1, msg))
+        if self._archive is not None:
+            self._archive.add(msg)
+
     # ---- what a transport asks ------------------------------------------
 
     def handle(self, member: M, message: ClientMessage) -> bool:
@@ -296,25 +418,32 @@ class Room(Generic[M]):
         A refusal raises ``ProtocolError``; the transport answers it with
         ``refuse``. A member that is gone acts no more.
         """
+        taken: M | None = None
         with self.lock:
-            if member.stage is Stage.GONE:
+            if member.stage in ENDED:
                 return False
             if isinstance(message, Bye):
                 if member.stage is Stage.JOINED:
                     self._leave(member, "quit")
-                member.stage = Stage.GONE
+                else:
+                    self._move(member, Stage.GONE)
             elif member.stage is Stage.NEW:
                 if not isinstance(message, Hello):
                     raise NotRegistered('say hello first: {"type":"hello","name":"..."}')
-                self._reserve(member, message.name, joining=True)
+                taken = self._take_over(member, message)
+                if taken is None:
+                    self._reserve(member, message.name, joining=True)
+                    member.hello = message
             elif isinstance(message, Hello):
                 raise AlreadyRegistered(f"you are already registered as {member.name}")
             elif isinstance(message, Nick):
                 self._reserve(member, message.name, joining=False)
             else:
                 self._act(member, message)
-            alive = member.stage is not Stage.GONE
-        if isinstance(message, (Hello, Nick)):
+            alive = member.stage not in ENDED
+        if taken is not None:
+            self._on_taken(taken)
+        elif isinstance(message, (Hello, Nick)):
             self._claim(member, message.name)
         self._wake()
         return alive
@@ -333,15 +462,41 @@ class Room(Generic[M]):
         self._wake()
 
     def leave(self, member: M, reason: str) -> str | None:
-        """Take ``member`` out of the room (once); the others get ``left``. Its name, or None."""
+        """``member``'s connection ended: out of the room (once), and the others get ``left``;
+        its name, or None. A resumable member whose connection broke (``disconnected``,
+        ``timeout``) is only ``AWAY``: it keeps its place, unannounced, for the grace."""
         with self.lock:
             if member.stage is not Stage.JOINED:
-                member.stage = Stage.GONE
+                if member.stage is Stage.NEW:
+                    self._move(member, Stage.GONE)
+                return None
+            if (
+                member.hello.resumable
+                and reason in RESUMABLE_REASONS
+                and self._grace > 0
+                and not self._closed
+            ):
+                member.away_reason = reason
+                self._move(member, Stage.AWAY)
                 return None
             name = member.name
             self._leave(member, reason)
         self._wake()
         return name
+
+    def expire(self) -> None:
+        """Members whose grace is over leave now (the others get ``left``, only now).
+
+        The transport calls it every so often (a fraction of a second): the room reads its
+        clock here and nowhere else for it.
+        """
+        with self.lock:
+            now = self._clock()
+            over = [member for member in self._away if member.away_until <= now]
+            for member in over:
+                self._leave(member, member.away_reason)
+        if over:
+            self._wake()
 
     def close(self) -> None:
         """The server stops: from now on nobody is told ``left`` (everyone had ``bye``).
@@ -369,12 +524,25 @@ class Room(Generic[M]):
                 self.apply(entry, mine=mine)
         self._wake_remote()
 
-    def preload(self, earlier: list[Msg], names: list[str]) -> None:
-        """Start from a shared room's state: its latest messages and who is in it."""
+    def preload(
+        self,
+        earlier: list[Msg],
+        names: list[str],
+        *,
+        epoch: str | None = None,
+        floor: str | None = None,
+        newest: str | None = None,
+    ) -> None:
+        """Start from a shared room's state: its latest messages (those before them up to
+        ``floor`` no longer kept), who is in it, its history's ``epoch`` and newest id."""
         with self.lock:
             self._history.clear()
             self._history.extend((EARLIER, msg) for msg in earlier)
             self._roster = {name_key(name): name for name in names}
+            if epoch is not None:
+                self.epoch = epoch
+            self._floor = None if floor is None else id_key(floor)
+            self._newest = newest
 
     def tell_everyone(self, message: ServerMessage) -> None:
         """Queue ``message`` to every member in the room (the backplane's news)."""
@@ -388,16 +556,17 @@ class Room(Generic[M]):
         """One event in the shared order (lock held): into the log, the roster, the history."""
         message = entry.message
         if isinstance(message, Msg):  # the common case first
+            entry = self._numbered(entry)
             self._append(entry)
-            self._history.append((self._end - 1, message))
-            if self._archive is not None:
-                self._archive.add(message)
+            assert isinstance(entry.message, Msg)
+            self._remember(entry.message)
             return
         if isinstance(message, Dm):
             for key in dict.fromkeys((name_key(message.to), name_key(message.sender))):
-                if (end := self._by_key.get(key)) is not None:
+                if (end := self._by_key.get(key)) is not None and end.stage is Stage.JOINED:
                     self._post(end, entry)
             return
+        entry = self._numbered(entry)
         self._append(entry)
         if isinstance(message, Joined):
             key = name_key(message.name)
@@ -505,9 +674,9 @@ class Room(Generic[M]):
             return self._sorted_names()
 
     def local_names(self) -> list[str]:
-        """The names of the members on this server."""
+        """The names held by members on this server (away ones too)."""
         with self.lock:
-            return [m.name for m in self._members]
+            return [m.name for m in self._by_key.values()]
 
     def log_size(self) -> int:
         """Entries the log holds now (bounded by trimming)."""
@@ -526,7 +695,7 @@ class Room(Generic[M]):
             holder is None and key in self._roster
         ):
             raise NameTaken(f"the name {self._roster.get(key, name)} is taken")
-        if joining and len(self._members) + len(self._claims) >= self._max_users:
+        if joining and len(self._by_key) + len(self._claims) >= self._max_users:
             raise ServerFull(f"the server is full ({self._max_users} users)")
         self._claims[key] = member
         if joining:
@@ -568,29 +737,100 @@ class Room(Generic[M]):
             left = Left(name=name, reason="disconnected", ts=self._clock())
             self._backplane.publish(Entry.of(left))
             return
-        self._by_key[key] = member
-        self._members[member] = None
-        member.stage = Stage.JOINED
+        self._greet(member)
+        self._changed.notify_all()
+
+    def _greet(self, member: M) -> None:
+        """In the room from here on: its welcome, and the messages it missed if it resumes."""
+        self._move(member, Stage.JOINED)
         member.cursor = member.welcomed_at = self._end
         names = tuple(itertools.islice(self._roster.values(), WELCOME_NAMES))
-        welcome = Welcome(name=name, users=names, count=len(self._roster))
+        welcome = Welcome(name=member.name, users=names, count=len(self._roster))
+        if member.hello.resuming:
+            welcome = dataclasses.replace(
+                welcome, session=member.token, epoch=self.epoch, last=self._newest
+            )
         self._post(member, Entry.of(welcome))
-        self._changed.notify_all()
+        if member.hello.resume is not None:
+            self._answer_resume(member, member.hello.resume)
+
+    def _take_over(self, member: M, hello: Hello) -> M | None:
+        """If ``hello`` resumes the session of the member holding its name here, ``member``
+        takes its place (same name, same token) and the old one is ``TAKEN``; that one, or
+        None for an ordinary join. Nobody else is told anything."""
+        resume = hello.resume
+        if resume is None:
+            return None
+        old = self._by_key.get(name_key(hello.name))
+        if (
+            old is None
+            or old.stage not in (Stage.JOINED, Stage.AWAY)
+            or not hmac.compare_digest(old.token.encode(), resume.session.encode())
+        ):
+            return None
+        self._move(old, Stage.TAKEN)
+        old.private.clear()
+        old.private_bytes = 0
+        member.name, member.token, member.hello = old.name, old.token, hello
+        self._greet(member)
+        return old
+
+    def _move(self, member: M, stage: Stage) -> None:
+        """The one place a member's stage changes, and with it where the room files it:
+        ``_members`` (those who read the log) holds the JOINED, ``_away`` the AWAY, and
+        ``_by_key`` (the names held here) both."""
+        if stage not in MOVES[member.stage]:
+            raise AssertionError(f"a member cannot go from {member.stage} to {stage}")
+        before, member.stage = member.stage, stage
+        self._members.pop(member, None)
+        self._away.pop(member, None)
+        key = name_key(member.name)
+        if stage is Stage.JOINED:
+            self._members[member] = None
+            self._by_key[key] = member
+        elif stage is Stage.AWAY:
+            self._away[member] = None
+            member.away_until = self._clock() + self._grace
+            member.private.clear()  # its connection is gone: nothing of it will be written
+            member.private_bytes = 0
+        elif before in (Stage.JOINED, Stage.AWAY) and self._by_key.get(key) is member:
+            del self._by_key[key]
+
+    def _answer_resume(self, member: M, resume: Resume) -> None:
+        """Every ``msg`` after ``resume.after`` as history, then ``history_end`` ``resumed``
+        true; or, if the room cannot vouch that it has them all, ``resumed`` false at once."""
+        after = None if resume.after is None else id_key(resume.after)
+        complete = (
+            hmac.compare_digest(resume.epoch.encode(), self.epoch.encode())
+            and (resume.after is None or after is not None)
+            and (self._floor is None or (after is not None and after >= self._floor))
+        )
+        if not complete:
+            self._post(member, Entry.of(HistoryEnd(count=0, resumed=False)))
+            return
+        missed: list[Msg] = []
+        for _, msg in reversed(self._history):
+            if after is not None and (id_key(msg.id) or ()) <= after:
+                break
+            missed.append(msg)
+        for msg in reversed(missed):
+            self._post(member, Entry.of(dataclasses.replace(msg, history=True)))
+        self._post(member, Entry.of(HistoryEnd(count=len(missed), resumed=True)))
 
     def _leave(self, member: M, reason: str) -> None:
         """Out of the room; what the log held for it until now stays its to read.
 
-        Not for a member dropped as too slow: it could not read what it had.
+        Not for a member dropped as too slow (it could not read what it had), nor one
+        whose grace ended (its connection is long gone).
         """
-        kept = [] if reason == "too_slow" else self._collect(member)
+        joined = member.stage is Stage.JOINED
+        kept = self._collect(member) if joined and reason != "too_slow" else []
         member.private.clear()
         member.private.extend((self._end, entry) for entry in kept)
         member.private_bytes = sum(len(entry.line) for entry in kept)
         if kept:
             self._dirty.add(member)
-        member.stage = Stage.GONE
-        del self._members[member]
-        del self._by_key[name_key(member.name)]
+        self._move(member, Stage.GONE)
         if not self._closed:  # at shutdown everyone has had bye: no storm of left
             left = Left(name=member.name, reason=reason, ts=self._clock())
             self._backplane.publish(Entry.of(left))
@@ -647,9 +887,7 @@ class Room(Generic[M]):
         before = (msg for position, msg in reversed(self._history) if position < member.welcomed_at)
         found = list(itertools.islice(before, limit))
         for msg in reversed(found):
-            self._post(
-                member, Entry.of(Msg(sender=msg.sender, text=msg.text, ts=msg.ts, history=True))
-            )
+            self._post(member, Entry.of(dataclasses.replace(msg, history=True)))
         self._post(member, Entry.of(HistoryEnd(count=len(found))))
 
     def _sorted_names(self) -> list[str]:
