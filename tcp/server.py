@@ -3,7 +3,9 @@
 Threads, each named and owned by the server:
 
 * ``MainThread``: accepts connections and starts one reader thread each;
-  signals only set a flag, and this thread then runs the shutdown.
+  signals only set a flag, and this thread then runs the shutdown. Every
+  poll interval it also lets the room end the grace of resumable clients
+  whose connection broke (``Room.expire``).
 * ``client-HOST:PORT``: reads its client's lines, decodes them and hands
   them to the room (``common.room.room``), which appends what everyone gets to
   its one log and queues the rest to the member. No socket is written here.
@@ -162,6 +164,8 @@ class ChatServer:
             wake=self._wake,
             backplane=backplane,
             archive=archive,
+            resume_grace=self.limits.resume_grace,
+            on_taken=self._taken,
         )
         self._writer_stop = False
         self._said_bye = False
@@ -178,6 +182,7 @@ class ChatServer:
         self.writer.start()
         announce("chat server", self.address, "nc {host} {port}  (or: make chat-tcp)")
         while not self.stopping.is_set():
+            self.room.expire()
             try:
                 sock, addr = self.listener.accept()
             except TimeoutError:
@@ -303,7 +308,11 @@ class ChatServer:
 
     def _greet(self, conn: Connection) -> None:
         log.info(
-            "%s joined from %s (%s)", conn.name, conn.label, "text" if conn.text_mode else "json"
+            "%s %s from %s (%s)",
+            conn.name,
+            "resumed" if conn.hello.resume is not None else "joined",
+            conn.label,
+            "text" if conn.text_mode else "json",
         )
         if conn.text_mode:
             self.say_plain(conn, "* type a message and press Enter; /help lists the commands")
@@ -430,6 +439,13 @@ class ChatServer:
         conn.sock.close()
         with self._connections_lock:
             self._connections.discard(conn)
+
+    def _taken(self, conn: Connection) -> None:
+        """A resuming client took ``conn``'s session over: its connection ends without a word
+        (even half open: shutting it down here wakes its reader at once, no keepalive)."""
+        log.info("%s resumed on a new connection; closing %s", conn.name, conn.label)
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_RDWR)
 
     def drop(self, conn: Connection, reason: str) -> None:
         """Take ``conn`` out of the room and end its connection; its reader then finishes."""

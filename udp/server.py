@@ -80,7 +80,7 @@ from common.protocol.reliable import (
     SharedFrames,
 )
 from common.room.ratelimit import TokenBucket
-from common.room.room import Room, Stage
+from common.room.room import Entry, Room, Stage
 from common.room.sharing import Sharing, open_sharing
 from udp.session import Address, Session, Stranger, answer_budget, envelope_of, stamp
 from udp.sockets import enlarge_buffers
@@ -129,6 +129,8 @@ class UdpChatServer:
             backplane=backplane,
             archive=archive,
             wake_remote=self._wake.set,
+            resume_grace=limits.resume_grace,
+            on_taken=self._taken,
         )
         self.stopping = threading.Event()
         self.closing = False
@@ -275,6 +277,10 @@ class UdpChatServer:
         if not self._token_ok(session, token):
             return
         session.last_heard = now
+        if session.held is not None:  # its address proved itself: what waited goes out now
+            held, session.held = session.held, None
+            for entry in held:
+                self.room.post_entry(session, entry)
         if isinstance(message, Ack):
             if session.sender is not None:
                 self._on_ack(session, message.seq, now)
@@ -374,6 +380,8 @@ class UdpChatServer:
 
     def _register(self, address: Address, hello: Hello, budget: int, now: float) -> None:
         session = Session(address, hello.reliable, self.limits, now, budget, self._held)
+        if hello.resume is not None:
+            session.held = []
         self.room.handle(session, hello)
         self._sessions[address] = session
         self._by_token[session.token] = session
@@ -417,6 +425,8 @@ class UdpChatServer:
                 entries = self.room.take(member)
                 if entries is None or self._sessions.get(member.address) is not member:
                     continue
+                if member.held is not None:
+                    entries = self._hold(member, entries)
                 if member.sender is not None:
                     for entry in entries:
                         self._deliver(member, member.push(entry, now))
@@ -431,6 +441,13 @@ class UdpChatServer:
                     except OSError:
                         self.dropped["send_failed"] += 1
             self._bound_held()
+
+    @staticmethod
+    def _hold(session: Session, entries: list[Entry]) -> list[Entry]:
+        """What a session whose address is not proven yet may get now: its welcome alone."""
+        assert session.held is not None
+        session.held += [e for e in entries if not isinstance(e.message, Welcome)]
+        return [e for e in entries if isinstance(e.message, Welcome)]
 
     def _bound_held(self) -> None:
         """Past ``MAX_HELD_BYTES`` held for all reliable sessions, end the one holding most."""
@@ -480,8 +497,26 @@ class UdpChatServer:
         self._busy.discard(session)
         if session.sender is not None:
             session.sender.close()
-        self.room.leave(session, reason)
-        log.info("%s left (%s); %s", session.name, reason, session.summary())
+        left = self.room.leave(session, reason) is not None
+        log.info(
+            "%s %s (%s); %s",
+            session.name,
+            "left" if left else "is away, its place kept",
+            reason,
+            session.summary(),
+        )
+
+    def _taken(self, session: Session) -> None:
+        """A resume (from this or a new address) took ``session`` over: it ends without a
+        word. Only a hello does this, so the server's lock is held."""
+        if self._sessions.get(session.address) is session:
+            del self._sessions[session.address]
+        if self._by_token.get(session.token) is session:
+            del self._by_token[session.token]
+        self._busy.discard(session)
+        if session.sender is not None:
+            session.sender.close()
+        log.info("%s resumed from a new address; %s", session.name, session.summary())
 
     # ---- the timer -----------------------------------------------------
 
@@ -528,6 +563,7 @@ class UdpChatServer:
         self.room.trim()
         if self.closing:
             return
+        self.room.expire()
         for session in list(self._sessions.values()):
             if self._caught_up - session.last_heard > self.limits.session_timeout:
                 self._end(session, "timeout")

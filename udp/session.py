@@ -140,6 +140,9 @@ class Session(Member):
         self.budget = budget
         self.welcome = b""
         self.sent = 0
+        # A resume's answer (and what follows it) waits here until a frame with the token
+        # comes from this address: till then it gets its welcome only (no amplification).
+        self.held: list[Entry] | None = None
 
     def prefix(self, entry: Entry) -> bytes:
         """``entry`` as this session's datagram up to its seq's digits (see ``stamp``).

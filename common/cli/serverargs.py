@@ -30,6 +30,7 @@ class Limits:
     max_users: int = 10000
     max_outbox: int = 1048576
     session_timeout: float = 15.0
+    resume_grace: float = 10.0
 
     @classmethod
     def from_args(
@@ -47,6 +48,7 @@ class Limits:
             max_users=args.max_users,
             max_outbox=max_outbox,
             session_timeout=session_timeout,
+            resume_grace=args.resume_grace,
         )
 
 
@@ -129,6 +131,15 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         default=10000,
         metavar="N",
         help="registered users at most; past it a hello gets server_full (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--resume-grace",
+        type=non_negative_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="how long a client that can resume keeps its place, unannounced, after its "
+        "connection broke; it comes back with what it missed, and nobody sees it leave and "
+        "join again. 0 lets it leave at once (default: %(default)s)",
     )
     parser.add_argument(
         "--history",

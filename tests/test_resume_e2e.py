@@ -1,0 +1,313 @@
+"""Resume after a lost connection (protocol 1.2) end to end: real servers, real sockets.
+
+A connection is "lost" the way it is in life: closed under the client without
+a ``bye``, or left open and silent (half open: no RST ever comes), or the
+server killed and started again on its ``--history-file``.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import WAIT, JsonClient, ServerProcess
+from tests.test_udp_server import Peers, UdpPeer, peers
+
+Start = Callable[..., ServerProcess]
+Connect = Callable[..., JsonClient]
+QUIET = 0.3
+"""How long to listen to be sure nothing more comes (a negative check)."""
+
+__all__ = ["peers"]
+
+
+class Resumer:
+    """A TCP client that can resume: it keeps ``session``, ``epoch`` and the last ``id``."""
+
+    def __init__(self, address: tuple[str, int], name: str) -> None:
+        self.name = name
+        self.session = self.epoch = ""
+        self.after: str | None = None
+        self.texts: list[str] = []
+        self.client = self._hello(address, None)
+
+    def _hello(self, address: tuple[str, int], resume: dict[str, Any] | None) -> JsonClient:
+        client = JsonClient(address)
+        hello: dict[str, Any] = {"type": "hello", "name": self.name, "resumable": True}
+        if resume is not None:
+            hello["resume"] = resume
+        client.send(hello)
+        welcome = client.expect("welcome")
+        self.session, self.epoch = welcome["session"], welcome["epoch"]
+        if self.after is None or resume is None:
+            self.after = welcome["last"]
+        return client
+
+    def resume(self, address: tuple[str, int]) -> dict[str, Any]:
+        """Connect again, resuming; read the answer up to ``history_end``, which it returns."""
+        ask = {"session": self.session, "epoch": self.epoch, "after": self.after}
+        self.client = self._hello(address, ask)
+        while (frame := self.client.recv())["type"] != "history_end":
+            self.see(frame)
+        return frame
+
+    def see(self, frame: dict[str, Any]) -> None:
+        if "id" in frame:
+            self.after = frame["id"]
+        if frame["type"] == "msg":
+            self.texts.append(frame["text"])
+
+    def read_until(self, text: str) -> None:
+        while text not in self.texts:
+            self.see(self.client.recv())
+
+
+def frames_until(client: JsonClient, text: str) -> list[dict[str, Any]]:
+    """Every frame up to the ``msg`` saying ``text``."""
+    got = []
+    while True:
+        frame = client.recv()
+        got.append(frame)
+        if frame["type"] == "msg" and frame["text"] == text:
+            return got
+
+
+def no_left_or_joined(frames: list[dict[str, Any]]) -> bool:
+    return not any(f["type"] in ("left", "joined") for f in frames)
+
+
+@pytest.fixture
+def server(start_server: Start) -> ServerProcess:
+    return start_server("tcp.server", "--rate-limit", "0")
+
+
+def test_resume_after_a_closed_connection_misses_nothing_and_nobody_sees_it(
+    server: ServerProcess, connect: Connect
+) -> None:
+    alice = connect(server.address, "alice")
+    bob = Resumer(server.address, "bob")
+    alice.expect("joined", name="bob")
+    alice.send({"type": "say", "text": "before"})
+    bob.read_until("before")
+    bob.client.close()  # no bye: the connection is lost
+    for text in ("missed 1", "missed 2"):
+        alice.send({"type": "say", "text": text})
+    seen = frames_until(alice, "missed 2")  # said before bob is back
+    end = bob.resume(server.address)
+    assert end == {"type": "history_end", "count": 2, "resumed": True}
+    assert bob.texts == ["before", "missed 1", "missed 2"]
+    alice.send({"type": "say", "text": "live"})
+    bob.read_until("live")
+    assert bob.texts == ["before", "missed 1", "missed 2", "live"]
+    assert no_left_or_joined(seen + frames_until(alice, "live"))
+
+
+def test_resume_while_the_old_connection_is_half_open_does_not_wait_for_keepalive(
+    server: ServerProcess, connect: Connect
+) -> None:
+    alice = connect(server.address, "alice")
+    bob = Resumer(server.address, "bob")
+    old = bob.client  # stays open and silent: to the server it looks alive
+    alice.expect("joined", name="bob")
+    alice.send({"type": "say", "text": "one"})
+    alice.expect("msg", text="one")
+    started = time.monotonic()
+    end = bob.resume(server.address)
+    assert time.monotonic() - started < WAIT
+    assert end["resumed"] is True
+    assert bob.texts == ["one"]
+    assert old.closed()  # closed by the server, without a word to anyone
+    alice.send({"type": "say", "text": "two"})
+    assert no_left_or_joined(frames_until(alice, "two"))
+
+
+def test_resume_at_once_after_connecting_and_twice_in_a_row(
+    server: ServerProcess, connect: Connect
+) -> None:
+    bob = Resumer(server.address, "bob")
+    end = bob.resume(server.address)  # nothing said since the welcome: after is its last
+    assert end == {"type": "history_end", "count": 0, "resumed": True}
+    alice = connect(server.address, "alice")
+    alice.send({"type": "say", "text": "x"})
+    bob.read_until("x")
+    bob.client.close()
+    assert bob.resume(server.address)["resumed"] is True
+    bob.client.close()
+    alice.send({"type": "say", "text": "y"})
+    alice.expect("msg", text="y")
+    assert bob.resume(server.address)["count"] == 1
+    assert bob.texts == ["x", "y"]
+
+
+def test_past_the_grace_the_others_are_told_only_then(
+    start_server: Start, connect: Connect
+) -> None:
+    server = start_server("tcp.server", "--rate-limit", "0", "--resume-grace", "0.5")
+    alice = connect(server.address, "alice")
+    bob = Resumer(server.address, "bob")
+    alice.expect("joined", name="bob")
+    lost = time.time() * 1000
+    bob.client.close()
+    left = alice.expect("left", name="bob")
+    assert left["reason"] == "disconnected"
+    assert left["ts"] >= lost + 400
+    # Now an ordinary join, still with the messages it missed.
+    end = bob.resume(server.address)
+    assert end == {"type": "history_end", "count": 0, "resumed": True}
+    alice.expect("joined", name="bob")
+
+
+def test_a_client_that_does_not_ask_to_resume_sees_1_1_unchanged(
+    server: ServerProcess, connect: Connect
+) -> None:
+    alice = connect(server.address, "alice")
+    plain = JsonClient(server.address)
+    plain.send({"type": "hello", "name": "plain"})
+    assert plain.recv() == {
+        "type": "welcome",
+        "name": "plain",
+        "users": ["alice", "plain"],
+        "count": 2,
+    }
+    plain.close()
+    assert alice.expect("left", name="plain")["reason"] == "disconnected"
+
+
+def test_a_restart_on_the_history_file_resumes(
+    start_server: Start, connect: Connect, tmp_path: Path
+) -> None:
+    path = tmp_path / "history.db"
+    first = start_server("tcp.server", "--rate-limit", "0", "--history-file", str(path))
+    bob = Resumer(first.address, "bob")
+    alice = connect(first.address, "alice")
+    alice.send({"type": "say", "text": "before"})
+    bob.read_until("before")
+    wait_for_file(first, path)
+    first.stop(signal.SIGKILL)
+
+    second = start_server("tcp.server", "--rate-limit", "0", "--history-file", str(path))
+    carol = connect(second.address, "carol")
+    carol.send({"type": "say", "text": "after the restart"})
+    carol.expect("msg", text="after the restart")
+    end = bob.resume(second.address)
+    assert end == {"type": "history_end", "count": 1, "resumed": True}
+    assert bob.texts == ["before", "after the restart"]
+
+
+def test_a_restart_in_memory_is_a_new_epoch_resumed_false(start_server: Start) -> None:
+    first = start_server("tcp.server")
+    bob = Resumer(first.address, "bob")
+    first.stop(signal.SIGKILL)
+    second = start_server("tcp.server")
+    assert bob.resume(second.address) == {"type": "history_end", "count": 0, "resumed": False}
+
+
+def wait_for_file(server: ServerProcess, path: Path) -> None:
+    """The history file has written its batch (it does so at least every tenth of a second)."""
+    deadline = time.monotonic() + WAIT
+    while True:
+        with sqlite3.connect(path) as db:
+            if db.execute("SELECT count(*) FROM msg").fetchone()[0]:
+                return
+        assert time.monotonic() < deadline, "the history file was never written"
+        time.sleep(0.02)
+
+
+# ---- UDP ------------------------------------------------------------------------
+
+
+def udp_resumer(peer: UdpPeer, name: str, **extra: Any) -> dict[str, Any]:
+    return peer.hello(name, resumable=True, **extra)
+
+
+@pytest.mark.parametrize("reliable", [False, True])
+def test_udp_resume_from_a_new_address_waits_for_it_to_prove_itself(
+    start_server: Start, peers: Peers, reliable: bool
+) -> None:
+    server = start_server("udp.server", "--rate-limit", "0")
+    alice = peers(server)
+    alice.hello("alice")
+    old = peers(server)
+    welcome = udp_resumer(old, "bob", reliable=reliable)
+    if reliable:
+        old.ack(welcome["seq"])
+    alice.expect("joined", name="bob")
+    mark = len(alice.received)
+    alice.send({"type": "say", "text": "missed"})
+    alice.expect("msg", text="missed")
+    # The NAT rebound: the same client, a new port; its old address hears no more.
+    new = peers(server)
+    resume = {"session": welcome["session"], "epoch": welcome["epoch"], "after": welcome["last"]}
+    new.send(
+        {"type": "hello", "name": "bob", "resumable": True, "reliable": reliable, "resume": resume},
+        envelope=False,
+    )
+    again = new.expect("welcome")
+    assert again["session"] == welcome["session"]
+    # Nothing more (but the welcome again, if reliable) till a frame with the token comes.
+    assert all(json.loads(d)["type"] == "welcome" for d in new.silence())
+    new.token = again["session"]
+    if reliable:
+        new.ack(again["seq"])
+    else:
+        new.send({"type": "ping"})
+    missed = new.expect("msg")
+    assert (missed["text"], missed["history"]) == ("missed", True)
+    if reliable:
+        new.ack(missed["seq"])
+    end = new.expect("history_end")
+    assert (end["count"], end["resumed"]) == (1, True)
+    alice.send({"type": "say", "text": "live"})
+    assert new.expect("msg")["text"] == "live"
+    seen = [json.loads(d) for d in old.silence()]
+    assert not any(f.get("text") == "live" for f in seen)
+    alice.expect("msg", text="live")
+    assert not any(f["type"] in ("left", "joined") for f in alice.received[mark:])
+
+
+def test_udp_silence_keeps_the_place_for_the_grace(start_server: Start, peers: Peers) -> None:
+    server = start_server(
+        "udp.server", "--rate-limit", "0", "--session-timeout", "0.5", "--resume-grace", "1"
+    )
+    alice = peers(server)
+    alice.hello("alice")
+    bob = peers(server)
+    welcome = udp_resumer(bob, "bob")
+    alice.expect("joined", name="bob")
+    silent_since = time.time() * 1000
+    while True:  # alice keeps talking; bob says nothing: its session times out, then its grace
+        alice.send({"type": "ping"})
+        frame = alice.recv()
+        if frame["type"] == "left":
+            break
+    assert frame["name"] == "bob" and frame["reason"] == "timeout"
+    assert frame["ts"] >= silent_since + 1400
+    assert welcome["session"]
+
+
+def test_a_udp_resume_to_a_spoofed_address_sends_nothing_but_the_welcome(
+    start_server: Start, peers: Peers
+) -> None:
+    """Whoever knows the epoch can ask for every message: only the welcome goes out unproven."""
+    server = start_server("udp.server", "--rate-limit", "0")
+    alice = peers(server)
+    welcome = alice.hello("alice")
+    for i in range(20):
+        alice.send({"type": "say", "text": f"m{i} " + "x" * 200})
+    victim = peers(server)
+    hello = {
+        "type": "hello",
+        "name": "mallory",
+        "resume": {"session": "0" * 32, "epoch": welcome.get("epoch", ""), "after": None},
+    }
+    data = json.dumps(hello).encode()
+    victim.send_raw(data)
+    got = victim.silence()
+    assert sum(len(d) for d in got) <= max(3 * len(data), 256)
