@@ -257,43 +257,45 @@ def analyse(logs: Sequence[Sequence[Event]]) -> Counts:
     """Count what each user missed, saw twice or saw out of order.
 
     The messages the room took are those that anyone received (a ``say`` that went into a
-    dead connection never reached the room, and nobody can miss it). A user misses a message
-    of sender S when it saw an earlier and a later message of S, or the run ended, without
-    seeing that one; the miss is announced when a ``resumed: false`` notice came between.
-    Every user joined before the chat began, so every message is due to every user.
+    dead connection never reached the room, and nobody can miss it); every user joined before
+    the chat began, so each of them is due to every user. A miss is announced when a
+    ``resumed: false`` notice came between the arrivals of the sender's messages around it
+    (the one before it and the one after it, or the end of the run). Out of order: a message
+    that arrived after a later one of the same sender.
     """
-    taken: dict[int, list[int]] = {}
+    numbers: dict[int, set[int]] = {}
     for log in logs:
         for event in log:
             if event is not None:
-                taken.setdefault(event[0], []).append(event[1])
-    numbers = {sender: sorted(set(ks)) for sender, ks in taken.items()}
+                numbers.setdefault(event[0], set()).add(event[1])
     silent = announced = twice = disorder = deliveries = 0
     for log in logs:
-        last = dict.fromkeys(numbers, 0)
-        noticed = dict.fromkeys(numbers, False)
-        seen: set[Key] = set()
-        for event in log:
+        arrival: dict[Key, int] = {}
+        notices: list[int] = []
+        latest: dict[int, int] = {}
+        for position, event in enumerate(log):
             if event is None:
-                noticed = dict.fromkeys(numbers, True)
+                notices.append(position)
                 continue
             deliveries += 1
-            if event in seen:
+            if event in arrival:
                 twice += 1
                 continue
-            seen.add(event)
+            arrival[event] = position
             sender, k = event
-            if k < last[sender]:
+            if k < latest.get(sender, 0):
                 disorder += 1
-                continue
-            gap = between(numbers[sender], last[sender], k)
-            announced += gap if noticed[sender] else 0
-            silent += 0 if noticed[sender] else gap
-            last[sender], noticed[sender] = k, False
+            latest[sender] = max(k, latest.get(sender, 0))
         for sender, ks in numbers.items():
-            gap = between(ks, last[sender], math.inf)
-            announced += gap if noticed[sender] else 0
-            silent += 0 if noticed[sender] else gap
+            got = sorted(k for k in ks if (sender, k) in arrival)
+            for k in ks.difference(got):
+                i = bisect_left(got, k)
+                lo = arrival[(sender, got[i - 1])] if i > 0 else -1
+                hi = arrival[(sender, got[i])] if i < len(got) else len(log)
+                if bisect_left(notices, max(lo, hi)) > bisect_right(notices, min(lo, hi)):
+                    announced += 1
+                else:
+                    silent += 1
     return Counts(
         messages=sum(len(ks) for ks in numbers.values()),
         deliveries=deliveries,
@@ -302,11 +304,6 @@ def analyse(logs: Sequence[Sequence[Event]]) -> Counts:
         received_twice=twice,
         out_of_order=disorder,
     )
-
-
-def between(ordered: Sequence[int], low: float, high: float) -> int:
-    """How many of ``ordered`` lie strictly between ``low`` and ``high``."""
-    return max(0, bisect_left(ordered, high) - bisect_right(ordered, low))
 
 
 def resume_times(resumes: Sequence[Resumed], backs: Sequence[float]) -> list[float]:
