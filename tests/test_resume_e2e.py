@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import WAIT, JsonClient, ServerProcess
+from tests.test_cluster import LEASE, RedisServer
 from tests.test_udp_server import Peers, UdpPeer, peers
 
 Start = Callable[..., ServerProcess]
@@ -311,3 +312,53 @@ def test_a_udp_resume_to_a_spoofed_address_sends_nothing_but_the_welcome(
     victim.send_raw(data)
     got = victim.silence()
     assert sum(len(d) for d in got) <= max(3 * len(data), 256)
+
+
+# ---- several servers through Redis ----------------------------------------------
+
+
+def test_a_client_of_a_server_that_died_resumes_on_another(
+    start_server: Start, connect: Connect, tmp_path: Path
+) -> None:
+    store = RedisServer(tmp_path)
+    try:
+        args = ("--rate-limit", "0", "--redis", store.url, "--lease", LEASE)
+        doomed, survivor = start_server("tcp.server", *args), start_server("tcp.server", *args)
+        alice = connect(survivor.address, "alice")
+        bob = Resumer(doomed.address, "bob")
+        alice.expect("joined", name="bob")
+        alice.send({"type": "say", "text": "seen"})
+        bob.read_until("seen")
+        seen_id = bob.after
+        doomed.stop(signal.SIGKILL)
+        alice.send({"type": "say", "text": "missed"})
+        missed = alice.expect("msg", text="missed")
+        alice.expect("left", name="bob")  # its server's lease ended: the name is free again
+        end = bob.resume(survivor.address)
+        assert end == {"type": "history_end", "count": 1, "resumed": True}
+        assert bob.texts == ["seen", "missed"]
+        assert bob.after == missed["id"] and missed["id"] != seen_id  # one id, every server
+    finally:
+        if store.proc is not None and store.proc.poll() is None:
+            store.proc.kill()
+            store.proc.wait()
+
+
+def test_a_new_redis_stream_is_a_new_epoch(start_server: Start, tmp_path: Path) -> None:
+    store = RedisServer(tmp_path, persist=False)
+    try:
+        args = ("--rate-limit", "0", "--redis", store.url)
+        one = start_server("tcp.server", *args)
+        bob = Resumer(one.address, "bob")
+        two = start_server("tcp.server", *args)
+        assert Resumer(two.address, "carol").epoch == bob.epoch  # one room, one epoch
+        one.stop(signal.SIGKILL)
+        two.stop(signal.SIGKILL)
+        store.stop()
+        store.start()
+        three = start_server("tcp.server", *args)
+        assert bob.resume(three.address) == {"type": "history_end", "count": 0, "resumed": False}
+    finally:
+        if store.proc is not None and store.proc.poll() is None:
+            store.proc.kill()
+            store.proc.wait()

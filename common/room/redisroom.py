@@ -17,6 +17,11 @@ in one slot, as the scripts that touch several of them at once require:
   clock, ms).
 * ``chat:{R}:seen``, a hash: server -> the last event number it published,
   so an event sent again after a lost connection is not added twice.
+* ``chat:{R}:epoch``, a string: the epoch of the room's history (resume,
+  protocol 1.2). It is made with the stream (an empty stream is made with
+  it, so that servers starting together agree on one) and made anew when
+  the stream is gone: Redis lost the room's history. The ids of the room's
+  frames are the stream's entry ids, the same on every server.
 
 Threads, each named and owned by this backplane, stopped by ``close``:
 
@@ -41,6 +46,7 @@ delivered twice or out of order.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -59,11 +65,12 @@ from common.protocol.codec import (
     Left,
     Msg,
     ProtocolError,
+    Renamed,
     Unavailable,
     decode_server,
     name_key,
 )
-from common.room.room import Entry, Room, wall_clock_ms
+from common.room.room import Entry, Room, new_epoch, wall_clock_ms
 from common.room.sharing import StartError
 
 log = logging.getLogger("common.room.redisroom")
@@ -120,6 +127,17 @@ return 1
 """
 """KEYS: log, seen, names. ARGV: server, number, frame, maxlen, key to release or '', token."""
 
+EPOCH = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[2], ARGV[1])
+  if redis.call('EXISTS', KEYS[1]) == 0 then
+    redis.call('XGROUP', 'CREATE', KEYS[1], 'epoch', '$', 'MKSTREAM')
+  end
+end
+return redis.call('GET', KEYS[2])
+"""
+"""KEYS: log, epoch. ARGV: a new epoch, used if the stream or its epoch is missing."""
+
 LEASE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -174,6 +192,7 @@ class RedisBackplane:
         prefix = f"chat:{{{room}}}:"
         self._log, self._names = prefix + "log", prefix + "names"
         self._servers, self._seen = prefix + "servers", prefix + "seen"
+        self._epoch = prefix + "epoch"
         self._tickets = itertools.count(1)
         self._tokens: dict[str, str] = {}  # name key -> token of the member holding it here
         self._numbers = itertools.count(1)
@@ -197,6 +216,7 @@ class RedisBackplane:
             self._claim = self._redis.register_script(CLAIM)
             self._publish = self._redis.register_script(PUBLISH)
             self._lease_script = self._redis.register_script(LEASE)
+            self._epoch_script = self._redis.register_script(EPOCH)
             self._renew("renew")
         except (redis.RedisError, ValueError) as exc:
             raise StartError(f"cannot use Redis at {url}: {exc}") from None
@@ -211,21 +231,38 @@ class RedisBackplane:
     def attach(self, room: Room[Any]) -> None:
         """Load the room's state from Redis, then start following the stream."""
         self._room = room
+        count = max(self._history + 200, READ_AT_START)
         try:
+            epoch = self._epoch_script(keys=[self._log, self._epoch], args=[new_epoch()]).decode()
             with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xrevrange(self._log, count=max(self._history + 200, READ_AT_START))
+                pipe.xrevrange(self._log, count=count)
                 pipe.hgetall(self._names)
-                entries, names = pipe.execute()
+                pipe.xinfo_stream(self._log)
+                entries, names, info = pipe.execute()
         except redis.RedisError as exc:
             raise StartError(f"cannot read the room from Redis at {self._url}: {exc}") from None
         earlier: list[Msg] = []
-        for _, fields in entries:
+        floor: str | None = None  # the newest msg not read back
+        for entry_id, fields in entries:
             message = decode_server(fields[b"f"]).message
-            if isinstance(message, Msg) and len(earlier) < self._history:
-                earlier.append(message)
+            if not isinstance(message, Msg):
+                continue
+            if len(earlier) < self._history:
+                earlier.append(dataclasses.replace(message, id=entry_id.decode()))
+            elif floor is None:
+                floor = entry_id.decode()
+        trimmed = info.get("max-deleted-entry-id", b"0-0") not in (b"0-0", "0-0")
+        if floor is None and entries and (len(entries) == count or trimmed):
+            floor = entries[-1][0].decode()  # what came before what was read may be gone
         if entries:
             self._last_id = entries[0][0]
-        room.preload(earlier[::-1], [held.decode().split(" ", 1)[1] for held in names.values()])
+        room.preload(
+            earlier[::-1],
+            [held.decode().split(" ", 1)[1] for held in names.values()],
+            epoch=epoch,
+            floor=floor,
+            newest=entries[0][0].decode() if entries else None,
+        )
         self.ready = True
         log.info("sharing the room through Redis at %s as server %s", self._url, self.server)
         for thread in self._threads:
@@ -328,16 +365,18 @@ class RedisBackplane:
                 for entry_id, fields in entries:
                     self._last_id = entry_id
                     try:
-                        batch.append(self._entry(fields))
+                        batch.append(self._entry(entry_id, fields))
                     except (ProtocolError, KeyError) as exc:
                         log.warning("skipped a stream entry that is not a frame: %s", exc)
                 self._room.receive(batch)
 
-    def _entry(self, fields: dict[bytes, bytes]) -> tuple[Entry, bool]:
+    def _entry(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[Entry, bool]:
         frame = fields[b"f"]
         message = decode_server(frame).message
         # Redis itself writes the left of a server that is gone: encode it like ours.
         entry = Entry.of(message) if isinstance(message, Left) else Entry(message, frame + b"\n")
+        if isinstance(message, (Msg, Joined, Left, Renamed)):  # a room frame: its id is the entry's
+            entry = entry.stamped(entry_id.decode())
         mine = fields[b"s"].decode() == self.server
         if mine and b"n" in fields:
             self._returned = int(fields[b"n"])
