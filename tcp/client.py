@@ -35,6 +35,12 @@ from common.terminal.console import (
 
 CONNECT_TIMEOUT = 5.0
 RECV_BYTES = 65536
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 10, 5, 3
+"""A server that vanished without a word (its machine gone, a NAT that forgot the
+connection) is noticed within about 25 s even while nobody says anything, so the client
+resumes instead of waiting on a dead connection."""
+UNACKED_LIMIT_MS = 30_000
+"""The same while something sent is not acknowledged (``TCP_USER_TIMEOUT``)."""
 
 
 class TcpTransport:
@@ -60,6 +66,11 @@ class TcpTransport:
             raise ChatError(f"cannot connect to {peer}: {exc.strerror or exc}") from None
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UNACKED_LIMIT_MS)
         return cls(sock, peer)
 
     def send(self, message: ClientMessage) -> None:

@@ -20,6 +20,7 @@ import pytest
 
 from common.cli.runcluster import free_port
 from common.terminal.console import name_colour
+from tcp.client import TcpTransport
 from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
 
 Connect = Callable[..., JsonClient]
@@ -625,3 +626,18 @@ def test_the_next_server_is_tried_when_one_is_gone(start_server: Start, spawn: S
     assert "alice" in probe.expect("users")["names"]
     alice.send("/quit\r")
     assert alice.exit_code() == 0
+
+
+def test_a_vanished_server_is_noticed_without_traffic() -> None:
+    """Keepalive and a limit on unacknowledged data: a dead connection ends, then resumes."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        transport = TcpTransport.connect(f"127.0.0.1:{listener.getsockname()[1]}")
+        try:
+            sock = transport._sock
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 5
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+        finally:
+            transport.close()
