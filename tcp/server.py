@@ -72,7 +72,7 @@ from common.protocol.codec import (
     encode_line,
 )
 from common.room.ratelimit import TokenBucket
-from common.room.room import Entry, Member, Room, Stage
+from common.room.room import RESUME_MAX_BYTES, Entry, Member, Room, Stage
 from common.room.sharing import Sharing, open_sharing
 from common.terminal.commands import HELP_TEXT, ShowHelp, Usage, parse_command
 from common.terminal.render import text_mode_line
@@ -166,6 +166,7 @@ class ChatServer:
             archive=archive,
             resume_grace=self.limits.resume_grace,
             on_taken=self._taken,
+            resume_bytes=min(RESUME_MAX_BYTES, self.limits.max_outbox // 2),
         )
         self._writer_stop = False
         self._said_bye = False

@@ -60,7 +60,7 @@ def test_history_and_live_traffic_neither_overlap_nor_leave_a_gap(
         thread.join()
     earlier, count = history(late, limit=100)
     assert count == len(earlier) == 100
-    assert all(set(m) == {"type", "from", "text", "ts", "history"} for m in earlier)
+    assert all(set(m) == {"type", "from", "text", "ts", "history", "id"} for m in earlier)
     while len(order) < sum(counts):
         frame = observer.recv()
         if frame["type"] == "msg":

@@ -250,7 +250,8 @@ def test_a_gap_beyond_what_is_kept_is_resumed_false_never_silent(room: Room[Peer
 
 def test_another_epoch_or_a_foreign_id_is_resumed_false(room: Room[Peer]) -> None:
     bob, welcome = join(room, "bob")
-    for epoch, after in (("0123456789abcdef", welcome.last), (welcome.epoch, "not-an-id")):
+    cases = (("0123456789abcdef", welcome.last), ("", welcome.last), (welcome.epoch, "not-an-id"))
+    for epoch, after in cases:  # an empty epoch is no wildcard: it matches no history
         room.leave(bob, "disconnected")
         bob, frames = resume(
             room, "bob", Welcome(name="", users=(), count=0, session=bob.token, epoch=epoch), after
@@ -340,3 +341,17 @@ def test_messages_a_killed_server_never_wrote_make_resume_false(tmp_path: Path) 
     third = HistoryFile(path, 100)
     assert third.epoch != epoch  # nothing says how far it counted: a new life
     third.close()
+
+
+def test_more_missed_than_a_resume_may_carry_is_resumed_false(clock: Clock) -> None:
+    room: Room[Peer] = Room(max_users=10, clock=clock, resume_grace=GRACE, resume_bytes=500)
+    alice, _ = join(room, "alice")
+    bob, welcome = join(room, "bob")
+    room.leave(bob, "disconnected")
+    say(room, alice, "x" * 200)
+    second, frames = resume(room, "bob", welcome, welcome.last)
+    assert frames[-1] == HistoryEnd(count=1, resumed=True)
+    room.leave(second, "disconnected")
+    say(room, alice, "y" * 200, "z" * 200)
+    _, frames = resume(room, "bob", welcome, welcome.last)
+    assert frames[1:] == [HistoryEnd(count=0, resumed=False)]

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 
 from tests.conftest import WAIT, JsonClient, ServerProcess
 from tests.test_cluster import LEASE, RedisServer
@@ -320,6 +321,7 @@ def test_a_udp_resume_to_a_spoofed_address_sends_nothing_but_the_welcome(
 def test_a_client_of_a_server_that_died_resumes_on_another(
     start_server: Start, connect: Connect, tmp_path: Path
 ) -> None:
+    """Nobody sees it leave: the session is taken over before its server's lease ends."""
     store = RedisServer(tmp_path)
     try:
         args = ("--rate-limit", "0", "--redis", store.url, "--lease", LEASE)
@@ -333,11 +335,50 @@ def test_a_client_of_a_server_that_died_resumes_on_another(
         doomed.stop(signal.SIGKILL)
         alice.send({"type": "say", "text": "missed"})
         missed = alice.expect("msg", text="missed")
-        alice.expect("left", name="bob")  # its server's lease ended: the name is free again
         end = bob.resume(survivor.address)
         assert end == {"type": "history_end", "count": 1, "resumed": True}
         assert bob.texts == ["seen", "missed"]
         assert bob.after == missed["id"] and missed["id"] != seen_id  # one id, every server
+        servers = redis.Redis.from_url(store.url)
+        deadline = time.monotonic() + 15
+        while servers.zcard("chat:{lobby}:servers") > 1:  # the dead server's lease ends
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        alice.send({"type": "say", "text": "end"})
+        assert no_left_or_joined(frames_until(alice, "end"))
+        bob.read_until("end")
+        assert bob.texts == ["seen", "missed", "end"]
+    finally:
+        if store.proc is not None and store.proc.poll() is None:
+            store.proc.kill()
+            store.proc.wait()
+
+
+def test_a_resume_on_another_server_closes_the_half_open_connection(
+    start_server: Start, connect: Connect, tmp_path: Path
+) -> None:
+    store = RedisServer(tmp_path)
+    try:
+        args = ("--rate-limit", "0", "--redis", store.url, "--lease", LEASE)
+        one, two = start_server("tcp.server", *args), start_server("tcp.server", *args)
+        alice = connect(two.address, "alice")
+        bob = Resumer(one.address, "bob")
+        old = bob.client
+        alice.expect("joined", name="bob")
+        alice.send({"type": "say", "text": "x"})
+        alice.expect("msg", text="x")
+        end = bob.resume(two.address)
+        assert end["resumed"] is True
+        assert bob.texts == ["x"]
+        assert old.closed()
+        # Forged or stale sessions get nothing of it.
+        thief = connect(one.address)
+        forged = {"session": "0" * 32, "epoch": bob.epoch, "after": None}
+        thief.send({"type": "hello", "name": "bob", "resume": forged})
+        assert thief.expect("error")["code"] == "name_taken"
+        alice.send({"type": "say", "text": "y"})
+        assert no_left_or_joined(frames_until(alice, "y"))
+        bob.read_until("y")
     finally:
         if store.proc is not None and store.proc.poll() is None:
             store.proc.kill()

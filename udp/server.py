@@ -48,7 +48,7 @@ import socket
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 
 from common.cli.serverargs import (
     Limits,
@@ -151,6 +151,7 @@ class UdpChatServer:
         self._by_token: dict[str, Session] = {}
         self._strangers: dict[Address, Stranger] = {}
         self._busy: set[Session] = set()
+        self._taken_sessions: deque[Session] = deque()  # taken over by a resume: to forget
         self._held = SharedFrames(stamp)
         self._caught_up = time.monotonic()
         self._admission = TokenBucket(ADMISSION_RATE, ADMISSION_BURST, self._caught_up)
@@ -419,6 +420,7 @@ class UdpChatServer:
         gave up, or held too much) adds ``left`` to the room, so this runs
         until nothing is new.
         """
+        self._forget_taken()
         sendto = self.sock.sendto
         while pending := self.room.pending():
             for member in pending:
@@ -497,18 +499,27 @@ class UdpChatServer:
         self._busy.discard(session)
         if session.sender is not None:
             session.sender.close()
-        left = self.room.leave(session, reason) is not None
+        self.room.leave(session, reason)
         log.info(
             "%s %s (%s); %s",
             session.name,
-            "left" if left else "is away, its place kept",
+            "is away, its place kept" if session.stage is Stage.AWAY else "left",
             reason,
             session.summary(),
         )
 
     def _taken(self, session: Session) -> None:
-        """A resume (from this or a new address) took ``session`` over: it ends without a
-        word. Only a hello does this, so the server's lock is held."""
+        """A resume took ``session`` over: it ends without a word, at the next flush (a resume
+        here calls this under the server's lock, one on another server from Redis's thread)."""
+        self._taken_sessions.append(session)
+        self._wake.set()
+
+    def _forget_taken(self) -> None:
+        """The sessions taken over: out of the registry, nobody told (lock held)."""
+        while self._taken_sessions:
+            self._forget(self._taken_sessions.popleft())
+
+    def _forget(self, session: Session) -> None:
         if self._sessions.get(session.address) is session:
             del self._sessions[session.address]
         if self._by_token.get(session.token) is session:

@@ -665,23 +665,27 @@ WIRE_NAMES = {"sender": "from"}
 OMITTED_WHEN_EMPTY = frozenset(
     {"reliable", "pad", "reason", "history", "resumable", "id", "session", "epoch"}
 )
-"""Fields left out when false or empty; besides these, a field that is None is left out,
-except a welcome's ``last``, which is null in a room that has said nothing yet."""
+"""Fields left out when false or empty."""
+OMITTED_WHEN_NONE = frozenset({"resume", "resumed", "last"})
+"""Fields left out when None; but a welcome's ``last`` is null in a room that has said
+nothing yet, and is left out only from a welcome without ``epoch`` (a 1.1 welcome)."""
 
 
 def _wire_fields(message: Message) -> dict[str, Any]:
     """The JSON object of a message, its fields in declaration order."""
     out: dict[str, Any] = {}
     for f in fields(message):
-        value = getattr(message, f.name)
-        if f.name == "last" and isinstance(message, Welcome):
-            if not message.epoch:  # a 1.1 welcome: no resume fields at all
+        name = f.name
+        value = getattr(message, name)
+        if name in OMITTED_WHEN_EMPTY:
+            if not value:
                 continue
-        elif value is None or (f.name in OMITTED_WHEN_EMPTY and not value):
-            continue
-        if isinstance(value, Resume):
-            value = {"session": value.session, "epoch": value.epoch, "after": value.after}
-        out[WIRE_NAMES.get(f.name, f.name)] = list(value) if isinstance(value, tuple) else value
+        elif name in OMITTED_WHEN_NONE:
+            if value is None and not (isinstance(message, Welcome) and message.epoch):
+                continue
+            if isinstance(value, Resume):
+                value = {"session": value.session, "epoch": value.epoch, "after": value.after}
+        out[WIRE_NAMES.get(name, name)] = list(value) if isinstance(value, tuple) else value
     return out
 
 

@@ -139,11 +139,12 @@ class HistoryFile:
         IDS.pack_into(self._ids, 0, entry_id, self._last_msg)
 
     def close(self) -> None:
-        """Write the last batch and close the file."""
+        """Write the last batch and close the database. The page of ids stays mapped: a
+        reader thread may still give an id while the server stops, and the page is freed
+        with the process (or this object)."""
         self._stop.set()
         self._thread.join()
         self._db.close()
-        self._ids.close()
 
     def _run(self) -> None:
         while not self._stop.wait(BATCH_SECONDS):

@@ -11,8 +11,14 @@ in one slot, as the scripts that touch several of them at once require:
   approximate ``MAXLEN`` of ``--history`` (never under ``MIN_STREAM``, so a
   reader a moment behind loses nothing).
 * ``chat:{R}:names``, a hash: name key -> ``TOKEN NAME``; ``TOKEN`` is
-  ``SERVER:N``, one per hello. A name is claimed with one script, so two
-  servers racing for it cannot both win.
+  ``SERVER:N/SESSION``, one per hello, with the session token its welcome
+  gave. A name is claimed with one script, so two servers racing for it
+  cannot both win. A resume on another server takes a name over with one
+  script too (``TAKE``): if the session is the one that holds it, the name
+  gets the new server's token and a takeover entry (``t``: the name key,
+  no frame) goes in the stream, where every server meets it in the room's
+  order: the server that held the session closes its connection without a
+  word, the one that took it welcomes the client there.
 * ``chat:{R}:servers``, a sorted set: server -> when its lease ends (Redis
   clock, ms).
 * ``chat:{R}:seen``, a hash: server -> the last event number it published,
@@ -118,6 +124,7 @@ if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') th
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if ARGV[5] ~= '' then
   local held = redis.call('HGET', KEYS[3], ARGV[5])
+  if held and string.match(held, '^([^:]+):') ~= ARGV[1] then return 0 end
   if held and string.sub(held, 1, #ARGV[6] + 1) == ARGV[6] .. ' ' then
     redis.call('HDEL', KEYS[3], ARGV[5])
   end
@@ -125,7 +132,20 @@ end
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 's', ARGV[1], 'n', ARGV[2], 'f', ARGV[3])
 return 1
 """
-"""KEYS: log, seen, names. ARGV: server, number, frame, maxlen, key to release or '', token."""
+"""KEYS: log, seen, names. ARGV: server, number, frame, maxlen, key to release or '', token.
+
+A ``left`` whose name another server holds by now is not added: a resume there took the
+session over (its grace here ran out at the same moment), and nobody is to see it leave.
+"""
+
+TAKE = """
+local held = redis.call('HGET', KEYS[1], ARGV[1])
+if not held or string.match(held, '^[^ /]*/([^ ]*) ') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3] .. ' ' .. ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[6], '*', 's', ARGV[5], 't', ARGV[1])
+return 1
+"""
+"""KEYS: names, log. ARGV: key, session, new token, name, server, maxlen."""
 
 EPOCH = """
 if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('EXISTS', KEYS[2]) == 0 then
@@ -217,6 +237,7 @@ class RedisBackplane:
             self._publish = self._redis.register_script(PUBLISH)
             self._lease_script = self._redis.register_script(LEASE)
             self._epoch_script = self._redis.register_script(EPOCH)
+            self._take = self._redis.register_script(TAKE)
             self._renew("renew")
         except (redis.RedisError, ValueError) as exc:
             raise StartError(f"cannot use Redis at {url}: {exc}") from None
@@ -269,9 +290,12 @@ class RedisBackplane:
             thread.start()
 
     def claim(self, name: str, old: str | None) -> bool:
+        return self.claim_session(name, old, "")
+
+    def claim_session(self, name: str, old: str | None, session: str) -> bool:
         key = name_key(name)
         old_key = "" if old is None else name_key(old)
-        token = self._tokens.get(old_key) or f"{self.server}:{next(self._tickets)}"
+        token = self._tokens.get(old_key) or f"{self.server}:{next(self._tickets)}/{session}"
         try:
             won = self._claim(keys=[self._names], args=[key, token, name, self.server, old_key])
         except redis.RedisError as exc:
@@ -282,6 +306,24 @@ class RedisBackplane:
         if won:
             with self._state_lock:
                 self._tokens.pop(old_key, None)
+                self._tokens[key] = token
+        return bool(won)
+
+    def take_over(self, name: str, session: str) -> bool:
+        key = name_key(name)
+        token = f"{self.server}:{next(self._tickets)}/{session}"
+        try:
+            won = self._take(
+                keys=[self._names, self._log],
+                args=[key, session, token, name, self.server, self._maxlen],
+            )
+        except redis.RedisError as exc:
+            self._lost(exc)
+            raise Unavailable(
+                "the room cannot be reached just now; try again in a moment"
+            ) from None
+        if won:
+            with self._state_lock:
                 self._tokens[key] = token
         return bool(won)
 
@@ -364,6 +406,11 @@ class RedisBackplane:
                 batch: list[tuple[Entry, bool]] = []
                 for entry_id, fields in entries:
                     self._last_id = entry_id
+                    if b"t" in fields:  # a takeover: the room meets it in its place
+                        self._room.receive(batch)
+                        batch = []
+                        self._taken_over(fields)
+                        continue
                     try:
                         batch.append(self._entry(entry_id, fields))
                     except (ProtocolError, KeyError) as exc:
@@ -381,6 +428,14 @@ class RedisBackplane:
         if mine and b"n" in fields:
             self._returned = int(fields[b"n"])
         return entry, mine
+
+    def _taken_over(self, fields: dict[bytes, bytes]) -> None:
+        key, mine = fields[b"t"].decode(), fields[b"s"].decode() == self.server
+        if not mine:  # the name is another server's now: nothing of ours to release
+            with self._state_lock:
+                self._tokens.pop(key, None)
+        assert self._room is not None
+        self._room.taken_over(key, mine=mine)
 
     def _run_lease(self) -> None:
         """Renew the lease; take out servers whose lease ended, after one lease of grace."""

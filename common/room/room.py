@@ -79,7 +79,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from common.protocol.codec import (
     MAX_FRAME_BYTES,
@@ -131,6 +131,10 @@ DEFAULT_RESUME_GRACE = 10.0
 """Seconds a resumable member whose connection broke keeps its place (``--resume-grace``)."""
 TOKEN_BYTES = 16
 """A session token's random bytes: 128 bits, written as 32 hex digits."""
+RESUME_MAX_BYTES = 256 * 1024
+"""Bytes of missed messages a resume is answered with at most; past that it is answered
+``resumed: false`` (the client then asks ``history`` as a newcomer does) rather than queue
+more than a slow link or a TCP writer's limit would take."""
 RESUMABLE_REASONS = frozenset({"disconnected", "timeout"})
 """Ways a connection ends that a resumable member survives for the grace; ``quit``,
 ``too_slow`` and ``shutdown`` end it at once."""
@@ -181,10 +185,13 @@ class Entry:
 
     def stamped(self, entry_id: str) -> Entry:
         """This room frame with its ``id``: the field goes last, so the line is spliced, not
-        encoded again (ids are digits and ``-``: nothing to escape)."""
-        assert isinstance(self.message, (Msg, Joined, Left, Renamed))
-        message = dataclasses.replace(self.message, id=entry_id)
-        return Entry(message, b'%s,"id":"%s"}\n' % (self.line[:-2], entry_id.encode()))
+        encoded again (ids are digits and ``-``: nothing to escape). The message is copied
+        field by field (``dataclasses.replace`` costs more than the rest of a ``say``)."""
+        message = self.message
+        assert isinstance(message, (Msg, Joined, Left, Renamed))
+        copy = object.__new__(type(message))
+        copy.__dict__.update(message.__dict__, id=entry_id)
+        return Entry(copy, b'%s,"id":"%s"}\n' % (self.line[:-2], entry_id.encode()))
 
     @classmethod
     def checked(cls, message: ServerMessage) -> Entry:
@@ -267,6 +274,22 @@ class Backplane(Protocol):
         """The server stops: its users leave the shared room (``shutdown``)."""
 
 
+@runtime_checkable
+class SharesSessions(Protocol):
+    """A backplane that knows which session holds each name, on every server, so that a
+    resume can take over a session held on another server (``common.room.redisroom``)."""
+
+    def claim_session(self, name: str, old: str | None, session: str) -> bool:
+        """``claim``, noting that ``session`` holds the name."""
+
+    def take_over(self, name: str, session: str) -> bool:
+        """Give ``name`` to this server if ``session`` holds it, wherever; False if not.
+
+        Outside the room's lock; may do I/O. When it is True, the backplane hands
+        ``Room.taken_over`` to every server, in the room's order.
+        """
+
+
 class Archive(Protocol):
     """Where messages are kept past the process (``common.room.historyfile``).
 
@@ -332,6 +355,7 @@ class Room(Generic[M]):
         wake_remote: Callable[[], None] | None = None,
         resume_grace: float = DEFAULT_RESUME_GRACE,
         on_taken: Callable[[M], None] = lambda member: None,
+        resume_bytes: int = RESUME_MAX_BYTES,
     ) -> None:
         """``wake_remote`` is called when a backplane's thread brought something (else ``wake``).
 
@@ -359,17 +383,18 @@ class Room(Generic[M]):
         self._unread = 0  # log position up to which ``pending`` was asked
         self._closed = False
         self._grace = int(resume_grace * 1000)
+        self._resume_bytes = resume_bytes
         self._on_taken = on_taken
         self._away: dict[M, None] = {}  # members AWAY, in the order their grace ends
         self.epoch = new_epoch()
         self._last_id = 0  # the last id this room gave (ids of its own count)
         self._newest: str | None = None  # the newest log entry's id: a welcome's ``last``
-        self._floor: IdKey | None = None  # the newest msg no longer kept (None: none)
+        self._floor: str | None = None  # the id of the newest msg no longer kept (None: none)
         if archive is not None:
             self._history.extend((EARLIER, msg) for msg in archive.earlier)
             self.epoch, self._last_id = archive.epoch, archive.last_id
             self._newest = str(archive.last_id) if archive.last_id else None
-            self._floor = None if archive.floor is None else id_key(archive.floor)
+            self._floor = archive.floor
         self._backplane.attach(self)
 
     # ---- the log (lock held) -------------------------------------------
@@ -405,7 +430,7 @@ class Room(Generic[M]):
         """Keep ``msg`` for history and resume; the one it pushes out sets the floor."""
         kept = self._history
         if len(kept) == kept.maxlen:
-            self._floor = id_key(kept[0][1].id if kept else msg.id)
+            self._floor = kept[0][1].id if kept else msg.id
         kept.append((self._end - 1, msg))
         if self._archive is not None:
             self._archive.add(msg)
@@ -419,6 +444,7 @@ class Room(Generic[M]):
         ``refuse``. A member that is gone acts no more.
         """
         taken: M | None = None
+        elsewhere = False  # the hello resumes a session another server holds
         with self.lock:
             if member.stage in ENDED:
                 return False
@@ -432,7 +458,9 @@ class Room(Generic[M]):
                     raise NotRegistered('say hello first: {"type":"hello","name":"..."}')
                 taken = self._take_over(member, message)
                 if taken is None:
-                    self._reserve(member, message.name, joining=True)
+                    elsewhere = self._reserve(
+                        member, message.name, joining=True, resuming=message.resume is not None
+                    )
                     member.hello = message
             elif isinstance(message, Hello):
                 raise AlreadyRegistered(f"you are already registered as {member.name}")
@@ -444,7 +472,7 @@ class Room(Generic[M]):
         if taken is not None:
             self._on_taken(taken)
         elif isinstance(message, (Hello, Nick)):
-            self._claim(member, message.name)
+            self._claim(member, message.name, take_over=elsewhere)
         self._wake()
         return alive
 
@@ -541,8 +569,35 @@ class Room(Generic[M]):
             self._roster = {name_key(name): name for name in names}
             if epoch is not None:
                 self.epoch = epoch
-            self._floor = None if floor is None else id_key(floor)
+            self._floor = floor
             self._newest = newest
+
+    def taken_over(self, key: str, *, mine: bool) -> None:
+        """A resume took over the session holding the name ``key``, on the server that
+        published it (``mine``: this one). There, the resuming member is in the room from
+        here on, nobody told; on the server that held the session, its member is ``TAKEN``."""
+        taken: M | None = None
+        with self.lock:
+            if self._closed:
+                return
+            member = self._claims.get(key) if mine else self._by_key.get(key)
+            if mine and member is not None and member.hello.resume is not None:
+                del self._claims[key]
+                member.token = member.hello.resume.session
+                self._greet(member)
+                self._changed.notify_all()
+            elif mine:  # its hello gave up waiting: the session it took over is gone
+                name = self._roster.get(key, key)
+                left = Left(name=name, reason="disconnected", ts=self._clock())
+                self._backplane.publish(Entry.of(left))
+            elif member is not None and member.stage in (Stage.JOINED, Stage.AWAY):
+                self._move(member, Stage.TAKEN)
+                member.private.clear()
+                member.private_bytes = 0
+                taken = member
+        if taken is not None:
+            self._on_taken(taken)
+        self._wake_remote()
 
     def tell_everyone(self, message: ServerMessage) -> None:
         """Queue ``message`` to every member in the room (the backplane's news)."""
@@ -685,14 +740,19 @@ class Room(Generic[M]):
 
     # ---- the rules (lock held) -------------------------------------------
 
-    def _reserve(self, member: M, name: str, *, joining: bool) -> None:
-        """Hold ``name`` for ``member`` while the backplane is asked for it (lock held)."""
+    def _reserve(self, member: M, name: str, *, joining: bool, resuming: bool = False) -> bool:
+        """Hold ``name`` for ``member`` while the backplane is asked for it (lock held).
+
+        True when another server holds it and the hello resumes: the backplane is then
+        asked whether it is that session's, to take it over.
+        """
         if not self._backplane.ready:
             raise Unavailable("the room cannot be reached just now; try again in a moment")
         key = name_key(name)
         holder = self._claims.get(key) or self._by_key.get(key)
+        elsewhere = holder is None and key in self._roster
         if (holder is not None and holder is not member) or (
-            holder is None and key in self._roster
+            elsewhere and not (resuming and isinstance(self._backplane, SharesSessions))
         ):
             raise NameTaken(f"the name {self._roster.get(key, name)} is taken")
         if joining and len(self._by_key) + len(self._claims) >= self._max_users:
@@ -700,14 +760,23 @@ class Room(Generic[M]):
         self._claims[key] = member
         if joining:
             member.name = name
+        return elsewhere
 
-    def _claim(self, member: M, name: str) -> None:
-        """Claim ``name`` on the backplane, then join or rename; the reservation ends here."""
+    def _claim(self, member: M, name: str, *, take_over: bool = False) -> None:
+        """Claim ``name`` on the backplane (or take over the session that holds it on another
+        server), then join or rename; the reservation ends here."""
         key = name_key(name)
         joining = member.stage is Stage.NEW
         old = None if joining else member.name
+        backplane = self._backplane
         try:
-            won = self._backplane.claim(name, old)
+            if take_over:
+                assert isinstance(backplane, SharesSessions) and member.hello.resume is not None
+                won = backplane.take_over(name, member.hello.resume.session)
+            elif isinstance(backplane, SharesSessions):
+                won = backplane.claim_session(name, old, member.token)
+            else:
+                won = backplane.claim(name, old)
         except Unavailable:
             with self.lock:
                 self._claims.pop(key, None)
@@ -721,7 +790,8 @@ class Room(Generic[M]):
                 if member.stage is Stage.JOINED:
                     self._rename(member, name)
                 return
-            self._backplane.publish(Entry.of(Joined(name=name, ts=self._clock())))
+            if not take_over:  # a takeover is in the order already (``taken_over``)
+                self._backplane.publish(Entry.of(Joined(name=name, ts=self._clock())))
             self._changed.wait_for(lambda: member.stage is not Stage.NEW, JOIN_WAIT)
             if self._claims.get(key) is member:
                 del self._claims[key]
@@ -800,21 +870,29 @@ class Room(Generic[M]):
         """Every ``msg`` after ``resume.after`` as history, then ``history_end`` ``resumed``
         true; or, if the room cannot vouch that it has them all, ``resumed`` false at once."""
         after = None if resume.after is None else id_key(resume.after)
+        floor = None if self._floor is None else id_key(self._floor)
         complete = (
             hmac.compare_digest(resume.epoch.encode(), self.epoch.encode())
             and (resume.after is None or after is not None)
-            and (self._floor is None or (after is not None and after >= self._floor))
+            and (
+                self._floor is None or (after is not None and floor is not None and after >= floor)
+            )
         )
         if not complete:
             self._post(member, Entry.of(HistoryEnd(count=0, resumed=False)))
             return
-        missed: list[Msg] = []
+        missed: list[Entry] = []
+        size = 0
         for _, msg in reversed(self._history):
             if after is not None and (id_key(msg.id) or ()) <= after:
                 break
-            missed.append(msg)
-        for msg in reversed(missed):
-            self._post(member, Entry.of(dataclasses.replace(msg, history=True)))
+            missed.append(Entry.of(dataclasses.replace(msg, history=True)))
+            size += len(missed[-1].line)
+            if size > self._resume_bytes:
+                self._post(member, Entry.of(HistoryEnd(count=0, resumed=False)))
+                return
+        for entry in reversed(missed):
+            self._post(member, entry)
         self._post(member, Entry.of(HistoryEnd(count=len(missed), resumed=True)))
 
     def _leave(self, member: M, reason: str) -> None:
