@@ -383,7 +383,12 @@ class Room:
     def _start(self, port: int) -> ServerProcess:
         argv = [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port", str(port)]
         server = ServerProcess([*argv, "--rate-limit", "0", "--quiet", *self.extra])
-        server.wait_ready()
+        try:
+            server.wait_ready()
+        except RuntimeError:
+            server.proc.kill()
+            server.proc.wait()
+            raise
         return server
 
     @property
@@ -446,6 +451,7 @@ def chaos(transport: str, setup: str, settings: Settings, room: Room, rng: rando
     )
     chatter.start()
     cuts, backs = 0, []
+    notes: list[str] = []
     start = time.monotonic()
     end = start + settings.duration
     next_cut, next_kill = start + settings.cut_every, start + settings.kill_every
@@ -453,8 +459,12 @@ def chaos(transport: str, setup: str, settings: Settings, room: Room, rng: rando
         time.sleep(max(0.0, min(next_cut, next_kill, end) - now))
         now = time.monotonic()
         if now >= next_kill and now < end:
-            backs.append(room.kill_and_restart())
-            next_kill += settings.kill_every
+            try:
+                backs.append(room.kill_and_restart())
+                next_kill += settings.kill_every
+            except RuntimeError as exc:  # the server would not start again: say so, go on
+                notes.append(f"a killed server did not start again, no more kills: {exc}")
+                next_kill = math.inf
         if now >= next_cut and now < end:
             connected = [c for c in clients if c.connected]
             if connected and rng.choice(connected).cut():
@@ -462,7 +472,6 @@ def chaos(transport: str, setup: str, settings: Settings, room: Room, rng: rando
             next_cut += settings.cut_every
     stop_chat.set()
     chatter.join()
-    notes = []
     if not wait_until(lambda: all(c.connected for c in clients), SETTLE_S):
         notes.append(f"not every user was back within {SETTLE_S:g} s of the end")
     wait_quiet(clients)
