@@ -450,7 +450,7 @@ def chaos(transport: str, setup: str, settings: Settings, room: Room, rng: rando
         target=chat, args=(clients, settings.rate, stop_chat), name="chaos-chatter", daemon=True
     )
     chatter.start()
-    cuts, backs = 0, []
+    cuts, kills, backs = 0, 0, []
     notes: list[str] = []
     start = time.monotonic()
     end = start + settings.duration
@@ -459,6 +459,7 @@ def chaos(transport: str, setup: str, settings: Settings, room: Room, rng: rando
         time.sleep(max(0.0, min(next_cut, next_kill, end) - now))
         now = time.monotonic()
         if now >= next_kill and now < end:
+            kills += 1
             try:
                 backs.append(room.kill_and_restart())
                 next_kill += settings.kill_every
@@ -487,7 +488,7 @@ def chaos(transport: str, setup: str, settings: Settings, room: Room, rng: rando
         rate=settings.rate,
         duration_s=settings.duration,
         cuts=cuts,
-        kills=len(backs),
+        kills=kills,
         resumes=len(resumes),
         resumes_refused=sum(not r.resumed for r in resumes),
         **asdict(counts),
