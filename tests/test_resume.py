@@ -355,3 +355,18 @@ def test_more_missed_than_a_resume_may_carry_is_resumed_false(clock: Clock) -> N
     say(room, alice, "y" * 200, "z" * 200)
     _, frames = resume(room, "bob", welcome, welcome.last)
     assert frames[1:] == [HistoryEnd(count=0, resumed=False)]
+
+
+def test_messages_a_smaller_history_does_not_load_set_the_floor(tmp_path: Path) -> None:
+    path = str(tmp_path / "h.db")
+    room: Room[Peer] = Room(max_users=10, archive=HistoryFile(path, 100), history=100)
+    bob = Peer(room)
+    room.handle(bob, Hello(name="bob", resumable=True))
+    welcome = bob.read()[0]
+    assert isinstance(welcome, Welcome)
+    say(room, bob, "one", "two", "three")
+    room.close()
+    again: Room[Peer] = Room(max_users=10, archive=HistoryFile(path, 2), history=2)
+    _, frames = resume(again, "bob", welcome, welcome.last)  # "one" is in the file, not here
+    assert frames[1:] == [HistoryEnd(count=0, resumed=False)]
+    again.close()

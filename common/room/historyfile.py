@@ -81,6 +81,9 @@ class HistoryFile:
                 "SELECT pos, sender, text, ts FROM msg ORDER BY pos DESC LIMIT ?", (keep,)
             ).fetchall()
             top = self._db.execute("SELECT max(pos) FROM msg").fetchone()[0] or 0
+            unread = self._db.execute(  # kept by a run with a larger --history, not loaded
+                "SELECT pos FROM msg ORDER BY pos DESC LIMIT 1 OFFSET ?", (keep,)
+            ).fetchone()
             meta = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
             self._ids, given = self._map_ids(f"{path}-ids")
         except (sqlite3.Error, OSError) as exc:
@@ -88,6 +91,8 @@ class HistoryFile:
         self.earlier = [
             Msg(sender=s, text=t, ts=ts, id=str(pos)) for pos, s, t, ts in reversed(rows)
         ]
+        if unread is not None:
+            meta["floor"] = str(max(int(meta.get("floor", "0")), unread[0]))
         self._resume_from(meta, top, given)
         self._pos = top  # the last row's pos (the writer thread's own)
         self._queue: deque[Msg] = deque()

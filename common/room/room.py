@@ -61,10 +61,13 @@ Locking rule: one lock (``Room.lock``) guards the room: the members, their
 names, stages, cursors and private queues, the log and the history. Every
 method takes it; none does I/O under it, and none calls out while holding
 it. After a change that gives someone something to read, the room calls
-the transport's ``wake`` (outside the lock). A transport may hold its own
+the transport's ``wake`` (outside the lock), and after a takeover its
+``on_taken`` (outside the lock too, from whichever thread brought the
+resume: a reader's, or a backplane's). A transport may hold its own
 lock while calling the room (the UDP server does), never the other way
 round. The backplane's ``publish`` is called under the lock and must not
-block; its ``claim`` and ``close`` are called outside it.
+block; its ``claim``, ``take_over`` and ``close`` are called outside it.
+The archive's ``add`` and ``given`` are called under it: O(1), no I/O.
 """
 
 from __future__ import annotations
