@@ -41,7 +41,7 @@ demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%;
 run-cluster: $(VENV)/.installed ## one room on a Redis and three servers: TCP on PORT and PORT+1, UDP on PORT+2, Redis on PORT+3
 	$(PY) -m common.cli.runcluster --host $(HOST) --port $(PORT)
 
-.PHONY: bench bench-full bench-cluster report
+.PHONY: bench bench-full bench-cluster bench-chaos report
 bench: $(VENV)/.installed ## quick benchmark suite (about 7 min): TCP, UDP 1.0 and packets, the assignment's server -> benchmarks/results/
 	$(PY) -m benchmarks
 
@@ -50,6 +50,9 @@ bench-full: $(VENV)/.installed ## the long benchmark suite: longer runs, more po
 
 bench-cluster: $(VENV)/.installed ## one server against two sharing a room through Redis -> benchmarks/results/cluster.json
 	$(PY) -m benchmarks.cluster --json benchmarks/results/cluster.json
+
+bench-chaos: $(VENV)/.installed ## resume under chaos: 50 users, cuts every 2 s, a server killed every 30 s (4 x 5 min) -> benchmarks/results/chaos.json
+	$(PY) -m benchmarks.chaos --json benchmarks/results/chaos.json
 
 report: $(VENV)/.installed ## report/REPORT.md and its plots from benchmarks/results/latest.json
 	$(PY) -m report

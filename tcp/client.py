@@ -1,10 +1,11 @@
-"""The TCP chat client: ``python -m tcp.client [--host H] [--port P] [--name N]``.
+"""The TCP chat client: ``python -m tcp.client [--host H] [--port P] [--server H:P] [--name N]``.
 
-The terminal side (threads, prompt, rendering, commands) is
-``common.terminal.console``; this module only adds ``TcpTransport``: one socket,
-JSON lines out with ``encode_line``, lines in through ``LineFramer`` and
-``decode_server``. Exit code 0 when the person quits, 1 when the server
-cannot be reached or the connection ends under the client.
+The terminal side (threads, prompt, rendering, commands, coming back after a
+lost connection) is ``common.terminal.console``; this module only adds
+``TcpTransport``: one socket, JSON lines out with ``encode_line``, lines in
+through ``LineFramer`` and ``decode_server``. Exit code 0 when the person
+quits or the server ends the session, 1 when no server can be reached or
+the name is refused.
 """
 
 from __future__ import annotations
@@ -24,10 +25,22 @@ from common.protocol.codec import (
     encode_line,
 )
 from common.terminal.commands import HELP_TEXT
-from common.terminal.console import ChatError, Console, run_client
+from common.terminal.console import (
+    ChatError,
+    Console,
+    add_server_argument,
+    run_client,
+    split_address,
+)
 
 CONNECT_TIMEOUT = 5.0
 RECV_BYTES = 65536
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 10, 5, 3
+"""A server that vanished without a word (its machine gone, a NAT that forgot the
+connection) is noticed within about 25 s even while nobody says anything, so the client
+resumes instead of waiting on a dead connection."""
+UNACKED_LIMIT_MS = 30_000
+"""The same while something sent is not acknowledged (``TCP_USER_TIMEOUT``)."""
 
 
 class TcpTransport:
@@ -43,7 +56,9 @@ class TcpTransport:
         self._lines: collections.deque[bytes] = collections.deque()
 
     @classmethod
-    def connect(cls, host: str, port: int) -> TcpTransport:
+    def connect(cls, server: str) -> TcpTransport:
+        """A connection to ``server`` (``HOST:PORT``), or ``ChatError`` saying why not."""
+        host, port = split_address(server)
         peer = f"{host}:{port}"
         try:
             sock = socket.create_connection((host, port), timeout=CONNECT_TIMEOUT)
@@ -51,6 +66,11 @@ class TcpTransport:
             raise ChatError(f"cannot connect to {peer}: {exc.strerror or exc}") from None
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, UNACKED_LIMIT_MS)
         return cls(sock, peer)
 
     def send(self, message: ClientMessage) -> None:
@@ -91,10 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=8080, help="server port (default: %(default)s)")
+    add_server_argument(parser)
     parser.add_argument("--name", help="your name in the chat (asked for when not given)")
     args = parser.parse_args(argv)
-    console = Console()
-    return run_client(lambda: TcpTransport.connect(args.host, args.port), console, args.name)
+    servers = args.server or [f"{args.host}:{args.port}"]
+    return run_client(TcpTransport.connect, Console(), args.name, servers)
 
 
 if __name__ == "__main__":

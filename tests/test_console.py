@@ -226,7 +226,7 @@ class FakeTransport:
 def test_session_chats_and_quits() -> None:
     transport = FakeTransport()
     console, out, err = plain_console("hello\n/stats\n/help\n/nope\n/quit\nnot read\n")
-    assert run_client(lambda: transport, console, "alice") == 0
+    assert run_client(lambda server: transport, console, "alice", ["fake:1"]) == 0
     assert transport.sent[1] == History(limit=20)
     assert [type(m) for m in transport.sent] == [Hello, History, Say, Bye]
     assert transport.receivers == {RECEIVER_THREAD}
@@ -242,12 +242,12 @@ def test_session_chats_and_quits() -> None:
 def test_session_asks_again_for_a_taken_name() -> None:
     made: list[FakeTransport] = []
 
-    def connect() -> FakeTransport:
+    def connect(server: str) -> FakeTransport:
         made.append(FakeTransport(taken=frozenset({"bob"})))
         return made[-1]
 
     console, out, _ = plain_console("bad name\nbob\ncarol\n")
-    assert run_client(connect, console, None) == 0
+    assert run_client(connect, console, None, ["fake:1"]) == 0
     assert [m.name for t in made for m in t.sent if isinstance(m, Hello)] == ["bob", "carol"]
     lines = out.getvalue().splitlines()
     assert lines[0] == "your name:"
@@ -256,15 +256,19 @@ def test_session_asks_again_for_a_taken_name() -> None:
     assert lines.count("your name:") == 3
 
 
-def test_session_ends_with_exit_code_1_when_the_server_goes() -> None:
-    """The receiver thread sees the end and wakes the main thread, blocked reading stdin."""
-    transport = FakeTransport(hang_up=True)
+def test_session_ends_with_exit_code_1_when_a_rejoin_is_refused() -> None:
+    """The server goes, the client comes back, its name is taken by then.
+
+    The receiver thread sees the end and wakes the main thread, blocked reading stdin.
+    """
+    made = [FakeTransport(hang_up=True), FakeTransport(taken=frozenset({"alice"}))]
     read_end, write_end = os.pipe()
     with open(read_end, encoding="utf-8") as stdin, open(write_end, "w") as keyboard:
         out, err = io.StringIO(), io.StringIO()
         console = Console(stdin, out, err)
-        assert run_client(lambda: transport, console, "alice") == 1
+        assert run_client(lambda server: made.pop(0), console, "alice", ["fake:1"]) == 1
         keyboard.write("never read\n")
     assert "<bob> going down" in out.getvalue()
-    assert err.getvalue() == "connection to fake:1 lost\n"
-    assert [type(m) for m in transport.sent] == [Hello, History]
+    assert "* connection lost; reconnecting" in out.getvalue()
+    assert err.getvalue() == "cannot rejoin as alice: the name alice is taken\n"
+    assert made == []

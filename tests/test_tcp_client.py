@@ -13,12 +13,14 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 
 import pexpect
 import pytest
 
 from common.cli.runcluster import free_port
 from common.terminal.console import name_colour
+from tcp.client import TcpTransport
 from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
 
 Connect = Callable[..., JsonClient]
@@ -366,8 +368,9 @@ def test_hostile_server_cannot_drive_the_terminal(spawn: Spawn) -> None:
     )
     alice = spawn(server.port, "--name", "alice")
     alice.expect("the end")
-    alice.expect(f"connection to 127.0.0.1:{server.port} lost")
-    assert alice.exit_code() == 1
+    alice.expect("connection lost; reconnecting")
+    alice.send("\x03")
+    assert alice.exit_code() == 0
     server.close()
     out = alice.output.getvalue()
     for bad in ("\x1b[2J", "\x1b[H", "\x1b]", "\x07", "\u202e", "\x08", "\x9b"):
@@ -450,16 +453,21 @@ def test_history_is_shown_above_the_live_chat_marked_as_earlier(spawn: Spawn) ->
     assert "(you)> mine" not in out
 
 
-def test_server_killed_under_the_client(start_server: Start, spawn: Spawn) -> None:
+def test_server_killed_under_the_client_then_ctrl_c_while_reconnecting(
+    start_server: Start, spawn: Spawn
+) -> None:
     server = start_server("tcp.server")
     alice = spawn(server.port, "--name", "alice")
     alice.expect("alice> ")
     alice.send("typing")
     alice.expect("typing")
     server.stop(signal.SIGKILL)
-    alice.expect(f"connection to 127.0.0.1:{server.port} lost")
-    assert alice.exit_code() == 1
+    alice.expect("connection lost; reconnecting")
+    alice.expect("alice> typing")  # the line being typed survives
+    alice.send("\x03")
+    assert alice.exit_code() == 0
     assert "Traceback" not in alice.output.getvalue()
+    assert alice.output.getvalue().count("connection lost; reconnecting") == 1
 
 
 def test_server_shutdown_ends_the_client(start_server: Start, spawn: Spawn) -> None:
@@ -547,3 +555,89 @@ def test_demo_runs_the_whole_story() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for seen in ("carol | ", "[dm from bob] lunch at noon?", "carol is now caroline", "alice left"):
         assert seen in result.stdout
+
+
+def test_restarted_server_resumes_and_shows_what_was_missed_once(
+    start_server: Start, connect: Connect, spawn: Spawn, tmp_path: Path
+) -> None:
+    """Killed, started again on its history file: the client comes back by itself.
+
+    While the server is away the client is paused (SIGSTOP), so the messages said after the
+    restart are certainly said before it is back: then they are what it missed.
+    """
+    history = str(tmp_path / "history.jsonl")
+    server = start_server("tcp.server", "--history-file", history)
+    alice = spawn(server.port, "--name", "alice")
+    alice.expect("alice> ")
+    bob = connect(server.address, "bob")
+    bob.send({"type": "say", "text": "said before"})
+    alice.expect("<bob> said before")
+    alice.send("half typ")
+    alice.expect("half typ")
+    server.stop(signal.SIGKILL)
+    alice.expect("connection lost; reconnecting")
+    alice.child.kill(signal.SIGSTOP)
+    again = start_server("tcp.server", "--history-file", history, "--port", str(server.port))
+    carol = connect(again.address, "carol")
+    for text in ("missed one", "missed two"):
+        carol.send({"type": "say", "text": text})
+        carol.expect("msg", text=text)
+    alice.child.kill(signal.SIGCONT)
+    alice.expect("back; 2 messages you missed")
+    alice.expect("<carol> missed two")
+    alice.send("ed\r")
+    carol.expect("msg", text="half typed")
+    alice.expect(r"<alice \(you\)> half typed")
+    alice.send("/quit\r")
+    assert alice.exit_code() == 0
+    rows = [row[9:] for row in alice.screen() if re.match(r"\d\d:\d\d:\d\d <", row)]
+    assert rows == [
+        "<bob> said before",
+        "<carol> missed one",
+        "<carol> missed two",
+        "<alice (you)> half typed",
+    ]
+    shown = alice.screen()
+    assert shown.count("* connection lost; reconnecting") == 1
+    assert shown.count("* back; 2 messages you missed") == 1
+
+
+def test_the_next_server_is_tried_when_one_is_gone(start_server: Start, spawn: Spawn) -> None:
+    """Two servers given: the first is down at the start, then the second dies and the first
+    is back. Two separate rooms here, so the resume says that messages may be missing."""
+    first_port = free_port()
+    second = start_server("tcp.server")
+    alice = spawn(
+        first_port,
+        "--name",
+        "alice",
+        "--server",
+        f"127.0.0.1:{first_port}",
+        "--server",
+        f"127.0.0.1:{second.port}",
+    )
+    alice.expect("alice> ")
+    first = start_server("tcp.server", "--port", str(first_port))
+    second.stop(signal.SIGKILL)
+    alice.expect("connection lost; reconnecting")
+    alice.expect("back; some messages may be missing")
+    probe = JsonClient(first.address, "probe")
+    probe.send({"type": "who"})
+    assert "alice" in probe.expect("users")["names"]
+    alice.send("/quit\r")
+    assert alice.exit_code() == 0
+
+
+def test_a_vanished_server_is_noticed_without_traffic() -> None:
+    """Keepalive and a limit on unacknowledged data: a dead connection ends, then resumes."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        transport = TcpTransport.connect(f"127.0.0.1:{listener.getsockname()[1]}")
+        try:
+            sock = transport._sock
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL) == 5
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == 3
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT) == 30_000
+        finally:
+            transport.close()

@@ -6,19 +6,21 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import pexpect
 import pytest
 
 import udp.client
-from common.protocol.codec import Hello, Msg, Say, Welcome
+from common.protocol.codec import Hello, Joined, Left, Msg, Say, Welcome
 from common.terminal.console import Console, run_client
 from tests.conftest import ROOT, WAIT, ServerProcess
 from udp.client import UdpTransport
@@ -112,18 +114,19 @@ def test_a_taken_name_is_asked_again(start_server: Start, terminals: Terminals) 
         bob.close()
 
 
-def test_says_so_and_exits_1_when_the_server_stops_answering(
+def test_silence_counts_as_a_lost_connection_and_ctrl_c_quits_while_reconnecting(
     start_server: Start, terminals: Terminals
 ) -> None:
     server = start_server("udp.server")
     alice = terminals(server.port, "--name", "alice", "--give-up-after", "1")
     alice.expect("welcome, alice")
     server.proc.kill()
-    alice.expect(r"stopped answering: nothing heard for 1 s despite pings")
+    alice.expect("connection lost; reconnecting")
+    alice.sendintr()
     alice.expect(pexpect.EOF)
     alice.close()
-    assert alice.exitstatus == 1
-    assert "lost" not in alice.before
+    assert alice.exitstatus == 0
+    assert "Traceback" not in alice.before
 
 
 def test_no_server_is_one_line_and_exit_code_1(
@@ -134,7 +137,7 @@ def test_no_server_is_one_line_and_exit_code_1(
     out, err = io.StringIO(), io.StringIO()
     console = Console(io.StringIO(), out, err)
     connect = partial(UdpTransport.connect, "127.0.0.1", scripted.port)
-    assert run_client(connect, console, "alice") == 1
+    assert run_client(lambda server: connect(), console, "alice", ["scripted:1"]) == 1
     assert err.getvalue() == (
         f"no answer from 127.0.0.1:{scripted.port} to 5 hellos 0.05 s apart: "
         "is the server running?\n"
@@ -266,3 +269,81 @@ def test_history_and_escaped_text_over_udp(scripted: ScriptedServer, terminals: 
     alice.sendline("/quit")
     alice.expect(pexpect.EOF)
     assert "\u202e" not in shown.getvalue() and "\u200b" not in shown.getvalue()
+
+
+def said(transport: UdpTransport, text: str) -> None:
+    """Say ``text`` and wait until it comes back: the room has it."""
+    transport.send(Say(text=text))
+    receive_until(transport, lambda m: isinstance(m, Msg) and m.text == text)
+
+
+def test_restarted_server_resumes_from_a_new_port_and_shows_what_was_missed(
+    start_server: Start, terminals: Terminals, tmp_path: Path
+) -> None:
+    """As over TCP: while the server is away the client is paused, so the messages said after
+    the restart are certainly said before it is back."""
+    history = str(tmp_path / "history.jsonl")
+    server = start_server("udp.server", "--history-file", history)
+    alice = terminals(server.port, "--name", "alice", "--reliable", "--give-up-after", "1")
+    alice.expect("alice> ")
+    bob = UdpTransport.connect(*server.address, reliable=True)
+    try:
+        bob.send(Hello(name="bob"))
+        receive_until(bob, lambda m: isinstance(m, Welcome))
+        said(bob, "said before")
+        alice.expect("<bob> said before")
+    finally:
+        bob.close()
+    server.proc.kill()
+    alice.expect("connection lost; reconnecting")
+    alice.kill(signal.SIGSTOP)
+    again = start_server("udp.server", "--history-file", history, "--port", str(server.port))
+    carol = UdpTransport.connect(*again.address, reliable=True)
+    try:
+        carol.send(Hello(name="carol"))
+        receive_until(carol, lambda m: isinstance(m, Welcome))
+        said(carol, "missed one")
+        said(carol, "missed two")
+        alice.kill(signal.SIGCONT)
+        alice.expect("back; 2 messages you missed")
+        alice.expect("<carol> missed one")
+        alice.expect("<carol> missed two")
+        alice.sendline("/quit")
+        alice.expect(pexpect.EOF)
+    finally:
+        carol.close()
+    assert alice.before.count("said before") == 0  # shown once, before the loss
+
+
+def test_a_silent_server_is_resumed_from_a_new_port_and_nobody_sees_it(
+    start_server: Start, terminals: Terminals
+) -> None:
+    """The server stops answering for a while (paused) but keeps the session: the client
+    gives up on its port, resumes from a new one, and takes its own session over."""
+    server = start_server("udp.server", "-v")
+    alice = terminals(server.port, "--name", "alice", "--reliable", "--give-up-after", "1")
+    alice.expect("alice> ")
+    bob = UdpTransport.connect(*server.address, reliable=True)
+    try:
+        bob.send(Hello(name="bob"))
+        receive_until(bob, lambda m: isinstance(m, Welcome))
+        alice.expect("bob joined")
+        server.proc.send_signal(signal.SIGSTOP)
+        alice.expect("connection lost; reconnecting")
+        server.proc.send_signal(signal.SIGCONT)
+        alice.expect(r"back; \d+ messages? you missed")
+        bob.send(Say(text="still here?"))
+        alice.expect("<bob> still here")
+        alice.sendline("yes")
+        seen: list[object] = []
+
+        def collect(message: object) -> bool:
+            seen.append(message)
+            return isinstance(message, Msg) and message.sender == "alice"
+
+        assert receive_until(bob, collect).text == "yes"
+        assert not [m for m in seen if isinstance(m, Joined | Left)]
+        alice.sendline("/quit")
+        alice.expect(pexpect.EOF)
+    finally:
+        bob.close()

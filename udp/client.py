@@ -27,7 +27,8 @@ connected UDP socket speaking the protocol's UDP session rules:
   ``HELLO_INTERVAL``.
 * A ``ping`` goes out whenever nothing was sent for ``PING_INTERVAL``. When
   nothing at all has come from the server for ``--give-up-after`` seconds,
-  despite those pings, the client says so and exits with code 1.
+  despite those pings, the session is over: the terminal client counts the
+  connection as lost and resumes it (v1.2) from a new socket, so a new port.
 
 Threads: ``main`` reads the keyboard and ``receiver`` blocks in
 ``UdpTransport.receive`` (both from ``common.terminal.console``); ``udp-timer``
@@ -77,7 +78,13 @@ from common.protocol.reliable import (
     SeqKind,
 )
 from common.terminal.commands import help_text
-from common.terminal.console import ChatError, Console, run_client
+from common.terminal.console import (
+    ChatError,
+    Console,
+    add_server_argument,
+    run_client,
+    split_address,
+)
 from common.terminal.render import Line
 from udp.sockets import enlarge_buffers
 
@@ -503,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)"
     )
+    add_server_argument(parser)
     parser.add_argument("--name", help="your name in the chat (asked for when not given)")
     parser.add_argument(
         "--reliable",
@@ -520,17 +528,20 @@ def main(argv: list[str] | None = None) -> int:
         type=positive_float,
         default=GIVE_UP_AFTER,
         metavar="SECONDS",
-        help="silence from the server after which the client stops (default: %(default)s)",
+        help="silence from the server after which the connection counts as lost and the "
+        "client resumes from a new port (default: %(default)s)",
     )
     args = parser.parse_args(argv)
-    console = Console()
-    return run_client(
-        lambda: UdpTransport.connect(
-            args.host, args.port, args.reliable, args.give_up_after, packets=args.packets
-        ),
-        console,
-        args.name,
-    )
+
+    def connect(server: str) -> UdpTransport:
+        """A new socket (so a new port) for every try: a resume comes from a new address."""
+        host, port = split_address(server)
+        return UdpTransport.connect(
+            host, port, args.reliable, args.give_up_after, packets=args.packets
+        )
+
+    servers = args.server or [f"{args.host}:{args.port}"]
+    return run_client(connect, Console(), args.name, servers)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,17 @@ Two threads, each with one job:
 A network is anything that fits ``Transport``: ``send`` a message,
 ``receive`` the next one (``None`` once the session is over), ``close``,
 plus ``local_command`` for commands that only that transport understands
-(the UDP client's ``/stats``). ``run_client(connect, console, name)`` is the
-whole client: ``connect()`` opens a transport (or raises ``ChatError``) for
-each try at a name, asking again while the server refuses it; then it chats
-until the person quits (``/quit``, ``выход``, Ctrl+C, Ctrl+D: ``bye`` is
-sent, exit code 0), the server ends the session (its ``bye``: one line
-saying so, exit code 0) or the connection breaks (one line saying so on
-stderr, exit code 1). A name given on the command line is not asked
-again: if it is refused, the reason is that one line, exit code 1.
+(the UDP client's ``/stats``). ``run_client(connect, console, name, servers)``
+is the whole client: ``connect(server)`` opens a transport to one of the
+``servers`` (or raises ``ChatError``) for each try at a name, asking again
+while the server refuses it; then it chats until the person quits (``/quit``,
+``выход``, Ctrl+C, Ctrl+D: ``bye`` is sent, exit code 0) or the server ends
+the session (its ``bye``: one line saying so, exit code 0). When the
+connection breaks, the receiver thread says so on one line and comes back
+by itself (protocol v1.2 resume, ``common.terminal.resume``), until it is
+back or the person quits; only a rejoin refused (the name taken meanwhile)
+ends the client with exit code 1. A name given on the command line is not
+asked again: if it is refused, the reason is that one line, exit code 1.
 
 ``Console`` is the terminal. When both stdin and stdout are terminals it
 prompts, keeps the half-typed line intact below incoming messages (redrawn
@@ -29,8 +32,10 @@ move the cursor, clear the screen or retitle the window.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import ctypes
+import enum
 import os
 import shutil
 import signal
@@ -38,7 +43,8 @@ import sys
 import threading
 import unicodedata
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from random import random as random_float
 from types import FrameType, ModuleType
 from typing import Protocol, TextIO
 
@@ -58,6 +64,7 @@ from common.protocol.codec import (
 )
 from common.terminal.commands import ShowHelp, Usage, help_text, parse_command
 from common.terminal.render import Line, describe, safe
+from common.terminal.resume import LOST, Retry, Tracker
 
 RECEIVER_THREAD = "receiver"
 QUIT_GRACE = 1.0
@@ -419,18 +426,64 @@ class Transport(Protocol):
 
 
 # --------------------------------------------------------------------------
-# The session: joining, then the two threads.
+# The session: joining, then the two threads, and coming back after a loss.
+
+
+class Phase(enum.Enum):
+    """Where the session is, once joined; ``ChatSession._move`` is the one place it changes."""
+
+    CHATTING = "chatting"
+    """A transport is up: the main thread sends on it, the receiver thread reads it."""
+    RECONNECTING = "reconnecting"
+    """The connection broke: the receiver thread is getting a new one; typed lines wait."""
+    QUITTING = "quitting"
+    """The person quit: nothing reconnects any more (final)."""
+    ENDED = "ended"
+    """The server said ``bye``, or refused the name on a rejoin: the client stops (final)."""
+
+
+FINAL = frozenset({Phase.QUITTING, Phase.ENDED})
+WAITING = "not connected: this goes out once back"
 
 
 class ChatSession:
-    """One run of the client: join, chat, leave; ``run`` gives the exit code."""
+    """One run of the client: join, chat, come back after lost connections, leave.
 
-    def __init__(self, connect: Callable[[], Transport], console: Console) -> None:
+    ``connect(server)`` opens a transport to one of ``servers`` (``HOST:PORT``,
+    several servers of one room) or raises ``ChatError``. ``run`` gives the
+    exit code.
+
+    Threads: ``main`` reads the keyboard and sends; ``receiver`` shows what
+    arrives and, when the connection breaks without a ``bye``, reconnects
+    (``_reconnect``: backoff and servers from ``Retry``, the place and the
+    resume's answer from ``Tracker``), so the line being typed is never
+    disturbed. Lines typed meanwhile wait in ``_pending`` and go out, in
+    order, before the phase is back to CHATTING; so only one thread ever
+    sends on a transport at a time.
+
+    Locking rule: ``_lock`` guards ``_phase``, ``_transport`` and ``_pending``,
+    and is never held while sending, receiving or writing to the console.
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[str], Transport],
+        console: Console,
+        servers: Sequence[str],
+        random: Callable[[], float] = random_float,
+    ) -> None:
         self.connect = connect
         self.console = console
         self.me = ""
-        self._quitting = threading.Event()
-        self._lost = False
+        self._retry = Retry(servers, random)
+        self._tracker = Tracker()
+        self._lock = threading.Lock()
+        self._phase = Phase.CHATTING
+        self._transport: Transport | None = None
+        self._pending: list[ClientMessage] = []
+        self._over = threading.Event()
+        """Set once the phase is final: a reconnect waiting out its backoff stops."""
+        self._failure: str | None = None
         self._server_bye: Bye | None = None
 
     def run(self, name: str | None) -> int:
@@ -443,15 +496,30 @@ class ChatSession:
             return 0
         if transport is None:
             return 0
+        self._transport = transport
         receiver = threading.Thread(
             target=self._receive, args=(transport,), name=RECEIVER_THREAD, daemon=True
         )
         try:
             receiver.start()
-            self._talk(transport)
+            self._talk()
         except KeyboardInterrupt:
             self.console.ignore_interrupts()
-        return self._leave(transport, receiver)
+        return self._leave(receiver)
+
+    def _move(self, to: Phase) -> Phase | None:
+        """Change the phase; the phase it was, or None when it is final already (no change).
+
+        Back to CHATTING only once nothing typed is waiting (``_go_live`` sends it first).
+        """
+        with self._lock:
+            was = self._phase
+            if was in FINAL or (to is Phase.CHATTING and self._pending):
+                return None
+            self._phase = to
+        if to in FINAL:
+            self._over.set()
+        return was
 
     # ---- joining (main thread) ----------------------------------------
 
@@ -479,64 +547,79 @@ class ChatSession:
             name = None
 
     def _register(self, name: str) -> Transport:
-        """A transport registered as ``name``, or ``NameRefused``."""
+        """A transport registered as ``name`` on the first server that lets it in, or an error.
+
+        ``NameRefused`` when a server refuses the name; ``ChatError`` (the
+        last server's) when none answers.
+        """
         try:
             check_name(name)
         except NameInvalid as exc:
             raise NameRefused(str(exc)) from None
-        transport = self.connect()
+        error = ChatError("no server to try")
+        for server in self._retry.servers:
+            try:
+                transport = self.connect(server)
+                answer = self._hello(transport, Hello(name=name, resumable=True))
+            except ChatError as exc:
+                error = exc
+                continue
+            if isinstance(answer, Error):
+                transport.close()
+                raise NameRefused(answer.text or answer.code)
+            self._retry.moved(server)
+            self._tracker.joined(answer)
+            self.me = answer.name
+            self._show(answer)
+            hint = "type a message and press Enter; /help lists the commands"
+            self.console.show(Line("system", hint))
+            try:
+                transport.send(History(limit=JOIN_HISTORY))
+            except OSError:
+                transport.close()
+                raise ChatError(lost(transport)) from None
+            return transport
+        raise error
+
+    def _hello(self, transport: Transport, hello: Hello) -> Welcome | Error:
+        """Send ``hello`` and wait for the welcome, or for the refusal of the name.
+
+        Anything else goes wrong: the transport is closed and ``ChatError`` says why.
+        """
         try:
-            answer = self._hello(transport, name)
+            transport.send(hello)
+            while (message := transport.receive()) is not None:
+                if isinstance(message, Welcome):
+                    return message
+                if isinstance(message, Error) and message.code in NAME_ERRORS:
+                    return message
+                if isinstance(message, Error):
+                    raise ChatError(f"{transport.peer} refused: {message.text or message.code}")
+                self._show(message)
+            raise ChatError(lost(transport))
+        except OSError:
+            transport.close()
+            raise ChatError(lost(transport)) from None
         except BaseException:
             transport.close()
             raise
-        if isinstance(answer, Error):
-            transport.close()
-            raise NameRefused(answer.text or answer.code)
-        self.me = answer.name
-        self._show(answer)
-        hint = "type a message and press Enter; /help lists the commands"
-        self.console.show(Line("system", hint))
-        try:
-            transport.send(History(limit=JOIN_HISTORY))
-        except OSError:
-            transport.close()
-            raise ChatError(lost(transport)) from None
-        return transport
-
-    def _hello(self, transport: Transport, name: str) -> Welcome | Error:
-        """Send ``hello`` and wait for the welcome, or for the refusal of the name."""
-        try:
-            transport.send(Hello(name=name))
-        except OSError:
-            raise ChatError(lost(transport)) from None
-        while (message := transport.receive()) is not None:
-            if isinstance(message, Welcome):
-                return message
-            if isinstance(message, Error) and message.code in NAME_ERRORS:
-                return message
-            if isinstance(message, Error):
-                raise ChatError(f"{transport.peer} refused: {message.text or message.code}")
-            self._show(message)
-        raise ChatError(lost(transport))
 
     # ---- the main thread: the keyboard --------------------------------
 
-    def _talk(self, transport: Transport) -> None:
-        """Read and send lines until the person quits or the connection breaks."""
+    def _talk(self) -> None:
+        """Read and send lines until the person quits or the session ends."""
         while (line := self.console.read_line(f"{safe(self.me)}> ")) is not None:
-            try:
-                if not self._command(transport, line):
-                    break
-            except OSError:
-                self._lost = True
+            if not self._command(line):
                 break
         self.console.ignore_interrupts()
 
-    def _command(self, transport: Transport, line: str) -> bool:
+    def _command(self, line: str) -> bool:
         """Act on one typed line; False when it asks to quit."""
         if not line.strip():
             return True
+        with self._lock:
+            transport = self._transport
+        assert transport is not None
         reply = transport.local_command(line)
         if reply is not None:
             self.console.note(reply)
@@ -551,17 +634,47 @@ class ChatSession:
             return True
         if isinstance(command, Bye):
             return False
-        transport.send(command)
+        self._send(command)
         return True
 
-    def _leave(self, transport: Transport, receiver: threading.Thread) -> int:
-        """Say ``bye`` (unless the session is over), let the last answers arrive, close.
+    def _send(self, message: ClientMessage) -> None:
+        """Send on the current transport; while there is none, keep it for when there is.
+
+        A send that fails on a transport that is still the current one is
+        kept too: the receiver thread is about to see the loss and reconnect.
+        If it already has, the message goes out on the new transport.
+        """
+        while True:
+            with self._lock:
+                transport = self._transport
+                waiting = self._phase is not Phase.CHATTING
+                if waiting:
+                    self._pending.append(message)
+            if waiting:
+                self.console.show(Line("system", WAITING))
+                return
+            assert transport is not None
+            try:
+                transport.send(message)
+                return
+            except OSError:
+                with self._lock:
+                    if self._transport is transport:
+                        self._pending.append(message)
+                        return
+
+    def _leave(self, receiver: threading.Thread) -> int:
+        """Say ``bye`` (when connected), let the last answers arrive, close.
 
         The exit code is 0 when the person quit or the server said ``bye``
-        (it stopped cleanly: one line says so), 1 when the connection broke.
+        (it stopped cleanly: one line says so), 1 when the session could not
+        go on (a rejoin refused).
         """
-        self._quitting.set()
-        if not self._lost:
+        was = self._move(Phase.QUITTING)
+        with self._lock:
+            transport = self._transport
+        assert transport is not None
+        if was is Phase.CHATTING:
             with contextlib.suppress(OSError):
                 transport.send(Bye())
             receiver.join(QUIT_GRACE)
@@ -571,24 +684,111 @@ class ChatSession:
             reason = f" ({self._server_bye.reason})" if self._server_bye.reason else ""
             self.console.show(Line("system", f"the server ended the session{reason}"))
             return 0
-        if self._lost:
-            self.console.fatal(lost(transport))
+        if self._failure is not None:
+            self.console.fatal(self._failure)
             return 1
         return 0
 
     # ---- the receiver thread: the network -----------------------------
 
     def _receive(self, transport: Transport) -> None:
-        """Show every message; when the session ends unasked, wake the main thread."""
-        while (message := transport.receive()) is not None:
-            if isinstance(message, Bye):
-                self._server_bye = message
-            if isinstance(message, Renamed) and message.old == self.me:
-                self.me = message.new
-            self._show(message)
-        if not self._quitting.is_set():
-            self._lost = True
+        """Show every message, reconnecting after losses; when the session ends, wake main."""
+        current: Transport | None = transport
+        while current is not None:
+            while (message := current.receive()) is not None:
+                self._on_message(message)
+            current = self._reconnect(current)
+        with self._lock:
+            ended = self._phase is Phase.ENDED  # else the person quit: main is leaving already
+        if ended:
             self.console.interrupt()
+
+    def _on_message(self, message: ServerMessage | Line) -> History | None:
+        """Show one message as the tracker says; the history request it calls for, if any."""
+        if isinstance(message, Line):
+            self.console.show(message)
+            return None
+        if isinstance(message, Bye):
+            self._server_bye = message
+            self._move(Phase.ENDED)
+        if isinstance(message, Renamed) and message.old == self.me:
+            self.me = message.new
+        step = self._tracker.on_message(message)
+        for shown in step.show:
+            self._show(shown)
+        return step.ask
+
+    def _reconnect(self, old: Transport) -> Transport | None:
+        """After a loss: one line, then tries until one resumes; None when the session is over."""
+        old.close()
+        if self._move(Phase.RECONNECTING) is None:
+            return None
+        self.console.show(Line("system", LOST))
+        delay = self._retry.lost()
+        while not self._over.wait(delay):
+            try:
+                transport = self._rejoin(self._retry.server)
+            except NameRefused as exc:
+                self._failure = f"cannot rejoin as {self.me}: {exc}"
+                self._move(Phase.ENDED)
+                return None
+            if transport is not None:
+                self._retry.back()
+                return transport
+            delay = self._retry.failed()
+        return None
+
+    def _rejoin(self, server: str) -> Transport | None:
+        """One try: connect, ``hello`` with the place kept, the answer shown, waiting lines sent.
+
+        None when the try did not get in (or the person quit meanwhile).
+        """
+        asked = self._tracker.place.resume()
+        try:
+            transport = self.connect(server)
+        except ChatError:
+            return None
+        with self._lock:
+            adopted = self._phase is Phase.RECONNECTING
+            if adopted:
+                self._transport = transport  # so that quitting closes it
+        if not adopted:
+            transport.close()
+            return None
+        try:
+            answer = self._hello(transport, Hello(name=self.me, resumable=True, resume=asked))
+        except ChatError:
+            return None
+        if isinstance(answer, Error):
+            transport.close()
+            raise NameRefused(answer.text or answer.code)
+        step = self._tracker.rejoined(answer, asked)
+        for shown in step.show:
+            self._show(shown)
+        ask = step.ask
+        while self._tracker.answering:
+            message = transport.receive()
+            if message is None:
+                transport.close()
+                return None
+            ask = self._on_message(message) or ask
+        return transport if self._go_live(transport, ask) else None
+
+    def _go_live(self, transport: Transport, ask: History | None) -> bool:
+        """Send the history request and the lines typed while away, then chat; False if over."""
+        batch: list[ClientMessage] = [ask] if ask is not None else []
+        while batch or self._move(Phase.CHATTING) is None:
+            if self._over.is_set():
+                return False
+            try:
+                for message in batch:
+                    transport.send(message)
+            except OSError:
+                transport.close()
+                return False
+            with self._lock:
+                batch, self._pending = self._pending, []
+        return True
 
     def _show(self, message: ServerMessage | Line) -> None:
         if isinstance(message, Line):
@@ -600,10 +800,49 @@ class ChatSession:
 
 
 def lost(transport: Transport) -> str:
-    """The line that says the session ended under the client."""
+    """The line that says a session ended under the client before it joined."""
     return transport.failure or f"connection to {transport.peer} lost"
 
 
-def run_client(connect: Callable[[], Transport], console: Console, name: str | None) -> int:
-    """The whole terminal client; returns the exit code (0: the person quit)."""
-    return ChatSession(connect, console).run(name)
+def run_client(
+    connect: Callable[[str], Transport],
+    console: Console,
+    name: str | None,
+    servers: Sequence[str],
+) -> int:
+    """The whole terminal client; returns the exit code (0: the person quit).
+
+    ``servers`` are ``HOST:PORT`` of one room, tried in turn; ``connect``
+    opens a transport to one of them.
+    """
+    return ChatSession(connect, console, servers).run(name)
+
+
+def split_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as a host and a port; ValueError if it is not."""
+    host, sep, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not (sep and host and port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def server_address(text: str) -> str:
+    """An argparse type: ``HOST:PORT`` checked, kept as typed."""
+    try:
+        split_address(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def add_server_argument(parser: argparse.ArgumentParser) -> None:
+    """``--server HOST:PORT``, repeatable: the servers of one room, tried in turn."""
+    parser.add_argument(
+        "--server",
+        action="append",
+        type=server_address,
+        metavar="HOST:PORT",
+        help="a server of the room, instead of --host and --port; give it again for "
+        "more servers of the same room: the client moves to the next when one is gone",
+    )
