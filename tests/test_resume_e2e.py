@@ -350,6 +350,12 @@ def test_a_client_of_a_server_that_died_resumes_on_another(
         assert no_left_or_joined(frames_until(alice, "end"))
         bob.read_until("end")
         assert bob.texts == ["seen", "missed", "end"]
+        # A server started now reads the takeover back from the stream with the rest.
+        restarted = start_server("tcp.server", *args)
+        carol = connect(restarted.address, "carol")
+        carol.send({"type": "history", "limit": 3})
+        earlier = [carol.expect("msg", history=True)["text"] for _ in range(3)]
+        assert earlier == ["seen", "missed", "end"]
     finally:
         if store.proc is not None and store.proc.poll() is None:
             store.proc.kill()

@@ -265,6 +265,8 @@ class RedisBackplane:
         earlier: list[Msg] = []
         floor: str | None = None  # the newest msg not read back
         for entry_id, fields in entries:
+            if b"f" not in fields:  # a takeover: it says nothing to anyone
+                continue
             message = decode_server(fields[b"f"]).message
             if not isinstance(message, Msg):
                 continue
