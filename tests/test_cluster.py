@@ -126,6 +126,17 @@ def test_a_name_asked_on_two_servers_at_once_is_won_once(cluster: Cluster) -> No
             client.close()
 
 
+def test_names_that_differ_only_in_case_are_one_user_across_servers(
+    cluster: Cluster, connect: Connect
+) -> None:
+    first, second = cluster("tcp.server"), cluster("tcp.server")
+    for name, other in (("\u0390", "\u03aa\u0301"), ("\u03ab\u0301", "\u03b0")):  # ΐ Ϊ́, Ϋ́ ΰ
+        connect(first.address, name)
+        newcomer = connect(second.address)
+        newcomer.send({"type": "hello", "name": other})
+        assert newcomer.expect("error")["code"] == "name_taken"
+
+
 def test_one_order_for_every_client_on_every_server(cluster: Cluster, connect: Connect) -> None:
     """12 senders, 4 on each of two TCP servers and one UDP server, all talking at once."""
     tcp_a, tcp_b, udp = cluster("tcp.server"), cluster("tcp.server"), cluster("udp.server")

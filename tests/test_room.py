@@ -110,6 +110,10 @@ def test_refusals(room: Room[Peer]) -> None:
         room.handle(Peer(room), Hello(name="ａｌｉｃｅ"))
     with pytest.raises(NoSuchUser):
         room.handle(alice, SendDm(to="nobody", text="x"))
+    greek = joined(room, "\u0390")  # ΐ; Ϊ́ is the same letter in capitals
+    with pytest.raises(NameTaken):
+        room.handle(Peer(room), Hello(name="\u03aa\u0301"))
+    room.leave(greek, "quit")
     wide = joined(room, "𠀁" * 24)  # a dm carries two names: this one's frame would pass 8192
     with pytest.raises(TextInvalid):
         room.handle(wide, SendDm(to=wide.name, text="𠀁" * 2000))
