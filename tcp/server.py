@@ -48,6 +48,7 @@ from common.cli.serverargs import (
     announce,
     configure_logging,
     non_negative_float,
+    positive_int,
     raise_open_file_limit,
     serve_until_signalled,
 )
@@ -84,6 +85,10 @@ RECV_BYTES = 65536
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 3
 MAX_UNREGISTERED = 256
 """Connections that have not said hello yet, at most; each expires after --hello-timeout."""
+DEFAULT_MAX_WAITING_PER_ADDRESS = 64
+"""Of those, from one address at most: a class of 30 behind one NAT all typing their names
+fits twice over, clients that say hello at once (the benchmark's, thousands on loopback) are
+never near it, and one client opening connections in a loop holds a quarter of the places."""
 DEFAULT_COALESCE_MS = 7.0
 YIELD_EVERY = 16
 """Connections the writer catches up before it offers its CPU to whoever waits for it: a pass
@@ -99,6 +104,7 @@ class Connection(Member):
     def __init__(self, server: ChatServer, sock: socket.socket, addr: tuple[str, int]) -> None:
         super().__init__()
         self.sock = sock
+        self.host = addr[0]
         self.label = f"{addr[0]}:{addr[1]}"
         self.text_mode = False
         self.bucket = TokenBucket(server.limits.rate_limit, server.limits.burst, time.monotonic())
@@ -146,11 +152,13 @@ class ChatServer:
     coalesce: float = DEFAULT_COALESCE_MS / 1000
     history: int = 1000
     sharing: Sharing = field(default_factory=Sharing)
+    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS
 
     def __post_init__(self) -> None:
         self.stopping = threading.Event()
         self._connections: set[Connection] = set()
         self._unregistered = 0
+        self._waiting_from: dict[str, int] = {}  # address: its connections yet to say hello
         self._connections_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -198,13 +206,20 @@ class ChatServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
         conn = Connection(self, sock, addr)
         with self._connections_lock:
+            waiting_here = self._waiting_from.get(conn.host, 0)
             crowded = self._unregistered >= MAX_UNREGISTERED
-            if not crowded:
+            crowded_here = waiting_here >= self.max_waiting_per_address
+            if not (crowded or crowded_here):
                 self._connections.add(conn)
                 self._unregistered += 1
-        if crowded:
-            log.info("%s refused: too many connections waiting to say hello", conn.label)
-            refusal = encode_line(Error.of(ServerFull("the server is busy, try again later")))
+                self._waiting_from[conn.host] = waiting_here + 1
+        if crowded or crowded_here:
+            if crowded_here:
+                why = "too many connections from your address have yet to say hello"
+            else:
+                why = "the server is busy, try again later"
+            log.debug("%s refused: %s", conn.label, why)
+            refusal = encode_line(Error.of(ServerFull(why)))
             with contextlib.suppress(OSError):
                 sock.send(refusal, socket.MSG_DONTWAIT)
             sock.close()
@@ -223,6 +238,9 @@ class ChatServer:
         """``conn`` no longer waits to say hello: it frees its place among those that do."""
         with self._connections_lock:
             self._unregistered -= 1
+            left = self._waiting_from.pop(conn.host) - 1
+            if left:
+                self._waiting_from[conn.host] = left
 
     def connections(self) -> list[Connection]:
         with self._connections_lock:
@@ -494,6 +512,14 @@ def main(argv: list[str] | None = None) -> int:
         "load each send carries more frames; 0 writes at once (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-waiting-per-address",
+        type=positive_int,
+        default=DEFAULT_MAX_WAITING_PER_ADDRESS,
+        metavar="N",
+        help="connections from one address that have yet to say hello, at most; past it a "
+        f"new one gets server_full (default: %(default)s; {MAX_UNREGISTERED} from all addresses)",
+    )
+    parser.add_argument(
         "--nagle",
         action="store_true",
         help="leave Nagle's algorithm on (TCP_NODELAY off), to measure what it costs",
@@ -511,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
             coalesce=args.coalesce_ms / 1000,
             history=args.history,
             sharing=Sharing.from_args(args),
+            max_waiting_per_address=args.max_waiting_per_address,
         ),
         args,
     )

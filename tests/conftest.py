@@ -116,8 +116,10 @@ def tcp_server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
 class JsonClient:
     """A bare-bones JSON-lines client for tests: send dicts, read frames."""
 
-    def __init__(self, address: tuple[str, int], name: str | None = None) -> None:
-        self.sock = socket.create_connection(address, timeout=WAIT)
+    def __init__(
+        self, address: tuple[str, int], name: str | None = None, *, source: str = ""
+    ) -> None:
+        self.sock = socket.create_connection(address, timeout=WAIT, source_address=(source, 0))
         self.buffer = b""
         self.name = name
         if name is not None:
@@ -177,8 +179,10 @@ def connect() -> Iterator[Callable[..., JsonClient]]:
     """Open JSON clients (``connect(server.address, "alice")``); all close at the end."""
     clients: list[JsonClient] = []
 
-    def open_client(address: tuple[str, int], name: str | None = None) -> JsonClient:
-        client = JsonClient(address, name)
+    def open_client(
+        address: tuple[str, int], name: str | None = None, *, source: str = ""
+    ) -> JsonClient:
+        client = JsonClient(address, name, source=source)
         clients.append(client)
         return client
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from common.cli.serverargs import Limits
+from tcp.server import DEFAULT_MAX_WAITING_PER_ADDRESS as PER_ADDRESS
 from tcp.server import MAX_UNREGISTERED, ChatServer
 from tests.conftest import WAIT, JsonClient, ServerProcess
 
@@ -183,7 +184,7 @@ def test_connections_that_never_say_hello_leave_the_users_places_free(
     """With 10 places, 1 user and 74 connections dripping bytes, a newcomer still joins."""
     server = start_server("tcp.server", "--max-users", "10", "--hello-timeout", "1")
     connect(server.address, "one")
-    drippers = [connect(server.address) for _ in range(74)]
+    drippers = [connect(server.address, source=f"127.0.0.{1 + n % 2}") for n in range(74)]
     stop = threading.Event()
 
     def drip() -> None:
@@ -211,8 +212,9 @@ def test_past_the_bound_on_connections_yet_to_say_hello_a_new_one_is_refused(
     server = start_server("tcp.server")
     user = connect(server.address, "user")
     baseline = server.threads()
-    waiting = [connect(server.address) for _ in range(MAX_UNREGISTERED)]
-    refused = connect(server.address)
+    addresses = [f"127.0.0.{n}" for n in range(1, 1 + MAX_UNREGISTERED // PER_ADDRESS)]
+    waiting = [connect(server.address, source=a) for a in addresses for _ in range(PER_ADDRESS)]
+    refused = connect(server.address, source="127.0.0.200")
     assert refused.recv() == {
         "type": "error",
         "code": "server_full",
@@ -225,6 +227,37 @@ def test_past_the_bound_on_connections_yet_to_say_hello_a_new_one_is_refused(
         client.close()
     assert wait_until(lambda: server.threads() == baseline)
     connect(server.address, "later")
+
+
+def test_one_address_holds_a_bounded_share_of_the_connections_yet_to_say_hello(
+    start_server: Start, connect: Connect
+) -> None:
+    """A client opening connections in a loop fills its own share, never the newcomers' places;
+    registered users from that address do not count, so a class behind one NAT all joins."""
+    server = start_server("tcp.server", "--hello-timeout", "30")
+    users = [connect(server.address, f"user{n}") for n in range(PER_ADDRESS + 10)]
+    hogs = [connect(server.address) for _ in range(PER_ADDRESS)]
+    refused = connect(server.address)
+    assert refused.recv() == {
+        "type": "error",
+        "code": "server_full",
+        "text": "too many connections from your address have yet to say hello",
+    }
+    assert refused.closed()
+    newcomer = connect(server.address, "newcomer", source="127.0.0.2")
+    newcomer.send({"type": "who"})
+    assert len(newcomer.expect("users")["names"]) == PER_ADDRESS + 11
+    hogs.pop().close()
+
+    def one_more_joins() -> bool:
+        try:
+            return connect(server.address, "late").name == "late"
+        except (EOFError, OSError):
+            return False
+
+    assert wait_until(one_more_joins)
+    users[0].send({"type": "say", "text": "still here"})
+    assert users[0].expect("msg")["text"] == "still here"
 
 
 def test_blank_lines_count_against_the_rate_limit_and_draw_no_answer(
@@ -572,7 +605,7 @@ def test_help_lists_every_limit_flag() -> None:
     for flag in (
         "--host", "--port", "--hello-timeout", "--rate-limit", "--burst",
         "--max-users", "--max-outbox", "--nagle", "--quiet", "--verbose", "--history",
-        "--coalesce-ms",
+        "--coalesce-ms", "--max-waiting-per-address",
     ):  # fmt: skip
         assert flag in out
 
