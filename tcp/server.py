@@ -61,6 +61,7 @@ from common.protocol.codec import (
     History,
     LineFramer,
     Msg,
+    NotRegistered,
     ProtocolError,
     RateLimited,
     Renamed,
@@ -96,6 +97,10 @@ over a big room takes milliseconds, and a process woken by the writer's own send
 the same machine) must not wait for the whole pass to end."""
 TEXT_HISTORY = 10
 """Earlier messages a text-mode session is shown right after its greeting."""
+DEFAULT_MAX_REFUSED_BEFORE_HELLO = 20
+"""Frames refused from a connection that has not said hello yet, at most: past it the
+connection is closed. A person retrying names, or a client that sent a frame too early, is far
+below it; a flood of frames before any hello (whose answers nobody may read) ends at once."""
 
 
 class Connection(Member):
@@ -107,6 +112,7 @@ class Connection(Member):
         self.host = addr[0]
         self.label = f"{addr[0]}:{addr[1]}"
         self.text_mode = False
+        self.refused = 0  # frames refused so far; owned by the reader thread
         self.bucket = TokenBucket(server.limits.rate_limit, server.limits.burst, time.monotonic())
         self.thread = threading.Thread(
             target=server.serve_client, args=(self,), name=f"client-{self.label}", daemon=True
@@ -114,6 +120,10 @@ class Connection(Member):
         # Owned by the writer thread:
         self.unsent = b""
         self.finished = False  # the reader is done: write what is left once, then close
+
+    def tally(self) -> tuple[str, int]:
+        """Who this is in the log, and how many of its frames were refused."""
+        return f"{self.label} ({self.name or '-'})", self.refused
 
     def take(self, room: Room[Connection], limit: int) -> bytes | None:
         """All this client is behind on, as it is sent (JSON lines, or readable text); None,
@@ -153,6 +163,7 @@ class ChatServer:
     history: int = 1000
     sharing: Sharing = field(default_factory=Sharing)
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS
+    max_refused_before_hello: int = DEFAULT_MAX_REFUSED_BEFORE_HELLO
 
     def __post_init__(self) -> None:
         self.stopping = threading.Event()
@@ -271,18 +282,23 @@ class ChatServer:
                     break
                 for line in framer.feed(data):
                     if not line:  # ignored, but no cheaper than a frame for the rate limit
-                        conn.bucket.allow(time.monotonic())
-                        continue
-                    if first_line:
-                        conn.text_mode = not line.lstrip().startswith(b"{")
-                        first_line = False
-                    if not self.on_line(conn, line):
-                        reason = "quit"
-                        return
+                        if not conn.bucket.allow(time.monotonic()):
+                            conn.refused += 1
+                    else:
+                        if first_line:
+                            conn.text_mode = not line.lstrip().startswith(b"{")
+                            first_line = False
+                        if not self.on_line(conn, line):
+                            reason = "quit"
+                            return
                     if waiting and conn.stage is Stage.JOINED:
                         waiting = False
                         self._registered_or_gone(conn)
                         conn.sock.settimeout(None)
+                    elif waiting and conn.refused > self.max_refused_before_hello:
+                        log.info("%s refused too many frames before hello, closing", conn.label)
+                        self.room.refuse(conn, NotRegistered("too many frames before hello"))
+                        return
         except TooLarge as exc:
             log.info("%s sent a frame that is too large, closing", conn.label)
             self.room.refuse(conn, exc)
@@ -291,6 +307,8 @@ class ChatServer:
         finally:
             if waiting:
                 self._registered_or_gone(conn)
+            if conn.refused > 1:
+                log.info("%s: %d frames refused in all", *conn.tally())
             name = self.room.leave(conn, reason)
             if name is not None:
                 log.info("%s left (%s)", name, reason)
@@ -315,7 +333,9 @@ class ChatServer:
                 self.say_plain(conn, "* bye")
             return alive
         except ProtocolError as exc:
-            log.info("%s (%s): %s %s", conn.label, conn.name or "-", exc.code, exc)
+            conn.refused += 1  # the first is logged; the rest are counted, for the last line
+            level = logging.INFO if conn.refused == 1 else logging.DEBUG
+            log.log(level, "%s (%s): %s %s", conn.label, conn.name or "-", exc.code, exc)
             self.room.refuse(conn, exc)
             return not isinstance(exc, ServerFull)
 
@@ -520,6 +540,14 @@ def main(argv: list[str] | None = None) -> int:
         f"new one gets server_full (default: %(default)s; {MAX_UNREGISTERED} from all addresses)",
     )
     parser.add_argument(
+        "--max-refused-before-hello",
+        type=positive_int,
+        default=DEFAULT_MAX_REFUSED_BEFORE_HELLO,
+        metavar="N",
+        help="frames refused from a connection that has not said hello yet before it is "
+        "closed (default: %(default)s)",
+    )
+    parser.add_argument(
         "--nagle",
         action="store_true",
         help="leave Nagle's algorithm on (TCP_NODELAY off), to measure what it costs",
@@ -538,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
             history=args.history,
             sharing=Sharing.from_args(args),
             max_waiting_per_address=args.max_waiting_per_address,
+            max_refused_before_hello=args.max_refused_before_hello,
         ),
         args,
     )

@@ -396,6 +396,49 @@ def test_a_client_dropped_as_too_slow_acts_no_more_with_lines_in_hand(
 # ---- hostile and broken clients --------------------------------------------
 
 
+def flood_until_dropped(sock: socket.socket, frame: bytes, within: float) -> float | None:
+    """Send ``frame`` over and over, never reading; seconds until the server ended the
+    connection, or None if it still takes frames after ``within``."""
+    chunk = frame * (65536 // len(frame))
+    sock.settimeout(0.2)
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < within:
+        try:
+            sock.send(chunk)
+        except TimeoutError:
+            continue
+        except OSError:
+            return elapsed
+    return None
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_a_flooder_that_never_reads_is_dropped_within_3_s_in_a_few_log_lines(
+    start_server: Start, connect: Connect, registered: bool
+) -> None:
+    """Frames the flood sends are all refused (rate limit; before hello: say hello first). It is
+    dropped within 3 s, the others chat on, and the log says so in a few lines, not one a frame.
+    """
+    server = start_server("tcp.server")
+    watcher = connect(server.address, "watcher")
+    flooder = socket.socket()
+    flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    flooder.connect(server.address)
+    label = f"127.0.0.1:{flooder.getsockname()[1]}"
+    if registered:
+        flooder.sendall(b'{"type":"hello","name":"flooder"}\n')
+        assert watcher.expect("joined")["name"] == "flooder"
+    try:
+        took = flood_until_dropped(flooder, b'{"type":"say","text":"x"}\n', within=3.0)
+    finally:
+        flooder.close()
+    assert took is not None, "the flooder was still connected after 3 s"
+    server.wait_for_log(f"{label}.* frames refused in all")
+    watcher.send({"type": "say", "text": "still here"})
+    assert watcher.expect("msg", text="still here")
+    assert len([line for line in server.log.splitlines() if label in line]) <= 4, server.log
+
+
 def test_garbage_vanishing_and_reset_clients_never_hurt_the_others(
     tcp_server: ServerProcess, connect: Connect
 ) -> None:
@@ -605,7 +648,7 @@ def test_help_lists_every_limit_flag() -> None:
     for flag in (
         "--host", "--port", "--hello-timeout", "--rate-limit", "--burst",
         "--max-users", "--max-outbox", "--nagle", "--quiet", "--verbose", "--history",
-        "--coalesce-ms", "--max-waiting-per-address",
+        "--coalesce-ms", "--max-waiting-per-address", "--max-refused-before-hello",
     ):  # fmt: skip
         assert flag in out
 
