@@ -387,6 +387,31 @@ def test_history_file_refuses_a_file_it_cannot_use(tmp_path: Path, bad: str) -> 
     assert re.fullmatch(r"cannot use \S+ as --history-file: .+\n", done.stderr), done.stderr
 
 
+@pytest.mark.parametrize("second", ["tcp.server", "udp.server"])
+def test_a_second_server_on_the_same_history_file_refuses_to_start(
+    start_server: Start, connect: Connect, tmp_path: Path, second: str
+) -> None:
+    path = tmp_path / "history.db"
+    first = start_server("tcp.server", "--rate-limit", "0", "--history-file", str(path))
+    done = subprocess.run(
+        [sys.executable, "-m", second, "--port", "0", "--history-file", str(path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert done.returncode == 1
+    assert re.fullmatch(
+        r"cannot use \S+ as --history-file: another server is using it .*\n", done.stderr
+    ), done.stderr
+    alice = connect(first.address, "alice")
+    for i in range(60):
+        alice.send({"type": "say", "text": f"m{i}"})
+    texts_until(alice.recv, 60)
+    assert first.stop() == 0
+    assert kept_rows(path) == 60
+
+
 def test_without_the_redis_package_redis_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "redis").mkdir()
     (tmp_path / "redis" / "__init__.py").write_text(

@@ -8,6 +8,10 @@ loses at most the last batch, and the broadcasting thread never waits for
 the disk. The journal is WAL: a commit is one append to the log file, and a
 reader (another process looking at the file) never blocks the writer.
 
+One server owns the file: it holds an exclusive ``flock`` on it while it
+runs, and a second server given the same file refuses to start, saying so
+in one line (two writers would number their rows over each other's).
+
 The file holds messages only, one row each, keyed by ``pos``: their order
 in the room, counted on from the last row at every start. At start the
 last ``keep`` rows are loaded (``earlier``); rows older than ``keep`` are
@@ -16,7 +20,9 @@ deleted as new ones come, so the file stays the size of the history.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import sqlite3
 import threading
 from collections import deque
@@ -54,12 +60,13 @@ class HistoryFile:
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode != "wal":
                 raise sqlite3.OperationalError(f"its journal cannot be put in WAL mode ({mode})")
+            self._lock = self._own(path)
             self._db.execute(SCHEMA)
             rows = self._db.execute(
                 "SELECT pos, sender, text, ts FROM msg ORDER BY pos DESC LIMIT ?", (keep,)
             ).fetchall()
             last = self._db.execute("SELECT max(pos) FROM msg").fetchone()[0]
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
             raise StartError(f"cannot use {Path(path)} as --history-file: {exc}") from None
         self.earlier = [Msg(sender=s, text=t, ts=ts) for _, s, t, ts in reversed(rows)]
         self._next = (last or 0) + 1
@@ -68,6 +75,22 @@ class HistoryFile:
         self._failed = False
         self._thread = threading.Thread(target=self._run, name="history-file", daemon=True)
         self._thread.start()
+
+    @staticmethod
+    def _own(path: str) -> int:
+        """An exclusive ``flock`` on the file, held until ``close``; OSError if another has it.
+
+        ``flock`` and the POSIX locks SQLite takes are independent on Linux. This
+        descriptor stays open until after the database is closed, since closing
+        any descriptor of a file drops the POSIX locks its process holds on it.
+        """
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise OSError("another server is using it (it is locked)") from None
+        return fd
 
     def add(self, msg: Msg) -> None:
         """Queue ``msg`` for the next batch (O(1); ``deque.append`` is thread-safe)."""
@@ -78,6 +101,7 @@ class HistoryFile:
         self._stop.set()
         self._thread.join()
         self._db.close()
+        os.close(self._lock)
 
     def _run(self) -> None:
         while not self._stop.wait(BATCH_SECONDS):
