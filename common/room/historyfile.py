@@ -2,11 +2,21 @@
 
 The room hands every ``msg`` it broadcasts to ``add``, under its lock, so
 ``add`` only appends to a queue. One thread, ``history-file``, owns the
-database connection: it wakes at most every ``BATCH_SECONDS``, writes what
+database connection: every ``BATCH_SECONDS`` (counted from the start of the
+last batch, so a slow write does not push the next one back) it writes what
 queued up in one transaction and commits. So a server killed with SIGKILL
-loses at most the last batch, and the broadcasting thread never waits for
-the disk. The journal is WAL: a commit is one append to the log file, and a
-reader (another process looking at the file) never blocks the writer.
+loses at most the last ``MAX_LOSS_SECONDS`` of messages, and the
+broadcasting thread never waits for the disk.
+
+A batch is one ``INSERT`` of one JSON array: one statement, so one
+transaction, in which a trigger forgets the rows past ``keep``. Python's
+``sqlite3`` gives the GIL back around every step of a statement, and in a
+server whose reader threads all want it, taking it back can wait; one step
+per row made a batch of thousands take 5 to 500 ms under load, one step per
+batch takes a few. The journal is WAL with ``synchronous=NORMAL``: a commit
+is an append to the log file without an fsync (what the process wrote
+survives its SIGKILL; only a power cut can take the last commits back), and
+a reader (another process looking at the file) never blocks the writer.
 
 One server owns the file: it holds an exclusive ``flock`` on it while it
 runs, and a second server given the same file refuses to start, saying so
@@ -21,10 +31,12 @@ deleted as new ones come, so the file stays the size of the history.
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import sqlite3
 import threading
+import time
 from collections import deque
 from pathlib import Path
 
@@ -33,7 +45,20 @@ from common.room.sharing import StartError
 
 log = logging.getLogger("common.room.historyfile")
 
-BATCH_SECONDS = 0.1
+BATCH_SECONDS = 0.05
+MAX_LOSS_SECONDS = 0.1
+"""What a SIGKILL may lose: the batch being gathered, and the one being written."""
+INSERT_BATCH = """
+INSERT INTO msg (pos, sender, text, ts)
+SELECT ? + key, json_extract(value, '$[0]'), json_extract(value, '$[1]'),
+    json_extract(value, '$[2]')
+FROM json_each(?)
+"""
+FORGET = """
+CREATE TEMP TRIGGER forget AFTER INSERT ON msg
+BEGIN DELETE FROM msg WHERE pos <= NEW.pos - {keep}; END
+"""
+"""Rows older than the last ``keep`` go as new ones come, within the batch's one statement."""
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS msg (
@@ -61,7 +86,9 @@ class HistoryFile:
             if mode != "wal":
                 raise sqlite3.OperationalError(f"its journal cannot be put in WAL mode ({mode})")
             self._lock = self._own(path)
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(SCHEMA)
+            self._db.execute(FORGET.format(keep=int(keep)))
             rows = self._db.execute(
                 "SELECT pos, sender, text, ts FROM msg ORDER BY pos DESC LIMIT ?", (keep,)
             ).fetchall()
@@ -104,12 +131,14 @@ class HistoryFile:
         os.close(self._lock)
 
     def _run(self) -> None:
-        while not self._stop.wait(BATCH_SECONDS):
+        started = time.monotonic()
+        while not self._stop.wait(max(0.0, started + BATCH_SECONDS - time.monotonic())):
+            started = time.monotonic()
             self._write()
         self._write()
 
     def _write(self) -> None:
-        """Everything queued until now, in one transaction."""
+        """Everything queued until now, in one statement: one transaction."""
         batch: list[Msg] = []
         while self._queue:
             batch.append(self._queue.popleft())
@@ -117,12 +146,9 @@ class HistoryFile:
             return
         first = self._next
         self._next += len(batch)
-        rows = [(first + i, m.sender, m.text, m.ts) for i, m in enumerate(batch)]
+        rows = json.dumps([(m.sender, m.text, m.ts) for m in batch], ensure_ascii=False)
         try:
-            with self._db:
-                self._db.execute("BEGIN")
-                self._db.executemany("INSERT INTO msg VALUES (?, ?, ?, ?)", rows)
-                self._db.execute("DELETE FROM msg WHERE pos <= ?", (self._next - 1 - self._keep,))
+            self._db.execute(INSERT_BATCH, (first, rows))
             self._failed = False
         except sqlite3.Error as exc:
             if not self._failed:
