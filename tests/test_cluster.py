@@ -306,6 +306,44 @@ def test_redis_back_without_its_data(start_server: Start, tmp_path: Path, connec
             store.proc.wait()
 
 
+def test_after_a_redis_restart_no_name_is_held_twice_and_nobody_joins_again(
+    start_server: Start, tmp_path: Path, connect: Connect
+) -> None:
+    """Redis comes back empty and a server starts at once: the names of the users who never
+    left are theirs again before it may give them out, and whoever knew them sees no joined.
+    (A long lease: a server renews it only every quarter lease unless woken.)"""
+    store = RedisServer(tmp_path, persist=False)
+    try:
+        args = ("--rate-limit", "0", "--redis", store.url, "--lease", "40")
+        one, three = start_server("tcp.server", *args), start_server("tcp.server", *args)
+        alice, bob = connect(one.address, "alice"), connect(three.address, "bob")
+        assert alice.expect("joined")["name"] == "bob"
+        store.stop()
+        for server in (one, three):
+            server.wait_for_log("lost Redis")
+        store.start()
+        two = start_server("tcp.server", *args)
+        newcomer = connect(two.address)
+        newcomer.send({"type": "hello", "name": "alice"})
+        assert newcomer.expect("error")["code"] == "name_taken"
+        for server in (one, three):
+            server.wait_for_log("claimed 1 name")
+        carol = connect(two.address, "carol")
+        carol.send({"type": "who"})
+        assert carol.expect("users")["names"] == ["alice", "bob", "carol"]
+        for client in (alice, bob):
+            assert client.expect("joined")["name"] == "carol"
+            client.send({"type": "ping"})
+            frames = []
+            while (frame := client.recv())["type"] != "pong":
+                frames.append(frame)
+            assert [f for f in frames if f["type"] in ("joined", "left")] == [], frames
+    finally:
+        if store.proc is not None and store.proc.poll() is None:
+            store.proc.kill()
+            store.proc.wait()
+
+
 # ---- --history-file -----------------------------------------------------------
 
 

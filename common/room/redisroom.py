@@ -37,6 +37,16 @@ and what needs the shared room is refused the same way until it is back
 order. The reader goes on from the last entry it read, the publisher sends
 what it kept, and ``seen`` drops what had already arrived: nothing is
 delivered twice or out of order.
+
+A Redis that restarted may have lost the names (or kept leases that ended
+while it was down). Whoever sees it back first wakes the lease thread,
+which renews at once and, if the lease was gone, claims this server's
+names back in one pipeline and says ``joined`` for them (a room that knew
+them already shows nothing: see ``Room.apply``). Meanwhile nobody may take
+a new name: for ``restart_hold`` (``RESTART_HOLD``, at most a lease) after
+Redis started, a server starting refuses to begin and one that was there
+refuses hellos and renames (``Unavailable``), so the names of the servers
+coming back are theirs again before anyone else can ask for them.
 """
 
 from __future__ import annotations
@@ -86,6 +96,9 @@ READ_COUNT = 1000
 PUBLISH_BATCH = 500
 RETRY_SECONDS = 0.25
 CLOSE_WAIT = 2.0
+RESTART_HOLD = 2.0
+"""Seconds after Redis starts during which no new name is given out, at most (and at most a
+lease): servers that were in the room reconnect within RETRY_SECONDS and claim theirs back."""
 SOCKET_TIMEOUT = 3.0
 
 CLAIM = """
@@ -186,6 +199,9 @@ class RedisBackplane:
         self._closing = False
         self._room: Room[Any] | None = None
         self._last_id = b"0-0"
+        self._restart_hold = min(RESTART_HOLD, lease)
+        self._settled_at = 0.0  # monotonic: no new name is claimed before it
+        self._renew_now = threading.Event()
         try:
             self._redis = redis.Redis.from_url(
                 url,
@@ -212,6 +228,12 @@ class RedisBackplane:
         """Load the room's state from Redis, then start following the stream."""
         self._room = room
         try:
+            if (hold := self._hold()) > 0:
+                log.info(
+                    "Redis started just now: waiting %.1f s for servers to claim their names back",
+                    hold,
+                )
+                time.sleep(hold)
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.xrevrange(self._log, count=max(self._history + 200, READ_AT_START))
                 pipe.hgetall(self._names)
@@ -231,11 +253,22 @@ class RedisBackplane:
         for thread in self._threads:
             thread.start()
 
+    def _hold(self) -> float:
+        """Seconds until Redis has been up ``restart_hold``: no new name is given out before."""
+        uptime = int(self._redis.info("server")["uptime_in_seconds"])
+        hold = max(0.0, self._restart_hold - uptime)
+        self._settled_at = time.monotonic() + hold
+        return hold
+
     def claim(self, name: str, old: str | None) -> bool:
         key = name_key(name)
         old_key = "" if old is None else name_key(old)
         token = self._tokens.get(old_key) or f"{self.server}:{next(self._tickets)}"
         try:
+            if time.monotonic() < self._settled_at:
+                raise Unavailable(
+                    "the room is getting its names back after a restart; try again in a moment"
+                )
             won = self._claim(keys=[self._names], args=[key, token, name, self.server, old_key])
         except redis.RedisError as exc:
             self._lost(exc)
@@ -270,6 +303,7 @@ class RedisBackplane:
             self._outbox_changed.notify()
         self._threads[0].join(CLOSE_WAIT)
         self._stopping.set()
+        self._renew_now.set()
         with self._outbox_changed:
             self._outbox_changed.notify()
         for thread in self._threads:
@@ -344,21 +378,32 @@ class RedisBackplane:
         return entry, mine
 
     def _run_lease(self) -> None:
-        """Renew the lease; take out servers whose lease ended, after one lease of grace."""
+        """Renew the lease; take out servers whose lease ended, after one lease of grace.
+
+        Woken at once when Redis is back (``_back``), so that a server whose lease Redis
+        lost claims its names back before anyone else may take them.
+        """
         grace_until = time.monotonic() + self._lease
-        while not self._stopping.wait(self._lease / 4):
+        while not self._stopping.is_set():
+            self._renew_now.wait(self._lease / 4)
+            self._renew_now.clear()
+            if self._stopping.is_set():
+                return
             reap = time.monotonic() >= grace_until
             try:
+                relearn = self._settled_at == float("inf")  # Redis was away: it may be new
                 alive = self._renew("reap" if reap else "renew")
+                if not alive:
+                    log.warning("this server's lease had ended: the others took its users out")
+                    self._rejoin()
+                if relearn:
+                    self._hold()
             except redis.RedisError as exc:
                 self._lost(exc)
                 grace_until = float("inf")
                 continue
             if grace_until == float("inf"):
                 grace_until = time.monotonic() + self._lease
-            if not alive:
-                log.warning("this server's lease had ended: the others took its users out")
-                self._rejoin()
 
     def _renew(self, mode: str) -> bool:
         alive = self._lease_script(
@@ -368,15 +413,21 @@ class RedisBackplane:
         return bool(alive)
 
     def _rejoin(self) -> None:
-        """Our users were taken out while we could not renew: claim their names, say joined."""
+        """Our users were taken out while we could not renew: claim their names back, all in
+        one pipeline (no new name is given out meanwhile), and say joined."""
         assert self._room is not None
         names = self._room.local_names()
-        for name in names:
-            try:
-                won = self.claim(name, None)
-            except Unavailable:
-                return
-            if won:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                key = name_key(name)
+                with self._state_lock:
+                    token = self._tokens.setdefault(key, f"{self.server}:{next(self._tickets)}")
+                self._claim(
+                    keys=[self._names], args=[key, token, name, self.server, ""], client=pipe
+                )
+            won = pipe.execute()
+        for name, ok in zip(names, won, strict=True):
+            if ok:
                 self.publish(Entry.of(Joined(name=name, ts=wall_clock_ms())))
             else:
                 log.warning("%s's name was taken while this server was away", name)
@@ -386,6 +437,7 @@ class RedisBackplane:
 
     def _lost(self, exc: Exception) -> None:
         with self._state_lock:
+            self._settled_at = float("inf")  # until the lease thread has seen Redis again
             if not self.ready:
                 return
             self.ready = False
@@ -403,4 +455,5 @@ class RedisBackplane:
             if self.ready:
                 return
             self.ready = True
+        self._renew_now.set()
         log.warning("Redis is back: the room is shared again")

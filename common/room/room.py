@@ -398,6 +398,8 @@ class Room(Generic[M]):
                 if (end := self._by_key.get(key)) is not None:
                     self._post(end, entry)
             return
+        if isinstance(message, Joined) and self._roster.get(name_key(message.name)) == message.name:
+            return  # said again for someone already here (a server claiming its names back)
         self._append(entry)
         if isinstance(message, Joined):
             key = name_key(message.name)
