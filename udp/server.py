@@ -56,6 +56,7 @@ from common.cli.serverargs import (
     announce,
     configure_logging,
     positive_float,
+    positive_int,
     serve_until_signalled,
 )
 from common.protocol.codec import (
@@ -101,8 +102,9 @@ at once all get in within about a second). A datagram costs 10 to 20 µs of
 however many hellos arrive."""
 ADMISSION_BURST = 10_000
 MAX_HELD_BYTES = 32 << 20
-"""Bytes all reliable sessions may hold for retransmission together, each frame
-counted once however many hold it; past it the one holding most is ended."""
+"""Bytes all reliable sessions may hold together (``--max-held-bytes``): frames
+sent and not acked yet, each counted once however many hold it, and frames
+received ahead of a gap; past it the one holding most is ended."""
 TIMER_RESOLUTION = 0.01
 BUSY_TICK = 0.05
 MAX_SWEEP_INTERVAL = 0.5
@@ -118,8 +120,10 @@ class UdpChatServer:
         port: int = 8080,
         history: int = 1000,
         sharing: Sharing | None = None,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         self.limits = limits
+        self.max_held_bytes = max_held_bytes
         self._wake = threading.Event()
         backplane, archive = open_sharing(sharing or Sharing(), history)
         # What a backplane brings arrives on its own thread: the timer flushes it.
@@ -293,6 +297,10 @@ class UdpChatServer:
         frames = session.receiver.on_frame(seq, data)
         if frames is None:
             return
+        if not frames:
+            self._bound_held()  # it may hold one more, early
+            if self._sessions.get(session.address) is not session:
+                return
         ack = encode(Ack(seq=seq))
         for _ in range(acks):
             self._write(ack, session.address)
@@ -433,10 +441,14 @@ class UdpChatServer:
             self._bound_held()
 
     def _bound_held(self) -> None:
-        """Past ``MAX_HELD_BYTES`` held for all reliable sessions, end the one holding most."""
-        while self._held.held_bytes > MAX_HELD_BYTES:
+        """Past ``max_held_bytes`` held for all reliable sessions, end the one holding most."""
+        while self._held.held_bytes > self.max_held_bytes:
             _, heaviest = max(
-                ((s.sender.held_bytes, s) for s in self._sessions.values() if s.sender is not None),
+                (
+                    (s.sender.held_bytes + s.receiver.held_bytes, s)
+                    for s in self._sessions.values()
+                    if s.sender is not None and s.receiver is not None
+                ),
                 key=lambda pair: pair[0],
             )
             self._end(heaviest, "too_slow")
@@ -480,6 +492,8 @@ class UdpChatServer:
         self._busy.discard(session)
         if session.sender is not None:
             session.sender.close()
+        if session.receiver is not None:
+            session.receiver.close()
         self.room.leave(session, reason)
         log.info("%s left (%s); %s", session.name, reason, session.summary())
 
@@ -588,6 +602,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="silence after which a session ends with reason timeout (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-held-bytes",
+        type=positive_int,
+        default=MAX_HELD_BYTES,
+        metavar="BYTES",
+        help="what reliable sessions hold in all (sent and not acked, or received ahead of a "
+        "gap); past it the one holding most ends as too_slow (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     return serve_until_signalled(
@@ -597,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             history=args.history,
             sharing=Sharing.from_args(args),
+            max_held_bytes=args.max_held_bytes,
         ),
         args,
     )

@@ -43,9 +43,10 @@ frame sent is retransmitted until acked; a sender that gives up ends the
 session (``timeout``), one whose backlog overflows ends it as ``too_slow``.
 Their senders share frames (``SharedFrames``): a frame held by many
 sessions is one object, stamped with each one's ``seq`` as it goes out.
-What they hold together is bounded (``MAX_HELD_BYTES``, 32 MiB): past it,
-the session holding most is ended as ``too_slow``, so sessions that never
-ack cost bounded memory however many there are.
+What they hold together, frames sent and not acked and frames received
+ahead of a gap, is bounded (``--max-held-bytes``, 32 MiB): past it, the
+session holding most is ended as ``too_slow``, so sessions that never ack,
+or never fill a gap, cost bounded memory however many there are.
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class Session(Member):
         self.untrusted = TokenBucket(UNTRUSTED_RATE, UNTRUSTED_BURST, now)
         self.counter = SeqCounter()
         self.sender = ReliableSender(shared) if reliable else None
-        self.receiver = ReliableReceiver() if reliable else None
+        self.receiver = ReliableReceiver(shared) if reliable else None
         self.last_heard = now
         self.budget = budget
         self.welcome = b""
