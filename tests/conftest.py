@@ -117,9 +117,21 @@ class JsonClient:
     """A bare-bones JSON-lines client for tests: send dicts, read frames."""
 
     def __init__(
-        self, address: tuple[str, int], name: str | None = None, *, source: str = ""
+        self,
+        address: tuple[str, int],
+        name: str | None = None,
+        *,
+        source: str = "",
+        rcvbuf: int = 0,
     ) -> None:
-        self.sock = socket.create_connection(address, timeout=WAIT, source_address=(source, 0))
+        """``source``: the address to connect from; ``rcvbuf``: a receive buffer this small,
+        set before connecting (so the window it offers is small from the start)."""
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(WAIT)
+        self.sock.bind((source, 0))
+        self.sock.connect(address)
         self.buffer = b""
         self.name = name
         if name is not None:

@@ -337,6 +337,35 @@ def test_a_client_that_never_reads_is_dropped_and_stalls_nobody(
     sleeper.close()
 
 
+def test_a_client_behind_by_more_than_half_its_outbox_but_less_than_all_is_kept(
+    start_server: Start, connect: Connect
+) -> None:
+    """--max-outbox is the limit, not some fraction of it: a reader about 13 MB behind out of
+    16 MB (the kernel's buffers hold a MB or two of it) catches up with everything."""
+    outbox = 16 << 20
+    server = start_server("tcp.server", "--rate-limit", "0", "--max-outbox", str(outbox))
+    talker = connect(server.address, "talker")
+    lagger = JsonClient(server.address, rcvbuf=4096)
+    lagger.send({"type": "hello", "name": "lagger"})
+    assert talker.expect("joined")["name"] == "lagger"
+    text = "字" * 1990  # 5,970 bytes
+    count = outbox * 85 // 100 // len(text.encode())
+    for n in range(count):
+        talker.send({"type": "say", "text": f"{n} {text}"})
+    assert talker.expect("msg", text=f"{count - 1} {text}")
+    talker.send({"type": "ping"})  # a writer's pass or two after the last message
+    talker.expect("pong")
+    texts: list[str] = []
+    while len(texts) < count:
+        frame = lagger.recv()
+        assert frame["type"] != "left", frame
+        if frame["type"] == "msg":
+            texts.append(frame["text"])
+    assert texts == [f"{n} {text}" for n in range(count)]
+    assert "too_slow" not in server.log
+    lagger.close()
+
+
 def test_a_client_dropped_as_too_slow_acts_no_more_with_lines_in_hand(
     start_server: Start, connect: Connect
 ) -> None:
