@@ -256,6 +256,65 @@ def test_redis_away_and_back(
     assert "Traceback" not in one.log + two.log
 
 
+def test_a_reader_that_lost_its_connection_goes_on_from_where_it_was(
+    cluster: Cluster, redis_server: RedisServer, connect: Connect
+) -> None:
+    """Only one server's stream reader is cut off: what another server published while it
+    reconnected still reaches that server's users, all of it, in order."""
+    store = redis.Redis.from_url(redis_server.url)
+
+    def readers() -> list[int]:
+        return [int(c["id"]) for c in store.client_list() if c["cmd"] == "xread"]
+
+    one = cluster("tcp.server")
+    deadline = time.monotonic() + WAIT
+    while not readers():
+        assert time.monotonic() < deadline, "the server never read the stream"
+        time.sleep(0.02)
+    [reader] = readers()
+    two = cluster("tcp.server")
+    alice, bob = connect(one.address, "alice"), connect(two.address, "bob")
+    assert alice.expect("joined")["name"] == "bob"
+    store.client_kill_filter(_id=str(reader))
+    said = [f"b{i}" for i in range(40)]
+    for text in said:
+        bob.send({"type": "say", "text": text})
+        time.sleep(0.01)
+    assert texts_until(alice.recv, len(said)) == said
+
+
+def test_a_server_started_later_answers_history_oldest_first(
+    cluster: Cluster, connect: Connect
+) -> None:
+    first = cluster("tcp.server")
+    alice = connect(first.address, "alice")
+    for i in range(5):
+        alice.send({"type": "say", "text": f"m{i}"})
+    assert texts_until(alice.recv, 5) == [f"m{i}" for i in range(5)]
+    later = cluster("tcp.server")
+    assert earlier_texts(connect(later.address, "bob")) == [f"m{i}" for i in range(5)]
+
+
+def test_a_message_from_another_server_reaches_udp_users_at_once(
+    cluster: Cluster, connect: Connect
+) -> None:
+    """The UDP server is woken by what Redis brings, not left to find it at its next sweep
+    (up to half a second later): the median delay is a few milliseconds."""
+    tcp, udp = cluster("tcp.server"), cluster("udp.server")
+    alice = connect(tcp.address, "alice")
+    bob = udp_join(udp, "bob")
+    assert alice.expect("joined")["name"] == "bob"
+    delays = []
+    for i in range(9):
+        time.sleep(0.05 + 0.03 * i)  # at every phase of the sweep
+        sent = time.monotonic()
+        alice.send({"type": "say", "text": f"m{i}"})
+        assert bob.expect("msg")["text"] == f"m{i}"
+        delays.append(time.monotonic() - sent)
+    assert sorted(delays)[len(delays) // 2] < 0.1, delays
+    bob.close()
+
+
 def test_a_server_that_cannot_keep_up_refuses_instead_of_queueing(
     start_server: Start, redis_server: RedisServer, connect: Connect
 ) -> None:
