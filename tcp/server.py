@@ -97,6 +97,9 @@ over a big room takes milliseconds, and a process woken by the writer's own send
 the same machine) must not wait for the whole pass to end."""
 TEXT_HISTORY = 10
 """Earlier messages a text-mode session is shown right after its greeting."""
+TEXT_SILENCE = 0.1
+"""Seconds of silence after which a text-mode session's unfinished line counts as a line: the
+assignment's own client sends its user's name and each message with no line end."""
 DEFAULT_MAX_REFUSED_BEFORE_HELLO = 20
 """Frames refused from a connection that has not said hello yet, at most: past it the
 connection is closed. A person retrying names, or a client that sent a frame too early, is far
@@ -264,37 +267,44 @@ class ChatServer:
         reason = "disconnected"
         deadline = time.monotonic() + self.limits.hello_timeout
         framer = LineFramer()
-        first_line = True
+        mode_known = False  # text or JSON: told by the first byte that is not blank
         waiting = True  # for a good hello
+        current: float | None = -1.0  # the socket's timeout, set only when it changes
         try:
             while True:
+                timeout = None
                 if waiting:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
                         log.info("%s sent no hello in time, closing", conn.label)
                         break
-                    conn.sock.settimeout(left)
+                unfinished = conn.text_mode and framer.pending > 0
+                if unfinished:
+                    timeout = min(timeout or TEXT_SILENCE, TEXT_SILENCE)
+                if timeout != current:
+                    conn.sock.settimeout(current := timeout)
                 try:
                     data = conn.sock.recv(RECV_BYTES)
                 except TimeoutError:
-                    continue
+                    if not unfinished:
+                        continue
+                    data = b"\n"  # silence ends a text line
                 if not data:
                     break
+                if not mode_known and (start := data.lstrip()):
+                    conn.text_mode = not start.startswith(b"{")
+                    mode_known = True
                 for line in framer.feed(data):
                     if not line:  # ignored, but no cheaper than a frame for the rate limit
                         if not conn.bucket.allow(time.monotonic()):
                             conn.refused += 1
                     else:
-                        if first_line:
-                            conn.text_mode = not line.lstrip().startswith(b"{")
-                            first_line = False
                         if not self.on_line(conn, line):
                             reason = "quit"
                             return
                     if waiting and conn.stage is Stage.JOINED:
                         waiting = False
                         self._registered_or_gone(conn)
-                        conn.sock.settimeout(None)
                     elif waiting and conn.refused > self.max_refused_before_hello:
                         log.info("%s refused too many frames before hello, closing", conn.label)
                         self.room.refuse(conn, NotRegistered("too many frames before hello"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import signal
 import socket
@@ -15,6 +16,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from common.cli.serverargs import Limits
@@ -603,6 +605,49 @@ def test_text_mode_shows_the_last_ten_messages_then_says_live_chat_follows(
     assert lines.readline().decode().endswith("earlier <alice> m11\n")
     assert lines.readline() == b"* 2 earlier messages above\n"
     nc.close()
+
+
+SEED_CLIENT = Path("/work/shared/seed/client.py")
+"""The assignment's own example client, run from where it is: the client every student has."""
+TO_THE_TEST_SERVER = """
+import os, socket
+_connect = socket.socket.connect
+def connect(self, address):
+    if address == ("localhost", 8080):
+        address = ("127.0.0.1", int(os.environ["CHAT_TEST_PORT"]))
+    return _connect(self, address)
+socket.socket.connect = connect
+"""
+"""A sitecustomize for that client: its address, localhost:8080, is fixed in its code; this
+sends that one address to the test's server (on a free port) and changes nothing else."""
+
+
+def test_the_assignment_s_own_client_chats_through_the_server(
+    tcp_server: ServerProcess, connect: Connect, tmp_path: Path
+) -> None:
+    """It sends its user's name and each message with no line end, one send each: a text
+    session takes what ends in silence as a whole line."""
+    if not SEED_CLIENT.exists():
+        pytest.skip(f"{SEED_CLIENT} is not on this machine")
+    (tmp_path / "sitecustomize.py").write_text(TO_THE_TEST_SERVER)
+    bob = connect(tcp_server.address, "bob")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CHAT_TEST_PORT": str(tcp_server.port)}
+    child = pexpect.spawn(
+        sys.executable, [str(SEED_CLIENT)], env=env, encoding="utf-8", timeout=WAIT
+    )
+    try:
+        child.expect("Введите ваше имя: ")
+        child.sendline("alice")
+        child.expect("welcome, alice")
+        assert bob.expect("joined")["name"] == "alice"
+        child.sendline("hello from the assignment's client")
+        said = bob.expect("msg")
+        assert (said["from"], said["text"]) == ("alice", "hello from the assignment's client")
+        bob.send({"type": "say", "text": "hi alice"})
+        child.expect("<bob> hi alice")
+    finally:
+        child.close(force=True)  # its "выход" leaves its receiving thread waiting for the server
+    assert bob.expect("left")["name"] == "alice"
 
 
 def test_text_mode_asks_again_for_a_taken_name(tcp_server: ServerProcess, connect: Connect) -> None:
