@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pexpect
 import pytest
 import redis
 
@@ -403,6 +404,34 @@ def test_after_a_redis_restart_no_name_is_held_twice_and_nobody_joins_again(
         if store.proc is not None and store.proc.poll() is None:
             store.proc.kill()
             store.proc.wait()
+
+
+def test_ctrl_c_on_run_cluster_says_bye_before_redis_stops(connect: Connect) -> None:
+    """Ctrl+C in the terminal reaches the servers, not Redis (stopped after them): a user gets
+    the server's bye and no word that the room cannot be reached."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    base = free_port()
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "common.cli.runcluster", "--port", str(base)],
+        cwd=str(ROOT),
+        encoding="utf-8",
+        timeout=3 * WAIT,
+    )
+    try:
+        child.expect("Ctrl\\+C stops them all")
+        alice = connect(("127.0.0.1", base), "alice")
+        child.sendintr()
+        frames = []
+        while (frame := alice.recv())["type"] != "bye":
+            frames.append(frame)
+        assert [f for f in frames if f["type"] == "error"] == []
+        child.expect(pexpect.EOF)
+        assert "Redis" not in child.before and "redis" not in child.before.lower()
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 0
 
 
 # ---- --history-file -----------------------------------------------------------
