@@ -97,6 +97,7 @@ over a big room takes milliseconds, and a process woken by the writer's own send
 the same machine) must not wait for the whole pass to end."""
 TEXT_HISTORY = 10
 """Earlier messages a text-mode session is shown right after its greeting."""
+DRAIN_SECONDS = 1.0
 TEXT_SILENCE = 0.1
 """Seconds of silence after which a text-mode session's unfinished line counts as a line: the
 assignment's own client sends its user's name and each message with no line end."""
@@ -312,6 +313,9 @@ class ChatServer:
         except TooLarge as exc:
             log.info("%s sent a frame that is too large, closing", conn.label)
             self.room.refuse(conn, exc)
+            if conn.text_mode:
+                self.say_plain(conn, "* so the server closes this connection")
+            self._drain(conn)
         except OSError as exc:
             log.debug("%s: %s", conn.label, exc)
         finally:
@@ -323,6 +327,20 @@ class ChatServer:
             if name is not None:
                 log.info("%s left (%s)", name, reason)
             self._finish(conn)
+
+    def _drain(self, conn: Connection) -> None:
+        """Read and drop what the client still sends, for a moment, before its socket closes.
+
+        Closing a socket that has unread bytes sends a reset, and a reset can reach the
+        client before it has read why it is being closed: so the rest of a line that was
+        too long is read first (at most ``DRAIN_SECONDS``), and the close is a plain FIN.
+        """
+        deadline = time.monotonic() + DRAIN_SECONDS
+        with contextlib.suppress(OSError):
+            while (left := deadline - time.monotonic()) > 0:
+                conn.sock.settimeout(left)
+                if not conn.sock.recv(RECV_BYTES):
+                    return
 
     def on_line(self, conn: Connection, line: bytes) -> bool:
         """Handle one line; False when the session ends (``bye``, or a full server)."""

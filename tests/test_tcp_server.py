@@ -135,6 +135,32 @@ def test_too_large_gets_an_error_then_the_connection_closes(
     assert other.expect("left", name="big")["reason"] == "disconnected"
 
 
+def read_to_the_end(sock: socket.socket) -> bytes:
+    """All the server sends until it closes; ConnectionResetError if it resets instead."""
+    sock.settimeout(WAIT)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_text_line_too_long_is_told_why_then_the_connection_closes_cleanly(
+    tcp_server: ServerProcess, connect: Connect
+) -> None:
+    """Half a megabyte pasted into nc: the user reads why, then the server closes (a FIN, not
+    a reset that could destroy the reason before it is read)."""
+    other = connect(tcp_server.address, "other")
+    with socket.create_connection(tcp_server.address, timeout=WAIT) as nc:
+        nc.sendall(b"paster\n")
+        assert other.expect("joined")["name"] == "paster"
+        nc.sendall(b"x" * 500_000 + b"\n")
+        said = read_to_the_end(nc).decode()
+    assert said.endswith(
+        "! a line is at most 8192 bytes\n* so the server closes this connection\n"
+    ), said
+    assert other.expect("left", name="paster")["reason"] == "disconnected"
+
+
 def test_server_full_refuses_and_closes(start_server: Start, connect: Connect) -> None:
     server = start_server("tcp.server", "--max-users", "2")
     connect(server.address, "one")
