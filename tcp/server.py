@@ -59,6 +59,7 @@ from common.protocol.codec import (
     Error,
     Hello,
     History,
+    HistoryEnd,
     LineFramer,
     Msg,
     NotRegistered,
@@ -75,7 +76,7 @@ from common.room.ratelimit import TokenBucket
 from common.room.room import Entry, Member, Room, Stage
 from common.room.sharing import Sharing, open_sharing
 from common.terminal.commands import HELP_TEXT, ShowHelp, Usage, parse_command
-from common.terminal.render import text_mode_line
+from common.terminal.render import NOTHING_EARLIER, text_mode_line
 
 log = logging.getLogger("tcp.server")
 
@@ -124,6 +125,7 @@ class Connection(Member):
         # Owned by the writer thread:
         self.unsent = b""
         self.finished = False  # the reader is done: write what is left once, then close
+        self.history_answers = 0  # text mode: the first is the greeting's
 
     def tally(self) -> tuple[str, int]:
         """Who this is in the log, and how many of its frames were refused."""
@@ -135,7 +137,15 @@ class Connection(Member):
         if not self.text_mode:
             return room.take_lines(self, limit)
         entries = room.take(self, limit)
-        return None if entries is None else b"".join([text_line(e, self.name) for e in entries])
+        return None if entries is None else b"".join([self._text(e) for e in entries])
+
+    def _text(self, entry: Entry) -> bytes:
+        """``text_line``; but an empty answer to a ``/history`` the user typed says so."""
+        if isinstance(entry.message, HistoryEnd):
+            self.history_answers += 1
+            if self.history_answers > 1 and entry.message.count == 0:
+                return NOTHING_EARLIER.plain().encode() + b"\n"
+        return text_line(entry, self.name)
 
 
 def text_line(entry: Entry, me: str) -> bytes:

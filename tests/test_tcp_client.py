@@ -513,6 +513,16 @@ def test_piped_mode_writes_plain_lines(tcp_server: ServerProcess, connect: Conne
     assert bob.expect("left", name="carl")["reason"] == "quit"
 
 
+def test_history_with_nothing_before_says_so_but_joining_says_nothing(
+    tcp_server: ServerProcess,
+) -> None:
+    result = run_piped(tcp_server.port, "--name", "first", stdin="/history\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines.count("* nothing was said before you joined") == 1, lines
+    assert lines[-1] == "* nothing was said before you joined", lines
+
+
 def test_a_refused_name_from_the_command_line_ends_the_client(
     tcp_server: ServerProcess, connect: Connect, spawn: Spawn
 ) -> None:

@@ -676,6 +676,17 @@ def test_the_assignment_s_own_client_chats_through_the_server(
     assert bob.expect("left")["name"] == "alice"
 
 
+def test_text_mode_history_with_nothing_before_says_so(tcp_server: ServerProcess) -> None:
+    with socket.create_connection(tcp_server.address, timeout=WAIT) as nc:
+        lines = nc.makefile("rb")
+        nc.sendall(b"first\n")
+        assert b"welcome, first" in lines.readline()
+        assert b"/help" in lines.readline()
+        assert lines.readline() == b"* live chat follows\n"
+        nc.sendall(b"/history\n")
+        assert lines.readline() == b"* nothing was said before you joined\n"
+
+
 def test_text_mode_asks_again_for_a_taken_name(tcp_server: ServerProcess, connect: Connect) -> None:
     connect(tcp_server.address, "alice")
     nc = socket.create_connection(tcp_server.address, timeout=WAIT)

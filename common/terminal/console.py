@@ -48,6 +48,7 @@ from common.protocol.codec import (
     Error,
     Hello,
     History,
+    HistoryEnd,
     NameInvalid,
     ProtocolError,
     Renamed,
@@ -57,7 +58,7 @@ from common.protocol.codec import (
     name_key,
 )
 from common.terminal.commands import ShowHelp, Usage, help_text, parse_command
-from common.terminal.render import Line, describe, safe
+from common.terminal.render import NOTHING_EARLIER, Line, describe, safe
 
 RECEIVER_THREAD = "receiver"
 QUIT_GRACE = 1.0
@@ -432,6 +433,7 @@ class ChatSession:
         self._quitting = threading.Event()
         self._lost = False
         self._server_bye: Bye | None = None
+        self._history_answers = 0  # the receiver's: the first is the one asked on joining
 
     def run(self, name: str | None) -> int:
         try:
@@ -595,6 +597,10 @@ class ChatSession:
             self.console.show(message)
             return
         line = describe(message, self.me)
+        if isinstance(message, HistoryEnd):
+            self._history_answers += 1
+            if self._history_answers > 1 and message.count == 0:
+                line = NOTHING_EARLIER
         if line is not None:
             self.console.show(line)
 
