@@ -37,6 +37,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -99,6 +100,7 @@ the same machine) must not wait for the whole pass to end."""
 TEXT_HISTORY = 10
 """Earlier messages a text-mode session is shown right after its greeting."""
 DRAIN_SECONDS = 1.0
+HANG_UP_SECONDS = 1.0
 TEXT_SILENCE = 0.1
 """Seconds of silence after which a text-mode session's unfinished line counts as a line: the
 assignment's own client sends its user's name and each message with no line end."""
@@ -312,6 +314,8 @@ class ChatServer:
                     else:
                         if not self.on_line(conn, line):
                             reason = "quit"
+                            if conn.text_mode:
+                                self._hang_up(conn)
                             return
                     if waiting and conn.stage is Stage.JOINED:
                         waiting = False
@@ -337,6 +341,24 @@ class ChatServer:
             if name is not None:
                 log.info("%s left (%s)", name, reason)
             self._finish(conn)
+
+    def _hang_up(self, conn: Connection) -> None:
+        """A text session that quit: once ``* bye`` is out, end the connection both ways.
+
+        ``nc`` does not stop when the server closes its side alone: it goes on reading the
+        keyboard until Ctrl+D. So, its last lines written, the server closes its side (nc
+        reads them and the end), and a moment later resets the connection (``SO_LINGER`` 0
+        when the writer closes it), which ends nc at once. Only this client's own reader
+        thread waits here.
+        """
+        deadline = time.monotonic() + HANG_UP_SECONDS
+        while (self.room.lag(conn) or conn.unsent) and time.monotonic() < deadline:
+            time.sleep(HANG_UP_SECONDS / 50)
+        time.sleep(HANG_UP_SECONDS / 5)  # the writer's send of what it took ends meanwhile
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_WR)
+            time.sleep(HANG_UP_SECONDS / 5)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
     def _drain(self, conn: Connection) -> None:
         """Read and drop what the client still sends, for a moment, before its socket closes.
@@ -367,8 +389,11 @@ class ChatServer:
             alive = self.room.handle(conn, message)
             if stage is Stage.NEW and conn.stage is Stage.JOINED:
                 self._greet(conn)
-            elif not alive and conn.text_mode:
-                self.say_plain(conn, "* bye")
+            elif not alive:
+                if stage is Stage.JOINED:  # the room took it out: the reader's leave will not
+                    log.info("%s left (quit)", conn.name)
+                if conn.text_mode:
+                    self.say_plain(conn, "* bye")
             return alive
         except ProtocolError as exc:
             conn.refused += 1  # the first is logged; the rest are counted, for the last line

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import random
+import select
 import signal
 import socket
 import struct
@@ -685,6 +686,33 @@ def test_text_mode_history_with_nothing_before_says_so(tcp_server: ServerProcess
         assert lines.readline() == b"* live chat follows\n"
         nc.sendall(b"/history\n")
         assert lines.readline() == b"* nothing was said before you joined\n"
+
+
+def test_text_mode_quit_says_bye_then_ends_the_connection_both_ways(
+    tcp_server: ServerProcess,
+) -> None:
+    """nc ends only when its connection is over both ways (a hang-up), not on the server's
+    end of the stream alone: it goes on reading the keyboard. The bye is read first."""
+    with socket.create_connection(tcp_server.address, timeout=WAIT) as nc:
+        nc.sendall(b"leaver\n")
+        nc.sendall(b"/quit\n")
+        poller = select.poll()
+        poller.register(nc, select.POLLIN)
+        said = b""
+        while not said.endswith(b"* bye\n"):
+            assert poller.poll(WAIT * 1000), said
+            chunk = nc.recv(65536)
+            assert chunk, said
+            said += chunk
+        deadline = time.monotonic() + WAIT
+        while not any(events & select.POLLHUP for _, events in poller.poll(100)):
+            assert time.monotonic() < deadline, "the connection was never hung up"
+    assert tcp_server.wait_for_log("leaver left \\(quit\\)")
+
+
+def test_a_clean_bye_is_in_the_log(tcp_server: ServerProcess, connect: Connect) -> None:
+    connect(tcp_server.address, "polite").send({"type": "bye"})
+    tcp_server.wait_for_log("polite left \\(quit\\)")
 
 
 def test_text_mode_asks_again_for_a_taken_name(tcp_server: ServerProcess, connect: Connect) -> None:
