@@ -29,6 +29,7 @@ move the cursor, clear the screen or retitle the window.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import ctypes
 import os
@@ -219,6 +220,8 @@ class Console:
         self._prompt = ""
         self._interrupts_off = threading.Event()
         signal.signal(signal.SIGINT, self._on_interrupt)
+        if self.interactive:
+            take_the_terminal(self._stdin.fileno())
 
     # ---- input (main thread) ------------------------------------------
 
@@ -349,6 +352,34 @@ class Console:
     def _on_interrupt(self, signum: int, frame: FrameType | None) -> None:
         if not self._interrupts_off.is_set():
             raise KeyboardInterrupt
+
+
+def take_the_terminal(fd: int) -> None:
+    """Make this process the terminal's foreground, alone, when it shares its group.
+
+    Under ``make chat-tcp`` the client shares make's process group, so Ctrl+C reaches make
+    too, which dies of it (exit code 130) however cleanly the client ends. In a group of its
+    own at the front, Ctrl+C reaches the client alone; the terminal goes back to the group
+    it came from when the client exits. Started by a shell (a group of its own already) or
+    without a terminal, nothing changes.
+    """
+    with contextlib.suppress(OSError):
+        before = os.tcgetpgrp(fd)
+        if before != os.getpgrp() or os.getpgrp() == os.getpid():
+            return
+        os.setpgid(0, 0)
+        _set_foreground(fd, os.getpgrp())
+        atexit.register(_set_foreground, fd, before)
+
+
+def _set_foreground(fd: int, group: int) -> None:
+    """``tcsetpgrp``, from the front or the back: SIGTTOU would stop a background process."""
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(fd, group)
+    finally:
+        signal.signal(signal.SIGTTOU, previous)
 
 
 # --------------------------------------------------------------------------
