@@ -82,6 +82,19 @@ def test_hello_welcome_joined_say_and_leave(room: Room[Peer]) -> None:
     assert room.names() == ["alice"]
 
 
+def test_the_welcome_lists_the_room_in_the_order_who_does() -> None:
+    room: Room[Peer] = Room(max_users=10)
+    for name in ("zed", "Amy", "bob"):
+        joined(room, name)
+    room.handle(joined(room, "yann"), Nick(name="Al"))
+    carol = joined(room, "carol")
+    [welcome] = carol.read()
+    assert isinstance(welcome, Welcome)
+    assert welcome.users == ("Al", "Amy", "bob", "carol", "zed")
+    room.handle(carol, Who())
+    assert carol.read() == [Users(names=welcome.users, count=5)]
+
+
 def test_dm_who_nick_ping(room: Room[Peer]) -> None:
     alice, bob = joined(room, "alice"), joined(room, "bob")
     alice.read(), bob.read()
