@@ -471,11 +471,13 @@ def flood_until_dropped(sock: socket.socket, frame: bytes, within: float) -> flo
 
 
 @pytest.mark.parametrize("registered", [False, True])
-def test_a_flooder_that_never_reads_is_dropped_within_3_s_in_a_few_log_lines(
+def test_a_flooder_that_never_reads_is_dropped_in_a_few_log_lines(
     start_server: Start, connect: Connect, registered: bool
 ) -> None:
-    """Frames the flood sends are all refused (rate limit; before hello: say hello first). It is
-    dropped within 3 s, the others chat on, and the log says so in a few lines, not one a frame.
+    """Frames the flood sends are all refused (before hello: say hello first; after it, the
+    rate limit). Unregistered, it is dropped at once (within 3 s on any machine); registered,
+    once its unread answers pass --max-outbox (seconds: the kernel's buffers take megabytes
+    first). The others chat on, and the log says so in a few lines, not one a frame.
     """
     server = start_server("tcp.server")
     watcher = connect(server.address, "watcher")
@@ -486,11 +488,12 @@ def test_a_flooder_that_never_reads_is_dropped_within_3_s_in_a_few_log_lines(
     if registered:
         flooder.sendall(b'{"type":"hello","name":"flooder"}\n')
         assert watcher.expect("joined")["name"] == "flooder"
+    within = 4 * WAIT if registered else 3.0
     try:
-        took = flood_until_dropped(flooder, b'{"type":"say","text":"x"}\n', within=3.0)
+        took = flood_until_dropped(flooder, b'{"type":"say","text":"x"}\n', within=within)
     finally:
         flooder.close()
-    assert took is not None, "the flooder was still connected after 3 s"
+    assert took is not None, f"the flooder was still connected after {within} s"
     server.wait_for_log(f"{label}.* frames refused in all")
     watcher.send({"type": "say", "text": "still here"})
     assert watcher.expect("msg", text="still here")
