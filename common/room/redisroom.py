@@ -20,8 +20,9 @@ in one slot, as the scripts that touch several of them at once require:
 
 Threads, each named and owned by this backplane, stopped by ``close``:
 
-* ``redis-publisher`` sends what the room published, in order, pipelined
-  in batches; while Redis is away it keeps it and sends it when it is back.
+* ``redis-publisher`` sends what the room published, in order, in
+  batches of one script call each (``PUBLISH``); while Redis is away it
+  keeps it and sends it when it is back.
 * ``redis-reader`` reads the stream from where it is and hands each batch
   to the room, in stream order: the server's own words reach its users only
   this way, so every server delivers one sequence.
@@ -120,18 +121,31 @@ free here, and a leaving member's release may still be on its way.
 """
 
 PUBLISH = """
-if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if ARGV[5] ~= '' then
-  local held = redis.call('HGET', KEYS[3], ARGV[5])
-  if held and string.sub(held, 1, #ARGV[6] + 1) == ARGV[6] .. ' ' then
-    redis.call('HDEL', KEYS[3], ARGV[5])
+local seen = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local last = seen
+for i = 3, #ARGV, 4 do
+  local number = tonumber(ARGV[i])
+  if number > last then
+    last = number
+    local release, token = ARGV[i + 2], ARGV[i + 3]
+    if release ~= '' then
+      local held = redis.call('HGET', KEYS[3], release)
+      if held and string.sub(held, 1, #token + 1) == token .. ' ' then
+        redis.call('HDEL', KEYS[3], release)
+      end
+    end
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', ARGV[1], 'n', ARGV[i],
+      'f', ARGV[i + 1])
   end
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 's', ARGV[1], 'n', ARGV[2], 'f', ARGV[3])
-return 1
+if last > seen then redis.call('HSET', KEYS[2], ARGV[1], last) end
+return last
 """
-"""KEYS: log, seen, names. ARGV: server, number, frame, maxlen, key to release or '', token."""
+"""KEYS: log, seen, names. ARGV: server, maxlen, then for each event of a batch, in order:
+its number, frame, key to release or '', token.
+
+One call a batch: an event whose number ``seen`` already has (sent again after a lost
+connection) is skipped, the others are added in order and ``seen`` moves to the last."""
 
 LEASE = """
 local t = redis.call('TIME')
@@ -312,7 +326,7 @@ class RedisBackplane:
     # ---- the threads ----------------------------------------------------
 
     def _run_publisher(self) -> None:
-        """Send the outbox in order, in pipelined batches; keep it while Redis is away."""
+        """Send the outbox in order, a batch a call; keep it while Redis is away."""
         while True:
             with self._outbox_changed:
                 while not self._outbox and not self._closing and not self._stopping.is_set():
@@ -322,14 +336,14 @@ class RedisBackplane:
                 batch = list(itertools.islice(self._outbox, PUBLISH_BATCH))
             try:
                 if batch:
-                    with self._redis.pipeline(transaction=False) as pipe:
-                        for number, frame, release, token in batch:
-                            self._publish(
-                                keys=[self._log, self._seen, self._names],
-                                args=[self.server, number, frame, self._maxlen, release, token],
-                                client=pipe,
-                            )
-                        pipe.execute()
+                    self._publish(
+                        keys=[self._log, self._seen, self._names],
+                        args=[
+                            self.server,
+                            self._maxlen,
+                            *(part for event in batch for part in event),
+                        ],
+                    )
                 elif self._closing:
                     self._renew("retire")
                     return
