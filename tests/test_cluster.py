@@ -25,6 +25,9 @@ import pytest
 import redis
 
 from common.cli.runcluster import free_port, start_redis
+from common.protocol.codec import Msg
+from common.room.redisroom import RedisBackplane
+from common.room.room import Entry, Member, Room
 from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
 from tests.test_udp_server import UdpPeer
 
@@ -432,6 +435,31 @@ def test_ctrl_c_on_run_cluster_says_bye_before_redis_stops(connect: Connect) -> 
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_a_server_s_own_events_come_back_as_the_entries_it_made(
+    redis_server: RedisServer,
+) -> None:
+    """What a server published is read back from the stream in order, but not decoded again:
+    the room gets the very entry it made (another server's events are decoded)."""
+    backplane = RedisBackplane(redis_server.url, "reuse", history=10, lease=10)
+    room: Room[Member] = Room(max_users=10, backplane=backplane)
+    try:
+        made = [Entry.checked(Msg(sender="alice", text=f"m{i}", ts=i)) for i in range(50)]
+        with room.lock:
+            for entry in made:
+                backplane.publish(entry)
+        other = redis.Redis.from_url(redis_server.url)
+        deadline = time.monotonic() + WAIT
+        while room.log_size() < len(made):
+            assert time.monotonic() < deadline, "the events never came back"
+            time.sleep(0.01)
+        with room.lock:
+            back = room._slice(0, len(made))
+        assert all(a is b for a, b in zip(back, made, strict=True))
+        assert other.xlen("chat:{reuse}:log") == len(made)
+    finally:
+        room.close()
 
 
 # ---- --history-file -----------------------------------------------------------

@@ -207,6 +207,10 @@ class RedisBackplane:
         self._published = 0  # the number of the last event put in the outbox
         self._returned = 0  # the number of the last of our events read back from the stream
         self._outbox: deque[tuple[int, bytes, str, str]] = deque()
+        # Our events on their way, by number: read back, each is the entry the room made (no
+        # second decoding). Appended under _outbox_changed, taken by the reader alone.
+        self._awaited: deque[tuple[int, Entry]] = deque()
+        self._me = self.server.encode()
         self._outbox_changed = threading.Condition()
         self._state_lock = threading.Lock()
         self._stopping = threading.Event()
@@ -308,6 +312,7 @@ class RedisBackplane:
         with self._outbox_changed:
             self._published = next(self._numbers)
             self._outbox.append((self._published, entry.line[:-1], release, token))
+            self._awaited.append((self._published, entry))
             self._outbox_changed.notify()
 
     def close(self) -> None:
@@ -382,13 +387,18 @@ class RedisBackplane:
                 self._room.receive(batch)
 
     def _entry(self, fields: dict[bytes, bytes]) -> tuple[Entry, bool]:
+        mine = fields[b"s"] == self._me
+        if mine and (number := fields.get(b"n")) is not None:
+            self._returned = int(number)
+            awaited = self._awaited
+            while awaited and awaited[0][0] < self._returned:  # sent again, dropped as seen
+                awaited.popleft()
+            if awaited and awaited[0][0] == self._returned:
+                return awaited.popleft()[1], True
         frame = fields[b"f"]
         message = decode_server(frame).message
         # Redis itself writes the left of a server that is gone: encode it like ours.
         entry = Entry.of(message) if isinstance(message, Left) else Entry(message, frame + b"\n")
-        mine = fields[b"s"].decode() == self.server
-        if mine and b"n" in fields:
-            self._returned = int(fields[b"n"])
         return entry, mine
 
     def _run_lease(self) -> None:
