@@ -23,11 +23,23 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m report", description="Write report/REPORT.md from benchmark results."
     )
     parser.add_argument("--results", type=Path, default=RESULTS_DIR / "latest.json")
-    parser.add_argument("--out", type=Path, default=REPORT_DIR, help="where REPORT.md goes")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=REPORT_DIR,
+        metavar="DIR",
+        help="the folder REPORT.md and its figures go in (default: report/)",
+    )
     parser.add_argument(
         "--strict", action="store_true", help="refuse to write a report from uncommitted files"
     )
     args = parser.parse_args(argv)
+    if args.out.is_file() or args.out.suffix.lower() == ".md":
+        print(
+            f"--out takes a folder (REPORT.md and its figures go in it), not a file: {args.out}",
+            file=sys.stderr,
+        )
+        return 2
     if not args.results.exists():
         print(f"{args.results} does not exist: run `make bench` first", file=sys.stderr)
         return 1

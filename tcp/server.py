@@ -39,6 +39,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import sys
 import threading
 import time
@@ -50,6 +51,7 @@ from common.cli.serverargs import (
     announce,
     configure_logging,
     non_negative_float,
+    positive_int,
     raise_open_file_limit,
     serve_until_signalled,
 )
@@ -60,8 +62,10 @@ from common.protocol.codec import (
     Error,
     Hello,
     History,
+    HistoryEnd,
     LineFramer,
     Msg,
+    NotRegistered,
     ProtocolError,
     RateLimited,
     Renamed,
@@ -75,7 +79,7 @@ from common.room.ratelimit import TokenBucket
 from common.room.room import RESUME_MAX_BYTES, Entry, Member, Room, Stage
 from common.room.sharing import Sharing, open_sharing
 from common.terminal.commands import HELP_TEXT, ShowHelp, Usage, parse_command
-from common.terminal.render import text_mode_line
+from common.terminal.render import NOTHING_EARLIER, text_mode_line
 
 log = logging.getLogger("tcp.server")
 
@@ -86,6 +90,10 @@ RECV_BYTES = 65536
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 3
 MAX_UNREGISTERED = 256
 """Connections that have not said hello yet, at most; each expires after --hello-timeout."""
+DEFAULT_MAX_WAITING_PER_ADDRESS = 64
+"""Of those, from one address at most: a class of 30 behind one NAT all typing their names
+fits twice over, clients that say hello at once (the benchmark's, thousands on loopback) are
+never near it, and one client opening connections in a loop holds a quarter of the places."""
 DEFAULT_COALESCE_MS = 7.0
 YIELD_EVERY = 16
 """Connections the writer catches up before it offers its CPU to whoever waits for it: a pass
@@ -93,6 +101,15 @@ over a big room takes milliseconds, and a process woken by the writer's own send
 the same machine) must not wait for the whole pass to end."""
 TEXT_HISTORY = 10
 """Earlier messages a text-mode session is shown right after its greeting."""
+DRAIN_SECONDS = 1.0
+HANG_UP_SECONDS = 1.0
+TEXT_SILENCE = 0.1
+"""Seconds of silence after which a text-mode session's unfinished line counts as a line: the
+assignment's own client sends its user's name and each message with no line end."""
+DEFAULT_MAX_REFUSED_BEFORE_HELLO = 20
+"""Frames refused from a connection that has not said hello yet, at most: past it the
+connection is closed. A person retrying names, or a client that sent a frame too early, is far
+below it; a flood of frames before any hello (whose answers nobody may read) ends at once."""
 
 
 class Connection(Member):
@@ -101,8 +118,10 @@ class Connection(Member):
     def __init__(self, server: ChatServer, sock: socket.socket, addr: tuple[str, int]) -> None:
         super().__init__()
         self.sock = sock
+        self.host = addr[0]
         self.label = f"{addr[0]}:{addr[1]}"
         self.text_mode = False
+        self.refused = 0  # frames refused so far; owned by the reader thread
         self.bucket = TokenBucket(server.limits.rate_limit, server.limits.burst, time.monotonic())
         self.thread = threading.Thread(
             target=server.serve_client, args=(self,), name=f"client-{self.label}", daemon=True
@@ -110,6 +129,11 @@ class Connection(Member):
         # Owned by the writer thread:
         self.unsent = b""
         self.finished = False  # the reader is done: write what is left once, then close
+        self.history_answers = 0  # text mode: the first is the greeting's
+
+    def tally(self) -> tuple[str, int]:
+        """Who this is in the log, and how many of its frames were refused."""
+        return f"{self.label} ({self.name or '-'})", self.refused
 
     def take(self, room: Room[Connection], limit: int) -> bytes | None:
         """All this client is behind on, as it is sent (JSON lines, or readable text); None,
@@ -117,7 +141,15 @@ class Connection(Member):
         if not self.text_mode:
             return room.take_lines(self, limit)
         entries = room.take(self, limit)
-        return None if entries is None else b"".join([text_line(e, self.name) for e in entries])
+        return None if entries is None else b"".join([self._text(e) for e in entries])
+
+    def _text(self, entry: Entry) -> bytes:
+        """``text_line``; but an empty answer to a ``/history`` the user typed says so."""
+        if isinstance(entry.message, HistoryEnd):
+            self.history_answers += 1
+            if self.history_answers > 1 and entry.message.count == 0:
+                return NOTHING_EARLIER.plain().encode() + b"\n"
+        return text_line(entry, self.name)
 
 
 def text_line(entry: Entry, me: str) -> bytes:
@@ -148,11 +180,14 @@ class ChatServer:
     coalesce: float = DEFAULT_COALESCE_MS / 1000
     history: int = 1000
     sharing: Sharing = field(default_factory=Sharing)
+    max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS
+    max_refused_before_hello: int = DEFAULT_MAX_REFUSED_BEFORE_HELLO
 
     def __post_init__(self) -> None:
         self.stopping = threading.Event()
         self._connections: set[Connection] = set()
         self._unregistered = 0
+        self._waiting_from: dict[str, int] = {}  # address: its connections yet to say hello
         self._connections_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
@@ -204,13 +239,20 @@ class ChatServer:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
         conn = Connection(self, sock, addr)
         with self._connections_lock:
+            waiting_here = self._waiting_from.get(conn.host, 0)
             crowded = self._unregistered >= MAX_UNREGISTERED
-            if not crowded:
+            crowded_here = waiting_here >= self.max_waiting_per_address
+            if not (crowded or crowded_here):
                 self._connections.add(conn)
                 self._unregistered += 1
-        if crowded:
-            log.info("%s refused: too many connections waiting to say hello", conn.label)
-            refusal = encode_line(Error.of(ServerFull("the server is busy, try again later")))
+                self._waiting_from[conn.host] = waiting_here + 1
+        if crowded or crowded_here:
+            if crowded_here:
+                why = "too many connections from your address have yet to say hello"
+            else:
+                why = "the server is busy, try again later"
+            log.debug("%s refused: %s", conn.label, why)
+            refusal = encode_line(Error.of(ServerFull(why)))
             with contextlib.suppress(OSError):
                 sock.send(refusal, socket.MSG_DONTWAIT)
             sock.close()
@@ -229,6 +271,9 @@ class ChatServer:
         """``conn`` no longer waits to say hello: it frees its place among those that do."""
         with self._connections_lock:
             self._unregistered -= 1
+            left = self._waiting_from.pop(conn.host) - 1
+            if left:
+                self._waiting_from[conn.host] = left
 
     def connections(self) -> list[Connection]:
         with self._connections_lock:
@@ -241,48 +286,99 @@ class ChatServer:
         reason = "disconnected"
         deadline = time.monotonic() + self.limits.hello_timeout
         framer = LineFramer()
-        first_line = True
+        mode_known = False  # text or JSON: told by the first byte that is not blank
         waiting = True  # for a good hello
+        current: float | None = -1.0  # the socket's timeout, set only when it changes
         try:
             while True:
+                timeout = None
                 if waiting:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
                         log.info("%s sent no hello in time, closing", conn.label)
                         break
-                    conn.sock.settimeout(left)
+                unfinished = conn.text_mode and framer.pending > 0
+                if unfinished:
+                    timeout = min(timeout or TEXT_SILENCE, TEXT_SILENCE)
+                if timeout != current:
+                    conn.sock.settimeout(current := timeout)
                 try:
                     data = conn.sock.recv(RECV_BYTES)
                 except TimeoutError:
-                    continue
+                    if not unfinished:
+                        continue
+                    data = b"\n"  # silence ends a text line
                 if not data:
                     break
+                if not mode_known and (start := data.lstrip()):
+                    conn.text_mode = not start.startswith(b"{")
+                    mode_known = True
                 for line in framer.feed(data):
                     if not line:  # ignored, but no cheaper than a frame for the rate limit
-                        conn.bucket.allow(time.monotonic())
-                        continue
-                    if first_line:
-                        conn.text_mode = not line.lstrip().startswith(b"{")
-                        first_line = False
-                    if not self.on_line(conn, line):
-                        reason = "quit"
-                        return
+                        if not conn.bucket.allow(time.monotonic()):
+                            conn.refused += 1
+                    else:
+                        if not self.on_line(conn, line):
+                            reason = "quit"
+                            if conn.text_mode:
+                                self._hang_up(conn)
+                            return
                     if waiting and conn.stage is Stage.JOINED:
                         waiting = False
                         self._registered_or_gone(conn)
-                        conn.sock.settimeout(None)
+                    elif waiting and conn.refused > self.max_refused_before_hello:
+                        log.info("%s refused too many frames before hello, closing", conn.label)
+                        self.room.refuse(conn, NotRegistered("too many frames before hello"))
+                        return
         except TooLarge as exc:
             log.info("%s sent a frame that is too large, closing", conn.label)
             self.room.refuse(conn, exc)
+            if conn.text_mode:
+                self.say_plain(conn, "* so the server closes this connection")
+            self._drain(conn)
         except OSError as exc:
             log.debug("%s: %s", conn.label, exc)
         finally:
             if waiting:
                 self._registered_or_gone(conn)
+            if conn.refused > 1:
+                log.info("%s: %d frames refused in all", *conn.tally())
             name = self.room.leave(conn, reason)
             if name is not None:
                 log.info("%s left (%s)", name, reason)
             self._finish(conn)
+
+    def _hang_up(self, conn: Connection) -> None:
+        """A text session that quit: once ``* bye`` is out, end the connection both ways.
+
+        ``nc`` does not stop when the server closes its side alone: it goes on reading the
+        keyboard until Ctrl+D. So, its last lines written, the server closes its side (nc
+        reads them and the end), and a moment later resets the connection (``SO_LINGER`` 0
+        when the writer closes it), which ends nc at once. Only this client's own reader
+        thread waits here.
+        """
+        deadline = time.monotonic() + HANG_UP_SECONDS
+        while (self.room.lag(conn) or conn.unsent) and time.monotonic() < deadline:
+            time.sleep(HANG_UP_SECONDS / 50)
+        time.sleep(HANG_UP_SECONDS / 5)  # the writer's send of what it took ends meanwhile
+        with contextlib.suppress(OSError):
+            conn.sock.shutdown(socket.SHUT_WR)
+            time.sleep(HANG_UP_SECONDS / 5)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    def _drain(self, conn: Connection) -> None:
+        """Read and drop what the client still sends, for a moment, before its socket closes.
+
+        Closing a socket that has unread bytes sends a reset, and a reset can reach the
+        client before it has read why it is being closed: so the rest of a line that was
+        too long is read first (at most ``DRAIN_SECONDS``), and the close is a plain FIN.
+        """
+        deadline = time.monotonic() + DRAIN_SECONDS
+        with contextlib.suppress(OSError):
+            while (left := deadline - time.monotonic()) > 0:
+                conn.sock.settimeout(left)
+                if not conn.sock.recv(RECV_BYTES):
+                    return
 
     def on_line(self, conn: Connection, line: bytes) -> bool:
         """Handle one line; False when the session ends (``bye``, or a full server)."""
@@ -299,11 +395,16 @@ class ChatServer:
             alive = self.room.handle(conn, message)
             if stage is Stage.NEW and conn.stage is Stage.JOINED:
                 self._greet(conn)
-            elif not alive and conn.text_mode:
-                self.say_plain(conn, "* bye")
+            elif not alive:
+                if stage is Stage.JOINED:  # the room took it out: the reader's leave will not
+                    log.info("%s left (quit)", conn.name)
+                if conn.text_mode:
+                    self.say_plain(conn, "* bye")
             return alive
         except ProtocolError as exc:
-            log.info("%s (%s): %s %s", conn.label, conn.name or "-", exc.code, exc)
+            conn.refused += 1  # the first is logged; the rest are counted, for the last line
+            level = logging.INFO if conn.refused == 1 else logging.DEBUG
+            log.log(level, "%s (%s): %s %s", conn.label, conn.name or "-", exc.code, exc)
             self.room.refuse(conn, exc)
             return not isinstance(exc, ServerFull)
 
@@ -511,6 +612,22 @@ def main(argv: list[str] | None = None) -> int:
         "load each send carries more frames; 0 writes at once (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-waiting-per-address",
+        type=positive_int,
+        default=DEFAULT_MAX_WAITING_PER_ADDRESS,
+        metavar="N",
+        help="connections from one address that have yet to say hello, at most; past it a "
+        f"new one gets server_full (default: %(default)s; {MAX_UNREGISTERED} from all addresses)",
+    )
+    parser.add_argument(
+        "--max-refused-before-hello",
+        type=positive_int,
+        default=DEFAULT_MAX_REFUSED_BEFORE_HELLO,
+        metavar="N",
+        help="frames refused from a connection that has not said hello yet before it is "
+        "closed (default: %(default)s)",
+    )
+    parser.add_argument(
         "--nagle",
         action="store_true",
         help="leave Nagle's algorithm on (TCP_NODELAY off), to measure what it costs",
@@ -528,6 +645,8 @@ def main(argv: list[str] | None = None) -> int:
             coalesce=args.coalesce_ms / 1000,
             history=args.history,
             sharing=Sharing.from_args(args),
+            max_waiting_per_address=args.max_waiting_per_address,
+            max_refused_before_hello=args.max_refused_before_hello,
         ),
         args,
     )

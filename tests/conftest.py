@@ -116,8 +116,22 @@ def tcp_server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
 class JsonClient:
     """A bare-bones JSON-lines client for tests: send dicts, read frames."""
 
-    def __init__(self, address: tuple[str, int], name: str | None = None) -> None:
-        self.sock = socket.create_connection(address, timeout=WAIT)
+    def __init__(
+        self,
+        address: tuple[str, int],
+        name: str | None = None,
+        *,
+        source: str = "",
+        rcvbuf: int = 0,
+    ) -> None:
+        """``source``: the address to connect from; ``rcvbuf``: a receive buffer this small,
+        set before connecting (so the window it offers is small from the start)."""
+        self.sock = socket.socket()
+        if rcvbuf:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(WAIT)
+        self.sock.bind((source, 0))
+        self.sock.connect(address)
         self.buffer = b""
         self.name = name
         if name is not None:
@@ -177,8 +191,10 @@ def connect() -> Iterator[Callable[..., JsonClient]]:
     """Open JSON clients (``connect(server.address, "alice")``); all close at the end."""
     clients: list[JsonClient] = []
 
-    def open_client(address: tuple[str, int], name: str | None = None) -> JsonClient:
-        client = JsonClient(address, name)
+    def open_client(
+        address: tuple[str, int], name: str | None = None, *, source: str = ""
+    ) -> JsonClient:
+        client = JsonClient(address, name, source=source)
         clients.append(client)
         return client
 

@@ -140,6 +140,15 @@ def test_error_codes_match_the_protocol() -> None:
 def test_names_compare_without_case_or_width() -> None:
     assert name_key("Bob") == name_key("BOB") == name_key("Ｂｏｂ")
     assert name_key("Алиса") == name_key("АЛИСА")
+    assert name_key("\u0390") == name_key("\u03aa\u0301")  # ΐ and Ϊ́
+    assert name_key("\u03b0") == name_key("\u03ab\u0301")  # ΰ and Ϋ́
+    assert name_key("ǅ") == name_key("Ǆ") == name_key("ǆ") == name_key("DŽ")
+
+
+@given(st.text(max_size=12))
+def test_the_name_key_is_its_own_key(name: str) -> None:
+    """NFKC_Casefold is a closure: a key folds to itself, so two names equal once are equal."""
+    assert name_key(name_key(name)) == name_key(name)
     assert check_name("Алиса") == "Алиса"
     assert check_name("x" * MAX_NAME_CHARS) == "x" * MAX_NAME_CHARS
 

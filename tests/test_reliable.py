@@ -443,3 +443,20 @@ def test_lossy_link_delivers_an_in_order_prefix_or_everything(seed: int) -> None
         assert delivered == expected[: len(delivered)]
     else:
         assert delivered == expected
+
+
+def test_frames_held_early_count_in_the_shared_figure_until_delivered_or_closed() -> None:
+    shared = SharedFrames(lambda frame, seq: frame)
+    receiver = ReliableReceiver(shared)
+    early = [b"frame %d" % seq for seq in range(2, WINDOW + 1)]
+    for seq, frame in enumerate(early, start=2):
+        assert receiver.on_frame(seq, frame) == []
+    held = sum(len(frame) + HOLD_COST for frame in early)
+    assert receiver.held_bytes == shared.held_bytes == held
+    assert receiver.on_frame(WINDOW + 1, b"too far") is None  # no more than the window
+    assert receiver.on_frame(1, b"frame 1") == [b"frame 1", *early]
+    assert receiver.held_bytes == shared.held_bytes == 0
+    assert receiver.on_frame(WINDOW + 2, b"early again") == []
+    assert shared.held_bytes == len(b"early again") + HOLD_COST
+    receiver.close()
+    assert receiver.held_bytes == shared.held_bytes == 0

@@ -14,6 +14,7 @@ import pytest
 from benchmarks.harness import build_suite
 from benchmarks.measure import DEFAULT_THREADS, PERCENTILES, LoadResult, LoadSpec, result_to_dict
 from benchmarks.targets import evaluate
+from report.__main__ import main as report_main
 from report.generate import CLUSTER_FILE, Provenance, generate, render
 from tcp.server import DEFAULT_COALESCE_MS
 
@@ -240,3 +241,14 @@ def test_a_failed_repeat_leaves_its_round_out_of_a_paired_target() -> None:
     target = next(t for t in evaluate(results) if t.key == "tcp-200x5")
     assert [s.values["p99_ms"] for s in target.samples] == [1.5, 1.7]
     assert target.verdict == "met"
+
+
+@pytest.mark.parametrize("out", ["REPORT.md", "existing-file"])
+def test_out_given_a_file_name_says_it_takes_a_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], out: str
+) -> None:
+    (tmp_path / "existing-file").write_text("keep me\n")
+    assert report_main(["--out", str(tmp_path / out)]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("--out takes a folder") and error.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing-file"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -81,6 +82,19 @@ def test_hello_welcome_joined_say_and_leave(room: Room[Peer]) -> None:
     assert room.names() == ["alice"]
 
 
+def test_the_welcome_lists_the_room_in_the_order_who_does() -> None:
+    room: Room[Peer] = Room(max_users=10)
+    for name in ("zed", "Amy", "bob"):
+        joined(room, name)
+    room.handle(joined(room, "yann"), Nick(name="Al"))
+    carol = joined(room, "carol")
+    [welcome] = carol.read()
+    assert isinstance(welcome, Welcome)
+    assert welcome.users == ("Al", "Amy", "bob", "carol", "zed")
+    room.handle(carol, Who())
+    assert carol.read() == [Users(names=welcome.users, count=5)]
+
+
 def test_dm_who_nick_ping(room: Room[Peer]) -> None:
     alice, bob = joined(room, "alice"), joined(room, "bob")
     alice.read(), bob.read()
@@ -110,6 +124,10 @@ def test_refusals(room: Room[Peer]) -> None:
         room.handle(Peer(room), Hello(name="ａｌｉｃｅ"))
     with pytest.raises(NoSuchUser):
         room.handle(alice, SendDm(to="nobody", text="x"))
+    greek = joined(room, "\u0390")  # ΐ; Ϊ́ is the same letter in capitals
+    with pytest.raises(NameTaken):
+        room.handle(Peer(room), Hello(name="\u03aa\u0301"))
+    room.leave(greek, "quit")
     wide = joined(room, "𠀁" * 24)  # a dm carries two names: this one's frame would pass 8192
     with pytest.raises(TextInvalid):
         room.handle(wide, SendDm(to=wide.name, text="𠀁" * 2000))
@@ -179,8 +197,35 @@ def test_take_lines_is_take_as_bytes_and_shared_by_members_at_the_same_place() -
     assert room.take_lines(bob) == b""
 
 
-def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_going() -> None:
+@pytest.mark.parametrize("method", ["take", "take_lines", "lag", "pending", "trim"])
+def test_what_a_writer_calls_waits_for_the_room_s_lock(method: str) -> None:
+    """Deterministic where a race is not: while the lock is held, the call does not return."""
+    room: Room[Peer] = Room(max_users=3)
+    alice = joined(room, "alice")
+    call = getattr(room, method)
+    args = () if method in ("pending", "trim") else (alice,)
+    done = threading.Event()
+
+    def run() -> None:
+        call(*args)
+        done.set()
+
+    with room.lock:
+        caller = threading.Thread(target=run)
+        caller.start()
+        assert not done.wait(0.2), f"{method} ran without the room's lock"
+    caller.join(5.0)
+    assert done.is_set()
+
+
+@pytest.mark.parametrize("take", ["take", "take_lines"])
+def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_going(
+    take: str,
+) -> None:
     """Threads switch every microsecond, so any step of the room outside its lock would show.
+
+    The steady members read with ``take`` (the UDP server, text mode) or with ``take_lines``
+    (the TCP writer, which shares one join among members at the same place).
 
     A dozen senders talk and post lines of their own to the steady members
     while visitors come and go, two rivals race for the same fifty names, and
@@ -204,7 +249,7 @@ def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_goin
         for i in range(200):
             room.handle(me, Say(text=f"{n}:{i}"))
             if i % 10 == 0:
-                room.post_entry(steady[n % 4], Entry(None, f"{n}:{i}".encode()))
+                room.post_entry(steady[n % 4], Entry(None, f"{n}:{i}\n".encode()))
 
     def churn() -> None:
         go.wait()
@@ -225,15 +270,20 @@ def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_goin
         for peer in mine:
             room.leave(peer, "quit")
 
+    def lines(peer: Peer) -> list[bytes]:
+        if take == "take_lines":
+            return (room.take_lines(peer) or b"").splitlines()
+        return [entry.line.rstrip(b"\n") for entry in room.take(peer) or []]
+
     def reader(peer: Peer) -> None:
         go.wait()
         while True:
             last = talked.is_set()
-            for entry in room.take(peer) or []:
-                if entry.message is None:
-                    private[peer].append(entry.line.decode())
-                elif isinstance(entry.message, Msg):
-                    seen[peer].append(entry.message.text)
+            for line in lines(peer):
+                if not line.startswith(b"{"):
+                    private[peer].append(line.decode())
+                elif (frame := json.loads(line))["type"] == "msg":
+                    seen[peer].append(frame["text"])
             if last:
                 return
 

@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -284,6 +285,31 @@ def test_ctrl_c_and_ctrl_d_quit_cleanly(
     assert "Traceback" not in alice.output.getvalue()
 
 
+def test_ctrl_c_in_make_chat_tcp_ends_make_cleanly_too(
+    tcp_server: ServerProcess, connect: Connect
+) -> None:
+    """make shares the client's terminal: Ctrl+C reaches the client alone, so make exits 0
+    with it, not 130 as if the client had failed."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    bob = connect(tcp_server.address, "bob")
+    child = pexpect.spawn(
+        "make",
+        ["-s", "chat-tcp", f"PORT={tcp_server.port}", "NAME=alice", f"PYTHON={sys.executable}"],
+        cwd=ROOT,
+        encoding="utf-8",
+        timeout=WAIT,
+    )
+    try:
+        child.expect("alice> ")
+        child.sendintr()
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert (child.exitstatus, child.signalstatus) == (0, None), child.before
+    assert bob.expect("left", name="alice")["reason"] == "quit"
+
+
 def test_ctrl_c_at_the_name_prompt(tcp_server: ServerProcess, spawn: Spawn) -> None:
     client = spawn(tcp_server.port)
     client.expect("your name: ")
@@ -519,6 +545,16 @@ def test_piped_mode_writes_plain_lines(tcp_server: ServerProcess, connect: Conne
     assert any(line.endswith("<carl (you)> bye now") for line in lines)
     assert bob.expect("dm")["text"] == "psst"
     assert bob.expect("left", name="carl")["reason"] == "quit"
+
+
+def test_history_with_nothing_before_says_so_but_joining_says_nothing(
+    tcp_server: ServerProcess,
+) -> None:
+    result = run_piped(tcp_server.port, "--name", "first", stdin="/history\n")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines.count("* nothing was said before you joined") == 1, lines
+    assert lines[-1] == "* nothing was said before you joined", lines
 
 
 def test_a_refused_name_from_the_command_line_ends_the_client(

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
+import select
 import signal
 import socket
 import struct
@@ -15,9 +17,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pexpect
 import pytest
 
 from common.cli.serverargs import Limits
+from tcp.server import DEFAULT_MAX_WAITING_PER_ADDRESS as PER_ADDRESS
 from tcp.server import MAX_UNREGISTERED, ChatServer
 from tests.conftest import WAIT, JsonClient, ServerProcess
 
@@ -135,6 +139,32 @@ def test_too_large_gets_an_error_then_the_connection_closes(
     assert other.expect("left", name="big")["reason"] == "disconnected"
 
 
+def read_to_the_end(sock: socket.socket) -> bytes:
+    """All the server sends until it closes; ConnectionResetError if it resets instead."""
+    sock.settimeout(WAIT)
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_text_line_too_long_is_told_why_then_the_connection_closes_cleanly(
+    tcp_server: ServerProcess, connect: Connect
+) -> None:
+    """Half a megabyte pasted into nc: the user reads why, then the server closes (a FIN, not
+    a reset that could destroy the reason before it is read)."""
+    other = connect(tcp_server.address, "other")
+    with socket.create_connection(tcp_server.address, timeout=WAIT) as nc:
+        nc.sendall(b"paster\n")
+        assert other.expect("joined")["name"] == "paster"
+        nc.sendall(b"x" * 500_000 + b"\n")
+        said = read_to_the_end(nc).decode()
+    assert said.endswith(
+        "! a line is at most 8192 bytes\n* so the server closes this connection\n"
+    ), said
+    assert other.expect("left", name="paster")["reason"] == "disconnected"
+
+
 def test_server_full_refuses_and_closes(start_server: Start, connect: Connect) -> None:
     server = start_server("tcp.server", "--max-users", "2")
     connect(server.address, "one")
@@ -186,7 +216,7 @@ def test_connections_that_never_say_hello_leave_the_users_places_free(
     """With 10 places, 1 user and 74 connections dripping bytes, a newcomer still joins."""
     server = start_server("tcp.server", "--max-users", "10", "--hello-timeout", "1")
     connect(server.address, "one")
-    drippers = [connect(server.address) for _ in range(74)]
+    drippers = [connect(server.address, source=f"127.0.0.{1 + n % 2}") for n in range(74)]
     stop = threading.Event()
 
     def drip() -> None:
@@ -214,8 +244,9 @@ def test_past_the_bound_on_connections_yet_to_say_hello_a_new_one_is_refused(
     server = start_server("tcp.server")
     user = connect(server.address, "user")
     baseline = server.threads()
-    waiting = [connect(server.address) for _ in range(MAX_UNREGISTERED)]
-    refused = connect(server.address)
+    addresses = [f"127.0.0.{n}" for n in range(1, 1 + MAX_UNREGISTERED // PER_ADDRESS)]
+    waiting = [connect(server.address, source=a) for a in addresses for _ in range(PER_ADDRESS)]
+    refused = connect(server.address, source="127.0.0.200")
     assert refused.recv() == {
         "type": "error",
         "code": "server_full",
@@ -228,6 +259,37 @@ def test_past_the_bound_on_connections_yet_to_say_hello_a_new_one_is_refused(
         client.close()
     assert wait_until(lambda: server.threads() == baseline)
     connect(server.address, "later")
+
+
+def test_one_address_holds_a_bounded_share_of_the_connections_yet_to_say_hello(
+    start_server: Start, connect: Connect
+) -> None:
+    """A client opening connections in a loop fills its own share, never the newcomers' places;
+    registered users from that address do not count, so a class behind one NAT all joins."""
+    server = start_server("tcp.server", "--hello-timeout", "30")
+    users = [connect(server.address, f"user{n}") for n in range(PER_ADDRESS + 10)]
+    hogs = [connect(server.address) for _ in range(PER_ADDRESS)]
+    refused = connect(server.address)
+    assert refused.recv() == {
+        "type": "error",
+        "code": "server_full",
+        "text": "too many connections from your address have yet to say hello",
+    }
+    assert refused.closed()
+    newcomer = connect(server.address, "newcomer", source="127.0.0.2")
+    newcomer.send({"type": "who"})
+    assert len(newcomer.expect("users")["names"]) == PER_ADDRESS + 11
+    hogs.pop().close()
+
+    def one_more_joins() -> bool:
+        try:
+            return connect(server.address, "late").name == "late"
+        except (EOFError, OSError):
+            return False
+
+    assert wait_until(one_more_joins)
+    users[0].send({"type": "say", "text": "still here"})
+    assert users[0].expect("msg")["text"] == "still here"
 
 
 def test_blank_lines_count_against_the_rate_limit_and_draw_no_answer(
@@ -307,6 +369,35 @@ def test_a_client_that_never_reads_is_dropped_and_stalls_nobody(
     sleeper.close()
 
 
+def test_a_client_behind_by_more_than_half_its_outbox_but_less_than_all_is_kept(
+    start_server: Start, connect: Connect
+) -> None:
+    """--max-outbox is the limit, not some fraction of it: a reader about 13 MB behind out of
+    16 MB (the kernel's buffers hold a MB or two of it) catches up with everything."""
+    outbox = 16 << 20
+    server = start_server("tcp.server", "--rate-limit", "0", "--max-outbox", str(outbox))
+    talker = connect(server.address, "talker")
+    lagger = JsonClient(server.address, rcvbuf=4096)
+    lagger.send({"type": "hello", "name": "lagger"})
+    assert talker.expect("joined")["name"] == "lagger"
+    text = "字" * 1990  # 5,970 bytes
+    count = outbox * 85 // 100 // len(text.encode())
+    for n in range(count):
+        talker.send({"type": "say", "text": f"{n} {text}"})
+    assert talker.expect("msg", text=f"{count - 1} {text}")
+    talker.send({"type": "ping"})  # a writer's pass or two after the last message
+    talker.expect("pong")
+    texts: list[str] = []
+    while len(texts) < count:
+        frame = lagger.recv()
+        assert frame["type"] != "left", frame
+        if frame["type"] == "msg":
+            texts.append(frame["text"])
+    assert texts == [f"{n} {text}" for n in range(count)]
+    assert "too_slow" not in server.log
+    lagger.close()
+
+
 def test_a_client_dropped_as_too_slow_acts_no_more_with_lines_in_hand(
     start_server: Start, connect: Connect
 ) -> None:
@@ -365,6 +456,52 @@ def test_a_client_dropped_as_too_slow_acts_no_more_with_lines_in_hand(
 
 
 # ---- hostile and broken clients --------------------------------------------
+
+
+def flood_until_dropped(sock: socket.socket, frame: bytes, within: float) -> float | None:
+    """Send ``frame`` over and over, never reading; seconds until the server ended the
+    connection, or None if it still takes frames after ``within``."""
+    chunk = frame * (65536 // len(frame))
+    sock.settimeout(0.2)
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < within:
+        try:
+            sock.send(chunk)
+        except TimeoutError:
+            continue
+        except OSError:
+            return elapsed
+    return None
+
+
+@pytest.mark.parametrize("registered", [False, True])
+def test_a_flooder_that_never_reads_is_dropped_in_a_few_log_lines(
+    start_server: Start, connect: Connect, registered: bool
+) -> None:
+    """Frames the flood sends are all refused (before hello: say hello first; after it, the
+    rate limit). Unregistered, it is dropped at once (within 3 s on any machine); registered,
+    once its unread answers pass --max-outbox (seconds: the kernel's buffers take megabytes
+    first). The others chat on, and the log says so in a few lines, not one a frame.
+    """
+    server = start_server("tcp.server")
+    watcher = connect(server.address, "watcher")
+    flooder = socket.socket()
+    flooder.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    flooder.connect(server.address)
+    label = f"127.0.0.1:{flooder.getsockname()[1]}"
+    if registered:
+        flooder.sendall(b'{"type":"hello","name":"flooder"}\n')
+        assert watcher.expect("joined")["name"] == "flooder"
+    within = 4 * WAIT if registered else 3.0
+    try:
+        took = flood_until_dropped(flooder, b'{"type":"say","text":"x"}\n', within=within)
+    finally:
+        flooder.close()
+    assert took is not None, f"the flooder was still connected after {within} s"
+    server.wait_for_log(f"{label}.* frames refused in all")
+    watcher.send({"type": "say", "text": "still here"})
+    assert watcher.expect("msg", text="still here")
+    assert len([line for line in server.log.splitlines() if label in line]) <= 4, server.log
 
 
 def test_garbage_vanishing_and_reset_clients_never_hurt_the_others(
@@ -504,6 +641,87 @@ def test_text_mode_shows_the_last_ten_messages_then_says_live_chat_follows(
     nc.close()
 
 
+SEED_CLIENT = Path("/work/shared/seed/client.py")
+"""The assignment's own example client, run from where it is: the client every student has."""
+TO_THE_TEST_SERVER = """
+import os, socket
+_connect = socket.socket.connect
+def connect(self, address):
+    if address == ("localhost", 8080):
+        address = ("127.0.0.1", int(os.environ["CHAT_TEST_PORT"]))
+    return _connect(self, address)
+socket.socket.connect = connect
+"""
+"""A sitecustomize for that client: its address, localhost:8080, is fixed in its code; this
+sends that one address to the test's server (on a free port) and changes nothing else."""
+
+
+def test_the_assignment_s_own_client_chats_through_the_server(
+    tcp_server: ServerProcess, connect: Connect, tmp_path: Path
+) -> None:
+    """It sends its user's name and each message with no line end, one send each: a text
+    session takes what ends in silence as a whole line."""
+    if not SEED_CLIENT.exists():
+        pytest.skip(f"{SEED_CLIENT} is not on this machine")
+    (tmp_path / "sitecustomize.py").write_text(TO_THE_TEST_SERVER)
+    bob = connect(tcp_server.address, "bob")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "CHAT_TEST_PORT": str(tcp_server.port)}
+    child = pexpect.spawn(
+        sys.executable, [str(SEED_CLIENT)], env=env, encoding="utf-8", timeout=WAIT
+    )
+    try:
+        child.expect("Введите ваше имя: ")
+        child.sendline("alice")
+        child.expect("welcome, alice")
+        assert bob.expect("joined")["name"] == "alice"
+        child.sendline("hello from the assignment's client")
+        said = bob.expect("msg")
+        assert (said["from"], said["text"]) == ("alice", "hello from the assignment's client")
+        bob.send({"type": "say", "text": "hi alice"})
+        child.expect("<bob> hi alice")
+    finally:
+        child.close(force=True)  # its "выход" leaves its receiving thread waiting for the server
+    assert bob.expect("left")["name"] == "alice"
+
+
+def test_text_mode_history_with_nothing_before_says_so(tcp_server: ServerProcess) -> None:
+    with socket.create_connection(tcp_server.address, timeout=WAIT) as nc:
+        lines = nc.makefile("rb")
+        nc.sendall(b"first\n")
+        assert b"welcome, first" in lines.readline()
+        assert b"/help" in lines.readline()
+        assert lines.readline() == b"* live chat follows\n"
+        nc.sendall(b"/history\n")
+        assert lines.readline() == b"* nothing was said before you joined\n"
+
+
+def test_text_mode_quit_says_bye_then_ends_the_connection_both_ways(
+    tcp_server: ServerProcess,
+) -> None:
+    """nc ends only when its connection is over both ways (a hang-up), not on the server's
+    end of the stream alone: it goes on reading the keyboard. The bye is read first."""
+    with socket.create_connection(tcp_server.address, timeout=WAIT) as nc:
+        nc.sendall(b"leaver\n")
+        nc.sendall(b"/quit\n")
+        poller = select.poll()
+        poller.register(nc, select.POLLIN)
+        said = b""
+        while not said.endswith(b"* bye\n"):
+            assert poller.poll(WAIT * 1000), said
+            chunk = nc.recv(65536)
+            assert chunk, said
+            said += chunk
+        deadline = time.monotonic() + WAIT
+        while not any(events & select.POLLHUP for _, events in poller.poll(100)):
+            assert time.monotonic() < deadline, "the connection was never hung up"
+    assert tcp_server.wait_for_log("leaver left \\(quit\\)")
+
+
+def test_a_clean_bye_is_in_the_log(tcp_server: ServerProcess, connect: Connect) -> None:
+    connect(tcp_server.address, "polite").send({"type": "bye"})
+    tcp_server.wait_for_log("polite left \\(quit\\)")
+
+
 def test_text_mode_asks_again_for_a_taken_name(tcp_server: ServerProcess, connect: Connect) -> None:
     connect(tcp_server.address, "alice")
     nc = socket.create_connection(tcp_server.address, timeout=WAIT)
@@ -576,7 +794,7 @@ def test_help_lists_every_limit_flag() -> None:
     for flag in (
         "--host", "--port", "--hello-timeout", "--rate-limit", "--burst",
         "--max-users", "--max-outbox", "--nagle", "--quiet", "--verbose", "--history",
-        "--coalesce-ms",
+        "--coalesce-ms", "--max-waiting-per-address", "--max-refused-before-hello",
     ):  # fmt: skip
         assert flag in out
 

@@ -208,6 +208,30 @@ def test_reliable_sessions_that_never_ack_hold_bounded_memory(
     alice.expect("msg", text="still served")
 
 
+def test_reliable_sessions_that_never_fill_a_gap_hold_bounded_memory(
+    start_server: Start, peers: Peers
+) -> None:
+    """Each session sends its window but its first frame, 8 KB a frame, and keeps itself
+    alive with pings: what they hold ahead of the gap counts in --max-held-bytes, and past
+    it the session holding most ends as too_slow."""
+    server = start_server("udp.server", "--rate-limit", "0", "--max-held-bytes", str(2 << 20))
+    alice = peers(server)
+    alice.hello("alice")
+    text = "x" * 7900
+    holders = [peers(server) for _ in range(6)]  # 6 x 63 x 8 KB: 3 MB ahead of their gaps
+    for i, peer in enumerate(holders):
+        peer.hello(f"gap{i}", reliable=True)
+        peer.seq = 1  # seq 1 never comes
+        for _ in range(WINDOW - 1):
+            peer.send({"type": "say", "text": text})
+        peer.send_raw(json.dumps({"type": "ping", "session": peer.token}).encode())
+    gone = {alice.expect("left", reason="too_slow")["name"] for _ in range(2)}
+    assert gone <= {f"gap{i}" for i in range(6)}
+    alice.send({"type": "say", "text": "still served"})
+    alice.expect("msg", text="still served")
+    assert "Traceback" not in server.log
+
+
 def test_a_reliable_session_whose_backlog_overflows_ends_too_slow(
     server: ServerProcess, peers: Peers
 ) -> None:

@@ -63,6 +63,7 @@ from common.cli.serverargs import (
     announce,
     configure_logging,
     positive_float,
+    positive_int,
     serve_until_signalled,
 )
 from common.protocol.codec import (
@@ -113,8 +114,9 @@ at once all get in within about a second). A datagram costs 10 to 20 µs of
 however many hellos arrive."""
 ADMISSION_BURST = 10_000
 MAX_HELD_BYTES = 32 << 20
-"""Bytes all reliable sessions may hold for retransmission together, each frame
-counted once however many hold it; past it the one holding most is ended."""
+"""Bytes all reliable sessions may hold together (``--max-held-bytes``): frames
+sent and not acked yet, each counted once however many hold it, and frames
+received ahead of a gap; past it the one holding most is ended."""
 TIMER_RESOLUTION = 0.01
 BUSY_TICK = 0.05
 MAX_SWEEP_INTERVAL = 0.5
@@ -130,8 +132,10 @@ class UdpChatServer:
         port: int = 8080,
         history: int = 1000,
         sharing: Sharing | None = None,
+        max_held_bytes: int = MAX_HELD_BYTES,
     ) -> None:
         self.limits = limits
+        self.max_held_bytes = max_held_bytes
         self._wake = threading.Event()
         backplane, archive = open_sharing(sharing or Sharing(), history)
         # What a backplane brings arrives on its own thread: the timer flushes it.
@@ -328,6 +332,10 @@ class UdpChatServer:
         frames = session.receiver.on_frame(seq, data)
         if frames is None:
             return
+        if not frames:
+            self._bound_held()  # it may hold one more, early
+            if self._sessions.get(session.address) is not session:
+                return
         ack = encode(Ack(seq=seq))
         for _ in range(acks):
             self._write(ack, session.address)
@@ -603,8 +611,8 @@ class UdpChatServer:
         self._send_link(session, now)
 
     def _bound_held(self) -> None:
-        """Past ``MAX_HELD_BYTES`` held for all reliable sessions, end the one holding most."""
-        while self._held.held_bytes > MAX_HELD_BYTES:
+        """Past ``max_held_bytes`` held for all reliable sessions, end the one holding most."""
+        while self._held.held_bytes > self.max_held_bytes:
             heaviest = max(self._sessions.values(), key=lambda s: s.held_bytes)
             self._end(heaviest, "too_slow")
 
@@ -642,13 +650,7 @@ class UdpChatServer:
         """Take ``session`` out of the chat (once); the room tells the others why."""
         if self._sessions.get(session.address) is not session:
             return
-        del self._sessions[session.address]
-        del self._by_token[session.token]
-        self._busy.discard(session)
-        if session.sender is not None:
-            session.sender.close()
-        if session.link is not None:
-            session.link.close()
+        self._forget(session)
         self.room.leave(session, reason)
         log.info(
             "%s %s (%s); %s",
@@ -667,17 +669,18 @@ class UdpChatServer:
     def _forget_taken(self) -> None:
         """The sessions taken over: out of the registry, nobody told (lock held)."""
         while self._taken_sessions:
-            self._forget(self._taken_sessions.popleft())
+            session = self._taken_sessions.popleft()
+            self._forget(session)
+            log.info("%s resumed from a new address; %s", session.name, session.summary())
 
     def _forget(self, session: Session) -> None:
+        """Out of the registry, and every frame it held let go (lock held)."""
         if self._sessions.get(session.address) is session:
             del self._sessions[session.address]
         if self._by_token.get(session.token) is session:
             del self._by_token[session.token]
         self._busy.discard(session)
-        if session.sender is not None:
-            session.sender.close()
-        log.info("%s resumed from a new address; %s", session.name, session.summary())
+        session.close()
 
     # ---- the timer -----------------------------------------------------
 
@@ -796,6 +799,14 @@ def main(argv: list[str] | None = None) -> int:
         metavar="SECONDS",
         help="silence after which a session ends with reason timeout (default: %(default)s)",
     )
+    parser.add_argument(
+        "--max-held-bytes",
+        type=positive_int,
+        default=MAX_HELD_BYTES,
+        metavar="BYTES",
+        help="what reliable sessions hold in all (sent and not acked, or received ahead of a "
+        "gap); past it the one holding most ends as too_slow (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     return serve_until_signalled(
@@ -805,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port,
             history=args.history,
             sharing=Sharing.from_args(args),
+            max_held_bytes=args.max_held_bytes,
         ),
         args,
     )

@@ -43,9 +43,10 @@ frame sent is retransmitted until acked; a sender that gives up ends the
 session (``timeout``), one whose backlog overflows ends it as ``too_slow``.
 Their senders share frames (``SharedFrames``): a frame held by many
 sessions is one object, stamped with each one's ``seq`` as it goes out.
-What they hold together is bounded (``MAX_HELD_BYTES``, 32 MiB): past it,
-the session holding most is ended as ``too_slow``, so sessions that never
-ack cost bounded memory however many there are.
+What they hold together, frames sent and not acked and frames received
+ahead of a gap, is bounded (``--max-held-bytes``, 32 MiB): past it, the
+session holding most is ended as ``too_slow``, so sessions that never ack,
+or never fill a gap, cost bounded memory however many there are.
 
 A packet session (``"packets": true``, v1.2) has a ``PacketLink`` instead of
 a sender and a receiver (``link``): packets, acks of packet numbers, RFC 9002
@@ -156,7 +157,7 @@ class Session(Member):
         )
         one_oh = reliable and not packets
         self.sender = ReliableSender(shared) if one_oh else None
-        self.receiver = ReliableReceiver() if one_oh else None
+        self.receiver = ReliableReceiver(shared) if one_oh else None
         self.last_heard = now
         self.budget = budget
         self.welcome = b""
@@ -195,12 +196,21 @@ class Session(Member):
         self.sender.queue(seq, prefix)
         return self.sender.due(now) if window_open else []
 
+    def close(self) -> None:
+        """The session is over here: let go of every frame it holds."""
+        for part in (self.sender, self.receiver, self.link):
+            if part is not None:
+                part.close()
+
     @property
     def held_bytes(self) -> int:
-        """What this session holds for retransmission (see ``SharedFrames``)."""
-        if self.sender is not None:
-            return self.sender.held_bytes
-        return self.link.held_bytes if self.link is not None else 0
+        """What this session holds: frames not acked yet, and frames received ahead of a gap
+        (see ``SharedFrames``)."""
+        if self.sender is not None and self.receiver is not None:
+            return self.sender.held_bytes + self.receiver.held_bytes
+        if self.link is not None:
+            return self.link.held_bytes + self.link.receiver.held_bytes
+        return 0
 
     @property
     def awaiting_acks(self) -> bool:

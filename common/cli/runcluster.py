@@ -1,9 +1,12 @@
 """``make run-cluster``: a Redis and three servers sharing one room, on consecutive ports.
 
 TCP on PORT and PORT+1, UDP on PORT+2, Redis on PORT+3 (its data in
-memory only). It prints how to join each, then waits for Ctrl+C and stops
-the servers (their users get ``bye``) before Redis. Every process it
-starts is its own child; the main thread owns them all.
+memory only, its log not shown). It prints how to join each, then waits for
+Ctrl+C and stops the servers (their users get ``bye``) before Redis. Redis
+runs in a session of its own, so the terminal's Ctrl+C reaches the servers
+and this process, never Redis: it would stop first, and every user would be
+told the room cannot be reached just before the server's goodbye. Every
+process it starts is its own child; the main thread owns them all.
 """
 
 from __future__ import annotations
@@ -35,13 +38,23 @@ def free_port() -> int:
         return port
 
 
-def start(command: list[str], ready: str, *, show_log: bool = True) -> subprocess.Popen[str]:
+def start(
+    command: list[str], ready: str, *, show_log: bool = True, own_session: bool = False
+) -> subprocess.Popen[str]:
     """Start ``command`` and wait for the line that says it is ready.
 
     The rest of its log goes on being read, so that it never waits on a full
-    pipe: shown (``show_log``) or dropped. RuntimeError if it ends first.
+    pipe: shown (``show_log``) or dropped. ``own_session``: out of the
+    terminal's process group, so that Ctrl+C does not reach it. RuntimeError
+    if it ends first.
     """
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=own_session,
+    )
     assert proc.stdout is not None
     for line in proc.stdout:
         if ready in line:
@@ -59,10 +72,10 @@ def start_redis(
     options: Sequence[str] = IN_MEMORY,
     show_log: bool = False,
 ) -> subprocess.Popen[str]:
-    """A ``redis-server`` on ``host:port``, once it accepts connections; its data in memory
-    unless ``options`` say otherwise."""
+    """A ``redis-server`` on ``host:port``, once it accepts connections, in a session of its
+    own (no Ctrl+C reaches it); its data in memory unless ``options`` say otherwise."""
     command = [binary, "--bind", host, "--port", str(port), *options]
-    return start(command, REDIS_READY, show_log=show_log)
+    return start(command, REDIS_READY, show_log=show_log, own_session=True)
 
 
 def echo(proc: subprocess.Popen[str]) -> None:
@@ -89,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     host, port = args.host, args.port
     url = f"redis://{host}:{port + 3}/0"
     try:
-        procs = [start_redis(redis_server, port + 3, host=host, show_log=True)]
+        procs = [start_redis(redis_server, port + 3, host=host)]
     except RuntimeError as exc:
         print(exc, file=sys.stderr)
         return 1

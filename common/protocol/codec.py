@@ -107,9 +107,15 @@ def name_key(name: str) -> str:
     """The form under which names are compared: case and width folded.
 
     ``Bob``, ``BOB`` and the full-width ``Ｂｏｂ`` are one user, so nobody can
-    pass for someone else by changing case or character width.
+    pass for someone else by changing case or character width. It is the
+    closure of NFKC and case folding (UAX #31's NFKC_Casefold): folding can
+    undo a composition (``Ϊ́`` folds to ``ΐ``, which NFKC composes to ``ΐ``,
+    whose own fold is decomposed), so the two are repeated until nothing changes.
     """
-    return unicodedata.normalize("NFKC", name).casefold()
+    key = unicodedata.normalize("NFKC", name)
+    while (folded := unicodedata.normalize("NFKC", key.casefold())) != key:
+        key = folded
+    return key
 
 
 COMMON, INHERITED = "COMMON", "INHERITED"

@@ -100,7 +100,7 @@ class PacketLink:
         self.packets_received = 0
         self.far_packets = 0
         self.recovery = LossRecovery()
-        self.receiver = ReliableReceiver(window)
+        self.receiver = ReliableReceiver(shared, window=window)
         self._session = session
         self._shared = shared
         # A frame's line in a packet: stamped with its seq if shared, and its "\n".
@@ -325,6 +325,7 @@ class PacketLink:
             self._let_go(frame)
         self._unacked.clear()
         self._queue.clear()
+        self.receiver.close()
 
     def _let_go(self, frame: bytes) -> None:
         self.held_bytes -= len(frame) + HOLD_COST

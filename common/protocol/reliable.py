@@ -61,7 +61,10 @@ Bounds, so that a peer that is slow, gone or hostile costs bounded memory:
 * The receiver holds only seqs less than ``WINDOW`` past the next one it
   expects (at most about 512 KB per session) and drops farther ones unacked,
   so their sender transmits them again. Its window matches the sender's, so a
-  conforming sender never has a frame dropped this way.
+  conforming sender never has a frame dropped this way. Receivers given the
+  senders' ``SharedFrames`` count what they hold early in its ``held_bytes``
+  too, so that one figure bounds both for all sessions at once (a peer that
+  never fills a gap, kept alive by pings, holds its window for as long as it likes).
 """
 
 from __future__ import annotations
@@ -423,7 +426,7 @@ class ReliableReceiver:
     been lost and the sender keeps retransmitting until one arrives.
     """
 
-    def __init__(self, window: int = WINDOW) -> None:
+    def __init__(self, shared: SharedFrames | None = None, *, window: int = WINDOW) -> None:
         # Seqs from ``next_expected + window`` on are dropped (packet sessions hold more).
         self.window = window
         self.next_expected = 1
@@ -431,7 +434,9 @@ class ReliableReceiver:
         self.duplicates = 0
         # Frames too far ahead of next_expected to hold.
         self.dropped = 0
+        self.held_bytes = 0  # the frames held early, and HOLD_COST for each
         self._held: dict[int, bytes] = {}
+        self._shared = shared
 
     @property
     def held(self) -> int:
@@ -458,10 +463,30 @@ class ReliableReceiver:
         if seq >= self.next_expected + self.window:
             self.dropped += 1
             return None
+        if seq > self.next_expected:
+            self._hold(frame, +1)
         self._held[seq] = frame
         frames: list[bytes] = []
         while self.next_expected in self._held:
             frames.append(self._held.pop(self.next_expected))
+            if frames[-1] is not frame:
+                self._hold(frames[-1], -1)
             self.next_expected += 1
         self.delivered += len(frames)
         return frames
+
+    def close(self) -> None:
+        """The session is over: let go of every frame held early."""
+        for frame in self._held.values():
+            self._hold(frame, -1)
+        self._held.clear()
+
+    def _hold(self, frame: bytes, sign: int) -> None:
+        """Count ``frame`` in (+1) or out (-1) of what is held early, here and in ``shared``."""
+        self.held_bytes += sign * (len(frame) + HOLD_COST)
+        if self._shared is None:
+            return
+        if sign > 0:
+            self._shared.hold(frame)
+        else:
+            self._shared.release(frame)

@@ -31,8 +31,9 @@ in one slot, as the scripts that touch several of them at once require:
 
 Threads, each named and owned by this backplane, stopped by ``close``:
 
-* ``redis-publisher`` sends what the room published, in order, pipelined
-  in batches; while Redis is away it keeps it and sends it when it is back.
+* ``redis-publisher`` sends what the room published, in order, in
+  batches of one script call each (``PUBLISH``); while Redis is away it
+  keeps it and sends it when it is back.
 * ``redis-reader`` reads the stream from where it is and hands each batch
   to the room, in stream order: the server's own words reach its users only
   this way, so every server delivers one sequence.
@@ -48,6 +49,16 @@ and what needs the shared room is refused the same way until it is back
 order. The reader goes on from the last entry it read, the publisher sends
 what it kept, and ``seen`` drops what had already arrived: nothing is
 delivered twice or out of order.
+
+A Redis that restarted may have lost the names (or kept leases that ended
+while it was down). Whoever sees it back first wakes the lease thread,
+which renews at once and, if the lease was gone, claims this server's
+names back in one pipeline and says ``joined`` for them (a room that knew
+them already shows nothing: see ``Room.apply``). Meanwhile nobody may take
+a new name: for ``restart_hold`` (``RESTART_HOLD``, at most a lease) after
+Redis started, a server starting refuses to begin and one that was there
+refuses hellos and renames (``Unavailable``), so the names of the servers
+coming back are theirs again before anyone else can ask for them.
 """
 
 from __future__ import annotations
@@ -99,6 +110,9 @@ READ_COUNT = 1000
 PUBLISH_BATCH = 500
 RETRY_SECONDS = 0.25
 CLOSE_WAIT = 2.0
+RESTART_HOLD = 2.0
+"""Seconds after Redis starts during which no new name is given out, at most (and at most a
+lease): servers that were in the room reconnect within RETRY_SECONDS and claim theirs back."""
 SOCKET_TIMEOUT = 3.0
 
 CLAIM = """
@@ -120,23 +134,39 @@ free here, and a leaving member's release may still be on its way.
 """
 
 PUBLISH = """
-if tonumber(ARGV[2]) <= tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0') then return 0 end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-if ARGV[5] ~= '' then
-  local held = redis.call('HGET', KEYS[3], ARGV[5])
-  if held and string.match(held, '^([^:]+):') ~= ARGV[1] then return 0 end
-  if held and string.sub(held, 1, #ARGV[6] + 1) == ARGV[6] .. ' ' then
-    redis.call('HDEL', KEYS[3], ARGV[5])
+local seen = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+local last = seen
+for i = 3, #ARGV, 4 do
+  local number = tonumber(ARGV[i])
+  if number > last then
+    last = number
+    local release, token = ARGV[i + 2], ARGV[i + 3]
+    local add = true
+    if release ~= '' then
+      local held = redis.call('HGET', KEYS[3], release)
+      if held and string.match(held, '^([^:]+):') ~= ARGV[1] then
+        add = false
+      elseif held and string.sub(held, 1, #token + 1) == token .. ' ' then
+        redis.call('HDEL', KEYS[3], release)
+      end
+    end
+    if add then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 's', ARGV[1], 'n', ARGV[i],
+        'f', ARGV[i + 1])
+    end
   end
 end
-redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 's', ARGV[1], 'n', ARGV[2], 'f', ARGV[3])
-return 1
+if last > seen then redis.call('HSET', KEYS[2], ARGV[1], last) end
+return last
 """
-"""KEYS: log, seen, names. ARGV: server, number, frame, maxlen, key to release or '', token.
+"""KEYS: log, seen, names. ARGV: server, maxlen, then for each event of a batch, in order:
+its number, frame, key to release or '', token.
+
+One call a batch: an event whose number ``seen`` already has (sent again after a lost
+connection) is skipped, the others are added in order and ``seen`` moves to the last.
 
 A ``left`` whose name another server holds by now is not added: a resume there took the
-session over (its grace here ran out at the same moment), and nobody is to see it leave.
-"""
+session over (its grace here ran out at the same moment), and nobody is to see it leave."""
 
 TAKE = """
 local held = redis.call('HGET', KEYS[1], ARGV[1])
@@ -219,12 +249,19 @@ class RedisBackplane:
         self._published = 0  # the number of the last event put in the outbox
         self._returned = 0  # the number of the last of our events read back from the stream
         self._outbox: deque[tuple[int, bytes, str, str]] = deque()
+        # Our events on their way, by number: read back, each is the entry the room made (no
+        # second decoding). Appended under _outbox_changed, taken by the reader alone.
+        self._awaited: deque[tuple[int, Entry]] = deque()
+        self._me = self.server.encode()
         self._outbox_changed = threading.Condition()
         self._state_lock = threading.Lock()
         self._stopping = threading.Event()
         self._closing = False
         self._room: Room[Any] | None = None
         self._last_id = b"0-0"
+        self._restart_hold = min(RESTART_HOLD, lease)
+        self._settled_at = 0.0  # monotonic: no new name is claimed before it
+        self._renew_now = threading.Event()
         try:
             self._redis = redis.Redis.from_url(
                 url,
@@ -254,6 +291,12 @@ class RedisBackplane:
         self._room = room
         count = max(self._history + 200, READ_AT_START)
         try:
+            if (hold := self._hold()) > 0:
+                log.info(
+                    "Redis started just now: waiting %.1f s for servers to claim their names back",
+                    hold,
+                )
+                time.sleep(hold)
             epoch = self._epoch_script(keys=[self._log, self._epoch], args=[new_epoch()]).decode()
             with self._redis.pipeline(transaction=True) as pipe:
                 pipe.xrevrange(self._log, count=count)
@@ -291,6 +334,13 @@ class RedisBackplane:
         for thread in self._threads:
             thread.start()
 
+    def _hold(self) -> float:
+        """Seconds until Redis has been up ``restart_hold``: no new name is given out before."""
+        uptime = int(self._redis.info("server")["uptime_in_seconds"])
+        hold = max(0.0, self._restart_hold - uptime)
+        self._settled_at = time.monotonic() + hold
+        return hold
+
     def claim(self, name: str, old: str | None) -> bool:
         return self.claim_session(name, old, "")
 
@@ -299,6 +349,10 @@ class RedisBackplane:
         old_key = "" if old is None else name_key(old)
         token = self._tokens.get(old_key) or f"{self.server}:{next(self._tickets)}/{session}"
         try:
+            if time.monotonic() < self._settled_at:
+                raise Unavailable(
+                    "the room is getting its names back after a restart; try again in a moment"
+                )
             won = self._claim(keys=[self._names], args=[key, token, name, self.server, old_key])
         except redis.RedisError as exc:
             self._lost(exc)
@@ -342,6 +396,7 @@ class RedisBackplane:
         with self._outbox_changed:
             self._published = next(self._numbers)
             self._outbox.append((self._published, entry.line[:-1], release, token))
+            self._awaited.append((self._published, entry))
             self._outbox_changed.notify()
 
     def close(self) -> None:
@@ -351,6 +406,7 @@ class RedisBackplane:
             self._outbox_changed.notify()
         self._threads[0].join(CLOSE_WAIT)
         self._stopping.set()
+        self._renew_now.set()
         with self._outbox_changed:
             self._outbox_changed.notify()
         for thread in self._threads:
@@ -359,7 +415,7 @@ class RedisBackplane:
     # ---- the threads ----------------------------------------------------
 
     def _run_publisher(self) -> None:
-        """Send the outbox in order, in pipelined batches; keep it while Redis is away."""
+        """Send the outbox in order, a batch a call; keep it while Redis is away."""
         while True:
             with self._outbox_changed:
                 while not self._outbox and not self._closing and not self._stopping.is_set():
@@ -369,14 +425,14 @@ class RedisBackplane:
                 batch = list(itertools.islice(self._outbox, PUBLISH_BATCH))
             try:
                 if batch:
-                    with self._redis.pipeline(transaction=False) as pipe:
-                        for number, frame, release, token in batch:
-                            self._publish(
-                                keys=[self._log, self._seen, self._names],
-                                args=[self.server, number, frame, self._maxlen, release, token],
-                                client=pipe,
-                            )
-                        pipe.execute()
+                    self._publish(
+                        keys=[self._log, self._seen, self._names],
+                        args=[
+                            self.server,
+                            self._maxlen,
+                            *(part for event in batch for part in event),
+                        ],
+                    )
                 elif self._closing:
                     self._renew("retire")
                     return
@@ -420,15 +476,26 @@ class RedisBackplane:
                 self._room.receive(batch)
 
     def _entry(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[Entry, bool]:
-        frame = fields[b"f"]
-        message = decode_server(frame).message
-        # Redis itself writes the left of a server that is gone: encode it like ours.
-        entry = Entry.of(message) if isinstance(message, Left) else Entry(message, frame + b"\n")
-        if isinstance(message, (Msg, Joined, Left, Renamed)):  # a room frame: its id is the entry's
+        """A stream entry as the room's: one of ours that it still holds is taken back as
+        it was encoded; any other is decoded. A room frame's id is the entry's."""
+        mine = fields[b"s"] == self._me
+        entry: Entry | None = None
+        if mine and (number := fields.get(b"n")) is not None:
+            self._returned = int(number)
+            awaited = self._awaited
+            while awaited and awaited[0][0] < self._returned:  # sent again, dropped as seen
+                awaited.popleft()
+            if awaited and awaited[0][0] == self._returned:
+                entry = awaited.popleft()[1]
+        if entry is None:
+            frame = fields[b"f"]
+            message = decode_server(frame).message
+            # Redis itself writes the left of a server that is gone: encode it like ours.
+            entry = (
+                Entry.of(message) if isinstance(message, Left) else Entry(message, frame + b"\n")
+            )
+        if isinstance(entry.message, (Msg, Joined, Left, Renamed)):
             entry = entry.stamped(entry_id.decode())
-        mine = fields[b"s"].decode() == self.server
-        if mine and b"n" in fields:
-            self._returned = int(fields[b"n"])
         return entry, mine
 
     def _taken_over(self, fields: dict[bytes, bytes]) -> None:
@@ -440,21 +507,32 @@ class RedisBackplane:
         self._room.taken_over(key, mine=mine)
 
     def _run_lease(self) -> None:
-        """Renew the lease; take out servers whose lease ended, after one lease of grace."""
+        """Renew the lease; take out servers whose lease ended, after one lease of grace.
+
+        Woken at once when Redis is back (``_back``), so that a server whose lease Redis
+        lost claims its names back before anyone else may take them.
+        """
         grace_until = time.monotonic() + self._lease
-        while not self._stopping.wait(self._lease / 4):
+        while not self._stopping.is_set():
+            self._renew_now.wait(self._lease / 4)
+            self._renew_now.clear()
+            if self._stopping.is_set():
+                return
             reap = time.monotonic() >= grace_until
             try:
+                relearn = self._settled_at == float("inf")  # Redis was away: it may be new
                 alive = self._renew("reap" if reap else "renew")
+                if not alive:
+                    log.warning("this server's lease had ended: the others took its users out")
+                    self._rejoin()
+                if relearn:
+                    self._hold()
             except redis.RedisError as exc:
                 self._lost(exc)
                 grace_until = float("inf")
                 continue
             if grace_until == float("inf"):
                 grace_until = time.monotonic() + self._lease
-            if not alive:
-                log.warning("this server's lease had ended: the others took its users out")
-                self._rejoin()
 
     def _renew(self, mode: str) -> bool:
         alive = self._lease_script(
@@ -464,15 +542,21 @@ class RedisBackplane:
         return bool(alive)
 
     def _rejoin(self) -> None:
-        """Our users were taken out while we could not renew: claim their names, say joined."""
+        """Our users were taken out while we could not renew: claim their names back, all in
+        one pipeline (no new name is given out meanwhile), and say joined."""
         assert self._room is not None
         names = self._room.local_names()
-        for name in names:
-            try:
-                won = self.claim(name, None)
-            except Unavailable:
-                return
-            if won:
+        with self._redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                key = name_key(name)
+                with self._state_lock:
+                    token = self._tokens.setdefault(key, f"{self.server}:{next(self._tickets)}")
+                self._claim(
+                    keys=[self._names], args=[key, token, name, self.server, ""], client=pipe
+                )
+            won = pipe.execute()
+        for name, ok in zip(names, won, strict=True):
+            if ok:
                 self.publish(Entry.of(Joined(name=name, ts=wall_clock_ms())))
             else:
                 log.warning("%s's name was taken while this server was away", name)
@@ -482,6 +566,7 @@ class RedisBackplane:
 
     def _lost(self, exc: Exception) -> None:
         with self._state_lock:
+            self._settled_at = float("inf")  # until the lease thread has seen Redis again
             if not self.ready:
                 return
             self.ready = False
@@ -499,4 +584,5 @@ class RedisBackplane:
             if self.ready:
                 return
             self.ready = True
+        self._renew_now.set()
         log.warning("Redis is back: the room is shared again")

@@ -72,6 +72,7 @@ The archive's ``add`` and ``given`` are called under it: O(1), no I/O.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 import hmac
@@ -375,7 +376,8 @@ class Room(Generic[M]):
         self._archive = archive
         self._by_key: dict[str, M] = {}  # the members on this server
         self._claims: dict[str, M] = {}  # names reserved by a hello or nick under way
-        self._roster: dict[str, str] = {}  # everyone in the room, by key: oldest first
+        self._roster: dict[str, str] = {}  # everyone in the room, on any server, by key
+        self._order: list[str] = []  # the roster's keys, sorted: who and welcome list them so
         self._members: dict[M, None] = {}  # insertion-ordered: oldest first
         self._log: list[Entry] = []
         self._base = 0  # log position of self._log[0]
@@ -575,6 +577,7 @@ class Room(Generic[M]):
                 self.epoch = epoch
             self._floor = floor
             self._before_newest = self._newest = newest
+            self._order = sorted(self._roster)
 
     def taken_over(self, key: str, *, mine: bool) -> None:
         """A resume took over the session holding the name ``key``, on the server that
@@ -625,17 +628,19 @@ class Room(Generic[M]):
                 if (end := self._by_key.get(key)) is not None and end.stage is Stage.JOINED:
                     self._post(end, entry)
             return
+        if isinstance(message, Joined) and self._roster.get(name_key(message.name)) == message.name:
+            return  # said again for someone already here (a server claiming its names back)
         entry = self._numbered(entry)
         self._append(entry)
         if isinstance(message, Joined):
-            key = name_key(message.name)
-            self._roster[key] = message.name
+            self._enrol(message.name)
             if mine:
-                self._welcome(key, message.name)
+                self._welcome(name_key(message.name), message.name)
         elif isinstance(message, Left):
-            self._roster.pop(name_key(message.name), None)
+            self._strike(message.name)
         elif isinstance(message, Renamed):
-            self._rename_in_roster(message.old, message.new)
+            self._strike(message.old)
+            self._enrol(message.new)
 
     def pending(self) -> list[M]:
         """The members that may have something new since the last call: the writer's list."""
@@ -822,7 +827,7 @@ class Room(Generic[M]):
         for a takeover, which adds no entry, the newest."""
         self._move(member, Stage.JOINED)
         member.cursor = member.welcomed_at = self._end
-        names = tuple(itertools.islice(self._roster.values(), WELCOME_NAMES))
+        names = tuple(self._roster[key] for key in itertools.islice(self._order, WELCOME_NAMES))
         welcome = Welcome(
             name=member.name,
             users=names,
@@ -960,16 +965,18 @@ class Room(Generic[M]):
         member.name = new
         self._backplane.publish(Entry.of(Renamed(old=old, new=new, ts=self._clock())))
 
-    def _rename_in_roster(self, old: str, new: str) -> None:
-        """The roster keeps its order (oldest first): the new name takes the old one's place."""
-        old_key, new_key = name_key(old), name_key(new)
-        if old_key == new_key:
-            self._roster[old_key] = new
-        else:
-            self._roster = {
-                (new_key if key == old_key else key): (new if key == old_key else name)
-                for key, name in self._roster.items()
-            }
+    def _enrol(self, name: str) -> None:
+        """``name`` into the roster, its key in its sorted place (O(log n) plus a move)."""
+        key = name_key(name)
+        if key not in self._roster:
+            bisect.insort(self._order, key)
+        self._roster[key] = name
+
+    def _strike(self, name: str) -> None:
+        """``name`` out of the roster, if it is there."""
+        key = name_key(name)
+        if self._roster.pop(key, None) is not None:
+            del self._order[bisect.bisect_left(self._order, key)]
 
     def _answer_history(self, member: M, limit: int) -> None:
         """The ``limit`` latest messages from before ``member``'s welcome, oldest first."""
@@ -980,4 +987,4 @@ class Room(Generic[M]):
         self._post(member, Entry.of(HistoryEnd(count=len(found))))
 
     def _sorted_names(self) -> list[str]:
-        return sorted(self._roster.values(), key=name_key)
+        return [self._roster[key] for key in self._order]

@@ -33,6 +33,7 @@ move the cursor, clear the screen or retitle the window.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import ctypes
 import enum
@@ -54,6 +55,7 @@ from common.protocol.codec import (
     Error,
     Hello,
     History,
+    HistoryEnd,
     NameInvalid,
     ProtocolError,
     Renamed,
@@ -63,7 +65,7 @@ from common.protocol.codec import (
     name_key,
 )
 from common.terminal.commands import ShowHelp, Usage, help_text, parse_command
-from common.terminal.render import Line, describe, safe
+from common.terminal.render import NOTHING_EARLIER, Line, describe, safe
 from common.terminal.resume import LOST, Retry, Tracker
 
 RECEIVER_THREAD = "receiver"
@@ -225,6 +227,8 @@ class Console:
         self._prompt = ""
         self._interrupts_off = threading.Event()
         signal.signal(signal.SIGINT, self._on_interrupt)
+        if self.interactive:
+            take_the_terminal(self._stdin.fileno())
 
     # ---- input (main thread) ------------------------------------------
 
@@ -357,6 +361,34 @@ class Console:
             raise KeyboardInterrupt
 
 
+def take_the_terminal(fd: int) -> None:
+    """Make this process the terminal's foreground, alone, when it shares its group.
+
+    Under ``make chat-tcp`` the client shares make's process group, so Ctrl+C reaches make
+    too, which dies of it (exit code 130) however cleanly the client ends. In a group of its
+    own at the front, Ctrl+C reaches the client alone; the terminal goes back to the group
+    it came from when the client exits. Started by a shell (a group of its own already) or
+    without a terminal, nothing changes.
+    """
+    with contextlib.suppress(OSError):
+        before = os.tcgetpgrp(fd)
+        if before != os.getpgrp() or os.getpgrp() == os.getpid():
+            return
+        os.setpgid(0, 0)
+        _set_foreground(fd, os.getpgrp())
+        atexit.register(_set_foreground, fd, before)
+
+
+def _set_foreground(fd: int, group: int) -> None:
+    """``tcsetpgrp``, from the front or the back: SIGTTOU would stop a background process."""
+    previous = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+    try:
+        with contextlib.suppress(OSError):
+            os.tcsetpgrp(fd, group)
+    finally:
+        signal.signal(signal.SIGTTOU, previous)
+
+
 # --------------------------------------------------------------------------
 # The network, as the session sees it.
 
@@ -485,6 +517,7 @@ class ChatSession:
         """Set once the phase is final: a reconnect waiting out its backoff stops."""
         self._failure: str | None = None
         self._server_bye: Bye | None = None
+        self._history_answers = 0  # the receiver's: the first is the one asked on joining
 
     def run(self, name: str | None) -> int:
         try:
@@ -795,6 +828,10 @@ class ChatSession:
             self.console.show(message)
             return
         line = describe(message, self.me)
+        if isinstance(message, HistoryEnd) and message.resumed is None:  # a history answer
+            self._history_answers += 1
+            if self._history_answers > 1 and message.count == 0:
+                line = NOTHING_EARLIER
         if line is not None:
             self.console.show(line)
 

@@ -90,6 +90,11 @@ class Line:
         return f"{stamp}* {self.text}"
 
 
+NOTHING_EARLIER = Line("system", "nothing was said before you joined")
+"""What an empty answer to a ``/history`` the user typed shows; the one asked for on joining
+shows nothing."""
+
+
 def describe(message: ServerMessage, me: str = "") -> Line | None:
     """The line that shows ``message`` to the user named ``me`` (None: nothing to show)."""
     if isinstance(message, Msg):
