@@ -457,12 +457,15 @@ def test_a_server_s_own_events_come_back_as_the_entries_it_made(
             time.sleep(0.01)
         with room.lock:
             back = room._slice(0, len(made))
-        ids = [entry_id.decode() for entry_id, _ in other.xrange("chat:{reuse}:log")]
+        ids = [str(entry_id, "ascii") for entry_id, _ in other.xrange("chat:{reuse}:log")]  # type: ignore[union-attr, arg-type]
         assert len(ids) == len(made)
         assert [e.message for e in back] == [e.message for e in made]
-        assert [e.line for e in back] == [  # the line made here, its id spliced in
-            m.line[:-2] + f',"id":"{i}"}}\n'.encode() for m, i in zip(made, ids, strict=True)
-        ]
+        assert (
+            [e.line for e in back]
+            == [  # the line made here, its id spliced in
+                m.line[:-2] + f',"id":"{i}"}}\n'.encode() for m, i in zip(made, ids, strict=True)
+            ]
+        )
     finally:
         room.close()
 
