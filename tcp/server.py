@@ -15,9 +15,14 @@ Threads, each named and owned by the server:
   core from the readers. Within a pass it yields the CPU every
   ``YIELD_EVERY`` connections, so that nobody it wakes waits for the pass.
   A client whose socket is full keeps its place in the log and is polled
-  until it can take more; past ``--max-outbox`` bytes behind it is dropped
-  as ``too_slow``. Nobody ever waits for anybody else. The writer also
-  closes every socket, once its reader is done with it.
+  until it can take more (no ``send`` is tried meanwhile); once its socket
+  refuses bytes and what waits for it passes ``--max-outbox``, it is dropped
+  as ``too_slow``: only a client that does not read gets there. The writer's
+  own delay is bounded instead by the room's backlog (a quarter of
+  ``--max-outbox``, ``BACKLOG_SHARE``): past it the readers hold the talkers'
+  next ``say`` or ``dm`` until the writer's pass ends, so the talkers' sockets
+  fill and TCP slows them. Nobody ever waits for a client that does not read.
+  The writer also closes every socket, once its reader is done with it.
 
 Locks: the room's lock (see ``common.room.room``) orders everything the room
 says; ``_connections_lock`` guards the set of connections and the count of
@@ -89,6 +94,10 @@ YIELD_EVERY = 16
 """Connections the writer catches up before it offers its CPU to whoever waits for it: a pass
 over a big room takes milliseconds, and a process woken by the writer's own sends (a client on
 the same machine) must not wait for the whole pass to end."""
+BACKLOG_SHARE = 4
+"""The room's backlog (what the writer is behind on) is held under this share of --max-outbox:
+past it the readers stop reading from talkers, so that a client that reads is never near the
+limit that drops one that does not."""
 TEXT_HISTORY = 10
 """Earlier messages a text-mode session is shown right after its greeting."""
 
@@ -109,13 +118,11 @@ class Connection(Member):
         self.unsent = b""
         self.finished = False  # the reader is done: write what is left once, then close
 
-    def take(self, room: Room[Connection], limit: int) -> bytes | None:
-        """All this client is behind on, as it is sent (JSON lines, or readable text); None,
-        and nothing taken, past ``limit`` bytes."""
+    def take(self, room: Room[Connection]) -> bytes:
+        """All this client is behind on, as it is sent (JSON lines, or readable text)."""
         if not self.text_mode:
-            return room.take_lines(self, limit)
-        entries = room.take(self, limit)
-        return None if entries is None else b"".join([text_line(e, self.name) for e in entries])
+            return room.take_lines(self)
+        return b"".join([text_line(e, self.name) for e in room.take(self)])
 
 
 def text_line(entry: Entry, me: str) -> bytes:
@@ -162,6 +169,7 @@ class ChatServer:
             wake=self._wake,
             backplane=backplane,
             archive=archive,
+            max_backlog=self.limits.max_outbox // BACKLOG_SHARE,
         )
         self._writer_stop = False
         self._said_bye = False
@@ -369,11 +377,14 @@ class ChatServer:
             for i, conn in enumerate(dict.fromkeys(self.room.pending() + ready)):
                 if i % YIELD_EVERY == YIELD_EVERY - 1:
                     os.sched_yield()
-                if self._write(conn):
-                    fd = conn.sock.fileno()
+                fd = conn.sock.fileno()
+                if blocked.get(fd) is conn:  # still full: no send, only its limit
+                    self._keep_or_drop(conn)
+                elif self._write(conn):
                     blocked[fd] = conn
                     poller.register(fd, select.POLLOUT)
             self.room.trim()
+            self.room.caught_up()
             took = time.monotonic() - last_pass
             with self._connections_lock:
                 finished, self._finished = self._finished, []
@@ -387,24 +398,31 @@ class ChatServer:
             self._close(conn)
 
     def _write(self, conn: Connection) -> bool:
-        """One non-blocking ``send`` of all ``conn`` is behind on; True if its socket is full."""
+        """One non-blocking ``send`` of all ``conn`` is behind on; True if its socket is full.
+
+        What its socket refused last time goes first; only once that is all
+        sent does the room hand over more.
+        """
         if conn.finished:
             return False
         if conn.unsent and not self._send(conn, conn.unsent):
-            if self.room.lag(conn) + len(conn.unsent) > self.limits.max_outbox:
-                self.drop(conn, "too_slow")
-                return False
-            return True
+            return self._keep_or_drop(conn)
         said_bye = self._said_bye  # read before taking: then what is taken holds the bye
-        data = conn.take(self.room, self.limits.max_outbox)
-        if data is None:
-            self.drop(conn, "too_slow")
-            return False
+        data = conn.take(self.room)
         if data and not self._send(conn, data):
-            return True
+            return self._keep_or_drop(conn)
         if said_bye:
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_WR)
+        return False
+
+    def _keep_or_drop(self, conn: Connection) -> bool:
+        """``conn``'s socket refused bytes: it waits for room (True) unless what waits for it
+        passes ``--max-outbox``. Only a client that does not read gets there: the writer's own
+        delay is bounded well below it (the room's ``max_backlog``)."""
+        if self.room.lag(conn) + len(conn.unsent) <= self.limits.max_outbox:
+            return True
+        self.drop(conn, "too_slow")
         return False
 
     def _send(self, conn: Connection, data: bytes) -> bool:
@@ -433,6 +451,7 @@ class ChatServer:
 
     def drop(self, conn: Connection, reason: str) -> None:
         """Take ``conn`` out of the room and end its connection; its reader then finishes."""
+        conn.unsent = b""
         name = self.room.leave(conn, reason)
         if name is not None:
             log.info("%s left (%s)", name, reason)

@@ -15,12 +15,33 @@ one member only (``welcome``, ``dm``, ``users``, ``error``, ...) wait in its
 ``private`` queue, each with the log position it was posted at, so they
 reach it in their right place relative to the log. The log is trimmed
 behind the slowest member; how far a member may fall behind is the
-transport's limit (``lag``).
+transport's limit (``lag``), which a transport applies only to a member that
+does not read: the room never refuses to hand over what a member is behind on.
+
+Backlog. The writer's own delay is bounded here, not charged to the readers.
+``pending`` starts a writer's pass and ``caught_up`` ends it: after it, every
+member that reads has everything said before that pass began. ``backlog`` is
+what was said since: what the fastest reader may still be waiting for only
+because the writer is behind. A room made with ``max_backlog`` holds every
+``say`` and ``dm`` (the member's reader waits on ``_room_for_more``, the one
+condition for it) while the backlog is past that bound, until a pass ends:
+the transport stops reading from its talkers, which are slowed by their
+own flow control, in order, losing nothing.
 
 History. The last ``history`` messages (``msg`` only) are kept with their
 log position. A member's ``welcome`` is posted at a log position; the
 answer to ``history`` is the messages before that position, so history
-and live traffic never overlap and never leave a gap.
+and live traffic never overlap and never leave a gap. An answer waits in the
+member's private queue as the list of messages it holds (``HistoryAnswer``)
+and is encoded only when taken, one answer per ``take``: it is built as fast
+as the member takes it, and counts towards its ``lag`` (at about its size)
+before that.
+
+Leaving. A member that quits still gets what was said before it left. One
+whose connection ended (``disconnected``) gets only its own frames already
+queued (an ``error``): the room's traffic is not copied for a peer that is
+gone, so many leaving at once cost what is really left to do. One dropped
+as ``too_slow`` gets nothing more.
 
 Backplane. What the room says to everyone (``joined``, ``left``,
 ``renamed``, ``msg``) and every ``dm`` goes through the room's
@@ -40,9 +61,10 @@ A member's stage is explicit (``Stage``): ``NEW`` until a good ``hello``,
 no more (whatever its reader still has in hand is ignored).
 
 Locking rule: one lock (``Room.lock``) guards the room: the members, their
-names, stages, cursors and private queues, the log and the history. Every
-method takes it; none does I/O under it, and none calls out while holding
-it. After a change that gives someone something to read, the room calls
+names, stages, cursors and private queues, the log, the history and the
+backlog. Every method takes it; none does I/O under it, and none calls out
+while holding it (a ``say`` held back waits on a condition of that lock,
+which releases it). After a change that gives someone something to read, the room calls
 the transport's ``wake`` (outside the lock). A transport may hold its own
 lock while calling the room (the UDP server does), never the other way
 round. The backplane's ``publish`` is called under the lock and must not
@@ -112,6 +134,11 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+HISTORY_FRAME_BYTES = 64
+"""About what a ``msg`` frame adds to its sender and text, as a history answer is counted
+before it is encoded."""
+
+
 @dataclass(slots=True)
 class Entry:
     """One frame as the room keeps it: the message and its JSON line, encoded once.
@@ -139,6 +166,27 @@ class Entry:
         return cls(message, encode_checked(message) + b"\n")
 
 
+@dataclass(slots=True)
+class HistoryAnswer:
+    """An answer to ``history`` not encoded yet: its messages, oldest first, and about its
+    size in bytes (what it counts towards its member's ``lag`` until it is taken)."""
+
+    messages: list[Msg]
+    size: int
+
+    @classmethod
+    def of(cls, messages: list[Msg]) -> HistoryAnswer:
+        size = sum(len(m.text) + len(m.sender) + HISTORY_FRAME_BYTES for m in messages)
+        return cls(messages, size)
+
+    def entries(self) -> list[Entry]:
+        copies = [Msg(sender=m.sender, text=m.text, ts=m.ts, history=True) for m in self.messages]
+        return [Entry.of(m) for m in copies] + [Entry.of(HistoryEnd(count=len(copies)))]
+
+
+Queued = Entry | HistoryAnswer
+
+
 class Stage(enum.Enum):
     NEW = "new"
     JOINED = "joined"
@@ -157,7 +205,7 @@ class Member:
         self.name = ""
         self.cursor = 0
         self.welcomed_at = 0
-        self.private: deque[tuple[int, Entry]] = deque()
+        self.private: deque[tuple[int, Queued]] = deque()
         self.private_bytes = 0
 
 
@@ -246,10 +294,15 @@ class Room(Generic[M]):
         backplane: Backplane | None = None,
         archive: Archive | None = None,
         wake_remote: Callable[[], None] | None = None,
+        max_backlog: int | None = None,
     ) -> None:
-        """``wake_remote`` is called when a backplane's thread brought something (else ``wake``)."""
+        """``wake_remote`` is called when a backplane's thread brought something (else
+        ``wake``); ``max_backlog`` bytes, if given, bounds the writer's backlog (see the
+        module's docstring)."""
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)
+        self._room_for_more = threading.Condition(self.lock)
+        self._max_backlog = max_backlog
         self._max_users = max_users
         self._wake = wake
         self._wake_remote = wake if wake_remote is None else wake_remote
@@ -263,6 +316,10 @@ class Room(Generic[M]):
         self._log: list[Entry] = []
         self._base = 0  # log position of self._log[0]
         self._bytes = 0  # bytes ever appended to the log
+        self._posted = 0  # bytes ever queued to anyone: the log's and the private frames
+        self._pass_start = 0  # self._posted when the writer's pass under way began
+        self._pass_end = 0  # the log's end then
+        self._caught_up = 0  # self._posted when the writer's last finished pass began
         self._joined: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
         self._history: deque[tuple[int, Msg]] = deque(maxlen=history)
         self._dirty: set[M] = set()  # members posted to since the last ``pending``
@@ -281,12 +338,28 @@ class Room(Generic[M]):
     def _append(self, entry: Entry) -> None:
         entry.start = self._bytes
         self._bytes += len(entry.line)
+        self._posted += len(entry.line)
         self._log.append(entry)
 
-    def _post(self, member: M, entry: Entry) -> None:
-        member.private.append((self._end, entry))
-        member.private_bytes += len(entry.line)
+    def _post(self, member: M, item: Queued) -> None:
+        size = item.size if isinstance(item, HistoryAnswer) else len(item.line)
+        member.private.append((self._end, item))
+        member.private_bytes += size
+        self._posted += size
         self._dirty.add(member)
+
+    def _wait_for_room(self, member: M) -> None:
+        """Hold a ``say`` or ``dm`` while the writer's backlog is past its bound (lock held)."""
+        if self._max_backlog is None:
+            return
+        limit = self._max_backlog
+        self._room_for_more.wait_for(
+            lambda: (
+                self._posted - self._caught_up <= limit
+                or member.stage is Stage.GONE
+                or self._closed
+            )
+        )
 
     # ---- what a transport asks ------------------------------------------
 
@@ -297,6 +370,8 @@ class Room(Generic[M]):
         ``refuse``. A member that is gone acts no more.
         """
         with self.lock:
+            if isinstance(message, (Say, SendDm)):
+                self._wait_for_room(member)
             if member.stage is Stage.GONE:
                 return False
             if isinstance(message, Bye):
@@ -351,6 +426,7 @@ class Room(Generic[M]):
         """
         with self.lock:
             self._closed = True
+            self._room_for_more.notify_all()
         self._backplane.close()
         if self._archive is not None:
             self._archive.close()
@@ -410,8 +486,11 @@ class Room(Generic[M]):
             self._rename_in_roster(message.old, message.new)
 
     def pending(self) -> list[M]:
-        """The members that may have something new since the last call: the writer's list."""
+        """The members that may have something new since the last call: the writer's list.
+
+        A writer's pass starts here (see ``caught_up``)."""
         with self.lock:
+            self._pass_start, self._pass_end = self._posted, self._end
             if self._end == self._unread:
                 found = list(self._dirty)
             else:
@@ -421,52 +500,81 @@ class Room(Generic[M]):
             self._dirty.clear()
             return found
 
-    def take(self, member: M, limit: int | None = None) -> list[Entry] | None:
-        """Everything ``member`` is behind on, in order; its cursor moves past it.
+    def caught_up(self) -> None:
+        """A writer's pass ends: everyone who reads has all that was said before it began.
 
-        None, and nothing taken, when that is more than ``limit`` bytes: the
-        member is too far behind to be caught up.
+        Whoever waits for the backlog to shrink looks again."""
+        with self.lock:
+            self._caught_up = self._pass_start
+            self._room_for_more.notify_all()
+
+    def backlog(self) -> int:
+        """Bytes said since the writer's last finished pass began: what a member that reads
+        may be waiting for because the writer is behind."""
+        with self.lock:
+            return self._posted - self._caught_up
+
+    def take(self, member: M) -> list[Entry]:
+        """What ``member`` is behind on, in order; its cursor moves past it.
+
+        At most one answer to ``history`` is encoded per call: if more wait,
+        the room wakes the writer to come back for them.
         """
         with self.lock:
-            return self._take(member, limit)
+            entries = self._collect(member)
+            more = bool(member.private)
+        if more:
+            self._wake()
+        return entries
 
-    def _take(self, member: M, limit: int | None) -> list[Entry] | None:
-        if limit is not None and self._lag(member) > limit:
-            return None
-        return self._collect(member)
-
-    def take_lines(self, member: M, limit: int | None = None) -> bytes | None:
+    def take_lines(self, member: M) -> bytes:
         """``take``, as the JSON lines it is sent in. Members at the same place in the log (all
-        of them, in a writer's pass over a busy room) share one join of the same span."""
+        of them, in a writer's pass over a busy room) share one join of the same span, which
+        holds at least all that was said before the pass began (``pending``): what is said
+        during the pass comes in the next one, so that it is joined once, not once each."""
         with self.lock:
-            if member.private or member.stage is not Stage.JOINED:
-                entries = self._take(member, limit)
-                return None if entries is None else b"".join([e.line for e in entries])
-            start, stop, lines = self._joined
-            if start != member.cursor or stop != self._end:
-                start, stop = member.cursor, self._end
-                lines = b"".join([entry.line for entry in self._slice(start, stop)])
-                self._joined = (start, stop, lines)
-            if limit is not None and len(lines) > limit:  # its lag: it has nothing else
-                return None
-            member.cursor = stop
-            return lines
+            if not member.private and member.stage is Stage.JOINED:
+                start, stop, lines = self._joined
+                if start != member.cursor or stop < self._pass_end:
+                    start, stop = member.cursor, self._end
+                    lines = b"".join([entry.line for entry in self._slice(start, stop)])
+                    self._joined = (start, stop, lines)
+                member.cursor = stop
+                return lines
+        return b"".join([entry.line for entry in self.take(member)])
 
-    def _collect(self, member: M) -> list[Entry]:
-        """Merge the log from the member's cursor with its private frames, by position."""
+    def _collect(self, member: M, *, every_answer: bool = False) -> list[Entry]:
+        """Merge the log from the member's cursor with its private frames, by position.
+
+        An answer to ``history`` is encoded here, one per call unless ``every_answer``:
+        the rest of the private queue, and the log past it, wait for the next call.
+        """
         entries: list[Entry] = []
         joined = member.stage is Stage.JOINED
         at = member.cursor
-        for position, entry in member.private:
+        answered = False
+        private = member.private
+        while private:
+            position, item = private[0]
+            if isinstance(item, HistoryAnswer) and answered and not every_answer:
+                break
             if joined and position > at:
                 entries += self._slice(at, position)
                 at = position
-            entries.append(entry)
-        member.private.clear()
-        member.private_bytes = 0
+            private.popleft()
+            if isinstance(item, HistoryAnswer):
+                answered = True
+                member.private_bytes -= item.size
+                entries += item.entries()
+            else:
+                member.private_bytes -= len(item.line)
+                entries.append(item)
+        else:
+            if joined:
+                entries += self._slice(at, self._end)
+                at = self._end
         if joined:
-            entries += self._slice(at, self._end)
-            member.cursor = self._end
+            member.cursor = at
         return entries
 
     def _slice(self, start: int, stop: int) -> list[Entry]:
@@ -580,14 +688,18 @@ class Room(Generic[M]):
     def _leave(self, member: M, reason: str) -> None:
         """Out of the room; what the log held for it until now stays its to read.
 
-        Not for a member dropped as too slow: it could not read what it had.
+        Not for a member dropped as too slow (it could not read what it had),
+        nor, but for its own frames, for one whose connection ended (nobody reads it).
         """
-        kept = [] if reason == "too_slow" else self._collect(member)
-        member.private.clear()
-        member.private.extend((self._end, entry) for entry in kept)
-        member.private_bytes = sum(len(entry.line) for entry in kept)
-        if kept:
-            self._dirty.add(member)
+        if reason == "too_slow":
+            member.private.clear()
+            member.private_bytes = 0
+        elif reason != "disconnected":
+            kept = self._collect(member, every_answer=True)
+            member.private.extend((self._end, entry) for entry in kept)
+            member.private_bytes = sum(len(entry.line) for entry in kept)
+            if kept:
+                self._dirty.add(member)
         member.stage = Stage.GONE
         del self._members[member]
         del self._by_key[name_key(member.name)]
@@ -646,11 +758,8 @@ class Room(Generic[M]):
         """The ``limit`` latest messages from before ``member``'s welcome, oldest first."""
         before = (msg for position, msg in reversed(self._history) if position < member.welcomed_at)
         found = list(itertools.islice(before, limit))
-        for msg in reversed(found):
-            self._post(
-                member, Entry.of(Msg(sender=msg.sender, text=msg.text, ts=msg.ts, history=True))
-            )
-        self._post(member, Entry.of(HistoryEnd(count=len(found))))
+        found.reverse()
+        self._post(member, HistoryAnswer.of(found))
 
     def _sorted_names(self) -> list[str]:
         return sorted(self._roster.values(), key=name_key)
