@@ -86,6 +86,10 @@ POLL_INTERVAL = 0.2
 SHUTDOWN_GRACE = 1.0
 THREAD_STACK_BYTES = 256 * 1024
 RECV_BYTES = 65536
+RCVBUF_BYTES = 65536
+"""Each connection's receive buffer: what a talker may have on its way that the server has not
+read yet. Fixed (not grown by the kernel up to megabytes), so that when the readers stop
+reading the talkers are slowed at once, not after a queue nobody sees."""
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 3
 MAX_UNREGISTERED = 256
 """Connections that have not said hello yet, at most; each expires after --hello-timeout."""
@@ -201,6 +205,7 @@ class ChatServer:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.nodelay))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)

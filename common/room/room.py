@@ -22,11 +22,13 @@ Backlog. The writer's own delay is bounded here, not charged to the readers.
 ``pending`` starts a writer's pass and ``caught_up`` ends it: after it, every
 member that reads has everything said before that pass began. ``backlog`` is
 what was said since: what the fastest reader may still be waiting for only
-because the writer is behind. A room made with ``max_backlog`` holds every
-``say`` and ``dm`` (the member's reader waits on ``_room_for_more``, the one
-condition for it) while the backlog is past that bound, until a pass ends:
-the transport stops reading from its talkers, which are slowed by their
-own flow control, in order, losing nothing.
+because the writer is behind. In a room made with ``max_backlog``, a ``say``
+or ``dm`` waits, before it is handled, while the backlog is past that bound,
+until a pass ends under it: the member's reader stops reading, and TCP slows
+the talker, in order, losing nothing. The readers wait on one event,
+``_room_for_more`` (cleared when the backlog passes the bound, set when a
+pass ends under it or the room closes), with no lock held; those that looked
+at the same moment may each add one frame past the bound, no more.
 
 History. The last ``history`` messages (``msg`` only) are kept with their
 log position. A member's ``welcome`` is posted at a log position; the
@@ -63,9 +65,9 @@ no more (whatever its reader still has in hand is ignored).
 Locking rule: one lock (``Room.lock``) guards the room: the members, their
 names, stages, cursors and private queues, the log, the history and the
 backlog. Every method takes it; none does I/O under it, and none calls out
-while holding it (a ``say`` held back waits on a condition of that lock,
-which releases it). After a change that gives someone something to read, the room calls
-the transport's ``wake`` (outside the lock). A transport may hold its own
+while holding it; a ``say`` held back waits on an event, with no lock held.
+After a change that gives someone something to read, the room calls the
+transport's ``wake`` (outside the lock). A transport may hold its own
 lock while calling the room (the UDP server does), never the other way
 round. The backplane's ``publish`` is called under the lock and must not
 block; its ``claim`` and ``close`` are called outside it.
@@ -301,7 +303,8 @@ class Room(Generic[M]):
         module's docstring)."""
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)
-        self._room_for_more = threading.Condition(self.lock)
+        self._room_for_more = threading.Event()
+        self._room_for_more.set()
         self._max_backlog = max_backlog
         self._max_users = max_users
         self._wake = wake
@@ -335,31 +338,26 @@ class Room(Generic[M]):
     def _end(self) -> int:
         return self._base + len(self._log)
 
+    def _count(self, size: int) -> None:
+        """``size`` more bytes queued to someone: past the bound, the readers stop reading."""
+        self._posted += size
+        limit = self._max_backlog
+        over = limit is not None and self._posted - self._caught_up > limit
+        if over and self._room_for_more.is_set():
+            self._room_for_more.clear()
+
     def _append(self, entry: Entry) -> None:
         entry.start = self._bytes
         self._bytes += len(entry.line)
-        self._posted += len(entry.line)
+        self._count(len(entry.line))
         self._log.append(entry)
 
     def _post(self, member: M, item: Queued) -> None:
         size = item.size if isinstance(item, HistoryAnswer) else len(item.line)
         member.private.append((self._end, item))
         member.private_bytes += size
-        self._posted += size
+        self._count(size)
         self._dirty.add(member)
-
-    def _wait_for_room(self, member: M) -> None:
-        """Hold a ``say`` or ``dm`` while the writer's backlog is past its bound (lock held)."""
-        if self._max_backlog is None:
-            return
-        limit = self._max_backlog
-        self._room_for_more.wait_for(
-            lambda: (
-                self._posted - self._caught_up <= limit
-                or member.stage is Stage.GONE
-                or self._closed
-            )
-        )
 
     # ---- what a transport asks ------------------------------------------
 
@@ -369,9 +367,9 @@ class Room(Generic[M]):
         A refusal raises ``ProtocolError``; the transport answers it with
         ``refuse``. A member that is gone acts no more.
         """
+        if self._max_backlog is not None and isinstance(message, (Say, SendDm)):
+            self._room_for_more.wait()
         with self.lock:
-            if isinstance(message, (Say, SendDm)):
-                self._wait_for_room(member)
             if member.stage is Stage.GONE:
                 return False
             if isinstance(message, Bye):
@@ -426,7 +424,7 @@ class Room(Generic[M]):
         """
         with self.lock:
             self._closed = True
-            self._room_for_more.notify_all()
+            self._room_for_more.set()
         self._backplane.close()
         if self._archive is not None:
             self._archive.close()
@@ -503,10 +501,12 @@ class Room(Generic[M]):
     def caught_up(self) -> None:
         """A writer's pass ends: everyone who reads has all that was said before it began.
 
-        Whoever waits for the backlog to shrink looks again."""
+        Under the bound again, the readers that wait for room go on."""
         with self.lock:
             self._caught_up = self._pass_start
-            self._room_for_more.notify_all()
+            limit = self._max_backlog
+            if limit is None or self._posted - self._caught_up <= limit:
+                self._room_for_more.set()
 
     def backlog(self) -> int:
         """Bytes said since the writer's last finished pass began: what a member that reads
