@@ -353,10 +353,14 @@ class Room(Generic[M]):
         self._log.append(entry)
 
     def _post(self, member: M, item: Queued) -> None:
-        size = item.size if isinstance(item, HistoryAnswer) else len(item.line)
+        """Queue ``item`` to ``member``. An answer to ``history`` counts towards its lag, not
+        towards the backlog: it is built only as fast as the member takes it."""
+        if isinstance(item, HistoryAnswer):
+            member.private_bytes += item.size
+        else:
+            member.private_bytes += len(item.line)
+            self._count(len(item.line))
         member.private.append((self._end, item))
-        member.private_bytes += size
-        self._count(size)
         self._dirty.add(member)
 
     # ---- what a transport asks ------------------------------------------
