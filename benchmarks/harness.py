@@ -36,6 +36,10 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 - `threads` (full suite): the same TCP load driven by grouped worker threads and by a thread
   per client.
 - `capacity`: how many idle clients one TCP server holds, and the memory each costs.
+- `saturation`: TCP at 200 clients from well below what it keeps up with to twice that
+  (`_SATURATION`): deliveries/s and p99 against offered, readers dropped (none), and how much
+  the talkers were slowed (their own sockets held what the server did not read yet: `unsent`,
+  `sent_msgs_per_s` against `offered_msgs_per_s`). The two highest points are repeated.
 
 The results dict: `meta` (suite, date, git commit, Python, machine, load average before and
 after, `floor`: the CPU one loopback `send` and `sendto` cost here, from `benchmarks.floor`);
@@ -79,9 +83,9 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SUITES = ("bench", "full", "tiny")
 GROUPS = (
     "targets", "peak", "clients", "rate", "lossy", "slow-reader", "nagle", "coalesce", "threads",
-    "capacity",
+    "capacity", "saturation",
 )  # fmt: skip
-REPEATED = ("targets", "peak")
+REPEATED = ("targets", "peak", "saturation")
 
 
 @dataclass(frozen=True)
@@ -217,11 +221,34 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
         *_sweeps(z, kinds),
         *_lossy(z, kinds),
         *_ablations(z, base, threads),
+        *_saturation(suite, z, base),
         Scenario(
             "capacity",
             f"tcp {z.capacity_clients} idle clients",
             capacity_clients=z.capacity_clients,
         ),
+    ]
+
+
+_SATURATION = {"bench": (5, 25, 50, 100), "full": (5, 10, 25, 50, 75, 100), "tiny": (10, 20)}
+"""The saturation sweep's rates (msg/s per client), up to twice what the TCP server keeps up
+with; its two highest are repeated like `peak`."""
+
+
+_SATURATION_DRAIN = 5.0
+"""Seconds a saturation run waits for what was sent: past the knee the talkers' own socket
+buffers hold seconds of messages that the server has not read yet, all owed."""
+
+
+def _saturation(suite: str, z: _Sizes, base: LoadSpec) -> list[Scenario]:
+    """`saturation`: the lower rates once, then rounds of the two highest."""
+    n, rates = _small(z), _SATURATION[suite]
+    spec = dataclasses.replace(base, drain=max(z.drain, _SATURATION_DRAIN))
+    once = [(rate, 1) for rate in rates[:-2]]
+    rounds = [(rate, repeat) for repeat in range(1, z.repeats + 1) for rate in rates[-2:]]
+    return [
+        Scenario("saturation", f"tcp {n}x{rate:g}", _at(spec, n, rate), repeat=repeat)
+        for rate, repeat in once + rounds
     ]
 
 

@@ -25,6 +25,10 @@ The targets, each judged on the repeated runs of the `targets` and `peak` groups
 - udp-raw-100x10: UDP raw on loopback at 100 clients x 10 msg/s: loss < 0.1 %, p99 < 5 ms.
 - udp-reliable-5pct: UDP reliable over a link losing 5 % each way: nothing lost, p99 within
   RTO_BUDGET retransmission timeouts of 200 ms.
+- tcp-saturation: TCP at 200 x 50 and at twice that, 200 x 100 (the `saturation` group's
+  rounds): in every run no reader dropped and nothing sent lost (the talkers may be slowed:
+  what they could not send yet is not lost), server memory under SATURATION_RSS_MB, and at
+  200 x 100 at least SATURATION_KEPT of the best deliveries/s at 200 x 50 (no collapse).
 
 UDP packet sessions (protocol v1.2), against the runs above in the same rounds:
 - udp-packets-lossy-N: reliable packet sessions over a link losing N % (1, 5, 10) each way:
@@ -69,6 +73,8 @@ UDP_RAW_LOSS_PCT = 0.1
 UDP_RAW_P99_MS = 5.0
 RTO_MS = 200.0
 RTO_BUDGET = 3
+SATURATION_KEPT = 0.9
+SATURATION_RSS_MB = 200.0
 LOSSY_TCP_SHARE = 0.25
 PACKET_LOSSES = (1, 5, 10)
 RELIABLE_CPU_SHARE = 1.3
@@ -452,6 +458,34 @@ def _packets_saturation(results: dict[str, Any]) -> Target:
     )
 
 
+def _tcp_saturation(results: dict[str, Any]) -> Target:
+    goal = (
+        f"0 dropped, 0 lost, peak < {SATURATION_RSS_MB:g} MB, "
+        f"at 2x >= {SATURATION_KEPT:.0%} of the best at 200 x 50"
+    )
+    at_1x = numbered_repeats(results, "saturation", "tcp", clients=200, rate=50)
+    best = max((r.deliveries_per_s for r in at_1x.values()), default=math.nan)
+
+    def values(one: LoadResult, two: LoadResult) -> Values:
+        return {
+            "dropped": float(one.too_slow_seen + two.too_slow_seen),
+            "lost": float(one.lost + two.lost),
+            "rss_mb": max(one.server_peak_rss_mb, two.server_peak_rss_mb),
+            "at_2x": two.deliveries_per_s / best,
+        }
+
+    def holds(v: Values) -> bool:
+        return (
+            v["dropped"] == 0
+            and v["lost"] == 0
+            and v["rss_mb"] < SATURATION_RSS_MB
+            and v["at_2x"] >= SATURATION_KEPT
+        )
+
+    at_2x = numbered_repeats(results, "saturation", "tcp", clients=200, rate=100)
+    return _target("tcp-saturation", goal, _paired(at_1x, at_2x, values), holds)
+
+
 def evaluate(results: dict[str, Any]) -> list[Target]:
     return [
         _tcp_200x5(results),
@@ -459,6 +493,7 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
         _tcp_no_coalescing(results),
         _udp_raw(results),
         _udp_reliable(results),
+        _tcp_saturation(results),
     ]
 
 
@@ -485,6 +520,9 @@ def _mega(value: float) -> str:
 
 
 _SHOWN: dict[str, tuple[str, Callable[[float], str], str]] = {
+    "dropped": ("dropped", "{:.0f}".format, ""),
+    "rss_mb": ("peak", "{:.0f}".format, " MB"),
+    "at_2x": ("at 2x", "{:.0%}".format, ""),
     "p99_ms": ("p99", _ms, " ms"),
     "base_p99_ms": ("vs", _ms, " ms"),
     "delivered": ("delivered", "{:.1%}".format, ""),

@@ -17,9 +17,14 @@ Threads, each named and owned by the server:
   core from the readers. Within a pass it yields the CPU every
   ``YIELD_EVERY`` connections, so that nobody it wakes waits for the pass.
   A client whose socket is full keeps its place in the log and is polled
-  until it can take more; past ``--max-outbox`` bytes behind it is dropped
-  as ``too_slow``. Nobody ever waits for anybody else. The writer also
-  closes every socket, once its reader is done with it.
+  until it can take more (no ``send`` is tried meanwhile); once its socket
+  refuses bytes and what waits for it passes ``--max-outbox``, it is dropped
+  as ``too_slow``: only a client that does not read gets there. The writer's
+  own delay is bounded instead by the room's backlog (a quarter of
+  ``--max-outbox``, ``BACKLOG_SHARE``): past it the readers hold the talkers'
+  next ``say`` or ``dm`` until the writer's pass ends, so the talkers' sockets
+  fill and TCP slows them. Nobody ever waits for a client that does not read.
+  The writer also closes every socket, once its reader is done with it.
 
 Locks: the room's lock (see ``common.room.room``) orders everything the room
 says; ``_connections_lock`` guards the set of connections and the count of
@@ -87,6 +92,10 @@ POLL_INTERVAL = 0.2
 SHUTDOWN_GRACE = 1.0
 THREAD_STACK_BYTES = 256 * 1024
 RECV_BYTES = 65536
+RCVBUF_BYTES = 65536
+"""Each connection's receive buffer: what a talker may have on its way that the server has not
+read yet. Fixed (not grown by the kernel up to megabytes), so that when the readers stop
+reading the talkers are slowed at once, not after a queue nobody sees."""
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 3
 MAX_UNREGISTERED = 256
 """Connections that have not said hello yet, at most; each expires after --hello-timeout."""
@@ -99,6 +108,10 @@ YIELD_EVERY = 16
 """Connections the writer catches up before it offers its CPU to whoever waits for it: a pass
 over a big room takes milliseconds, and a process woken by the writer's own sends (a client on
 the same machine) must not wait for the whole pass to end."""
+BACKLOG_SHARE = 4
+"""The room's backlog (what the writer is behind on) is held under this share of --max-outbox:
+past it the readers stop reading from talkers, so that a client that reads is never near the
+limit that drops one that does not."""
 TEXT_HISTORY = 10
 """Earlier messages a text-mode session is shown right after its greeting."""
 DRAIN_SECONDS = 1.0
@@ -135,13 +148,11 @@ class Connection(Member):
         """Who this is in the log, and how many of its frames were refused."""
         return f"{self.label} ({self.name or '-'})", self.refused
 
-    def take(self, room: Room[Connection], limit: int) -> bytes | None:
-        """All this client is behind on, as it is sent (JSON lines, or readable text); None,
-        and nothing taken, past ``limit`` bytes."""
+    def take(self, room: Room[Connection]) -> bytes:
+        """All this client is behind on, as it is sent (JSON lines, or readable text)."""
         if not self.text_mode:
-            return room.take_lines(self, limit)
-        entries = room.take(self, limit)
-        return None if entries is None else b"".join([self._text(e) for e in entries])
+            return room.take_lines(self)
+        return b"".join([self._text(e) for e in room.take(self)])
 
     def _text(self, entry: Entry) -> bytes:
         """``text_line``; but an empty answer to a ``/history`` the user typed says so."""
@@ -202,6 +213,7 @@ class ChatServer:
             resume_grace=self.limits.resume_grace,
             on_taken=self._taken,
             resume_bytes=min(RESUME_MAX_BYTES, self.limits.max_outbox // 2),
+            max_backlog=self.limits.max_outbox // BACKLOG_SHARE,
         )
         self._writer_stop = False
         self._said_bye = False
@@ -234,6 +246,7 @@ class ChatServer:
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(self.nodelay))
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
@@ -480,11 +493,14 @@ class ChatServer:
             for i, conn in enumerate(dict.fromkeys(self.room.pending() + ready)):
                 if i % YIELD_EVERY == YIELD_EVERY - 1:
                     os.sched_yield()
-                if self._write(conn):
-                    fd = conn.sock.fileno()
+                fd = conn.sock.fileno()
+                if blocked.get(fd) is conn:  # still full: no send, only its limit
+                    self._keep_or_drop(conn)
+                elif self._write(conn):
                     blocked[fd] = conn
                     poller.register(fd, select.POLLOUT)
             self.room.trim()
+            self.room.caught_up()
             took = time.monotonic() - last_pass
             with self._connections_lock:
                 finished, self._finished = self._finished, []
@@ -498,24 +514,31 @@ class ChatServer:
             self._close(conn)
 
     def _write(self, conn: Connection) -> bool:
-        """One non-blocking ``send`` of all ``conn`` is behind on; True if its socket is full."""
+        """One non-blocking ``send`` of all ``conn`` is behind on; True if its socket is full.
+
+        What its socket refused last time goes first; only once that is all
+        sent does the room hand over more.
+        """
         if conn.finished:
             return False
         if conn.unsent and not self._send(conn, conn.unsent):
-            if self.room.lag(conn) + len(conn.unsent) > self.limits.max_outbox:
-                self.drop(conn, "too_slow")
-                return False
-            return True
+            return self._keep_or_drop(conn)
         said_bye = self._said_bye  # read before taking: then what is taken holds the bye
-        data = conn.take(self.room, self.limits.max_outbox)
-        if data is None:
-            self.drop(conn, "too_slow")
-            return False
+        data = conn.take(self.room)
         if data and not self._send(conn, data):
-            return True
+            return self._keep_or_drop(conn)
         if said_bye:
             with contextlib.suppress(OSError):
                 conn.sock.shutdown(socket.SHUT_WR)
+        return False
+
+    def _keep_or_drop(self, conn: Connection) -> bool:
+        """``conn``'s socket refused bytes: it waits for room (True) unless what waits for it
+        passes ``--max-outbox``. Only a client that does not read gets there: the writer's own
+        delay is bounded well below it (the room's ``max_backlog``)."""
+        if self.room.lag(conn) + len(conn.unsent) <= self.limits.max_outbox:
+            return True
+        self.drop(conn, "too_slow")
         return False
 
     def _send(self, conn: Connection, data: bytes) -> bool:
@@ -551,6 +574,7 @@ class ChatServer:
 
     def drop(self, conn: Connection, reason: str) -> None:
         """Take ``conn`` out of the room and end its connection; its reader then finishes."""
+        conn.unsent = b""
         name = self.room.leave(conn, reason)
         if name is not None:
             log.info("%s left (%s)", name, reason)

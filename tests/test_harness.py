@@ -20,7 +20,8 @@ from benchmarks.targets import evaluate, format_targets
 from netsim.lossy import lossy_link_unavailable
 
 # One scenario of each kind from the tiny suite: the four servers, a slow reader, Nagle, a
-# thread per client, the capacity run and (where the machine can) the lossy link.
+# thread per client, the capacity run, a saturation run and (where the machine can) the lossy
+# link.
 PICKED = {
     ("clients", "tcp 3x5"),
     ("clients", "assignment 3x5"),
@@ -31,6 +32,7 @@ PICKED = {
     ("nagle", "tcp nagle 3x5"),
     ("threads", "tcp 3x5, a thread per client"),
     ("capacity", "tcp 20 idle clients"),
+    ("saturation", "tcp 3x20"),
 }
 
 

@@ -15,6 +15,7 @@ from common.protocol.codec import (
     AlreadyRegistered,
     Bye,
     Dm,
+    Error,
     Hello,
     History,
     HistoryEnd,
@@ -48,7 +49,7 @@ class Peer(Member):
         self.room = room
 
     def read(self) -> list[ServerMessage]:
-        entries = self.room.take(self) or []
+        entries = self.room.take(self)
         return [entry.message for entry in entries if entry.message is not None]
 
 
@@ -173,7 +174,7 @@ def test_private_frames_come_in_their_place_among_broadcasts(room: Room[Peer]) -
     room.handle(alice, Say(text="after"))
     room.post_entry(bob, Entry(None, b"a line of text mode\n"))
     room.handle(alice, Say(text="last"))
-    kinds = [e.message.type if e.message else e.line.decode() for e in room.take(bob) or []]
+    kinds = [e.message.type if e.message else e.line.decode() for e in room.take(bob)]
     assert kinds == ["msg", "users", "dm", "msg", "a line of text mode\n", "msg"]
 
 
@@ -186,14 +187,13 @@ def test_take_lines_is_take_as_bytes_and_shared_by_members_at_the_same_place() -
     room.handle(alice, Say(text="two"))
     room.handle(carol, Who())  # carol's answer comes in its place: her lines are her own
     room.handle(alice, Say(text="three"))
-    expected = [e.line for e in room.take(alice) or []]
+    expected = [e.line for e in room.take(alice)]
     assert len(expected) == 3
     bobs, carols = room.take_lines(bob), room.take_lines(carol)
     assert bobs == b"".join(expected)
     assert carols is not None and carols.count(b"\n") == 4 and b'"users"' in carols
     room.handle(alice, Say(text="four"))
-    assert room.take_lines(bob, limit=0) is None  # too far behind: nothing taken
-    assert room.take_lines(bob) == room.take_lines(carol) == (room.take(alice) or [])[0].line
+    assert room.take_lines(bob) == room.take_lines(carol) == (room.take(alice))[0].line
     assert room.take_lines(bob) == b""
 
 
@@ -359,8 +359,6 @@ def test_the_log_is_trimmed_behind_the_slowest_and_a_laggard_is_measured_in_byte
     assert max(sizes) <= 3000 + 2 * TRIM_EVERY
     behind = room.lag(slow)
     assert behind > 1000 * 50
-    assert room.take(slow, limit=behind - 1) is None
-    assert room.lag(slow) == behind
     slow.read()
     assert room.lag(slow) == 0
     room.trim()
@@ -401,3 +399,91 @@ def test_history_off_answers_empty() -> None:
     late.read()
     room.handle(late, History(limit=20))
     assert late.read() == [HistoryEnd(count=0)]
+
+
+# ---- overload: the writer's backlog, history answers, many leaving at once ----------------
+
+
+def test_past_the_backlog_bound_a_say_waits_for_the_writers_pass_and_loses_nothing() -> None:
+    room: Room[Peer] = Room(max_users=10, max_backlog=200)
+    alice, bob = joined(room, "alice"), joined(room, "bob")
+    room.pending()
+    room.caught_up()
+    assert room.backlog() == 0
+    said = 0
+    while room.backlog() <= 200:  # about 70 bytes each: past the bound after a few
+        room.handle(alice, Say(text=f"m{said}"))
+        said += 1
+    assert said > 1
+    held = threading.Thread(target=room.handle, args=(alice, Say(text="held")))
+    held.start()
+    held.join(0.2)
+    assert held.is_alive()  # waits: nothing is appended meanwhile
+    room.pending()  # a pass begins: what was said so far is what it catches up on
+    for peer in (alice, bob):
+        peer.read()
+    assert held.is_alive()
+    room.caught_up()  # the pass ends: the say goes on
+    held.join(5)
+    assert not held.is_alive()
+    assert [m.text for m in bob.read() if isinstance(m, Msg)] == ["held"]
+
+
+def test_a_member_that_leaves_lets_a_held_say_go() -> None:
+    room: Room[Peer] = Room(max_users=10, max_backlog=0)
+    alice = joined(room, "alice")
+    held = threading.Thread(target=room.handle, args=(alice, Say(text="held")))
+    held.start()
+    held.join(0.1)
+    assert held.is_alive()
+    room.leave(alice, "too_slow")
+    room.pending()
+    room.caught_up()
+    held.join(5)
+    assert not held.is_alive()
+
+
+def test_history_answers_wait_unbuilt_and_are_built_one_per_take() -> None:
+    room: Room[Peer] = Room(max_users=10, history=100)
+    alice = joined(room, "alice")
+    for i in range(100):
+        room.handle(alice, Say(text=f"{i} " + "h" * 100))
+    late = joined(room, "late")
+    late.read()
+    for _ in range(50):
+        room.handle(late, History(limit=100))
+    waiting = room.lag(late)
+    assert 50 * 100 * 100 < waiting < 50 * 100 * 200  # counted at about its size
+    for left in range(49, -1, -1):
+        answer = late.read()
+        assert answer[-1] == HistoryEnd(count=100) and len(answer) == 101
+        assert waiting * left // 50 - 100 <= room.lag(late) <= waiting * left // 50 + 100
+    assert late.read() == []
+
+
+def test_a_member_whose_connection_ended_keeps_only_its_own_frames() -> None:
+    """Many leave at once: none of them is kept the others' ``left`` it will never read."""
+    room: Room[Peer] = Room(max_users=1000)
+    watcher = joined(room, "watcher")
+    leavers = [joined(room, f"u{i}") for i in range(300)]
+    for peer in leavers:
+        peer.read()
+    room.refuse(leavers[0], NoSuchUser("nobody"))
+    for peer in leavers:
+        room.leave(peer, "disconnected")
+    assert [room.lag(peer) for peer in leavers[1:]] == [0] * 299
+    assert [type(m) for m in leavers[0].read()] == [Error]
+    kinds = [type(m) for m in watcher.read()]
+    assert kinds.count(Left) == 300
+
+
+def test_a_member_that_quits_still_gets_what_was_said_before() -> None:
+    room: Room[Peer] = Room(max_users=10, history=10)
+    alice, bob = joined(room, "alice"), joined(room, "bob")
+    bob.read()
+    room.handle(alice, Say(text="before"))
+    room.handle(bob, History(limit=1))
+    room.handle(bob, History(limit=1))
+    room.handle(bob, Bye())
+    got = bob.read()
+    assert [type(m) for m in got] == [Msg, HistoryEnd, HistoryEnd]

@@ -15,12 +15,35 @@ one member only (``welcome``, ``dm``, ``users``, ``error``, ...) wait in its
 ``private`` queue, each with the log position it was posted at, so they
 reach it in their right place relative to the log. The log is trimmed
 behind the slowest member; how far a member may fall behind is the
-transport's limit (``lag``).
+transport's limit (``lag``), which a transport applies only to a member that
+does not read: the room never refuses to hand over what a member is behind on.
+
+Backlog. The writer's own delay is bounded here, not charged to the readers.
+``pending`` starts a writer's pass and ``caught_up`` ends it: after it, every
+member that reads has everything said before that pass began. ``backlog`` is
+what was said since: what the fastest reader may still be waiting for only
+because the writer is behind. In a room made with ``max_backlog``, a ``say``
+or ``dm`` waits, before it is handled, while the backlog is past that bound,
+until a pass ends under it: the member's reader stops reading, and TCP slows
+the talker, in order, losing nothing. The readers wait on one event,
+``_room_for_more`` (cleared when the backlog passes the bound, set when a
+pass ends under it or the room closes), with no lock held; those that looked
+at the same moment may each add one frame past the bound, no more.
 
 History. The last ``history`` messages (``msg`` only) are kept with their
 log position. A member's ``welcome`` is posted at a log position; the
 answer to ``history`` is the messages before that position, so history
-and live traffic never overlap and never leave a gap.
+and live traffic never overlap and never leave a gap. An answer waits in the
+member's private queue as the list of messages it holds (``HistoryAnswer``)
+and is encoded only when taken, one answer per ``take``: it is built as fast
+as the member takes it, and counts towards its ``lag`` (at about its size)
+before that.
+
+Leaving. A member that quits still gets what was said before it left. One
+whose connection ended (``disconnected``) gets only its own frames already
+queued (an ``error``): the room's traffic is not copied for a peer that is
+gone, so many leaving at once cost what is really left to do. One dropped
+as ``too_slow`` gets nothing more.
 
 Backplane. What the room says to everyone (``joined``, ``left``,
 ``renamed``, ``msg``) and every ``dm`` goes through the room's
@@ -58,10 +81,11 @@ killed process): a resume after an id at or past it gets every message
 since; one before it, or in another epoch, gets ``resumed: false``.
 
 Locking rule: one lock (``Room.lock``) guards the room: the members, their
-names, stages, cursors and private queues, the log and the history. Every
-method takes it; none does I/O under it, and none calls out while holding
-it. After a change that gives someone something to read, the room calls
-the transport's ``wake`` (outside the lock), and after a takeover its
+names, stages, cursors and private queues, the log, the history and the
+backlog. Every method takes it; none does I/O under it, and none calls out
+while holding it; a ``say`` held back waits on an event, with no lock held.
+After a change that gives someone something to read, the room calls the
+transport's ``wake`` (outside the lock), and after a takeover its
 ``on_taken`` (outside the lock too, from whichever thread brought the
 resume: a reader's, or a backplane's). A transport may hold its own
 lock while calling the room (the UDP server does), never the other way
@@ -166,6 +190,11 @@ def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+HISTORY_FRAME_BYTES = 64
+"""About what a ``msg`` frame adds to its sender and text, as a history answer is counted
+before it is encoded."""
+
+
 @dataclass(slots=True)
 class Entry:
     """One frame as the room keeps it: the message and its JSON line, encoded once.
@@ -203,6 +232,27 @@ class Entry:
         return cls(message, encode_checked(message) + b"\n")
 
 
+@dataclass(slots=True)
+class HistoryAnswer:
+    """An answer to ``history`` not encoded yet: its messages, oldest first, and about its
+    size in bytes (what it counts towards its member's ``lag`` until it is taken)."""
+
+    messages: list[Msg]
+    size: int
+
+    @classmethod
+    def of(cls, messages: list[Msg]) -> HistoryAnswer:
+        size = sum(len(m.text) + len(m.sender) + HISTORY_FRAME_BYTES for m in messages)
+        return cls(messages, size)
+
+    def entries(self) -> list[Entry]:
+        copies = [dataclasses.replace(m, history=True) for m in self.messages]  # ids kept
+        return [Entry.of(m) for m in copies] + [Entry.of(HistoryEnd(count=len(copies)))]
+
+
+Queued = Entry | HistoryAnswer
+
+
 class Stage(enum.Enum):
     """Where a member stands; it changes in ``Room._move`` only, along ``MOVES``."""
 
@@ -236,7 +286,7 @@ class Member:
         self.name = ""
         self.cursor = 0
         self.welcomed_at = 0
-        self.private: deque[tuple[int, Entry]] = deque()
+        self.private: deque[tuple[int, Queued]] = deque()
         self.private_bytes = 0
         self.token = secrets.token_hex(TOKEN_BYTES)  # the session, as welcome gives it
         self.hello = Hello(name="")  # the hello that joined it: does it resume, and from where
@@ -360,14 +410,20 @@ class Room(Generic[M]):
         resume_grace: float = DEFAULT_RESUME_GRACE,
         on_taken: Callable[[M], None] = lambda member: None,
         resume_bytes: int = RESUME_MAX_BYTES,
+        max_backlog: int | None = None,
     ) -> None:
-        """``wake_remote`` is called when a backplane's thread brought something (else ``wake``).
+        """``wake_remote`` is called when a backplane's thread brought something (else
+        ``wake``); ``max_backlog`` bytes, if given, bounds the writer's backlog (see the
+        module's docstring).
 
         ``on_taken`` is called (outside the lock) with a member whose session a new
         connection took over: the transport closes its connection without a word.
         """
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)
+        self._room_for_more = threading.Event()
+        self._room_for_more.set()
+        self._max_backlog = max_backlog
         self._max_users = max_users
         self._wake = wake
         self._wake_remote = wake if wake_remote is None else wake_remote
@@ -382,6 +438,10 @@ class Room(Generic[M]):
         self._log: list[Entry] = []
         self._base = 0  # log position of self._log[0]
         self._bytes = 0  # bytes ever appended to the log
+        self._posted = 0  # bytes ever queued to anyone: the log's and the private frames
+        self._pass_start = 0  # self._posted when the writer's pass under way began
+        self._pass_end = 0  # the log's end then
+        self._caught_up = 0  # self._posted when the writer's last finished pass began
         self._joined: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
         self._history: deque[tuple[int, Msg]] = deque(maxlen=history)
         self._dirty: set[M] = set()  # members posted to since the last ``pending``
@@ -409,14 +469,29 @@ class Room(Generic[M]):
     def _end(self) -> int:
         return self._base + len(self._log)
 
+    def _count(self, size: int) -> None:
+        """``size`` more bytes queued to someone: past the bound, the readers stop reading."""
+        self._posted += size
+        limit = self._max_backlog
+        over = limit is not None and self._posted - self._caught_up > limit
+        if over and self._room_for_more.is_set():
+            self._room_for_more.clear()
+
     def _append(self, entry: Entry) -> None:
         entry.start = self._bytes
         self._bytes += len(entry.line)
+        self._count(len(entry.line))
         self._log.append(entry)
 
-    def _post(self, member: M, entry: Entry) -> None:
-        member.private.append((self._end, entry))
-        member.private_bytes += len(entry.line)
+    def _post(self, member: M, item: Queued) -> None:
+        """Queue ``item`` to ``member``. An answer to ``history`` counts towards its lag, not
+        towards the backlog: it is built only as fast as the member takes it."""
+        if isinstance(item, HistoryAnswer):
+            member.private_bytes += item.size
+        else:
+            member.private_bytes += len(item.line)
+            self._count(len(item.line))
+        member.private.append((self._end, item))
         self._dirty.add(member)
 
     def _numbered(self, entry: Entry) -> Entry:
@@ -449,6 +524,8 @@ class Room(Generic[M]):
         A refusal raises ``ProtocolError``; the transport answers it with
         ``refuse``. A member that is gone acts no more.
         """
+        if self._max_backlog is not None and isinstance(message, (Say, SendDm)):
+            self._room_for_more.wait()
         taken: M | None = None
         elsewhere = False  # the hello resumes a session another server holds
         with self.lock:
@@ -540,6 +617,7 @@ class Room(Generic[M]):
         """
         with self.lock:
             self._closed = True
+            self._room_for_more.set()
         self._backplane.close()
         if self._archive is not None:
             self._archive.close()
@@ -643,8 +721,11 @@ class Room(Generic[M]):
             self._enrol(message.new)
 
     def pending(self) -> list[M]:
-        """The members that may have something new since the last call: the writer's list."""
+        """The members that may have something new since the last call: the writer's list.
+
+        A writer's pass starts here (see ``caught_up``)."""
         with self.lock:
+            self._pass_start, self._pass_end = self._posted, self._end
             if self._end == self._unread:
                 found = list(self._dirty)
             else:
@@ -654,52 +735,83 @@ class Room(Generic[M]):
             self._dirty.clear()
             return found
 
-    def take(self, member: M, limit: int | None = None) -> list[Entry] | None:
-        """Everything ``member`` is behind on, in order; its cursor moves past it.
+    def caught_up(self) -> None:
+        """A writer's pass ends: everyone who reads has all that was said before it began.
 
-        None, and nothing taken, when that is more than ``limit`` bytes: the
-        member is too far behind to be caught up.
+        Under the bound again, the readers that wait for room go on."""
+        with self.lock:
+            self._caught_up = self._pass_start
+            limit = self._max_backlog
+            if limit is None or self._posted - self._caught_up <= limit:
+                self._room_for_more.set()
+
+    def backlog(self) -> int:
+        """Bytes said since the writer's last finished pass began: what a member that reads
+        may be waiting for because the writer is behind."""
+        with self.lock:
+            return self._posted - self._caught_up
+
+    def take(self, member: M) -> list[Entry]:
+        """What ``member`` is behind on, in order; its cursor moves past it.
+
+        At most one answer to ``history`` is encoded per call: if more wait,
+        the room wakes the writer to come back for them.
         """
         with self.lock:
-            return self._take(member, limit)
+            entries = self._collect(member)
+            more = bool(member.private)
+        if more:
+            self._wake()
+        return entries
 
-    def _take(self, member: M, limit: int | None) -> list[Entry] | None:
-        if limit is not None and self._lag(member) > limit:
-            return None
-        return self._collect(member)
-
-    def take_lines(self, member: M, limit: int | None = None) -> bytes | None:
+    def take_lines(self, member: M) -> bytes:
         """``take``, as the JSON lines it is sent in. Members at the same place in the log (all
-        of them, in a writer's pass over a busy room) share one join of the same span."""
+        of them, in a writer's pass over a busy room) share one join of the same span, which
+        holds at least all that was said before the pass began (``pending``): what is said
+        during the pass comes in the next one, so that it is joined once, not once each."""
         with self.lock:
-            if member.private or member.stage is not Stage.JOINED:
-                entries = self._take(member, limit)
-                return None if entries is None else b"".join([e.line for e in entries])
-            start, stop, lines = self._joined
-            if start != member.cursor or stop != self._end:
-                start, stop = member.cursor, self._end
-                lines = b"".join([entry.line for entry in self._slice(start, stop)])
-                self._joined = (start, stop, lines)
-            if limit is not None and len(lines) > limit:  # its lag: it has nothing else
-                return None
-            member.cursor = stop
-            return lines
+            if not member.private and member.stage is Stage.JOINED:
+                start, stop, lines = self._joined
+                if start != member.cursor or stop < self._pass_end:
+                    start, stop = member.cursor, self._end
+                    lines = b"".join([entry.line for entry in self._slice(start, stop)])
+                    self._joined = (start, stop, lines)
+                member.cursor = stop
+                return lines
+        return b"".join([entry.line for entry in self.take(member)])
 
-    def _collect(self, member: M) -> list[Entry]:
-        """Merge the log from the member's cursor with its private frames, by position."""
+    def _collect(self, member: M, *, every_answer: bool = False) -> list[Entry]:
+        """Merge the log from the member's cursor with its private frames, by position.
+
+        An answer to ``history`` is encoded here, one per call unless ``every_answer``:
+        the rest of the private queue, and the log past it, wait for the next call.
+        """
         entries: list[Entry] = []
         joined = member.stage is Stage.JOINED
         at = member.cursor
-        for position, entry in member.private:
+        answered = False
+        private = member.private
+        while private:
+            position, item = private[0]
+            if isinstance(item, HistoryAnswer) and answered and not every_answer:
+                break
             if joined and position > at:
                 entries += self._slice(at, position)
                 at = position
-            entries.append(entry)
-        member.private.clear()
-        member.private_bytes = 0
+            private.popleft()
+            if isinstance(item, HistoryAnswer):
+                answered = True
+                member.private_bytes -= item.size
+                entries += item.entries()
+            else:
+                member.private_bytes -= len(item.line)
+                entries.append(item)
+        else:
+            if joined:
+                entries += self._slice(at, self._end)
+                at = self._end
         if joined:
-            entries += self._slice(at, self._end)
-            member.cursor = self._end
+            member.cursor = at
         return entries
 
     def _slice(self, start: int, stop: int) -> list[Entry]:
@@ -914,16 +1026,19 @@ class Room(Generic[M]):
     def _leave(self, member: M, reason: str) -> None:
         """Out of the room; what the log held for it until now stays its to read.
 
-        Not for a member dropped as too slow (it could not read what it had), nor one
-        whose grace ended (its connection is long gone).
+        Not for a member dropped as too slow (it could not read what it had), nor
+        one whose grace ended (its connection is long gone), nor, but for its own
+        frames, one whose connection ended (nobody reads it).
         """
-        joined = member.stage is Stage.JOINED
-        kept = self._collect(member) if joined and reason != "too_slow" else []
-        member.private.clear()
-        member.private.extend((self._end, entry) for entry in kept)
-        member.private_bytes = sum(len(entry.line) for entry in kept)
-        if kept:
-            self._dirty.add(member)
+        if reason == "too_slow" or member.stage is not Stage.JOINED:
+            member.private.clear()
+            member.private_bytes = 0
+        elif reason != "disconnected":
+            kept = self._collect(member, every_answer=True)
+            member.private.extend((self._end, entry) for entry in kept)
+            member.private_bytes = sum(len(entry.line) for entry in kept)
+            if kept:
+                self._dirty.add(member)
         self._move(member, Stage.GONE)
         if not self._closed:  # at shutdown everyone has had bye: no storm of left
             left = Left(name=member.name, reason=reason, ts=self._clock())
@@ -982,9 +1097,8 @@ class Room(Generic[M]):
         """The ``limit`` latest messages from before ``member``'s welcome, oldest first."""
         before = (msg for position, msg in reversed(self._history) if position < member.welcomed_at)
         found = list(itertools.islice(before, limit))
-        for msg in reversed(found):
-            self._post(member, Entry.of(dataclasses.replace(msg, history=True)))
-        self._post(member, Entry.of(HistoryEnd(count=len(found))))
+        found.reverse()
+        self._post(member, HistoryAnswer.of(found))
 
     def _sorted_names(self) -> list[str]:
         return [self._roster[key] for key in self._order]

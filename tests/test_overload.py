@@ -1,0 +1,255 @@
+"""The TCP server under overload: only a client that does not read is dropped.
+
+The writer's own delay never counts against a reader: while the writer is
+behind, the server stops reading from talkers (TCP's flow control slows
+them), losing nothing. Answers to ``history`` are built as fast as their
+connection takes them, and many clients closing at once cost what is really
+left to do. The writer is paused by hand where a test needs it behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from common.cli.serverargs import Limits
+from tcp.server import BACKLOG_SHARE, ChatServer, Connection
+from tests.conftest import WAIT, JsonClient, ServerProcess
+
+Start = Callable[..., ServerProcess]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+class Gate:
+    """Holds the writer at the start of its next pass while closed (it wraps ``pending``)."""
+
+    def __init__(self, server: ChatServer, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.open = threading.Event()
+        self.open.set()
+        pending = server.room.pending
+
+        def held() -> list[Connection]:
+            self.open.wait()
+            return pending()
+
+        monkeypatch.setattr(server.room, "pending", held)
+
+
+@contextlib.contextmanager
+def serving(limits: Limits, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[ChatServer, Gate]]:
+    """A server in this process (its room and connections in reach), with the writer's gate."""
+    server = ChatServer(limits, port=0)
+    gate = Gate(server, monkeypatch)
+    thread = threading.Thread(target=server.serve_forever, name="test-server")
+    thread.start()
+    try:
+        yield server, gate
+    finally:
+        gate.open.set()
+        server.stop()
+        thread.join(3 * WAIT)
+
+
+class Drain:
+    """A client's frames read as they come, by a thread: it always keeps up."""
+
+    def __init__(self, client: JsonClient) -> None:
+        self.frames: list[dict[str, object]] = []
+        self.ended = threading.Event()
+        self._client = client
+        self._thread = threading.Thread(target=self._run, name="drain", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        with contextlib.suppress(OSError, EOFError, AssertionError):
+            while True:
+                self.frames.append(self._client.recv(timeout=6 * WAIT))
+        self.ended.set()
+
+    def texts(self, sender: str) -> list[object]:
+        return [f["text"] for f in list(self.frames) if f["type"] == "msg" and f["from"] == sender]
+
+    def left(self) -> list[object]:
+        return [(f["name"], f["reason"]) for f in list(self.frames) if f["type"] == "left"]
+
+
+def member(server: ChatServer, name: str) -> Connection:
+    return next(c for c in server.connections() if c.name == name)
+
+
+def test_a_reader_that_keeps_up_is_never_dropped_while_the_writer_is_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer stops while a talker sends over twice --max-outbox: the talker is held at
+    the backlog's bound, then everything reaches the reader, in order."""
+    limits = Limits(rate_limit=0, max_outbox=256_000)
+    bound = limits.max_outbox // BACKLOG_SHARE
+    with serving(limits, monkeypatch) as (server, gate):
+        reader = JsonClient(server.address, "reader")
+        talker = JsonClient(server.address, "talker")
+        echoes = Drain(talker)
+        count, pad = 600, "x" * 1000
+        gate.open.clear()
+        sent = threading.Event()
+
+        def talk() -> None:
+            lines = [{"type": "say", "text": f"{n} {pad}"} for n in range(count)]
+            for frame in lines:
+                talker.send(frame)
+            sent.set()
+
+        talking = threading.Thread(target=talk, name="talker")
+        talking.start()
+        try:
+            # held: what the talker sent is in its socket, not in the server's memory
+            assert wait_until(lambda: server.room.backlog() > bound)
+            time.sleep(0.2)  # whatever the server could still read, it would have by now
+            assert server.room.backlog() <= bound + 2 * len(pad)
+        finally:
+            gate.open.set()
+        got: list[str] = []
+        while len(got) < count:
+            frame = reader.recv()
+            assert frame["type"] != "left", frame
+            if frame["type"] == "msg":
+                got.append(frame["text"])
+        assert [int(text.split()[0]) for text in got] == list(range(count))
+        talking.join(WAIT)
+        assert sent.is_set()
+        assert wait_until(lambda: len(echoes.texts("talker")) == count)
+        assert echoes.left() == []
+        assert sorted(server.room.local_names()) == ["reader", "talker"]
+
+
+def test_a_client_past_half_its_outbox_is_kept_and_holds_nobody_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that does not read falls more than half --max-outbox behind (its socket full):
+    it stays, and the talkers are not slowed for it (its backlog is its own)."""
+    limits = Limits(rate_limit=0, max_outbox=200_000)
+    with serving(limits, monkeypatch) as (server, _):
+        sleeper = socket.socket()
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sleeper.connect(server.address)
+        sleeper.sendall(b'{"type":"hello","name":"sleeper"}\n')
+        talker = JsonClient(server.address, "talker")
+        assert wait_until(lambda: "sleeper" in server.room.local_names())
+        conn = member(server, "sleeper")
+
+        def waiting() -> int:
+            return server.room.lag(conn) + len(conn.unsent)
+
+        n, pad = 0, "y" * 1990
+        while waiting() < limits.max_outbox * 0.6:  # its kernel buffers fill first
+            for _ in range(5):
+                talker.send({"type": "say", "text": f"{n} {pad}"})
+                n += 1
+            talker.expect("msg", text=f"{n - 1} {pad}")
+            assert n < 10_000, "the sleeper never fell behind"
+        assert waiting() < limits.max_outbox
+        assert server.room.backlog() < limits.max_outbox // BACKLOG_SHARE
+        for _ in range(3):  # more passes of the writer: still there
+            talker.send({"type": "ping"})
+            talker.expect("pong")
+        assert "sleeper" in server.room.local_names()
+        sleeper.close()
+
+
+def test_history_answers_are_built_as_fast_as_they_are_taken(start_server: Start) -> None:
+    """Clients that never read ask for history 50 times each (about 5 MB of answers each): the
+    server's memory barely moves (what their sockets do not take is not built), and everyone
+    else is answered at once."""
+    server = start_server("tcp.server", "--rate-limit", "0", "--history", "100")
+    filler = JsonClient(server.address, "filler")
+    for n in range(100):
+        filler.send({"type": "say", "text": f"{n} {'h' * 1000}"})
+    filler.expect("msg", text=f"99 {'h' * 1000}")
+    observer = JsonClient(server.address, "observer")
+    observer.send({"type": "ping"})
+    observer.expect("pong")
+    start = rss_kib(server.proc.pid)
+    asks = b'{"type":"history","limit":100}\n' * 50
+    readers = []
+    for n in range(40):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.address)
+        done = b'{"type":"say","text":"done %d"}\n' % n
+        sock.sendall(b'{"type":"hello","name":"nr%d"}\n' % n + asks + done)
+        readers.append(sock)
+    try:
+        finished = 0
+        while finished < 40:  # every request was handled
+            frame = observer.recv(6 * WAIT)
+            finished += frame["type"] == "msg" and frame["text"].startswith("done ")
+        for _ in range(3):  # and the writer went over everyone since
+            observer.send({"type": "ping"})
+            observer.expect("pong")
+        peak = peak_rss_kib(server.proc.pid)
+        assert peak - start < 50 * 1024, f"grew by {(peak - start) // 1024} MB"
+        filler.send({"type": "say", "text": "still here"})
+        observer.expect("msg", text="still here")
+    finally:
+        for sock in readers:
+            sock.close()
+
+
+def test_many_clients_closing_at_once_free_their_sockets_at_once(start_server: Start) -> None:
+    """1,000 clients close together: the server closes their sockets within seconds, and a
+    newcomer is welcomed meanwhile."""
+    server = start_server("tcp.server", "--rate-limit", "0")
+    watcher = JsonClient(server.address, "watcher")
+    start_fds = open_fds(server.proc.pid)
+    clients = []
+    for n in range(1000):
+        sock = socket.create_connection(server.address, timeout=WAIT)
+        sock.sendall(b'{"type":"hello","name":"c%d"}\n' % n)
+        clients.append(sock)
+    for _ in range(1000):
+        watcher.expect("joined", timeout=6 * WAIT)
+    for sock in clients:
+        sock.close()
+    newcomer = JsonClient(server.address, "newcomer")
+    newcomer.send({"type": "ping"})
+    newcomer.expect("pong")
+    assert wait_until(lambda: open_fds(server.proc.pid) <= start_fds + 1, 6 * WAIT)
+    lefts = 0
+    while lefts < 1000:
+        frame = watcher.recv()
+        lefts += frame["type"] == "left"
+    watcher.send({"type": "who"})
+    assert json.dumps(watcher.expect("users")["names"]) == json.dumps(["newcomer", "watcher"])
+
+
+def rss_kib(pid: int) -> int:
+    return _status_kib(pid, "VmRSS")
+
+
+def peak_rss_kib(pid: int) -> int:
+    return _status_kib(pid, "VmHWM")
+
+
+def _status_kib(pid: int, field: str) -> int:
+    match = re.search(rf"{field}:\s+(\d+) kB", Path(f"/proc/{pid}/status").read_text())
+    assert match is not None
+    return int(match.group(1))
+
+
+def open_fds(pid: int) -> int:
+    return len(list(Path(f"/proc/{pid}/fd").iterdir()))
