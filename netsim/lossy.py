@@ -27,6 +27,8 @@ Contract:
   segments that reached the input hook, and those the rule dropped.
   ``set_loss`` swaps the rules in one transaction and keeps the counters
   running.
+- ``tcp_retransmitted()`` is the namespace's own count of TCP segments sent
+  again (``RetransSegs`` of its ``/proc/net/snmp``), both ends together.
 - ``lossy_link_unavailable()`` says in one sentence why this machine cannot
   provide the link (not root, a missing package, namespaces refused), or
   returns None; it tries once per process and caches the answer.
@@ -201,6 +203,13 @@ class LossyNamespace:
             dropped=packets["dropped"],
             tcp_segments=packets["tcp_in"],
         )
+
+    def tcp_retransmitted(self) -> int:
+        self._require_created()
+        snmp = _check(self._inside("cat", "/proc/net/snmp"), "cannot read /proc/net/snmp")
+        tcp = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Tcp:")]
+        names, values = tcp[0], tcp[1]
+        return int(values[names.index("RetransSegs")])
 
     def _nft_load(self, script: str) -> None:
         _check(

@@ -114,7 +114,8 @@ def test_bad_specs_are_refused() -> None:
         LoadSpec(clients=10, rate=2e8),
         LoadSpec(server="tcp", reliable=True),
         LoadSpec(server="udp", slow_readers=1),
-        LoadSpec(server="tcp", netns_loss=5),
+        LoadSpec(server="tcp", relay_loss=0.05),
+        LoadSpec(server="tcp", nodelay=True),
         LoadSpec(threads=0),
     ):
         with pytest.raises(ValueError):
