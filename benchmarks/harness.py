@@ -7,11 +7,18 @@ Contract:
     read_results(path) -> dict
 
 A Scenario is one run: a LoadSpec for a load run, or a client count for the capacity run
-(`benchmarks.capacity`). Groups, each answering one question of the report:
+(`benchmarks.capacity`). A Config is one configuration of the matrix: a server and the options
+that set it apart; `variant` names an option the LoadResult does not carry (`packets`: UDP
+packet sessions, protocol v1.2; `nodelay`: the assignment's server with TCP_NODELAY). A
+configuration whose option this build's LoadSpec lacks (`packets` before packet sessions exist)
+is left out and listed in `skipped` with the reason; it runs as soon as the option exists.
+Groups, each answering one question of the report:
 
-- `targets`: the runs the targets are judged on (benchmarks.targets): TCP and the assignment's
-  server at 200 clients x 5 msg/s, TCP there again with coalescing off (`--coalesce-ms 0`),
-  UDP raw at 100 x 10, UDP reliable over a link losing 5 %.
+- `targets`: the runs the targets are judged on (benchmarks.targets), with the ablations that
+  set the transport apart from the design: TCP and the assignment's server at 200 clients x
+  5 msg/s, TCP there again with coalescing off (`--coalesce-ms 0`), the assignment's server
+  with TCP_NODELAY, UDP raw at 100 x 10 in protocol 1.0 (a datagram per frame, no packing) and
+  with packet sessions.
 - `peak`: TCP and the assignment's server at 200 clients x 50 msg/s, past saturation: the most
   deliveries per second each gets through (a short drain: the backlog of an overload never
   drains, and only the throughput is asked of these runs).
@@ -22,9 +29,11 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
   x 5 msg/s (the 200-client point is in `targets`).
 - `rate`: TCP and the assignment's server at 200 clients x 5 to 20 msg/s: where each stops
   keeping up (targets.knee); the 50 msg/s point is in `peak`.
-- `lossy`: UDP raw and reliable over a LossyNamespace at 0/1/5/10 % loss each way (reliable at
-  5 % is in `targets` when the suite repeats); skipped with the reason when this machine cannot
-  make one (no root, no nftables).
+- `lossy`: one network for every transport: LINK_MATRIX (TCP, the assignment's server, UDP raw
+  and reliable, each in 1.0 and with packet sessions) over a LossyNamespace dropping 0/1/5/10 %
+  of UDP datagrams and TCP segments each way, the same clients and load for all; the first
+  screen's losses (0 and 5 %) are repeated like `targets`. Skipped with the reason when this
+  machine cannot make one (no root, no nftables).
 - `slow-reader`: TCP with and without one client that never reads, and the assignment's server
   with it; texts padded to about 2 KB, so that the slow reader's buffers fill within seconds.
 - `nagle`: the TCP server with Nagle's algorithm on (`--nagle`) and off (TCP_NODELAY).
@@ -36,9 +45,9 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 
 The results dict: `meta` (suite, date, git commit, Python, machine, load average before and
 after, `floor`: the CPU one loopback `send` and `sendto` cost here, from `benchmarks.floor`);
-`runs`: group, name, `repeat` (1, 2, ...), `load_1min` (the 1-minute load average as it
-started), spec and result of each load run; `capacity`; `skipped` (group, reason); `failed`
-(group, name, error: a run that raised; the suite goes on without it).
+`runs`: group, name, `repeat` (1, 2, ...), `variant` ("" or the Config's), `load_1min` (the
+1-minute load average as it started), spec and result of each load run; `capacity`; `skipped`
+(group, reason); `failed` (group, name, error: a run that raised; the suite goes on without it).
 The CSV has one row per load run, with the meta columns repeated on every row.
 """
 
@@ -78,7 +87,47 @@ GROUPS = (
     "targets", "peak", "clients", "rate", "lossy", "slow-reader", "nagle", "coalesce", "threads",
     "capacity",
 )  # fmt: skip
-REPEATED = ("targets", "peak")
+REPEATED = ("targets", "peak", "lossy")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration of the matrix; `key` names it in tables and plots."""
+
+    key: str
+    server: str
+    reliable: bool = False
+    variant: str = ""  # "", "packets" or "nodelay": an option LoadResult does not carry
+
+
+LINK_MATRIX = (
+    Config("tcp", "tcp"),
+    Config("assignment", "assignment"),
+    Config("udp-raw", "udp"),
+    Config("udp-raw packets", "udp", variant="packets"),
+    Config("udp-reliable", "udp", reliable=True),
+    Config("udp-reliable packets", "udp", reliable=True, variant="packets"),
+)
+"""Every configuration that meets the lossy link, each at every loss."""
+FIRST_SCREEN_LOSSES = (0, 5)
+"""The losses of the report's first table, repeated like the targets."""
+
+
+def unsupported(variant: str) -> str | None:
+    """Why this build cannot run a variant, or None when it can."""
+    if variant and variant not in {f.name for f in dataclasses.fields(LoadSpec)}:
+        return f"the load clients have no `{variant}` option in this build"
+    return None
+
+
+def configured(spec: LoadSpec, config: Config) -> LoadSpec | None:
+    """`spec` for one configuration, or None when this build cannot run it."""
+    if unsupported(config.variant):
+        return None
+    options: dict[str, Any] = {"server": config.server, "reliable": config.reliable}
+    if config.variant:
+        options[config.variant] = True
+    return dataclasses.replace(spec, **options)
 
 
 @dataclass(frozen=True)
@@ -90,6 +139,7 @@ class Scenario:
     spec: LoadSpec | None = None
     capacity_clients: int = 0
     repeat: int = 1
+    variant: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,7 +178,7 @@ _SIZES = {
         sweep_rates=(5, 10, 20),
         peak_rate=50,
         peak_drain=0.5,
-        lossy_clients=20,
+        lossy_clients=40,
         losses=(0, 1, 5, 10),
         slow_clients=20,
         slow_duration=3.0,
@@ -148,7 +198,7 @@ _SIZES = {
         sweep_rates=(1, 2, 5, 10, 20),
         peak_rate=50,
         peak_drain=5.0,
-        lossy_clients=20,
+        lossy_clients=40,
         losses=(0, 1, 5, 10),
         slow_clients=20,
         slow_duration=10.0,
@@ -182,7 +232,6 @@ _SIZES = {
 _CLIENTS_RATE = 5.0
 _TARGET_CLIENTS = 200
 _UDP_TARGET = (100, 10.0)
-_TARGET_LOSS = 5
 _SLOW_RATE = 40.0
 _SLOW_PAD = 1900
 _LOSSY_RATE = 5.0
@@ -223,46 +272,53 @@ def _small(z: _Sizes) -> int:
 
 
 def _repeated(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
-    """`targets` and `peak`, one round of every scenario after another."""
+    """`targets`, `peak` and the first screen's losses of `lossy`, one round of every scenario
+    after another."""
     small = _small(z)
     udp_clients = min(z.sweep_clients, _UDP_TARGET[0])
     tcp5 = _at(kinds["tcp"], small, _CLIENTS_RATE)
-    rounds: dict[str, list[tuple[str, LoadSpec]]] = {
+    raw10 = _at(kinds["udp-raw"], udp_clients, _UDP_TARGET[1])
+    rounds: dict[str, list[tuple[str, LoadSpec | None, str]]] = {
         "targets": [
-            (f"tcp {small}x{_CLIENTS_RATE:g}", tcp5),
+            (f"tcp {small}x{_CLIENTS_RATE:g}", tcp5, ""),
             (
                 f"tcp {small}x{_CLIENTS_RATE:g} coalesce 0 ms",
                 dataclasses.replace(tcp5, coalesce_ms=0.0),
+                "",
             ),
             (
                 f"assignment {small}x{_CLIENTS_RATE:g}",
                 _at(kinds["assignment"], small, _CLIENTS_RATE),
+                "",
             ),
             (
-                f"udp-raw {udp_clients}x{_UDP_TARGET[1]:g}",
-                _at(kinds["udp-raw"], udp_clients, _UDP_TARGET[1]),
+                f"assignment {small}x{_CLIENTS_RATE:g} nodelay",
+                dataclasses.replace(_at(kinds["assignment"], small, _CLIENTS_RATE), nodelay=True),
+                "nodelay",
             ),
+            (f"udp-raw {udp_clients}x{_UDP_TARGET[1]:g}", raw10, ""),
             (
-                f"udp-reliable {_TARGET_LOSS}% loss",
-                dataclasses.replace(
-                    _at(kinds["udp-reliable"], z.lossy_clients, _LOSSY_RATE),
-                    netns_loss=_TARGET_LOSS,
-                ),
+                f"udp-raw {udp_clients}x{_UDP_TARGET[1]:g} packets",
+                configured(raw10, Config("", "udp", variant="packets")),
+                "packets",
             ),
         ],
         "peak": [
             (
                 f"{p} {small}x{z.peak_rate:g}",
                 dataclasses.replace(_at(kinds[p], small, z.peak_rate), drain=z.peak_drain),
+                "",
             )
             for p in ("tcp", "assignment")
         ],
+        "lossy": _link_runs(z, kinds["tcp"], FIRST_SCREEN_LOSSES if z.repeats > 1 else ()),
     }
     return [
-        Scenario(group, name, spec, repeat=repeat)
+        Scenario(group, name, spec, repeat=repeat, variant=variant)
         for group, scenarios in rounds.items()
         for repeat in range(1, z.repeats + 1)
-        for name, spec in scenarios
+        for name, spec, variant in scenarios
+        if spec is not None
     ]
 
 
@@ -282,20 +338,39 @@ def _sweeps(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
     return out
 
 
-def _lossy(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
-    """`lossy`: both UDP modes at each loss (reliable at the target's loss is in `targets`
-    when the suite repeats)."""
+def _link_runs(
+    z: _Sizes, tcp: LoadSpec, losses: Sequence[int]
+) -> list[tuple[str, LoadSpec | None, str]]:
+    """LINK_MATRIX at each loss: the same clients, load and drain for every configuration (the
+    longer drain of reliable UDP, since TCP repairs losses too)."""
+    link = dataclasses.replace(_at(tcp, z.lossy_clients, _LOSSY_RATE), drain=z.reliable_drain)
     return [
-        Scenario(
-            "lossy",
-            f"{protocol} {loss}% loss",
-            dataclasses.replace(
-                _at(kinds[protocol], z.lossy_clients, _LOSSY_RATE), netns_loss=loss
-            ),
+        (
+            f"{config.key} {loss}% loss",
+            configured(dataclasses.replace(link, netns_loss=loss), config),
+            config.variant,
         )
-        for protocol in ("udp-raw", "udp-reliable")
-        for loss in z.losses
-        if not (protocol == "udp-reliable" and loss == _TARGET_LOSS and z.repeats > 1)
+        for loss in losses
+        for config in LINK_MATRIX
+    ]
+
+
+def _lossy(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
+    """`lossy` at the losses that are not repeated (all of them in a suite of one repeat)."""
+    once = [loss for loss in z.losses if z.repeats == 1 or loss not in FIRST_SCREEN_LOSSES]
+    return [
+        Scenario("lossy", name, spec, variant=variant)
+        for name, spec, variant in _link_runs(z, kinds["tcp"], once)
+        if spec is not None
+    ]
+
+
+def skipped_variants() -> list[dict[str, str]]:
+    """The matrix's configurations this build cannot run, as `skipped` entries."""
+    return [
+        {"group": "lossy", "reason": f"{config.key}: {reason}"}
+        for config in LINK_MATRIX
+        if (reason := unsupported(config.variant))
     ]
 
 
@@ -455,6 +530,9 @@ def run_suite(
     if lossy_reason is not None:
         reporter.note(f"lossy link runs skipped: {lossy_reason}")
         results["skipped"].append({"group": "lossy", "reason": lossy_reason})
+    for entry in skipped_variants():
+        reporter.note(f"left out: {entry['reason']}")
+        results["skipped"].append(entry)
     todo = [s for s in scenarios if not (s.group == "lossy" and lossy_reason is not None)]
     for position, scenario in enumerate(todo, 1):
         reporter.begin(position, len(todo), scenario)
@@ -486,6 +564,7 @@ def _run_one(scenario: Scenario, results: dict[str, Any], reporter: Reporter) ->
             "group": scenario.group,
             "name": scenario.name,
             "repeat": scenario.repeat,
+            "variant": scenario.variant,
             "load_1min": load,
             "spec": asdict(scenario.spec),
             "result": result_to_dict(result),

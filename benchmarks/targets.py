@@ -3,7 +3,8 @@
 Contract:
     knee(runs) -> Knee                  for one server's rate sweep
     matching(runs, protocol, **fields) -> [LoadResult]   the runs with those values
-    repeats(results, group, protocol, **fields) -> [LoadResult]   one per repeat, in order
+    repeats(results, group, protocol, variant="", **fields) -> [LoadResult]   one per repeat,
+                                        in order (`variant`: the harness Config's, "" for none)
     judge(samples, holds) -> (verdict, medians)           the verdict rule, on its own
     evaluate(results) -> [Target]       every target: met, missed, unstable, harness-bound or
                                         not measured
@@ -12,7 +13,7 @@ A run keeps up when it delivers at least KEEP_UP of what was offered with p99 be
 KEEP_UP_P99_MS: a server that falls behind builds a queue, and the queue shows in both. The knee
 of a sweep is the highest offered load that kept up.
 
-The targets, each judged on the repeated runs of the `targets` and `peak` groups:
+The targets, each judged on the repeated runs of the `targets`, `peak` and `lossy` groups:
 - tcp-200x5: TCP at 200 clients x 5 msg/s, default flags: nothing lost or left unsent, server
   CPU per delivery below the assignment's server's and p99 below half of its p99, in the same
   round.
@@ -21,8 +22,8 @@ The targets, each judged on the repeated runs of the `targets` and `peak` groups
   delivery at most 0.7x the assignment's server's in the same round.
 - tcp-no-coalescing: TCP at 200 x 5 with `--coalesce-ms 0`: p99 < 5 ms.
 - udp-raw-100x10: UDP raw on loopback at 100 clients x 10 msg/s: loss < 0.1 %, p99 < 5 ms.
-- udp-reliable-5pct: UDP reliable over a link losing 5 % each way: nothing lost, p99 within
-  RTO_BUDGET retransmission timeouts of 200 ms.
+- udp-reliable-5pct: UDP reliable (1.0) over a link losing 5 % each way (the `lossy` group's
+  repeated runs): nothing lost, p99 within RTO_BUDGET retransmission timeouts of 200 ms.
 
 The verdict rule (`judge`): a repeat whose run was harness-bound is not a server result and is
 not counted. With fewer than two thirds of the repeats counted, the verdict is harness-bound.
@@ -117,11 +118,11 @@ def knee(runs: Sequence[LoadResult]) -> Knee:
     )
 
 
-def _runs(results: dict[str, Any], group: str) -> list[tuple[int, LoadResult]]:
+def _runs(results: dict[str, Any], group: str, variant: str = "") -> list[tuple[int, LoadResult]]:
     return [
         (run.get("repeat", 1), result_from_dict(run["result"]))
         for run in results["runs"]
-        if run["group"] == group
+        if run["group"] == group and run.get("variant", "") == variant
     ]
 
 
@@ -141,16 +142,18 @@ def _same(value: Any, wanted: Any) -> bool:
     return bool(value == wanted)
 
 
-def repeats(results: dict[str, Any], group: str, protocol: str, **fields: Any) -> list[LoadResult]:
+def repeats(
+    results: dict[str, Any], group: str, protocol: str, variant: str = "", **fields: Any
+) -> list[LoadResult]:
     """The repeats of one scenario of a group, in the order they ran."""
-    return list(numbered_repeats(results, group, protocol, **fields).values())
+    return list(numbered_repeats(results, group, protocol, variant, **fields).values())
 
 
 def numbered_repeats(
-    results: dict[str, Any], group: str, protocol: str, **fields: Any
+    results: dict[str, Any], group: str, protocol: str, variant: str = "", **fields: Any
 ) -> dict[int, LoadResult]:
     """The repeats of one scenario of a group by their number (a failed one is missing)."""
-    runs = sorted(_runs(results, group), key=lambda pair: pair[0])
+    runs = sorted(_runs(results, group, variant), key=lambda pair: pair[0])
     return {n: r for n, r in runs if matching([r], protocol, **fields)}
 
 
@@ -299,7 +302,7 @@ def _udp_reliable(results: dict[str, Any]) -> Target:
     goal = f"0 lost, p99 <= {RTO_BUDGET} RTOs ({budget:g} ms)"
     samples = [
         Sample({"lost": float(r.lost), "p99_ms": r.p99_ms}, r.harness_bound)
-        for r in repeats(results, "targets", "udp-reliable", link="netns 5% loss")
+        for r in repeats(results, "lossy", "udp-reliable", link="netns 5% loss")
     ]
     return _target(
         "udp-reliable-5pct",

@@ -14,7 +14,16 @@ from typing import Any
 import pytest
 
 from benchmarks.__main__ import main as bench_main
-from benchmarks.harness import build_suite, format_tables, run_suite, write_results
+from benchmarks.harness import (
+    LINK_MATRIX,
+    Config,
+    build_suite,
+    configured,
+    format_tables,
+    run_suite,
+    unsupported,
+    write_results,
+)
 from benchmarks.measure import LoadSpec, result_from_dict, result_to_dict, run_load
 from benchmarks.targets import evaluate, format_targets
 from netsim.lossy import lossy_link_unavailable
@@ -108,6 +117,15 @@ def test_results_survive_json() -> None:
     assert result_to_dict(again) == result_to_dict(result)
 
 
+def test_a_variant_this_build_lacks_is_left_out_and_said_so() -> None:
+    assert unsupported("") is None and unsupported("nodelay") is None
+    assert "no `warp` option" in (unsupported("warp") or "")
+    lacking = Config("udp-raw warp", "udp", variant="warp")
+    assert configured(LoadSpec(server="udp"), lacking) is None
+    packets = [s for s in build_suite("bench") if s.variant == "packets"]
+    assert bool(packets) == (unsupported("packets") is None)
+
+
 def test_bad_specs_are_refused() -> None:
     for spec in (
         LoadSpec(clients=0),
@@ -125,12 +143,17 @@ def test_bad_specs_are_refused() -> None:
 def test_command_line_lists_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main(["--list", "--only", "lossy,capacity"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    # Reliable mode at 5 % loss is left to the repeated targets group.
-    assert len(lines) == 8 and all(("lossy" in line) or ("capacity" in line) for line in lines)
+    assert all(("lossy" in line) or ("capacity" in line) for line in lines)
+    # Every configuration this build can run meets every loss; 0 and 5 % three times each.
+    configs = [c for c in LINK_MATRIX if unsupported(c.variant) is None]
+    assert len(lines) == 1 + len(configs) * (2 * 3 + 2)
+    for config in configs:
+        assert sum(line.endswith(f" {config.key} 5% loss") for line in lines) == 3
+        assert sum(line.endswith(f" {config.key} 10% loss") for line in lines) == 1
     assert bench_main(["--list", "--only", "targets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 15 and sum("udp-reliable 5% loss" in line for line in lines) == 3
     assert sum("tcp 200x5 coalesce 0 ms" in line for line in lines) == 3
+    assert sum("assignment 200x5 nodelay" in line for line in lines) == 3
     assert len(build_suite("full")) > len(build_suite("bench"))
     with pytest.raises(SystemExit):
         bench_main(["--only", "nonsense", "--list"])
