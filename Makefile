@@ -41,8 +41,8 @@ demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%;
 run-cluster: $(VENV)/.installed ## one room on a Redis and three servers: TCP on PORT and PORT+1, UDP on PORT+2, Redis on PORT+3
 	$(PY) -m common.cli.runcluster --host $(HOST) --port $(PORT)
 
-.PHONY: bench bench-full bench-cluster report
-bench: $(VENV)/.installed ## quick benchmark suite (< 5 min): TCP, UDP, the assignment's server -> benchmarks/results/
+.PHONY: bench bench-full bench-cluster calibrate report
+bench: $(VENV)/.installed ## quick benchmark suite (< 12 min on 2 cores): every transport, clean and lossy -> benchmarks/results/
 	$(PY) -m benchmarks
 
 bench-full: $(VENV)/.installed ## the long benchmark suite: longer runs, more points
@@ -51,7 +51,10 @@ bench-full: $(VENV)/.installed ## the long benchmark suite: longer runs, more po
 bench-cluster: $(VENV)/.installed ## one server against two sharing a room through Redis -> benchmarks/results/cluster.json
 	$(PY) -m benchmarks.cluster --json benchmarks/results/cluster.json
 
-report: $(VENV)/.installed ## report/REPORT.md and its plots from benchmarks/results/latest.json
+calibrate: $(VENV)/.installed ## the baseline against the assignment's example (../shared/seed/server.py): PASS or FAIL -> benchmarks/results/calibration.json
+	$(PY) -m benchmarks.calibrate
+
+report: $(VENV)/.installed ## report/REPORT.md, report/RUNS.md and the plots from benchmarks/results/
 	$(PY) -m report
 
 test: $(VENV)/.installed ## run the whole test suite

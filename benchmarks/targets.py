@@ -18,8 +18,9 @@ The targets, each judged on the repeated runs of the `targets`, `peak` and `loss
   CPU per delivery below the assignment's server's and p99 below half of its p99, in the same
   round.
 - tcp-200x50: TCP at 200 clients x 50 msg/s (2 M deliveries/s offered): at least 95 % of the
-  offered deliveries per second, nothing lost, no client dropped, p99 < 100 ms, and CPU per
-  delivery at most 0.7x the assignment's server's in the same round.
+  window's deliveries made by the end of the drain (received / expected: deliveries/s would
+  count the warmup's backlog too and can pass 100 %), nothing lost, no client dropped,
+  p99 < 100 ms, and CPU per delivery at most 0.7x the assignment's server's in the same round.
 - tcp-no-coalescing: TCP at 200 x 5 with `--coalesce-ms 0`: p99 < 5 ms.
 - udp-raw-100x10: UDP raw on loopback at 100 clients x 10 msg/s: loss < 0.1 %, p99 < 5 ms.
 - udp-reliable-5pct: UDP reliable (1.0) over a link losing 5 % each way (the `lossy` group's
@@ -248,7 +249,7 @@ def _tcp_200x50(results: dict[str, Any]) -> Target:
 
     def values(tcp: LoadResult, base: LoadResult) -> Values:
         return {
-            "delivered": tcp.deliveries_per_s / tcp.offered_deliveries_per_s,
+            "delivered": tcp.received / tcp.expected if tcp.expected else math.nan,
             "lost": float(tcp.lost + tcp.unsent + tcp.too_slow_seen),
             "p99_ms": tcp.p99_ms,
             "cpu_us": tcp.server_cpu_us_per_delivery,
