@@ -74,6 +74,7 @@ from benchmarks.measure import (
     LoadResult,
     LoadSpec,
     format_results,
+    label_of,
     result_from_dict,
     result_to_dict,
     run_load,
@@ -581,6 +582,21 @@ def load_results(results: dict[str, Any], group: str | None = None) -> list[tupl
         for run in results["runs"]
         if group is None or run["group"] == group
     ]
+
+
+def config_runs(results: dict[str, Any], group: str) -> list[tuple[str, int, LoadResult]]:
+    """(configuration, repeat, LoadResult) of a group's load runs: the configuration is the
+    protocol, its variant and the TCP flags that differ from the default (`tcp coalesce 0 ms`,
+    `udp-raw packets`), so that no series mixes two of them."""
+    out = []
+    for run in results["runs"]:
+        if run["group"] != group:
+            continue
+        result = result_from_dict(run["result"])
+        variant = run.get("variant", "")
+        key = label_of(result) + (f" {variant}" if variant else "")
+        out.append((key, run.get("repeat", 1), result))
+    return out
 
 
 def _label(run: dict[str, Any]) -> str:
