@@ -197,7 +197,10 @@ def few_ticks(runs: Sequence[LoadResult]) -> bool:
 
 
 def cpu(runs: Sequence[LoadResult]) -> str:
-    """Server CPU per delivery, to two significant digits when measured over few ticks."""
+    """Server CPU per delivery, to two significant digits when measured over few ticks, and
+    `-` when over none (a window too light for the clock to see)."""
+    if runs and all(r.server_cpu_ticks == 0 for r in runs):
+        return "-"
     return spread(runs, "server_cpu_us_per_delivery", coarse if few_ticks(runs) else _us)
 
 
@@ -620,7 +623,11 @@ def build_context(
         "link_clients": str(clients[0]) if clients else NA,
         "first_table": _first_table(rows),
         "answer": answer(rows),
-        "first_repeats": "-".join(str(c) for c in counts) if counts else NA,
+        "first_repeats": (
+            "-".join(str(c) for c in counts) + (" run" if counts == [1] else " runs")
+            if counts
+            else NA
+        ),
         "cpu_note": (
             f"CPU figures measured over fewer than {MIN_TICKS} clock ticks of 10 ms (RUNS.md "
             "gives each run's) are shown to two digits."

@@ -19,7 +19,9 @@ from report.generate import (
     CLUSTER_FILE,
     MAX_WORDS,
     Provenance,
+    coarse,
     code_lines,
+    cpu,
     generate,
     render,
     report_words,
@@ -351,3 +353,14 @@ def test_a_failed_repeat_leaves_its_round_out_of_a_paired_target() -> None:
     target = next(t for t in evaluate(results) if t.key == "tcp-200x5")
     assert [s.values["p99_ms"] for s in target.samples] == [1.5, 1.7]
     assert target.verdict == "met"
+
+
+def test_cpu_figures_keep_the_digits_their_clock_ticks_allow() -> None:
+    def run(ticks: int) -> LoadResult:
+        return fake(LoadSpec(), server_cpu_us_per_delivery=3.8512, server_cpu_ticks=ticks)
+
+    assert cpu([run(400)]) == "3.85"
+    assert cpu([run(50)]) == "3.9"
+    assert cpu([run(50), run(400)]) == "3.9"
+    assert cpu([run(0)]) == "-"
+    assert (coarse(12.345), coarse(0.8512), coarse(1234.5)) == ("12", "0.85", "1,234")
