@@ -4,7 +4,8 @@ Contract:
     Plan(clients, period_ns, t0_ns, start_ns, end_ns)   the open-loop schedule of all clients
     connect_tcp(index, address, pad=0) -> TcpClient      (blocking until `welcome`)
     connect_raw_text(count, address, pad=0) -> [TcpClient]  (the assignment's raw text lines)
-    join_udp(socks, reliable) -> [UdpClient]                 (hellos in parallel, resent each 1 s)
+    join_udp(first, count, address, reliable, packets=False) -> [UdpClient]
+                                                        (hellos in parallel, resent each 1 s)
     Worker(clients, first_index, plan, stop).start()        one thread, one epoll, one schedule
 
 Every client records what it sent (`sent`: scheduled times, in ns) and what it received
@@ -34,6 +35,13 @@ UDP reliable clients keep the protocol's reliable mode with `common.protocol.rel
 frame with a `seq` is acked (twice when it comes again, like `udp.client`) and handed on once and
 in order, and each `say` is kept and retransmitted until acked; the worker checks the timers
 every 10 ms.
+
+UDP packet clients (`packets=True`, protocol v1.2) leave packing, acks, loss recovery and
+congestion control to `common.protocol.packetlink`, as the terminal client and the server do;
+a frame's `seq` is read off its end (`"seq":N}`, where the server puts it), not parsed, and only
+the server's acks (one per two of this client's packets at most) go through the JSON parser.
+Until a packet comes back, the first `ping` (which proves the client's address) is sent again
+each second.
 """
 
 from __future__ import annotations
@@ -51,6 +59,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from common.protocol.packetlink import PacketLink
+from common.protocol.packets import BadPacket, parse
 from common.protocol.reliable import ReliableReceiver, ReliableSender
 from udp.sockets import enlarge_buffers
 
@@ -58,6 +68,10 @@ MARK = b"#"
 SCHED_RE = re.compile(rb"#\d+:\d+:(\d+)")
 _JOINED_RE = re.compile(rb"c(\d+)\D")
 _SEQ_RE = re.compile(rb'"seq":(\d+)\}')
+_LINE_SEQ_RE = re.compile(rb'"seq":(\d+)\}$')
+_ACK_PREFIX = b'{"type":"ack"'
+_PING = b'{"type":"ping","seq":%d}'
+_PROOF_INTERVAL_NS = 1_000_000_000
 _SESSION_RE = re.compile(rb'"session":"([0-9a-f]+)"')
 _RECV_BYTES = 1 << 20
 _DATAGRAM_BYTES = 65536
@@ -338,17 +352,26 @@ def was_dropped(sock: socket.socket) -> bool:
 
 
 class UdpClient(_Recorder):
-    """One UDP session: a connected socket, its token, and the reliable state in that mode."""
+    """One UDP session: a connected socket, its token, and the reliable state in that mode.
 
-    def __init__(self, index: int, sock: socket.socket, reliable: bool) -> None:
+    A packet session (``packets``) has a ``link`` from its welcome on; a 1.0 one has none.
+    """
+
+    def __init__(
+        self, index: int, sock: socket.socket, reliable: bool, packets: bool = False
+    ) -> None:
         super().__init__(index, sock)
         self.reliable = reliable
+        self.packets = packets
         self.token: bytes | None = None
         self.send_errors = 0
-        self.sender = ReliableSender() if reliable else None
-        self.receiver = ReliableReceiver() if reliable else None
+        self.sender = ReliableSender() if reliable and not packets else None
+        self.receiver = ReliableReceiver() if reliable and not packets else None
+        self.link: PacketLink | None = None
+        self._next_proof_ns = 0
         self._next_seq = 1
         flag = b',"reliable":true' if reliable else b""
+        flag += b',"packets":true' if packets else b""
         self._hello = b'{"type":"hello","name":"c%d"%s}' % (index, flag)
 
     @property
@@ -356,12 +379,22 @@ class UdpClient(_Recorder):
         return False
 
     @property
+    def timed(self) -> bool:
+        """Whether the worker must call `tick`: something here runs on timers."""
+        return self.reliable or self.packets
+
+    @property
     def retransmitted(self) -> int:
+        if self.link is not None:
+            return self.link.retransmissions
         return self.sender.retransmissions if self.sender is not None else 0
 
     @property
     def failed(self) -> bool:
-        """The server stopped acknowledging: a frame went unacked MAX_TRIES times."""
+        """The server stopped acknowledging: a frame went unacked MAX_TRIES times (1.0), or
+        six probe timeouts in a row (packets)."""
+        if self.link is not None:
+            return self.link.failed
         return self.sender is not None and self.sender.failed
 
     def hello(self) -> None:
@@ -393,7 +426,19 @@ class UdpClient(_Recorder):
 
     def send_say(self, sched: int, k: int) -> None:
         self.sent.append(sched)
+        if self.link is not None:
+            seq = self.link.next_seq
+            self.link.queue(seq, b'{"type":"say","text":"#%d:%d:%d","seq":%d}' % (
+                self.index, k, sched, seq
+            ))  # fmt: skip
+            self._write_link(time.monotonic_ns())
+            return
         self._submit(self._frame(b'{"type":"say","text":"#%d:%d:%d"' % (self.index, k, sched)))
+
+    def _write_link(self, now_ns: int) -> None:
+        assert self.link is not None
+        for datagram in self.link.datagrams(now_ns / 1e9):
+            self._write(datagram)
 
     def flush(self) -> None:
         """Datagrams are written whole or not at all."""
@@ -410,12 +455,60 @@ class UdpClient(_Recorder):
         except OSError:
             return False
         now = time.monotonic_ns()
+        if self.link is not None:
+            self._record(now, self._packet(data, now))
+            return True
         if self.token is None:
             self._find_welcome([data])
+            if self.token is not None and self.packets and b'"packets":true' in data:
+                self._start_packets(data, now)
+                self._record(now, data)
+                return True
         if self.receiver is not None:
             data = b"\n".join(self._reliable([data], now / 1e9))
         self._record(now, data)
         return True
+
+    def _start_packets(self, welcome: bytes, now_ns: int) -> None:
+        """The welcome (seq 1) of a packet session: the link starts and a ping proves us."""
+        assert self.token is not None
+        self.link = PacketLink(reliable=self.reliable, session=self.token.decode("ascii"))
+        if self.reliable:
+            self.link.on_frame(1, welcome)
+        self._prove(now_ns)
+
+    def _prove(self, now_ns: int) -> None:
+        assert self.link is not None
+        self.link.queue(self.link.next_seq, _PING % self.link.next_seq)
+        self._write_link(now_ns)
+        self._next_proof_ns = now_ns + _PROOF_INTERVAL_NS
+
+    def _packet(self, data: bytes, now_ns: int) -> bytes:
+        """Take one packet; return its frames that are now delivered, in order, as lines."""
+        link = self.link
+        assert link is not None
+        try:
+            packet = parse(data)
+        except BadPacket:
+            return b""  # the welcome again
+        now_s = now_ns / 1e9
+        acks = [line for line in packet.frames if line.startswith(_ACK_PREFIX)]
+        if not link.on_packet(packet.pn, len(acks) < len(packet.frames), now_s):
+            return b""
+        self._next_proof_ns = 0
+        for line in acks:
+            ack = json.loads(line)
+            link.on_ack([(hi, lo) for hi, lo in ack["ranges"]], ack["delay"], now_s)
+        lines = [line for line in packet.frames if not line.startswith(_ACK_PREFIX)]
+        if link.reliable:
+            deliverable: list[bytes] = []
+            for line in lines:
+                match = _LINE_SEQ_RE.search(line)
+                if match is not None:
+                    deliverable += link.on_frame(int(match.group(1)), line) or ()
+            lines = deliverable
+        self._write_link(now_ns)
+        return b"\n".join(lines)
 
     def _find_welcome(self, datagrams: list[bytes]) -> None:
         for data in datagrams:
@@ -449,20 +542,28 @@ class UdpClient(_Recorder):
         return deliverable
 
     def tick(self, now_ns: int) -> None:
-        """Retransmit what timed out."""
+        """Retransmit what timed out; a packet session sends its acks and probes when due."""
+        if self.link is not None:
+            if self._next_proof_ns and now_ns >= self._next_proof_ns:
+                self._prove(now_ns)
+            self._write_link(now_ns)
+            return
         if self.sender is not None and self.sender.pending:
             for due in self.sender.due(now_ns / 1e9):
                 self._write(due)
 
     def close(self) -> None:
         """Say `bye` (not waiting for its ack), then close the socket."""
-        if self.token is not None:
+        if self.link is not None:
+            self.link.queue(self.link.next_seq, b'{"type":"bye","seq":%d}' % self.link.next_seq)
+            self._write_link(time.monotonic_ns())
+        elif self.token is not None:
             self._submit(self._frame(b'{"type":"bye"'))
         self.sock.close()
 
 
 def join_udp(
-    first_index: int, count: int, address: tuple[str, int], reliable: bool
+    first_index: int, count: int, address: tuple[str, int], reliable: bool, packets: bool = False
 ) -> list[UdpClient]:
     """Open `count` sessions at once: every hello goes out, then again each second to those
     still without a welcome, five times at most, as the protocol asks of a client."""
@@ -474,7 +575,7 @@ def join_udp(
             enlarge_buffers(sock)
             sock.connect(address)
             sock.setblocking(False)
-            clients.append(UdpClient(first_index + offset, sock, reliable))
+            clients.append(UdpClient(first_index + offset, sock, reliable, packets))
             poller.register(sock, select.EPOLLIN)
         by_fd = {client.sock.fileno(): client for client in clients}
         buffer = bytearray()
@@ -542,7 +643,7 @@ class Worker:
         buffer = bytearray(_RECV_BYTES + _MAX_FRAME_BYTES)
         view = memoryview(buffer)
         clock = time.monotonic_ns
-        timed = any(isinstance(c, UdpClient) and c.reliable for c in clients)
+        timed = any(isinstance(c, UdpClient) and c.timed for c in clients)
         next_tick = clock() + _TICK_NS
         rounds, index = 0, first
         sched = plan.due(index)

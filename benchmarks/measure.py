@@ -126,6 +126,7 @@ class LoadSpec:
 
     server: str = "tcp"
     reliable: bool = False
+    packets: bool = False  # UDP: packet sessions (v1.2) rather than 1.0 datagrams
     clients: int = 10
     rate: float = 5.0
     duration: float = 5.0
@@ -144,10 +145,12 @@ class LoadSpec:
 
     @property
     def protocol(self) -> str:
-        """tcp, assignment, udp-raw or udp-reliable."""
+        """tcp, assignment, udp-raw, udp-reliable (1.0), udp-raw-packets, udp-reliable-packets."""
         if self.server != "udp":
             return self.server
-        return "udp-reliable" if self.reliable else "udp-raw"
+        return ("udp-reliable" if self.reliable else "udp-raw") + (
+            "-packets" if self.packets else ""
+        )
 
     @property
     def echoes(self) -> bool:
@@ -170,8 +173,8 @@ class LoadSpec:
             raise ValueError("need clients >= 1 and 0 < rate <= 1e9 / clients")
         if self.duration <= 0 or self.warmup < 0 or self.drain < 0 or self.threads < 1:
             raise ValueError("need duration > 0, warmup >= 0, drain >= 0, threads >= 1")
-        if self.reliable and self.server != "udp":
-            raise ValueError("reliable mode is UDP's")
+        if (self.reliable or self.packets) and self.server != "udp":
+            raise ValueError("reliable mode and packets are UDP's")
         if self.slow_readers and self.server == "udp":
             raise ValueError("slow readers are a TCP matter")
         if self.relay_loss and self.server != "udp":
@@ -374,7 +377,7 @@ def _connect(
     started = time.monotonic()
     clients: list[TcpClient] | list[UdpClient]
     if spec.server == "udp":
-        clients = join_udp(0, spec.clients, address, spec.reliable)
+        clients = join_udp(0, spec.clients, address, spec.reliable, spec.packets)
     elif spec.server == "assignment":
         clients = connect_raw_text(spec.clients, address, spec.pad)
     else:

@@ -2,9 +2,10 @@
 
 Contract:
     python -m benchmarks.udp_load [--clients 100] [--rate 10] [--duration 10] [--warmup 1]
-                                  [--drain 3] [--reliable] [--relay-loss FRACTION]
-                                  [--threads N] [--json]
-    run_udp_load(clients=..., rate=..., duration=..., reliable=..., relay_loss=...) -> LoadResult
+                                  [--drain 3] [--reliable] [--no-packets]
+                                  [--relay-loss FRACTION] [--threads N] [--json]
+    run_udp_load(clients=..., rate=..., duration=..., reliable=..., packets=...,
+                 relay_loss=...) -> LoadResult
 
 A front for one run of `benchmarks.measure`, which holds the method (open loop from the
 scheduled time, one clock, what each number means). The server runs as its own process
@@ -14,6 +15,8 @@ For a real lossy link, run the whole command inside a `netsim.lossy.LossyNamespa
 (`ip netns exec`): the server it starts is in there too. `--json` prints the LoadResult as one
 JSON object (`sent`, `expected`, `lost`, `duplicates`, `reorders`, `retransmitted`,
 `server_clean_exit`, ...). The exit status is 1 when the server did not stop cleanly.
+The clients ask for packet sessions (protocol v1.2) unless `--no-packets` keeps them on 1.0
+(one frame per datagram, one ack per frame); `run_udp_load` takes `packets` the same way.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def run_udp_load(
     warmup: float = 1.0,
     drain: float = 3.0,
     reliable: bool = False,
+    packets: bool = True,
     relay_loss: float = 0.0,
     seed: int = 1,
     threads: int = DEFAULT_THREADS,
@@ -49,6 +53,7 @@ def run_udp_load(
     spec = LoadSpec(
         server="udp",
         reliable=reliable,
+        packets=packets,
         clients=clients,
         rate=rate,
         duration=duration,
@@ -69,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     add_load_arguments(parser, clients=100, rate=10.0, drain=3.0)
     parser.add_argument("--reliable", action="store_true", help="reliable sessions")
     parser.add_argument(
+        "--no-packets", dest="packets", action="store_false",
+        help="protocol 1.0 sessions: one frame per datagram (default: packet sessions, v1.2)",
+    )  # fmt: skip
+    parser.add_argument(
         "--relay-loss", type=float, default=0.0, metavar="FRACTION",
         help="drop this fraction of datagrams each way in a FaultyRelay (e.g. 0.05)",
     )  # fmt: skip
@@ -81,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         warmup=args.warmup,
         drain=args.drain,
         reliable=args.reliable,
+        packets=args.packets,
         relay_loss=args.relay_loss,
         threads=args.threads,
     )

@@ -16,6 +16,15 @@ connected UDP socket speaking the protocol's UDP session rules:
   again is acked twice, as the server does: its first ack was lost, and
   losing acks costs retransmissions, or the whole session once six tries are
   lost.
+* Packet sessions (v1.2, the command line's default; ``--no-packets`` for
+  1.0) put every datagram after the ``welcome`` in a numbered packet and
+  leave acks, loss recovery and congestion control to a ``PacketLink``
+  (``common.protocol.packetlink``), the server's own rules, once the
+  ``welcome`` says ``"packets": true`` (a 1.0 server's does not: the session
+  then stays 1.0). Right after the
+  ``welcome`` a ``ping`` goes out in the first packet, which proves this
+  address to the server; until a packet comes back it is sent again every
+  ``HELLO_INTERVAL``.
 * A ``ping`` goes out whenever nothing was sent for ``PING_INTERVAL``. When
   nothing at all has come from the server for ``--give-up-after`` seconds,
   despite those pings, the client says so and exits with code 1.
@@ -44,6 +53,7 @@ import time
 from common.cli.serverargs import DEFAULT_PORT, positive_float
 from common.protocol.codec import (
     Ack,
+    AckRanges,
     Bye,
     ClientMessage,
     Error,
@@ -55,6 +65,9 @@ from common.protocol.codec import (
     decode_server,
     encode,
 )
+from common.protocol.packetlink import PacketLink
+from common.protocol.packets import BadPacket, parse
+from common.protocol.recovery import MAX_PROBE_TIMEOUTS
 from common.protocol.reliable import (
     MAX_TRIES,
     ReliableReceiver,
@@ -97,10 +110,16 @@ class UdpTransport:
     help_text = "  /stats           datagrams from the server lost, repeated, reordered"
 
     def __init__(
-        self, sock: socket.socket, peer: str, reliable: bool, give_up_after: float
+        self,
+        sock: socket.socket,
+        peer: str,
+        reliable: bool,
+        give_up_after: float,
+        packets: bool = False,
     ) -> None:
         self.peer = peer
         self.reliable = reliable
+        self.packets = packets
         self.give_up_after = give_up_after
         self._ping_interval = min(PING_INTERVAL, give_up_after / 3)
         self._sock = sock
@@ -117,10 +136,16 @@ class UdpTransport:
         self._bye_seq: int | None = None
         self._sender = ReliableSender() if reliable else None
         self._receiver = ReliableReceiver() if reliable else None
+        # A packet session's link, from its welcome on; until a packet comes back, the
+        # first ping is sent again at ``_next_proof``.
+        self._link: PacketLink | None = None
+        self._next_proof = math.inf
         self._counter = SeqCounter()
         self._sent = 0
         self._last_heard = self._last_sent = time.monotonic()
         self._stop = threading.Event()
+        # Set when a packet gives the link's timers an earlier deadline than the timer knows.
+        self._wake = threading.Event()
         self._timer = threading.Thread(target=self._run_timer, name="udp-timer", daemon=True)
 
     @classmethod
@@ -131,11 +156,13 @@ class UdpTransport:
         reliable: bool = False,
         give_up_after: float = GIVE_UP_AFTER,
         server: str | None = None,
+        packets: bool = False,
     ) -> UdpTransport:
         """A socket that takes datagrams from ``host:port`` only, and its timer thread.
 
         ``server`` is the server's address as shown to people when
         ``host:port`` is a relay in front of it (the demo's lossy link).
+        ``packets`` asks for a packet session (v1.2).
         """
         peer = server or f"{host}:{port}"
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -146,7 +173,7 @@ class UdpTransport:
             sock.close()
             raise ChatError(f"cannot reach {host}:{port}: {exc.strerror or exc}") from None
         sock.settimeout(POLL_INTERVAL)
-        transport = cls(sock, peer, reliable, give_up_after)
+        transport = cls(sock, peer, reliable, give_up_after, packets)
         transport._timer.start()
         return transport
 
@@ -157,7 +184,9 @@ class UdpTransport:
             if self._over:
                 raise ConnectionError(f"the session with {self.peer} is over")
             if isinstance(message, Hello):
-                self._hello = encode(dataclasses.replace(message, reliable=self.reliable))
+                self._hello = encode(
+                    dataclasses.replace(message, reliable=self.reliable, packets=self.packets)
+                )
                 self._hello_tries = 0
                 self._send_hello(time.monotonic())
                 return
@@ -165,7 +194,7 @@ class UdpTransport:
                 raise ConnectionError("no session yet: send hello first")
             seq = self._send_frame(message, time.monotonic())
             if isinstance(message, Bye):
-                if self._sender is None:
+                if not self.reliable:
                     self._over = True
                 else:
                     self._bye_seq = seq
@@ -178,6 +207,11 @@ class UdpTransport:
     def _send_frame(self, message: ClientMessage, now: float) -> int:
         """Send with the token and the next seq (kept until acked when reliable); return the seq."""
         assert self._token is not None
+        if self._link is not None:
+            seq = self._link.next_seq
+            self._link.queue(seq, encode(message, seq=seq))
+            self._write_link(now)
+            return seq
         if self._sender is None:
             seq = self._next_seq
             self._next_seq += 1
@@ -188,6 +222,13 @@ class UdpTransport:
         for frame in self._sender.due(now):
             self._write(frame, now)
         return seq
+
+    def _write_link(self, now: float) -> None:
+        assert self._link is not None
+        for datagram in self._link.datagrams(now):
+            self._write(datagram, now)
+        if self._bye_seq is not None and self._link.acked(self._bye_seq):
+            self._over = True
 
     def _write(self, data: bytes, now: float) -> None:
         self._sent += 1
@@ -216,6 +257,12 @@ class UdpTransport:
 
     def _on_datagram(self, data: bytes, now: float) -> None:
         self._last_heard = now
+        if self._link is not None:
+            try:
+                self._on_packet(data, now)
+                return
+            except BadPacket:
+                pass  # the welcome again: its hello was repeated
         try:
             decoded = decode_server(data)
         except ProtocolError:
@@ -228,6 +275,11 @@ class UdpTransport:
             if decoded.session is None:
                 return
             self._token = decoded.session
+            if self.packets and decoded.fields.get("packets") is True:
+                self._start_packets(message, decoded.seq, data, now)
+                return
+        if self._link is not None:
+            return  # outside a packet, only the welcome counts
         seq = decoded.seq
         if seq is None:
             self._take(message)
@@ -247,6 +299,55 @@ class UdpTransport:
             self._write(ack, now)
         for frame in frames:
             self._take(message if frame is data else decode_server(frame).message)
+
+    def _start_packets(self, welcome: Welcome, seq: int | None, data: bytes, now: float) -> None:
+        """A packet session's welcome: the link starts, and its first packet proves the address."""
+        assert self._token is not None
+        self._link = PacketLink(reliable=self.reliable, session=self._token)
+        if seq is not None:
+            self._counter.on_seq(seq)
+            if self.reliable:
+                self._link.on_frame(seq, data)
+        self._take(welcome)
+        self._send_frame(Ping(), now)
+        self._next_proof = now + HELLO_INTERVAL
+
+    def _on_packet(self, data: bytes, now: float) -> None:
+        """One packet from the server: acks to the link, frames by ``seq`` to the reader."""
+        link = self._link
+        assert link is not None
+        packet = parse(data)
+        frames: list[tuple[bytes, ServerMessage, int | None]] = []
+        for line in packet.frames:
+            try:
+                decoded = decode_server(line)
+            except ProtocolError:
+                continue
+            frames.append((line, decoded.message, decoded.seq))
+        eliciting = any(not isinstance(message, AckRanges) for _, message, _ in frames)
+        if not link.on_packet(packet.pn, eliciting, now):
+            return
+        self._next_proof = math.inf
+        for line, message, seq in frames:
+            if isinstance(message, AckRanges):
+                link.on_ack(message.ranges, message.delay, now)
+            elif seq is None:
+                self._take(message)
+            elif not link.reliable:
+                event = self._counter.on_seq(seq)
+                self._notice_raw(event, seq)
+                if event.kind is not SeqKind.DUPLICATE:
+                    self._take(message)
+            else:
+                self._counter.on_seq(seq)
+                for frame in link.on_frame(seq, line) or ():
+                    self._take(message if frame is line else decode_server(frame).message)
+        if self._over:  # the server's bye: acknowledge it before leaving
+            for datagram in link.ack_now(now):
+                self._write(datagram, now)
+            return
+        self._write_link(now)
+        self._wake.set()
 
     def _on_ack(self, seq: int, now: float) -> None:
         if self._sender is None:
@@ -290,11 +391,17 @@ class UdpTransport:
     # ---- the timer thread ----------------------------------------------
 
     def _run_timer(self) -> None:
-        while not self._stop.wait(TICK):
+        wait = TICK
+        while not self._stop.is_set():
+            self._wake.wait(wait)
+            self._wake.clear()
             with self._lock:
                 if self._over:
                     return
-                self._tick(time.monotonic())
+                now = time.monotonic()
+                self._tick(now)
+                deadline = self._link.next_deadline() if self._link is not None else None
+                wait = TICK if deadline is None else min(TICK, max(0.001, deadline - now))
 
     def _tick(self, now: float) -> None:
         if not self._joined:
@@ -307,6 +414,17 @@ class UdpTransport:
                 else:
                     self._send_hello(now)
             return
+        if self._link is not None:
+            self._write_link(now)
+            if self._link.failed:
+                self._give_up(
+                    f"the server at {self.peer} stopped acknowledging: "
+                    f"{MAX_PROBE_TIMEOUTS} probe timeouts in a row"
+                )
+                return
+            if now >= self._next_proof:
+                self._send_frame(Ping(), now)
+                self._next_proof = now + HELLO_INTERVAL
         if self._sender is not None:
             for frame in self._sender.due(now):
                 self._write(frame, now)
@@ -340,14 +458,20 @@ class UdpTransport:
                 repeated=c.repeated,
                 reordered=c.reordered,
                 sent=self._sent,
-                retransmitted=self._sender.retransmissions if self._sender else 0,
+                retransmitted=(
+                    self._link.retransmissions
+                    if self._link
+                    else self._sender.retransmissions
+                    if self._sender
+                    else 0
+                ),
             )
 
     def local_command(self, line: str) -> str | None:
         if line.strip().lower() != "/stats":
             return None
         s = self.stats()
-        mode = "reliable" if self.reliable else "raw"
+        mode = ("reliable" if self.reliable else "raw") + (" packet" if self._link else "")
         resent = f", {s.retransmitted} retransmitted" if self.reliable else ""
         return (
             f"{mode} session with {self.peer}\n"
@@ -360,6 +484,7 @@ class UdpTransport:
         with self._lock:
             self._over = True
         self._stop.set()
+        self._wake.set()
         if self._timer is not threading.current_thread() and self._timer.is_alive():
             self._timer.join()
         with contextlib.suppress(OSError):
@@ -385,6 +510,12 @@ def main(argv: list[str] | None = None) -> int:
         help="ask for a reliable session: acks and retransmission, nothing lost or repeated",
     )
     parser.add_argument(
+        "--no-packets",
+        dest="packets",
+        action="store_false",
+        help="speak protocol 1.0 (one frame per datagram, acks per frame) instead of packets",
+    )
+    parser.add_argument(
         "--give-up-after",
         type=positive_float,
         default=GIVE_UP_AFTER,
@@ -394,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     console = Console()
     return run_client(
-        lambda: UdpTransport.connect(args.host, args.port, args.reliable, args.give_up_after),
+        lambda: UdpTransport.connect(
+            args.host, args.port, args.reliable, args.give_up_after, packets=args.packets
+        ),
         console,
         args.name,
     )

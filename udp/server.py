@@ -60,6 +60,7 @@ from common.cli.serverargs import (
 )
 from common.protocol.codec import (
     Ack,
+    AckRanges,
     AlreadyRegistered,
     BadFrame,
     Bye,
@@ -75,12 +76,13 @@ from common.protocol.codec import (
     encode,
     name_key,
 )
+from common.protocol.packets import BadPacket, Packet, parse
 from common.protocol.reliable import (
     SeqKind,
     SharedFrames,
 )
 from common.room.ratelimit import TokenBucket
-from common.room.room import Room, Stage
+from common.room.room import Entry, Room, Stage
 from common.room.sharing import Sharing, open_sharing
 from udp.session import Address, Session, Stranger, answer_budget, envelope_of, stamp
 from udp.sockets import enlarge_buffers
@@ -91,6 +93,9 @@ POLL_INTERVAL = 0.2
 SHUTDOWN_GRACE = 1.0
 RECV_BYTES = 65536
 RECV_BATCH = 256
+FLUSH_EVERY = 32
+"""Datagrams read between two catch-ups of the sessions: what they gave the room waits in
+memory meanwhile, and a packet session gets it packed into as few packets as fit."""
 MAX_STRANGERS = 4096
 ADMISSION_RATE = 10_000.0
 """Datagrams a second that new sessions may cost the server. A join costs its
@@ -180,23 +185,31 @@ class UdpChatServer:
         if not self._poller.poll(POLL_INTERVAL * 1000):
             self._caught_up_at(before)
             return
-        for _ in range(RECV_BATCH):
-            now = time.monotonic()
-            try:
-                data, address = self.sock.recvfrom(RECV_BYTES)
-            except BlockingIOError:
-                self._caught_up_at(now)
-                return
-            except OSError as exc:
-                log.debug("receive failed: %s", exc)
-                return
+        try:
+            for count in range(1, RECV_BATCH + 1):
+                now = time.monotonic()
+                try:
+                    data, address = self.sock.recvfrom(RECV_BYTES)
+                except BlockingIOError:
+                    self._caught_up_at(now)
+                    return
+                except OSError as exc:
+                    log.debug("receive failed: %s", exc)
+                    return
+                with self._lock:
+                    try:
+                        self._on_datagram(data, address, now)
+                        if count % FLUSH_EVERY == 0:
+                            self._flush(time.monotonic())
+                    except Exception:
+                        # One socket serves everyone: a fault in one datagram must not end the chat.
+                        log.exception("failed on a datagram from %s:%d", *address)
+        finally:
             with self._lock:
                 try:
-                    self._on_datagram(data, address, now)
                     self._flush(time.monotonic())
                 except Exception:
-                    # One socket serves everyone: a fault in one datagram must not end the chat.
-                    log.exception("failed on a datagram from %s:%d", *address)
+                    log.exception("failed to catch the sessions up")
 
     def _caught_up_at(self, now: float) -> None:
         """The socket was empty at ``now``: every datagram that arrived before it has been read."""
@@ -207,6 +220,14 @@ class UdpChatServer:
         session = self._sessions.get(address)
         if session is None:
             self._from_stranger(data, address, now)
+            return
+        if session.link is not None:
+            try:
+                packet = parse(data)
+            except BadPacket:
+                self._not_a_packet(session, data, now)
+                return
+            self._on_packet(session, packet, now)
             return
         try:
             decoded = decode_client(data)
@@ -301,6 +322,106 @@ class UdpChatServer:
                 return
             self._apply(session, frame, message if frame is data else None, now)
 
+    # ---- packet sessions (v1.2) ----------------------------------------
+
+    def _not_a_packet(self, session: Session, data: bytes, now: float) -> None:
+        """From a packet session's address, only a ``hello`` again may come outside a packet."""
+        try:
+            decoded = decode_client(data)
+        except ProtocolError:
+            decoded = None
+        if decoded is not None and isinstance(decoded.message, Hello):
+            self._hello_again(session, decoded.message, None, now)
+        else:
+            self._drop("bad_packet", session.address)
+
+    def _on_packet(self, session: Session, packet: Packet, now: float) -> None:
+        """One packet: its token checked once, then each frame in turn, each error its own."""
+        link = session.link
+        assert link is not None
+        if not self._token_ok(session, packet.session):
+            return
+        frames: list[tuple[bytes, ClientMessage | ProtocolError, int | None]] = []
+        eliciting = False
+        for line in packet.frames:
+            try:
+                decoded = decode_client(line)
+                frames.append((line, decoded.message, decoded.seq))
+            except ProtocolError as exc:
+                frames.append((line, exc, envelope_of(line)[1]))
+            eliciting = eliciting or not isinstance(frames[-1][1], AckRanges)
+        if not link.on_packet(packet.pn, eliciting, now):
+            self._drop("packet_repeated_or_far", session.address)
+            return
+        session.last_heard = now
+        for line, message, seq in frames:
+            if self._sessions.get(session.address) is not session:
+                return
+            if isinstance(message, AckRanges):
+                link.on_ack(message.ranges, message.delay, now)
+            elif self.closing:
+                continue
+            elif isinstance(message, (Ack, Hello)) or (
+                isinstance(message, ProtocolError) and seq is None
+            ):
+                self._refuse_in_packet(session, message)
+            else:
+                self._packet_frame(session, line, message, seq, now)
+        self._send_link(session, now)
+
+    def _refuse_in_packet(self, session: Session, problem: ClientMessage | ProtocolError) -> None:
+        if isinstance(problem, Hello):
+            problem = AlreadyRegistered(f"you are already registered as {session.name}")
+        elif isinstance(problem, Ack):
+            problem = BadFrame("a packet session acknowledges packets: ack with ranges")
+        assert isinstance(problem, ProtocolError)
+        log.debug("%s (%s): %s %s", session.label, session.name, problem.code, problem)
+        self.room.refuse(session, problem)
+
+    def _packet_frame(
+        self,
+        session: Session,
+        line: bytes,
+        message: ClientMessage | ProtocolError,
+        seq: int | None,
+        now: float,
+    ) -> None:
+        """A chat frame of a packet session, acted on by ``seq``: once, and in order if reliable."""
+        decoded = None if isinstance(message, ProtocolError) else message
+        if seq is None:
+            self._apply(session, line, decoded, now)
+            return
+        kind = session.counter.on_seq(seq).kind
+        link = session.link
+        assert link is not None
+        if not link.reliable:
+            if kind is not SeqKind.DUPLICATE:
+                self._apply(session, line, decoded, now)
+            return
+        for frame in link.on_frame(seq, line) or ():
+            if self._sessions.get(session.address) is not session:
+                return
+            self._apply(session, frame, decoded if frame is line else None, now)
+
+    def _send_link(self, session: Session, now: float) -> None:
+        """Write what a packet session's link has to send; watch its timers from now on."""
+        link = session.link
+        assert link is not None
+        if self._sessions.get(session.address) is not session:
+            return
+        datagrams = link.datagrams(now)
+        session.sent += len(datagrams)
+        for datagram in datagrams:
+            self._write(datagram, session.address)
+        if link.failed:
+            self._end(session, "timeout")
+        elif link.overflowed:
+            self._end(session, "too_slow")
+        elif link.next_deadline() is not None and session not in self._busy:
+            if not self._busy:
+                self._wake.set()
+            self._busy.add(session)
+
     def _on_ack(self, session: Session, seq: int, now: float) -> None:
         assert session.sender is not None
         frames = session.sender.on_ack(seq, now)
@@ -373,15 +494,18 @@ class UdpChatServer:
             self._strangers[address] = Stranger(since=now, bucket=bucket)
 
     def _register(self, address: Address, hello: Hello, budget: int, now: float) -> None:
-        session = Session(address, hello.reliable, self.limits, now, budget, self._held)
+        session = Session(
+            address, hello.reliable, self.limits, now, budget, self._held, packets=hello.packets
+        )
         self.room.handle(session, hello)
         self._sessions[address] = session
         self._by_token[session.token] = session
         log.info(
-            "%s joined from %s (%s)",
+            "%s joined from %s (%s%s)",
             hello.name,
             session.label,
             "reliable" if hello.reliable else "raw",
+            ", packets" if hello.packets else "",
         )
 
     def _hello_again(
@@ -417,6 +541,9 @@ class UdpChatServer:
                 entries = self.room.take(member)
                 if entries is None or self._sessions.get(member.address) is not member:
                     continue
+                if member.link is not None:
+                    self._queue_packets(member, entries, now)
+                    continue
                 if member.sender is not None:
                     for entry in entries:
                         self._deliver(member, member.push(entry, now))
@@ -432,13 +559,27 @@ class UdpChatServer:
                         self.dropped["send_failed"] += 1
             self._bound_held()
 
+    def _queue_packets(self, session: Session, entries: list[Entry], now: float) -> None:
+        """Queue a packet session's entries on its link, then send what it lets out.
+
+        The welcome goes alone as in 1.0, within the hello's budget: the
+        address is not proven yet, and the link sends nothing until it is.
+        """
+        link = session.link
+        assert link is not None
+        for entry in entries:
+            if isinstance(entry.message, Welcome):
+                session.welcome = stamp(session.prefix(entry), 1)
+                session.sent += 1
+                self._write(session.welcome, session.address)
+            else:
+                link.queue(link.next_seq, entry.cache or session.prefix(entry))
+        self._send_link(session, now)
+
     def _bound_held(self) -> None:
         """Past ``MAX_HELD_BYTES`` held for all reliable sessions, end the one holding most."""
         while self._held.held_bytes > MAX_HELD_BYTES:
-            _, heaviest = max(
-                ((s.sender.held_bytes, s) for s in self._sessions.values() if s.sender is not None),
-                key=lambda pair: pair[0],
-            )
+            heaviest = max(self._sessions.values(), key=lambda s: s.held_bytes)
             self._end(heaviest, "too_slow")
 
     def _deliver(self, session: Session, frames: list[bytes]) -> None:
@@ -480,6 +621,8 @@ class UdpChatServer:
         self._busy.discard(session)
         if session.sender is not None:
             session.sender.close()
+        if session.link is not None:
+            session.link.close()
         self.room.leave(session, reason)
         log.info("%s left (%s); %s", session.name, reason, session.summary())
 
@@ -507,6 +650,17 @@ class UdpChatServer:
         """Write what is due for every busy reliable session; return the next deadline."""
         earliest: float | None = None
         for session in list(self._busy):
+            if session.link is not None:
+                deadline = session.link.next_deadline()
+                if deadline is not None and deadline <= now:
+                    self._busy.discard(session)
+                    self._send_link(session, now)
+                    deadline = session.link.next_deadline() if session in self._busy else None
+                if deadline is None:
+                    self._busy.discard(session)
+                elif earliest is None or deadline < earliest:
+                    earliest = deadline
+                continue
             sender = session.sender
             assert sender is not None
             self._deliver(session, sender.due(now))
@@ -569,7 +723,7 @@ class UdpChatServer:
 
     def _awaiting_acks(self) -> bool:
         with self._lock:
-            return any(s.sender is not None and s.sender.pending for s in self._sessions.values())
+            return any(s.awaiting_acks for s in self._sessions.values())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,6 +57,7 @@ from typing import Any
 
 from common.cli.serverargs import Limits
 from common.protocol.codec import MAX_FRAME_BYTES, Welcome, encode
+from common.protocol.packetlink import PacketLink
 from common.protocol.reliable import ReliableReceiver, ReliableSender, SeqCounter, SharedFrames
 from common.room.ratelimit import TokenBucket
 from common.room.room import Entry, Member
@@ -71,6 +72,8 @@ UNTRUSTED_BURST = 8
 UNTRUSTED_RATE = 1.0
 """Answers a second to them after the burst: a client that retries its hello is served."""
 FIRST_SEQ_BYTES = len(b',"seq":1')
+PACKETS_GRANTED = b',"packets":true'
+"""In the welcome of a packet session: a client falls back to 1.0 without it."""
 
 
 def answer_budget(received: int) -> int:
@@ -126,6 +129,7 @@ class Session(Member):
         now: float,
         budget: int,
         shared: SharedFrames,
+        packets: bool = False,
     ) -> None:
         super().__init__()
         self.address = address
@@ -134,8 +138,17 @@ class Session(Member):
         self.bucket = TokenBucket(limits.rate_limit, limits.burst, now)
         self.untrusted = TokenBucket(UNTRUSTED_RATE, UNTRUSTED_BURST, now)
         self.counter = SeqCounter()
-        self.sender = ReliableSender(shared) if reliable else None
-        self.receiver = ReliableReceiver() if reliable else None
+        self.reliable = reliable
+        # A packet session (v1.2) has a link, which does all a 1.0 reliable session's
+        # sender and receiver do; its welcome (seq 1) goes out before it, as in 1.0.
+        self.link = (
+            PacketLink(reliable=reliable, proven=False, shared=shared, first_seq=2)
+            if packets
+            else None
+        )
+        one_oh = reliable and not packets
+        self.sender = ReliableSender(shared) if one_oh else None
+        self.receiver = ReliableReceiver() if one_oh else None
         self.last_heard = now
         self.budget = budget
         self.welcome = b""
@@ -149,8 +162,10 @@ class Session(Member):
         this session's own (its token, its budget).
         """
         if isinstance(entry.message, Welcome):
-            limit = self.budget - FIRST_SEQ_BYTES
-            return encode(entry.message, session=self.token, limit=limit)[:-1] + b',"seq":'
+            granted = PACKETS_GRANTED if self.link is not None else b""
+            limit = self.budget - FIRST_SEQ_BYTES - len(granted)
+            frame = encode(entry.message, session=self.token, limit=limit)
+            return frame[:-1] + granted + b',"seq":'
         if entry.cache is None:
             entry.cache = entry.line[:-2] + b',"seq":'
         return entry.cache
@@ -169,6 +184,20 @@ class Session(Member):
         self.sender.queue(seq, prefix)
         return self.sender.due(now) if window_open else []
 
+    @property
+    def held_bytes(self) -> int:
+        """What this session holds for retransmission (see ``SharedFrames``)."""
+        if self.sender is not None:
+            return self.sender.held_bytes
+        return self.link.held_bytes if self.link is not None else 0
+
+    @property
+    def awaiting_acks(self) -> bool:
+        """Frames sent reliably and not acknowledged yet."""
+        if self.sender is not None:
+            return self.sender.pending > 0
+        return self.link is not None and self.link.reliable and self.link.pending > 0
+
     def summary(self) -> str:
         c = self.counter
         text = (
@@ -177,4 +206,10 @@ class Session(Member):
         )
         if self.sender is not None:
             text += f", {self.sender.retransmissions} retransmitted"
+        if self.link is not None:
+            link = self.link
+            text += (
+                f" in {link.packets_sent} packets, {link.retransmissions} retransmitted, "
+                f"{link.recovery.lost_packets} packets lost, {link.acks_sent} acks sent"
+            )
         return text

@@ -32,6 +32,8 @@ MAX_NAME_CHARS = 24
 NAME_PUNCTUATION = frozenset("_-.")
 HISTORY_DEFAULT_LIMIT = 20
 HISTORY_MAX_LIMIT = 100
+MAX_ACK_RANGES = 16
+"""Ranges an ack of packets may list (v1.2 packets); more is ``bad_frame``."""
 
 
 # --------------------------------------------------------------------------
@@ -277,6 +279,7 @@ class Hello:
     type: ClassVar[str] = "hello"
     name: str
     reliable: bool = False
+    packets: bool = False
     pad: str = ""
 
 
@@ -321,6 +324,19 @@ class Bye:
 class Ack:
     type: ClassVar[str] = "ack"
     seq: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class AckRanges:
+    """``ack`` of a packet session (v1.2): the packet numbers received, largest range first.
+
+    ``ranges`` are ``(hi, lo)`` pairs, ``hi >= lo``, each below the one before;
+    ``delay`` is how long, in milliseconds, the sender of the ack held it.
+    """
+
+    type: ClassVar[str] = "ack"
+    ranges: tuple[tuple[int, int], ...]
+    delay: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -415,9 +431,21 @@ class Error:
         return cls(code=exc.code, text=str(exc))
 
 
-ClientMessage = Hello | Say | SendDm | Who | Nick | Ping | Bye | Ack | History
+ClientMessage = Hello | Say | SendDm | Who | Nick | Ping | Bye | Ack | AckRanges | History
 ServerMessage = (
-    Welcome | Msg | Dm | Joined | Left | Renamed | Users | Pong | Error | Bye | Ack | HistoryEnd
+    Welcome
+    | Msg
+    | Dm
+    | Joined
+    | Left
+    | Renamed
+    | Users
+    | Pong
+    | Error
+    | Bye
+    | Ack
+    | AckRanges
+    | HistoryEnd
 )
 Message = ClientMessage | ServerMessage
 
@@ -468,6 +496,7 @@ def _client_message(obj: dict[str, Any]) -> ClientMessage:
         return Hello(
             name=check_name(obj.get("name")),
             reliable=obj.get("reliable") is True,
+            packets=obj.get("packets") is True,
             pad=pad if isinstance(pad, str) else "",
         )
     if kind == "say":
@@ -486,10 +515,36 @@ def _client_message(obj: dict[str, Any]) -> ClientMessage:
     if kind == "bye":
         return Bye()
     if kind == "ack":
-        return Ack(seq=_check_seq(obj.get("seq")))
+        return _ack(obj)
     if kind == "history":
         return History(limit=_history_limit(obj.get("limit", HISTORY_DEFAULT_LIMIT)))
     raise UnknownType(f"unknown frame type {kind[:40]!r}")
+
+
+def _ack(obj: dict[str, Any]) -> Ack | AckRanges:
+    """A 1.0 ack names a ``seq``; a packet session's lists ``ranges`` of packet numbers."""
+    if "ranges" not in obj:
+        return Ack(seq=_check_seq(obj.get("seq")))
+    ranges, delay = obj["ranges"], obj.get("delay", 0)
+    if not isinstance(ranges, list) or not 1 <= len(ranges) <= MAX_ACK_RANGES:
+        raise BadFrame(f"an ack lists 1 to {MAX_ACK_RANGES} ranges")
+    pairs: list[tuple[int, int]] = []
+    below: int | None = None
+    for pair in ranges:
+        if not (isinstance(pair, list) and len(pair) == 2 and all(map(_is_pn, pair))):
+            raise BadFrame("an ack range is [HI, LO], two packet numbers")
+        hi, lo = pair
+        if hi < lo or (below is not None and hi >= below):
+            raise BadFrame("ack ranges have HI >= LO, largest first, apart")
+        pairs.append((hi, lo))
+        below = lo
+    if not _is_pn(delay):
+        raise BadFrame("an ack's delay is a whole number of milliseconds from 0 up")
+    return AckRanges(ranges=tuple(pairs), delay=delay)
+
+
+def _is_pn(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _history_limit(value: object) -> int:
@@ -561,7 +616,7 @@ def _server_message(obj: dict[str, Any]) -> ServerMessage:
     if kind == "bye":
         return Bye(reason=_str(obj, "reason"))
     if kind == "ack":
-        return Ack(seq=_check_seq(obj.get("seq")))
+        return _ack(obj)
     if kind == "history_end":
         return HistoryEnd(count=_int(obj, "count"))
     raise UnknownType(f"unknown frame type {kind[:40]!r}")
@@ -584,7 +639,7 @@ def decode_server(data: bytes) -> Decoded:
 
 
 WIRE_NAMES = {"sender": "from"}
-OMITTED_WHEN_EMPTY = frozenset({"reliable", "pad", "reason", "history"})
+OMITTED_WHEN_EMPTY = frozenset({"reliable", "packets", "pad", "reason", "history"})
 
 
 def _wire_fields(message: Message) -> dict[str, Any]:

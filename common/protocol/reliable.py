@@ -423,7 +423,9 @@ class ReliableReceiver:
     been lost and the sender keeps retransmitting until one arrives.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = WINDOW) -> None:
+        # Seqs from ``next_expected + window`` on are dropped (packet sessions hold more).
+        self.window = window
         self.next_expected = 1
         self.delivered = 0
         self.duplicates = 0
@@ -453,7 +455,7 @@ class ReliableReceiver:
         if seq < self.next_expected or seq in self._held:
             self.duplicates += 1
             return []
-        if seq >= self.next_expected + WINDOW:
+        if seq >= self.next_expected + self.window:
             self.dropped += 1
             return None
         self._held[seq] = frame

@@ -1,0 +1,377 @@
+"""One end of a UDP packet session (protocol v1.2), without I/O.
+
+The server keeps one ``PacketLink`` per packet session, the terminal client
+and the benchmark's clients one each: the same rules on both ends. Nothing
+here touches a socket or reads a clock (``now`` is the caller's monotonic
+seconds), and nothing locks: the caller serialises the calls.
+
+Sending. Frames are queued with their ``seq`` (``queue``); ``datagrams(now)``
+returns every packet to write now, each at most ``MAX_PACKET_BYTES``, packed
+with as many frames as fit, numbered ``0, 1, 2 ...`` and never renumbered:
+
+* a raw link sends each frame once, and that is all;
+* a reliable link keeps each frame until a packet carrying it is
+  acknowledged. A packet that ``LossRecovery`` declares lost has its frames
+  (those not acknowledged since) sent again in new packets, before anything
+  new. New frames go out only while the congestion window (``NewReno``) has
+  room, and only seqs less than ``window`` past the oldest unacknowledged one
+  (what the peer's receiver holds). A probe timeout sends the oldest frames in
+  flight again in one packet, whatever the window says. ``MAX_BACKLOG`` frames
+  may wait behind the window; one more and ``overflowed`` is set (the frame
+  is dropped); six probe timeouts in a row set ``failed``.
+* until ``proven`` (the server's side, before the client's first packet with
+  the token arrives) nothing is sent at all: frames wait in the queue.
+
+Acknowledging (reliable links). ``on_packet`` records every packet number
+received in a ``RangeSet`` of at most ``MAX_ACK_RANGES`` ranges. An ack is due
+once ``ACK_ELICITING_THRESHOLD`` (2) packets that need one arrived, or
+``MAX_ACK_DELAY`` (25 ms) after the first, less ``ACK_TIMER_SLACK``; it rides in the first packet
+``datagrams`` sends anyway whenever one is waiting, and goes alone only when
+due. Its ``delay`` is how long the largest packet number waited, in ms.
+
+Receiving. The caller parses a packet (``common.protocol.packets.parse``),
+checks its token, decodes its frames, then calls ``on_packet`` (False: a
+repeat, or a number ``PN_WINDOW`` or more away from the largest received,
+which is dropped whole and costs nothing), ``on_ack`` for each ack and
+``on_frame`` for each frame with a ``seq``: a reliable link hands frames on
+once and in order (``ReliableReceiver``), holding at most ``window`` early.
+
+Timers. ``next_deadline()`` says when ``datagrams`` next has work (-inf: now;
+None: only when something is queued or received).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+
+from common.protocol.codec import MAX_ACK_RANGES
+from common.protocol.packets import MAX_PACKET_BYTES, header
+from common.protocol.rangeset import RangeSet
+from common.protocol.recovery import MAX_ACK_DELAY, LossRecovery, SentPacket
+from common.protocol.reliable import HOLD_COST, MAX_BACKLOG, ReliableReceiver, SharedFrames
+
+ACK_ELICITING_THRESHOLD = 2
+"""Packets needing an ack that make one due at once."""
+PN_WINDOW = 1 << 16
+"""A packet number this far or farther from the largest received is dropped unread."""
+ACK_TIMER_SLACK = 0.010
+"""How late a transport's timer may wake: an ack is sent this much before the
+``MAX_ACK_DELAY`` its peer counts on, or the peer's probe timeout (which allows
+for exactly that delay) fires first and sends again what had arrived."""
+PACKET_WINDOW = 1024
+"""Seqs in flight past the oldest unacknowledged one, and held early by a receiver."""
+
+
+class PacketLink:
+    """Packing, acks, loss recovery and congestion control for one end of a packet session.
+
+    ``session`` goes into every header (a client's link); ``proven`` False
+    holds everything back until ``on_packet`` first accepts one (a server's
+    link). ``shared`` (server side) makes queued frames prefixes held once for
+    all sessions and stamped with this link's ``seq`` as they go out.
+    ``first_seq`` is the seq of the first frame queued (the server's welcome,
+    seq 1, goes out before the link does).
+    """
+
+    def __init__(
+        self,
+        *,
+        reliable: bool,
+        session: str | None = None,
+        proven: bool = True,
+        shared: SharedFrames | None = None,
+        first_seq: int = 1,
+        window: int = PACKET_WINDOW,
+    ) -> None:
+        self.reliable = reliable
+        self.proven = proven
+        self.window = window
+        self.held_bytes = 0
+        self.overflowed = False
+        self.retransmissions = 0
+        self.packets_sent = 0
+        self.acks_sent = 0
+        self.far_packets = 0
+        self.recovery = LossRecovery()
+        self.receiver = ReliableReceiver(window)
+        self._session = session
+        self._shared = shared
+        self._next_seq = first_seq
+        # Raw: frames not sent yet. Reliable: every frame not acknowledged, by seq.
+        self._queue: deque[tuple[int, bytes]] = deque()
+        self._unacked: dict[int, bytes] = {}
+        self._unsent = first_seq
+        # Seqs of lost packets still unacknowledged: sent again before anything new.
+        self._resend: dict[int, None] = {}
+        self._probe = False
+        # Receiving: packet numbers seen, and what the next ack owes.
+        self._received = RangeSet(MAX_ACK_RANGES)
+        self._largest_received_at = 0.0
+        self._eliciting = 0
+        self._ack_deadline = math.inf
+
+    # ---- sending -------------------------------------------------------
+
+    @property
+    def failed(self) -> bool:
+        """Six probe timeouts in a row: the peer is gone."""
+        return self.recovery.failed
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def pending(self) -> int:
+        """Frames queued and not acknowledged (raw: not sent) yet."""
+        return len(self._unacked) if self.reliable else len(self._queue)
+
+    def acked(self, seq: int) -> bool:
+        """Whether the frame ``seq`` was queued and is held no more (reliable links)."""
+        return seq < self._next_seq and seq not in self._unacked
+
+    def queue(self, seq: int, frame: bytes) -> None:
+        """Take the frame carrying ``next_seq`` (without its ``\\n``); ``datagrams`` sends it."""
+        if seq != self._next_seq:
+            raise ValueError(f"expected seq {self._next_seq}, got {seq}")
+        self._next_seq += 1
+        if not self.reliable:
+            if len(self._queue) >= MAX_BACKLOG:
+                self.overflowed = True
+                return
+            self._queue.append((seq, frame))
+            return
+        if seq >= self._window_end() + MAX_BACKLOG:
+            self.overflowed = True
+            return
+        self._unacked[seq] = frame
+        self.held_bytes += len(frame) + HOLD_COST
+        if self._shared is not None:
+            self._shared.hold(frame)
+
+    def datagrams(self, now: float) -> list[bytes]:
+        """Every packet to write at ``now``, in order; runs the timers that are due."""
+        if not self.proven:
+            return []
+        if not self.reliable:
+            frames = list(self._queue)
+            self._queue.clear()
+            return self._pack(frames, now)
+        deadline = self.recovery.deadline()
+        if deadline is not None and now >= deadline:
+            self._on_timer(now)
+        if self.failed:
+            return []
+        return self._pack_reliable(now)
+
+    def next_deadline(self) -> float | None:
+        """When ``datagrams`` next has work: -inf if now, None if nothing waits."""
+        if not self.proven or self.failed:
+            return None
+        if not self.reliable:
+            return -math.inf if self._queue else None
+        if self._probe or (self._can_send_new() and (self._resend or self._has_new())):
+            return -math.inf
+        deadlines = [self._ack_deadline if self._eliciting else math.inf]
+        timer = self.recovery.deadline()
+        if timer is not None:
+            deadlines.append(timer)
+        earliest = min(deadlines)
+        return None if earliest == math.inf else earliest
+
+    def _on_timer(self, now: float) -> None:
+        outcome = self.recovery.on_timeout(now)
+        if outcome is not None:
+            self._lost(outcome.lost)
+            return
+        if self.failed:
+            return
+        oldest = self._in_flight_seqs()
+        if not oldest:
+            self.recovery.forget()  # nothing in flight awaits an ack any more
+            return
+        self._probe = True
+        for seq in oldest:
+            self._resend[seq] = None
+
+    def _in_flight_seqs(self) -> list[int]:
+        """The unacknowledged seqs of the oldest packets in flight, a packet's worth at most."""
+        seqs: list[int] = []
+        size = 0
+        for packet in self.recovery.packets():
+            for seq in packet.seqs:
+                frame = self._unacked.get(seq)
+                if frame is not None and seq not in seqs:
+                    size += len(frame)
+                    if seqs and size > MAX_PACKET_BYTES:
+                        return seqs
+                    seqs.append(seq)
+        return seqs
+
+    def _lost(self, packets: list[SentPacket]) -> None:
+        for packet in packets:
+            for seq in packet.seqs:
+                if seq in self._unacked:
+                    self._resend[seq] = None
+
+    def _has_new(self) -> bool:
+        return self._unsent < min(self._next_seq, self._window_end())
+
+    def _can_send_new(self) -> bool:
+        return self.recovery.congestion.available
+
+    def _pack(self, frames: list[tuple[int, bytes]], now: float) -> list[bytes]:
+        """A raw link's frames into as few packets as fit, in order."""
+        datagrams: list[bytes] = []
+        lines: list[bytes] = []
+        size = 0
+        for seq, frame in frames:
+            line = self._stamp(seq, frame) + b"\n"
+            if lines and size + len(line) > MAX_PACKET_BYTES:
+                datagrams.append(self._finish(lines, [], now))
+                lines = []
+            if not lines:
+                size = len(header(self.recovery.next_pn, self._session))
+            lines.append(line)
+            size += len(line)
+        if lines:
+            datagrams.append(self._finish(lines, [], now))
+        return datagrams
+
+    def _pack_reliable(self, now: float) -> list[bytes]:
+        """Lost frames again, then new ones, packed, while the window (or a probe) allows.
+
+        The ack owed rides in the first packet; it goes alone only when due.
+        What the window stops waits for the next call, retransmissions first.
+        """
+        resend = sorted(seq for seq in self._resend if seq in self._unacked)
+        self._resend.clear()
+        sending = bool(resend) or self._has_new()
+        open_now = self._probe or self._can_send_new()
+        ack = self._ack_line(now, due_only=not (sending and open_now))
+        datagrams: list[bytes] = []
+        lines = [ack] if ack is not None else []
+        seqs: list[int] = []
+        size = len(header(self.recovery.next_pn, self._session)) + (len(ack) if ack else 0)
+        end = min(self._next_seq, self._window_end())
+        r = 0
+        while r < len(resend) or self._unsent < end:
+            if not seqs and not (self._probe or self._can_send_new()):
+                break
+            seq = resend[r] if r < len(resend) else self._unsent
+            frame = self._unacked.get(seq)
+            if frame is None:  # a new seq dropped by an overflow
+                self._unsent += 1
+                continue
+            line = self._stamp(seq, frame) + b"\n"
+            if lines and size + len(line) > MAX_PACKET_BYTES:
+                datagrams.append(self._finish(lines, seqs, now))
+                lines, seqs = [], []
+                size = len(header(self.recovery.next_pn, self._session))
+                continue
+            lines.append(line)
+            seqs.append(seq)
+            size += len(line)
+            if r < len(resend):
+                r += 1
+                self.retransmissions += 1
+            else:
+                self._unsent += 1
+        for seq in resend[r:]:
+            self._resend[seq] = None
+        if lines:
+            datagrams.append(self._finish(lines, seqs, now))
+        return datagrams
+
+    def _finish(self, lines: list[bytes], seqs: list[int], now: float) -> bytes:
+        pn = self.recovery.next_pn
+        data = header(pn, self._session) + b"".join(lines)
+        packet = None
+        if self.reliable and seqs:
+            packet = SentPacket(pn, now, len(data), tuple(seqs))
+            self._probe = False
+        self.recovery.on_packet_sent(packet, now)
+        self.packets_sent += 1
+        return data
+
+    def _stamp(self, seq: int, frame: bytes) -> bytes:
+        return frame if self._shared is None else self._shared.stamp(frame, seq)
+
+    def _window_end(self) -> int:
+        oldest = next(iter(self._unacked), self._next_seq)
+        return oldest + self.window
+
+    def close(self) -> None:
+        """The session is over: let go of every frame held."""
+        for frame in self._unacked.values():
+            self._let_go(frame)
+        self._unacked.clear()
+        self._queue.clear()
+
+    def _let_go(self, frame: bytes) -> None:
+        self.held_bytes -= len(frame) + HOLD_COST
+        if self._shared is not None:
+            self._shared.release(frame)
+
+    # ---- acknowledging -------------------------------------------------
+
+    def ack_now(self, now: float) -> list[bytes]:
+        """The ack owed, at once, in a packet of its own: the last word of an end that leaves."""
+        ack = self._ack_line(now, due_only=False)
+        if ack is None:
+            return []
+        return [self._finish([ack], [], now)]
+
+    def _ack_due(self, now: float) -> bool:
+        return self._eliciting >= ACK_ELICITING_THRESHOLD or (
+            self._eliciting > 0 and now >= self._ack_deadline
+        )
+
+    def _ack_line(self, now: float, *, due_only: bool) -> bytes | None:
+        """The ack frame owed, if any (only when due if ``due_only``); resets what is owed."""
+        if not self.reliable or self._eliciting == 0 or (due_only and not self._ack_due(now)):
+            return None
+        delay = max(0, int((now - self._largest_received_at) * 1000))
+        ranges = ",".join(f"[{hi},{lo}]" for hi, lo in self._received.descending())
+        self._eliciting = 0
+        self._ack_deadline = math.inf
+        self.acks_sent += 1
+        return b'{"type":"ack","ranges":[%s],"delay":%d}\n' % (ranges.encode(), delay)
+
+    # ---- receiving -----------------------------------------------------
+
+    def on_packet(self, pn: int, eliciting: bool, now: float) -> bool:
+        """Record packet ``pn``; False if it is a repeat or too far off to read."""
+        largest = self._received.largest
+        if largest is not None and abs(pn - largest) >= PN_WINDOW:
+            self.far_packets += 1
+            return False
+        if not self._received.add(pn):
+            return False
+        self.proven = True
+        if largest is None or pn > largest:
+            self._largest_received_at = now
+        if self.reliable and eliciting:
+            self._eliciting += 1
+            self._ack_deadline = min(self._ack_deadline, now + MAX_ACK_DELAY - ACK_TIMER_SLACK)
+        return True
+
+    def on_ack(self, ranges: Sequence[tuple[int, int]], delay_ms: int, now: float) -> None:
+        """Take the peer's ack of our packets; ignored by a raw link or if it names unsent ones."""
+        if not self.reliable:
+            return
+        outcome = self.recovery.on_ack(ranges, delay_ms / 1000, now)
+        if outcome is None:
+            return
+        for packet in outcome.acked:
+            for seq in packet.seqs:
+                frame = self._unacked.pop(seq, None)
+                if frame is not None:
+                    self._let_go(frame)
+        self._lost(outcome.lost)
+
+    def on_frame(self, seq: int, frame: bytes) -> list[bytes] | None:
+        """A reliable link's frames now deliverable in order (None: beyond the window)."""
+        return self.receiver.on_frame(seq, frame)

@@ -1,0 +1,97 @@
+"""The packet format of UDP packet sessions (protocol v1.2), without I/O.
+
+A packet is one datagram: a header line ``{"pn":N}`` (a client's adds
+``"session"``), then one frame per line, as on TCP::
+
+    {"pn":7,"session":"9f2c..."}
+    {"type":"say","text":"hi","seq":3}
+    {"type":"ack","ranges":[[41,30],[28,0]],"delay":3}
+
+Every line ends with ``\\n`` when we write it; a reader also takes a last line
+without one, ignores a trailing ``\\r`` and blank lines. A sender fills
+packets of at most ``MAX_PACKET_BYTES`` with as many frames as fit, in order
+(``common.protocol.packetlink``); a frame too big for any packet goes alone in
+its own (frames are at most ``MAX_FRAME_BYTES``, so a datagram never exceeds
+``MAX_DATAGRAM_BYTES``).
+
+``parse`` refuses a packet whole (``BadPacket``) when its header is not a
+JSON object with a whole ``pn`` from 0 up (and a string ``session`` if any),
+when it holds no frame, or when it is bigger than any packet can be. It does
+not look inside the frames: each is the codec's, one at a time, so one bad
+frame costs only itself.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from common.protocol.codec import MAX_FRAME_BYTES
+
+MAX_PACKET_BYTES = 1200
+"""A packet's size unless one frame alone is bigger: QUIC's smallest datagram, which
+crosses any path without IP fragmentation."""
+
+MAX_HEADER_BYTES = 128
+"""Room for the longest header: a packet number and a session token."""
+
+MAX_DATAGRAM_BYTES = MAX_FRAME_BYTES + MAX_HEADER_BYTES
+"""The biggest packet: a header and one frame as big as a frame may be."""
+
+_HEADER = re.compile(rb'\{"pn":(0|[1-9][0-9]{0,17})(?:,"session":"([0-9a-f]{1,64})")?\}')
+"""The header as we write it, read without the JSON parser; any other spelling
+takes the general path."""
+
+
+class BadPacket(Exception):
+    """A datagram that is not a packet: dropped whole, unanswered."""
+
+
+@dataclass(frozen=True, slots=True)
+class Packet:
+    """One parsed packet: its number, the sender's token (clients only) and its frames."""
+
+    pn: int
+    session: str | None
+    frames: list[bytes]
+
+
+def header(pn: int, session: str | None = None) -> bytes:
+    """The header line of packet ``pn``, ``\\n`` included."""
+    if session is None:
+        return b'{"pn":%d}\n' % pn
+    return b'{"pn":%d,"session":"%s"}\n' % (pn, session.encode("ascii"))
+
+
+def parse(data: bytes) -> Packet:
+    """Split a datagram into its header and frame lines; ``BadPacket`` if it is none."""
+    if len(data) > MAX_DATAGRAM_BYTES:
+        raise BadPacket(f"a packet is at most {MAX_DATAGRAM_BYTES} bytes")
+    lines = data.split(b"\n")
+    first = lines[0].rstrip(b"\r")
+    if (fast := _HEADER.fullmatch(first)) is not None:
+        pn = int(fast[1])
+        session = fast[2].decode("ascii") if fast[2] is not None else None
+    else:
+        pn, session = _header(first)
+    frames = [line.rstrip(b"\r") for line in lines[1:] if line.strip()]
+    if not frames:
+        raise BadPacket("a packet holds at least one frame")
+    return Packet(pn, session, frames)
+
+
+def _header(line: bytes) -> tuple[int, str | None]:
+    try:
+        obj: Any = json.loads(line)
+    except (ValueError, RecursionError):
+        raise BadPacket("a packet starts with a JSON header line") from None
+    if not isinstance(obj, dict):
+        raise BadPacket("a packet header is a JSON object")
+    pn, session = obj.get("pn"), obj.get("session")
+    if not (isinstance(pn, int) and not isinstance(pn, bool) and pn >= 0):
+        raise BadPacket("a packet header has a whole 'pn' from 0 up")
+    if session is not None and not isinstance(session, str):
+        raise BadPacket("a packet header's 'session' is a string")
+    return pn, session
