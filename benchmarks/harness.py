@@ -8,10 +8,10 @@ Contract:
 
 A Scenario is one run: a LoadSpec for a load run, or a client count for the capacity run
 (`benchmarks.capacity`). A Config is one configuration of the matrix: a server and the options
-that set it apart; `variant` names an option the LoadResult does not carry (`packets`: UDP
-packet sessions, protocol v1.2; `nodelay`: the assignment's server with TCP_NODELAY). A
-configuration whose option this build's LoadSpec lacks (`packets` before packet sessions exist)
-is left out and listed in `skipped` with the reason; it runs as soon as the option exists.
+that set it apart; `variant` names the LoadSpec option it turns on (`packets`: UDP packet
+sessions, protocol v1.2; `nodelay`: the assignment's server with TCP_NODELAY). A configuration
+whose option this build's LoadSpec lacks is left out and listed in `skipped` with the reason;
+it runs as soon as the option exists.
 Groups, each answering one question of the report:
 
 - `targets`: the runs the targets are judged on (benchmarks.targets), with the ablations that
@@ -98,16 +98,16 @@ class Config:
     key: str
     server: str
     reliable: bool = False
-    variant: str = ""  # "", "packets" or "nodelay": an option LoadResult does not carry
+    variant: str = ""  # "", "packets" or "nodelay": the LoadSpec option it turns on
 
 
 LINK_MATRIX = (
     Config("tcp", "tcp"),
     Config("assignment", "assignment"),
     Config("udp-raw", "udp"),
-    Config("udp-raw packets", "udp", variant="packets"),
+    Config("udp-raw-packets", "udp", variant="packets"),
     Config("udp-reliable", "udp", reliable=True),
-    Config("udp-reliable packets", "udp", reliable=True, variant="packets"),
+    Config("udp-reliable-packets", "udp", reliable=True, variant="packets"),
 )
 """Every configuration that meets the lossy link, each at every loss."""
 FIRST_SCREEN_LOSSES = (0, 5)
@@ -586,15 +586,17 @@ def load_results(results: dict[str, Any], group: str | None = None) -> list[tupl
 
 def config_runs(results: dict[str, Any], group: str) -> list[tuple[str, int, LoadResult]]:
     """(configuration, repeat, LoadResult) of a group's load runs: the configuration is the
-    protocol, its variant and the TCP flags that differ from the default (`tcp coalesce 0 ms`,
-    `udp-raw packets`), so that no series mixes two of them."""
+    protocol (packet sessions are in it: `udp-raw-packets`), the TCP flags that differ from the
+    default (`tcp coalesce 0 ms`) and a variant the protocol does not name (`assignment
+    nodelay`), so that no series mixes two of them."""
     out = []
     for run in results["runs"]:
         if run["group"] != group:
             continue
         result = result_from_dict(run["result"])
         variant = run.get("variant", "")
-        key = label_of(result) + (f" {variant}" if variant else "")
+        key = label_of(result)
+        key += f" {variant}" if variant and variant not in key else ""
         out.append((key, run.get("repeat", 1), result))
     return out
 

@@ -56,6 +56,7 @@ from benchmarks.targets import (
     repeats,
     sweep_knees,
 )
+from common.protocol.recovery import MAX_ACK_DELAY
 from common.protocol.reliable import INITIAL_RTO
 from report.plots import make_plots
 from tcp.server import DEFAULT_COALESCE_MS
@@ -320,11 +321,10 @@ def _provenance_text(meta: dict[str, Any], origin: Provenance) -> str:
         f"Generated from `{origin.results_path}`"
         + (f" (committed in {origin.results_commit})" if origin.results_commit else "")
         + f" at commit {origin.head or 'unknown'}; measured at commit {commit}"
-        + f" on {meta['date'][:10]} by `{_suite_command(meta)}` in {num(meta['elapsed_s'])} s, "
-        + f"{meta['implementation']} {meta['python']}, {meta['machine']['cores']} cores of "
-        + f"{meta['machine']['cpu']} shared with other work (load average "
-        + f"{meta['load_average_before'][0]:.2f} before, {meta['load_average_after'][0]:.2f} "
-        + "after)"
+        + f" on {meta['date'][:10]} by `{_suite_command(meta)}` in {num(meta['elapsed_s'])} s "
+        + f"on {meta['machine']['cores']} shared cores of {meta['machine']['cpu']}, "
+        + f"{meta['implementation']} {meta['python']} (load average "
+        + f"{meta['load_average_before'][0]:.2f}, then {meta['load_average_after'][0]:.2f})"
     )
     if meta.get("git_dirty"):
         text += " **with uncommitted changes**"
@@ -374,8 +374,8 @@ def _first_rows(results: dict[str, Any]) -> list[Row]:
     names = (("tcp", "TCP"), ("udp-raw", "raw UDP"), ("udp-reliable", "reliable UDP"))
     for transport, label in names:
         config = transport
-        if transport != "tcp" and _link_runs(results, f"{transport} packets", 0):
-            config = f"{transport} packets"
+        if transport != "tcp" and _link_runs(results, f"{transport}-packets", 0):
+            config = f"{transport}-packets"
             label += " (packets)"
         elif transport != "tcp":
             label += " (1.0)"
@@ -477,7 +477,7 @@ def _link_table(results: dict[str, Any]) -> str:
     runs = config_runs(results, "lossy")
     if not runs:
         return "_Not measured in this results file._"
-    losses = sorted({int(r.link.split()[1].rstrip("%")) for _, _, r in runs})
+    losses = _losses(runs)
     configs = list(dict.fromkeys(key for key, _, _ in runs))
     rows = []
     for config in configs:
@@ -497,6 +497,32 @@ def _link_table(results: dict[str, Any]) -> str:
     return table(rows, ["", *(f"{loss} % loss" for loss in losses)], markdown=True)
 
 
+def _link_lost(results: dict[str, Any]) -> str:
+    """Which configurations that should lose nothing lost deliveries over the lossy link."""
+    runs = config_runs(results, "lossy")
+    if not runs:
+        return ""
+    repairing = [k for k in dict.fromkeys(k for k, _, _ in runs) if not k.startswith("udp-raw")]
+    losing = [
+        k
+        for k in repairing
+        if any(median_of(_link_runs(results, k, loss), "loss_pct") > 0 for loss in _losses(runs))
+    ]
+    if not losing:
+        return (
+            "Raw UDP loses what either crossing of the link drops, about 1 − (1 − p)² of "
+            "deliveries; every other configuration lost nothing at any loss."
+        )
+    return (
+        "Raw UDP loses what either crossing of the link drops, about 1 − (1 − p)²; of the "
+        "others, " + ", ".join(losing) + " lost deliveries too (RUNS.md has each run)."
+    )
+
+
+def _losses(runs: Sequence[tuple[str, int, LoadResult]]) -> list[int]:
+    return sorted({int(r.link.split()[1].rstrip("%")) for _, _, r in runs})
+
+
 def _ablation_rows(results: dict[str, Any]) -> list[tuple[str, list[LoadResult]]]:
     return [
         ("TCP 200 × 5, default rest", _tcp5(results)),
@@ -512,7 +538,7 @@ def _ablation_rows(results: dict[str, Any]) -> list[tuple[str, list[LoadResult]]
         ),
         (
             "UDP raw 100 × 10, packets",
-            repeats(results, "targets", "udp-raw", "packets", clients=100, rate=10),
+            repeats(results, "targets", "udp-raw-packets", "packets", clients=100, rate=10),
         ),
     ]
 
@@ -540,27 +566,26 @@ def _base5(results: dict[str, Any]) -> list[LoadResult]:
     return repeats(results, "targets", "assignment", clients=200, rate=5)
 
 
+def _runs_counted(runs: Sequence[LoadResult]) -> str:
+    use, bound = _counted(runs)
+    return f"{len(use)}/{len(runs)}" + (BOUND_MARK if bound else "")
+
+
 def _headline_list(results: dict[str, Any], rows: Sequence[Row]) -> str:
-    """Every headline figure: median [range], and over how many runs."""
-    lines = []
-    for row in rows:
-        use, bound = _counted(row.runs)
-        link = "clean" if row.loss == 0 else f"{row.loss} % loss"
-        lines.append(
-            f"- {row.label}, {link}: p50 {spread(row.runs, 'p50_ms', ms)} ms, p99 "
-            f"{spread(row.runs, 'p99_ms', ms)} ms, lost {spread(row.runs, 'loss_pct', _us)} %, "
-            f"{cpu(row.runs)} µs/delivery; {len(use)} of {len(row.runs)} runs"
-            + (" (harness-bound)" if bound else "")
-        )
-    for name, runs in _ablation_rows(results):
-        if runs:
-            use, _ = _counted(runs)
-            lines.append(
-                f"- {name}: p50 {spread(runs, 'p50_ms', ms)} ms, p99 {spread(runs, 'p99_ms', ms)}"
-                f" ms, {cpu(runs)} µs/delivery; {len(use)} of {len(runs)} runs"
-            )
-    lines.append("- the targets: section 4's table, with how many of their runs counted.")
-    return "\n".join(lines)
+    """Where each headline figure is, and over how many runs it is a median (counted/run)."""
+    first = "; ".join(
+        f"{row.label} {'clean' if row.loss == 0 else f'{row.loss} %'} {_runs_counted(row.runs)}"
+        for row in rows
+        if row.runs
+    )
+    ablations = "; ".join(
+        f"{name} {_runs_counted(runs)}" for name, runs in _ablation_rows(results) if runs
+    )
+    return (
+        f"- The first table: {first or NA}.\n"
+        f"- Section 3's table: {ablations or NA}.\n"
+        "- The targets: the *runs* column of section 4's table."
+    )
 
 
 def _calibration_text(calibration: dict[str, Any] | None) -> str:
@@ -637,8 +662,13 @@ def build_context(
         "loc_counter": LOC_COUNTER,
         "coalesce_default": f"{DEFAULT_COALESCE_MS:g}",
         "rto_ms": f"{INITIAL_RTO * 1000:g}",
+        "max_ack_delay_ms": f"{MAX_ACK_DELAY * 1000:g}",
         "link_table": _link_table(results),
+        "link_lost": _link_lost(results),
         "rel5_server_retx": _retx(_link_runs(results, "udp-reliable", 5), "server_retransmitted"),
+        "relp5_server_retx": _retx(
+            _link_runs(results, "udp-reliable-packets", 5), "server_retransmitted"
+        ),
         "tcp5_kernel_retx": _retx(_link_runs(results, "tcp", 5), "tcp_retransmitted"),
         "ablation_repeats": str(max((len(r) for _, r in _ablation_rows(results)), default=0)),
         "ablation_table": _ablation_table(results),

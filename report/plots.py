@@ -36,9 +36,9 @@ STYLE: dict[str, dict[str, Any]] = {
     "tcp": {"color": "tab:blue", "marker": "o", "label": "TCP"},
     "assignment": {"color": "tab:gray", "marker": "D", "label": "the assignment's server"},
     "udp-raw": {"color": "tab:orange", "marker": "s", "label": "UDP raw (1.0)"},
-    "udp-raw packets": {"color": "tab:red", "marker": "v", "label": "UDP raw (packets)"},
+    "udp-raw-packets": {"color": "tab:red", "marker": "v", "label": "UDP raw (packets)"},
     "udp-reliable": {"color": "tab:green", "marker": "^", "label": "UDP reliable (1.0)"},
-    "udp-reliable packets": {
+    "udp-reliable-packets": {
         "color": "tab:purple",
         "marker": "P",
         "label": "UDP reliable (packets)",

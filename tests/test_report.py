@@ -75,8 +75,8 @@ SPECIAL: dict[tuple[str, str, int], dict[str, Any]] = {
     # The first screen: reliable UDP's tail at 5 % shorter than TCP's, raw UDP losing some,
     # TCP's CPU measured over a few clock ticks only.
     **{("lossy", "tcp 5% loss", n): {"p99_ms": 230.0 + n} for n in (1, 2, 3)},
-    **{("lossy", "udp-reliable 5% loss", n): {"p99_ms": 210.0 + n} for n in (1, 2, 3)},
-    **{("lossy", "udp-raw 5% loss", n): {"loss_pct": 9.5 + n / 10} for n in (1, 2, 3)},
+    **{("lossy", "udp-reliable-packets 5% loss", n): {"p99_ms": 210.0 + n} for n in (1, 2, 3)},
+    **{("lossy", "udp-raw-packets 5% loss", n): {"loss_pct": 9.5 + n / 10} for n in (1, 2, 3)},
     **{
         ("lossy", "tcp 0% loss", n): {"server_cpu_ticks": 20, "server_cpu_us_per_delivery": 12.345}
         for n in (1, 2, 3)
@@ -204,9 +204,9 @@ def test_the_first_screen_is_the_table_and_the_answer(report: str) -> None:
     table = [line for line in head.splitlines() if line.startswith("|")]
     rows = [_cells(line) for line in table[2:]]
     assert [(r[0], r[1]) for r in rows] == [
-        ("TCP", "clean"), ("TCP", "5 % loss"), ("raw UDP (1.0)", "clean"),
-        ("raw UDP (1.0)", "5 % loss"), ("reliable UDP (1.0)", "clean"),
-        ("reliable UDP (1.0)", "5 % loss"),
+        ("TCP", "clean"), ("TCP", "5 % loss"), ("raw UDP (packets)", "clean"),
+        ("raw UDP (packets)", "5 % loss"), ("reliable UDP (packets)", "clean"),
+        ("reliable UDP (packets)", "5 % loss"),
     ]  # fmt: skip
     assert _cells(table[0])[2:] == [
         "p50 ms", "p99 ms", "lost %", "server µs/delivery", "lines of code",
@@ -222,10 +222,13 @@ def test_the_first_screen_is_the_table_and_the_answer(report: str) -> None:
     assert "it lost 9.70 % of deliveries, against the 9.75 %" in flat.replace("9.7 %", "9.70 %")
     assert "its p99 was shorter than TCP's (212 against 232 ms)" in flat
     assert "lost nothing on either link" in flat
+    assert "its congestion control is ours to get right" in flat
 
 
 def test_the_answer_follows_the_figures(tmp_path: Path) -> None:
+    # Without packet sessions (a build before protocol 1.2) the first screen shows 1.0.
     results = synthetic_results()
+    results["runs"] = [run for run in results["runs"] if run.get("variant") != "packets"]
     for run in results["runs"]:
         if run["name"] == "udp-reliable 5% loss":
             run["result"]["p99_ms"] = 900.0
@@ -235,6 +238,7 @@ def test_the_answer_follows_the_figures(tmp_path: Path) -> None:
     flat = _flat(generate(path, tmp_path, CLEAN).read_text(encoding="utf-8"))
     assert "its p99 was no shorter than TCP's (900 against 232 ms)" in flat
     assert "some deliveries were lost: reliable UDP (1.0) on the 5 % link" in flat
+    assert "backs off from no congestion but its own timeouts" in flat
 
 
 def test_verdicts_follow_the_repeats(report: str, runs: str) -> None:
@@ -265,9 +269,14 @@ def test_the_link_matrix_has_every_configuration_at_every_loss(report: str) -> N
     section = report.split("## 2.", 1)[1].split("## 3.", 1)[0]
     table = [line for line in section.splitlines() if line.startswith("|")]
     assert _cells(table[0])[1:] == ["0 % loss", "1 % loss", "5 % loss", "10 % loss"]
-    assert [_cells(line)[0] for line in table[2:4]] == ["tcp", "assignment"]
+    assert [_cells(line)[0] for line in table[2:]] == [
+        "tcp", "assignment", "udp-raw", "udp-raw-packets", "udp-reliable", "udp-reliable-packets",
+    ]  # fmt: skip
     assert _cells(table[2])[3] == "0.58 / 232 / 2.32, 0.0 %"
-    assert "the UDP server said it sent 12 frames again" in _flat(section)
+    flat = _flat(section)
+    assert "the UDP server counted 12 frames sent again (1.0) and 12 (packets)" in flat
+    assert "the namespace's kernel, 34 TCP segments" in flat
+    assert "every other configuration lost nothing at any loss" in flat
 
 
 def test_calibration_is_quoted_from_its_file(report: str, tmp_path: Path) -> None:
