@@ -73,13 +73,21 @@ MIN_TICKS = 100
 """Clock ticks (10 ms each) below which a CPU figure has fewer than about three digits."""
 MAX_WORDS = 2500
 """The report's length limit, counted as `wc -w` counts, without HTML comments."""
+_UDP = ("udp/server.py", "udp/session.py")
+_PACKETS = tuple(
+    f"common/protocol/{name}.py"
+    for name in ("packets", "packetlink", "rangeset", "recovery", "congestion", "reliable")
+)
 CODE_FILES = {
     "tcp": ("tcp/server.py",),
-    "udp-raw": ("udp/server.py", "udp/session.py"),
-    "udp-reliable": ("udp/server.py", "udp/session.py", "common/protocol/reliable.py"),
+    "udp-raw": _UDP,
+    "udp-reliable": (*_UDP, "common/protocol/reliable.py"),
+    "udp-raw-packets": (*_UDP, *_PACKETS),
+    "udp-reliable-packets": (*_UDP, *_PACKETS),
 }
-"""What each transport's row counts: its own transport code; the room and the codec, which
-both share, are in none. Files missing from the tree are left out."""
+"""What each configuration's row counts: its own transport code (the UDP server holds both
+modes and both protocols; packet sessions use the 1.0 receiver's buffer); the room and the
+codec, which all share, are in none. Files missing from the tree are left out."""
 LOC_COUNTER = (
     "`report.generate.code_lines` (Python's tokenizer: lines holding code; docstrings, "
     "comments and blank lines left out)"
@@ -349,6 +357,7 @@ class Row:
 
     label: str
     transport: str
+    config: str
     loss: int
     runs: Sequence[LoadResult]
 
@@ -380,7 +389,7 @@ def _first_rows(results: dict[str, Any]) -> list[Row]:
         elif transport != "tcp":
             label += " (1.0)"
         for loss in FIRST_LOSSES:
-            rows.append(Row(label, transport, loss, _link_runs(results, config, loss)))
+            rows.append(Row(label, transport, config, loss, _link_runs(results, config, loss)))
     return rows
 
 
@@ -393,7 +402,7 @@ def _first_table(rows: Sequence[Row]) -> str:
             spread(row.runs, "p99_ms", ms),
             spread(row.runs, "loss_pct", lambda v: num(v, 2)),
             cpu(row.runs),
-            str(_code(row.transport)),
+            f"{_code(row.config):,}",
         ]
         for row in rows
     ]
@@ -413,7 +422,7 @@ def answer(rows: Sequence[Row]) -> str:
     tcp0, tcp5 = by["tcp", 0], by["tcp", 5]
     raw0, raw5 = by["udp-raw", 0], by["udp-raw", 5]
     rel0, rel5 = by["udp-reliable", 0], by["udp-reliable", 5]
-    tcp_code, rel_code = _code("tcp"), _code("udp-reliable")
+    tcp_code, rel_code = _code("tcp"), _code(rel0.config)
     lost = [r for r in (tcp0, tcp5, rel0, rel5) if r.median("loss_pct") > 0]
     kept = (
         "TCP and reliable UDP lost nothing on either link."

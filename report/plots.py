@@ -96,7 +96,7 @@ def _draw(
     xs, mids, lows, highs, hollow = [], [], [], [], []
     left_out = 0
     for group in points:
-        counted = [r for r in group if not r.harness_bound] or list(group)
+        counted, bound = _counted(group)
         values = _finite([y(r) for r in counted], log)
         if not values:
             left_out += 1
@@ -106,20 +106,28 @@ def _draw(
         mids.append(mid)
         lows.append(mid - min(values))
         highs.append(max(values) - mid)
-        hollow.append(all(r.harness_bound for r in group))
+        hollow.append(bound)
     if not xs:
         return left_out
     axes.errorbar(
         xs, mids, yerr=[lows, highs], color=style["color"], marker=style["marker"],
         label=style["label"], capsize=3, **line,
     )  # fmt: skip
-    bound = [(a, b) for a, b, h in zip(xs, mids, hollow, strict=True) if h]
-    if bound:
+    marked = [(a, b) for a, b, h in zip(xs, mids, hollow, strict=True) if h]
+    if marked:
         axes.plot(
-            [a for a, _ in bound], [b for _, b in bound], linestyle="none",
+            [a for a, _ in marked], [b for _, b in marked], linestyle="none",
             marker=style["marker"], color=style["color"], markerfacecolor="white",
         )  # fmt: skip
     return left_out
+
+
+def _counted(runs: Sequence[LoadResult]) -> tuple[list[LoadResult], bool]:
+    """The runs a point is drawn from, and whether it is harness-bound: the report's rule
+    (fewer than two thirds of the runs free of the harness)."""
+    free = [r for r in runs if not r.harness_bound]
+    bound = not free or len(free) < math.ceil(2 * len(runs) / 3)
+    return (list(runs) if bound else free), bound
 
 
 def _legend(axes: Any, note: str = _BOUND_NOTE) -> None:
@@ -189,7 +197,7 @@ def _percentiles(series: Series, clients: int, path: Path) -> Path:
         repeats = [r for _, r in runs if r.percentiles_ms]
         if not repeats:
             continue
-        counted = [r for r in repeats if not r.harness_bound] or repeats
+        counted, _ = _counted(repeats)
         mids, lows, highs = [], [], []
         for i in range(len(PERCENTILES)):
             values = _finite([r.percentiles_ms[i] for r in counted], log=True)
