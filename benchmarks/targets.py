@@ -300,7 +300,7 @@ def _udp_raw(results: dict[str, Any]) -> Target:
 
 def _udp_reliable(results: dict[str, Any]) -> Target:
     budget = RTO_BUDGET * RTO_MS
-    goal = f"0 lost, p99 <= {RTO_BUDGET} RTOs ({budget:g} ms)"
+    goal = f"0 lost, p99 <= {RTO_BUDGET} retransmission timeouts ({budget:g} ms)"
     samples = [
         Sample({"lost": float(r.lost), "p99_ms": r.p99_ms}, r.harness_bound)
         for r in repeats(results, "lossy", "udp-reliable", link="netns 5% loss")

@@ -602,13 +602,13 @@ def _calibration_text(calibration: dict[str, Any] | None) -> str:
         return "It was not calibrated against the example here: run `make calibrate`."
     gaps = {g["figure"]: g for g in calibration["gaps"]}
     parts = [
-        f"{label} {num(gaps[key]['ours'], digits)} against the example's "
-        f"{num(gaps[key]['seed'], digits)} ({gaps[key]['gap']:+.0%}, allowed "
+        f"{label} {num(gaps[key]['ours'], digits)}{unit} against the example's "
+        f"{num(gaps[key]['seed'], digits)}{unit} ({gaps[key]['gap']:+.0%}, allowed "
         f"±{gaps[key]['tolerance']:.0%})"
-        for key, label, digits in (
-            ("cpu_us", "CPU per delivery at 200 × 5", 2),
-            ("p99_ms", "p99", 1),
-            ("peak", "peak deliveries/s at 200 × 50", 0),
+        for key, label, digits, unit in (
+            ("cpu_us", "CPU per delivery at 200 × 5", 2, " µs"),
+            ("p99_ms", "p99 there", 1, " ms"),
+            ("peak", "peak at 200 × 50", 0, " deliveries/s"),
         )
         if key in gaps
     ]
@@ -733,7 +733,9 @@ def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: P
         "Latencies in ms; *retransmitted* is what the UDP server said it sent again, what the "
         "clients sent again, and the TCP segments the namespace's kernel sent again (`-`: not "
         "counted for that run); *CPU ticks* is how many 10 ms clock ticks the server's CPU "
-        "figure rests on.",
+        "figure rests on. *deliv/s* counts every delivery that arrived in the measured window, "
+        "the warm-up's late ones included, so a server catching up can show more than was "
+        "offered; *lost %* is of the window's own messages and never goes below zero.",
     ]
     notes = _target_notes(evaluate(results))
     if notes:

@@ -282,8 +282,9 @@ def test_the_link_matrix_has_every_configuration_at_every_loss(report: str) -> N
 def test_calibration_is_quoted_from_its_file(report: str, tmp_path: Path) -> None:
     flat = _flat(report)
     assert "in the same rounds (3 each, 2026-01-04) and **passed**" in flat
-    assert "CPU per delivery at 200 × 5 2.20 against the example's 2.10 (+5%, allowed ±15%)" in (
-        flat
+    assert (
+        "CPU per delivery at 200 × 5 2.20 µs against the example's 2.10 µs (+5%, allowed ±15%)"
+        in (flat)
     )
     results_path = tmp_path / "results.json"
     results_path.write_text(json.dumps(synthetic_results(), allow_nan=False), encoding="utf-8")
