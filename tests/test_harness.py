@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from benchmarks.harness import (
     write_results,
 )
 from benchmarks.measure import LoadSpec, result_from_dict, result_to_dict, run_load
+from benchmarks.servers import ServerProcess
 from benchmarks.targets import evaluate, format_targets
 from netsim.lossy import lossy_link_unavailable
 
@@ -157,3 +159,26 @@ def test_command_line_lists_the_suites(capsys: pytest.CaptureFixture[str]) -> No
     assert len(build_suite("full")) > len(build_suite("bench"))
     with pytest.raises(SystemExit):
         bench_main(["--only", "nonsense", "--list"])
+
+
+SAYS_RETRANSMISSIONS = """
+import signal, sys
+for line in sys.argv[1:]:
+    print(line, file=sys.stderr, flush=True)
+print("listening on 127.0.0.1:9", file=sys.stderr, flush=True)
+signal.pause()
+"""
+
+
+@pytest.mark.parametrize(
+    ("lines", "counted"),
+    [
+        (["a left (bye); to client: 9 sent, 3 retransmitted", "b left (bye); 4 retransmitted"], 7),
+        (["a joined from 127.0.0.1:5"], -1),
+    ],
+)
+def test_the_server_s_own_retransmissions_are_added_up(lines: list[str], counted: int) -> None:
+    server = ServerProcess([sys.executable, "-c", SAYS_RETRANSMISSIONS, *lines])
+    assert server.wait_ready() == ("127.0.0.1", 9)
+    server.stop()
+    assert server.retransmitted == counted
