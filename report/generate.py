@@ -735,7 +735,7 @@ def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: P
         "counted for that run); *CPU ticks* is how many 10 ms clock ticks the server's CPU "
         "figure rests on. *deliv/s* counts every delivery that arrived in the measured window, "
         "the warm-up's late ones included, so a server catching up can show more than was "
-        "offered; *lost %* is of the window's own messages and never goes below zero.",
+        "offered; *lost %* is the share of the window's own deliveries that never arrived.",
     ]
     notes = _target_notes(evaluate(results))
     if notes:
