@@ -223,6 +223,7 @@ def test_the_first_screen_is_the_table_and_the_answer(report: str) -> None:
     assert "its p99 was shorter than TCP's (212 against 232 ms)" in flat
     assert "lost nothing on either link" in flat
     assert "its congestion control is ours to get right" in flat
+    assert "it probes after about the round trip plus 25 ms" in flat
 
 
 def test_the_answer_follows_the_figures(tmp_path: Path) -> None:
@@ -239,6 +240,7 @@ def test_the_answer_follows_the_figures(tmp_path: Path) -> None:
     assert "its p99 was no shorter than TCP's (900 against 232 ms)" in flat
     assert "some deliveries were lost: reliable UDP (1.0) on the 5 % link" in flat
     assert "backs off from no congestion but its own timeouts" in flat
+    assert "its own timer starts at 200 ms" in flat
 
 
 def test_verdicts_follow_the_repeats(report: str, runs: str) -> None:
@@ -298,6 +300,7 @@ def test_past_one_machine_comes_from_the_cluster_file(report: str) -> None:
     assert "shared 2 cores" in section
     assert "about 80,000 events/s, 16,000,000 deliveries/s at 200 members" in section
     assert "700,000 for one server alone" in section
+    assert "each server's fan-out, not the stream, is the ceiling" in section
 
 
 def test_a_place_is_kept_for_the_saturation_section(report: str) -> None:
