@@ -580,25 +580,23 @@ def _base5(results: dict[str, Any]) -> list[LoadResult]:
     return repeats(results, "targets", "assignment", clients=200, rate=5)
 
 
-def _runs_counted(runs: Sequence[LoadResult]) -> str:
-    use, bound = _counted(runs)
-    return f"{len(use)}/{len(runs)}" + (BOUND_MARK if bound else "")
-
-
 def _headline_list(results: dict[str, Any], rows: Sequence[Row]) -> str:
-    """Where each headline figure is, and over how many runs it is a median (counted/run)."""
-    first = "; ".join(
-        f"{row.label} {'clean' if row.loss == 0 else f'{row.loss} %'} {_runs_counted(row.runs)}"
-        for row in rows
-        if row.runs
-    )
-    ablations = "; ".join(
-        f"{name} {_runs_counted(runs)}" for name, runs in _ablation_rows(results) if runs
-    )
+    """How many runs each headline figure is the median of: the usual count once, and every
+    figure whose count differs (a failed run, or runs the harness limited) by name."""
+    figures = [(f"{row.label}, {'clean' if row.loss == 0 else f'{row.loss} %'}", row.runs)
+               for row in rows if row.runs]  # fmt: skip
+    figures += [(name, runs) for name, runs in _ablation_rows(results) if runs]
+    if not figures:
+        return NA
+    made = max(len(runs) for _, runs in figures)
+    fewer = [f"{name} {len(_counted(runs)[0])}" for name, runs in figures
+             if not _counted(runs)[1] and len(_counted(runs)[0]) != made]  # fmt: skip
+    bound = [name for name, runs in figures if _counted(runs)[1]]
     return (
-        f"- The first table: {first or NA}.\n"
-        f"- Section 3's table: {ablations or NA}.\n"
-        "- The targets: the *runs* column of section 4's table."
+        f"The first table and section 3's: each figure over {made} runs"
+        + (", except (runs counted) " + "; ".join(fewer) if fewer else "")
+        + (". Harness-bound (†), so over every run made: " + "; ".join(bound) if bound else "")
+        + ". The targets: the *runs* column of section 4's table."
     )
 
 
@@ -770,10 +768,10 @@ def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: P
     return "\n\n".join(parts) + "\n"
 
 
-CLUSTER_TEXT = """With `--redis`, servers share one room through one Redis stream. Measured by
-`make bench-cluster` ({{cluster_date}}, commit {{cluster_commit}}); servers, Redis and the
-load shared {{cluster_cores}} cores, so two servers cannot gain here. Most deliveries/s past
-saturation: {{cluster_one_peak}} for one server alone, {{cluster_redis_peak}} on Redis,
+CLUSTER_TEXT = """With `--redis`, servers share one room through one Redis stream
+(`make bench-cluster`, {{cluster_date}}, commit {{cluster_commit}}; all on {{cluster_cores}}
+cores, so two servers cannot gain here). Most deliveries/s past saturation:
+{{cluster_one_peak}} for one server alone, {{cluster_redis_peak}} on Redis,
 {{cluster_two_peak}} for two servers on Redis; p99 at {{cluster_room}} × 5:
 {{cluster_one_p99}}, {{cluster_redis_p99}} and {{cluster_two_p99}} ms. One Redis core appends
 about {{stream_ceiling}} events/s, {{stream_room_deliveries}} deliveries/s at {{cluster_room}}

@@ -377,3 +377,16 @@ def test_cpu_figures_keep_the_digits_their_clock_ticks_allow() -> None:
     assert cpu([run(50), run(400)]) == "3.9"
     assert cpu([run(0)]) == "-"
     assert (coarse(12.345), coarse(0.8512), coarse(1234.5)) == ("12", "0.85", "1,234")
+
+
+def test_the_closing_note_names_every_figure_over_fewer_runs(tmp_path: Path) -> None:
+    results = synthetic_results()
+    results["runs"] = [
+        run for run in results["runs"] if not (run["name"] == "tcp 0% loss" and run["repeat"] == 2)
+    ]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(results, allow_nan=False), encoding="utf-8")
+    section = _flat(
+        generate(path, tmp_path, CLEAN).read_text(encoding="utf-8").split("## 8.", 1)[1]
+    )
+    assert "each figure over 3 runs, except (runs counted) TCP, clean 2." in section
