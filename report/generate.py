@@ -669,7 +669,7 @@ def build_context(
             f"CPU figures measured over fewer than {MIN_TICKS} clock ticks of 10 ms (RUNS.md "
             "gives each run's) are shown to two digits."
             if few_ticks(first_runs)
-            else f"every CPU figure was measured over at least {MIN_TICKS} clock ticks."
+            else f"Every CPU figure was measured over at least {MIN_TICKS} clock ticks."
         ),
         "loc_counter": LOC_COUNTER,
         "coalesce_default": f"{DEFAULT_COALESCE_MS:g}",
