@@ -31,8 +31,8 @@ demo-tcp: ## scripted TCP chat: a server and three clients on a free port; stops
 run-udp: ## start the UDP chat server on HOST:PORT (default 127.0.0.1:8080)
 	$(PYTHON) -m udp.server --host $(HOST) --port $(PORT)
 
-chat-udp: ## UDP terminal client on HOST:PORT (NAME=alice, RELIABLE=1 for a reliable session)
-	$(PYTHON) -m udp.client --host $(HOST) --port $(PORT) $(if $(NAME),--name $(NAME)) $(if $(RELIABLE),--reliable)
+chat-udp: ## UDP terminal client on HOST:PORT, packet session (NAME=alice, RELIABLE=1 reliable, PACKETS=0 protocol 1.0)
+	$(PYTHON) -m udp.client --host $(HOST) --port $(PORT) $(if $(NAME),--name $(NAME)) $(if $(RELIABLE),--reliable) $(if $(filter 0,$(PACKETS)),--no-packets)
 
 demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%; stops by itself
 	$(PYTHON) -m udp.demo
@@ -42,7 +42,7 @@ run-cluster: $(VENV)/.installed ## one room on a Redis and three servers: TCP on
 	$(PY) -m common.cli.runcluster --host $(HOST) --port $(PORT)
 
 .PHONY: bench bench-full bench-cluster calibrate report
-bench: $(VENV)/.installed ## quick benchmark suite (< 12 min on 2 cores): every transport, clean and lossy -> benchmarks/results/
+bench: $(VENV)/.installed ## quick benchmark suite (< 12 min on 2 cores): every transport (TCP, UDP 1.0 and packets), clean and lossy -> benchmarks/results/
 	$(PY) -m benchmarks
 
 bench-full: $(VENV)/.installed ## the long benchmark suite: longer runs, more points

@@ -22,7 +22,7 @@ from benchmarks.harness import (
     write_results,
 )
 from benchmarks.measure import DEFAULT_THREADS
-from benchmarks.targets import evaluate, format_targets
+from benchmarks.targets import evaluate, evaluate_packets, format_targets
 
 
 def _groups(text: str) -> list[str]:
@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path, csv_path = write_results(results, args.out)
     print(format_tables(results))
     print("\n== targets\n" + format_targets(evaluate(results)))
+    print("\n== targets of UDP packet sessions\n" + format_targets(evaluate_packets(results)))
     print(f"\nwrote {json_path} and {csv_path} in {results['meta']['elapsed_s']:.0f} s")
     return 0
 

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import re
 import select
 import socket
@@ -368,6 +369,9 @@ class UdpClient(_Recorder):
         self.sender = ReliableSender() if reliable and not packets else None
         self.receiver = ReliableReceiver() if reliable and not packets else None
         self.link: PacketLink | None = None
+        # When the link next has work (s; inf: only when something arrives or is queued),
+        # so that a tick costs a comparison for a client with nothing due.
+        self._link_due = math.inf
         self._next_proof_ns = 0
         self._next_seq = 1
         flag = b',"reliable":true' if reliable else b""
@@ -382,6 +386,13 @@ class UdpClient(_Recorder):
     def timed(self) -> bool:
         """Whether the worker must call `tick`: something here runs on timers."""
         return self.reliable or self.packets
+
+    @property
+    def acks(self) -> tuple[int, int]:
+        """A packet session's acks sent, and the packets received that they answer."""
+        if self.link is None:
+            return 0, 0
+        return self.link.acks_sent, self.link.packets_received
 
     @property
     def retransmitted(self) -> int:
@@ -439,6 +450,8 @@ class UdpClient(_Recorder):
         assert self.link is not None
         for datagram in self.link.datagrams(now_ns / 1e9):
             self._write(datagram)
+        due = self.link.next_deadline()
+        self._link_due = math.inf if due is None else due
 
     def flush(self) -> None:
         """Datagrams are written whole or not at all."""
@@ -546,7 +559,8 @@ class UdpClient(_Recorder):
         if self.link is not None:
             if self._next_proof_ns and now_ns >= self._next_proof_ns:
                 self._prove(now_ns)
-            self._write_link(now_ns)
+            elif now_ns / 1e9 >= self._link_due:
+                self._write_link(now_ns)
             return
         if self.sender is not None and self.sender.pending:
             for due in self.sender.due(now_ns / 1e9):

@@ -8,17 +8,19 @@ Contract:
 
 A Scenario is one run: a LoadSpec for a load run, or a client count for the capacity run
 (`benchmarks.capacity`). A Config is one configuration of the matrix: a server and the options
-that set it apart; `variant` names the LoadSpec option it turns on (`packets`: UDP packet
-sessions, protocol v1.2; `nodelay`: the assignment's server with TCP_NODELAY). A configuration
-whose option this build's LoadSpec lacks is left out and listed in `skipped` with the reason;
-it runs as soon as the option exists.
+that set it apart, `packets` (UDP packet sessions, protocol v1.2, named in the protocol:
+`udp-raw-packets`) among them. A run's `variant` names an option its LoadResult does not show
+(`nodelay`: the assignment's server with TCP_NODELAY), so that it is never taken for the
+default's run.
 Groups, each answering one question of the report:
 
 - `targets`: the runs the targets are judged on (benchmarks.targets), with the ablations that
   set the transport apart from the design: TCP and the assignment's server at 200 clients x
   5 msg/s, TCP there again with coalescing off (`--coalesce-ms 0`), the assignment's server
   with TCP_NODELAY, UDP raw at 100 x 10 in protocol 1.0 (a datagram per frame, no packing) and
-  with packet sessions.
+  with packet sessions; UDP packet sessions (v1.2) on loopback: raw at 200 x 5 (against TCP
+  there), raw and reliable at 100 x 5, reliable at 200 x 5. Their runs over a lossy link are
+  the `lossy` group's.
 - `peak`: TCP and the assignment's server at 200 clients x 50 msg/s, past saturation: the most
   deliveries per second each gets through (a short drain: the backlog of an overload never
   drains, and only the throughput is asked of these runs).
@@ -28,11 +30,13 @@ Groups, each answering one question of the report:
 - `clients`: TCP, the assignment's server, UDP raw and UDP reliable at 10 to 100 clients
   x 5 msg/s (the 200-client point is in `targets`).
 - `rate`: TCP and the assignment's server at 200 clients x 5 to 20 msg/s: where each stops
-  keeping up (targets.knee); the 50 msg/s point is in `peak`.
+  keeping up (targets.knee); the 50 msg/s point is in `peak`. Reliable UDP packet sessions
+  there too, and at twice the highest rate: past saturation, does it degrade or collapse?
 - `lossy`: one network for every transport: LINK_MATRIX (TCP, the assignment's server, UDP raw
   and reliable, each in 1.0 and with packet sessions) over a LossyNamespace dropping 0/1/5/10 %
   of UDP datagrams and TCP segments each way, the same clients and load for all; the first
-  screen's losses (0 and 5 %) are repeated like `targets`. Skipped with the reason when this
+  screen's losses (0 and 5 %) are repeated like `targets` for the configurations the report's
+  first screen and the targets compare (`Config.repeated`). Skipped with the reason when this
   machine cannot make one (no root, no nftables).
 - `slow-reader`: TCP with and without one client that never reads, and the assignment's server
   with it; texts padded to about 2 KB, so that the slow reader's buffers fill within seconds.
@@ -45,7 +49,7 @@ Groups, each answering one question of the report:
 
 The results dict: `meta` (suite, date, git commit, Python, machine, load average before and
 after, `floor`: the CPU one loopback `send` and `sendto` cost here, from `benchmarks.floor`);
-`runs`: group, name, `repeat` (1, 2, ...), `variant` ("" or the Config's), `load_1min` (the
+`runs`: group, name, `repeat` (1, 2, ...), `variant` ("" or `nodelay`), `load_1min` (the
 1-minute load average as it started), spec and result of each load run; `capacity`; `skipped`
 (group, reason); `failed` (group, name, error: a run that raised; the suite goes on without it).
 The CSV has one row per load run, with the meta columns repeated on every row.
@@ -93,42 +97,35 @@ REPEATED = ("targets", "peak", "lossy")
 
 @dataclass(frozen=True)
 class Config:
-    """One configuration of the matrix; `key` names it in tables and plots."""
+    """One configuration of the matrix; `key` names it in tables and plots (its protocol)."""
 
     key: str
     server: str
     reliable: bool = False
-    variant: str = ""  # "", "packets" or "nodelay": the LoadSpec option it turns on
+    packets: bool = False
+    repeated: bool = True  # whether the first screen's losses are repeated for it
 
 
 LINK_MATRIX = (
     Config("tcp", "tcp"),
-    Config("assignment", "assignment"),
-    Config("udp-raw", "udp"),
-    Config("udp-raw-packets", "udp", variant="packets"),
+    Config("assignment", "assignment", repeated=False),
+    Config("udp-raw", "udp", repeated=False),
+    Config("udp-raw-packets", "udp", packets=True),
     Config("udp-reliable", "udp", reliable=True),
-    Config("udp-reliable-packets", "udp", reliable=True, variant="packets"),
+    Config("udp-reliable-packets", "udp", reliable=True, packets=True),
 )
-"""Every configuration that meets the lossy link, each at every loss."""
+"""Every configuration that meets the lossy link, each at every loss. The first screen and the
+targets compare TCP, UDP with packet sessions and reliable UDP 1.0 (udp-reliable-5pct) at 0
+and 5 %: those are repeated; the others run once at each loss."""
 FIRST_SCREEN_LOSSES = (0, 5)
 """The losses of the report's first table, repeated like the targets."""
 
 
-def unsupported(variant: str) -> str | None:
-    """Why this build cannot run a variant, or None when it can."""
-    if variant and variant not in {f.name for f in dataclasses.fields(LoadSpec)}:
-        return f"the load clients have no `{variant}` option in this build"
-    return None
-
-
-def configured(spec: LoadSpec, config: Config) -> LoadSpec | None:
-    """`spec` for one configuration, or None when this build cannot run it."""
-    if unsupported(config.variant):
-        return None
-    options: dict[str, Any] = {"server": config.server, "reliable": config.reliable}
-    if config.variant:
-        options[config.variant] = True
-    return dataclasses.replace(spec, **options)
+def configured(spec: LoadSpec, config: Config) -> LoadSpec:
+    """`spec` for one configuration."""
+    return dataclasses.replace(
+        spec, server=config.server, reliable=config.reliable, packets=config.packets
+    )
 
 
 @dataclass(frozen=True)
@@ -257,6 +254,10 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
         "udp-reliable": dataclasses.replace(
             base, server="udp", reliable=True, drain=z.reliable_drain
         ),
+        "udp-raw-packets": dataclasses.replace(base, server="udp", packets=True),
+        "udp-reliable-packets": dataclasses.replace(
+            base, server="udp", reliable=True, packets=True, drain=z.reliable_drain
+        ),
     }
     return [
         *_repeated(z, kinds),
@@ -283,7 +284,7 @@ def _repeated(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
     udp_clients = min(z.sweep_clients, _UDP_TARGET[0])
     tcp5 = _at(kinds["tcp"], small, _CLIENTS_RATE)
     raw10 = _at(kinds["udp-raw"], udp_clients, _UDP_TARGET[1])
-    rounds: dict[str, list[tuple[str, LoadSpec | None, str]]] = {
+    rounds: dict[str, list[tuple[str, LoadSpec, str]]] = {
         "targets": [
             (f"tcp {small}x{_CLIENTS_RATE:g}", tcp5, ""),
             (
@@ -303,10 +304,11 @@ def _repeated(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
             ),
             (f"udp-raw {udp_clients}x{_UDP_TARGET[1]:g}", raw10, ""),
             (
-                f"udp-raw {udp_clients}x{_UDP_TARGET[1]:g} packets",
-                configured(raw10, Config("", "udp", variant="packets")),
-                "packets",
+                f"udp-raw-packets {udp_clients}x{_UDP_TARGET[1]:g}",
+                dataclasses.replace(raw10, packets=True),
+                "",
             ),
+            *_packet_targets(z, kinds),
         ],
         "peak": [
             (
@@ -316,14 +318,31 @@ def _repeated(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
             )
             for p in ("tcp", "assignment")
         ],
-        "lossy": _link_runs(z, kinds["tcp"], FIRST_SCREEN_LOSSES if z.repeats > 1 else ()),
+        "lossy": _link_runs(
+            z, kinds["tcp"], FIRST_SCREEN_LOSSES if z.repeats > 1 else (), repeated=True
+        ),
     }
     return [
         Scenario(group, name, spec, repeat=repeat, variant=variant)
         for group, scenarios in rounds.items()
         for repeat in range(1, z.repeats + 1)
         for name, spec, variant in scenarios
-        if spec is not None
+    ]
+
+
+def _packet_targets(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[tuple[str, LoadSpec, str]]:
+    """The loopback `targets` runs of UDP packet sessions (benchmarks.targets judges them)."""
+    small = _small(z)
+    udp_clients = min(z.sweep_clients, _UDP_TARGET[0])
+    rate = _CLIENTS_RATE
+    return [
+        (f"{kind} {n}x{rate:g}", _at(kinds[kind], n, rate), "")
+        for kind, n in (
+            ("udp-raw-packets", small),
+            ("udp-raw-packets", udp_clients),
+            ("udp-reliable-packets", udp_clients),
+            ("udp-reliable-packets", small),
+        )
     ]
 
 
@@ -340,44 +359,46 @@ def _sweeps(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
         for protocol in ("tcp", "assignment")
         for rate in z.sweep_rates
     ]
+    out += [
+        Scenario(
+            "rate",
+            f"udp-reliable-packets {n}x{rate:g}",
+            _at(kinds["udp-reliable-packets"], n, rate),
+        )
+        for rate in (*z.sweep_rates, 2 * z.sweep_rates[-1])
+    ]
     return out
 
 
 def _link_runs(
-    z: _Sizes, tcp: LoadSpec, losses: Sequence[int]
-) -> list[tuple[str, LoadSpec | None, str]]:
-    """LINK_MATRIX at each loss: the same clients, load and drain for every configuration (one
-    that outlasts a few backed-off retransmissions; a run whose deliveries are all in ends its
-    drain early)."""
+    z: _Sizes, tcp: LoadSpec, losses: Sequence[int], repeated: bool | None = None
+) -> list[tuple[str, LoadSpec, str]]:
+    """LINK_MATRIX at each loss (only its `repeated` configurations, or only the others, when
+    `repeated` says so): the same clients, load and drain for every configuration (a drain that
+    outlasts a few backed-off retransmissions; a run whose deliveries are all in ends it early)."""
     link = dataclasses.replace(_at(tcp, z.lossy_clients, _LOSSY_RATE), drain=z.lossy_drain)
     return [
         (
             f"{config.key} {loss}% loss",
             configured(dataclasses.replace(link, netns_loss=loss), config),
-            config.variant,
+            "",
         )
         for loss in losses
         for config in LINK_MATRIX
+        if repeated is None or config.repeated == repeated
     ]
 
 
 def _lossy(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
-    """`lossy` at the losses that are not repeated (all of them in a suite of one repeat)."""
-    once = [loss for loss in z.losses if z.repeats == 1 or loss not in FIRST_SCREEN_LOSSES]
-    return [
-        Scenario("lossy", name, spec, variant=variant)
-        for name, spec, variant in _link_runs(z, kinds["tcp"], once)
-        if spec is not None
-    ]
-
-
-def skipped_variants() -> list[dict[str, str]]:
-    """The matrix's configurations this build cannot run, as `skipped` entries."""
-    return [
-        {"group": "lossy", "reason": f"{config.key}: {reason}"}
-        for config in LINK_MATRIX
-        if (reason := unsupported(config.variant))
-    ]
+    """`lossy` at the losses that are not repeated (all of them in a suite of one repeat), and
+    the configurations that are not repeated at those that are."""
+    if z.repeats == 1:
+        runs = _link_runs(z, kinds["tcp"], z.losses)
+    else:
+        once = [loss for loss in z.losses if loss not in FIRST_SCREEN_LOSSES]
+        runs = _link_runs(z, kinds["tcp"], FIRST_SCREEN_LOSSES, repeated=False)
+        runs += _link_runs(z, kinds["tcp"], once)
+    return [Scenario("lossy", name, spec, variant=variant) for name, spec, variant in runs]
 
 
 def _ablations(z: _Sizes, base: LoadSpec, threads: int) -> list[Scenario]:
@@ -536,9 +557,6 @@ def run_suite(
     if lossy_reason is not None:
         reporter.note(f"lossy link runs skipped: {lossy_reason}")
         results["skipped"].append({"group": "lossy", "reason": lossy_reason})
-    for entry in skipped_variants():
-        reporter.note(f"left out: {entry['reason']}")
-        results["skipped"].append(entry)
     todo = [s for s in scenarios if not (s.group == "lossy" and lossy_reason is not None)]
     for position, scenario in enumerate(todo, 1):
         reporter.begin(position, len(todo), scenario)

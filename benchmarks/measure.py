@@ -232,6 +232,8 @@ class LoadResult:
     server_cpu_ticks: int = -1
     server_retransmitted: int = -1
     tcp_retransmitted: int = -1
+    acks_per_packet: float = math.nan
+    """UDP packet sessions: the clients' acks per packet received from the server."""
 
     @property
     def server(self) -> str:
@@ -583,7 +585,14 @@ def _summarise(
         ),
         server_clean_exit=None,
         server_cpu_ticks=round(usage.server_cpu_s * procstat.CLOCK_TICKS_PER_S),
+        acks_per_packet=_acks_per_packet(udp),
     )
+
+
+def _acks_per_packet(clients: Sequence[UdpClient]) -> float:
+    acks = [client.acks for client in clients]
+    received = sum(packets for _, packets in acks)
+    return sum(sent for sent, _ in acks) / received if received else math.nan
 
 
 def _relay_stderr(

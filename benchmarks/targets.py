@@ -8,6 +8,8 @@ Contract:
     judge(samples, holds) -> (verdict, medians)           the verdict rule, on its own
     evaluate(results) -> [Target]       every target: met, missed, unstable, harness-bound or
                                         not measured
+    evaluate_packets(results) -> [Target]   the targets of UDP packet sessions (v1.2), apart
+                                        until the report takes them in
 
 A run keeps up when it delivers at least KEEP_UP of what was offered with p99 below
 KEEP_UP_P99_MS: a server that falls behind builds a queue, and the queue shows in both. The knee
@@ -25,6 +27,21 @@ The targets, each judged on the repeated runs of the `targets`, `peak` and `loss
 - udp-raw-100x10: UDP raw on loopback at 100 clients x 10 msg/s: loss < 0.1 %, p99 < 5 ms.
 - udp-reliable-5pct: UDP reliable (1.0) over a link losing 5 % each way (the `lossy` group's
   repeated runs): nothing lost, p99 within RTO_BUDGET retransmission timeouts of 200 ms.
+
+UDP packet sessions (protocol v1.2), against the runs above in the same rounds:
+- udp-packets-lossy-N: reliable packet sessions over a link losing N % (1, 5, 10) each way (the
+  `lossy` group's runs): nothing lost, and p99 at most LOSSY_TCP_SHARE of TCP's on the same link
+  at the same load, in the same round (without such a TCP run nothing lost alone is judged,
+  and the goal says so).
+- udp-packets-reliable-cost: reliable packet sessions at 100 x 5: CPU per delivery at most
+  RELIABLE_CPU_SHARE x raw packet sessions' at 100 x 5, and at most ACKS_PER_PACKET acks per
+  packet received.
+- udp-packets-raw-200x5: raw packet sessions at 200 x 5: CPU per delivery at most RAW_CPU_SHARE x
+  TCP's at 200 x 5, p99 no higher than TCP's, nothing lost.
+- udp-packets-reliable-NxR: reliable packet sessions on loopback at 100 x 5 and 200 x 5: at least
+  CLEAN_DELIVERED of the offered deliveries, p99 < KEEP_UP_P99_MS.
+- udp-packets-saturation (`rate` group, one run each): past twice the load reliable packet
+  sessions keep up with, at least SATURATION_SHARE of their peak deliveries per second.
 
 The verdict rule (`judge`): a repeat whose run was harness-bound is not a server result and is
 not counted. With fewer than two thirds of the repeats counted, the verdict is harness-bound.
@@ -55,6 +72,13 @@ UDP_RAW_LOSS_PCT = 0.1
 UDP_RAW_P99_MS = 5.0
 RTO_MS = 200.0
 RTO_BUDGET = 3
+LOSSY_TCP_SHARE = 0.25
+PACKET_LOSSES = (1, 5, 10)
+RELIABLE_CPU_SHARE = 1.3
+ACKS_PER_PACKET = 0.5
+RAW_CPU_SHARE = 1.2
+CLEAN_DELIVERED = 0.99
+SATURATION_SHARE = 0.8
 
 MET, MISSED, UNSTABLE, BOUND, NOT_MEASURED = (
     "met", "missed", "unstable", "harness-bound", "not measured",
@@ -313,6 +337,126 @@ def _udp_reliable(results: dict[str, Any]) -> Target:
     )
 
 
+def _packets_lossy(results: dict[str, Any], loss: int) -> Target:
+    link = f"netns {loss}% loss"
+    ours = numbered_repeats(results, "lossy", "udp-reliable-packets", link=link)
+    tcp = numbered_repeats(results, "lossy", "tcp", link=link)
+    key = f"udp-packets-lossy-{loss}"
+    if not tcp:
+        samples = [Sample({"lost": float(r.lost), "p99_ms": r.p99_ms}, r.harness_bound)
+                   for r in ours.values()]  # fmt: skip
+        goal = "0 lost (no TCP run on the same link to hold p99 against)"
+        return _target(key, goal, samples, lambda v: v["lost"] == 0)
+
+    def values(udp: LoadResult, base: LoadResult) -> Values:
+        return {"lost": float(udp.lost), "p99_ms": udp.p99_ms, "base_p99_ms": base.p99_ms}
+
+    def holds(v: Values) -> bool:
+        return v["lost"] == 0 and v["p99_ms"] <= LOSSY_TCP_SHARE * v["base_p99_ms"]
+
+    goal = f"0 lost, p99 <= {LOSSY_TCP_SHARE:g}x TCP's on the same link"
+    return _target(key, goal, _paired(ours, tcp, values), holds)
+
+
+def _packets_reliable_cost(results: dict[str, Any]) -> Target:
+    goal = (
+        f"µs/delivery <= {RELIABLE_CPU_SHARE:g}x raw packets', "
+        f"<= {ACKS_PER_PACKET:g} acks per packet"
+    )
+
+    def values(reliable: LoadResult, raw: LoadResult) -> Values:
+        return {
+            "cpu_us": reliable.server_cpu_us_per_delivery,
+            "base_cpu_us": raw.server_cpu_us_per_delivery,
+            "acks": reliable.acks_per_packet,
+        }
+
+    def holds(v: Values) -> bool:
+        return v["cpu_us"] <= RELIABLE_CPU_SHARE * v["base_cpu_us"] and v["acks"] <= ACKS_PER_PACKET
+
+    samples = _paired(
+        numbered_repeats(results, "targets", "udp-reliable-packets", clients=100, rate=5),
+        numbered_repeats(results, "targets", "udp-raw-packets", clients=100, rate=5),
+        values,
+    )
+    return _target("udp-packets-reliable-cost", goal, samples, holds)
+
+
+def _packets_raw_200x5(results: dict[str, Any]) -> Target:
+    goal = f"0 lost, µs/delivery <= {RAW_CPU_SHARE:g}x TCP's, p99 <= TCP's"
+
+    def values(udp: LoadResult, tcp: LoadResult) -> Values:
+        return {
+            "lost": float(udp.lost),
+            "cpu_us": udp.server_cpu_us_per_delivery,
+            "base_cpu_us": tcp.server_cpu_us_per_delivery,
+            "p99_ms": udp.p99_ms,
+            "base_p99_ms": tcp.p99_ms,
+        }
+
+    def holds(v: Values) -> bool:
+        return (
+            v["lost"] == 0
+            and v["cpu_us"] <= RAW_CPU_SHARE * v["base_cpu_us"]
+            and v["p99_ms"] <= v["base_p99_ms"]
+        )
+
+    samples = _paired(
+        numbered_repeats(results, "targets", "udp-raw-packets", clients=200, rate=5),
+        numbered_repeats(results, "targets", "tcp", clients=200, rate=5, coalesce_ms=DEFAULT),
+        values,
+    )
+    return _target("udp-packets-raw-200x5", goal, samples, holds)
+
+
+def _packets_reliable_clean(results: dict[str, Any], clients: int) -> Target:
+    goal = f">= {CLEAN_DELIVERED:.0%} delivered, p99 < {KEEP_UP_P99_MS:g} ms"
+    samples = [
+        Sample(
+            {"delivered": r.received / r.expected if r.expected else 0.0, "p99_ms": r.p99_ms},
+            r.harness_bound,
+        )
+        for r in repeats(
+            results, "targets", "udp-reliable-packets", clients=clients, rate=5, link="loopback"
+        )
+    ]
+    return _target(
+        f"udp-packets-reliable-{clients}x5",
+        goal,
+        samples,
+        lambda v: v["delivered"] >= CLEAN_DELIVERED and v["p99_ms"] < KEEP_UP_P99_MS,
+    )
+
+
+def _packets_saturation(results: dict[str, Any]) -> Target:
+    goal = f"past 2x the load it keeps up with, >= {SATURATION_SHARE:.0%} of its peak deliveries/s"
+    runs = [r for _, r in _runs(results, "rate") if r.protocol == "udp-reliable-packets"]
+    bend = knee(runs) if runs else None
+    past = [
+        r
+        for r in runs
+        if bend is not None
+        and bend.knee_offered is not None
+        and r.offered_deliveries_per_s >= 2 * bend.knee_offered
+    ]
+    samples = []
+    if past:
+        peak = max(runs, key=lambda r: r.deliveries_per_s)
+        beyond = max(past, key=lambda r: r.offered_deliveries_per_s)
+        samples.append(
+            Sample(
+                {"peak": peak.deliveries_per_s, "past": beyond.deliveries_per_s},
+                peak.harness_bound or beyond.harness_bound,
+            )
+        )
+    return _target(
+        "udp-packets-saturation",
+        goal,
+        samples,
+        lambda v: v["past"] >= SATURATION_SHARE * v["peak"],
+    )
+
+
 def evaluate(results: dict[str, Any]) -> list[Target]:
     return [
         _tcp_200x5(results),
@@ -320,6 +464,17 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
         _tcp_no_coalescing(results),
         _udp_raw(results),
         _udp_reliable(results),
+    ]
+
+
+def evaluate_packets(results: dict[str, Any]) -> list[Target]:
+    return [
+        *(_packets_lossy(results, loss) for loss in PACKET_LOSSES),
+        _packets_reliable_cost(results),
+        _packets_raw_200x5(results),
+        _packets_reliable_clean(results, 100),
+        _packets_reliable_clean(results, 200),
+        _packets_saturation(results),
     ]
 
 
@@ -345,6 +500,9 @@ _SHOWN: dict[str, tuple[str, Callable[[float], str], str]] = {
     "tcp": ("TCP", _mega, "/s"),
     "base": ("vs", _mega, "/s"),
     "ratio": ("", "{:.2f}".format, "x"),
+    "acks": ("acks/packet", "{:.2f}".format, ""),
+    "peak": ("peak", _mega, "/s"),
+    "past": ("past saturation", _mega, "/s"),
 }
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 from benchmarks.harness import (
     GROUPS,
+    LINK_MATRIX,
     REPEATED,
     config_runs,
     git_output,
@@ -53,6 +54,7 @@ from benchmarks.targets import (
     describe,
     describe_repeats,
     evaluate,
+    evaluate_packets,
     repeats,
     sweep_knees,
 )
@@ -492,7 +494,11 @@ def _link_table(results: dict[str, Any]) -> str:
     if not runs:
         return "_Not measured in this results file._"
     losses = _losses(runs)
-    configs = list(dict.fromkeys(key for key, _, _ in runs))
+    order = [c.key for c in LINK_MATRIX]
+    configs = sorted(
+        dict.fromkeys(key for key, _, _ in runs),
+        key=lambda k: order.index(k) if k in order else len(order),
+    )
     rows = []
     for config in configs:
         row = [config]
@@ -552,7 +558,7 @@ def _ablation_rows(results: dict[str, Any]) -> list[tuple[str, list[LoadResult]]
         ),
         (
             "UDP raw 100 × 10, packets",
-            repeats(results, "targets", "udp-raw-packets", "packets", clients=100, rate=10),
+            repeats(results, "targets", "udp-raw-packets", clients=100, rate=10),
         ),
     ]
 
@@ -740,7 +746,10 @@ def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: P
         "the warm-up's late ones included, so a server catching up can show more than was "
         "offered; *lost %* is the share of the window's own deliveries that never arrived.",
     ]
-    notes = _target_notes(evaluate(results))
+    packets = evaluate_packets(results)
+    if any(t.samples for t in packets):
+        parts.append(f"## Targets of UDP packet sessions\n\n{_targets_table(packets)}")
+    notes = _target_notes([*evaluate(results), *packets])
     if notes:
         parts.append(f"## Targets not plainly met, run by run\n\n{notes}")
     for group in GROUPS:

@@ -17,12 +17,10 @@ import pytest
 from benchmarks.__main__ import main as bench_main
 from benchmarks.harness import (
     LINK_MATRIX,
-    Config,
     build_suite,
     configured,
     format_tables,
     run_suite,
-    unsupported,
     write_results,
 )
 from benchmarks.measure import LoadSpec, result_from_dict, result_to_dict, run_load
@@ -119,13 +117,13 @@ def test_results_survive_json() -> None:
     assert result_to_dict(again) == result_to_dict(result)
 
 
-def test_a_variant_this_build_lacks_is_left_out_and_said_so() -> None:
-    assert unsupported("") is None and unsupported("nodelay") is None
-    assert "no `warp` option" in (unsupported("warp") or "")
-    lacking = Config("udp-raw warp", "udp", variant="warp")
-    assert configured(LoadSpec(server="udp"), lacking) is None
-    packets = [s for s in build_suite("bench") if s.variant == "packets"]
-    assert bool(packets) == (unsupported("packets") is None)
+def test_the_matrix_sets_each_configuration_s_options_and_nodelay_is_told_apart() -> None:
+    base = LoadSpec(server="tcp", clients=40)
+    specs = {c.key: configured(base, c) for c in LINK_MATRIX}
+    assert {key: spec.protocol for key, spec in specs.items()} == {k: k for k in specs}
+    nodelay = [s for s in build_suite("bench") if s.spec is not None and s.spec.nodelay]
+    assert nodelay and all(s.variant == "nodelay" for s in nodelay)
+    assert all(s.variant == "" for s in build_suite("bench") if s.spec and not s.spec.nodelay)
 
 
 def test_bad_specs_are_refused() -> None:
@@ -146,14 +144,20 @@ def test_command_line_lists_the_suites(capsys: pytest.CaptureFixture[str]) -> No
     assert bench_main(["--list", "--only", "lossy,capacity"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert all(("lossy" in line) or ("capacity" in line) for line in lines)
-    # Every configuration this build can run meets every loss; 0 and 5 % three times each.
-    configs = [c for c in LINK_MATRIX if unsupported(c.variant) is None]
-    assert len(lines) == 1 + len(configs) * (2 * 3 + 2)
-    for config in configs:
-        assert sum(line.endswith(f" {config.key} 5% loss") for line in lines) == 3
+    # Every configuration meets every loss; 0 and 5 % three times each for the repeated ones.
+    for config in LINK_MATRIX:
+        again = 3 if config.repeated else 1
+        assert sum(line.endswith(f" {config.key} 5% loss") for line in lines) == again
+        assert sum(line.endswith(f" {config.key} 0% loss") for line in lines) == again
         assert sum(line.endswith(f" {config.key} 10% loss") for line in lines) == 1
+    repeated = sum(c.repeated for c in LINK_MATRIX)
+    assert len(lines) == 1 + len(LINK_MATRIX) * 4 + repeated * 2 * 2
     assert bench_main(["--list", "--only", "targets"]) == 0
     lines = capsys.readouterr().out.splitlines()
+    # TCP, TCP without coalescing, the assignment's server, with and without Nagle, UDP raw 1.0
+    # and packets at 100 x 10, and 4 more runs of packet sessions, in each of 3 rounds; the runs
+    # over a lossy link are the `lossy` group's.
+    assert len(lines) == 30 and sum("udp-reliable-packets 200x5" in line for line in lines) == 3
     assert sum("tcp 200x5 coalesce 0 ms" in line for line in lines) == 3
     assert sum("assignment 200x5 nodelay" in line for line in lines) == 3
     assert len(build_suite("full")) > len(build_suite("bench"))

@@ -212,6 +212,18 @@ def test_the_time_threshold_is_at_least_one_millisecond() -> None:
     assert rtt.loss_delay() == GRANULARITY
 
 
+def test_losses_over_three_probe_timeouts_are_persistent_congestion() -> None:
+    recovery = LossRecovery()
+    first = sent(recovery, 0.0)
+    recovery.on_ack([(first, first)], 0, RTT)  # an RTT sample: PTO about 0.1 s
+    span = 3 * recovery.rtt.probe_timeout()
+    lost = [sent(recovery, 1.0), sent(recovery, 1.0 + span + 0.01)]
+    last = sent(recovery, 1.0 + span + 0.02)
+    outcome = recovery.on_ack([(last, last)], 0, 1.0 + span + 0.02 + RTT)
+    assert outcome is not None and [p.pn for p in outcome.lost] == lost
+    assert recovery.congestion.window == MINIMUM_WINDOW
+
+
 # ---- NewReno ----------------------------------------------------------------------
 
 
@@ -361,6 +373,16 @@ def test_frames_of_a_lost_packet_go_again_in_a_new_packet() -> None:
     assert parse(again).pn == 5 and json.loads(parse(again).frames[0])["seq"] == 2
     pair.take(pair.client, again, 1.0)
     assert [json.loads(f)["seq"] for f in pair.delivered] == [1, 2, 3, 4, 5]
+
+
+def test_the_congestion_window_bounds_what_is_in_flight() -> None:
+    link = PacketLink(reliable=True)
+    for seq in range(1, 501):
+        link.queue(seq, frame(seq, "w" * 100))
+    sent_bytes = sum(map(len, link.datagrams(0.0)))
+    assert INITIAL_WINDOW <= sent_bytes <= INITIAL_WINDOW + MAX_PACKET_BYTES
+    assert link.datagrams(0.01) == []  # nothing acked: nothing more goes out
+    assert link.next_deadline() == pytest.approx(link.recovery.deadline())
 
 
 def test_a_far_packet_number_costs_nothing() -> None:

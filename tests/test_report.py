@@ -229,7 +229,7 @@ def test_the_first_screen_is_the_table_and_the_answer(report: str) -> None:
 def test_the_answer_follows_the_figures(tmp_path: Path) -> None:
     # Without packet sessions (a build before protocol 1.2) the first screen shows 1.0.
     results = synthetic_results()
-    results["runs"] = [run for run in results["runs"] if run.get("variant") != "packets"]
+    results["runs"] = [r for r in results["runs"] if "packets" not in r["result"]["protocol"]]
     for run in results["runs"]:
         if run["name"] == "udp-reliable 5% loss":
             run["result"]["p99_ms"] = 900.0
@@ -313,6 +313,7 @@ def test_runs_md_has_every_run_and_marks_the_harness_bound(runs: str) -> None:
         assert f"## {group}" in runs
     assert "tcp 10% loss" in runs and "12 / 0 / 34" in runs
     assert "## cluster" in runs and "## capacity" in runs
+    assert "## Targets of UDP packet sessions" in runs and "udp-packets-lossy-5" in runs
 
 
 def test_figures_are_written(report: str, out: Path) -> None:

@@ -319,3 +319,15 @@ def test_reliable_loses_nothing_at_10_percent_loss(sessions: list[str]) -> None:
     assert (result["lost"], result["duplicates"], result["reorders"]) == (0, 0, 0), result
     assert result["retransmitted"] > 0
     assert result["server_clean_exit"]
+
+
+def test_a_hello_again_gets_the_same_welcome(start_server: Start, peers: Peers) -> None:
+    """The welcome of a packet session is not retransmitted: its client says hello again."""
+    server = start_server("udp.server")
+    peer = peers(server.address)
+    first = peer.hello("hana")
+    assert first["packets"] is True and first["seq"] == 1
+    again = peer.hello("hana")
+    assert again == first
+    peer.packet({"type": "ping"})
+    assert peer.until("pong")

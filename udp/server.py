@@ -5,7 +5,8 @@ Threads, each named and owned by the server:
 * ``main``: receives every datagram, decodes it with the shared codec and
   answers; broadcasts go out from here too. It also catches SIGINT/SIGTERM
   and runs the shutdown.
-* ``udp-timer``: retransmits reliable frames whose timeout expired, ends
+* ``udp-timer``: retransmits reliable frames whose timeout expired, sends
+  the acks, retransmissions and probes packet sessions owe when due, ends
   sessions silent past ``--session-timeout`` (``left`` reason ``timeout``)
   and forgets addresses that did not complete a ``hello`` within
   ``--hello-timeout``.
@@ -17,10 +18,16 @@ its last one was read more than ``--session-timeout`` before that. A backlog
 in the socket (a flood being worked through) times nobody out.
 
 The chat's rules and its one ordered log are the room's (``common.room.room``),
-shared with the TCP server. After each batch of datagrams (and each turn
-of the timer) the server catches every session up on what the room has
-for it (``_flush``): one datagram per frame, stamped with the session's
-next ``seq``.
+shared with the TCP server. After every ``FLUSH_EVERY`` datagrams, when the
+socket is found empty, and at each turn of the timer, the server catches
+every session up on what the room has for it (``_flush``): a 1.0 session
+gets one datagram per frame, stamped with its next ``seq``; a packet
+session (v1.2) gets its frames queued on its ``PacketLink``
+(``common.protocol.packetlink``), which packs them into as few packets as
+fit, one ``sendto`` each, as its congestion window allows, and nothing at
+all until the session's address is proven. A packet from a packet session
+is parsed once (``common.protocol.packets``), its token checked once, then
+its frames are read one by one, each bad one answered on its own.
 
 Lock: one server lock serialises every change to the sessions, their
 sequence numbers and the writes to the socket, so each session's datagrams
@@ -417,7 +424,7 @@ class UdpChatServer:
             self._end(session, "timeout")
         elif link.overflowed:
             self._end(session, "too_slow")
-        elif link.next_deadline() is not None and session not in self._busy:
+        elif session not in self._busy and link.next_deadline() is not None:
             if not self._busy:
                 self._wake.set()
             self._busy.add(session)

@@ -46,6 +46,14 @@ sessions is one object, stamped with each one's ``seq`` as it goes out.
 What they hold together is bounded (``MAX_HELD_BYTES``, 32 MiB): past it,
 the session holding most is ended as ``too_slow``, so sessions that never
 ack cost bounded memory however many there are.
+
+A packet session (``"packets": true``, v1.2) has a ``PacketLink`` instead of
+a sender and a receiver (``link``): packets, acks of packet numbers, RFC 9002
+loss recovery and NewReno, for raw and reliable sessions alike. Its welcome
+is still one datagram (seq 1, ``"packets": true`` added, within the hello's
+budget); the link starts at seq 2 and sends nothing until the first packet
+with the token proves the address. Its reliable frames are shared and
+bounded the same way (``held_bytes``).
 """
 
 from __future__ import annotations
@@ -196,7 +204,8 @@ class Session(Member):
         """Frames sent reliably and not acknowledged yet."""
         if self.sender is not None:
             return self.sender.pending > 0
-        return self.link is not None and self.link.reliable and self.link.pending > 0
+        link = self.link
+        return link is not None and link.reliable and link.proven and link.pending > 0
 
     def summary(self) -> str:
         c = self.counter

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from common.protocol.codec import MAX_ACK_RANGES
 from common.protocol.packets import MAX_PACKET_BYTES, header
@@ -62,6 +62,10 @@ ACK_TIMER_SLACK = 0.010
 for exactly that delay) fires first and sends again what had arrived."""
 PACKET_WINDOW = 1024
 """Seqs in flight past the oldest unacknowledged one, and held early by a receiver."""
+
+
+def _stamped_line(stamp: Callable[[bytes, int], bytes]) -> Callable[[bytes, int], bytes]:
+    return lambda frame, seq: stamp(frame, seq) + b"\n"
 
 
 class PacketLink:
@@ -93,11 +97,14 @@ class PacketLink:
         self.retransmissions = 0
         self.packets_sent = 0
         self.acks_sent = 0
+        self.packets_received = 0
         self.far_packets = 0
         self.recovery = LossRecovery()
         self.receiver = ReliableReceiver(window)
         self._session = session
         self._shared = shared
+        # A frame's line in a packet: stamped with its seq if shared, and its "\n".
+        self._line_of = self._plain_line if shared is None else _stamped_line(shared.stamp)
         self._next_seq = first_seq
         # Raw: frames not sent yet. Reliable: every frame not acknowledged, by seq.
         self._queue: deque[tuple[int, bytes]] = deque()
@@ -143,7 +150,7 @@ class PacketLink:
                 return
             self._queue.append((seq, frame))
             return
-        if seq >= self._window_end() + MAX_BACKLOG:
+        if seq >= next(iter(self._unacked), seq) + self.window + MAX_BACKLOG:
             self.overflowed = True
             return
         self._unacked[seq] = frame
@@ -228,7 +235,7 @@ class PacketLink:
         lines: list[bytes] = []
         size = 0
         for seq, frame in frames:
-            line = self._stamp(seq, frame) + b"\n"
+            line = self._line_of(frame, seq)
             if lines and size + len(line) > MAX_PACKET_BYTES:
                 datagrams.append(self._finish(lines, [], now))
                 lines = []
@@ -245,40 +252,48 @@ class PacketLink:
 
         The ack owed rides in the first packet; it goes alone only when due.
         What the window stops waits for the next call, retransmissions first.
+        A busy server runs this for every session many times a second: it is
+        written for speed (locals, one pass).
         """
-        resend = sorted(seq for seq in self._resend if seq in self._unacked)
+        unacked = self._unacked
+        resend = sorted(seq for seq in self._resend if seq in unacked) if self._resend else []
         self._resend.clear()
-        sending = bool(resend) or self._has_new()
-        open_now = self._probe or self._can_send_new()
-        ack = self._ack_line(now, due_only=not (sending and open_now))
+        end = min(self._next_seq, self._window_end())
+        unsent = self._unsent
+        congestion = self.recovery.congestion
+        open_now = self._probe or congestion.bytes_in_flight < congestion.window
+        ack = self._ack_line(now, due_only=not (open_now and (resend or unsent < end)))
+        line_of = self._line_of
         datagrams: list[bytes] = []
         lines = [ack] if ack is not None else []
         seqs: list[int] = []
-        size = len(header(self.recovery.next_pn, self._session)) + (len(ack) if ack else 0)
-        end = min(self._next_seq, self._window_end())
-        r = 0
-        while r < len(resend) or self._unsent < end:
-            if not seqs and not (self._probe or self._can_send_new()):
+        room = (
+            MAX_PACKET_BYTES - len(header(self.recovery.next_pn, self._session)) - len(ack or b"")
+        )
+        count, r = len(resend), 0
+        while r < count or unsent < end:
+            if not seqs and not self._probe and congestion.bytes_in_flight >= congestion.window:
                 break
-            seq = resend[r] if r < len(resend) else self._unsent
-            frame = self._unacked.get(seq)
+            seq = resend[r] if r < count else unsent
+            frame = unacked.get(seq)
             if frame is None:  # a new seq dropped by an overflow
-                self._unsent += 1
+                unsent += 1
                 continue
-            line = self._stamp(seq, frame) + b"\n"
-            if lines and size + len(line) > MAX_PACKET_BYTES:
+            line = line_of(frame, seq)
+            if lines and len(line) > room:
                 datagrams.append(self._finish(lines, seqs, now))
                 lines, seqs = [], []
-                size = len(header(self.recovery.next_pn, self._session))
+                room = MAX_PACKET_BYTES - len(header(self.recovery.next_pn, self._session))
                 continue
             lines.append(line)
             seqs.append(seq)
-            size += len(line)
-            if r < len(resend):
+            room -= len(line)
+            if r < count:
                 r += 1
-                self.retransmissions += 1
             else:
-                self._unsent += 1
+                unsent += 1
+        self._unsent = unsent
+        self.retransmissions += r
         for seq in resend[r:]:
             self._resend[seq] = None
         if lines:
@@ -296,8 +311,9 @@ class PacketLink:
         self.packets_sent += 1
         return data
 
-    def _stamp(self, seq: int, frame: bytes) -> bytes:
-        return frame if self._shared is None else self._shared.stamp(frame, seq)
+    @staticmethod
+    def _plain_line(frame: bytes, seq: int) -> bytes:
+        return frame + b"\n"
 
     def _window_end(self) -> int:
         oldest = next(iter(self._unacked), self._next_seq)
@@ -350,6 +366,7 @@ class PacketLink:
             return False
         if not self._received.add(pn):
             return False
+        self.packets_received += 1
         self.proven = True
         if largest is None or pn > largest:
             self._largest_received_at = now
@@ -365,11 +382,15 @@ class PacketLink:
         outcome = self.recovery.on_ack(ranges, delay_ms / 1000, now)
         if outcome is None:
             return
+        unacked, shared, freed = self._unacked, self._shared, 0
         for packet in outcome.acked:
             for seq in packet.seqs:
-                frame = self._unacked.pop(seq, None)
+                frame = unacked.pop(seq, None)
                 if frame is not None:
-                    self._let_go(frame)
+                    freed += len(frame) + HOLD_COST
+                    if shared is not None:
+                        shared.release(frame)
+        self.held_bytes -= freed
         self._lost(outcome.lost)
 
     def on_frame(self, seq: int, frame: bytes) -> list[bytes] | None:

@@ -153,11 +153,14 @@ class LossRecovery:
         if not ranges or ranges[0][0] >= self.next_pn:
             return None
         acked: list[SentPacket] = []
-        for pn in list(self._sent):
-            if pn > ranges[0][0]:
+        sent = self._sent
+        top, bottom = ranges[0]
+        for pn in list(sent):
+            if pn > top:
                 break
-            if any(lo <= pn <= hi for hi, lo in ranges):
-                acked.append(self._sent.pop(pn))
+            # Most acks are one range: that case without a loop over the ranges.
+            if bottom <= pn or any(lo <= pn <= hi for hi, lo in ranges[1:]):
+                acked.append(sent.pop(pn))
         if not acked:
             return AckOutcome([], [])
         largest = ranges[0][0]
