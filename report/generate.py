@@ -469,9 +469,19 @@ def answer(rows: Sequence[Row]) -> str:
             else f"On a clean link TCP's p50 ({ms(tcp0.median('p50_ms'))} ms) was no worse "
             f"than raw UDP's ({ms(raw0.median('p50_ms'))} ms). "
         )
-        + "\n\n**What it still cannot give.** Reliable UDP cost the server "
-        f"{_ratio(cost, 1.0)} TCP's CPU per delivery on a clean link and takes "
-        f"{_ratio(rel_code, tcp_code)} its lines of code, every line ours to test. "
+        + (
+            ""
+            if cost >= 1
+            else f"On a clean link reliable UDP cost the server {_ratio(cost, 1.0)} TCP's CPU "
+            "per delivery. "
+        )
+        + "\n\n**What it still cannot give.** Reliable UDP "
+        + (
+            f"cost the server {_ratio(cost, 1.0)} TCP's CPU per delivery on a clean link and "
+            if cost >= 1
+            else ""
+        )
+        + f"takes {_ratio(rel_code, tcp_code)} TCP's lines of code, every line ours to test. "
         "TCP's repair runs in the kernel for any program; ours runs on one Python "
         + (
             "interpreter, and its congestion control is ours to get right. "
