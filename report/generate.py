@@ -91,8 +91,7 @@ CODE_FILES = {
 modes and both protocols; packet sessions use the 1.0 receiver's buffer); the room and the
 codec, which all share, are in none. Files missing from the tree are left out."""
 LOC_COUNTER = (
-    "`report.generate.code_lines` (Python's tokenizer: lines holding code; docstrings, "
-    "comments and blank lines left out)"
+    "`report.generate.code_lines` (Python's tokenizer; docstrings, comments, blanks left out)"
 )
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
@@ -170,13 +169,13 @@ def _us(value: float) -> str:
     return num(value, 2)
 
 
-def coarse(value: float) -> str:
-    """Two significant digits: a figure from few clock ticks has no more."""
+def coarse(value: float, significant: int = 2) -> str:
+    """`significant` digits (two by default: a figure from few clock ticks has no more)."""
     if not math.isfinite(value):
         return NA
     if value == 0:
         return "0"
-    digits = max(0, 1 - math.floor(math.log10(abs(value))))
+    digits = max(0, significant - 1 - math.floor(math.log10(abs(value))))
     return f"{value:,.{digits}f}"
 
 
@@ -208,11 +207,12 @@ def few_ticks(runs: Sequence[LoadResult]) -> bool:
 
 
 def cpu(runs: Sequence[LoadResult]) -> str:
-    """Server CPU per delivery, to two significant digits when measured over few ticks, and
-    `-` when over none (a window too light for the clock to see)."""
+    """Server CPU per delivery to three significant digits, two when measured over few ticks,
+    and `-` when over none (a window too light for the clock to see)."""
     if runs and all(r.server_cpu_ticks == 0 for r in runs):
         return "-"
-    return spread(runs, "server_cpu_us_per_delivery", coarse if few_ticks(runs) else _us)
+    significant = 2 if few_ticks(runs) else 3
+    return spread(runs, "server_cpu_us_per_delivery", lambda v: coarse(v, significant))
 
 
 def median_of(runs: Sequence[LoadResult], attr: str | Callable[[LoadResult], float]) -> float:
@@ -299,20 +299,21 @@ _VERDICT = {
 }
 
 
-def _targets_table(targets: Sequence[Target]) -> str:
-    """Each target's verdict and figures, and how many of its runs counted (RUNS.md lists the
-    runs of those not plainly met)."""
+def _targets_table(targets: Sequence[Target], measured: bool = False) -> str:
+    """Each target's verdict and how many of its runs counted; with `measured` (RUNS.md) also
+    its figures, median [range]."""
     rows = [
         [
             t.key,
             _VERDICT[t.verdict],
             t.goal,
-            describe(t) or NA,
+            *([describe(t) or NA] if measured else []),
             f"{sum(held is not None for held in t.held)} of {len(t.samples)}",
         ]
         for t in targets
     ]
-    return table(rows, ["target", "verdict", "goal", "measured", "runs"], markdown=True)
+    headers = ["target", "verdict", "goal", *(["measured"] if measured else []), "runs"]
+    return table(rows, headers, markdown=True)
 
 
 def _target_notes(targets: Sequence[Target]) -> str:
@@ -621,22 +622,21 @@ def _calibration_text(calibration: dict[str, Any] | None) -> str:
         return "It was not calibrated against the example here: run `make calibrate`."
     gaps = {g["figure"]: g for g in calibration["gaps"]}
     parts = [
-        f"{label} {num(gaps[key]['ours'], digits)}{unit} against the example's "
-        f"{num(gaps[key]['seed'], digits)}{unit} ({gaps[key]['gap']:+.0%}, allowed "
-        f"±{gaps[key]['tolerance']:.0%})"
+        f"{label} {num(gaps[key]['ours'], digits)}{unit} against "
+        f"{num(gaps[key]['seed'], digits)}{unit} ({gaps[key]['gap']:+.0%}, "
+        f"±{gaps[key]['tolerance']:.0%} allowed)"
         for key, label, digits, unit in (
             ("cpu_us", "CPU per delivery at 200 × 5", 2, " µs"),
-            ("p99_ms", "p99 there", 1, " ms"),
-            ("peak", "peak at 200 × 50", 0, " deliveries/s"),
+            ("p99_ms", "p99", 1, " ms"),
+            ("peak", "deliveries/s at 200 × 50", 0, ""),
         )
         if key in gaps
     ]
     verdict = "**passed**" if calibration["verdict"] == "pass" else "**failed**"
     return (
-        f"`make calibrate` ran the example itself and this server in the same rounds "
-        f"({calibration['rounds']} each, {calibration['date'][:10]}) and {verdict}: medians "
-        + "; ".join(parts)
-        + "."
+        f"`make calibrate` ran it and the example in the same rounds "
+        f"({calibration['rounds']}, {calibration['date'][:10]}) and {verdict}; medians, ours "
+        "against the example's: " + "; ".join(parts) + "."
     )
 
 
@@ -756,10 +756,13 @@ def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: P
         "the warm-up's late ones included, so a server catching up can show more than was "
         "offered; *lost %* is the share of the window's own deliveries that never arrived.",
     ]
-    packets = evaluate_packets(results)
+    targets, packets = evaluate(results), evaluate_packets(results)
+    parts.append(f"## Targets\n\n{_targets_table(targets, measured=True)}")
     if any(t.samples for t in packets):
-        parts.append(f"## Targets of UDP packet sessions\n\n{_targets_table(packets)}")
-    notes = _target_notes([*evaluate(results), *packets])
+        parts.append(
+            f"## Targets of UDP packet sessions\n\n{_targets_table(packets, measured=True)}"
+        )
+    notes = _target_notes([*targets, *packets])
     if notes:
         parts.append(f"## Targets not plainly met, run by run\n\n{notes}")
     for group in GROUPS:
