@@ -117,7 +117,7 @@ def _draw(
     if marked:
         axes.plot(
             [a for a, _ in marked], [b for _, b in marked], linestyle="none",
-            marker=style["marker"], color=style["color"], markerfacecolor="white",
+            marker=style["marker"], color=style["color"], markerfacecolor="white", zorder=3,
         )  # fmt: skip
     return left_out
 
