@@ -41,8 +41,8 @@ demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%;
 run-cluster: $(VENV)/.installed ## one room on a Redis and three servers: TCP on PORT and PORT+1, UDP on PORT+2, Redis on PORT+3
 	$(PY) -m common.cli.runcluster --host $(HOST) --port $(PORT)
 
-.PHONY: bench bench-full bench-cluster bench-chaos report
-bench: $(VENV)/.installed ## quick benchmark suite (about 7 min): TCP, UDP 1.0 and packets, the assignment's server -> benchmarks/results/
+.PHONY: bench bench-full bench-cluster bench-chaos calibrate report
+bench: $(VENV)/.installed ## quick benchmark suite (about 12 min on 2 cores): every transport (TCP, UDP 1.0 and packets), clean and lossy, and TCP past saturation -> benchmarks/results/
 	$(PY) -m benchmarks
 
 bench-full: $(VENV)/.installed ## the long benchmark suite: longer runs, more points
@@ -54,7 +54,10 @@ bench-cluster: $(VENV)/.installed ## one server against two sharing a room throu
 bench-chaos: $(VENV)/.installed ## resume under chaos: 50 users, cuts every 2 s, a server killed every 30 s (4 x 5 min) -> benchmarks/results/chaos.json
 	$(PY) -m benchmarks.chaos --json benchmarks/results/chaos.json
 
-report: $(VENV)/.installed ## report/REPORT.md and its plots from benchmarks/results/latest.json
+calibrate: $(VENV)/.installed ## the baseline against the assignment's example (../shared/seed/server.py): PASS or FAIL -> benchmarks/results/calibration.json
+	$(PY) -m benchmarks.calibrate
+
+report: $(VENV)/.installed ## report/REPORT.md, report/RUNS.md and the plots from benchmarks/results/
 	$(PY) -m report
 
 test: $(VENV)/.installed ## run the whole test suite

@@ -1,6 +1,6 @@
 """The benchmark harness: `python -m benchmarks [--full] [--only GROUP,...] [--threads N]`.
 
-Runs the suite of benchmarks.harness (`make bench`: the quick one, under five minutes on two
+Runs the suite of benchmarks.harness (`make bench`: the quick one, under twelve minutes on two
 cores; `make bench-full`: the long one), prints a table per group and the targets, and writes
 latest.json and latest.csv to --out (benchmarks/results by default), which `make report` turns
 into report/REPORT.md.

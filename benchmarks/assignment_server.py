@@ -1,10 +1,12 @@
 """The assignment's server: the design of the course's example TCP chat, as a measured baseline.
 
-Contract: `python -m benchmarks.assignment_server [--host HOST] [--port PORT]` (port 0 picks a
-free one) writes `listening on HOST:PORT` to stderr once it accepts connections. A client's
-first line is its name; every later line is a message, which every *other* client receives
-as the raw text line `name: text`. A join is announced to the others as `name joined`, a leave
-as `name left`. There are no frames, no commands, no limits. SIGTERM stops it.
+Contract: `python -m benchmarks.assignment_server [--host HOST] [--port PORT] [--nodelay]` (port
+0 picks a free one; `--nodelay` sets TCP_NODELAY on every connection, the one change the
+benchmark's ablation makes to this design) writes `listening on HOST:PORT` to stderr once it
+accepts connections. A client's first line is its name; every later line is a message, which
+every *other* client receives as the raw text line `name: text`. A join is announced to the
+others as `name joined`, a leave as `name left`. There are no frames, no commands, no limits.
+SIGTERM stops it.
 
 Why it exists: the project's servers are judged against the design the assignment itself
 shows, so that design is measured here, rather than a slower cousin of it. It keeps every
@@ -36,7 +38,8 @@ _READ_BYTES = 65536
 class AssignmentServer:
     """Who is online: a tuple of (name, socket), replaced whole on every join and leave."""
 
-    def __init__(self) -> None:
+    def __init__(self, nodelay: bool = False) -> None:
+        self._nodelay = nodelay
         self._lock = threading.Lock()
         self._clients: tuple[tuple[bytes, socket.socket], ...] = ()
 
@@ -44,6 +47,8 @@ class AssignmentServer:
         """Accept connections forever, one daemon thread per connection."""
         while True:
             conn, _ = listener.accept()
+            if self._nodelay:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._session, args=(conn,), daemon=True).start()
 
     def _session(self, conn: socket.socket) -> None:
@@ -107,12 +112,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument(
+        "--nodelay", action="store_true", help="TCP_NODELAY on every connection (Nagle off)"
+    )
     args = parser.parse_args(argv)
     listener = socket.create_server((args.host, args.port), backlog=socket.SOMAXCONN)
     host, port = listener.getsockname()[:2]
     print(f"listening on {host}:{port}", file=sys.stderr, flush=True)
     try:
-        AssignmentServer().serve_forever(listener)
+        AssignmentServer(args.nodelay).serve_forever(listener)
     except KeyboardInterrupt:
         pass
     finally:

@@ -7,13 +7,20 @@ Contract:
     read_results(path) -> dict
 
 A Scenario is one run: a LoadSpec for a load run, or a client count for the capacity run
-(`benchmarks.capacity`). Groups, each answering one question of the report:
+(`benchmarks.capacity`). A Config is one configuration of the matrix: a server and the options
+that set it apart, `packets` (UDP packet sessions, protocol v1.2, named in the protocol:
+`udp-raw-packets`) among them. A run's `variant` names an option its LoadResult does not show
+(`nodelay`: the assignment's server with TCP_NODELAY), so that it is never taken for the
+default's run.
+Groups, each answering one question of the report:
 
-- `targets`: the runs the targets are judged on (benchmarks.targets): TCP and the assignment's
-  server at 200 clients x 5 msg/s, TCP there again with coalescing off (`--coalesce-ms 0`),
-  UDP raw at 100 x 10, UDP reliable over a link losing 5 %; UDP packet sessions (v1.2): raw at
-  200 x 5 (against TCP there), raw and reliable at 100 x 5, reliable at 200 x 5, and reliable
-  over links losing 1, 5 and 10 %. The 1.0 runs stay as the "before".
+- `targets`: the runs the targets are judged on (benchmarks.targets), with the ablations that
+  set the transport apart from the design: TCP and the assignment's server at 200 clients x
+  5 msg/s, TCP there again with coalescing off (`--coalesce-ms 0`), the assignment's server
+  with TCP_NODELAY, UDP raw at 100 x 10 in protocol 1.0 (a datagram per frame, no packing) and
+  with packet sessions; UDP packet sessions (v1.2) on loopback: raw at 200 x 5 (against TCP
+  there), raw and reliable at 100 x 5, reliable at 200 x 5. Their runs over a lossy link are
+  the `lossy` group's.
 - `peak`: TCP and the assignment's server at 200 clients x 50 msg/s, past saturation: the most
   deliveries per second each gets through (a short drain: the backlog of an overload never
   drains, and only the throughput is asked of these runs).
@@ -25,9 +32,12 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 - `rate`: TCP and the assignment's server at 200 clients x 5 to 20 msg/s: where each stops
   keeping up (targets.knee); the 50 msg/s point is in `peak`. Reliable UDP packet sessions
   there too, and at twice the highest rate: past saturation, does it degrade or collapse?
-- `lossy`: UDP raw and reliable over a LossyNamespace at 0/1/5/10 % loss each way (reliable at
-  5 % is in `targets` when the suite repeats); skipped with the reason when this machine cannot
-  make one (no root, no nftables).
+- `lossy`: one network for every transport: LINK_MATRIX (TCP, the assignment's server, UDP raw
+  and reliable, each in 1.0 and with packet sessions) over a LossyNamespace dropping 0/1/5/10 %
+  of UDP datagrams and TCP segments each way, the same clients and load for all; the first
+  screen's losses (0 and 5 %) are repeated like `targets` for the configurations the report's
+  first screen and the targets compare (`Config.repeated`). Skipped with the reason when this
+  machine cannot make one (no root, no nftables).
 - `slow-reader`: TCP with and without one client that never reads, and the assignment's server
   with it; texts padded to about 2 KB, so that the slow reader's buffers fill within seconds.
 - `nagle`: the TCP server with Nagle's algorithm on (`--nagle`) and off (TCP_NODELAY).
@@ -43,9 +53,9 @@ A Scenario is one run: a LoadSpec for a load run, or a client count for the capa
 
 The results dict: `meta` (suite, date, git commit, Python, machine, load average before and
 after, `floor`: the CPU one loopback `send` and `sendto` cost here, from `benchmarks.floor`);
-`runs`: group, name, `repeat` (1, 2, ...), `load_1min` (the 1-minute load average as it
-started), spec and result of each load run; `capacity`; `skipped` (group, reason); `failed`
-(group, name, error: a run that raised; the suite goes on without it).
+`runs`: group, name, `repeat` (1, 2, ...), `variant` ("" or `nodelay`), `load_1min` (the
+1-minute load average as it started), spec and result of each load run; `capacity`; `skipped`
+(group, reason); `failed` (group, name, error: a run that raised; the suite goes on without it).
 The CSV has one row per load run, with the meta columns repeated on every row.
 """
 
@@ -72,6 +82,7 @@ from benchmarks.measure import (
     LoadResult,
     LoadSpec,
     format_results,
+    label_of,
     result_from_dict,
     result_to_dict,
     run_load,
@@ -85,7 +96,40 @@ GROUPS = (
     "targets", "peak", "clients", "rate", "lossy", "slow-reader", "nagle", "coalesce", "threads",
     "capacity", "saturation",
 )  # fmt: skip
-REPEATED = ("targets", "peak", "saturation")
+REPEATED = ("targets", "peak", "lossy", "saturation")
+
+
+@dataclass(frozen=True)
+class Config:
+    """One configuration of the matrix; `key` names it in tables and plots (its protocol)."""
+
+    key: str
+    server: str
+    reliable: bool = False
+    packets: bool = False
+    repeated: bool = True  # whether the first screen's losses are repeated for it
+
+
+LINK_MATRIX = (
+    Config("tcp", "tcp"),
+    Config("assignment", "assignment", repeated=False),
+    Config("udp-raw", "udp", repeated=False),
+    Config("udp-raw-packets", "udp", packets=True),
+    Config("udp-reliable", "udp", reliable=True),
+    Config("udp-reliable-packets", "udp", reliable=True, packets=True),
+)
+"""Every configuration that meets the lossy link, each at every loss. The first screen and the
+targets compare TCP, UDP with packet sessions and reliable UDP 1.0 (udp-reliable-5pct) at 0
+and 5 %: those are repeated; the others run once at each loss."""
+FIRST_SCREEN_LOSSES = (0, 5)
+"""The losses of the report's first table, repeated like the targets."""
+
+
+def configured(spec: LoadSpec, config: Config) -> LoadSpec:
+    """`spec` for one configuration."""
+    return dataclasses.replace(
+        spec, server=config.server, reliable=config.reliable, packets=config.packets
+    )
 
 
 @dataclass(frozen=True)
@@ -97,6 +141,7 @@ class Scenario:
     spec: LoadSpec | None = None
     capacity_clients: int = 0
     repeat: int = 1
+    variant: str = ""
 
 
 @dataclass(frozen=True)
@@ -114,6 +159,7 @@ class _Sizes:
     peak_rate: float
     peak_drain: float
     lossy_clients: int
+    lossy_drain: float  # outlasts a few backed-off retransmissions, TCP's and reliable UDP's
     losses: tuple[int, ...]
     slow_clients: int
     slow_duration: float
@@ -135,7 +181,8 @@ _SIZES = {
         sweep_rates=(5, 10, 20),
         peak_rate=50,
         peak_drain=0.5,
-        lossy_clients=20,
+        lossy_clients=40,
+        lossy_drain=5.0,
         losses=(0, 1, 5, 10),
         slow_clients=20,
         slow_duration=3.0,
@@ -155,7 +202,8 @@ _SIZES = {
         sweep_rates=(1, 2, 5, 10, 20),
         peak_rate=50,
         peak_drain=5.0,
-        lossy_clients=20,
+        lossy_clients=40,
+        lossy_drain=15.0,
         losses=(0, 1, 5, 10),
         slow_clients=20,
         slow_duration=10.0,
@@ -176,6 +224,7 @@ _SIZES = {
         peak_rate=20,
         peak_drain=1.0,
         lossy_clients=3,
+        lossy_drain=3.0,
         losses=(5,),
         slow_clients=3,
         slow_duration=0.5,
@@ -189,8 +238,6 @@ _SIZES = {
 _CLIENTS_RATE = 5.0
 _TARGET_CLIENTS = 200
 _UDP_TARGET = (100, 10.0)
-_TARGET_LOSS = 5
-_PACKET_LOSSES = (1, 5, 10)
 _SLOW_RATE = 40.0
 _SLOW_PAD = 1900
 _LOSSY_RATE = 5.0
@@ -258,31 +305,35 @@ def _small(z: _Sizes) -> int:
 
 
 def _repeated(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
-    """`targets` and `peak`, one round of every scenario after another."""
+    """`targets`, `peak` and the first screen's losses of `lossy`, one round of every scenario
+    after another."""
     small = _small(z)
     udp_clients = min(z.sweep_clients, _UDP_TARGET[0])
     tcp5 = _at(kinds["tcp"], small, _CLIENTS_RATE)
-    rounds: dict[str, list[tuple[str, LoadSpec]]] = {
+    raw10 = _at(kinds["udp-raw"], udp_clients, _UDP_TARGET[1])
+    rounds: dict[str, list[tuple[str, LoadSpec, str]]] = {
         "targets": [
-            (f"tcp {small}x{_CLIENTS_RATE:g}", tcp5),
+            (f"tcp {small}x{_CLIENTS_RATE:g}", tcp5, ""),
             (
                 f"tcp {small}x{_CLIENTS_RATE:g} coalesce 0 ms",
                 dataclasses.replace(tcp5, coalesce_ms=0.0),
+                "",
             ),
             (
                 f"assignment {small}x{_CLIENTS_RATE:g}",
                 _at(kinds["assignment"], small, _CLIENTS_RATE),
+                "",
             ),
             (
-                f"udp-raw {udp_clients}x{_UDP_TARGET[1]:g}",
-                _at(kinds["udp-raw"], udp_clients, _UDP_TARGET[1]),
+                f"assignment {small}x{_CLIENTS_RATE:g} nodelay",
+                dataclasses.replace(_at(kinds["assignment"], small, _CLIENTS_RATE), nodelay=True),
+                "nodelay",
             ),
+            (f"udp-raw {udp_clients}x{_UDP_TARGET[1]:g}", raw10, ""),
             (
-                f"udp-reliable {_TARGET_LOSS}% loss",
-                dataclasses.replace(
-                    _at(kinds["udp-reliable"], z.lossy_clients, _LOSSY_RATE),
-                    netns_loss=_TARGET_LOSS,
-                ),
+                f"udp-raw-packets {udp_clients}x{_UDP_TARGET[1]:g}",
+                dataclasses.replace(raw10, packets=True),
+                "",
             ),
             *_packet_targets(z, kinds),
         ],
@@ -290,47 +341,35 @@ def _repeated(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
             (
                 f"{p} {small}x{z.peak_rate:g}",
                 dataclasses.replace(_at(kinds[p], small, z.peak_rate), drain=z.peak_drain),
+                "",
             )
             for p in ("tcp", "assignment")
         ],
+        "lossy": _link_runs(
+            z, kinds["tcp"], FIRST_SCREEN_LOSSES if z.repeats > 1 else (), repeated=True
+        ),
     }
     return [
-        Scenario(group, name, spec, repeat=repeat)
+        Scenario(group, name, spec, repeat=repeat, variant=variant)
         for group, scenarios in rounds.items()
         for repeat in range(1, z.repeats + 1)
-        for name, spec in scenarios
+        for name, spec, variant in scenarios
     ]
 
 
-def _packet_targets(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[tuple[str, LoadSpec]]:
-    """The `targets` runs of UDP packet sessions (benchmarks.targets judges them)."""
+def _packet_targets(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[tuple[str, LoadSpec, str]]:
+    """The loopback `targets` runs of UDP packet sessions (benchmarks.targets judges them)."""
     small = _small(z)
     udp_clients = min(z.sweep_clients, _UDP_TARGET[0])
     rate = _CLIENTS_RATE
     return [
-        (f"udp-raw-packets {small}x{rate:g}", _at(kinds["udp-raw-packets"], small, rate)),
-        (
-            f"udp-raw-packets {udp_clients}x{rate:g}",
-            _at(kinds["udp-raw-packets"], udp_clients, rate),
-        ),
-        (
-            f"udp-reliable-packets {udp_clients}x{rate:g}",
-            _at(kinds["udp-reliable-packets"], udp_clients, rate),
-        ),
-        (
-            f"udp-reliable-packets {small}x{rate:g}",
-            _at(kinds["udp-reliable-packets"], small, rate),
-        ),
-        *(
-            (
-                f"udp-reliable-packets {loss}% loss",
-                dataclasses.replace(
-                    _at(kinds["udp-reliable-packets"], z.lossy_clients, _LOSSY_RATE),
-                    netns_loss=loss,
-                ),
-            )
-            for loss in _PACKET_LOSSES
-        ),
+        (f"{kind} {n}x{rate:g}", _at(kinds[kind], n, rate), "")
+        for kind, n in (
+            ("udp-raw-packets", small),
+            ("udp-raw-packets", udp_clients),
+            ("udp-reliable-packets", udp_clients),
+            ("udp-reliable-packets", small),
+        )
     ]
 
 
@@ -358,21 +397,35 @@ def _sweeps(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
     return out
 
 
-def _lossy(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
-    """`lossy`: both UDP modes at each loss (reliable at the target's loss is in `targets`
-    when the suite repeats)."""
+def _link_runs(
+    z: _Sizes, tcp: LoadSpec, losses: Sequence[int], repeated: bool | None = None
+) -> list[tuple[str, LoadSpec, str]]:
+    """LINK_MATRIX at each loss (only its `repeated` configurations, or only the others, when
+    `repeated` says so): the same clients, load and drain for every configuration (a drain that
+    outlasts a few backed-off retransmissions; a run whose deliveries are all in ends it early)."""
+    link = dataclasses.replace(_at(tcp, z.lossy_clients, _LOSSY_RATE), drain=z.lossy_drain)
     return [
-        Scenario(
-            "lossy",
-            f"{protocol} {loss}% loss",
-            dataclasses.replace(
-                _at(kinds[protocol], z.lossy_clients, _LOSSY_RATE), netns_loss=loss
-            ),
+        (
+            f"{config.key} {loss}% loss",
+            configured(dataclasses.replace(link, netns_loss=loss), config),
+            "",
         )
-        for protocol in ("udp-raw", "udp-reliable")
-        for loss in z.losses
-        if not (protocol == "udp-reliable" and loss == _TARGET_LOSS and z.repeats > 1)
+        for loss in losses
+        for config in LINK_MATRIX
+        if repeated is None or config.repeated == repeated
     ]
+
+
+def _lossy(z: _Sizes, kinds: dict[str, LoadSpec]) -> list[Scenario]:
+    """`lossy` at the losses that are not repeated (all of them in a suite of one repeat), and
+    the configurations that are not repeated at those that are."""
+    if z.repeats == 1:
+        runs = _link_runs(z, kinds["tcp"], z.losses)
+    else:
+        once = [loss for loss in z.losses if loss not in FIRST_SCREEN_LOSSES]
+        runs = _link_runs(z, kinds["tcp"], FIRST_SCREEN_LOSSES, repeated=False)
+        runs += _link_runs(z, kinds["tcp"], once)
+    return [Scenario("lossy", name, spec, variant=variant) for name, spec, variant in runs]
 
 
 def _ablations(z: _Sizes, base: LoadSpec, threads: int) -> list[Scenario]:
@@ -562,6 +615,7 @@ def _run_one(scenario: Scenario, results: dict[str, Any], reporter: Reporter) ->
             "group": scenario.group,
             "name": scenario.name,
             "repeat": scenario.repeat,
+            "variant": scenario.variant,
             "load_1min": load,
             "spec": asdict(scenario.spec),
             "result": result_to_dict(result),
@@ -578,6 +632,23 @@ def load_results(results: dict[str, Any], group: str | None = None) -> list[tupl
         for run in results["runs"]
         if group is None or run["group"] == group
     ]
+
+
+def config_runs(results: dict[str, Any], group: str) -> list[tuple[str, int, LoadResult]]:
+    """(configuration, repeat, LoadResult) of a group's load runs: the configuration is the
+    protocol (packet sessions are in it: `udp-raw-packets`), the TCP flags that differ from the
+    default (`tcp coalesce 0 ms`) and a variant the protocol does not name (`assignment
+    nodelay`), so that no series mixes two of them."""
+    out = []
+    for run in results["runs"]:
+        if run["group"] != group:
+            continue
+        result = result_from_dict(run["result"])
+        variant = run.get("variant", "")
+        key = label_of(result)
+        key += f" {variant}" if variant and variant not in key else ""
+        out.append((key, run.get("repeat", 1), result))
+    return out
 
 
 def _label(run: dict[str, Any]) -> str:

@@ -3,11 +3,14 @@
 Contract:
     python -m benchmarks.load --server {tcp,assignment} --clients 200 --rate 5 --duration 10
                               [--warmup 1] [--drain 5] [--nagle] [--coalesce-ms MS] [--threads N]
+                              [--nodelay] [--netns-loss PCT]
     run_tcp_load(server, clients=..., rate=..., duration=..., ...) -> LoadResult
     format_results([LoadResult, ...]) -> str  (a table, one row per run)
 
 A front for one run of `benchmarks.measure`, which holds the method (open loop from the
 scheduled time, one clock, what each number means); `python -m benchmarks` runs the suite.
+`--netns-loss` runs the server and the clients in a namespace whose link drops that percentage
+of TCP segments each way (netsim.lossy; needs root and nftables).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ def run_tcp_load(
     nagle: bool = False,
     coalesce_ms: float | None = None,
     threads: int = DEFAULT_THREADS,
+    nodelay: bool = False,
+    netns_loss: int | None = None,
 ) -> LoadResult:
     """Start `server` ("tcp" or "assignment"), run the load against it, stop it, return the
     numbers."""
@@ -52,6 +57,8 @@ def run_tcp_load(
         nagle=nagle,
         coalesce_ms=coalesce_ms,
         threads=threads,
+        nodelay=nodelay,
+        netns_loss=netns_loss,
     )
     return run_load(spec)
 
@@ -65,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--nagle",
         action="store_true",
-        help="tcp.server only: leave Nagle on (the assignment's server always does)",
+        help="tcp.server only: leave Nagle on (the assignment's server does unless --nodelay)",
     )
     parser.add_argument(
         "--coalesce-ms",
@@ -73,7 +80,20 @@ def main(argv: list[str] | None = None) -> None:
         metavar="MS",
         help="tcp.server only: the writer's rest between passes (default: the server's)",
     )
+    parser.add_argument(
+        "--nodelay",
+        action="store_true",
+        help="the assignment's server only: TCP_NODELAY on its connections (Nagle off)",
+    )
+    parser.add_argument(
+        "--netns-loss",
+        type=int,
+        metavar="PCT",
+        help="run in a network namespace that drops PCT %% of TCP segments each way",
+    )
     args = parser.parse_args(argv)
+    if args.nodelay and args.server != "assignment":
+        parser.error("--nodelay is the assignment's server's (tcp.server leaves Nagle off)")
     result = run_tcp_load(
         args.server,
         clients=args.clients,
@@ -84,6 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         nagle=args.nagle,
         coalesce_ms=args.coalesce_ms,
         threads=args.threads,
+        nodelay=args.nodelay,
+        netns_loss=args.netns_loss,
     )
     print(format_results([result]))
     if result.unexpected:

@@ -10,9 +10,9 @@ Contract:
 `spec.clients` clients speaking the real protocol (`benchmarks.clients`), grouped into
 `spec.threads` worker threads, and stops it. With `netns_loss` set, the server and the client side
 both run inside a `netsim.lossy.LossyNamespace` whose loopback drops that percentage of UDP
-datagrams: the client side is then the subprocess `python -m benchmarks.client_worker`, which
-prints its LoadResult as JSON. With `relay_loss` the UDP clients talk through an in-process
-`netsim.faults.FaultyRelay` instead.
+datagrams and TCP segments (any server: TCP meets the same link as UDP): the client side is then
+the subprocess `python -m benchmarks.client_worker`, which prints its LoadResult as JSON. With
+`relay_loss` the UDP clients talk through an in-process `netsim.faults.FaultyRelay` instead.
 
 Method, chosen so the numbers cannot flatter the server:
 - Open loop. Client i sends its k-th `say` at t0 + (k*N + i) * period / N (period = 1/rate), so
@@ -20,10 +20,14 @@ Method, chosen so the numbers cannot flatter the server:
   actual send, so a stall shows up in the latencies instead of quietly lowering the offered
   load (coordinated omission). One clock: time.monotonic_ns() of the client-side process.
 - Statistics cover the measured window [t0 + warmup, t0 + warmup + duration): its messages for
-  latency and loss, and deliveries arriving during it for throughput and server CPU per
-  delivery. After the window the harness waits up to `drain` seconds for the deliveries still
-  owed (raw UDP stops early after half a second with nothing new), then says `bye`, closes,
-  and stops the server with SIGTERM. What arrives after the drain counts as lost.
+  latency and loss, and every delivery arriving during it for throughput and server CPU per
+  delivery (the work done in the window over the deliveries made in it). Deliveries of the
+  warmup's messages that arrive in the window count, so a server catching up on a backlog
+  shows more deliveries/s than the window offered; the share of the window's own messages
+  delivered is `received / expected`, which never passes 100 %. After the window the harness
+  waits up to `drain` seconds for the deliveries still owed (raw UDP stops early after half a
+  second with nothing new), then says `bye`, closes, and stops the server with SIGTERM. What
+  arrives after the drain counts as lost.
 - `expected` = messages of the window sent x recipients (every client gets every message, its
   own included, except from the assignment's server, which does not echo); `lost` = expected -
   received by the end of the drain; `unsent` = messages of the window still queued in the
@@ -32,7 +36,12 @@ Method, chosen so the numbers cannot flatter the server:
   seen from the same sender; `unexpected` = a marker never sent. Latency percentiles are over
   the deliveries that arrived (nearest rank); the missing ones are in `lost`.
 - Server CPU is the server process's user + system time over the window (/proc), per delivery
-  received in it; its peak memory is VmHWM after the run. The harness reports its own CPU
+  received in it; `server_cpu_ticks` says over how many clock ticks (10 ms each) it was
+  measured, so that a figure from a few ticks is not shown with more digits than it has. Its
+  peak memory is VmHWM after the run. `server_retransmitted` is what the server itself says
+  it retransmitted (the UDP server's session summaries; -1 where a server does not say);
+  over a namespace, `tcp_retransmitted` is the kernel's count of TCP segments sent again in
+  it (RetransSegs, both ends; -1 elsewhere). The harness reports its own CPU
   (100 % = one core, and per delivery) and how late its sends left against the schedule
   (`send_lag`); a run past HARNESS_CPU_LIMIT_PCT or HARNESS_LAG_LIMIT_MS is `harness_bound`.
 - Latency percentiles: p50, p95, p99 and max, and PERCENTILES for the percentile plot.
@@ -128,6 +137,7 @@ class LoadSpec:
     slow_readers: int = 0
     max_outbox: int | None = None
     coalesce_ms: float | None = None  # TCP: the writer's rest between passes; None: the default
+    nodelay: bool = False  # the assignment's server with TCP_NODELAY (it leaves Nagle on)
     pad: int = 0
     netns_loss: int | None = None
     relay_loss: float = 0.0
@@ -167,8 +177,10 @@ class LoadSpec:
             raise ValueError("reliable mode and packets are UDP's")
         if self.slow_readers and self.server == "udp":
             raise ValueError("slow readers are a TCP matter")
-        if (self.netns_loss is not None or self.relay_loss) and self.server != "udp":
-            raise ValueError("lossy links are for UDP")
+        if self.relay_loss and self.server != "udp":
+            raise ValueError("the relay is UDP's; a namespace (netns_loss) carries TCP too")
+        if self.nodelay and self.server != "assignment":
+            raise ValueError("nodelay is the assignment's server's option (tcp.server: nagle)")
 
 
 @dataclass(frozen=True)
@@ -217,6 +229,9 @@ class LoadResult:
     harness_cpu_pct: float
     harness_cpu_us_per_delivery: float
     server_clean_exit: bool | None
+    server_cpu_ticks: int = -1
+    server_retransmitted: int = -1
+    tcp_retransmitted: int = -1
     acks_per_packet: float = math.nan
     """UDP packet sessions: the clients' acks per packet received from the server."""
 
@@ -257,9 +272,12 @@ def result_to_dict(result: LoadResult) -> dict[str, Any]:
 
 
 def result_from_dict(data: Mapping[str, Any]) -> LoadResult:
-    """The inverse of result_to_dict (None in a float field reads as nan); unknown keys ignored."""
+    """The inverse of result_to_dict (None in a float field reads as nan); unknown keys ignored,
+    missing ones with a default take it."""
     values: dict[str, Any] = {}
     for spec_field in dataclasses.fields(LoadResult):
+        if spec_field.name not in data and spec_field.default is not dataclasses.MISSING:
+            continue
         value = data.get(spec_field.name)
         if value is None and spec_field.type == "float":
             value = math.nan
@@ -566,6 +584,7 @@ def _summarise(
             1e6 * usage.harness_cpu_s / deliveries_in_window if deliveries_in_window else math.nan
         ),
         server_clean_exit=None,
+        server_cpu_ticks=round(usage.server_cpu_s * procstat.CLOCK_TICKS_PER_S),
         acks_per_packet=_acks_per_packet(udp),
     )
 
@@ -594,7 +613,7 @@ def _run_in_namespace(spec: LoadSpec, progress: Progress | None) -> LoadResult:
     """Server and client side both inside a fresh lossy namespace."""
     assert spec.netns_loss is not None
     with LossyNamespace(spec.netns_loss) as namespace:
-        server = ServerProcess(server_command(spec.server), launch=namespace.run)
+        server = ServerProcess(_server_argv(spec), launch=namespace.run)
         try:
             host, port = server.wait_ready()
             command = [
@@ -619,11 +638,27 @@ def _run_in_namespace(spec: LoadSpec, progress: Progress | None) -> LoadResult:
                 tail = "\n".join(messages[-20:])
                 raise RuntimeError(f"the client worker failed ({worker.returncode}):\n{tail}")
             result = result_from_dict(json.loads(out))
+            retransmitted_segments = namespace.tcp_retransmitted()
         finally:
             clean = server.stop()
             if not clean:
                 _warn_unclean(server)
-    return dataclasses.replace(result, server_clean_exit=clean)
+    return dataclasses.replace(
+        result,
+        server_clean_exit=clean,
+        server_retransmitted=server.retransmitted,
+        tcp_retransmitted=retransmitted_segments,
+    )
+
+
+def _server_argv(spec: LoadSpec) -> list[str]:
+    return server_command(
+        spec.server,
+        nagle=spec.nagle,
+        max_outbox=spec.max_outbox,
+        coalesce_ms=spec.coalesce_ms,
+        nodelay=spec.nodelay,
+    )
 
 
 def run_load(spec: LoadSpec, progress: Progress | None = None) -> LoadResult:
@@ -631,14 +666,7 @@ def run_load(spec: LoadSpec, progress: Progress | None = None) -> LoadResult:
     spec.validate()
     if spec.netns_loss is not None:
         return _run_in_namespace(spec, progress)
-    server = ServerProcess(
-        server_command(
-            spec.server,
-            nagle=spec.nagle,
-            max_outbox=spec.max_outbox,
-            coalesce_ms=spec.coalesce_ms,
-        )
-    )
+    server = ServerProcess(_server_argv(spec))
     relay: FaultyRelay | None = None
     try:
         address = server.wait_ready()
@@ -653,7 +681,9 @@ def run_load(spec: LoadSpec, progress: Progress | None = None) -> LoadResult:
         clean = server.stop()
         if not clean:
             _warn_unclean(server)
-    return dataclasses.replace(result, server_clean_exit=clean)
+    return dataclasses.replace(
+        result, server_clean_exit=clean, server_retransmitted=server.retransmitted
+    )
 
 
 def _warn_unclean(server: ServerProcess) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 
-_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+"""The resolution of every CPU time /proc gives: a tick is 1 / CLOCK_TICKS_PER_S seconds."""
 
 
 def cpu_seconds(pid: int) -> float:
@@ -20,7 +21,7 @@ def cpu_seconds(pid: int) -> float:
     # The command name (field 2) is in parentheses and may itself contain spaces or ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
     utime, stime = int(fields[11]), int(fields[12])  # fields 14 and 15 of proc(5)
-    return (utime + stime) / _CLOCK_TICKS_PER_S
+    return (utime + stime) / CLOCK_TICKS_PER_S
 
 
 def _status_field(pid: int, key: str) -> str:

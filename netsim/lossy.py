@@ -1,8 +1,11 @@
-"""A real lossy UDP link: a Linux network namespace whose loopback drops datagrams.
+"""A real lossy link: a Linux network namespace whose loopback drops UDP datagrams
+and TCP segments alike.
 
-Loopback never loses anything and this kernel has no netem, so losses come from
+Loopback never loses anything and this kernel has no netem (``tc qdisc add ...
+netem`` answers "Specified qdisc kind is unknown"), so losses come from
 nftables: the namespace gets a table with an input-hook chain whose rule is
-``meta l4proto udp numgen random mod 100 < P drop`` (P is the loss percent).
+``meta l4proto { tcp, udp } numgen random mod 100 < P drop`` (P is the loss
+percent). Delay cannot be emulated: every round trip is loopback's.
 
 Contract:
 
@@ -14,11 +17,18 @@ Contract:
 - The namespace has no interface but ``lo``: everything run in it talks to the
   namespace's own 127.0.0.1, so a server and its clients must all run inside it
   (``ns.run([sys.executable, "-m", ...])``) and no traffic leaves it.
-- Every UDP datagram crosses the input hook of ``lo`` exactly once, so each
-  direction of a conversation loses ``loss_percent`` percent independently.
-- ``counters()`` reads two named nft counters: UDP datagrams that reached the
-  input hook and those the rule dropped. ``set_loss`` swaps the rules in one
-  transaction and keeps the counters running.
+- Every UDP datagram and every TCP segment (data or bare ack) crosses the input
+  hook of ``lo`` exactly once, so each direction of a conversation loses
+  ``loss_percent`` percent independently, for both transports.
+- ``lo`` has an Ethernet-sized MTU (LAN_MTU) and segments no larger than it
+  (``gso_max_size``): otherwise loopback hands TCP segments of up to 64 KiB to
+  the hook, and one drop would cost TCP what forty would cost it on a LAN.
+- ``counters()`` reads three named nft counters: UDP datagrams and TCP
+  segments that reached the input hook, and those the rule dropped.
+  ``set_loss`` swaps the rules in one transaction and keeps the counters
+  running.
+- ``tcp_retransmitted()`` is the namespace's own count of TCP segments sent
+  again (``RetransSegs`` of its ``/proc/net/snmp``), both ends together.
 - ``lossy_link_unavailable()`` says in one sentence why this machine cannot
   provide the link (not root, a missing package, namespaces refused), or
   returns None; it tries once per process and caches the answer.
@@ -42,6 +52,8 @@ from typing import Any
 
 TABLE = "chatlab"
 """The nftables table (family ``inet``) loaded in every namespace."""
+LAN_MTU = 1500
+"""The MTU of the namespace's ``lo``, and its largest segment: an Ethernet LAN's."""
 
 _COMMAND_TIMEOUT = 10.0
 _STOP_TIMEOUT = 2.0
@@ -55,10 +67,12 @@ class LossyLinkError(RuntimeError):
 
 @dataclass(frozen=True)
 class LossCounters:
-    """UDP datagrams that reached the namespace's input hook, and how many were dropped."""
+    """UDP datagrams and TCP segments that reached the namespace's input hook, and how many
+    of them (both kinds) were dropped."""
 
     udp_packets: int
     dropped: int
+    tcp_segments: int = 0
 
 
 def _find(tool: str) -> str | None:
@@ -97,7 +111,8 @@ def _rules(loss_percent: int) -> str:
     chance = "" if loss_percent == 100 else f"numgen random mod 100 < {loss_percent} "
     return (
         f'add rule inet {TABLE} input meta l4proto udp counter name "udp_in"\n'
-        f"add rule inet {TABLE} input meta l4proto udp {chance}"
+        f'add rule inet {TABLE} input meta l4proto tcp counter name "tcp_in"\n'
+        f"add rule inet {TABLE} input meta l4proto {{ tcp, udp }} {chance}"
         f'counter name "dropped" drop\n'
     )
 
@@ -111,7 +126,8 @@ def _check_percent(loss_percent: int) -> int:
 
 
 class LossyNamespace:
-    """A network namespace whose loopback drops ``loss_percent`` % of UDP datagrams."""
+    """A network namespace whose loopback drops ``loss_percent`` % of UDP datagrams and of
+    TCP segments."""
 
     def __init__(self, loss_percent: int) -> None:
         self.loss_percent = _check_percent(loss_percent)
@@ -129,9 +145,16 @@ class LossyNamespace:
         self._created = True
         try:
             _check([self._ip, "-n", self.name, "link", "set", "lo", "up"], "cannot bring lo up")
+            size = str(LAN_MTU)
+            _check(
+                [self._ip, "-n", self.name, "link", "set", "lo", "mtu", size,
+                 "gso_max_size", size, "gro_max_size", size],
+                "cannot give lo a LAN's MTU",
+            )  # fmt: skip
             self._nft_load(
                 f"add table inet {TABLE}\n"
                 f"add counter inet {TABLE} udp_in\n"
+                f"add counter inet {TABLE} tcp_in\n"
                 f"add counter inet {TABLE} dropped\n"
                 f"add chain inet {TABLE} input "
                 "{ type filter hook input priority filter; policy accept; }\n"
@@ -175,7 +198,18 @@ class LossyNamespace:
             for item in json.loads(listing)["nftables"]
             if "counter" in item
         }
-        return LossCounters(udp_packets=packets["udp_in"], dropped=packets["dropped"])
+        return LossCounters(
+            udp_packets=packets["udp_in"],
+            dropped=packets["dropped"],
+            tcp_segments=packets["tcp_in"],
+        )
+
+    def tcp_retransmitted(self) -> int:
+        self._require_created()
+        snmp = _check(self._inside("cat", "/proc/net/snmp"), "cannot read /proc/net/snmp")
+        tcp = [line.split()[1:] for line in snmp.splitlines() if line.startswith("Tcp:")]
+        names, values = tcp[0], tcp[1]
+        return int(values[names.index("RetransSegs")])
 
     def _nft_load(self, script: str) -> None:
         _check(

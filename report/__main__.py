@@ -1,7 +1,9 @@
-"""`python -m report [--results PATH] [--out DIR] [--strict]`: regenerate REPORT.md and its figures.
+"""`python -m report [--results PATH] [--out DIR] [--strict]`: regenerate the report.
 
-Reads benchmarks/results/latest.json (written by `make bench`) and writes report/REPORT.md and
-the PNG figures beside it; see report.generate. A report made while the working tree has
+Reads benchmarks/results/latest.json (written by `make bench`), and beside it calibration.json
+(`make calibrate`) and cluster.json (`make bench-cluster`) when they are there, and writes
+report/REPORT.md, report/RUNS.md (every run) and the PNG figures beside them; see
+report.generate. A report made while the working tree has
 uncommitted changes (the results file included) says so at its top, since it cannot be
 reproduced from the repository; `--strict` refuses to write one.
 """

@@ -1,32 +1,47 @@
-"""Turn benchmarks/results/latest.json into report/REPORT.md and its figures.
+"""Turn benchmarks/results/ into report/REPORT.md, report/RUNS.md and the figures.
 
 Contract:
-    generate(results_path, out_dir, provenance) -> Path of the REPORT.md written
+    generate(results_path, out_dir, provenance) -> Path of the REPORT.md written (RUNS.md,
+                                            every run's table, and the PNGs beside it)
     provenance(results_path) -> Provenance    which commit and file the report comes from
-    build_context(results, figures, provenance) -> {placeholder: text}
+    build_context(results, figures, provenance, cluster, calibration) -> {placeholder: text}
     render(template, context) -> str      `{{name}}` replaced; an unknown name raises KeyError
+    answer(first) -> str                  the first screen's prose, from its figures
+    code_lines(path) -> int               lines of code without docstrings, comments, blanks
+    report_words(text) -> int             the report's length: `wc -w` without HTML comments
 
 The prose lives in report/template.md; every measured number in it is a placeholder filled from
-the results file here, so the report cannot disagree with the data it shows. Each fact is
-filled in one place of the template; other sections point to it. A headline figure is the
-median of the repeats of its run with the range beside it; a run the harness may have limited
-is marked harness-bound wherever it appears. The calibration of the assignment's server
-against the assignment's own example is a by-hand measurement (the example is not part of the
-project), so it comes from benchmarks/calibration.json.
+the results here, so the report cannot disagree with the data it shows, and the few sentences
+whose words depend on the numbers (which is larger, whether anything was lost) are written here
+from them. A headline figure is the median of the repeats of its run that the harness did not
+limit, with the range beside it; a run the harness may have limited is marked harness-bound
+wherever it appears. A CPU figure measured over fewer than MIN_TICKS clock ticks is shown to
+two significant digits only. The calibration comes from `make calibrate`'s file beside the
+results (benchmarks.calibrate), the cluster's from `make bench-cluster`'s.
 """
 
 from __future__ import annotations
 
-import json
+import ast
+import io
 import math
 import re
 import statistics
+import tokenize
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.harness import REPEATED, git_output, load_results, read_results
+from benchmarks.harness import (
+    GROUPS,
+    LINK_MATRIX,
+    REPEATED,
+    config_runs,
+    git_output,
+    load_results,
+    read_results,
+)
 from benchmarks.measure import HARNESS_CPU_LIMIT_PCT, HARNESS_LAG_LIMIT_MS, LoadResult
 from benchmarks.servers import REPO_ROOT
 from benchmarks.tables import table
@@ -39,21 +54,47 @@ from benchmarks.targets import (
     describe,
     describe_repeats,
     evaluate,
-    matching,
+    evaluate_packets,
     repeats,
     sweep_knees,
 )
+from common.protocol.recovery import MAX_ACK_DELAY
+from common.protocol.reliable import INITIAL_RTO
 from report.plots import make_plots
 from tcp.server import DEFAULT_COALESCE_MS
 
 TEMPLATE = Path(__file__).resolve().parent / "template.md"
-CALIBRATION = REPO_ROOT / "benchmarks" / "calibration.json"
 CLUSTER_FILE = "cluster.json"
 """`make bench-cluster`'s results, kept beside the suite's."""
+CALIBRATION_FILE = "calibration.json"
+"""`make calibrate`'s results, kept beside the suite's."""
 NA = "n/a"
 BOUND_MARK = "†"
 """Marks a figure from harness-bound runs, so that a number in a sentence stays readable."""
+MIN_TICKS = 100
+"""Clock ticks (10 ms each) below which a CPU figure has fewer than about three digits."""
+MAX_WORDS = 2500
+"""The report's length limit, counted as `wc -w` counts, without HTML comments."""
+_UDP = ("udp/server.py", "udp/session.py")
+_PACKETS = tuple(
+    f"common/protocol/{name}.py"
+    for name in ("packets", "packetlink", "rangeset", "recovery", "congestion", "reliable")
+)
+CODE_FILES = {
+    "tcp": ("tcp/server.py",),
+    "udp-raw": _UDP,
+    "udp-reliable": (*_UDP, "common/protocol/reliable.py"),
+    "udp-raw-packets": (*_UDP, *_PACKETS),
+    "udp-reliable-packets": (*_UDP, *_PACKETS),
+}
+"""What each configuration's row counts: its own transport code (the UDP server holds both
+modes and both protocols; packet sessions use the 1.0 receiver's buffer); the room and the
+codec, which all share, are in none. Files missing from the tree are left out."""
+LOC_COUNTER = (
+    "`report.generate.code_lines` (Python's tokenizer; docstrings, comments, blanks left out)"
+)
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
+_COMMENT = re.compile(r"<!--.*?-->", re.S)
 
 
 @dataclass(frozen=True)
@@ -90,12 +131,19 @@ def provenance(results_path: Path) -> Provenance:
 
 
 def _generated(path: str) -> bool:
-    """What `make report` writes: REPORT.md and the figures beside it."""
-    return path == "report/REPORT.md" or (path.startswith("report/") and path.endswith(".png"))
+    """What `make report` writes: REPORT.md, RUNS.md and the figures beside them."""
+    return path in ("report/REPORT.md", "report/RUNS.md") or (
+        path.startswith("report/") and path.endswith(".png")
+    )
 
 
 def render(template: str, context: dict[str, str]) -> str:
     return _PLACEHOLDER.sub(lambda m: context[m.group(1)], template)
+
+
+def report_words(text: str) -> int:
+    """Words as `wc -w` counts them (tables and code included), HTML comments left out."""
+    return len(_COMMENT.sub("", text).split())
 
 
 def ms(value: float | None) -> str:
@@ -117,14 +165,34 @@ def num(value: float | None, decimals: int = 0) -> str:
     return f"{value:,.{decimals}f}"
 
 
+def _us(value: float) -> str:
+    return num(value, 2)
+
+
+def coarse(value: float, significant: int = 2) -> str:
+    """`significant` digits (two by default: a figure from few clock ticks has no more)."""
+    if not math.isfinite(value):
+        return NA
+    if value == 0:
+        return "0"
+    digits = max(0, significant - 1 - math.floor(math.log10(abs(value))))
+    return f"{value:,.{digits}f}"
+
+
+def _counted(runs: Sequence[LoadResult]) -> tuple[list[LoadResult], bool]:
+    """The runs a figure is taken from, and whether they are harness-bound ones (fewer than
+    two thirds of the runs were free of the harness)."""
+    counted = [r for r in runs if not r.harness_bound]
+    bound = len(counted) < math.ceil(2 * len(runs) / 3) or not counted
+    return (list(runs) if bound else counted), bound
+
+
 def spread(runs: Sequence[LoadResult], attr: str, fmt: Callable[[float], str]) -> str:
     """The median over the runs the harness did not limit, with its range: `17.8 [17.3-18.9]`;
     marked harness-bound when fewer than two thirds of the runs count."""
     if not runs:
         return NA
-    counted = [r for r in runs if not r.harness_bound]
-    bound = len(counted) < math.ceil(2 * len(runs) / 3) or not counted
-    use = runs if bound else counted
+    use, bound = _counted(runs)
     values = [getattr(r, attr) for r in use]
     text = fmt(statistics.median(values))
     low, high = fmt(min(values)), fmt(max(values))
@@ -133,50 +201,93 @@ def spread(runs: Sequence[LoadResult], attr: str, fmt: Callable[[float], str]) -
     return text + (BOUND_MARK if bound else "")
 
 
-def median_run(runs: Sequence[LoadResult]) -> LoadResult | None:
-    """The run with the median p99 among those the harness did not limit (all if none)."""
-    counted = [r for r in runs if not r.harness_bound] or list(runs)
-    if not counted:
-        return None
-    ordered = sorted(counted, key=lambda r: math.inf if math.isnan(r.p99_ms) else r.p99_ms)
-    return ordered[len(ordered) // 2]
+def few_ticks(runs: Sequence[LoadResult]) -> bool:
+    """Whether any run's CPU was measured over fewer than MIN_TICKS clock ticks."""
+    return any(0 <= r.server_cpu_ticks < MIN_TICKS for r in runs)
 
 
-def _run_table(runs: Sequence[tuple[str, LoadResult]], extra: Sequence[str] = ()) -> str:
+def cpu(runs: Sequence[LoadResult]) -> str:
+    """Server CPU per delivery to three significant digits, two when measured over few ticks,
+    and `-` when over none (a window too light for the clock to see)."""
+    if runs and all(r.server_cpu_ticks == 0 for r in runs):
+        return "-"
+    significant = 2 if few_ticks(runs) else 3
+    return spread(runs, "server_cpu_us_per_delivery", lambda v: coarse(v, significant))
+
+
+def median_of(runs: Sequence[LoadResult], attr: str | Callable[[LoadResult], float]) -> float:
+    """The median of a field (or of a function of each run) over the runs that count."""
+    if not runs:
+        return math.nan
+    use, _ = _counted(runs)
+    value = attr if callable(attr) else (lambda r: float(getattr(r, attr)))
+    return float(statistics.median(value(r) for r in use))
+
+
+def code_lines(path: Path) -> int:
+    """Lines holding code: not blank, not only a comment, not part of a docstring."""
+    source = path.read_text(encoding="utf-8")
+    docstrings: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            assert isinstance(body, list)
+            first = body[0] if body else None
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                docstrings.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT}
+    skip.add(tokenize.ENDMARKER)
+    lines: set[int] = set()
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type not in skip:
+            lines.update(range(token.start[0], token.end[0] + 1))
+    return len(lines - docstrings)
+
+
+def _code(transport: str) -> int:
+    files = [REPO_ROOT / f for f in CODE_FILES[transport]]
+    return sum(code_lines(f) for f in files if f.exists())
+
+
+def _run_table(runs: Sequence[tuple[str, LoadResult]]) -> str:
     headers = [
-        "run", "deliv/s offered", "deliv/s", "p50 ms", "p99 ms", "lost %", "server µs/deliv",
-        "server CPU %", "harness CPU %", "lag p99 ms",
+        "run", "deliv/s offered", "deliv/s", "p50 ms", "p99 ms", "p99.9 ms", "max ms", "lost %",
+        "server µs/deliv", "CPU ticks", "server CPU %", "retransmitted (server / clients / TCP)",
+        "harness CPU %", "lag p99 ms",
     ]  # fmt: skip
-    if "retx" in extra:
-        headers.append("retransmitted")
-    if "slow" in extra:
-        headers += ["slow reader dropped", "unsent"]
     rows = []
     for name, r in runs:
-        row = [
-            name + (" **harness-bound**" if r.harness_bound else ""),
-            num(r.offered_deliveries_per_s),
-            num(r.deliveries_per_s),
-            ms(r.p50_ms),
-            ms(r.p99_ms),
-            num(r.loss_pct, 2),
-            num(r.server_cpu_us_per_delivery, 2),
-            num(r.server_cpu_pct),
-            num(r.harness_cpu_pct),
-            ms(r.send_lag_p99_ms),
-        ]
-        if "retx" in extra:
-            row.append(str(r.retransmitted))
-        if "slow" in extra:
-            dropped = "yes" if r.slow_dropped else "no" if r.slow_readers else "-"
-            row += [dropped, str(r.unsent)]
-        rows.append(row)
+        retx = " / ".join(
+            "-" if v < 0 else str(v)
+            for v in (r.server_retransmitted, r.retransmitted, r.tcp_retransmitted)
+        )
+        rows.append(
+            [
+                name + (" **harness-bound**" if r.harness_bound else ""),
+                num(r.offered_deliveries_per_s),
+                num(r.deliveries_per_s),
+                ms(r.p50_ms),
+                ms(r.p99_ms),
+                ms(_p999(r)),
+                ms(r.max_ms),
+                num(r.loss_pct, 2),
+                cpu([r]),
+                str(r.server_cpu_ticks) if r.server_cpu_ticks >= 0 else "-",
+                num(r.server_cpu_pct),
+                retx,
+                num(r.harness_cpu_pct),
+                ms(r.send_lag_p99_ms),
+            ]
+        )
     return table(rows, headers, markdown=True)
 
 
-def _group_table(results: dict[str, Any], group: str, extra: Sequence[str] = ()) -> str:
-    runs = load_results(results, group)
-    return _run_table(runs, extra) if runs else "_Not measured in this results file._"
+def _p999(result: LoadResult) -> float:
+    return result.percentiles_ms[-1] if result.percentiles_ms else math.nan
 
 
 _VERDICT = {
@@ -188,10 +299,21 @@ _VERDICT = {
 }
 
 
-def _targets_table(targets: Sequence[Target]) -> str:
-    """Narrow enough for one screen: the measured values go in the notes under it."""
-    rows = [[t.key, _VERDICT[t.verdict], t.goal] for t in targets]
-    return table(rows, ["target", "verdict", "goal"], markdown=True)
+def _targets_table(targets: Sequence[Target], measured: bool = False) -> str:
+    """Each target's verdict and how many of its runs counted; with `measured` (RUNS.md) also
+    its figures, median [range]."""
+    rows = [
+        [
+            t.key,
+            _VERDICT[t.verdict],
+            t.goal,
+            *([describe(t) or NA] if measured else []),
+            f"{sum(held is not None for held in t.held)} of {len(t.samples)}",
+        ]
+        for t in targets
+    ]
+    headers = ["target", "verdict", "goal", *(["measured"] if measured else []), "runs"]
+    return table(rows, headers, markdown=True)
 
 
 def _target_notes(targets: Sequence[Target]) -> str:
@@ -204,37 +326,16 @@ def _target_notes(targets: Sequence[Target]) -> str:
     return "\n".join(notes)
 
 
-def code_lines(path: Path) -> int:
-    """Lines that are neither blank nor comments: what a reader must read."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    return sum(1 for line in lines if line.strip() and not line.strip().startswith("#"))
-
-
-def _calibration() -> dict[str, str]:
-    """The by-hand calibration's figures, or n/a where the file is missing."""
-    keys = ("date", "seed_us", "ours_us", "seed_peak", "ours_peak", "us_gap", "peak_gap", "runs")
-    if not CALIBRATION.exists():
-        return {f"cal_{k}": NA for k in keys}
-    data = json.loads(CALIBRATION.read_text(encoding="utf-8"))
-    seed, ours = data["example_server"], data["assignment_server"]
-    return {
-        "cal_date": data["date"],
-        "cal_runs": str(data["repeats"]),
-        "cal_seed_us": f"{seed['us_per_delivery_200x5']:.2f}",
-        "cal_ours_us": f"{ours['us_per_delivery_200x5']:.2f}",
-        "cal_seed_peak": f"{seed['peak_deliveries_per_s'] / 1e6:.2f} M",
-        "cal_ours_peak": f"{ours['peak_deliveries_per_s'] / 1e6:.2f} M",
-        "cal_us_gap": f"{ours['us_per_delivery_200x5'] / seed['us_per_delivery_200x5'] - 1:+.0%}",
-        "cal_peak_gap": f"{ours['peak_deliveries_per_s'] / seed['peak_deliveries_per_s'] - 1:+.0%}",
-    }
-
-
 def _provenance_text(meta: dict[str, Any], origin: Provenance) -> str:
     commit = (meta.get("git_commit") or "unknown")[:10]
     text = (
         f"Generated from `{origin.results_path}`"
         + (f" (committed in {origin.results_commit})" if origin.results_commit else "")
-        + f" at commit {origin.head or 'unknown'}; the results were measured at commit {commit}"
+        + f" at commit {origin.head or 'unknown'}; measured at commit {commit}"
+        + f" on {meta['date'][:10]} by `{_suite_command(meta)}` in {num(meta['elapsed_s'])} s "
+        + f"on {meta['machine']['cores']} shared cores of {meta['machine']['cpu']}, "
+        + f"{meta['implementation']} {meta['python']} (load average "
+        + f"{meta['load_average_before'][0]:.2f}, then {meta['load_average_after'][0]:.2f})"
     )
     if meta.get("git_dirty"):
         text += " **with uncommitted changes**"
@@ -246,9 +347,302 @@ def _provenance_text(meta: dict[str, Any], origin: Provenance) -> str:
     return text + "."
 
 
-def _at(results: dict[str, Any], protocol: str, **fields: Any) -> list[LoadResult]:
-    """Runs of a protocol at a load, from every group that has it."""
-    return matching([r for _, r in load_results(results)], protocol, **fields)
+def _suite_command(meta: dict[str, Any]) -> str:
+    return "make bench-full" if meta["suite"] == "full" else "make bench"
+
+
+# ---- the first screen ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Row:
+    """One transport on one link, from the repeated runs of the `lossy` group."""
+
+    label: str
+    transport: str
+    config: str
+    loss: int
+    runs: Sequence[LoadResult]
+
+    def median(self, attr: str) -> float:
+        return median_of(self.runs, attr)
+
+
+FIRST_LOSSES = (0, 5)
+
+
+def _link_runs(results: dict[str, Any], config: str, loss: int) -> list[LoadResult]:
+    return [
+        r
+        for key, _, r in config_runs(results, "lossy")
+        if key == config and r.link == f"netns {loss}% loss"
+    ]
+
+
+def _first_rows(results: dict[str, Any]) -> list[Row]:
+    """TCP, raw UDP and reliable UDP, clean and at 5 % loss; UDP with packet sessions where
+    the results have them (protocol 1.2), else 1.0."""
+    rows = []
+    names = (("tcp", "TCP"), ("udp-raw", "raw UDP"), ("udp-reliable", "reliable UDP"))
+    for transport, label in names:
+        config = transport
+        if transport != "tcp" and _link_runs(results, f"{transport}-packets", 0):
+            config = f"{transport}-packets"
+            label += " (packets)"
+        elif transport != "tcp":
+            label += " (1.0)"
+        for loss in FIRST_LOSSES:
+            rows.append(Row(label, transport, config, loss, _link_runs(results, config, loss)))
+    return rows
+
+
+def _first_table(rows: Sequence[Row]) -> str:
+    cells = [
+        [
+            row.label,
+            "clean" if row.loss == 0 else f"{row.loss} % loss",
+            spread(row.runs, "p50_ms", ms),
+            spread(row.runs, "p99_ms", ms),
+            spread(row.runs, "loss_pct", lambda v: num(v, 2)),
+            cpu(row.runs),
+            f"{_code(row.config):,}",
+        ]
+        for row in rows
+    ]
+    headers = ["", "link", "p50 ms", "p99 ms", "lost %", "server µs/delivery", "lines of code"]
+    return table(cells, headers, markdown=True)
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.1f}×" if b > 0 and math.isfinite(a / b) else NA
+
+
+def answer(rows: Sequence[Row]) -> str:
+    """The first screen's prose: every comparison in it is decided by the figures."""
+    by = {(r.transport, r.loss): r for r in rows}
+    if any(not r.runs for r in rows):
+        return "_The link matrix was not measured in this results file: run `make bench`._"
+    tcp0, tcp5 = by["tcp", 0], by["tcp", 5]
+    raw0, raw5 = by["udp-raw", 0], by["udp-raw", 5]
+    rel0, rel5 = by["udp-reliable", 0], by["udp-reliable", 5]
+    tcp_code, rel_code = _code("tcp"), _code(rel0.config)
+    lost = [r for r in (tcp0, tcp5, rel0, rel5) if r.median("loss_pct") > 0]
+    kept = (
+        "TCP and reliable UDP lost nothing on either link."
+        if not lost
+        else "Yet some deliveries were lost: "
+        + ", ".join(
+            f"{r.label} on the {'clean' if r.loss == 0 else f'{r.loss} %'} link" for r in lost
+        )
+        + "."
+    )
+    tail = rel5.median("p99_ms") - tcp5.median("p99_ms")
+    tail_words = (
+        f"shorter than TCP's ({ms(rel5.median('p99_ms'))} against {ms(tcp5.median('p99_ms'))} ms)"
+        if tail < 0
+        else f"no shorter than TCP's ({ms(rel5.median('p99_ms'))} against "
+        f"{ms(tcp5.median('p99_ms'))} ms)"
+    )
+    fast = raw0.median("p50_ms") < tcp0.median("p50_ms")
+    cost = rel0.median("server_cpu_us_per_delivery") / tcp0.median("server_cpu_us_per_delivery")
+    return (
+        "**Why TCP 100 %, UDP 80 %.** "
+        f"Raw UDP is what UDP gives alone: at {raw5.loss} % loss each way it lost "
+        f"{num(raw5.median('loss_pct'), 1)} % of deliveries, against the "
+        f"{100 * (1 - (1 - raw5.loss / 100) ** 2):.2f} % that two crossings of such a link "
+        f"drop. A chat that loses messages is not correct, so UDP must rebuild in "
+        f"our code what TCP's kernel gives every program: order, retransmission, sessions. "
+        f"{kept} Repair is paid in the tail: at 5 % loss TCP's p99 was "
+        f"{ms(tcp5.median('p99_ms'))} ms (its retransmission timeout is at least 200 ms) and "
+        f"reliable UDP's {ms(rel5.median('p99_ms'))} ms ("
+        + (
+            f"it probes after about the round trip plus {MAX_ACK_DELAY * 1000:g} ms"
+            if "packets" in rel5.label
+            else f"its own timer starts at {INITIAL_RTO * 1000:g} ms"
+        )
+        + ").\n\n"
+        f"**Where the rebuilt transport wins.** At 5 % loss its p99 was {tail_words}. "
+        + (
+            f"On a clean link raw UDP's p50 ({ms(raw0.median('p50_ms'))} ms) beat TCP's "
+            f"({ms(tcp0.median('p50_ms'))} ms), whose writer rests between sends to gather "
+            f"messages. "
+            if fast
+            else f"On a clean link TCP's p50 ({ms(tcp0.median('p50_ms'))} ms) was no worse "
+            f"than raw UDP's ({ms(raw0.median('p50_ms'))} ms). "
+        )
+        + (
+            ""
+            if cost >= 1
+            else f"On a clean link reliable UDP cost the server {_ratio(cost, 1.0)} TCP's CPU "
+            "per delivery. "
+        )
+        + "\n\n**What it still cannot give.** Reliable UDP "
+        + (
+            f"cost the server {_ratio(cost, 1.0)} TCP's CPU per delivery on a clean link and "
+            if cost >= 1
+            else ""
+        )
+        + f"takes {_ratio(rel_code, tcp_code)} TCP's lines of code, every line ours to test. "
+        "TCP's repair runs in the kernel for any program; ours runs on one Python "
+        + (
+            "interpreter, and its congestion control is ours to get right. "
+            if "packets" in rel0.label
+            else "interpreter, and backs off from no congestion but its own timeouts. "
+        )
+        + "So the assignment "
+        "weighs them as it does: over TCP the work goes into the chat; over UDP most of it goes "
+        "into rebuilding what TCP already is."
+    )
+
+
+# ---- the rest of the report --------------------------------------------------------------
+
+
+def _link_table(results: dict[str, Any]) -> str:
+    """One row per configuration, one column per loss: p50 / p99 / p99.9 and lost %, medians of
+    the repeats."""
+    runs = config_runs(results, "lossy")
+    if not runs:
+        return "_Not measured in this results file._"
+    losses = _losses(runs)
+    order = [c.key for c in LINK_MATRIX]
+    configs = sorted(
+        dict.fromkeys(key for key, _, _ in runs),
+        key=lambda k: order.index(k) if k in order else len(order),
+    )
+    rows = []
+    for config in configs:
+        row = [config]
+        for loss in losses:
+            point = _link_runs(results, config, loss)
+            if not point:
+                row.append("-")
+                continue
+            row.append(
+                f"{ms(median_of(point, 'p50_ms'))} / {ms(median_of(point, 'p99_ms'))} / "
+                f"{ms(median_of(point, _p999))}, "
+                f"{num(median_of(point, 'loss_pct'), 1)} %"
+                + (BOUND_MARK if _counted(point)[1] else "")
+            )
+        rows.append(row)
+    return table(rows, ["", *(f"{loss} % loss" for loss in losses)], markdown=True)
+
+
+def _link_lost(results: dict[str, Any]) -> str:
+    """Which configurations that should lose nothing lost deliveries over the lossy link."""
+    runs = config_runs(results, "lossy")
+    if not runs:
+        return ""
+    repairing = [k for k in dict.fromkeys(k for k, _, _ in runs) if not k.startswith("udp-raw")]
+    losing = [
+        k
+        for k in repairing
+        if any(median_of(_link_runs(results, k, loss), "loss_pct") > 0 for loss in _losses(runs))
+    ]
+    if not losing:
+        return (
+            "Raw UDP loses what either crossing of the link drops, about 1 − (1 − p)² of "
+            "deliveries; every other configuration lost nothing at any loss."
+        )
+    return (
+        "Raw UDP loses what either crossing of the link drops, about 1 − (1 − p)²; of the "
+        "others, " + ", ".join(losing) + " lost deliveries too (RUNS.md has each run)."
+    )
+
+
+def _losses(runs: Sequence[tuple[str, int, LoadResult]]) -> list[int]:
+    return sorted({int(r.link.split()[1].rstrip("%")) for _, _, r in runs})
+
+
+def _ablation_rows(results: dict[str, Any]) -> list[tuple[str, list[LoadResult]]]:
+    return [
+        ("TCP 200 × 5, default rest", _tcp5(results)),
+        ("TCP 200 × 5, no rest (`--coalesce-ms 0`)", _nocoal(results)),
+        ("assignment's server 200 × 5, Nagle on", _base5(results)),
+        (
+            "assignment's server 200 × 5, TCP_NODELAY",
+            repeats(results, "targets", "assignment", "nodelay", clients=200, rate=5),
+        ),
+        (
+            "UDP raw 100 × 10, 1.0 (no packing)",
+            repeats(results, "targets", "udp-raw", clients=100, rate=10),
+        ),
+        (
+            "UDP raw 100 × 10, packets",
+            repeats(results, "targets", "udp-raw-packets", clients=100, rate=10),
+        ),
+    ]
+
+
+def _ablation_table(results: dict[str, Any]) -> str:
+    rows = [
+        [name, spread(runs, "p50_ms", ms), spread(runs, "p99_ms", ms), cpu(runs),
+         spread(runs, "loss_pct", lambda v: num(v, 2))]
+        for name, runs in _ablation_rows(results)
+        if runs
+    ]  # fmt: skip
+    headers = ["run", "p50 ms", "p99 ms", "server µs/delivery", "lost %"]
+    return table(rows, headers, markdown=True) if rows else "_Not measured._"
+
+
+def _tcp5(results: dict[str, Any]) -> list[LoadResult]:
+    return repeats(results, "targets", "tcp", clients=200, rate=5, coalesce_ms=DEFAULT)
+
+
+def _nocoal(results: dict[str, Any]) -> list[LoadResult]:
+    return repeats(results, "targets", "tcp", clients=200, rate=5, coalesce_ms=0.0)
+
+
+def _base5(results: dict[str, Any]) -> list[LoadResult]:
+    return repeats(results, "targets", "assignment", clients=200, rate=5)
+
+
+def _headline_list(results: dict[str, Any], rows: Sequence[Row]) -> str:
+    """How many runs each headline figure is the median of: the usual count once, and every
+    figure whose count differs (a failed run, or runs the harness limited) by name."""
+    figures = [(f"{row.label}, {'clean' if row.loss == 0 else f'{row.loss} %'}", row.runs)
+               for row in rows if row.runs]  # fmt: skip
+    figures += [(name, runs) for name, runs in _ablation_rows(results) if runs]
+    if not figures:
+        return NA
+    made = max(len(runs) for _, runs in figures)
+    fewer = [f"{name} {len(_counted(runs)[0])}" for name, runs in figures
+             if not _counted(runs)[1] and len(_counted(runs)[0]) != made]  # fmt: skip
+    bound = [name for name, runs in figures if _counted(runs)[1]]
+    return (
+        f"The first table and section 3's: each figure over {made} runs"
+        + (", except (runs counted) " + "; ".join(fewer) if fewer else "")
+        + (". Harness-bound (†), so over every run made: " + "; ".join(bound) if bound else "")
+        + ". The targets: the *runs* column of section 4's table."
+    )
+
+
+def _calibration_text(calibration: dict[str, Any] | None) -> str:
+    if calibration is None:
+        return "It was not calibrated against the example here: run `make calibrate`."
+    gaps = {g["figure"]: g for g in calibration["gaps"]}
+    parts = [
+        f"{label} {num(gaps[key]['ours'], digits)}{unit} against "
+        f"{num(gaps[key]['seed'], digits)}{unit} ({gaps[key]['gap']:+.0%}, "
+        f"±{gaps[key]['tolerance']:.0%} allowed)"
+        for key, label, digits, unit in (
+            ("cpu_us", "CPU per delivery at 200 × 5", 2, " µs"),
+            ("p99_ms", "p99", 1, " ms"),
+            ("peak", "deliveries/s at 200 × 50", 0, ""),
+        )
+        if key in gaps
+    ]
+    verdict = "**passed**" if calibration["verdict"] == "pass" else "**failed**"
+    return (
+        f"`make calibrate` ran it and the example in the same rounds "
+        f"({calibration['rounds']}, {calibration['date'][:10]}) and {verdict}; medians, ours "
+        "against the example's: " + "; ".join(parts) + "."
+    )
+
+
+def _retx(runs: Sequence[LoadResult], attr: str) -> str:
+    values = [getattr(r, attr) for r in runs if getattr(r, attr) >= 0]
+    return num(statistics.median(values)) if values else NA
 
 
 def build_context(
@@ -256,153 +650,83 @@ def build_context(
     figures: dict[str, Path],
     origin: Provenance,
     cluster: dict[str, Any] | None = None,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Every placeholder of the template, each filled by the part of the report it belongs to."""
-    return {
-        **_meta_context(results, origin),
-        **_targets_context(results),
-        **_headline_context(results),
-        **_light_context(results),
-        **_code_context(),
-        **_knee_context(results),
-        **_ablation_context(results),
-        **_coalesce_context(results),
-        **_capacity_context(results),
-        **_tables_context(results),
-        **_figures_context(figures),
-        **cluster_context(cluster),
-        **_calibration(),
-    }
-
-
-def _meta_context(results: dict[str, Any], origin: Provenance) -> dict[str, str]:
-    """Where and how the results were measured, and what the run left out."""
+    """Every placeholder of the template."""
     meta = results["meta"]
+    rows = _first_rows(results)
+    first_runs = [r for row in rows for r in row.runs]
     every_run = [r for _, r in load_results(results)]
-    repeat_counts = {run.get("repeat", 1) for run in results["runs"] if run["group"] in REPEATED}
+    floor = meta.get("floor")
+    tcp5, nocoal = _tcp5(results), _nocoal(results)
+    nodelay = repeats(results, "targets", "assignment", "nodelay", clients=200, rate=5)
+    targets = evaluate(results)
+    knees = sweep_knees(results)
+    clients = sorted({r.clients for _, _, r in config_runs(results, "lossy")})
+    counts = sorted({len(row.runs) for row in rows if row.runs})
     notes = "".join(
         f"\n> The run `{f['name']}` ({f['group']}) failed and is missing: {f['error']}\n"
         for f in results.get("failed", [])
     ) + "".join(
-        f"\n> The `{s['group']}` runs were skipped on the machine that made this file: "
-        f"{s['reason']}.\n"
-        for s in results.get("skipped", [])
+        f"\n> Not measured (`{s['group']}`): {s['reason']}.\n" for s in results.get("skipped", [])
     )
-    floor = meta.get("floor")
-    return {
+    ctx = {
         "provenance": _provenance_text(meta, origin),
-        "suite": meta["suite"],
-        "suite_command": "make bench-full" if meta["suite"] == "full" else "make bench",
-        "date": meta["date"],
-        "python": f"{meta['implementation']} {meta['python']}",
-        "cpu": meta["machine"]["cpu"],
-        "cores": str(meta["machine"]["cores"]),
-        "load_before": f"{meta['load_average_before'][0]:.2f}",
-        "load_after": f"{meta['load_average_after'][0]:.2f}",
-        "elapsed": num(meta["elapsed_s"]),
+        "notes": notes,
+        "link_clients": str(clients[0]) if clients else NA,
+        "first_table": _first_table(rows),
+        "answer": answer(rows),
+        "first_repeats": (
+            "-".join(str(c) for c in counts) + (" run" if counts == [1] else " runs")
+            if counts
+            else NA
+        ),
+        "cpu_note": (
+            f"CPU figures measured over fewer than {MIN_TICKS} clock ticks of 10 ms (RUNS.md "
+            "gives each run's) are shown to two digits."
+            if few_ticks(first_runs)
+            else f"Every CPU figure was measured over at least {MIN_TICKS} clock ticks."
+        ),
+        "loc_counter": LOC_COUNTER,
+        "coalesce_default": f"{DEFAULT_COALESCE_MS:g}",
+        "rto_ms": f"{INITIAL_RTO * 1000:g}",
+        "max_ack_delay_ms": f"{MAX_ACK_DELAY * 1000:g}",
+        "link_table": _link_table(results),
+        "link_lost": _link_lost(results),
+        "rel5_server_retx": _retx(_link_runs(results, "udp-reliable", 5), "server_retransmitted"),
+        "relp5_server_retx": _retx(
+            _link_runs(results, "udp-reliable-packets", 5), "server_retransmitted"
+        ),
+        "tcp5_kernel_retx": _retx(_link_runs(results, "tcp", 5), "tcp_retransmitted"),
+        "ablation_repeats": str(max((len(r) for _, r in _ablation_rows(results)), default=0)),
+        "ablation_table": _ablation_table(results),
+        "floor_tcp_us": num(floor["tcp_send_us"], 1) if floor else NA,
+        "tcp5_frames": (
+            num(floor["tcp_send_us"] / median_of(tcp5, "server_cpu_us_per_delivery"), 1)
+            if floor and tcp5
+            else NA
+        ),
+        "tcp5_p50": spread(tcp5, "p50_ms", ms),
+        "nocoal_p50": spread(nocoal, "p50_ms", ms),
+        "nocoal_us": cpu(nocoal),
+        "base5_us": cpu(_base5(results)),
+        "base5_p50": spread(_base5(results), "p50_ms", ms),
+        "nodelay_us": cpu(nodelay),
+        "nodelay_p50": spread(nodelay, "p50_ms", ms),
+        "calibration": _calibration_text(calibration),
+        "targets_table": _targets_table(targets),
         "keep_up_pct": f"{KEEP_UP * 100:g}",
         "keep_up_p99": f"{KEEP_UP_P99_MS:g}",
         "harness_cpu_limit": f"{HARNESS_CPU_LIMIT_PCT:g}",
         "harness_lag_limit": f"{HARNESS_LAG_LIMIT_MS:g}",
         "bound_runs": f"{sum(r.harness_bound for r in every_run)} of the {len(every_run)} runs",
-        "repeats": str(max(repeat_counts, default=1)),
-        "notes": notes,
-        "floor_tcp_us": num(floor["tcp_send_us"], 1) if floor else NA,
-        "coalesce_default": f"{DEFAULT_COALESCE_MS:g}",
+        "headline_list": _headline_list(results, rows),
+        "cluster_text": (
+            render(CLUSTER_TEXT, cluster_context(cluster))
+            if cluster is not None
+            else "_Not measured: run `make bench-cluster`._"
+        ),
     }
-
-
-def _targets_context(results: dict[str, Any]) -> dict[str, str]:
-    """The targets table, each target's measured values for its note, and the unplain ones."""
-    targets = evaluate(results)
-    ctx = {
-        "targets_table": _targets_table(targets),
-        "target_notes": _target_notes(targets),
-    }
-    for t in targets:
-        ctx["target_" + t.key.replace("-", "_")] = describe(t) or NA
-    return ctx
-
-
-def _headline_context(results: dict[str, Any]) -> dict[str, str]:
-    """The repeated runs' medians and ranges, and what the floor says of TCP's sends."""
-    tcp5 = repeats(results, "targets", "tcp", clients=200, rate=5, coalesce_ms=DEFAULT)
-    tcp_peak = repeats(results, "peak", "tcp")
-    ctx: dict[str, str] = {}
-    for key, runs in (
-        ("tcp5", tcp5),
-        ("nocoal", repeats(results, "targets", "tcp", clients=200, rate=5, coalesce_ms=0.0)),
-        ("base5", repeats(results, "targets", "assignment", clients=200, rate=5)),
-        ("raw10", repeats(results, "targets", "udp-raw", clients=100, rate=10)),
-        ("rel5", repeats(results, "targets", "udp-reliable", link="netns 5% loss")),
-        ("tcppeak", tcp_peak),
-        ("basepeak", repeats(results, "peak", "assignment")),
-    ):
-        ctx[f"{key}_p50"] = spread(runs, "p50_ms", ms)
-        ctx[f"{key}_p99"] = spread(runs, "p99_ms", ms)
-        ctx[f"{key}_us"] = spread(runs, "server_cpu_us_per_delivery", _us)
-        ctx[f"{key}_loss"] = spread(runs, "loss_pct", _us)
-        ctx[f"{key}_deliv"] = spread(runs, "deliveries_per_s", num)
-        ctx[f"{key}_harness_us"] = spread(runs, "harness_cpu_us_per_delivery", _us)
-        ctx[f"{key}_harness_cpu"] = spread(runs, "harness_cpu_pct", num)
-        ctx[f"{key}_srv_cpu"] = spread(runs, "server_cpu_pct", num)
-        ctx[f"{key}_lag"] = spread(runs, "send_lag_p99_ms", ms)
-    ctx["tcppeak_offered"] = num(tcp_peak[0].offered_deliveries_per_s) if tcp_peak else NA
-    floor = results["meta"].get("floor")
-    ctx["tcp5_frames"] = (
-        num(floor["tcp_send_us"] / statistics.median(_cpu_us(tcp5)), 1) if floor and tcp5 else NA
-    )
-    return ctx
-
-
-def _us(value: float) -> str:
-    return num(value, 2)
-
-
-def _cpu_us(runs: Sequence[LoadResult]) -> list[float]:
-    return [r.server_cpu_us_per_delivery for r in runs]
-
-
-def _light_context(results: dict[str, Any]) -> dict[str, str]:
-    """All four servers at the one load where all of them kept up: the percentile plot's."""
-    light = _common_load(results)
-    ctx = {"pct_load": f"{light} clients × 5 msg/s" if light else NA}
-    for key, protocol in (
-        ("tcp", "tcp"), ("base", "assignment"), ("raw", "udp-raw"), ("rel", "udp-reliable"),
-    ):  # fmt: skip
-        runs = (
-            _at(results, protocol, clients=light, rate=5, link="loopback", nagle=False)
-            if light
-            else []
-        )
-        ctx[f"light_{key}_us"] = spread(runs, "server_cpu_us_per_delivery", _us)
-        ctx[f"light_{key}_p99"] = spread(runs, "p99_ms", ms)
-        ctx[f"light_{key}_p50"] = spread(runs, "p50_ms", ms)
-    lossless = repeats(results, "lossy", "udp-reliable", link="netns 0% loss")
-    ctx["rel0_p99"] = spread(lossless, "p99_ms", ms)
-    raw5 = repeats(results, "lossy", "udp-raw", link="netns 5% loss")
-    ctx["raw5_loss"] = spread(raw5, "loss_pct", _us)
-    return ctx
-
-
-def _code_context() -> dict[str, str]:
-    """What UDP's reliability and sessions cost in code, against the whole TCP server."""
-    tcp_code = code_lines(REPO_ROOT / "tcp" / "server.py")
-    reliable_code = code_lines(REPO_ROOT / "common" / "protocol" / "reliable.py")
-    udp_code = code_lines(REPO_ROOT / "udp" / "server.py") + code_lines(
-        REPO_ROOT / "udp" / "session.py"
-    )
-    return {
-        "tcp_lines": str(tcp_code),
-        "reliable_lines": str(reliable_code),
-        "udp_lines": str(udp_code),
-        "udp_code_ratio": f"{(reliable_code + udp_code) / tcp_code:.1f}",
-    }
-
-
-def _knee_context(results: dict[str, Any]) -> dict[str, str]:
-    knees = sweep_knees(results)
-    ctx: dict[str, str] = {}
     for key, protocol in (("tcp", "tcp"), ("base", "assignment")):
         k = knees.get(protocol)
         ctx[f"{key}_knee"] = (
@@ -412,124 +736,74 @@ def _knee_context(results: dict[str, Any]) -> dict[str, str]:
             if k
             else NA
         )
+    for key in ("link", "loss", "percentiles", "knee", "latency"):
+        ctx[f"fig_{key}"] = (
+            f"![{key}]({figures[key].name})" if key in figures else "_No data for this figure._"
+        )
     return ctx
 
 
-def _ablation_context(results: dict[str, Any]) -> dict[str, str]:
-    """The slow reader's and Nagle's ablations."""
-    slow = {name: r for name, r in load_results(results, "slow-reader")}
-    with_slow, without = slow.get("tcp + 1 slow reader"), slow.get("tcp, no slow reader")
-    base_slow = slow.get("assignment + 1 slow reader")
-    nagle = {(r.clients, r.nagle): r for _, r in load_results(results, "nagle")}
-    sizes = sorted({c for c, _ in nagle})
-    on = nagle.get((sizes[0], True)) if sizes else None
-    off = nagle.get((sizes[0], False)) if sizes else None
-    return {
-        "slow_tcp_dropped": (
-            NA
-            if with_slow is None
-            else "was dropped"
-            if with_slow.slow_dropped
-            else "was not dropped"
-        ),
-        "slow_tcp_p99": ms(with_slow.p99_ms) if with_slow else NA,
-        "slow_none_p99": ms(without.p99_ms) if without else NA,
-        "slow_base_loss": num(base_slow.loss_pct, 1) if base_slow else NA,
-        "slow_base_unsent": num(base_slow.unsent) if base_slow else NA,
-        "nagle_clients": str(sizes[0]) if sizes else NA,
-        "nagle_on_p99": ms(on.p99_ms) if on else NA,
-        "nagle_off_p99": ms(off.p99_ms) if off else NA,
-    }
-
-
-def _coalesce_context(results: dict[str, Any]) -> dict[str, str]:
-    """The writer's rest against what it buys: every TCP run of the `coalesce` group, with the
-    default's and no rest's runs of `targets` and `peak`, at each load, by rest."""
-    runs = [
-        r
-        for group in ("coalesce", "targets", "peak")
-        for _, r in load_results(results, group)
-        if r.protocol == "tcp" and r.slow_readers == 0 and not r.nagle
+def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: Provenance) -> str:
+    """RUNS.md: every run of every group, as measured, and the capacity and cluster runs."""
+    parts = [
+        "# Every run\n",
+        "<!-- Generated by `make report` with REPORT.md: edit report/generate.py. -->\n",
+        _provenance_text(results["meta"], origin),
+        "Latencies in ms; *retransmitted* is what the UDP server said it sent again, what the "
+        "clients sent again, and the TCP segments the namespace's kernel sent again (`-`: not "
+        "counted for that run); *CPU ticks* is how many 10 ms clock ticks the server's CPU "
+        "figure rests on. *deliv/s* counts every delivery that arrived in the measured window, "
+        "the warm-up's late ones included, so a server catching up can show more than was "
+        "offered; *lost %* is the share of the window's own deliveries that never arrived.",
     ]
-    floor = results["meta"].get("floor")
-    by_point: dict[tuple[int, float, float], list[LoadResult]] = {}
-    for r in runs:
-        rest = DEFAULT_COALESCE_MS if math.isnan(r.coalesce_ms) else r.coalesce_ms
-        by_point.setdefault((r.clients, r.rate, rest), []).append(r)
-    rows = [
-        [
-            f"{clients} × {rate:g}" + (" (default)" if rest == DEFAULT_COALESCE_MS else ""),
-            f"{rest:g}",
-            spread(point, "p50_ms", ms),
-            spread(point, "p99_ms", ms),
-            spread(point, "server_cpu_us_per_delivery", _us),
-            num(floor["tcp_send_us"] / statistics.median(_cpu_us(point)), 1) if floor else NA,
-            spread(point, "server_cpu_pct", num),
-            spread(point, "send_lag_p99_ms", ms),
-        ]
-        for (clients, rate, rest), point in sorted(by_point.items())
-    ]
-    headers = [
-        "load", "rest ms", "p50 ms", "p99 ms", "server µs/deliv", "frames/send ≥", "server CPU %",
-        "harness lag p99 ms",
-    ]  # fmt: skip
-    return {
-        "table_coalesce": (
-            table(rows, headers, markdown=True)
-            if load_results(results, "coalesce")
-            else "_Not measured in this results file._"
+    targets, packets = evaluate(results), evaluate_packets(results)
+    parts.append(f"## Targets\n\n{_targets_table(targets, measured=True)}")
+    if any(t.samples for t in packets):
+        parts.append(
+            f"## Targets of UDP packet sessions\n\n{_targets_table(packets, measured=True)}"
         )
-    }
+    notes = _target_notes([*targets, *packets])
+    if notes:
+        parts.append(f"## Targets not plainly met, run by run\n\n{notes}")
+    for group in GROUPS:
+        runs = load_results(results, group)
+        if runs:
+            again = " (each round of the repeats in turn)" if group in REPEATED else ""
+            parts.append(f"## {group}{again}\n\n{_run_table(runs)}")
+    for entry in results.get("capacity", []):
+        parts.append(
+            f"## capacity\n\n{num(entry['online'])} of {num(entry['clients'])} idle TCP clients "
+            f"online, {num(entry['bytes_per_client'] / 1024, 1)} KiB of server memory each, "
+            f"joined in {num(entry['connect_seconds'], 1)} s."
+        )
+    if cluster is not None:
+        ctx = cluster_context(cluster)
+        parts.append(
+            "## cluster (`make bench-cluster`)\n\n"
+            + "\n\n".join(
+                ctx[k]
+                for k in (
+                    "table_cluster_saturation", "table_cluster_latency", "table_cluster_stream",
+                )
+            )
+        )  # fmt: skip
+    return "\n\n".join(parts) + "\n"
 
 
-def _capacity_context(results: dict[str, Any]) -> dict[str, str]:
-    capacity = results.get("capacity", [])
-    cap = capacity[0] if capacity else None
-    return {
-        "cap_clients": num(cap["clients"]) if cap else NA,
-        "cap_online": num(cap["online"]) if cap else NA,
-        "cap_kib": num(cap["bytes_per_client"] / 1024, 1) if cap else NA,
-        "cap_connect": num(cap["connect_seconds"], 1) if cap else NA,
-    }
+CLUSTER_TEXT = """With `--redis`, servers share one room through one Redis stream
+(`make bench-cluster`, {{cluster_date}}, commit {{cluster_commit}}; all on {{cluster_cores}}
+cores, so two servers cannot gain here). Most deliveries/s past saturation:
+{{cluster_one_peak}} for one server alone, {{cluster_redis_peak}} on Redis,
+{{cluster_two_peak}} for two servers on Redis; p99 at {{cluster_room}} × 5:
+{{cluster_one_p99}}, {{cluster_redis_p99}} and {{cluster_two_p99}} ms. One Redis core appends
+about {{stream_ceiling}} events/s, {{stream_room_deliveries}} deliveries/s at {{cluster_room}}
+members: {{cluster_ceiling}}. Tables in RUNS.md."""
+"""Section 6, from `benchmarks.cluster`'s file."""
 
 
-def _tables_context(results: dict[str, Any]) -> dict[str, str]:
-    return {
-        "table_targets_runs": _group_table(results, "targets"),
-        "table_peak": _group_table(results, "peak"),
-        "table_clients": _group_table(results, "clients"),
-        "table_rate": _group_table(results, "rate"),
-        "table_lossy": _group_table(results, "lossy", ("retx",)),
-        "table_slow": _group_table(results, "slow-reader", ("slow",)),
-        "table_nagle": _group_table(results, "nagle"),
-        "table_threads": _group_table(results, "threads"),
-    }
-
-
-def _figures_context(figures: dict[str, Path]) -> dict[str, str]:
-    return {
-        f"fig_{key}": f"![{key}]({figures[key].name})"
-        if key in figures
-        else "_No data for this figure._"
-        for key in ("percentiles", "latency", "throughput", "loss")
-    }
-
-
-_CLUSTER_KEYS = (
-    "cluster_date", "cluster_commit", "cluster_duration", "cluster_cores", "cluster_room",
-    "cluster_one_peak", "cluster_redis_peak", "cluster_two_peak", "cluster_one_p99",
-    "cluster_redis_p99", "cluster_two_p99", "stream_events", "stream_us", "stream_ceiling",
-    "stream_room_deliveries",
-)  # fmt: skip
-
-
-def cluster_context(cluster: dict[str, Any] | None) -> dict[str, str]:
-    """Section 5's figures from `benchmarks.cluster`'s file: each set-up's most deliveries/s
+def cluster_context(cluster: dict[str, Any]) -> dict[str, str]:
+    """Section 6's figures from `benchmarks.cluster`'s file: each set-up's most deliveries/s
     past saturation and p99 at the latency load, and what one stream carries at most."""
-    missing = "_Not measured: run `make bench-cluster`._"
-    if cluster is None:
-        tables = ("table_cluster_saturation", "table_cluster_latency", "table_cluster_stream")
-        return {key: NA for key in _CLUSTER_KEYS} | {key: missing for key in tables}
     meta, latency = cluster["meta"], cluster["latency"]
     peak = {s: max(r["deliveries_per_s"] for r in cluster["saturation"] if r["setup"] == s)
             for s in {r["setup"] for r in cluster["saturation"]}}  # fmt: skip
@@ -552,6 +826,11 @@ def cluster_context(cluster: dict[str, Any] | None) -> dict[str, str]:
         "stream_us": num(stream["redis_cpu_us_per_event"], 1),
         "stream_ceiling": num(stream["ceiling_events_per_s"]),
         "stream_room_deliveries": num(stream["ceiling_events_per_s"] * room),
+        "cluster_ceiling": (
+            "each server's fan-out, not the stream, is the ceiling"
+            if stream["ceiling_events_per_s"] * room > peak.get("one server", 0.0)
+            else "the stream is the ceiling before the servers' fan-out"
+        ),
         "table_cluster_saturation": _cluster_table(cluster["saturation"], _SATURATION_COLUMNS),
         "table_cluster_latency": _cluster_table(latency, _LATENCY_COLUMNS),
         "table_cluster_stream": _cluster_table(cluster["stream"], _STREAM_COLUMNS),
@@ -596,39 +875,21 @@ def _cluster_table(runs: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     return table(rows, [_CLUSTER_COLUMNS[c][0] for c in columns], markdown=True)
 
 
-def _common_load(results: dict[str, Any]) -> int | None:
-    """The largest client count of the `clients` group at which all four servers ran and
-    delivered at least KEEP_UP of what was offered: the load the percentile plot compares."""
-    runs = [r for _, r in load_results(results, "clients")]
-    protocols = {r.protocol for r in runs}
-    if len(protocols) < 4:
-        return None
-    counts = sorted({r.clients for r in runs})
-    good = [
-        n
-        for n in counts
-        if all(
-            any(
-                r.clients == n and r.deliveries_per_s >= KEEP_UP * r.offered_deliveries_per_s
-                for r in runs
-                if r.protocol == p
-            )
-            for p in protocols
-        )
-    ]
-    return max(good) if good else counts[0]
+def _read_optional(path: Path) -> dict[str, Any] | None:
+    return read_results(path) if path.exists() else None
 
 
 def generate(results_path: Path, out_dir: Path, origin: Provenance | None = None) -> Path:
-    """The report from a results file and, beside it, benchmarks.cluster's CLUSTER_FILE (section
-    5 says it was not measured when that file is missing)."""
+    """The report, RUNS.md and the figures from a results file and, beside it, the cluster's
+    and the calibration's files (the report says how to make those that are missing)."""
     results = read_results(results_path)
-    cluster_path = results_path.parent / CLUSTER_FILE
-    cluster = read_results(cluster_path) if cluster_path.exists() else None
-    light = _common_load(results)
-    figures = make_plots(results, out_dir, light)
-    context = build_context(results, figures, origin or provenance(results_path), cluster)
+    cluster = _read_optional(results_path.parent / CLUSTER_FILE)
+    calibration = _read_optional(results_path.parent / CALIBRATION_FILE)
+    origin = origin or provenance(results_path)
+    figures = make_plots(results, out_dir)
+    context = build_context(results, figures, origin, cluster, calibration)
     text = render(TEMPLATE.read_text(encoding="utf-8"), context)
     report = out_dir / "REPORT.md"
     report.write_text(text, encoding="utf-8")
+    (out_dir / "RUNS.md").write_text(runs_page(results, cluster, origin), encoding="utf-8")
     return report

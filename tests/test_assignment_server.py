@@ -12,9 +12,12 @@ from benchmarks.servers import ServerProcess, server_command
 WAIT_S = 5.0
 
 
-@pytest.fixture
-def address() -> Iterator[tuple[str, int]]:
-    server = ServerProcess(server_command("assignment"))
+@pytest.fixture(params=[False, True], ids=["nagle", "nodelay"])
+def address(request: pytest.FixtureRequest) -> Iterator[tuple[str, int]]:
+    """The server as the assignment has it (Nagle on), and with the ablation's --nodelay."""
+    command = server_command("assignment", nodelay=request.param)
+    assert ("--nodelay" in command) == request.param
+    server = ServerProcess(command)
     try:
         yield server.wait_ready()
     finally:

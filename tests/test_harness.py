@@ -8,14 +8,23 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from benchmarks.__main__ import main as bench_main
-from benchmarks.harness import build_suite, format_tables, run_suite, write_results
+from benchmarks.harness import (
+    LINK_MATRIX,
+    build_suite,
+    configured,
+    format_tables,
+    run_suite,
+    write_results,
+)
 from benchmarks.measure import LoadSpec, result_from_dict, result_to_dict, run_load
+from benchmarks.servers import ServerProcess
 from benchmarks.targets import evaluate, format_targets
 from netsim.lossy import lossy_link_unavailable
 
@@ -110,13 +119,23 @@ def test_results_survive_json() -> None:
     assert result_to_dict(again) == result_to_dict(result)
 
 
+def test_the_matrix_sets_each_configuration_s_options_and_nodelay_is_told_apart() -> None:
+    base = LoadSpec(server="tcp", clients=40)
+    specs = {c.key: configured(base, c) for c in LINK_MATRIX}
+    assert {key: spec.protocol for key, spec in specs.items()} == {k: k for k in specs}
+    nodelay = [s for s in build_suite("bench") if s.spec is not None and s.spec.nodelay]
+    assert nodelay and all(s.variant == "nodelay" for s in nodelay)
+    assert all(s.variant == "" for s in build_suite("bench") if s.spec and not s.spec.nodelay)
+
+
 def test_bad_specs_are_refused() -> None:
     for spec in (
         LoadSpec(clients=0),
         LoadSpec(clients=10, rate=2e8),
         LoadSpec(server="tcp", reliable=True),
         LoadSpec(server="udp", slow_readers=1),
-        LoadSpec(server="tcp", netns_loss=5),
+        LoadSpec(server="tcp", relay_loss=0.05),
+        LoadSpec(server="tcp", nodelay=True),
         LoadSpec(threads=0),
     ):
         with pytest.raises(ValueError):
@@ -126,14 +145,46 @@ def test_bad_specs_are_refused() -> None:
 def test_command_line_lists_the_suites(capsys: pytest.CaptureFixture[str]) -> None:
     assert bench_main(["--list", "--only", "lossy,capacity"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    # Reliable mode at 5 % loss is left to the repeated targets group.
-    assert len(lines) == 8 and all(("lossy" in line) or ("capacity" in line) for line in lines)
+    assert all(("lossy" in line) or ("capacity" in line) for line in lines)
+    # Every configuration meets every loss; 0 and 5 % three times each for the repeated ones.
+    for config in LINK_MATRIX:
+        again = 3 if config.repeated else 1
+        assert sum(line.endswith(f" {config.key} 5% loss") for line in lines) == again
+        assert sum(line.endswith(f" {config.key} 0% loss") for line in lines) == again
+        assert sum(line.endswith(f" {config.key} 10% loss") for line in lines) == 1
+    repeated = sum(c.repeated for c in LINK_MATRIX)
+    assert len(lines) == 1 + len(LINK_MATRIX) * 4 + repeated * 2 * 2
     assert bench_main(["--list", "--only", "targets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    # 5 runs of 1.0 and the assignment's server, 7 of packet sessions, in each of 3 rounds.
-    assert len(lines) == 36 and sum("udp-reliable 5% loss" in line for line in lines) == 3
-    assert sum("udp-reliable-packets 5% loss" in line for line in lines) == 3
+    # TCP, TCP without coalescing, the assignment's server, with and without Nagle, UDP raw 1.0
+    # and packets at 100 x 10, and 4 more runs of packet sessions, in each of 3 rounds; the runs
+    # over a lossy link are the `lossy` group's.
+    assert len(lines) == 30 and sum("udp-reliable-packets 200x5" in line for line in lines) == 3
     assert sum("tcp 200x5 coalesce 0 ms" in line for line in lines) == 3
+    assert sum("assignment 200x5 nodelay" in line for line in lines) == 3
     assert len(build_suite("full")) > len(build_suite("bench"))
     with pytest.raises(SystemExit):
         bench_main(["--only", "nonsense", "--list"])
+
+
+SAYS_RETRANSMISSIONS = """
+import signal, sys
+for line in sys.argv[1:]:
+    print(line, file=sys.stderr, flush=True)
+print("listening on 127.0.0.1:9", file=sys.stderr, flush=True)
+signal.pause()
+"""
+
+
+@pytest.mark.parametrize(
+    ("lines", "counted"),
+    [
+        (["a left (bye); to client: 9 sent, 3 retransmitted", "b left (bye); 4 retransmitted"], 7),
+        (["a joined from 127.0.0.1:5"], -1),
+    ],
+)
+def test_the_server_s_own_retransmissions_are_added_up(lines: list[str], counted: int) -> None:
+    server = ServerProcess([sys.executable, "-c", SAYS_RETRANSMISSIONS, *lines])
+    assert server.wait_ready() == ("127.0.0.1", 9)
+    server.stop()
+    assert server.retransmitted == counted

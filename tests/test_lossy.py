@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from netsim.lossy import LossyNamespace, lossy_link_unavailable
+from netsim.lossy import LAN_MTU, LossyNamespace, lossy_link_unavailable
 
 TIMEOUT = 5.0
 DATAGRAMS = 1000
@@ -54,6 +54,26 @@ for number in range(int(sys.argv[2])):
 print("sent", flush=True)
 sys.stdin.readline()
 sock.sendto(b"end", target)
+"""
+
+TCP_BULK = """
+import socket, threading
+listener = socket.create_server(("127.0.0.1", 0))
+got = []
+def serve():
+    conn, _ = listener.accept()
+    conn.settimeout(30)
+    total = 0
+    while data := conn.recv(1 << 16):
+        total += len(data)
+    got.append(total)
+reader = threading.Thread(target=serve)
+reader.start()
+sock = socket.create_connection(listener.getsockname(), timeout=30)
+sock.sendall(b"x" * int(__import__("sys").argv[1]))
+sock.close()
+reader.join(30)
+print(got[0], flush=True)
 """
 
 UDP_RECEIVE_ERRORS = """
@@ -127,6 +147,20 @@ def test_thirty_percent_loss_is_observed_by_the_receiver() -> None:
     assert counters.dropped == lost
     assert counters.udp_packets == DATAGRAMS + 1
     assert not namespace_exists(namespace.name)
+
+
+def test_tcp_segments_are_lost_too_and_each_is_a_lan_s_size() -> None:
+    size = 300_000
+    with LossyNamespace(10) as namespace:
+        transfer = namespace.run(
+            [sys.executable, "-c", TCP_BULK, str(size)], stdout=subprocess.PIPE, text=True
+        )
+        out, _ = transfer.communicate(timeout=60)
+        counters = namespace.counters()
+    assert out.strip() == str(size), "TCP did not repair the link's losses"
+    # Every segment is at most one LAN frame, so the data alone takes this many segments.
+    assert counters.tcp_segments >= size // LAN_MTU
+    assert counters.dropped > 0 and counters.udp_packets == 0
 
 
 def test_set_loss_to_everything_drops_everything() -> None:
