@@ -597,6 +597,24 @@ def _base5(results: dict[str, Any]) -> list[LoadResult]:
     return repeats(results, "targets", "assignment", clients=200, rate=5)
 
 
+def _saturation_table(results: dict[str, Any]) -> str:
+    """TCP at 200 clients from well under to twice past what it keeps up with: what was offered,
+    what arrived, how late, who was dropped, and how much memory the server took."""
+    runs: dict[float, list[LoadResult]] = {}
+    for _, r in load_results(results, "saturation"):
+        runs.setdefault(r.rate, []).append(r)
+    rows = [
+        [f"{same[0].clients} × {rate:g}", num(same[0].offered_deliveries_per_s),
+         spread(same, "deliveries_per_s", num), spread(same, "p50_ms", ms),
+         spread(same, "p99_ms", ms), spread(same, "lost", num),
+         spread(same, "too_slow_seen", num), spread(same, "server_peak_rss_mb", num)]
+        for rate, same in sorted(runs.items())
+    ]  # fmt: skip
+    headers = ["load", "offered /s", "delivered /s", "p50 ms", "p99 ms", "lost",
+               "dropped", "peak MB"]  # fmt: skip
+    return table(rows, headers, markdown=True) if rows else "_Not measured._"
+
+
 def _headline_list(results: dict[str, Any], rows: Sequence[Row]) -> str:
     """How many runs each headline figure is the median of: the usual count once, and every
     figure whose count differs (a failed run, or runs the harness limited) by name."""
@@ -721,6 +739,7 @@ def build_context(
         "harness_lag_limit": f"{HARNESS_LAG_LIMIT_MS:g}",
         "bound_runs": f"{sum(r.harness_bound for r in every_run)} of the {len(every_run)} runs",
         "headline_list": _headline_list(results, rows),
+        "saturation_table": _saturation_table(results),
         "cluster_text": (
             render(CLUSTER_TEXT, cluster_context(cluster))
             if cluster is not None

@@ -308,8 +308,11 @@ def test_past_one_machine_comes_from_the_cluster_file(report: str) -> None:
     assert "each server's fan-out, not the stream, is the ceiling" in section
 
 
-def test_a_place_is_kept_for_the_saturation_section(report: str) -> None:
-    assert "<!-- Section 5, the TCP server under overload" in report
+def test_the_saturation_section_has_a_row_per_offered_load(report: str) -> None:
+    section = report.split("## 5.", 1)[1].split("## 6.", 1)[0]
+    rows = [_cells(line) for line in section.splitlines() if line.startswith("| 200")]
+    assert [row[0] for row in rows] == ["200 × 5", "200 × 25", "200 × 50", "200 × 100"]
+    assert all(row[6] == "0" for row in rows)  # nobody dropped
 
 
 def test_runs_md_has_every_run_and_marks_the_harness_bound(runs: str) -> None:
