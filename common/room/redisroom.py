@@ -348,17 +348,11 @@ class RedisBackplane:
         key = name_key(name)
         old_key = "" if old is None else name_key(old)
         token = self._tokens.get(old_key) or f"{self.server}:{next(self._tickets)}/{session}"
-        try:
-            if time.monotonic() < self._settled_at:
-                raise Unavailable(
-                    "the room is getting its names back after a restart; try again in a moment"
-                )
-            won = self._claim(keys=[self._names], args=[key, token, name, self.server, old_key])
-        except redis.RedisError as exc:
-            self._lost(exc)
+        if time.monotonic() < self._settled_at:
             raise Unavailable(
-                "the room cannot be reached just now; try again in a moment"
-            ) from None
+                "the room is getting its names back after a restart; try again in a moment"
+            )
+        won = self._ask(self._claim, [self._names], [key, token, name, self.server, old_key])
         if won:
             with self._state_lock:
                 self._tokens.pop(old_key, None)
@@ -368,20 +362,25 @@ class RedisBackplane:
     def take_over(self, name: str, session: str) -> bool:
         key = name_key(name)
         token = f"{self.server}:{next(self._tickets)}/{session}"
+        won = self._ask(
+            self._take,
+            [self._names, self._log],
+            [key, session, token, name, self.server, self._maxlen],
+        )
+        if won:
+            with self._state_lock:
+                self._tokens[key] = token
+        return bool(won)
+
+    def _ask(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """Run one of the name scripts for a hello or nick; Redis away is ``Unavailable``."""
         try:
-            won = self._take(
-                keys=[self._names, self._log],
-                args=[key, session, token, name, self.server, self._maxlen],
-            )
+            return script(keys=keys, args=args)
         except redis.RedisError as exc:
             self._lost(exc)
             raise Unavailable(
                 "the room cannot be reached just now; try again in a moment"
             ) from None
-        if won:
-            with self._state_lock:
-                self._tokens[key] = token
-        return bool(won)
 
     @property
     def busy(self) -> bool:
