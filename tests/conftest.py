@@ -22,6 +22,16 @@ READY = re.compile(r"listening on (\S+):(\d+)")
 WAIT = 5.0
 
 
+def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
+    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 class ServerProcess:
     """A chat server started as its own process on a free port."""
 

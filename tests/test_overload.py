@@ -22,18 +22,9 @@ import pytest
 
 from common.cli.serverargs import Limits
 from tcp.server import BACKLOG_SHARE, ChatServer, Connection
-from tests.conftest import WAIT, JsonClient, ServerProcess
+from tests.conftest import WAIT, JsonClient, ServerProcess, wait_until
 
 Start = Callable[..., ServerProcess]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class Gate:

@@ -23,20 +23,10 @@ import pytest
 from common.cli.serverargs import Limits
 from tcp.server import DEFAULT_MAX_WAITING_PER_ADDRESS as PER_ADDRESS
 from tcp.server import MAX_UNREGISTERED, ChatServer
-from tests.conftest import WAIT, JsonClient, ServerProcess
+from tests.conftest import WAIT, JsonClient, ServerProcess, wait_until
 
 Connect = Callable[..., JsonClient]
 Start = Callable[..., ServerProcess]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def cpu_seconds(pid: int) -> float:

@@ -18,7 +18,7 @@ from common.protocol.codec import Error, Hello, Msg, Ping, Pong, Say, ServerMess
 from common.terminal.render import Line
 from netsim.faults import FaultyRelay
 from netsim.lossy import LossyNamespace, lossy_link_unavailable
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, wait_until
 from udp.client import UdpTransport
 
 Start = Callable[..., ServerProcess]
@@ -105,18 +105,9 @@ def sync(peer: Collector, relay: FaultyRelay) -> None:
 
         peer.transport.send(Ping())
         if peer.wait(answered, SYNC_WAIT):
-            assert wait_until(arrived), "the relay let through more than arrived"
+            assert wait_until(arrived, DEADLINE), "the relay let through more than arrived"
             return
     raise AssertionError("no pong came back")
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = DEADLINE) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def texts_of(messages: list[ServerMessage | Line]) -> list[str]:
@@ -150,7 +141,7 @@ def test_seq_accounting_under_drop_duplicate_reorder(start_server: Start, join: 
             for i in range(first, first + BATCH):
                 bob.transport.send(Say(text=f"b{i}"))
             assert wait_until(
-                lambda: relay.stats().to_server.received == bob.transport.stats().sent
+                lambda: relay.stats().to_server.received == bob.transport.stats().sent, DEADLINE
             )
         sync(bob, relay)
         to_server = relay.stats().to_server
