@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ BELOW = {
     "common.cli": {"common.protocol", "common.room"},
     "netsim": set(),
 }
+BELOW["common.server"] = {"common.protocol", "common.room", "common.terminal", "common.cli"}
 BELOW["tcp"] = BELOW["udp"] = set(BELOW)
 BELOW["benchmarks"] = set(BELOW) - {"benchmarks"}
 BELOW["report"] = set(BELOW) - {"report"}
@@ -45,3 +47,20 @@ def test_every_import_goes_down_the_layers() -> None:
 def test_the_layers_are_folders() -> None:
     for layer in BELOW:
         assert (ROOT / layer.replace(".", "/") / "__init__.py").is_file(), layer
+
+
+MAX_FUNCTION_LINES = 40
+SHORT = ("common", "tcp", "udp")
+
+
+def test_no_function_in_the_servers_layers_is_long() -> None:
+    """A function a newcomer reads at once: 40 lines at most, docstring and all."""
+    long = []
+    for top in SHORT:
+        for path in sorted((ROOT / top).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    lines = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} {lines}")
+    assert long == []

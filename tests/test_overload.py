@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from common.cli.serverargs import Limits
-from tcp.server import BACKLOG_SHARE, ChatServer, Connection
+from tcp.connection import Connection
+from tcp.server import BACKLOG_SHARE, ChatServer
 from tests.conftest import WAIT, JsonClient, ServerProcess, wait_until
 
 Start = Callable[..., ServerProcess]

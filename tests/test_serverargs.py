@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import common.server.main
 import tcp.server
 import udp.server
 from common.cli.serverargs import Limits, add_common_arguments
@@ -55,8 +56,8 @@ def test_each_server_without_flags_runs_with_the_protocols_limits(
         return 0
 
     monkeypatch.setattr(module, server_class, build)
-    monkeypatch.setattr(module, "serve_until_signalled", serve)
-    monkeypatch.setattr(module, "configure_logging", lambda quiet, verbose: None)
+    monkeypatch.setattr(common.server.main, "serve_until_signalled", serve)
+    monkeypatch.setattr(common.server.main, "configure_logging", lambda quiet, verbose: None)
     monkeypatch.setattr(threading, "stack_size", lambda size=0: 0)
     assert module.main([]) == 0
     [(limits, options)] = built

@@ -21,8 +21,9 @@ import pexpect
 import pytest
 
 from common.cli.serverargs import Limits
-from tcp.server import DEFAULT_MAX_WAITING_PER_ADDRESS as PER_ADDRESS
-from tcp.server import MAX_UNREGISTERED, ChatServer
+from common.server.core import DEFAULT_MAX_WAITING_PER_ADDRESS as PER_ADDRESS
+from common.server.core import MAX_WAITING
+from tcp.server import ChatServer
 from tests.conftest import WAIT, JsonClient, ServerProcess, wait_until
 
 Connect = Callable[..., JsonClient]
@@ -234,7 +235,7 @@ def test_past_the_bound_on_connections_yet_to_say_hello_a_new_one_is_refused(
     server = start_server("tcp.server")
     user = connect(server.address, "user")
     baseline = server.threads()
-    addresses = [f"127.0.0.{n}" for n in range(1, 1 + MAX_UNREGISTERED // PER_ADDRESS)]
+    addresses = [f"127.0.0.{n}" for n in range(1, 1 + MAX_WAITING // PER_ADDRESS)]
     waiting = [connect(server.address, source=a) for a in addresses for _ in range(PER_ADDRESS)]
     refused = connect(server.address, source="127.0.0.200")
     assert refused.recv() == {

@@ -297,6 +297,11 @@ class UdpTransport:
             if event.kind is not SeqKind.DUPLICATE:
                 self._take(message)
             return
+        self._in_order(seq, data, message, now)
+
+    def _in_order(self, seq: int, data: bytes, message: ServerMessage, now: float) -> None:
+        """A reliable session's frame: acked, then taken once and in order."""
+        assert self._receiver is not None
         acks = self._receiver.acks_for(seq)
         frames = self._receiver.on_frame(seq, data)
         if frames is None or self._token is None:
@@ -499,6 +504,16 @@ class UdpTransport:
         self._sock.close()
 
 
+def add_where_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which server, and under what name."""
+    parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)"
+    )
+    add_server_argument(parser)
+    parser.add_argument("--name", help="your name in the chat (asked for when not given)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m udp.client",
@@ -506,12 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog=help_text(UdpTransport.help_text),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--host", default="127.0.0.1", help="server address (default: %(default)s)")
-    parser.add_argument(
-        "--port", type=int, default=DEFAULT_PORT, help="server port (default: %(default)s)"
-    )
-    add_server_argument(parser)
-    parser.add_argument("--name", help="your name in the chat (asked for when not given)")
+    add_where_arguments(parser)
     parser.add_argument(
         "--reliable",
         action="store_true",

@@ -69,31 +69,14 @@ class Screen:
         self.transport.send(Say(text=text))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m udp.demo", description=__doc__)
-    parser.add_argument(
-        "--loss", type=float, default=0.2, help="fraction dropped each way for bob and carol"
-    )
-    args = parser.parse_args(argv)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "udp.server", "--port", "0", "--rate-limit", "0"],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert server.stderr is not None
-    ready = READY.search(server.stderr.readline())
-    if ready is None:
-        server.kill()
-        print("the server did not start", file=sys.stderr)
-        return 1
-    address = (ready.group(1), int(ready.group(2)))
+def play(address: tuple[str, int], loss: float) -> None:
+    """The script, played by alice (direct), bob (reliable) and carol (raw) behind the relay."""
     out = threading.Lock()
-    with FaultyRelay(address, drop=args.loss, seed=2) as relay:
+    with FaultyRelay(address, drop=loss, seed=2) as relay:
         at = f"{address[0]}:{address[1]}"
         print(
             f"server on {at}; bob and carol reach it through a relay on "
-            f"{relay.address[0]}:{relay.address[1]} that loses {args.loss:.0%} each way"
+            f"{relay.address[0]}:{relay.address[1]} that loses {loss:.0%} each way"
         )
         screens = {
             "alice": Screen("alice", UdpTransport.connect(*address), out),
@@ -117,6 +100,28 @@ def main(argv: list[str] | None = None) -> int:
         for screen in screens.values():
             screen.thread.join(1.0)
             screen.transport.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m udp.demo", description=__doc__)
+    parser.add_argument(
+        "--loss", type=float, default=0.2, help="fraction dropped each way for bob and carol"
+    )
+    args = parser.parse_args(argv)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "udp.server", "--port", "0", "--rate-limit", "0"],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stderr is not None
+    ready = READY.search(server.stderr.readline())
+    if ready is None:
+        server.kill()
+        print("the server did not start", file=sys.stderr)
+        return 1
+    address = (ready.group(1), int(ready.group(2)))
+    play(address, args.loss)
     server.send_signal(signal.SIGINT)
     _, log = server.communicate(timeout=5)
     for line in log.splitlines():

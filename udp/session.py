@@ -59,17 +59,16 @@ bounded the same way (``held_bytes``).
 
 from __future__ import annotations
 
-import json
 import secrets
 from dataclasses import dataclass
-from typing import Any
 
 from common.cli.serverargs import Limits
 from common.protocol.codec import MAX_FRAME_BYTES, Welcome, encode
 from common.protocol.packetlink import PacketLink
 from common.protocol.reliable import ReliableReceiver, ReliableSender, SeqCounter, SharedFrames
 from common.room.ratelimit import TokenBucket
-from common.room.room import Entry, Member
+from common.room.room import Entry
+from common.server.core import Client
 
 Address = tuple[str, int]
 
@@ -95,22 +94,6 @@ def stamp(prefix: bytes, seq: int) -> bytes:
     return b"%s%d}" % (prefix, seq)
 
 
-def envelope_of(data: bytes) -> tuple[str | None, int | None, str | None]:
-    """The type, ``seq`` and ``session`` of a frame the codec refused, where it has them."""
-    try:
-        obj: Any = json.loads(data)
-    except (ValueError, RecursionError):
-        return None, None, None
-    if not isinstance(obj, dict):
-        return None, None, None
-    kind, seq, token = obj.get("type"), obj.get("seq"), obj.get("session")
-    return (
-        kind if isinstance(kind, str) else None,
-        seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 1 else None,
-        token if isinstance(token, str) else None,
-    )
-
-
 @dataclass
 class Stranger:
     """An address whose ``hello`` was refused: rate limited, forgotten after the hello timeout."""
@@ -119,7 +102,7 @@ class Stranger:
     bucket: TokenBucket
 
 
-class Session(Member):
+class Session(Client):
     """One client's session: its token, sequence numbers, rate limit and reliability state.
 
     ``sent`` counts the datagrams written to it; a raw session's ``seq`` is
@@ -140,11 +123,9 @@ class Session(Member):
         shared: SharedFrames,
         packets: bool = False,
     ) -> None:
-        super().__init__()
+        super().__init__(f"{address[0]}:{address[1]}", limits, now)
         self.address = address
-        self.label = f"{address[0]}:{address[1]}"
         self.token = secrets.token_hex(TOKEN_BYTES)
-        self.bucket = TokenBucket(limits.rate_limit, limits.burst, now)
         self.untrusted = TokenBucket(UNTRUSTED_RATE, UNTRUSTED_BURST, now)
         self.counter = SeqCounter()
         self.reliable = reliable

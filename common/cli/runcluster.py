@@ -90,6 +90,42 @@ def drain(proc: subprocess.Popen[str]) -> None:
     proc.stdout.read()
 
 
+def run(procs: list[subprocess.Popen[str]], host: str, port: int, url: str) -> None:
+    """Start the three servers, say how to join them, and wait for Ctrl+C or one to end."""
+    for module, offset in (("tcp.server", 0), ("tcp.server", 1), ("udp.server", 2)):
+        command = [sys.executable, "-m", module, "--host", host, "--port", str(port + offset)]
+        procs.append(start([*command, "--redis", url], "listening on"))
+    print(f"\nOne room on three servers, shared through Redis at {url}:")
+    for offset in (0, 1):
+        at = f"{host} {port + offset}"
+        print(f"  TCP  {host}:{port + offset}   nc {at}  or  make chat-tcp PORT={port + offset}")
+    print(f"  UDP  {host}:{port + 2}   make chat-udp PORT={port + 2}")
+    print("Ctrl+C stops them all.\n", flush=True)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    while not stop.wait(1.0):
+        if any(proc.poll() is not None for proc in procs):
+            print("a process of the cluster ended; stopping the others", file=sys.stderr)
+            break
+
+
+def stop_all(procs: list[subprocess.Popen[str]]) -> None:
+    """Stop every process, the last started first."""
+    for proc in reversed(procs):  # the servers first: they say left to Redis
+        if proc.poll() is None:
+            proc.terminate()
+        try:
+            proc.wait(STOP_WAIT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m common.cli.runcluster", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
@@ -107,40 +143,12 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 1
     try:
-        for module, offset in (("tcp.server", 0), ("tcp.server", 1), ("udp.server", 2)):
-            command = [sys.executable, "-m", module, "--host", host, "--port", str(port + offset)]
-            procs.append(start([*command, "--redis", url], "listening on"))
-        print(f"\nOne room on three servers, shared through Redis at {url}:")
-        for offset in (0, 1):
-            at = f"{host} {port + offset}"
-            print(
-                f"  TCP  {host}:{port + offset}   nc {at}  or  make chat-tcp PORT={port + offset}"
-            )
-        print(f"  UDP  {host}:{port + 2}   make chat-udp PORT={port + 2}")
-        print("Ctrl+C stops them all.\n", flush=True)
-        stop = threading.Event()
-
-        def on_signal(signum: int, frame: FrameType | None) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGINT, on_signal)
-        signal.signal(signal.SIGTERM, on_signal)
-        while not stop.wait(1.0):
-            if any(proc.poll() is not None for proc in procs):
-                print("a process of the cluster ended; stopping the others", file=sys.stderr)
-                break
+        run(procs, host, port, url)
     except RuntimeError as exc:  # a server did not start
         print(exc, file=sys.stderr)
         return 1
     finally:
-        for proc in reversed(procs):  # the servers first: they say left to Redis
-            if proc.poll() is None:
-                proc.terminate()
-            try:
-                proc.wait(STOP_WAIT)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_all(procs)
     return 0
 
 

@@ -85,15 +85,17 @@ non_negative_int = _number(int, zero_allowed=True)
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags both servers take, with the protocol's defaults."""
+    _add_address(parser)
     _add_limits(parser)
+    _add_history(parser)
     _add_sharing(parser)
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("--quiet", "-q", action="store_true", help="log only warnings")
     loudness.add_argument("--verbose", "-v", action="store_true", help="log every connection too")
 
 
-def _add_limits(parser: argparse.ArgumentParser) -> None:
-    """Where to listen, and the protocol's Limits table."""
+def _add_address(parser: argparse.ArgumentParser) -> None:
+    """Where to listen."""
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default: %(default)s)"
     )
@@ -103,6 +105,10 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PORT,
         help="port to listen on; 0 picks a free one (default: %(default)s)",
     )
+
+
+def _add_limits(parser: argparse.ArgumentParser) -> None:
+    """The protocol's Limits table."""
     parser.add_argument(
         "--hello-timeout",
         type=positive_float,
@@ -141,6 +147,10 @@ def _add_limits(parser: argparse.ArgumentParser) -> None:
         "connection broke; it comes back with what it missed, and nobody sees it leave and "
         "join again. 0 lets it leave at once (default: %(default)s)",
     )
+
+
+def _add_history(parser: argparse.ArgumentParser) -> None:
+    """How much of the chat is kept for those who ask what was said before they came."""
     parser.add_argument(
         "--history",
         type=non_negative_int,

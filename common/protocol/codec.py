@@ -648,17 +648,12 @@ def _str_or_none(obj: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _server_message(obj: dict[str, Any]) -> ServerMessage:
-    kind = obj["type"]
-    if kind == "welcome":
-        return Welcome(
-            name=_str(obj, "name"),
-            users=_names(obj.get("users")),
-            count=_int(obj, "count"),
-            session=_str(obj, "session"),
-            epoch=_str(obj, "epoch"),
-            last=_str_or_none(obj, "last"),
-        )
+SAID = frozenset({"msg", "dm", "joined", "left", "renamed"})
+"""The frames that tell what someone said or did."""
+
+
+def _said(obj: dict[str, Any], kind: str) -> ServerMessage:
+    """A frame of ``SAID``, its type ``kind``."""
     if kind == "msg":
         return Msg(
             sender=_str(obj, "from"),
@@ -680,10 +675,24 @@ def _server_message(obj: dict[str, Any]) -> ServerMessage:
             ts=_int(obj, "ts"),
             id=_str(obj, "id"),
         )
-    if kind == "renamed":
-        return Renamed(
-            old=_str(obj, "old"), new=_str(obj, "new"), ts=_int(obj, "ts"), id=_str(obj, "id")
+    return Renamed(
+        old=_str(obj, "old"), new=_str(obj, "new"), ts=_int(obj, "ts"), id=_str(obj, "id")
+    )
+
+
+def _server_message(obj: dict[str, Any]) -> ServerMessage:
+    kind = obj["type"]
+    if kind == "welcome":
+        return Welcome(
+            name=_str(obj, "name"),
+            users=_names(obj.get("users")),
+            count=_int(obj, "count"),
+            session=_str(obj, "session"),
+            epoch=_str(obj, "epoch"),
+            last=_str_or_none(obj, "last"),
         )
+    if kind in SAID:
+        return _said(obj, kind)
     if kind == "users":
         return Users(names=_names(obj.get("names")), count=_int(obj, "count"))
     if kind == "pong":

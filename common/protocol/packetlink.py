@@ -250,26 +250,17 @@ class PacketLink:
     def _pack_reliable(self, now: float) -> list[bytes]:
         """Lost frames again, then new ones, packed, while the window (or a probe) allows.
 
-        The ack owed rides in the first packet; it goes alone only when due.
-        What the window stops waits for the next call, retransmissions first.
-        A busy server runs this for every session many times a second: it is
-        written for speed (locals, one pass).
+        The ack owed rides in the first packet; it goes alone only when due. What the window
+        stops waits for the next call, retransmissions first. Run for every session many
+        times a second: written for speed (locals, one pass).
         """
-        unacked = self._unacked
-        resend = sorted(seq for seq in self._resend if seq in unacked) if self._resend else []
-        self._resend.clear()
-        end = min(self._next_seq, self._window_end())
-        unsent = self._unsent
-        congestion = self.recovery.congestion
-        open_now = self._probe or congestion.bytes_in_flight < congestion.window
-        ack = self._ack_line(now, due_only=not (open_now and (resend or unsent < end)))
+        resend, end, ack = self._plan(now)
+        unacked, unsent, congestion = self._unacked, self._unsent, self.recovery.congestion
         line_of = self._line_of
         datagrams: list[bytes] = []
         lines = [ack] if ack is not None else []
         seqs: list[int] = []
-        room = (
-            MAX_PACKET_BYTES - len(header(self.recovery.next_pn, self._session)) - len(ack or b"")
-        )
+        room = self._room_left() - len(ack or b"")
         count, r = len(resend), 0
         while r < count or unsent < end:
             if not seqs and not self._probe and congestion.bytes_in_flight >= congestion.window:
@@ -282,8 +273,7 @@ class PacketLink:
             line = line_of(frame, seq)
             if lines and len(line) > room:
                 datagrams.append(self._finish(lines, seqs, now))
-                lines, seqs = [], []
-                room = MAX_PACKET_BYTES - len(header(self.recovery.next_pn, self._session))
+                lines, seqs, room = [], [], self._room_left()
                 continue
             lines.append(line)
             seqs.append(seq)
@@ -292,13 +282,32 @@ class PacketLink:
                 r += 1
             else:
                 unsent += 1
-        self._unsent = unsent
-        self.retransmissions += r
-        for seq in resend[r:]:
-            self._resend[seq] = None
+        self._packed(unsent, resend, r)
         if lines:
             datagrams.append(self._finish(lines, seqs, now))
         return datagrams
+
+    def _plan(self, now: float) -> tuple[list[int], int, bytes | None]:
+        """What a pass may send: the lost frames still unacked, the window's end, the ack."""
+        unacked = self._unacked
+        resend = sorted(seq for seq in self._resend if seq in unacked) if self._resend else []
+        self._resend.clear()
+        end = min(self._next_seq, self._window_end())
+        congestion = self.recovery.congestion
+        open_now = self._probe or congestion.bytes_in_flight < congestion.window
+        ack = self._ack_line(now, due_only=not (open_now and (resend or self._unsent < end)))
+        return resend, end, ack
+
+    def _room_left(self) -> int:
+        """Bytes of frames the next packet can hold."""
+        return MAX_PACKET_BYTES - len(header(self.recovery.next_pn, self._session))
+
+    def _packed(self, unsent: int, resend: list[int], sent_again: int) -> None:
+        """After a pass: where new frames resume, and the lost ones the window kept back."""
+        self._unsent = unsent
+        self.retransmissions += sent_again
+        for seq in resend[sent_again:]:
+            self._resend[seq] = None
 
     def _finish(self, lines: list[bytes], seqs: list[int], now: float) -> bytes:
         pn = self.recovery.next_pn

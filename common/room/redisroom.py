@@ -262,6 +262,15 @@ class RedisBackplane:
         self._restart_hold = min(RESTART_HOLD, lease)
         self._settled_at = 0.0  # monotonic: no new name is claimed before it
         self._renew_now = threading.Event()
+        self._connect(url)
+        self._threads = [
+            threading.Thread(target=self._run_publisher, name="redis-publisher", daemon=True),
+            threading.Thread(target=self._run_reader, name="redis-reader", daemon=True),
+            threading.Thread(target=self._run_lease, name="redis-lease", daemon=True),
+        ]
+
+    def _connect(self, url: str) -> None:
+        """The client, its scripts, and a first lease: Redis answers, or ``StartError``."""
         try:
             self._redis = redis.Redis.from_url(
                 url,
@@ -278,11 +287,6 @@ class RedisBackplane:
             self._renew("renew")
         except (redis.RedisError, ValueError) as exc:
             raise StartError(f"cannot use Redis at {url}: {exc}") from None
-        self._threads = [
-            threading.Thread(target=self._run_publisher, name="redis-publisher", daemon=True),
-            threading.Thread(target=self._run_reader, name="redis-reader", daemon=True),
-            threading.Thread(target=self._run_lease, name="redis-lease", daemon=True),
-        ]
 
     # ---- what the room calls -------------------------------------------
 
@@ -305,6 +309,26 @@ class RedisBackplane:
                 entries, names, info = pipe.execute()
         except redis.RedisError as exc:
             raise StartError(f"cannot read the room from Redis at {self._url}: {exc}") from None
+        earlier, floor = self._earlier(entries, info, count)
+        if entries:
+            self._last_id = entries[0][0]
+        room.preload(
+            earlier[::-1],
+            [held.decode().split(" ", 1)[1] for held in names.values()],
+            epoch=epoch,
+            floor=floor,
+            newest=entries[0][0].decode() if entries else None,
+        )
+        self.ready = True
+        log.info("sharing the room through Redis at %s as server %s", self._url, self.server)
+        for thread in self._threads:
+            thread.start()
+
+    def _earlier(
+        self, entries: list[tuple[bytes, dict[bytes, bytes]]], info: dict[str, Any], count: int
+    ) -> tuple[list[Msg], str | None]:
+        """The messages the room keeps (newest first) of the stream's newest ``entries``, and
+        the floor: the newest msg not among them, if some may be gone."""
         earlier: list[Msg] = []
         floor: str | None = None  # the newest msg not read back
         for entry_id, fields in entries:
@@ -320,19 +344,7 @@ class RedisBackplane:
         trimmed = info.get("max-deleted-entry-id", b"0-0") not in (b"0-0", "0-0")
         if floor is None and entries and (len(entries) == count or trimmed):
             floor = entries[-1][0].decode()  # what came before what was read may be gone
-        if entries:
-            self._last_id = entries[0][0]
-        room.preload(
-            earlier[::-1],
-            [held.decode().split(" ", 1)[1] for held in names.values()],
-            epoch=epoch,
-            floor=floor,
-            newest=entries[0][0].decode() if entries else None,
-        )
-        self.ready = True
-        log.info("sharing the room through Redis at %s as server %s", self._url, self.server)
-        for thread in self._threads:
-            thread.start()
+        return earlier, floor
 
     def _hold(self) -> float:
         """Seconds until Redis has been up ``restart_hold``: no new name is given out before."""

@@ -414,10 +414,8 @@ class Room(Generic[M]):
     ) -> None:
         """``wake_remote`` is called when a backplane's thread brought something (else
         ``wake``); ``max_backlog`` bytes, if given, bounds the writer's backlog (see the
-        module's docstring).
-
-        ``on_taken`` is called (outside the lock) with a member whose session a new
-        connection took over: the transport closes its connection without a word.
+        module's docstring). ``on_taken`` is called (outside the lock) with a member whose
+        session a new connection took over: the transport closes it without a word.
         """
         self.lock = threading.Lock()
         self._changed = threading.Condition(self.lock)
@@ -430,11 +428,28 @@ class Room(Generic[M]):
         self._clock = clock
         self._backplane: Backplane = LocalBackplane() if backplane is None else backplane
         self._archive = archive
+        self._start_members()
+        self._start_log(history)
+        self._closed = False
+        self._grace = int(resume_grace * 1000)
+        self._resume_bytes = resume_bytes
+        self._on_taken = on_taken
+        self._continue(archive)
+        self._backplane.attach(self)
+
+    def _start_members(self) -> None:
+        """Nobody in the room yet."""
         self._by_key: dict[str, M] = {}  # the members on this server
         self._claims: dict[str, M] = {}  # names reserved by a hello or nick under way
         self._roster: dict[str, str] = {}  # everyone in the room, on any server, by key
         self._order: list[str] = []  # the roster's keys, sorted: who and welcome list them so
         self._members: dict[M, None] = {}  # insertion-ordered: oldest first
+        self._away: dict[M, None] = {}  # members AWAY, in the order their grace ends
+
+    def _start_log(self, history: int) -> None:
+        """An empty log, and no writer's pass yet."""
+        self._dirty: set[M] = set()  # members posted to since the last ``pending``
+        self._unread = 0  # log position up to which ``pending`` was asked
         self._log: list[Entry] = []
         self._base = 0  # log position of self._log[0]
         self._bytes = 0  # bytes ever appended to the log
@@ -444,13 +459,9 @@ class Room(Generic[M]):
         self._caught_up = 0  # self._posted when the writer's last finished pass began
         self._joined: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
         self._history: deque[tuple[int, Msg]] = deque(maxlen=history)
-        self._dirty: set[M] = set()  # members posted to since the last ``pending``
-        self._unread = 0  # log position up to which ``pending`` was asked
-        self._closed = False
-        self._grace = int(resume_grace * 1000)
-        self._resume_bytes = resume_bytes
-        self._on_taken = on_taken
-        self._away: dict[M, None] = {}  # members AWAY, in the order their grace ends
+
+    def _continue(self, archive: Archive | None) -> None:
+        """The ids and the history: new, or the archive's, where the last life left them."""
         self.epoch = new_epoch()
         self._last_id = 0  # the last id this room gave (ids of its own count)
         self._newest: str | None = None  # the newest log entry's id: a welcome's ``last``
@@ -461,7 +472,6 @@ class Room(Generic[M]):
             self.epoch, self._last_id = archive.epoch, archive.last_id
             self._newest = str(archive.last_id) if archive.last_id else None
             self._floor = archive.floor
-        self._backplane.attach(self)
 
     # ---- the log (lock held) -------------------------------------------
 

@@ -125,6 +125,15 @@ def describe(message: ServerMessage, me: str = "") -> Line | None:
         if me in (message.old, message.new):
             return Line("system", f"you are now {safe(message.new)}", clock(message.ts))
         return Line("system", f"{safe(message.old)} is now {safe(message.new)}", clock(message.ts))
+    if isinstance(message, (Users, Welcome)):
+        return _online(message)
+    if isinstance(message, Error):
+        return Line("error", safe(message.text or message.code))
+    return None
+
+
+def _online(message: Users | Welcome) -> Line:
+    """Who is online, as ``who`` answers it or a welcome tells it."""
     if isinstance(message, Users):
         more = (
             ""
@@ -133,15 +142,9 @@ def describe(message: ServerMessage, me: str = "") -> Line | None:
         )
         names = ", ".join(safe(n) for n in message.names)
         return Line("system", f"online ({message.count}): {names}{more}")
-    if isinstance(message, Welcome):
-        others = [safe(n) for n in message.users if n != message.name]
-        who = ", ".join(others) if others else "nobody else yet"
-        return Line(
-            "system", f"welcome, {safe(message.name)}! online: {who} ({message.count} in all)"
-        )
-    if isinstance(message, Error):
-        return Line("error", safe(message.text or message.code))
-    return None
+    others = [safe(n) for n in message.users if n != message.name]
+    who = ", ".join(others) if others else "nobody else yet"
+    return Line("system", f"welcome, {safe(message.name)}! online: {who} ({message.count} in all)")
 
 
 def text_mode_line(message: ServerMessage, me: str) -> bytes:

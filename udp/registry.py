@@ -1,0 +1,257 @@
+"""The UDP server's sessions and everything written to them, under the server's lock.
+
+The registry finds a session by address or token, catches every session up
+on what the room has for it (``flush``), retransmits what is due, and ends a
+session (``end``) in one place. Every method here is called with the
+server's lock held (``udp.server``); the socket is non-blocking, so no write
+waits: a full kernel buffer loses the datagram, as a network would.
+
+Catching up: a 1.0 session gets one datagram per frame, stamped with its
+next ``seq``; a packet session (v1.2) gets its frames queued on its
+``PacketLink`` (``common.protocol.packetlink``), which packs them into as
+few packets as fit, one ``sendto`` each, as its congestion window allows,
+and nothing at all until the session's address is proven.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import Counter, deque
+from collections.abc import Callable
+
+from common.protocol.codec import Welcome
+from common.protocol.reliable import SharedFrames
+from common.room.room import Entry, Stage
+from common.server.core import Core
+from udp.session import Address, Session, Stranger, stamp
+
+log = logging.getLogger("udp.server")
+
+MAX_HELD_BYTES = 32 << 20
+"""Bytes all reliable sessions may hold together (``--max-held-bytes``): frames
+sent and not acked yet, each counted once however many hold it, and frames
+received ahead of a gap; past it the one holding most is ended."""
+
+
+class Registry:
+    """Who is in session, by address and token; what is owed to them; how they end."""
+
+    def __init__(
+        self, core: Core[Session], sock: socket.socket, wake: Callable[[], None], max_held: int
+    ) -> None:
+        self.core = core
+        self.room = core.room
+        self.sock = sock
+        self.wake = wake  # the timer's: a session just became busy
+        self.max_held = max_held
+        self.closing = False  # shutting down: nothing is acted on but acks
+        self.dropped: Counter[str] = Counter()
+        self.by_address: dict[Address, Session] = {}
+        self.by_token: dict[str, Session] = {}
+        self.strangers: dict[Address, Stranger] = {}
+        self.held = SharedFrames(stamp)
+        self._busy: set[Session] = set()  # reliable sessions with frames in flight
+        self._taken: deque[Session] = deque()  # taken over by a resume: to forget
+
+    def current(self, session: Session) -> bool:
+        """Whether ``session`` is still the one at its address (it may have ended meanwhile)."""
+        return self.by_address.get(session.address) is session
+
+    def add(self, session: Session) -> None:
+        self.by_address[session.address] = session
+        self.by_token[session.token] = session
+
+    def drop(self, why: str, address: Address) -> None:
+        """A datagram not acted on: counted by why, and logged when verbose."""
+        self.dropped[why] += 1
+        log.debug("dropped a datagram from %s:%d (%s)", address[0], address[1], why)
+
+    # ---- writing -------------------------------------------------------
+
+    def write(self, data: bytes, address: Address) -> None:
+        try:
+            self.sock.sendto(data, address)
+        except OSError as exc:
+            self.dropped["send_failed"] += 1
+            log.debug("send to %s:%d failed: %s", address[0], address[1], exc)
+
+    def flush(self, now: float) -> None:
+        """Catch every session up on what the room has for it, in its own ``seq``.
+
+        Ending a session (a reliable one that gave up, or held too much) adds
+        ``left`` to the room, so this runs until nothing is new.
+        """
+        self._forget_taken()
+        while pending := self.room.pending():
+            for member in pending:
+                entries = self.room.take(member)
+                if entries is None or not self.current(member):
+                    continue
+                if member.link is not None:
+                    self._queue_packets(member, entries, now)
+                    continue
+                if member.held is not None:
+                    entries = self._hold(member, entries)
+                if member.sender is not None:
+                    for entry in entries:
+                        self.deliver(member, member.push(entry, now))
+                else:
+                    self._send_raw(member, entries)
+            self.bound_held()
+
+    def _send_raw(self, member: Session, entries: list[Entry]) -> None:
+        """A raw session's entries, one datagram each: no call per datagram but ``sendto``."""
+        sendto = self.sock.sendto
+        for entry in entries:
+            member.sent += 1
+            datagram = b"%s%d}" % (entry.cache or member.prefix(entry), member.sent)
+            if isinstance(entry.message, Welcome):
+                member.welcome = datagram
+            try:
+                sendto(datagram, member.address)
+            except OSError:
+                self.dropped["send_failed"] += 1
+
+    @staticmethod
+    def _hold(session: Session, entries: list[Entry]) -> list[Entry]:
+        """What a session whose address is not proven yet may get now: its welcome alone."""
+        assert session.held is not None
+        session.held += [e for e in entries if not isinstance(e.message, Welcome)]
+        return [e for e in entries if isinstance(e.message, Welcome)]
+
+    def _queue_packets(self, session: Session, entries: list[Entry], now: float) -> None:
+        """Queue a packet session's entries on its link, then send what it lets out.
+
+        The welcome goes alone as in 1.0, within the hello's budget: the
+        address is not proven yet, and the link sends nothing until it is.
+        """
+        link = session.link
+        assert link is not None
+        for entry in entries:
+            if isinstance(entry.message, Welcome):
+                session.welcome = stamp(session.prefix(entry), 1)
+                session.sent += 1
+                self.write(session.welcome, session.address)
+            else:
+                link.queue(link.next_seq, entry.cache or session.prefix(entry))
+        self.send_link(session, now)
+
+    def send_link(self, session: Session, now: float) -> None:
+        """Write what a packet session's link has to send; watch its timers from now on."""
+        link = session.link
+        assert link is not None
+        if not self.current(session):
+            return
+        datagrams = link.datagrams(now)
+        session.sent += len(datagrams)
+        for datagram in datagrams:
+            self.write(datagram, session.address)
+        if link.failed:
+            self.end(session, "timeout")
+        elif link.overflowed:
+            self.end(session, "too_slow")
+        elif session not in self._busy and link.next_deadline() is not None:
+            self._watch(session)
+
+    def deliver(self, session: Session, frames: list[bytes]) -> None:
+        """Write what ``push`` returned; a reliable session is watched until all is acked."""
+        if not self.current(session):
+            return
+        if session.sender is not None:
+            session.sent += len(frames)
+        for frame in frames:
+            self.write(frame, session.address)
+        sender = session.sender
+        if sender is None:
+            return
+        if sender.failed:
+            self.end(session, "timeout")
+        elif sender.overflowed:
+            self.end(session, "too_slow")
+        elif sender.pending and session not in self._busy:
+            self._watch(session)
+
+    def _watch(self, session: Session) -> None:
+        """``session`` has timers to keep: the timer wakes for the first busy one."""
+        if not self._busy:
+            self.wake()
+        self._busy.add(session)
+
+    def bound_held(self) -> None:
+        """Past ``max_held`` bytes held for all reliable sessions, end the one holding most."""
+        while self.held.held_bytes > self.max_held:
+            heaviest = max(self.by_address.values(), key=lambda s: s.held_bytes)
+            self.end(heaviest, "too_slow")
+
+    # ---- the timer's work ----------------------------------------------
+
+    def retransmit(self, now: float) -> float | None:
+        """Write what is due for every busy reliable session; return the next deadline."""
+        earliest: float | None = None
+        for session in list(self._busy):
+            if session.link is not None:
+                deadline = session.link.next_deadline()
+                if deadline is not None and deadline <= now:
+                    self._busy.discard(session)
+                    self.send_link(session, now)
+                    deadline = session.link.next_deadline() if session in self._busy else None
+            else:
+                assert session.sender is not None
+                self.deliver(session, session.sender.due(now))
+                if session not in self._busy:
+                    continue
+                deadline = session.sender.next_deadline()
+            if deadline is None:
+                self._busy.discard(session)
+            elif earliest is None or deadline < earliest:
+                earliest = deadline
+        return earliest
+
+    def sweep(self, now: float, caught_up: float) -> None:
+        """End the sessions silent past the timeout as of ``caught_up``; forget old strangers."""
+        limits = self.core.limits
+        for session in list(self.by_address.values()):
+            if caught_up - session.last_heard > limits.session_timeout:
+                self.end(session, "timeout")
+        while self.strangers:
+            address, stranger = next(iter(self.strangers.items()))
+            if now - stranger.since <= limits.hello_timeout:
+                break
+            del self.strangers[address]
+
+    # ---- ending --------------------------------------------------------
+
+    def end(self, session: Session, reason: str) -> None:
+        """Take ``session`` out of the chat (once); the room tells the others why."""
+        if not self.current(session):
+            return
+        self._forget(session)
+        self.room.leave(session, reason)
+        away = session.stage is Stage.AWAY
+        self.core.left(session.name, reason, session.summary(), away=away)
+
+    def taken(self, session: Session) -> None:
+        """A resume took ``session`` over: it ends without a word, at the next flush (a resume
+        here calls this under the server's lock, one on another server from Redis's thread)."""
+        self._taken.append(session)
+        self.wake()
+
+    def _forget_taken(self) -> None:
+        """The sessions taken over: out of the registry, nobody told."""
+        while self._taken:
+            session = self._taken.popleft()
+            self._forget(session)
+            log.info("%s resumed from a new address; %s", session.name, session.summary())
+
+    def _forget(self, session: Session) -> None:
+        """Out of the registry, and every frame it held let go."""
+        if self.by_address.get(session.address) is session:
+            del self.by_address[session.address]
+        if self.by_token.get(session.token) is session:
+            del self.by_token[session.token]
+        self._busy.discard(session)
+        session.close()
+
+    def awaiting_acks(self) -> bool:
+        return any(s.awaiting_acks for s in self.by_address.values())
