@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
+import math
 import select
 import socket
 import sys
@@ -62,6 +63,7 @@ from common.cli.serverargs import (
     add_common_arguments,
     announce,
     configure_logging,
+    non_negative_float,
     positive_float,
     positive_int,
     serve_until_signalled,
@@ -118,6 +120,10 @@ MAX_HELD_BYTES = 32 << 20
 sent and not acked yet, each counted once however many hold it, and frames
 received ahead of a gap; past it the one holding most is ended."""
 TIMER_RESOLUTION = 0.01
+PACKET_COALESCE_MS = 7.0
+"""The least time between two catch-ups of the packet sessions (``--coalesce-ms``): what the
+room says meanwhile gathers, so each packet carries several frames, as TCP's writer gathers
+them per ``send``. A catch-up after a quiet spell is not delayed."""
 BUSY_TICK = 0.05
 MAX_SWEEP_INTERVAL = 0.5
 
@@ -133,9 +139,11 @@ class UdpChatServer:
         history: int = 1000,
         sharing: Sharing | None = None,
         max_held_bytes: int = MAX_HELD_BYTES,
+        coalesce: float = PACKET_COALESCE_MS / 1000,
     ) -> None:
         self.limits = limits
         self.max_held_bytes = max_held_bytes
+        self.coalesce = coalesce
         self._wake = threading.Event()
         backplane, archive = open_sharing(sharing or Sharing(), history)
         # What a backplane brings arrives on its own thread: the timer flushes it.
@@ -167,6 +175,9 @@ class UdpChatServer:
         self._by_token: dict[str, Session] = {}
         self._strangers: dict[Address, Stranger] = {}
         self._busy: set[Session] = set()
+        # Packet sessions the room has news for, waiting for their next catch-up (``_flush``).
+        self._deferred: dict[Session, None] = {}
+        self._packets_due = -math.inf
         self._taken_sessions: deque[Session] = deque()  # taken over by a resume: to forget
         self._held = SharedFrames(stamp)
         self._caught_up = time.monotonic()
@@ -196,8 +207,15 @@ class UdpChatServer:
         waits in memory is one datagram's worth (one ``history`` answer).
         """
         before = time.monotonic()
-        if not self._poller.poll(POLL_INTERVAL * 1000):
-            self._caught_up_at(before)
+        with self._lock:
+            wait = POLL_INTERVAL
+            if self._deferred:  # their catch-up is due then
+                wait = min(wait, max(0.0, self._packets_due - before))
+        if not self._poller.poll(wait * 1000):
+            with self._lock:
+                self._caught_up = before
+                if self._deferred:
+                    self._flush(time.monotonic())
             return
         try:
             for count in range(1, RECV_BATCH + 1):
@@ -551,23 +569,34 @@ class UdpChatServer:
 
     # ---- writing -------------------------------------------------------
 
-    def _flush(self, now: float) -> None:
+    def _flush(self, now: float, *, at_once: bool = False) -> None:
         """Catch every session up on what the room has for it, in its own ``seq``.
 
         Raw sessions, the bulk of a busy room, are written here with no call
         per datagram but ``sendto``. Ending a session (a reliable one that
         gave up, or held too much) adds ``left`` to the room, so this runs
-        until nothing is new.
+        until nothing is new. Packet sessions are caught up at most once per
+        ``coalesce`` (and per as long as their last catch-up took): until
+        then they wait in ``_deferred`` (``at_once`` does not wait).
         """
         self._forget_taken()
         sendto = self.sock.sendto
-        while pending := self.room.pending():
+        packets_due = at_once or now >= self._packets_due
+        started = time.monotonic()
+        deferred, self._deferred = (self._deferred, {}) if packets_due else ({}, self._deferred)
+        caught = False
+        while pending := list(dict.fromkeys([*deferred, *self.room.pending()])):
+            deferred = {}
             for member in pending:
+                if member.link is not None and not packets_due:
+                    self._deferred[member] = None
+                    continue
                 entries = self.room.take(member)
                 if entries is None or self._sessions.get(member.address) is not member:
                     continue
                 if member.link is not None:
                     self._queue_packets(member, entries, now)
+                    caught = True
                     continue
                 if member.held is not None:
                     entries = self._hold(member, entries)
@@ -585,6 +614,9 @@ class UdpChatServer:
                     except OSError:
                         self.dropped["send_failed"] += 1
             self._bound_held()
+        if caught:
+            took = time.monotonic() - started
+            self._packets_due = started + max(self.coalesce, took)
 
     @staticmethod
     def _hold(session: Session, entries: list[Entry]) -> list[Entry]:
@@ -680,6 +712,7 @@ class UdpChatServer:
         if self._by_token.get(session.token) is session:
             del self._by_token[session.token]
         self._busy.discard(session)
+        self._deferred.pop(session, None)
         session.close()
 
     # ---- the timer -----------------------------------------------------
@@ -762,7 +795,7 @@ class UdpChatServer:
             log.info("shutting down: saying bye to %d session(s)", len(sessions))
             for session in sessions:
                 self.room.post(session, Bye(reason="shutdown"))
-            self._flush(now)
+            self._flush(now, at_once=True)
         deadline = now + SHUTDOWN_GRACE
         while time.monotonic() < deadline and self._awaiting_acks():
             self._receive()
@@ -807,6 +840,14 @@ def main(argv: list[str] | None = None) -> int:
         help="what reliable sessions hold in all (sent and not acked, or received ahead of a "
         "gap); past it the one holding most ends as too_slow (default: %(default)s)",
     )
+    parser.add_argument(
+        "--coalesce-ms",
+        type=non_negative_float,
+        default=PACKET_COALESCE_MS,
+        metavar="MS",
+        help="packet sessions are caught up at most once per this many milliseconds, so that "
+        "under load each packet carries more frames; 0 sends at once (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     return serve_until_signalled(
@@ -817,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
             history=args.history,
             sharing=Sharing.from_args(args),
             max_held_bytes=args.max_held_bytes,
+            coalesce=args.coalesce_ms / 1000,
         ),
         args,
     )
