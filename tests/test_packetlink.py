@@ -346,6 +346,32 @@ def test_an_ack_is_due_after_two_packets_or_after_the_delay_and_rides_with_frame
     assert [json.loads(f)["type"] for f in parse(riding).frames] == ["ack", "say"]
 
 
+def test_an_ack_not_due_rides_only_when_the_peer_sends_seldom() -> None:
+    pair = Pair()
+    pair.server.proven = True
+
+    def arrives(seq: int, at: float) -> None:
+        pair.server.queue(seq, frame(seq))
+        (packet,) = pair.server.datagrams(at)
+        pair.take(pair.client, packet, at)
+
+    def say(seq: int, at: float) -> list[str]:
+        pair.client.queue(seq, b'{"type":"say","text":"hi","seq":%d}' % seq)
+        (packet,) = pair.client.datagrams(at)
+        return [json.loads(f)["type"] for f in parse(packet).frames]
+
+    arrives(1, 0.000)  # a busy room: a packet every 7 ms
+    arrives(2, 0.007)
+    assert len(pair.client.datagrams(0.007)) == 1 and pair.client.acks_sent == 1
+    arrives(3, 0.014)
+    assert say(1, 0.014) == ["say"]  # one owed, not due: the next packet makes it due
+    arrives(4, 0.021)
+    assert len(pair.client.datagrams(0.021)) == 1 and pair.client.acks_sent == 2
+    arrives(5, 0.300)  # a quiet room: the ack would go alone later, so it rides now
+    assert say(2, 0.300) == ["ack", "say"]
+    assert pair.client.acks_sent == 3
+
+
 def test_a_packet_of_acks_alone_needs_no_ack() -> None:
     pair = Pair()
     pair.server.proven = True

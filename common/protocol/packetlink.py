@@ -25,9 +25,13 @@ with as many frames as fit, numbered ``0, 1, 2 ...`` and never renumbered:
 Acknowledging (reliable links). ``on_packet`` records every packet number
 received in a ``RangeSet`` of at most ``MAX_ACK_RANGES`` ranges. An ack is due
 once ``ACK_ELICITING_THRESHOLD`` (2) packets that need one arrived, or
-``MAX_ACK_DELAY`` (25 ms) after the first, less ``ACK_TIMER_SLACK``; it rides in the first packet
-``datagrams`` sends anyway whenever one is waiting, and goes alone only when
-due. Its ``delay`` is how long the largest packet number waited, in ms.
+``MAX_ACK_DELAY`` (25 ms) after the first, less ``ACK_TIMER_SLACK``; it goes alone only
+when due. Before that it rides in a packet ``datagrams`` sends anyway, unless the
+peer's packets come closer together than ``MAX_ACK_DELAY``: then the next one soon
+makes it due, and an ack sent early would only add one (a client of a busy room
+acks the server's packets one in two, not once more for every ``say``; the server
+still acks a client's rare ``say`` in its next packet). Its ``delay`` is how long the
+largest packet number waited, in ms.
 
 Receiving. The caller parses a packet (``common.protocol.packets.parse``),
 checks its token, decodes its frames, then calls ``on_packet`` (False: a
@@ -117,6 +121,9 @@ class PacketLink:
         self._received = RangeSet(MAX_ACK_RANGES)
         self._largest_received_at = 0.0
         self._eliciting = 0
+        # When the last packet needing an ack came, and how long after the one before it.
+        self._eliciting_at = -math.inf
+        self._eliciting_gap = math.inf
         self._ack_deadline = math.inf
 
     # ---- sending -------------------------------------------------------
@@ -255,6 +262,9 @@ class PacketLink:
         A busy server runs this for every session many times a second: it is
         written for speed (locals, one pass).
         """
+        if not self._resend and not self._probe and self._unsent >= self._next_seq:
+            ack = self._ack_line(now, due_only=True)  # nothing to send but the ack, if due
+            return [] if ack is None else [self._finish([ack], [], now)]
         unacked = self._unacked
         resend = sorted(seq for seq in self._resend if seq in unacked) if self._resend else []
         self._resend.clear()
@@ -262,7 +272,8 @@ class PacketLink:
         unsent = self._unsent
         congestion = self.recovery.congestion
         open_now = self._probe or congestion.bytes_in_flight < congestion.window
-        ack = self._ack_line(now, due_only=not (open_now and (resend or unsent < end)))
+        rides = open_now and (resend or unsent < end) and self._eliciting_gap >= MAX_ACK_DELAY
+        ack = self._ack_line(now, due_only=not rides)
         line_of = self._line_of
         datagrams: list[bytes] = []
         lines = [ack] if ack is not None else []
@@ -372,6 +383,8 @@ class PacketLink:
         if largest is None or pn > largest:
             self._largest_received_at = now
         if self.reliable and eliciting:
+            self._eliciting_gap = now - self._eliciting_at
+            self._eliciting_at = now
             self._eliciting += 1
             self._ack_deadline = min(self._ack_deadline, now + MAX_ACK_DELAY - ACK_TIMER_SLACK)
         return True
