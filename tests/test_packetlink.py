@@ -99,6 +99,20 @@ def test_acks_of_packets_are_decoded_and_checked() -> None:
         decode_client(b'{"type":"ack","ranges":[[1,0]],"delay":-1}')
 
 
+def test_an_ack_of_one_range_as_we_write_it_reads_as_the_parser_reads_it() -> None:
+    for ranges, delay in (((41, 30),), 3), (((0, 0),), 0), (((7, 7),), 12):
+        line = encode(AckRanges(ranges=ranges, delay=delay))
+        fast = decode_client(line)
+        assert fast.message == AckRanges(ranges=ranges, delay=delay)
+        assert (fast.seq, fast.session) == (None, None)
+    for bad in (
+        b'{"type":"ack","ranges":[[1,2]],"delay":0}',
+        b'{"type":"ack","ranges":[[01,0]],"delay":0}',
+    ):
+        with pytest.raises(BadFrame):
+            decode_client(bad)
+
+
 def test_hello_asks_for_packets() -> None:
     assert decode_client(b'{"type":"hello","name":"a","packets":true}').message.packets
     assert encode(Hello(name="a")) == b'{"type":"hello","name":"a"}'
