@@ -456,6 +456,42 @@ def test_shared_frames_are_held_once_and_let_go() -> None:
     assert shared.held_bytes == 0
 
 
+@pytest.mark.parametrize("reliable", [False, True], ids=["raw", "reliable"])
+def test_frames_queued_at_once_are_what_they_are_queued_one_by_one(reliable: bool) -> None:
+    shared = [SharedFrames(lambda prefix, seq: b"%s%d}" % (prefix, seq)) for _ in range(2)]
+    one, many = (PacketLink(reliable=reliable, shared=s, first_seq=2) for s in shared)
+    prefixes = [b'{"type":"msg","from":"a","text":"%d","ts":0,"seq":' % i for i in range(30)]
+    for prefix in prefixes[:10]:
+        one.queue(one.next_seq, prefix)
+    many.queue_all(prefixes[:10])
+    assert one.datagrams(0.0) == many.datagrams(0.0)
+    for prefix in prefixes[10:]:
+        one.queue(one.next_seq, prefix)
+    many.queue_all(prefixes[10:])
+    assert (one.next_seq, one.held_bytes, one.pending) == (
+        many.next_seq,
+        many.held_bytes,
+        many.pending,
+    )
+    assert shared[0].held_bytes == shared[1].held_bytes
+    assert one.datagrams(0.1) == many.datagrams(0.1)
+    if reliable:
+        ack = [(many.recovery.next_pn - 1, 0)]
+        for link in (one, many):
+            link.on_packet(0, True, 0.2)
+            link.on_ack(ack, 0, 0.2)
+        assert one.held_bytes == many.held_bytes == 0
+        assert shared[0].held_bytes == shared[1].held_bytes == 0
+
+
+def test_frames_queued_at_once_past_the_backlog_overflow_as_one_by_one() -> None:
+    link = PacketLink(reliable=True, proven=False)
+    link.queue_all([frame(seq) for seq in range(1, link.window + MAX_BACKLOG + 1)])
+    assert not link.overflowed
+    link.queue_all([frame(0), frame(0)])
+    assert link.overflowed and link.next_seq == link.window + MAX_BACKLOG + 3
+
+
 # ---- the property: whatever the network does ------------------------------------------
 
 

@@ -633,13 +633,15 @@ class UdpChatServer:
         """
         link = session.link
         assert link is not None
+        frames: list[bytes] = []
         for entry in entries:
             if isinstance(entry.message, Welcome):
                 session.welcome = stamp(session.prefix(entry), 1)
                 session.sent += 1
                 self._write(session.welcome, session.address)
             else:
-                link.queue(link.next_seq, entry.cache or session.prefix(entry))
+                frames.append(entry.cache or session.prefix(entry))
+        link.queue_all(frames)
         self._send_link(session, now)
 
     def _bound_held(self) -> None:
