@@ -99,6 +99,20 @@ def test_acks_of_packets_are_decoded_and_checked() -> None:
         decode_client(b'{"type":"ack","ranges":[[1,0]],"delay":-1}')
 
 
+def test_an_ack_of_one_range_as_we_write_it_reads_as_the_parser_reads_it() -> None:
+    for ranges, delay in (((41, 30),), 3), (((0, 0),), 0), (((7, 7),), 12):
+        line = encode(AckRanges(ranges=ranges, delay=delay))
+        fast = decode_client(line)
+        assert fast.message == AckRanges(ranges=ranges, delay=delay)
+        assert (fast.seq, fast.session) == (None, None)
+    for bad in (
+        b'{"type":"ack","ranges":[[1,2]],"delay":0}',
+        b'{"type":"ack","ranges":[[01,0]],"delay":0}',
+    ):
+        with pytest.raises(BadFrame):
+            decode_client(bad)
+
+
 def test_hello_asks_for_packets() -> None:
     assert decode_client(b'{"type":"hello","name":"a","packets":true}').message.packets
     assert encode(Hello(name="a")) == b'{"type":"hello","name":"a"}'
@@ -346,6 +360,32 @@ def test_an_ack_is_due_after_two_packets_or_after_the_delay_and_rides_with_frame
     assert [json.loads(f)["type"] for f in parse(riding).frames] == ["ack", "say"]
 
 
+def test_an_ack_not_due_rides_only_when_the_peer_sends_seldom() -> None:
+    pair = Pair()
+    pair.server.proven = True
+
+    def arrives(seq: int, at: float) -> None:
+        pair.server.queue(seq, frame(seq))
+        (packet,) = pair.server.datagrams(at)
+        pair.take(pair.client, packet, at)
+
+    def say(seq: int, at: float) -> list[str]:
+        pair.client.queue(seq, b'{"type":"say","text":"hi","seq":%d}' % seq)
+        (packet,) = pair.client.datagrams(at)
+        return [json.loads(f)["type"] for f in parse(packet).frames]
+
+    arrives(1, 0.000)  # a busy room: a packet every 7 ms
+    arrives(2, 0.007)
+    assert len(pair.client.datagrams(0.007)) == 1 and pair.client.acks_sent == 1
+    arrives(3, 0.014)
+    assert say(1, 0.014) == ["say"]  # one owed, not due: the next packet makes it due
+    arrives(4, 0.021)
+    assert len(pair.client.datagrams(0.021)) == 1 and pair.client.acks_sent == 2
+    arrives(5, 0.300)  # a quiet room: the ack would go alone later, so it rides now
+    assert say(2, 0.300) == ["ack", "say"]
+    assert pair.client.acks_sent == 3
+
+
 def test_a_packet_of_acks_alone_needs_no_ack() -> None:
     pair = Pair()
     pair.server.proven = True
@@ -414,6 +454,42 @@ def test_shared_frames_are_held_once_and_let_go() -> None:
     for link in links:
         link.close()
     assert shared.held_bytes == 0
+
+
+@pytest.mark.parametrize("reliable", [False, True], ids=["raw", "reliable"])
+def test_frames_queued_at_once_are_what_they_are_queued_one_by_one(reliable: bool) -> None:
+    shared = [SharedFrames(lambda prefix, seq: b"%s%d}" % (prefix, seq)) for _ in range(2)]
+    one, many = (PacketLink(reliable=reliable, shared=s, first_seq=2) for s in shared)
+    prefixes = [b'{"type":"msg","from":"a","text":"%d","ts":0,"seq":' % i for i in range(30)]
+    for prefix in prefixes[:10]:
+        one.queue(one.next_seq, prefix)
+    many.queue_all(prefixes[:10])
+    assert one.datagrams(0.0) == many.datagrams(0.0)
+    for prefix in prefixes[10:]:
+        one.queue(one.next_seq, prefix)
+    many.queue_all(prefixes[10:])
+    assert (one.next_seq, one.held_bytes, one.pending) == (
+        many.next_seq,
+        many.held_bytes,
+        many.pending,
+    )
+    assert shared[0].held_bytes == shared[1].held_bytes
+    assert one.datagrams(0.1) == many.datagrams(0.1)
+    if reliable:
+        ack = [(many.recovery.next_pn - 1, 0)]
+        for link in (one, many):
+            link.on_packet(0, True, 0.2)
+            link.on_ack(ack, 0, 0.2)
+        assert one.held_bytes == many.held_bytes == 0
+        assert shared[0].held_bytes == shared[1].held_bytes == 0
+
+
+def test_frames_queued_at_once_past_the_backlog_overflow_as_one_by_one() -> None:
+    link = PacketLink(reliable=True, proven=False)
+    link.queue_all([frame(seq) for seq in range(1, link.window + MAX_BACKLOG + 1)])
+    assert not link.overflowed
+    link.queue_all([frame(0), frame(0)])
+    assert link.overflowed and link.next_seq == link.window + MAX_BACKLOG + 3
 
 
 # ---- the property: whatever the network does ------------------------------------------

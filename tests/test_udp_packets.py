@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -206,6 +207,29 @@ def test_packets_pack_frames_and_stay_within_size(start_server: Start, peers: Pe
     assert max(sizes) <= MAX_PACKET_BYTES
     assert len(sizes) < 30, "one packet per frame"
     assert texts == [f"t{i}" * 40 for i in range(30)]
+
+
+def test_frames_said_apart_gather_in_one_packet_within_the_coalescing_rest(
+    start_server: Start, peers: Peers
+) -> None:
+    server = start_server("udp.server", "--rate-limit", "0", "--coalesce-ms", "3000")
+    reader, talker = peers(server.address), peers(server.address)
+    reader.hello("reader", reliable=False)
+    reader.packet({"type": "ping"})
+    reader.until("pong")  # the pong is a catch-up: the next one rests 3 s after it
+    talker.hello("talker", reliable=False)
+    talker.packet({"type": "ping"})
+    for i in range(5):  # five packets, each read on its own, well within the rest
+        talker.packet({"type": "say", "text": f"s{i}"})
+        time.sleep(0.05)
+    batches: list[list[str]] = []
+    while sum(map(len, batches)) < 5:
+        frames = reader.frames()
+        assert frames, f"the rest never ended; got {batches}"
+        if texts := [f["text"] for f in frames if f["type"] == "msg"]:
+            batches.append(texts)
+    assert [t for batch in batches for t in batch] == [f"s{i}" for i in range(5)]
+    assert len(batches) <= 2, f"said apart, sent apart: {batches}"
 
 
 def test_a_bad_token_or_header_drops_the_packet_whole(start_server: Start, peers: Peers) -> None:

@@ -16,7 +16,9 @@ and nothing at all until the session's address is proven.
 from __future__ import annotations
 
 import logging
+import math
 import socket
+import time
 from collections import Counter, deque
 from collections.abc import Callable
 
@@ -28,6 +30,10 @@ from udp.session import Address, Session, Stranger, stamp
 
 log = logging.getLogger("udp.server")
 
+PACKET_COALESCE_MS = 7.0
+"""The least time between two catch-ups of the packet sessions (``--coalesce-ms``): what the
+room says meanwhile gathers, so each packet carries several frames, as TCP's writer gathers
+them per ``send``. A catch-up after a quiet spell is not delayed."""
 MAX_HELD_BYTES = 32 << 20
 """Bytes all reliable sessions may hold together (``--max-held-bytes``): frames
 sent and not acked yet, each counted once however many hold it, and frames
@@ -38,13 +44,19 @@ class Registry:
     """Who is in session, by address and token; what is owed to them; how they end."""
 
     def __init__(
-        self, core: Core[Session], sock: socket.socket, wake: Callable[[], None], max_held: int
+        self,
+        core: Core[Session],
+        sock: socket.socket,
+        wake: Callable[[], None],
+        max_held: int,
+        coalesce: float,
     ) -> None:
         self.core = core
         self.room = core.room
         self.sock = sock
         self.wake = wake  # the timer's: a session just became busy
         self.max_held = max_held
+        self.coalesce = coalesce
         self.closing = False  # shutting down: nothing is acted on but acks
         self.dropped: Counter[str] = Counter()
         self.by_address: dict[Address, Session] = {}
@@ -53,6 +65,9 @@ class Registry:
         self.held = SharedFrames(stamp)
         self._busy: set[Session] = set()  # reliable sessions with frames in flight
         self._taken: deque[Session] = deque()  # taken over by a resume: to forget
+        # Packet sessions the room has news for, waiting for their next catch-up (``flush``).
+        self.deferred: dict[Session, None] = {}
+        self.packets_due = -math.inf
 
     def current(self, session: Session) -> bool:
         """Whether ``session`` is still the one at its address (it may have ended meanwhile)."""
@@ -76,29 +91,47 @@ class Registry:
             self.dropped["send_failed"] += 1
             log.debug("send to %s:%d failed: %s", address[0], address[1], exc)
 
-    def flush(self, now: float) -> None:
+    def flush(self, now: float, *, at_once: bool = False) -> None:
         """Catch every session up on what the room has for it, in its own ``seq``.
 
         Ending a session (a reliable one that gave up, or held too much) adds
-        ``left`` to the room, so this runs until nothing is new.
+        ``left`` to the room, so this runs until nothing is new. Packet sessions
+        are caught up at most once per ``coalesce`` (and per as long as their
+        last catch-up took): until then they wait in ``deferred`` (``at_once``
+        does not wait).
         """
         self._forget_taken()
-        while pending := self.room.pending():
+        packets_due = at_once or now >= self.packets_due
+        started = time.monotonic()
+        deferred, self.deferred = (self.deferred, {}) if packets_due else ({}, self.deferred)
+        caught = False
+        while pending := list(dict.fromkeys([*deferred, *self.room.pending()])):
+            deferred = {}
             for member in pending:
-                entries = self.room.take(member)
-                if entries is None or not self.current(member):
+                if member.link is not None and not packets_due:
+                    self.deferred[member] = None
                     continue
-                if member.link is not None:
-                    self._queue_packets(member, entries, now)
-                    continue
-                if member.held is not None:
-                    entries = self._hold(member, entries)
-                if member.sender is not None:
-                    for entry in entries:
-                        self.deliver(member, member.push(entry, now))
-                else:
-                    self._send_raw(member, entries)
+                caught = self._catch_up(member, now) or caught
             self.bound_held()
+        if caught:
+            self.packets_due = started + max(self.coalesce, time.monotonic() - started)
+
+    def _catch_up(self, member: Session, now: float) -> bool:
+        """Send ``member`` what the room has for it; True if it is a packet session."""
+        entries = self.room.take(member)
+        if entries is None or not self.current(member):
+            return False
+        if member.link is not None:
+            self._queue_packets(member, entries, now)
+            return True
+        if member.held is not None:
+            entries = self._hold(member, entries)
+        if member.sender is not None:
+            for entry in entries:
+                self.deliver(member, member.push(entry, now))
+        else:
+            self._send_raw(member, entries)
+        return False
 
     def _send_raw(self, member: Session, entries: list[Entry]) -> None:
         """A raw session's entries, one datagram each: no call per datagram but ``sendto``."""
@@ -128,13 +161,15 @@ class Registry:
         """
         link = session.link
         assert link is not None
+        frames: list[bytes] = []
         for entry in entries:
             if isinstance(entry.message, Welcome):
                 session.welcome = stamp(session.prefix(entry), 1)
                 session.sent += 1
                 self.write(session.welcome, session.address)
             else:
-                link.queue(link.next_seq, entry.cache or session.prefix(entry))
+                frames.append(entry.cache or session.prefix(entry))
+        link.queue_all(frames)
         self.send_link(session, now)
 
     def send_link(self, session: Session, now: float) -> None:
@@ -251,6 +286,7 @@ class Registry:
         if self.by_token.get(session.token) is session:
             del self.by_token[session.token]
         self._busy.discard(session)
+        self.deferred.pop(session, None)
         session.close()
 
     def awaiting_acks(self) -> bool:

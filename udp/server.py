@@ -41,12 +41,12 @@ import sys
 import threading
 import time
 
-from common.cli.serverargs import Limits, positive_float, positive_int
+from common.cli.serverargs import Limits, non_negative_float, positive_float, positive_int
 from common.room.sharing import Sharing
 from common.server import main as server_main
 from common.server.core import POLL_INTERVAL, RECV_BYTES, SHUTDOWN_GRACE, Admission, Core
 from udp.inbox import Inbox
-from udp.registry import MAX_HELD_BYTES, Registry
+from udp.registry import MAX_HELD_BYTES, PACKET_COALESCE_MS, Registry
 from udp.session import Address, Session
 from udp.sockets import enlarge_buffers
 
@@ -75,6 +75,7 @@ class UdpChatServer(server_main.Server):
         history: int = 1000,
         sharing: Sharing | None = None,
         max_held_bytes: int = MAX_HELD_BYTES,
+        coalesce: float = PACKET_COALESCE_MS / 1000,
     ) -> None:
         super().__init__()
         self.limits = limits
@@ -94,7 +95,7 @@ class UdpChatServer(server_main.Server):
         self._poller.register(self.sock, select.POLLIN)
         self.address: Address = self.sock.getsockname()[:2]
         self._lock = threading.Lock()
-        self.registry = Registry(self.core, self.sock, self._wake.set, max_held_bytes)
+        self.registry = Registry(self.core, self.sock, self._wake.set, max_held_bytes, coalesce)
         self._caught_up = time.monotonic()
         self.inbox = Inbox(self.core, self.registry, Admission(self._caught_up))
         self._timer_stop = threading.Event()
@@ -124,8 +125,15 @@ class UdpChatServer(server_main.Server):
         waits in memory is one datagram's worth (one ``history`` answer).
         """
         before = time.monotonic()
-        if not self._poller.poll(POLL_INTERVAL * 1000):
-            self._caught_up_at(before)
+        with self._lock:
+            wait = POLL_INTERVAL
+            if self.registry.deferred:  # their catch-up is due then
+                wait = min(wait, max(0.0, self.registry.packets_due - before))
+        if not self._poller.poll(wait * 1000):
+            with self._lock:
+                self._caught_up = before
+                if self.registry.deferred:
+                    self.registry.flush(time.monotonic())
             return
         try:
             for count in range(1, RECV_BATCH + 1):
@@ -201,7 +209,7 @@ class UdpChatServer(server_main.Server):
             self.registry.closing = True
             sessions = list(self.registry.by_address.values())
             self.core.say_bye(sessions, "session")
-            self.registry.flush(now)
+            self.registry.flush(now, at_once=True)
         deadline = now + SHUTDOWN_GRACE
         while time.monotonic() < deadline and self._awaiting_acks():
             self._receive()
@@ -252,6 +260,14 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="what reliable sessions hold in all (sent and not acked, or received ahead of a "
         "gap); past it the one holding most ends as too_slow (default: %(default)s)",
     )
+    parser.add_argument(
+        "--coalesce-ms",
+        type=non_negative_float,
+        default=PACKET_COALESCE_MS,
+        metavar="MS",
+        help="packet sessions are caught up at most once per this many milliseconds, so that "
+        "under load each packet carries more frames; 0 sends at once (default: %(default)s)",
+    )
 
 
 def make(args: argparse.Namespace) -> UdpChatServer:
@@ -262,6 +278,7 @@ def make(args: argparse.Namespace) -> UdpChatServer:
         history=args.history,
         sharing=Sharing.from_args(args),
         max_held_bytes=args.max_held_bytes,
+        coalesce=args.coalesce_ms / 1000,
     )
 
 

@@ -5,7 +5,8 @@ and the benchmark's clients one each: the same rules on both ends. Nothing
 here touches a socket or reads a clock (``now`` is the caller's monotonic
 seconds), and nothing locks: the caller serialises the calls.
 
-Sending. Frames are queued with their ``seq`` (``queue``); ``datagrams(now)``
+Sending. Frames are queued with their ``seq`` (``queue``, or ``queue_all`` for
+several at once); ``datagrams(now)``
 returns every packet to write now, each at most ``MAX_PACKET_BYTES``, packed
 with as many frames as fit, numbered ``0, 1, 2 ...`` and never renumbered:
 
@@ -25,9 +26,13 @@ with as many frames as fit, numbered ``0, 1, 2 ...`` and never renumbered:
 Acknowledging (reliable links). ``on_packet`` records every packet number
 received in a ``RangeSet`` of at most ``MAX_ACK_RANGES`` ranges. An ack is due
 once ``ACK_ELICITING_THRESHOLD`` (2) packets that need one arrived, or
-``MAX_ACK_DELAY`` (25 ms) after the first, less ``ACK_TIMER_SLACK``; it rides in the first packet
-``datagrams`` sends anyway whenever one is waiting, and goes alone only when
-due. Its ``delay`` is how long the largest packet number waited, in ms.
+``MAX_ACK_DELAY`` (25 ms) after the first, less ``ACK_TIMER_SLACK``; it goes alone only
+when due. Before that it rides in a packet ``datagrams`` sends anyway, unless the
+peer's packets come closer together than ``MAX_ACK_DELAY``: then the next one soon
+makes it due, and an ack sent early would only add one (a client of a busy room
+acks the server's packets one in two, not once more for every ``say``; the server
+still acks a client's rare ``say`` in its next packet). Its ``delay`` is how long the
+largest packet number waited, in ms.
 
 Receiving. The caller parses a packet (``common.protocol.packets.parse``),
 checks its token, decodes its frames, then calls ``on_packet`` (False: a
@@ -113,10 +118,16 @@ class PacketLink:
         # Seqs of lost packets still unacknowledged: sent again before anything new.
         self._resend: dict[int, None] = {}
         self._probe = False
-        # Receiving: packet numbers seen, and what the next ack owes.
+        self._start_receiving()
+
+    def _start_receiving(self) -> None:
+        """Receiving: packet numbers seen, and what the next ack owes."""
         self._received = RangeSet(MAX_ACK_RANGES)
         self._largest_received_at = 0.0
         self._eliciting = 0
+        # When the last packet needing an ack came, and how long after the one before it.
+        self._eliciting_at = -math.inf
+        self._eliciting_gap = math.inf
         self._ack_deadline = math.inf
 
     # ---- sending -------------------------------------------------------
@@ -157,6 +168,29 @@ class PacketLink:
         self.held_bytes += len(frame) + HOLD_COST
         if self._shared is not None:
             self._shared.hold(frame)
+
+    def queue_all(self, frames: Sequence[bytes]) -> None:
+        """``queue`` each of ``frames`` in turn, seqs ``next_seq`` on (a writer's pass for one
+        session): the same, at a fraction of the cost per frame."""
+        seq, count = self._next_seq, len(frames)
+        if not self.reliable:
+            if len(self._queue) + count > MAX_BACKLOG:
+                for frame in frames:
+                    self.queue(self._next_seq, frame)
+                return
+            self._queue.extend(zip(range(seq, seq + count), frames, strict=True))
+            self._next_seq += count
+            return
+        unacked = self._unacked
+        if seq + count > next(iter(unacked), seq) + self.window + MAX_BACKLOG:
+            for frame in frames:
+                self.queue(self._next_seq, frame)
+            return
+        unacked.update(zip(range(seq, seq + count), frames, strict=True))
+        self._next_seq += count
+        self.held_bytes += sum(map(len, frames)) + HOLD_COST * count
+        if self._shared is not None:
+            self._shared.hold_all(frames)
 
     def datagrams(self, now: float) -> list[bytes]:
         """Every packet to write at ``now``, in order; runs the timers that are due."""
@@ -248,12 +282,11 @@ class PacketLink:
         return datagrams
 
     def _pack_reliable(self, now: float) -> list[bytes]:
-        """Lost frames again, then new ones, packed, while the window (or a probe) allows.
-
-        The ack owed rides in the first packet; it goes alone only when due. What the window
-        stops waits for the next call, retransmissions first. Run for every session many
-        times a second: written for speed (locals, one pass).
-        """
+        """Lost frames again, then new ones, packed, while the window (or a probe) allows; the
+        ack owed rides in the first. What the window stops waits, resends first. Run for every
+        session many times a second: written for speed (locals, one pass)."""
+        if not self._resend and not self._probe and self._unsent >= self._next_seq:
+            return self._ack_alone(now)
         resend, end, ack = self._plan(now)
         unacked, unsent, congestion = self._unacked, self._unsent, self.recovery.congestion
         line_of = self._line_of
@@ -295,8 +328,14 @@ class PacketLink:
         end = min(self._next_seq, self._window_end())
         congestion = self.recovery.congestion
         open_now = self._probe or congestion.bytes_in_flight < congestion.window
-        ack = self._ack_line(now, due_only=not (open_now and (resend or self._unsent < end)))
+        rides = open_now and (resend or self._unsent < end) and self._eliciting_gap >= MAX_ACK_DELAY
+        ack = self._ack_line(now, due_only=not rides)
         return resend, end, ack
+
+    def _ack_alone(self, now: float) -> list[bytes]:
+        """Nothing to send but the ack: a packet of it alone, if it is due."""
+        ack = self._ack_line(now, due_only=True)
+        return [] if ack is None else [self._finish([ack], [], now)]
 
     def _room_left(self) -> int:
         """Bytes of frames the next packet can hold."""
@@ -381,6 +420,8 @@ class PacketLink:
         if largest is None or pn > largest:
             self._largest_received_at = now
         if self.reliable and eliciting:
+            self._eliciting_gap = now - self._eliciting_at
+            self._eliciting_at = now
             self._eliciting += 1
             self._ack_deadline = min(self._ack_deadline, now + MAX_ACK_DELAY - ACK_TIMER_SLACK)
         return True
@@ -392,15 +433,16 @@ class PacketLink:
         outcome = self.recovery.on_ack(ranges, delay_ms / 1000, now)
         if outcome is None:
             return
-        unacked, shared, freed = self._unacked, self._shared, 0
-        for packet in outcome.acked:
-            for seq in packet.seqs:
-                frame = unacked.pop(seq, None)
-                if frame is not None:
-                    freed += len(frame) + HOLD_COST
-                    if shared is not None:
-                        shared.release(frame)
-        self.held_bytes -= freed
+        pop = self._unacked.pop
+        frames = [
+            frame
+            for packet in outcome.acked
+            for seq in packet.seqs
+            if (frame := pop(seq, None)) is not None
+        ]
+        self.held_bytes -= sum(map(len, frames)) + HOLD_COST * len(frames)
+        if self._shared is not None:
+            self._shared.release_all(frames)
         self._lost(outcome.lost)
 
     def on_frame(self, seq: int, frame: bytes) -> list[bytes] | None:
