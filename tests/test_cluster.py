@@ -623,3 +623,37 @@ def test_the_chat_alone_imports_only_the_standard_library() -> None:
         "assert 'redis' not in sys.modules and 'sqlite3' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=WAIT)
+
+
+@pytest.mark.parametrize("module", ["udp.server", "tcp.server"])
+def test_a_hello_waiting_for_redis_stalls_nobody_else(
+    cluster: Cluster, connect: Connect, redis_server: RedisServer, module: str
+) -> None:
+    """Redis paused (SIGSTOP), a newcomer's hello waits for its claim's answer; meanwhile a
+    user already in answers pings at once: the claim waits outside every transport's lock
+    (and outside the one thread that receives every UDP datagram)."""
+    server = cluster(module)
+    bob: UdpPeer | JsonClient
+    if module == "udp.server":
+        bob = udp_join(server, "bob")
+        newcomer: UdpPeer | JsonClient = UdpPeer(server.address)
+    else:
+        bob, newcomer = connect(server.address, "bob"), connect(server.address)
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        if isinstance(newcomer, UdpPeer):
+            newcomer.send({"type": "hello", "name": "carol"}, envelope=False)
+        else:
+            newcomer.send({"type": "hello", "name": "carol"})
+        time.sleep(0.2)  # the hello is on its way to Redis by now (it only delays the pings)
+        for _ in range(3):
+            bob.send({"type": "ping"})
+            bob.expect("pong", timeout=WAIT)
+        if isinstance(newcomer, UdpPeer):
+            assert newcomer.datagram(0.001) is None, "the hello was answered before the pings"
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    answer = newcomer.recv()
+    assert answer["type"] in ("welcome", "error"), answer
+    assert "Traceback" not in server.log
