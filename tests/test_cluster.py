@@ -657,3 +657,51 @@ def test_a_hello_waiting_for_redis_stalls_nobody_else(
     answer = newcomer.recv()
     assert answer["type"] in ("welcome", "error"), answer
     assert "Traceback" not in server.log
+
+
+def test_a_server_back_after_the_hold_never_shares_a_name(
+    start_server: Start, tmp_path: Path, connect: Connect
+) -> None:
+    """Redis comes back empty while a server is frozen for longer than the restart hold: a
+    server started meanwhile may give the frozen server's user's name to a newcomer. When the
+    frozen server comes back, its user is told the name is gone and its session ends: the room
+    never has two users of one name."""
+    store = RedisServer(tmp_path, persist=False)
+    try:
+        args = ("--rate-limit", "0", "--redis", store.url, "--lease", "40")
+        one, two = start_server("tcp.server", *args), start_server("tcp.server", *args)
+        alice, bob = connect(one.address, "alice"), connect(two.address, "bob")
+        assert alice.expect("joined")["name"] == "bob"
+        store.stop()
+        for client in (alice, bob):  # written: the writers are at rest
+            assert "cannot be reached" in client.expect("error", code="rate_limited")["text"]
+        assert one.proc is not None
+        os.kill(one.proc.pid, signal.SIGSTOP)
+        try:
+            store.start()
+            two.wait_for_log("claimed 1 name")
+            three = start_server("tcp.server", *args)  # it waits out the hold before it listens
+            newcomer = connect(three.address, "alice")  # welcomed
+        finally:
+            os.kill(one.proc.pid, signal.SIGCONT)
+        assert alice.expect("error", code="name_taken")
+        assert alice.expect("bye")
+        carol = connect(one.address)
+        deadline = time.monotonic() + WAIT
+        while True:  # refused until the server has seen Redis again for itself
+            carol.send({"type": "hello", "name": "carol"})
+            answer = carol.recv()
+            if answer["type"] == "welcome" or time.monotonic() > deadline:
+                break
+            assert answer["code"] == "rate_limited", answer
+            time.sleep(0.1)
+        assert answer["type"] == "welcome", answer
+        carol.send({"type": "who"})
+        assert carol.expect("users")["names"] == ["alice", "bob", "carol"]
+        newcomer.send({"type": "say", "text": "still here"})
+        assert carol.expect("msg", text="still here")["from"] == "alice"
+        assert "Traceback" not in one.log + two.log + three.log
+    finally:
+        if store.proc is not None and store.proc.poll() is None:
+            store.proc.kill()
+            store.proc.wait()
