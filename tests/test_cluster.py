@@ -705,3 +705,39 @@ def test_a_server_back_after_the_hold_never_shares_a_name(
         if store.proc is not None and store.proc.poll() is None:
             store.proc.kill()
             store.proc.wait()
+
+
+def test_an_outage_longer_than_the_lease_loses_no_name(
+    cluster: Cluster, connect: Connect, redis_server: RedisServer
+) -> None:
+    """Redis away for three leases, then back with its data: every lease ended meanwhile by
+    Redis's clock, yet nobody is taken out (each server renews before any may reap), every
+    name is still its user's, and nobody is seen to leave or join again."""
+    one, two = cluster("tcp.server"), cluster("tcp.server")
+    alice, bob = connect(one.address, "alice"), connect(two.address, "bob")
+    assert alice.expect("joined")["name"] == "bob"
+    redis_server.stop()
+    for client in (alice, bob):
+        assert "cannot be reached" in client.expect("error", code="rate_limited")["text"]
+    time.sleep(3 * float(LEASE))  # the outage: longer than the lease
+    redis_server.start()
+    for server in (one, two):
+        server.wait_for_log("Redis is back")
+    three = cluster("tcp.server")
+    for name in ("alice", "bob"):
+        newcomer = connect(three.address)
+        deadline = time.monotonic() + WAIT
+        while True:
+            newcomer.send({"type": "hello", "name": name})
+            answer = newcomer.recv()
+            if answer.get("code") != "rate_limited" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # the restart hold
+        assert answer.get("code") == "name_taken", answer
+    time.sleep(2 * float(LEASE))  # past the grace in which nobody is reaped
+    for client in (alice, bob):
+        client.send({"type": "ping"})
+        frames = []
+        while (frame := client.recv())["type"] != "pong":
+            frames.append(frame)
+        assert [f for f in frames if f["type"] in ("joined", "left")] == [], frames
