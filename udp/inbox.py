@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import queue
+import time
 
 from common.protocol.codec import (
     Ack,
@@ -51,6 +53,8 @@ class Inbox:
         self.limits = core.limits
         self.registry = registry
         self.admission = admission
+        # Hellos filed, for the ``udp-hello`` threads to act on (None: stop).
+        self.hellos: queue.SimpleQueue[tuple[Session, Hello, int] | None] = queue.SimpleQueue()
 
     def on_datagram(self, data: bytes, address: Address, now: float) -> None:
         session = self.registry.by_address.get(address)
@@ -258,24 +262,16 @@ class Inbox:
             if not self.admission.may_join(now, len(self.room)):
                 self.registry.drop("admission", address)
                 return
-            try:
-                self._register(address, hello, budget, now)
-                self.registry.strangers.pop(address, None)
-                return
-            except ProtocolError as exc:
-                problem = exc
+            self._register(address, hello, budget, now)
+            return
         assert problem is not None
-        self._refuse_stranger(address, stranger, problem, budget, now)
+        self._refuse_hello(address, problem, budget, now)
 
-    def _refuse_stranger(
-        self,
-        address: Address,
-        stranger: Stranger | None,
-        problem: ProtocolError,
-        budget: int,
-        now: float,
+    def _refuse_hello(
+        self, address: Address, problem: ProtocolError, budget: int, now: float
     ) -> None:
-        """Answer a refused hello within its budget; remember its address, rate limited."""
+        """Answer a refused hello within its budget; its address is rate limited from now on."""
+        stranger = self.registry.strangers.get(address)
         log.debug("%s:%d hello refused: %s", address[0], address[1], problem.code)
         try:
             self.registry.write(encode(Error.of(problem), limit=budget), address)
@@ -292,14 +288,29 @@ class Inbox:
             strangers[address] = Stranger(since=now, bucket=bucket)
 
     def _register(self, address: Address, hello: Hello, budget: int, now: float) -> None:
+        """File a new session and hand its hello to a ``udp-hello`` thread."""
         registry = self.registry
         session = Session(
             address, hello.reliable, self.limits, now, budget, registry.held, packets=hello.packets
         )
         if hello.resume is not None and not hello.packets:
             session.held = []  # a packet session's link holds all but the welcome itself
-        self.room.handle(session, hello)
         registry.add(session)
+        self.hellos.put((session, hello, budget))
+
+    def hello_acted_on(
+        self, session: Session, hello: Hello, budget: int, problem: ProtocolError | None
+    ) -> None:
+        """The room acted on ``session``'s hello (a ``udp-hello`` thread, outside the lock):
+        in the room, it is no stranger any more; refused, it is forgotten and told why."""
+        if not self.registry.current(session):
+            return  # ended meanwhile (timeout, shutdown)
+        if problem is not None or session.stage is not Stage.JOINED:
+            self.registry.forget(session)
+            if problem is not None:
+                self._refuse_hello(session.address, problem, budget, time.monotonic())
+            return
+        self.registry.strangers.pop(session.address, None)
         how = "reliable" if hello.reliable else "raw"
         self.core.joined(session, how + (", packets" if hello.packets else ""))
 
@@ -309,6 +320,9 @@ class Inbox:
         A hello carries no token, so it is answered as anything untrusted is.
         """
         if self.registry.closing:
+            return
+        if session.stage is Stage.NEW:
+            self.registry.drop("hello_under_way", session.address)
             return
         hello = datagram.message if isinstance(datagram.message, Hello) else None
         problem = self.core.hello_again(session, hello, datagram.problem)

@@ -261,7 +261,7 @@ class Registry:
         """Take ``session`` out of the chat (once); the room tells the others why."""
         if not self.current(session):
             return
-        self._forget(session)
+        self.forget(session)
         self.room.leave(session, reason)
         away = session.stage is Stage.AWAY
         self.core.left(session.name, reason, session.summary(), away=away)
@@ -276,10 +276,10 @@ class Registry:
         """The sessions taken over: out of the registry, nobody told."""
         while self._taken:
             session = self._taken.popleft()
-            self._forget(session)
+            self.forget(session)
             log.info("%s resumed from a new address; %s", session.name, session.summary())
 
-    def _forget(self, session: Session) -> None:
+    def forget(self, session: Session) -> None:
         """Out of the registry, and every frame it held let go."""
         if self.by_address.get(session.address) is session:
             del self.by_address[session.address]

@@ -22,6 +22,11 @@ flood being worked through) times nobody out. After every ``FLUSH_EVERY``
 datagrams, when the socket is found empty, and at each turn of the timer,
 every session is caught up on what the room has for it (``Registry.flush``).
 
+* ``udp-hello-N``: act on hellos, each outside the server's lock: on a
+  shared room a claim waits for Redis, and nobody else waits with it. Its
+  session is filed at once (so the welcome finds it), and a hello that
+  comes again meanwhile is dropped: the answer is on its way.
+
 Lock: one server lock (``_lock``) serialises every change to the sessions,
 their sequence numbers and the writes to the socket, so each session's
 datagrams leave in seq order. It is taken outside the room's lock, never
@@ -42,6 +47,7 @@ import threading
 import time
 
 from common.cli.serverargs import Limits, non_negative_float, positive_float, positive_int
+from common.protocol.codec import ProtocolError
 from common.room.sharing import Sharing
 from common.server import main as server_main
 from common.server.core import POLL_INTERVAL, RECV_BYTES, SHUTDOWN_GRACE, Admission, Core
@@ -56,6 +62,9 @@ RECV_BATCH = 256
 FLUSH_EVERY = 32
 """Datagrams read between two catch-ups of the sessions: what they gave the room waits in
 memory meanwhile, and a packet session gets it packed into as few packets as fit."""
+HELLO_THREADS = 4
+"""Hellos acted on at once: on a shared room each waits for Redis (its claim, then its
+``joined`` back through the stream), so a few at a time keep a burst of joins moving."""
 TIMER_RESOLUTION = 0.01
 BUSY_TICK = 0.05
 MAX_SWEEP_INTERVAL = 0.5
@@ -100,6 +109,10 @@ class UdpChatServer(server_main.Server):
         self.inbox = Inbox(self.core, self.registry, Admission(self._caught_up))
         self._timer_stop = threading.Event()
         self._timer = threading.Thread(target=self._run_timer, name="udp-timer", daemon=True)
+        self._hello_threads = [
+            threading.Thread(target=self._run_hellos, name=f"udp-hello-{n}", daemon=True)
+            for n in range(1, HELLO_THREADS + 1)
+        ]
         self._sweep_interval = min(
             MAX_SWEEP_INTERVAL, limits.session_timeout / 5, limits.hello_timeout / 5
         )
@@ -112,6 +125,8 @@ class UdpChatServer(server_main.Server):
 
     def _start(self) -> None:
         self._timer.start()
+        for thread in self._hello_threads:
+            thread.start()
 
     def _turn(self) -> None:
         self._receive()
@@ -169,6 +184,21 @@ class UdpChatServer(server_main.Server):
         with self._lock:
             self._caught_up = now
 
+    def _run_hellos(self) -> None:
+        """Act on hellos, each outside the server's lock: the room may wait for its backplane."""
+        while (item := self.inbox.hellos.get()) is not None:
+            session, hello, budget = item
+            problem: ProtocolError | None = None
+            try:
+                self.room.handle(session, hello)
+            except ProtocolError as exc:
+                problem = exc
+            except Exception:
+                log.exception("failed on a hello from %s", session.label)
+            with self._lock:
+                self.inbox.hello_acted_on(session, hello, budget, problem)
+            self._wake.set()  # the timer sends the welcome
+
     # ---- the timer -----------------------------------------------------
 
     def _run_timer(self) -> None:
@@ -216,6 +246,10 @@ class UdpChatServer(server_main.Server):
         self._timer_stop.set()
         self._wake.set()
         self._timer.join()
+        for _ in self._hello_threads:
+            self.inbox.hellos.put(None)
+        for thread in self._hello_threads:
+            thread.join(SHUTDOWN_GRACE)
         with self._lock:
             for session in sessions:
                 self.registry.end(session, "shutdown")

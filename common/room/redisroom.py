@@ -569,7 +569,9 @@ class RedisBackplane:
         for name, ok in zip(names, won, strict=True):
             if ok:
                 self.publish(Entry.of(Joined(name=name, ts=wall_clock_ms())))
-            else:
+            else:  # the room ends its session when the winner's joined comes
+                with self._state_lock:
+                    self._tokens.pop(name_key(name), None)
                 log.warning("%s's name was taken while this server was away", name)
         log.warning("claimed %d name(s) again", len(names))
 
