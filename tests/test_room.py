@@ -489,30 +489,3 @@ def test_a_member_that_quits_still_gets_what_was_said_before() -> None:
     room.handle(bob, Bye())
     got = bob.read()
     assert [type(m) for m in got] == [Msg, HistoryEnd, HistoryEnd]
-
-
-def test_many_leaving_while_the_lock_is_held_wait_for_nobody_and_are_applied_in_order() -> None:
-    """A thousand connections end while the writer holds the room's lock: not one of their
-    leaves waits for the lock (each is queued, O(1)); the next to take the lock applies them
-    all in one pass, and everyone left gets each ``left``, in the order they ended."""
-    room: Room[Peer] = Room(max_users=2000)
-    watcher = joined(room, "watcher")
-    leavers = [joined(room, f"u{i}") for i in range(1000)]
-    watcher.read()
-    done = threading.Event()
-
-    def leave_all() -> None:
-        for peer in leavers:
-            room.leave(peer, "disconnected")
-        done.set()
-
-    ender = threading.Thread(target=leave_all, name="readers")
-    with room.lock:  # the writer, in the middle of its pass
-        ender.start()
-        assert done.wait(5.0), "a leave waited for the room's lock"
-        assert all(peer.stage is Stage.JOINED for peer in leavers)  # queued, not applied
-    ender.join(5.0)
-    assert room.names() == ["watcher"]
-    assert all(peer.stage is Stage.GONE for peer in leavers)
-    lefts = [m for m in watcher.read() if isinstance(m, Left)]
-    assert [(m.name, m.reason) for m in lefts] == [(f"u{i}", "disconnected") for i in range(1000)]

@@ -43,10 +43,7 @@ Leaving. A member that quits still gets what was said before it left. One
 whose connection ended (``disconnected``) gets only its own frames already
 queued (an ``error``): the room's traffic is not copied for a peer that is
 gone, so many leaving at once cost what is really left to do. One dropped
-as ``too_slow`` gets nothing more. Leaves do not queue on the lock: they are
-gathered and applied in one pass by whoever holds it next (``leave``), so
-thousands of connections ending together cost one ``left`` each, in order,
-and no wait on the lock for each.
+as ``too_slow`` gets nothing more.
 
 Backplane. What the room says to everyone (``joined``, ``left``,
 ``renamed``, ``msg``) and every ``dm`` goes through the room's
@@ -85,12 +82,8 @@ since; one before it, or in another epoch, gets ``resumed: false``.
 
 Locking rule: one lock (``Room.lock``) guards the room: the members, their
 names, stages, cursors and private queues, the log, the history and the
-backlog. Every method takes it (through ``_guard``) but ``leave``, which
-queues the leave in ``_leaving`` (a deque: its append and popleft need no
-lock) and takes the lock only if it is free; whoever takes the lock next
-applies every queued leave first, in order. None does I/O under it, and none
-calls out while holding it; a ``say`` held back waits on an event, with no
-lock held.
+backlog. Every method takes it; none does I/O under it, and none calls out
+while holding it; a ``say`` held back waits on an event, with no lock held.
 After a change that gives someone something to read, the room calls the
 transport's ``wake`` (outside the lock), and after a takeover its
 ``on_taken`` (outside the lock too, from whichever thread brought the
@@ -398,29 +391,6 @@ class LocalBackplane:
         pass
 
 
-class _Guard:
-    """``with room._guard``: the room's lock, taken; on the way in, the leaves queued without
-    it (``Room.leave``) are applied first, so whoever holds the lock sees them done."""
-
-    __slots__ = ("_room",)
-
-    def __init__(self, room: Room[Any]) -> None:
-        self._room = room
-
-    def __enter__(self) -> None:
-        room = self._room
-        room.lock.acquire()
-        if room._leaving:
-            try:
-                room._settle()
-            except BaseException:
-                room.lock.release()
-                raise
-
-    def __exit__(self, *exc: object) -> None:
-        self._room.lock.release()
-
-
 class Room(Generic[M]):
     """The chat's rules and its log. ``wake`` is called when a member has something to read.
 
@@ -450,8 +420,6 @@ class Room(Generic[M]):
         connection took over: the transport closes its connection without a word.
         """
         self.lock = threading.Lock()
-        self._leaving: deque[tuple[M, str]] = deque()  # leaves not applied yet: see ``leave``
-        self._guard = _Guard(self)
         self._changed = threading.Condition(self.lock)
         self._room_for_more = threading.Event()
         self._room_for_more.set()
@@ -560,7 +528,7 @@ class Room(Generic[M]):
             self._room_for_more.wait()
         taken: M | None = None
         elsewhere = False  # the hello resumes a session another server holds
-        with self._guard:
+        with self.lock:
             if member.stage in ENDED:
                 return False
             if isinstance(message, Bye):
@@ -600,54 +568,32 @@ class Room(Generic[M]):
         self.post_entry(member, Entry.of(message))
 
     def post_entry(self, member: M, entry: Entry) -> None:
-        with self._guard:
+        with self.lock:
             self._post(member, entry)
         self._wake()
 
     def leave(self, member: M, reason: str) -> str | None:
         """``member``'s connection ended: out of the room (once), and the others get ``left``;
         its name, or None. A resumable member whose connection broke (``disconnected``,
-        ``timeout``) is only ``AWAY``: it keeps its place, unannounced, for the grace.
-
-        The leave is queued, without the lock, and applied by whoever takes the lock next
-        (here and now if no other leave waits and nobody holds it): thousands of connections
-        ending at once do not queue on the lock one by one; the first to take it (the writer,
-        woken here) applies all that wait, in order, in one pass."""
-        name = member.name if member.stage is Stage.JOINED else None
-        if name is not None and self._stays_away(member, reason):
-            name = None
-        self._leaving.append((member, reason))
-        if len(self._leaving) == 1 and self.lock.acquire(blocking=False):
-            try:
-                self._settle()
-            finally:
-                self.lock.release()
-        self._wake()
-        return name
-
-    def _stays_away(self, member: M, reason: str) -> bool:
-        """Whether ``member``, leaving for ``reason``, only goes ``AWAY`` for the grace."""
-        return (
-            member.hello.resumable
-            and reason in RESUMABLE_REASONS
-            and self._grace > 0
-            and not self._closed
-        )
-
-    def _settle(self) -> None:
-        """Apply the leaves queued since the lock was last taken, oldest first (lock held)."""
-        leaving = self._leaving
-        while leaving:
-            member, reason = leaving.popleft()
-            if member.stage is Stage.NEW:
-                self._move(member, Stage.GONE)
-            elif member.stage is not Stage.JOINED:
-                continue
-            elif self._stays_away(member, reason):
+        ``timeout``) is only ``AWAY``: it keeps its place, unannounced, for the grace."""
+        with self.lock:
+            if member.stage is not Stage.JOINED:
+                if member.stage is Stage.NEW:
+                    self._move(member, Stage.GONE)
+                return None
+            if (
+                member.hello.resumable
+                and reason in RESUMABLE_REASONS
+                and self._grace > 0
+                and not self._closed
+            ):
                 member.away_reason = reason
                 self._move(member, Stage.AWAY)
-            else:
-                self._leave(member, reason)
+                return None
+            name = member.name
+            self._leave(member, reason)
+        self._wake()
+        return name
 
     def expire(self) -> None:
         """Members whose grace is over leave now (the others get ``left``, only now).
@@ -655,7 +601,7 @@ class Room(Generic[M]):
         The transport calls it every so often (a fraction of a second): the room reads its
         clock here and nowhere else for it.
         """
-        with self._guard:
+        with self.lock:
             now = self._clock()
             over = [member for member in self._away if member.away_until <= now]
             for member in over:
@@ -669,7 +615,7 @@ class Room(Generic[M]):
         The backplane then says ``left`` (``shutdown``) for them to the other
         servers, and the archive writes what it has not written yet.
         """
-        with self._guard:
+        with self.lock:
             self._closed = True
             self._room_for_more.set()
         self._backplane.close()
@@ -683,7 +629,7 @@ class Room(Generic[M]):
 
         Once the room is closed its members have had ``bye``: what still comes is not theirs.
         """
-        with self._guard:
+        with self.lock:
             if self._closed:
                 return
             for entry, mine in entries:
@@ -701,7 +647,7 @@ class Room(Generic[M]):
     ) -> None:
         """Start from a shared room's state: its latest messages (those before them up to
         ``floor`` no longer kept), who is in it, its history's ``epoch`` and newest id."""
-        with self._guard:
+        with self.lock:
             self._history.clear()
             self._history.extend((EARLIER, msg) for msg in earlier)
             self._roster = {name_key(name): name for name in names}
@@ -716,7 +662,7 @@ class Room(Generic[M]):
         published it (``mine``: this one). There, the resuming member is in the room from
         here on, nobody told; on the server that held the session, its member is ``TAKEN``."""
         taken: M | None = None
-        with self._guard:
+        with self.lock:
             if self._closed:
                 return
             member = self._claims.get(key) if mine else self._by_key.get(key)
@@ -740,7 +686,7 @@ class Room(Generic[M]):
 
     def tell_everyone(self, message: ServerMessage) -> None:
         """Queue ``message`` to every member in the room (the backplane's news)."""
-        with self._guard:
+        with self.lock:
             entry = Entry.of(message)
             for member in self._members:
                 self._post(member, entry)
@@ -778,7 +724,7 @@ class Room(Generic[M]):
         """The members that may have something new since the last call: the writer's list.
 
         A writer's pass starts here (see ``caught_up``)."""
-        with self._guard:
+        with self.lock:
             self._pass_start, self._pass_end = self._posted, self._end
             if self._end == self._unread:
                 found = list(self._dirty)
@@ -793,7 +739,7 @@ class Room(Generic[M]):
         """A writer's pass ends: everyone who reads has all that was said before it began.
 
         Under the bound again, the readers that wait for room go on."""
-        with self._guard:
+        with self.lock:
             self._caught_up = self._pass_start
             limit = self._max_backlog
             if limit is None or self._posted - self._caught_up <= limit:
@@ -802,7 +748,7 @@ class Room(Generic[M]):
     def backlog(self) -> int:
         """Bytes said since the writer's last finished pass began: what a member that reads
         may be waiting for because the writer is behind."""
-        with self._guard:
+        with self.lock:
             return self._posted - self._caught_up
 
     def take(self, member: M) -> list[Entry]:
@@ -811,7 +757,7 @@ class Room(Generic[M]):
         At most one answer to ``history`` is encoded per call: if more wait,
         the room wakes the writer to come back for them.
         """
-        with self._guard:
+        with self.lock:
             entries = self._collect(member)
             more = bool(member.private)
         if more:
@@ -823,7 +769,7 @@ class Room(Generic[M]):
         of them, in a writer's pass over a busy room) share one join of the same span, which
         holds at least all that was said before the pass began (``pending``): what is said
         during the pass comes in the next one, so that it is joined once, not once each."""
-        with self._guard:
+        with self.lock:
             if not member.private and member.stage is Stage.JOINED:
                 start, stop, lines = self._joined
                 if start != member.cursor or stop < self._pass_end:
@@ -873,7 +819,7 @@ class Room(Generic[M]):
 
     def lag(self, member: M) -> int:
         """Bytes waiting for ``member`` in the room: its part of the log and its private frames."""
-        with self._guard:
+        with self.lock:
             return self._lag(member)
 
     def _lag(self, member: M) -> int:
@@ -884,7 +830,7 @@ class Room(Generic[M]):
 
     def trim(self) -> None:
         """Forget the log entries every member has read (amortised: in big steps)."""
-        with self._guard:
+        with self.lock:
             oldest = min((m.cursor for m in self._members), default=self._end)
             done = oldest - self._base
             if done >= TRIM_EVERY or (done and done * 2 >= len(self._log)):
@@ -895,22 +841,22 @@ class Room(Generic[M]):
 
     def __len__(self) -> int:
         """The members on this server."""
-        with self._guard:
+        with self.lock:
             return len(self._members)
 
     def names(self) -> list[str]:
         """The names in the room, on any server, sorted case-insensitively."""
-        with self._guard:
+        with self.lock:
             return self._sorted_names()
 
     def local_names(self) -> list[str]:
         """The names held by members on this server (away ones too)."""
-        with self._guard:
+        with self.lock:
             return [m.name for m in self._by_key.values()]
 
     def log_size(self) -> int:
         """Entries the log holds now (bounded by trimming)."""
-        with self._guard:
+        with self.lock:
             return len(self._log)
 
     # ---- the rules (lock held) -------------------------------------------
@@ -953,10 +899,10 @@ class Room(Generic[M]):
             else:
                 won = backplane.claim(name, old)
         except Unavailable:
-            with self._guard:
+            with self.lock:
                 self._claims.pop(key, None)
             raise
-        with self._guard:
+        with self.lock:
             if not won:
                 self._claims.pop(key, None)
                 raise NameTaken(f"the name {name} is taken")
