@@ -67,6 +67,11 @@ from tcp.writer import Alarm, Writer
 log = logging.getLogger("tcp.server")
 
 THREAD_STACK_BYTES = 256 * 1024
+IDLE_RECV_BYTES = 4096
+"""What a reader asks for when its last read did not fill its buffer: a ``recv`` holds a buffer
+of the size asked for as long as it waits, so thousands of idle clients (or clients that never
+read, and never send) would each hold 64 KB of the server's memory; a client that streams fills
+its reads, and keeps reading RECV_BYTES at a time."""
 DEFAULT_COALESCE_MS = 7.0
 BACKLOG_SHARE = 4
 """The room's backlog (what the writer is behind on) is held under this share of --max-outbox:
@@ -188,6 +193,7 @@ class ChatServer(server_main.Server):
         framer = LineFramer()
         mode_known = False  # text or JSON: told by the first byte that is not blank
         current: float | None = -1.0  # the socket's timeout, set only when it changes
+        size = IDLE_RECV_BYTES  # what the next recv asks for: see IDLE_RECV_BYTES
         while True:
             timeout = None
             if conn.waiting and (timeout := deadline - time.monotonic()) <= 0:
@@ -199,7 +205,8 @@ class ChatServer(server_main.Server):
             if timeout != current:
                 conn.sock.settimeout(current := timeout)
             try:
-                data = conn.sock.recv(RECV_BYTES)
+                data = conn.sock.recv(size)
+                size = RECV_BYTES if len(data) == size else IDLE_RECV_BYTES
             except TimeoutError:
                 if not unfinished:
                     continue
