@@ -117,7 +117,7 @@ class LoadClient:
         self.index = index
         self.name = f"c{index}"
         self.connect = connect
-        self.retry = Retry(servers, rng.random)
+        self.retry = Retry(servers, rng.random, time.monotonic)
         self.tracker = Tracker()
         self.log: list[Event] = []
         self.resumes: list[Resumed] = []
