@@ -18,21 +18,12 @@ from typing import Any
 
 import pytest
 
+from benchmarks.servers import wait_until as wait_until  # the one bounded wait, for the tests
 from common.cli.runcluster import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"listening on (\S+):(\d+)")
 WAIT = 5.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class ServerProcess:
