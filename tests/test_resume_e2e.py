@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 import redis
 
+from common.cli.serverargs import Limits
 from tests.conftest import WAIT, JsonClient, RedisServer, ServerProcess
 from tests.test_cluster import LEASE
 from tests.test_udp_server import Peers, UdpPeer, peers
+from udp.server import UdpChatServer
 
 Start = Callable[..., ServerProcess]
 Connect = Callable[..., JsonClient]
@@ -315,6 +317,55 @@ def test_a_udp_resume_to_a_spoofed_address_sends_nothing_but_the_welcome(
     victim.send_raw(data)
     got = victim.silence()
     assert sum(len(d) for d in got) <= max(3 * len(data), 256)
+
+
+def test_a_udp_resume_proved_in_a_busy_pass_gets_its_answer_before_what_the_room_said_since() -> (
+    None
+):
+    """The resume's answer waits for the new address to prove itself; then it goes out first.
+
+    The server runs in this process and its receive loop is driven by hand, so that the
+    proof and a message said since the last pass come in one batch, as they do in a busy room.
+    """
+    server = UdpChatServer(Limits(rate_limit=0), port=0)
+    bob, alice, moved = (UdpPeer(server.address) for _ in range(3))
+
+    def feed(peer: UdpPeer, frame: dict[str, Any], session: str | None = None) -> None:
+        if session is not None:
+            frame = {**frame, "session": session}
+        with server._lock:
+            server._on_datagram(json.dumps(frame).encode(), peer.address, time.monotonic())
+
+    def a_pass() -> None:
+        with server._lock:
+            server._flush(time.monotonic())
+
+    try:
+        feed(bob, {"type": "hello", "name": "bob"})
+        a_pass()
+        token = bob.expect("welcome")["session"]
+        feed(alice, {"type": "hello", "name": "alice", "resumable": True})
+        a_pass()
+        welcome = alice.expect("welcome")
+        feed(bob, {"type": "say", "text": "one", "seq": 1}, token)
+        a_pass()
+        after = alice.expect("msg", text="one")["id"]
+        resume = {"session": welcome["session"], "epoch": welcome["epoch"], "after": after}
+        feed(moved, {"type": "hello", "name": "alice", "resumable": True, "resume": resume})
+        a_pass()
+        moved_token = moved.expect("welcome")["session"]
+        feed(bob, {"type": "say", "text": "two", "seq": 2}, token)
+        a_pass()  # held: the new address has not proved itself yet
+        feed(bob, {"type": "say", "text": "three", "seq": 3}, token)
+        feed(moved, {"type": "ping", "seq": 1}, moved_token)  # the proof, in the same pass
+        a_pass()
+        got = [moved.recv() for _ in range(4)]
+        shown = [f.get("text") or f["type"] for f in got if f["type"] != "pong"]
+        assert shown[:3] == ["history_end", "two", "three"]
+    finally:
+        server.sock.close()
+        for peer in (bob, alice, moved):
+            peer.close()
 
 
 # ---- several servers through Redis ----------------------------------------------
