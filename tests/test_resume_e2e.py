@@ -319,9 +319,7 @@ def test_a_udp_resume_to_a_spoofed_address_sends_nothing_but_the_welcome(
     assert sum(len(d) for d in got) <= max(3 * len(data), 256)
 
 
-def test_a_udp_resume_proved_in_a_busy_pass_gets_its_answer_before_what_the_room_said_since() -> (
-    None
-):
+def test_a_udp_resume_proved_mid_batch_is_answered_before_what_was_said_since() -> None:
     """The resume's answer waits for the new address to prove itself; then it goes out first.
 
     The server runs in this process and its receive loop is driven by hand, so that the
