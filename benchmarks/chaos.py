@@ -57,7 +57,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from benchmarks.harness import machine_meta
-from benchmarks.servers import ServerProcess
+from benchmarks.servers import ServerProcess, wait_until
 from common.cli.runcluster import free_port, start_redis
 from common.cli.serverargs import raise_open_file_limit
 from common.protocol.codec import Bye, Error, Hello, Msg, Say, Welcome
@@ -117,7 +117,7 @@ class LoadClient:
         self.index = index
         self.name = f"c{index}"
         self.connect = connect
-        self.retry = Retry(servers, rng.random)
+        self.retry = Retry(servers, rng.random, time.monotonic)
         self.tracker = Tracker()
         self.log: list[Event] = []
         self.resumes: list[Resumed] = []
@@ -511,15 +511,6 @@ def chat(clients: Sequence[LoadClient], rate: float, stop: threading.Event) -> N
         clients[turn].say(numbers[turn])
         turn = (turn + 1) % len(clients)
         due = max(due + period, time.monotonic() - 1.0)  # behind by more than 1 s: no burst
-
-
-def wait_until(condition: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def wait_quiet(clients: Sequence[LoadClient]) -> None:

@@ -107,9 +107,11 @@ class Inbox:
         if not self._token_ok(session, datagram.token):
             return
         session.last_heard = now
-        if session.held is not None:  # its address proved itself: what waited goes out now
+        if session.held is not None:
+            # Its address proved itself: what waited goes out now, and before what the room
+            # said since the last pass (earlier in this batch), which would otherwise pass it.
             held, session.held = session.held, None
-            for entry in held:
+            for entry in held + self.room.take(session):
                 self.room.post_entry(session, entry)
         message, seq = datagram.message, datagram.seq
         if isinstance(message, Ack):

@@ -47,7 +47,7 @@ import threading
 import time
 
 from common.cli.serverargs import Limits, non_negative_float, positive_float, positive_int
-from common.protocol.codec import ProtocolError
+from common.protocol.codec import Hello, ProtocolError
 from common.room.sharing import Sharing
 from common.server import main as server_main
 from common.server.core import POLL_INTERVAL, RECV_BYTES, SHUTDOWN_GRACE, Admission, Core
@@ -187,17 +187,19 @@ class UdpChatServer(server_main.Server):
     def _run_hellos(self) -> None:
         """Act on hellos, each outside the server's lock: the room may wait for its backplane."""
         while (item := self.inbox.hellos.get()) is not None:
-            session, hello, budget = item
-            problem: ProtocolError | None = None
-            try:
-                self.room.handle(session, hello)
-            except ProtocolError as exc:
-                problem = exc
-            except Exception:
-                log.exception("failed on a hello from %s", session.label)
-            with self._lock:
-                self.inbox.hello_acted_on(session, hello, budget, problem)
-            self._wake.set()  # the timer sends the welcome
+            self._act_on_hello(*item)
+
+    def _act_on_hello(self, session: Session, hello: Hello, budget: int) -> None:
+        problem: ProtocolError | None = None
+        try:
+            self.room.handle(session, hello)
+        except ProtocolError as exc:
+            problem = exc
+        except Exception:
+            log.exception("failed on a hello from %s", session.label)
+        with self._lock:
+            self.inbox.hello_acted_on(session, hello, budget, problem)
+        self._wake.set()  # the timer sends the welcome
 
     # ---- the timer -----------------------------------------------------
 
