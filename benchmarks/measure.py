@@ -188,12 +188,15 @@ class LoadSpec:
         if self.generator not in GENERATORS:
             raise ValueError(f"generator must be one of {', '.join(GENERATORS)}")
         if self.generator == "c" and not self.c_supported:
-            raise ValueError("the C generator drives the TCP servers, without slow readers")
+            raise ValueError("the C generator drives TCP without slow readers, and raw UDP 1.0")
 
     @property
     def c_supported(self) -> bool:
-        """Whether the C generator can drive this run: the TCP servers, without slow readers."""
-        return self.server in ("tcp", "assignment") and not self.slow_readers
+        """Whether the C generator can drive this run: the TCP servers without slow readers,
+        and the UDP server's raw 1.0 sessions (reliable ones and packets stay in Python)."""
+        if self.server == "udp":
+            return not (self.reliable or self.packets)
+        return not self.slow_readers
 
     def chosen_generator(self) -> str:
         """The generator that runs: "auto" is C where supported and a compiler is there."""
@@ -291,8 +294,8 @@ def add_generator_argument(parser: argparse.ArgumentParser) -> None:
         "--generator",
         choices=GENERATORS,
         default="auto",
-        help="the clients: c (benchmarks/cgen, TCP and the assignment's server), python, or "
-        "auto: c where it can and a C compiler is there, else python (default)",
+        help="the clients: c (benchmarks/cgen: TCP, the assignment's server, raw UDP 1.0), "
+        "python, or auto: c where it can and a C compiler is there, else python (default)",
     )
 
 
@@ -639,7 +642,7 @@ def _run_c(
     `launch` starts it (here, or inside a namespace), it prints its raw counts as JSON."""
     command = [
         str(cgen.binary()),
-        "--mode", "raw" if spec.server == "assignment" else "json",
+        "--mode", {"tcp": "json", "assignment": "raw", "udp": "udp"}[spec.server],
         "--host", address[0],
         "--port", str(address[1]),
         "--clients", str(spec.clients),
@@ -712,7 +715,7 @@ def _c_result(spec: LoadSpec, raw: Mapping[str, Any]) -> LoadResult:
         send_lag_p50_ms=lag[0],
         send_lag_p99_ms=lag[1],
         retransmitted=0,
-        send_errors=0,
+        send_errors=raw["send_errors"],
         slow_dropped=0,
         too_slow_seen=raw["too_slow_seen"],
         too_slow_after_s=raw["too_slow_after_ns"] / 1e9 if raw["too_slow_seen"] else math.nan,

@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
-    if args.generator == "c":
-        parser.error("the C generator drives the TCP servers only; UDP runs use python")
+    if args.generator == "c" and (args.reliable or args.packets):
+        parser.error("the C generator drives raw UDP 1.0 only (--no-packets, no --reliable)")
     result = run_udp_load(
         clients=args.clients,
         rate=args.rate,

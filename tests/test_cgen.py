@@ -1,6 +1,6 @@
-"""The C load generator (benchmarks/cgen): real short runs against the TCP servers, and the same
-counts as the Python generator on the same schedule, down to duplicates, reorders and markers
-never sent (a scripted server makes them)."""
+"""The C load generator (benchmarks/cgen): real short runs against the TCP servers and raw UDP
+1.0 sessions, and the same counts as the Python generator on the same schedule, down to
+duplicates, reorders and markers never sent (a scripted server makes them)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,15 @@ def test_c_generator_against_the_assignments_server_accounts_for_every_message()
 
     # The assignment's server does not echo a message to its sender.
     _assert_complete(result, recipients=4)
+
+
+@needs_cc
+def test_c_generator_against_raw_udp_sessions_accounts_for_every_message() -> None:
+    result = run_load(dataclasses.replace(SMALL, server="udp", generator="c"))
+
+    assert result.protocol == "udp-raw"
+    assert result.send_errors == 0
+    _assert_complete(result, recipients=5)
 
 
 @needs_cc
@@ -141,11 +150,12 @@ def test_c_and_python_generators_agree_on_duplicates_reorders_and_unexpected() -
 
 
 def test_c_generator_is_chosen_only_where_it_can_run() -> None:
-    assert LoadSpec(server="udp").chosen_generator() == "python"
+    assert LoadSpec(server="udp", packets=True).chosen_generator() == "python"
+    assert LoadSpec(server="udp", reliable=True).chosen_generator() == "python"
     assert LoadSpec(slow_readers=2).chosen_generator() == "python"
     assert LoadSpec(generator="python").chosen_generator() == "python"
     with pytest.raises(ValueError, match="C generator"):
-        LoadSpec(server="udp", generator="c").validate()
+        LoadSpec(server="udp", packets=True, generator="c").validate()
     with pytest.raises(ValueError, match="generator must be"):
         LoadSpec(generator="rust").validate()
 

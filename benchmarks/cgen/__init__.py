@@ -5,8 +5,10 @@ Contract:
                             source; raises CompilerMissing when there is no C compiler
     available() -> bool     whether binary() can succeed (a compiler, or an up-to-date binary)
 
-Why C: the Python clients (benchmarks.clients) cost about a core per 100,000 deliveries/s, so
-on a two-core machine they, not the server, set the pace of the larger runs. loadgen.c follows
+Why C: the Python clients (benchmarks.clients) share the machine's two cores with the server
+and were past the harness's limits in most runs, so they, not the server, may have set the
+pace. It drives the TCP servers (the project's JSON lines, the assignment's raw text) and raw
+UDP 1.0 sessions; reliable UDP and packet sessions stay with the Python clients. loadgen.c follows
 the method of benchmarks.measure step for step (its own comment says how) with one thread and
 one epoll, and prints its raw counts as JSON, which benchmarks.measure turns into a LoadResult.
 The binary lives next to the source in `.build/` (not committed) and is rebuilt whenever

@@ -3,28 +3,34 @@
  * costs a small fraction of a core and the server, not the clients, sets the pace.
  *
  * Usage (benchmarks/measure.py builds the command; it is not meant to be typed):
- *   loadgen --mode json|raw --host H --port P --clients N --period-ns P --warmup-ns W
+ *   loadgen --mode json|raw|udp --host H --port P --clients N --period-ns P --warmup-ns W
  *           --duration-ns D --drain-ns R [--pad K] [--server-pid PID] [--lead-ns L]
  *           [--fractions F,F,...]
  *
  * The method is the one of benchmarks/measure.py, step for step (read its docstring):
  * - mode json speaks the project's TCP protocol (hello, welcome, say, message frames, one JSON
  *   object a line); mode raw the assignment's text server (the first line is the name, every
- *   later line a message, no echo to the sender).
+ *   later line a message, no echo to the sender); mode udp the UDP server's raw 1.0 sessions
+ *   (one frame a datagram, the session's token and a seq in every frame after the welcome, no
+ *   acks).
  * - Clients connect one after the other (json: each waits for its welcome; raw: all, then each
- *   is known to be in the room once it heard of someone's join or someone heard of its own).
+ *   is known to be in the room once it heard of someone's join or someone heard of its own;
+ *   udp: every hello at once, again each second to those without a welcome, 5 times at most).
  * - Open loop: slot s belongs to client s % N, round s / N, and is due at t0 + s * P / N
  *   (integer division), t0 a lead after the last connect. Every say text is the marker
  *   #<client>:<round>:<scheduled ns>. A message counts as sent once its last byte is taken by
- *   the socket; bytes the socket does not take wait in the client's own queue.
+ *   the socket; bytes the socket does not take wait in the client's own queue. A datagram
+ *   counts as sent when it is written, or refused (then it is a send error, lost as on a net).
  * - Latency is arrival minus scheduled time; the measured window is [t0 + W, t0 + W + D).
- *   An arrival is one recv, of which only the whole lines count (the rest waits for the next).
+ *   An arrival is one recv, of which only the whole lines count (the rest waits for the next;
+ *   a datagram counts whole).
  *   Its markers found while the window runs count as the window's deliveries; each marker is
  *   unexpected (never sent), a duplicate (seen before by this client), a reorder (older than
  *   one already seen from its sender) or new; a new one of a message due in the window gives
  *   a latency.
  * - After the window, the drain: until every message sent reached every recipient and no
- *   queue waits, or until the drain time is over. What arrives later is not read.
+ *   queue waits, or until the drain time is over; udp also once nothing new came for half a
+ *   second (what raw UDP lost never comes). What arrives later is not read.
  * - The server's CPU (/proc/PID/stat ticks) and this process's CPU (getrusage) are read when
  *   the window starts and when it ends.
  * - One clock, CLOCK_MONOTONIC, the clock of Python's time.monotonic_ns().
@@ -60,6 +66,10 @@
 #define PROGRESS_NS 1000000000LL
 #define MAX_EVENTS 64
 #define MAX_FRACTIONS 32
+#define DATAGRAM_BYTES 65536
+#define UDP_BUFFER_BYTES (4 << 20)
+#define HELLO_TRIES 5
+#define QUIET_NS 500000000LL
 
 typedef struct {
     int64_t *items;
@@ -87,10 +97,12 @@ typedef struct {
     int64_t *newest; /* per sender: the newest scheduled time seen from it */
     uint8_t *seen;   /* bitmap over slots */
     int64_t too_slow_ns;
+    char token[72]; /* udp: the session's token, empty until the welcome */
+    int64_t next_seq;
 } Client;
 
 static struct {
-    int raw;
+    int raw, udp;
     const char *host, *port;
     int n;
     int64_t period, warmup, duration, drain, lead;
@@ -103,6 +115,7 @@ static struct {
 static Client *clients;
 static int64_t t0, start_ns, end_ns, nslots;
 static uint8_t *sent_bits;
+static int64_t send_errors;
 static int64_t sent_total, sent_in_window, received_marks, in_window;
 static int64_t duplicates, reorders, unexpected;
 static Vec latencies, lags;
@@ -215,6 +228,17 @@ static void set_watch(int ep, Client *c, int out) {
 
 static int blocked(const Client *c) { return c->out_len > c->out_off && !c->broken; }
 
+static void mark_sent(int64_t slot) {
+    sent_bits[slot >> 3] |= (uint8_t)(1 << (slot & 7));
+    sent_total++;
+    if (due(slot) >= start_ns && due(slot) < end_ns) sent_in_window++;
+}
+
+/* A datagram is written whole or not at all; one the kernel refuses is lost, as on a net. */
+static void send_datagram(Client *c, const char *data, size_t len) {
+    if (send(c->fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT) < 0) send_errors++;
+}
+
 /* Write what the socket takes; a message counts as sent once its last byte is taken. */
 static void flush(Client *c) {
     if (c->broken || c->out_len == c->out_off) return;
@@ -228,19 +252,24 @@ static void flush(Client *c) {
     c->written_bytes += written;
     if (c->out_off == c->out_len) c->out_off = c->out_len = 0;
     while (c->q_len && c->queue[c->q_head].end <= c->written_bytes) {
-        int64_t slot = c->queue[c->q_head].slot;
-        sent_bits[slot >> 3] |= (uint8_t)(1 << (slot & 7));
-        sent_total++;
-        int64_t sched = due(slot);
-        if (sched >= start_ns && sched < end_ns) sent_in_window++;
+        mark_sent(c->queue[c->q_head].slot);
         c->q_head = (c->q_head + 1) % c->q_cap;
         c->q_len--;
     }
 }
 
 static void send_say(Client *c, int64_t slot) {
-    char frame[128];
+    char frame[256];
     int64_t k = slot / opt.n, sched = due(slot);
+    if (opt.udp) {
+        int size = snprintf(frame, sizeof frame,
+                            "{\"type\":\"say\",\"text\":\"#%d:%lld:%lld\",\"session\":\"%s\",\"seq\":%lld}",
+                            c->index, (long long)k, (long long)sched, c->token,
+                            (long long)c->next_seq++);
+        mark_sent(slot);
+        send_datagram(c, frame, (size_t)size);
+        return;
+    }
     int size = opt.raw ? snprintf(frame, sizeof frame, "#%d:%lld:%lld", c->index, (long long)k,
                                   (long long)sched)
                        : snprintf(frame, sizeof frame, "{\"type\":\"say\",\"text\":\"#%d:%lld:%lld",
@@ -370,10 +399,18 @@ static char *recv_buffer;
 static int on_readable(Client *c) {
     size_t kept = c->pending_len;
     memcpy(recv_buffer, c->pending, kept);
-    ssize_t size = recv(c->fd, recv_buffer + kept, RECV_BYTES, MSG_DONTWAIT);
-    if (size < 0) return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
-    if (size == 0) return 0;
+    ssize_t size = recv(c->fd, recv_buffer + kept, opt.udp ? DATAGRAM_BYTES : RECV_BYTES,
+                        MSG_DONTWAIT);
+    if (size < 0)
+        /* refused: an ICMP error from an earlier send; the next datagram may be fine */
+        return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR ||
+               (opt.udp && errno == ECONNREFUSED);
+    if (size == 0 && !opt.udp) return 0;
     int64_t now = now_ns();
+    if (opt.udp) {
+        if (size) take_lines(c, recv_buffer, (size_t)size, now);
+        return 1;
+    }
     size_t total = kept + (size_t)size, cut = total;
     while (cut > 0 && recv_buffer[cut - 1] != '\n') cut--;
     size_t rest = total - cut;
@@ -387,11 +424,17 @@ static int on_readable(Client *c) {
 /* ---- connecting ---- */
 
 static int open_socket(void) {
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *found;
+    int type = opt.udp ? SOCK_DGRAM : SOCK_STREAM;
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = type}, *found;
     int error = getaddrinfo(opt.host, opt.port, &hints, &found);
     if (error) die("%s:%s: %s", opt.host, opt.port, gai_strerror(error));
-    int fd = socket(found->ai_family, SOCK_STREAM, 0);
+    int fd = socket(found->ai_family, type, 0);
     if (fd < 0) die("socket: %s", strerror(errno));
+    if (opt.udp) {
+        int size = UDP_BUFFER_BYTES;
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+        setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof size);
+    }
     struct timeval timeout = {.tv_sec = CONNECT_TIMEOUT_S};
     setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
@@ -399,7 +442,7 @@ static int open_socket(void) {
         die("connect to %s:%s: %s", opt.host, opt.port, strerror(errno));
     freeaddrinfo(found);
     int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (!opt.udp) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     return fd;
 }
 
@@ -497,6 +540,50 @@ static void join_raw(void) {
     free(heard);
 }
 
+/* UDP: every hello at once, then again each second to those still without a welcome, five
+ * times at most; the token is read off the welcome. */
+static void join_udp(void) {
+    char line[64];
+    struct pollfd *fds = xalloc((size_t)opt.n * sizeof *fds);
+    for (int i = 0; i < opt.n; i++) fds[i] = (struct pollfd){.fd = clients[i].fd, .events = POLLIN};
+    for (int try = 0; try < HELLO_TRIES; try++) {
+        int waiting = 0;
+        for (int i = 0; i < opt.n; i++) {
+            if (clients[i].token[0]) continue;
+            waiting++;
+            int size = snprintf(line, sizeof line, "{\"type\":\"hello\",\"name\":\"c%d\"}", i);
+            send_datagram(&clients[i], line, (size_t)size);
+        }
+        if (!waiting) break;
+        int64_t deadline = now_ns() + 1000000000LL;
+        while (waiting) {
+            int64_t left = deadline - now_ns();
+            int ready = left > 0 ? poll(fds, (nfds_t)opt.n, (int)(left / 1000000)) : 0;
+            if (ready < 0 && errno == EINTR) continue;
+            if (ready <= 0) break;
+            for (int i = 0; i < opt.n; i++) {
+                if (!fds[i].revents) continue;
+                ssize_t n = recv(fds[i].fd, recv_buffer, DATAGRAM_BYTES, MSG_DONTWAIT);
+                if (n <= 0) continue;
+                recv_buffer[n] = 0;
+                const char *at = strstr(recv_buffer, "\"session\":\"");
+                if (clients[i].token[0] || strncmp(recv_buffer, "{\"type\":\"welcome\"", 17) || !at)
+                    continue;
+                at += 11;
+                size_t len = strspn(at, "0123456789abcdef");
+                if (!len || len >= sizeof clients[i].token) continue;
+                memcpy(clients[i].token, at, len);
+                clients[i].token[len] = 0;
+                waiting--;
+            }
+        }
+    }
+    int missing = 0;
+    for (int i = 0; i < opt.n; i++) missing += !clients[i].token[0];
+    if (missing) die("%d of %d UDP clients got no welcome", missing, opt.n);
+    free(fds);
+}
+
 static void connect_all(void) {
     clients = xalloc((size_t)opt.n * sizeof *clients);
     for (int i = 0; i < opt.n; i++) {
@@ -506,10 +593,12 @@ static void connect_all(void) {
         c->pending = xalloc(MAX_PENDING);
         c->newest = xalloc((size_t)opt.n * sizeof *c->newest);
         for (int j = 0; j < opt.n; j++) c->newest[j] = -1;
+        c->next_seq = 1;
         c->fd = open_socket();
-        if (!opt.raw) join_json(c);
+        if (!opt.raw && !opt.udp) join_json(c);
     }
     if (opt.raw) join_raw();
+    if (opt.udp) join_udp();
     for (int i = 0; i < opt.n; i++) {
         int flags = fcntl(clients[i].fd, F_GETFL);
         fcntl(clients[i].fd, F_SETFL, flags | O_NONBLOCK);
@@ -541,8 +630,10 @@ static void parse_args(int argc, char **argv) {
         if (i + 1 >= argc) die("%s needs a value", key);
         const char *value = argv[++i];
         if (!strcmp(key, "--mode")) {
-            if (strcmp(value, "json") && strcmp(value, "raw")) die("--mode is json or raw");
+            if (strcmp(value, "json") && strcmp(value, "raw") && strcmp(value, "udp"))
+                die("--mode is json, raw or udp");
             opt.raw = !strcmp(value, "raw");
+            opt.udp = !strcmp(value, "udp");
         } else if (!strcmp(key, "--host")) {
             opt.host = value;
         } else if (!strcmp(key, "--port")) {
@@ -617,7 +708,7 @@ int main(int argc, char **argv) {
             die("epoll_ctl: %s", strerror(errno));
     }
 
-    int64_t window_start = 0, window_end = 0, drain_deadline = 0;
+    int64_t window_start = 0, window_end = 0, drain_deadline = 0, drain_marks = 0, drain_change = 0;
     long long ticks_start = 0, ticks_end = 0;
     double cpu_start = 0, cpu_end = 0;
     int open_count = opt.n;
@@ -637,6 +728,8 @@ int main(int argc, char **argv) {
             cpu_end = own_cpu_s();
             window_end = now_ns();
             drain_deadline = end_ns + opt.drain;
+            drain_marks = received_marks;
+            drain_change = window_end;
             progress("draining");
         }
         if (window_start && !window_end && now >= next_progress) {
@@ -650,8 +743,10 @@ int main(int argc, char **argv) {
         if (window_end) {
             int any_blocked = 0;
             for (int i = 0; i < opt.n && !any_blocked; i++) any_blocked = blocked(&clients[i]);
+            if (received_marks != drain_marks) drain_marks = received_marks, drain_change = now;
             if (now >= drain_deadline || !open_count ||
-                (received_marks >= sent_total * recipients() && !any_blocked))
+                (received_marks >= sent_total * recipients() && !any_blocked) ||
+                (opt.udp && now - drain_change >= QUIET_NS))
                 break;
         }
         int64_t wake = now + IDLE_WAIT_NS;
@@ -659,6 +754,7 @@ int main(int argc, char **argv) {
         if (!window_start && start_ns < wake) wake = start_ns;
         if (!window_end && end_ns < wake) wake = end_ns;
         if (window_end && drain_deadline < wake) wake = drain_deadline;
+        if (window_end && opt.udp && drain_change + QUIET_NS < wake) wake = drain_change + QUIET_NS;
         if (!window_end && window_start && next_progress < wake) wake = next_progress;
         int64_t wait = wake - now_ns();
         if (wait < 0) wait = 0;
@@ -689,7 +785,12 @@ int main(int argc, char **argv) {
     long long peak_kb = server_status("VmHWM"), threads = server_status("Threads");
     for (int i = 0; i < opt.n; i++) {
         Client *c = &clients[i];
-        if (!opt.raw && c->out_len == c->out_off)
+        if (opt.udp) {
+            char bye[160];
+            int size = snprintf(bye, sizeof bye, "{\"type\":\"bye\",\"session\":\"%s\",\"seq\":%lld}",
+                                c->token, (long long)c->next_seq);
+            send_datagram(c, bye, (size_t)size);
+        } else if (!opt.raw && c->out_len == c->out_off)
             send(c->fd, "{\"type\":\"bye\"}\n", 15, MSG_NOSIGNAL | MSG_DONTWAIT);
         shutdown(c->fd, SHUT_RDWR);
         close(c->fd);
@@ -706,6 +807,7 @@ int main(int argc, char **argv) {
     printf("\"server_cpu_ticks\":%lld,\"clock_ticks_per_s\":%ld,",
            opt.server_pid > 0 ? ticks_end - ticks_start : -1LL, sysconf(_SC_CLK_TCK));
     printf("\"server_peak_rss_kb\":%lld,\"server_threads\":%lld,", peak_kb, threads);
+    printf("\"send_errors\":%lld,", (long long)send_errors);
     printf("\"offered\":%lld,\"sent\":%lld,\"in_window\":%lld,\"received\":%zu,",
            (long long)offered, (long long)sent_in_window, (long long)in_window, latencies.len);
     printf("\"duplicates\":%lld,\"reorders\":%lld,\"unexpected\":%lld,", (long long)duplicates,
