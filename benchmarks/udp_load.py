@@ -4,6 +4,7 @@ Contract:
     python -m benchmarks.udp_load [--clients 100] [--rate 10] [--duration 10] [--warmup 1]
                                   [--drain 3] [--reliable] [--no-packets]
                                   [--relay-loss FRACTION] [--threads N] [--json]
+                                  [--generator auto|c|python]  (c: raw 1.0 only)
     run_udp_load(clients=..., rate=..., duration=..., reliable=..., packets=...,
                  relay_loss=...) -> LoadResult
 
