@@ -188,14 +188,14 @@ class LoadSpec:
         if self.generator not in GENERATORS:
             raise ValueError(f"generator must be one of {', '.join(GENERATORS)}")
         if self.generator == "c" and not self.c_supported:
-            raise ValueError("the C generator drives TCP without slow readers, and raw UDP 1.0")
+            raise ValueError("the C generator drives TCP without slow readers, and raw UDP")
 
     @property
     def c_supported(self) -> bool:
         """Whether the C generator can drive this run: the TCP servers without slow readers,
-        and the UDP server's raw 1.0 sessions (reliable ones and packets stay in Python)."""
+        and the UDP server's raw sessions, 1.0 and packets (reliable ones stay in Python)."""
         if self.server == "udp":
-            return not (self.reliable or self.packets)
+            return not self.reliable
         return not self.slow_readers
 
     def chosen_generator(self) -> str:
@@ -294,7 +294,7 @@ def add_generator_argument(parser: argparse.ArgumentParser) -> None:
         "--generator",
         choices=GENERATORS,
         default="auto",
-        help="the clients: c (benchmarks/cgen: TCP, the assignment's server, raw UDP 1.0), "
+        help="the clients: c (benchmarks/cgen: TCP, the assignment's server, raw UDP), "
         "python, or auto: c where it can and a C compiler is there, else python (default)",
     )
 
@@ -627,6 +627,9 @@ def _summarise(
     )
 
 
+_C_MODES = {"tcp": "json", "assignment": "raw", "udp": "udp"}
+"""What the C generator speaks to each server (raw UDP packet sessions: "packets")."""
+
 _C_FRACTIONS = (0.5, 0.95, 0.99, 1.0, *(p / 100 for p in PERCENTILES))
 """The nearest ranks the C generator is asked for: p50, p95, p99, max, then PERCENTILES."""
 
@@ -642,7 +645,7 @@ def _run_c(
     `launch` starts it (here, or inside a namespace), it prints its raw counts as JSON."""
     command = [
         str(cgen.binary()),
-        "--mode", {"tcp": "json", "assignment": "raw", "udp": "udp"}[spec.server],
+        "--mode", "packets" if spec.packets else _C_MODES[spec.server],
         "--host", address[0],
         "--port", str(address[1]),
         "--clients", str(spec.clients),
@@ -727,6 +730,8 @@ def _c_result(spec: LoadSpec, raw: Mapping[str, Any]) -> LoadResult:
         harness_cpu_us_per_delivery=1e6 * harness_cpu_s / in_window if in_window else math.nan,
         server_clean_exit=None,
         server_cpu_ticks=ticks,
+        # a raw packet session sends no acks
+        acks_per_packet=0.0 if spec.packets and raw["packets_received"] else math.nan,
         generator="c",
     )
 

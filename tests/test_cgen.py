@@ -1,6 +1,6 @@
 """The C load generator (benchmarks/cgen): real short runs against the TCP servers and raw UDP
-1.0 sessions, and the same counts as the Python generator on the same schedule, down to
-duplicates, reorders and markers never sent (a scripted server makes them)."""
+sessions (1.0 and packets), and the same counts as the Python generator on the same schedule,
+down to duplicates, reorders and markers never sent (a scripted server makes them)."""
 
 from __future__ import annotations
 
@@ -61,12 +61,15 @@ def test_c_generator_against_the_assignments_server_accounts_for_every_message()
 
 
 @needs_cc
-def test_c_generator_against_raw_udp_sessions_accounts_for_every_message() -> None:
-    result = run_load(dataclasses.replace(SMALL, server="udp", generator="c"))
+@pytest.mark.parametrize("packets", [False, True], ids=["1.0", "packets"])
+def test_c_generator_against_raw_udp_sessions_accounts_for_every_message(packets: bool) -> None:
+    result = run_load(dataclasses.replace(SMALL, server="udp", packets=packets, generator="c"))
 
-    assert result.protocol == "udp-raw"
+    assert result.protocol == ("udp-raw-packets" if packets else "udp-raw")
     assert result.send_errors == 0
     _assert_complete(result, recipients=5)
+    if packets:
+        assert result.acks_per_packet == 0  # raw packet sessions send no acks
 
 
 @needs_cc
@@ -150,12 +153,12 @@ def test_c_and_python_generators_agree_on_duplicates_reorders_and_unexpected() -
 
 
 def test_c_generator_is_chosen_only_where_it_can_run() -> None:
-    assert LoadSpec(server="udp", packets=True).chosen_generator() == "python"
+    assert LoadSpec(server="udp", reliable=True, packets=True).chosen_generator() == "python"
     assert LoadSpec(server="udp", reliable=True).chosen_generator() == "python"
     assert LoadSpec(slow_readers=2).chosen_generator() == "python"
     assert LoadSpec(generator="python").chosen_generator() == "python"
     with pytest.raises(ValueError, match="C generator"):
-        LoadSpec(server="udp", packets=True, generator="c").validate()
+        LoadSpec(server="udp", reliable=True, generator="c").validate()
     with pytest.raises(ValueError, match="generator must be"):
         LoadSpec(generator="rust").validate()
 

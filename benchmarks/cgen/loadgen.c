@@ -3,7 +3,7 @@
  * costs a small fraction of a core and the server, not the clients, sets the pace.
  *
  * Usage (benchmarks/measure.py builds the command; it is not meant to be typed):
- *   loadgen --mode json|raw|udp --host H --port P --clients N --period-ns P --warmup-ns W
+ *   loadgen --mode json|raw|udp|packets --host H --port P --clients N --period-ns P --warmup-ns W
  *           --duration-ns D --drain-ns R [--pad K] [--server-pid PID] [--lead-ns L]
  *           [--fractions F,F,...]
  *
@@ -12,7 +12,10 @@
  *   object a line); mode raw the assignment's text server (the first line is the name, every
  *   later line a message, no echo to the sender); mode udp the UDP server's raw 1.0 sessions
  *   (one frame a datagram, the session's token and a seq in every frame after the welcome, no
- *   acks).
+ *   acks); mode packets its raw packet sessions (protocol v1.2: after the welcome every
+ *   datagram is a packet, a header line {"pn":N,"session":T} then frames; a ping proves the
+ *   client's address at once and again each second until a packet comes; a packet number seen
+ *   before, or 65,536 or more from the largest, is dropped; raw sessions send no acks).
  * - Clients connect one after the other (json: each waits for its welcome; raw: all, then each
  *   is known to be in the room once it heard of someone's join or someone heard of its own;
  *   udp: every hello at once, again each second to those without a welcome, 5 times at most).
@@ -70,6 +73,9 @@
 #define UDP_BUFFER_BYTES (4 << 20)
 #define HELLO_TRIES 5
 #define QUIET_NS 500000000LL
+#define PN_WINDOW (1 << 16)
+#define MAX_PN (1LL << 30)
+#define PROOF_INTERVAL_NS 1000000000LL
 
 typedef struct {
     int64_t *items;
@@ -99,10 +105,14 @@ typedef struct {
     int64_t too_slow_ns;
     char token[72]; /* udp: the session's token, empty until the welcome */
     int64_t next_seq;
+    int64_t next_pn, largest_pn, packets_received; /* packets */
+    int64_t proof_due;                             /* packets: when to ping again; 0: proven */
+    uint8_t *pns;                                  /* packets: bitmap of the numbers seen */
+    size_t pns_bytes;
 } Client;
 
 static struct {
-    int raw, udp;
+    int raw, udp, packets;
     const char *host, *port;
     int n;
     int64_t period, warmup, duration, drain, lead;
@@ -258,16 +268,33 @@ static void flush(Client *c) {
     }
 }
 
+/* A UDP client frame: `body` is a JSON object without its closing brace; 1.0 adds the token
+ * and the next seq, a packet session puts it with its seq in a packet of its own. */
+static void send_udp_frame(Client *c, const char *body) {
+    char out[512];
+    int size = opt.packets
+                   ? snprintf(out, sizeof out, "{\"pn\":%lld,\"session\":\"%s\"}\n%s,\"seq\":%lld}\n",
+                              (long long)c->next_pn++, c->token, body, (long long)c->next_seq)
+                   : snprintf(out, sizeof out, "%s,\"session\":\"%s\",\"seq\":%lld}", body,
+                              c->token, (long long)c->next_seq);
+    c->next_seq++;
+    send_datagram(c, out, (size_t)size);
+}
+
+/* A packet session proves its address with a ping, again each second until a packet comes. */
+static void prove(Client *c, int64_t now) {
+    send_udp_frame(c, "{\"type\":\"ping\"");
+    c->proof_due = now + PROOF_INTERVAL_NS;
+}
+
 static void send_say(Client *c, int64_t slot) {
     char frame[256];
     int64_t k = slot / opt.n, sched = due(slot);
     if (opt.udp) {
-        int size = snprintf(frame, sizeof frame,
-                            "{\"type\":\"say\",\"text\":\"#%d:%lld:%lld\",\"session\":\"%s\",\"seq\":%lld}",
-                            c->index, (long long)k, (long long)sched, c->token,
-                            (long long)c->next_seq++);
+        snprintf(frame, sizeof frame, "{\"type\":\"say\",\"text\":\"#%d:%lld:%lld\"", c->index,
+                 (long long)k, (long long)sched);
         mark_sent(slot);
-        send_datagram(c, frame, (size_t)size);
+        send_udp_frame(c, frame);
         return;
     }
     int size = opt.raw ? snprintf(frame, sizeof frame, "#%d:%lld:%lld", c->index, (long long)k,
@@ -393,6 +420,36 @@ static void take_lines(Client *c, const char *data, size_t len, int64_t now) {
     if (now >= start_ns && now < end_ns) in_window += found;
 }
 
+/* One packet of a packet session: a welcome again, a datagram that is no packet, a number
+ * seen before or too far off are dropped; the frames of the others are taken as lines. */
+static void take_packet(Client *c, const char *data, size_t len, int64_t now) {
+    static const char welcome[] = "{\"type\":\"welcome\"", head[] = "{\"pn\":";
+    if (len >= sizeof welcome - 1 && !memcmp(data, welcome, sizeof welcome - 1)) return;
+    if (len < sizeof head - 1 || memcmp(data, head, sizeof head - 1)) return;
+    const char *end = data + len, *p = data + sizeof head - 1;
+    int d = digits(p, end);
+    if (!d || d > 18) return;
+    int64_t pn = 0;
+    for (int i = 0; i < d; i++) pn = pn * 10 + (p[i] - '0');
+    const char *newline = memchr(p, '\n', (size_t)(end - p));
+    if (!newline || newline + 1 == end) return; /* a packet holds at least one frame */
+    if (c->packets_received && llabs(pn - c->largest_pn) >= PN_WINDOW) return;
+    if (pn >= MAX_PN) return;
+    size_t byte = (size_t)(pn >> 3);
+    if (byte >= c->pns_bytes) {
+        size_t size = 2 * byte + 4096;
+        c->pns = xrealloc(c->pns, size);
+        memset(c->pns + c->pns_bytes, 0, size - c->pns_bytes);
+        c->pns_bytes = size;
+    }
+    if (c->pns[byte] & (1 << (pn & 7))) return;
+    c->pns[byte] |= (uint8_t)(1 << (pn & 7));
+    if (!c->packets_received || pn > c->largest_pn) c->largest_pn = pn;
+    c->packets_received++;
+    c->proof_due = 0;
+    take_lines(c, newline + 1, (size_t)(end - newline - 1), now);
+}
+
 static char *recv_buffer;
 
 /* Read one chunk; 0 when the connection is over. */
@@ -408,7 +465,10 @@ static int on_readable(Client *c) {
     if (size == 0 && !opt.udp) return 0;
     int64_t now = now_ns();
     if (opt.udp) {
-        if (size) take_lines(c, recv_buffer, (size_t)size, now);
+        if (opt.packets && c->token[0])
+            take_packet(c, recv_buffer, (size_t)size, now);
+        else if (size)
+            take_lines(c, recv_buffer, (size_t)size, now);
         return 1;
     }
     size_t total = kept + (size_t)size, cut = total;
@@ -551,7 +611,8 @@ static void join_udp(void) {
         for (int i = 0; i < opt.n; i++) {
             if (clients[i].token[0]) continue;
             waiting++;
-            int size = snprintf(line, sizeof line, "{\"type\":\"hello\",\"name\":\"c%d\"}", i);
+            int size = snprintf(line, sizeof line, "{\"type\":\"hello\",\"name\":\"c%d\"%s}", i,
+                                opt.packets ? ",\"packets\":true" : "");
             send_datagram(&clients[i], line, (size_t)size);
         }
         if (!waiting) break;
@@ -565,6 +626,10 @@ static void join_udp(void) {
                 if (!fds[i].revents) continue;
                 ssize_t n = recv(fds[i].fd, recv_buffer, DATAGRAM_BYTES, MSG_DONTWAIT);
                 if (n <= 0) continue;
+                if (opt.packets && clients[i].token[0]) {
+                    take_packet(&clients[i], recv_buffer, (size_t)n, now_ns());
+                    continue;
+                }
                 recv_buffer[n] = 0;
                 const char *at = strstr(recv_buffer, "\"session\":\"");
                 if (clients[i].token[0] || strncmp(recv_buffer, "{\"type\":\"welcome\"", 17) || !at)
@@ -575,6 +640,9 @@ static void join_udp(void) {
                 memcpy(clients[i].token, at, len);
                 clients[i].token[len] = 0;
                 waiting--;
+                if (opt.packets && !strstr(recv_buffer, "\"packets\":true"))
+                    die("client %d: the server did not grant a packet session", i);
+                if (opt.packets) prove(&clients[i], now_ns());
             }
         }
     }
@@ -630,10 +698,12 @@ static void parse_args(int argc, char **argv) {
         if (i + 1 >= argc) die("%s needs a value", key);
         const char *value = argv[++i];
         if (!strcmp(key, "--mode")) {
-            if (strcmp(value, "json") && strcmp(value, "raw") && strcmp(value, "udp"))
-                die("--mode is json, raw or udp");
+            if (strcmp(value, "json") && strcmp(value, "raw") && strcmp(value, "udp") &&
+                strcmp(value, "packets"))
+                die("--mode is json, raw, udp or packets");
             opt.raw = !strcmp(value, "raw");
-            opt.udp = !strcmp(value, "udp");
+            opt.packets = !strcmp(value, "packets");
+            opt.udp = opt.packets || !strcmp(value, "udp");
         } else if (!strcmp(key, "--host")) {
             opt.host = value;
         } else if (!strcmp(key, "--port")) {
@@ -712,6 +782,7 @@ int main(int argc, char **argv) {
     long long ticks_start = 0, ticks_end = 0;
     double cpu_start = 0, cpu_end = 0;
     int open_count = opt.n;
+    int64_t next_proof_check = 0;
     int64_t next_progress = start_ns + PROGRESS_NS, last_marks = 0, last_progress = start_ns;
     struct epoll_event events[MAX_EVENTS];
     for (;;) {
@@ -723,6 +794,11 @@ int main(int argc, char **argv) {
             last_marks = received_marks;
         }
         send_due(ep, now);
+        if (opt.packets && now >= next_proof_check) {
+            next_proof_check = now + PROOF_INTERVAL_NS / 10;
+            for (int i = 0; i < opt.n; i++)
+                if (clients[i].proof_due && now >= clients[i].proof_due) prove(&clients[i], now);
+        }
         if (window_start && !window_end && now >= end_ns) {
             ticks_end = server_ticks();
             cpu_end = own_cpu_s();
@@ -755,6 +831,7 @@ int main(int argc, char **argv) {
         if (!window_end && end_ns < wake) wake = end_ns;
         if (window_end && drain_deadline < wake) wake = drain_deadline;
         if (window_end && opt.udp && drain_change + QUIET_NS < wake) wake = drain_change + QUIET_NS;
+        if (opt.packets && next_proof_check < wake) wake = next_proof_check;
         if (!window_end && window_start && next_progress < wake) wake = next_progress;
         int64_t wait = wake - now_ns();
         if (wait < 0) wait = 0;
@@ -785,12 +862,9 @@ int main(int argc, char **argv) {
     long long peak_kb = server_status("VmHWM"), threads = server_status("Threads");
     for (int i = 0; i < opt.n; i++) {
         Client *c = &clients[i];
-        if (opt.udp) {
-            char bye[160];
-            int size = snprintf(bye, sizeof bye, "{\"type\":\"bye\",\"session\":\"%s\",\"seq\":%lld}",
-                                c->token, (long long)c->next_seq);
-            send_datagram(c, bye, (size_t)size);
-        } else if (!opt.raw && c->out_len == c->out_off)
+        if (opt.udp)
+            send_udp_frame(c, "{\"type\":\"bye\"");
+        else if (!opt.raw && c->out_len == c->out_off)
             send(c->fd, "{\"type\":\"bye\"}\n", 15, MSG_NOSIGNAL | MSG_DONTWAIT);
         shutdown(c->fd, SHUT_RDWR);
         close(c->fd);
@@ -807,7 +881,10 @@ int main(int argc, char **argv) {
     printf("\"server_cpu_ticks\":%lld,\"clock_ticks_per_s\":%ld,",
            opt.server_pid > 0 ? ticks_end - ticks_start : -1LL, sysconf(_SC_CLK_TCK));
     printf("\"server_peak_rss_kb\":%lld,\"server_threads\":%lld,", peak_kb, threads);
-    printf("\"send_errors\":%lld,", (long long)send_errors);
+    int64_t packets_received = 0;
+    for (int i = 0; i < opt.n; i++) packets_received += clients[i].packets_received;
+    printf("\"send_errors\":%lld,\"packets_received\":%lld,", (long long)send_errors,
+           (long long)packets_received);
     printf("\"offered\":%lld,\"sent\":%lld,\"in_window\":%lld,\"received\":%zu,",
            (long long)offered, (long long)sent_in_window, (long long)in_window, latencies.len);
     printf("\"duplicates\":%lld,\"reorders\":%lld,\"unexpected\":%lld,", (long long)duplicates,
