@@ -663,8 +663,13 @@ def _run_c(
     relay = threading.Thread(target=_relay_stderr, args=(process, progress, messages), daemon=True)
     relay.start()
     assert process.stdout is not None
-    out = process.stdout.read()
-    process.wait(spec.warmup + spec.duration + spec.drain + _WORKER_MARGIN_S)
+    try:
+        out = process.stdout.read()
+        process.wait(spec.warmup + spec.duration + spec.drain + _WORKER_MARGIN_S)
+    finally:
+        if process.poll() is None:  # interrupted, or past every deadline it keeps
+            process.kill()
+            process.wait()
     relay.join(_STOP_TIMEOUT_S)
     if process.returncode != 0:
         tail = "\n".join(messages[-20:])
