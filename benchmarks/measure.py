@@ -14,6 +14,13 @@ datagrams and TCP segments (any server: TCP meets the same link as UDP): the cli
 the subprocess `python -m benchmarks.client_worker`, which prints its LoadResult as JSON. With
 `relay_loss` the UDP clients talk through an in-process `netsim.faults.FaultyRelay` instead.
 
+`spec.generator` says who plays the clients: the Python ones above, or the load generator in C
+(`benchmarks/cgen/loadgen.c`, one process, one thread), which follows the method below step for
+step at a fraction of the CPU and prints its raw counts, turned here into the same LoadResult;
+"auto" (the default) takes C wherever it runs (the TCP servers without slow readers, raw UDP)
+and a C compiler is there. The result names the generator; "the harness" below is whichever ran
+(its own CPU, its send lags). Over a namespace the C generator runs inside it directly.
+
 Method, chosen so the numbers cannot flatter the server:
 - Open loop. Client i sends its k-th `say` at t0 + (k*N + i) * period / N (period = 1/rate), so
   the phases are spread evenly. Latency is measured from the scheduled time, never from the
