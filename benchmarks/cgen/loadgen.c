@@ -132,6 +132,9 @@ static Vec latencies, lags;
 static char *padding;
 static size_t padding_len;
 
+static void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+static void progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
 static void die(const char *fmt, ...) {
     va_list args;
     va_start(args, fmt);
@@ -524,7 +527,7 @@ static void join_json(Client *c) {
     size_t len = 0;
     char *newline = NULL;
     while (!newline) {
-        if (len == MAX_PENDING) die("client %d: no line end before %d bytes", c->index, len);
+        if (len == MAX_PENDING) die("client %d: no line end before %d bytes", c->index, MAX_PENDING);
         ssize_t n = recv(c->fd, recv_buffer + len, MAX_PENDING - len, 0);
         if (n < 0 && errno == EINTR) continue;
         if (n < 0) die("client %d: waiting for welcome: %s", c->index, strerror(errno));
