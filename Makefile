@@ -69,5 +69,5 @@ lint: $(VENV)/.installed ## ruff and mypy
 	$(PY) -m mypy
 
 clean: ## remove the virtual environment and caches
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis benchmarks/cgen/.build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,4 +1,5 @@
-"""The benchmark harness: `python -m benchmarks [--full] [--only GROUP,...] [--threads N]`.
+"""The benchmark harness: `python -m benchmarks [--full] [--only GROUP,...] [--threads N]
+[--generator auto|c|python]`.
 
 Runs the suite of benchmarks.harness (`make bench`: the quick one, under twelve minutes on two
 cores; `make bench-full`: the long one), prints a table per group and the targets, and writes
@@ -9,6 +10,7 @@ into report/REPORT.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -16,12 +18,13 @@ from benchmarks.harness import (
     GROUPS,
     RESULTS_DIR,
     Reporter,
+    Scenario,
     build_suite,
     format_tables,
     run_suite,
     write_results,
 )
-from benchmarks.measure import DEFAULT_THREADS
+from benchmarks.measure import DEFAULT_THREADS, GENERATORS
 from benchmarks.targets import evaluate, evaluate_packets, format_targets
 
 
@@ -31,6 +34,14 @@ def _groups(text: str) -> list[str]:
     if unknown:
         raise argparse.ArgumentTypeError(f"unknown group(s) {unknown}; known: {', '.join(GROUPS)}")
     return chosen
+
+
+def _with_generator(scenario: Scenario, generator: str) -> Scenario:
+    """The scenario driven by `generator` where it can be (c: where the C generator runs)."""
+    spec = scenario.spec
+    if spec is None or scenario.group == "threads" or (generator == "c" and not spec.c_supported):
+        return scenario
+    return dataclasses.replace(scenario, spec=dataclasses.replace(spec, generator=generator))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         f"own epoll loop (default: {DEFAULT_THREADS}; as many as clients = a thread per client)",
     )
     parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="auto",
+        help="the load generator: c (benchmarks/cgen) where a run allows it, python, or auto "
+        "(default: c where it can and a C compiler is there); the threads group is always python",
+    )
+    parser.add_argument(
         "--out", type=Path, default=RESULTS_DIR, help="where latest.json and latest.csv go"
     )
     parser.add_argument(
@@ -64,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads must be 1 or more")
     suite = "full" if args.full else "bench"
     scenarios = build_suite(suite, args.threads)
+    scenarios = [_with_generator(s, args.generator) for s in scenarios]
     if args.only:
         scenarios = [s for s in scenarios if s.group in args.only]
     if args.list:

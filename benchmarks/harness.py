@@ -497,7 +497,8 @@ def _ablations(z: _Sizes, base: LoadSpec, threads: int) -> list[Scenario]:
             Scenario(
                 "threads",
                 f"tcp {n}x{_THREADS_RATE:g}, {label}",
-                dataclasses.replace(_at(base, n, _THREADS_RATE), threads=count),
+                # The Python generator's threads are what this group compares.
+                dataclasses.replace(_at(base, n, _THREADS_RATE), threads=count, generator="python"),
             )
         )
     return out

@@ -4,6 +4,7 @@ Contract:
     python -m benchmarks.load --server {tcp,assignment} --clients 200 --rate 5 --duration 10
                               [--warmup 1] [--drain 5] [--nagle] [--coalesce-ms MS] [--threads N]
                               [--nodelay] [--netns-loss PCT]
+                              [--generator auto|c|python]
     run_tcp_load(server, clients=..., rate=..., duration=..., ...) -> LoadResult
     format_results([LoadResult, ...]) -> str  (a table, one row per run)
 
@@ -42,6 +43,7 @@ def run_tcp_load(
     threads: int = DEFAULT_THREADS,
     nodelay: bool = False,
     netns_loss: int | None = None,
+    generator: str = "auto",
 ) -> LoadResult:
     """Start `server` ("tcp" or "assignment"), run the load against it, stop it, return the
     numbers."""
@@ -59,6 +61,7 @@ def run_tcp_load(
         threads=threads,
         nodelay=nodelay,
         netns_loss=netns_loss,
+        generator=generator,
     )
     return run_load(spec)
 
@@ -106,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
         threads=args.threads,
         nodelay=args.nodelay,
         netns_loss=args.netns_loss,
+        generator=args.generator,
     )
     print(format_results([result]))
     if result.unexpected:

@@ -14,6 +14,13 @@ datagrams and TCP segments (any server: TCP meets the same link as UDP): the cli
 the subprocess `python -m benchmarks.client_worker`, which prints its LoadResult as JSON. With
 `relay_loss` the UDP clients talk through an in-process `netsim.faults.FaultyRelay` instead.
 
+`spec.generator` says who plays the clients: the Python ones above, or the load generator in C
+(`benchmarks/cgen/loadgen.c`, one process, one thread), which follows the method below step for
+step at a fraction of the CPU and prints its raw counts, turned here into the same LoadResult;
+"auto" (the default) takes C wherever it runs (the TCP servers without slow readers, raw UDP)
+and a C compiler is there. The result names the generator; "the harness" below is whichever ran
+(its own CPU, its send lags). Over a namespace the C generator runs inside it directly.
+
 Method, chosen so the numbers cannot flatter the server:
 - Open loop. Client i sends its k-th `say` at t0 + (k*N + i) * period / N (period = 1/rate), so
   the phases are spread evenly. Latency is measured from the scheduled time, never from the
@@ -72,7 +79,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from benchmarks import procstat
+from benchmarks import cgen, procstat
 from benchmarks.clients import (
     Client,
     Plan,
@@ -119,6 +126,9 @@ may have set the pace, and the run says nothing about the server."""
 PERCENTILES = (50.0, 75.0, 90.0, 95.0, 99.0, 99.5, 99.9)
 """The latency percentiles every run keeps, for the percentile plot."""
 
+GENERATORS = ("auto", "c", "python")
+"""The load generators a LoadSpec may ask for; "auto" is C where it can, else Python."""
+
 
 @dataclass(frozen=True)
 class LoadSpec:
@@ -142,6 +152,7 @@ class LoadSpec:
     netns_loss: int | None = None
     relay_loss: float = 0.0
     seed: int = 1
+    generator: str = "auto"  # the clients: "c" (benchmarks.cgen), "python", or "auto" (see below)
 
     @property
     def protocol(self) -> str:
@@ -181,6 +192,24 @@ class LoadSpec:
             raise ValueError("the relay is UDP's; a namespace (netns_loss) carries TCP too")
         if self.nodelay and self.server != "assignment":
             raise ValueError("nodelay is the assignment's server's option (tcp.server: nagle)")
+        if self.generator not in GENERATORS:
+            raise ValueError(f"generator must be one of {', '.join(GENERATORS)}")
+        if self.generator == "c" and not self.c_supported:
+            raise ValueError("the C generator drives TCP without slow readers, and raw UDP")
+
+    @property
+    def c_supported(self) -> bool:
+        """Whether the C generator can drive this run: the TCP servers without slow readers,
+        and the UDP server's raw sessions, 1.0 and packets (reliable ones stay in Python)."""
+        if self.server == "udp":
+            return not self.reliable
+        return not self.slow_readers
+
+    def chosen_generator(self) -> str:
+        """The generator that runs: "auto" is C where supported and a compiler is there."""
+        if self.generator == "auto":
+            return "c" if self.c_supported and cgen.available() else "python"
+        return self.generator
 
 
 @dataclass(frozen=True)
@@ -234,6 +263,8 @@ class LoadResult:
     tcp_retransmitted: int = -1
     acks_per_packet: float = math.nan
     """UDP packet sessions: the clients' acks per packet received from the server."""
+    generator: str = "python"
+    """Which load generator drove the clients: "python" (benchmarks.clients) or "c"."""
 
     @property
     def server(self) -> str:
@@ -261,6 +292,18 @@ def add_load_arguments(
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
     parser.add_argument("--drain", type=float, default=drain, help="seconds to wait for late ones")
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="worker threads")
+    add_generator_argument(parser)
+
+
+def add_generator_argument(parser: argparse.ArgumentParser) -> None:
+    """--generator: which load generator drives the clients."""
+    parser.add_argument(
+        "--generator",
+        choices=GENERATORS,
+        default="auto",
+        help="the clients: c (benchmarks/cgen: TCP, the assignment's server, raw UDP), "
+        "python, or auto: c where it can and a C compiler is there, else python (default)",
+    )
 
 
 def result_to_dict(result: LoadResult) -> dict[str, Any]:
@@ -403,6 +446,8 @@ def run_clients(
 ) -> LoadResult:
     """Connect the clients to a running server, run the schedule, and measure."""
     spec.validate()
+    if spec.chosen_generator() == "c":
+        return _run_c(spec, address, server_pid, progress, subprocess.Popen)
     raise_open_file_limit()
     if progress:
         progress("connecting")
@@ -589,6 +634,120 @@ def _summarise(
     )
 
 
+_C_MODES = {"tcp": "json", "assignment": "raw", "udp": "udp"}
+"""What the C generator speaks to each server (raw UDP packet sessions: "packets")."""
+
+_C_FRACTIONS = (0.5, 0.95, 0.99, 1.0, *(p / 100 for p in PERCENTILES))
+"""The nearest ranks the C generator is asked for: p50, p95, p99, max, then PERCENTILES."""
+
+
+def _run_c(
+    spec: LoadSpec,
+    address: tuple[str, int],
+    server_pid: int,
+    progress: Progress | None,
+    launch: Callable[..., subprocess.Popen[str]],
+) -> LoadResult:
+    """The client side by the C generator (benchmarks/cgen), the same method as run_clients:
+    `launch` starts it (here, or inside a namespace), it prints its raw counts as JSON."""
+    command = [
+        str(cgen.binary()),
+        "--mode", "packets" if spec.packets else _C_MODES[spec.server],
+        "--host", address[0],
+        "--port", str(address[1]),
+        "--clients", str(spec.clients),
+        "--period-ns", str(round(1e9 / spec.rate)),
+        "--warmup-ns", str(round(spec.warmup * 1e9)),
+        "--duration-ns", str(round(spec.duration * 1e9)),
+        "--drain-ns", str(round(spec.drain * 1e9)),
+        "--lead-ns", str(_LEAD_NS),
+        "--pad", str(spec.pad),
+        "--server-pid", str(server_pid),
+        "--fractions", ",".join(repr(f) for f in _C_FRACTIONS),
+    ]  # fmt: skip
+    process = launch(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    messages: list[str] = []
+    relay = threading.Thread(target=_relay_stderr, args=(process, progress, messages), daemon=True)
+    relay.start()
+    assert process.stdout is not None
+    try:
+        out = process.stdout.read()
+        process.wait(spec.warmup + spec.duration + spec.drain + _WORKER_MARGIN_S)
+    finally:
+        if process.poll() is None:  # interrupted, or past every deadline it keeps
+            process.kill()
+            process.wait()
+    relay.join(_STOP_TIMEOUT_S)
+    if process.returncode != 0:
+        tail = "\n".join(messages[-20:])
+        raise RuntimeError(f"the C load generator failed ({process.returncode}):\n{tail}")
+    raw = json.loads(out)
+    return _c_result(spec, raw)
+
+
+def _c_result(spec: LoadSpec, raw: Mapping[str, Any]) -> LoadResult:
+    """The C generator's raw counts as a LoadResult, each field as _summarise computes it."""
+    duration = round(spec.duration * 1e9) / 1e9
+    wall_s = raw["wall_s"]
+    in_window, sent, received, offered = (
+        raw["in_window"], raw["sent"], raw["received"], raw["offered"]
+    )  # fmt: skip
+    expected = sent * _recipients(spec)
+    latency = [ns / 1e6 for ns in raw["latency_ns"]] or [math.nan] * len(_C_FRACTIONS)
+    lag = [ns / 1e6 for ns in raw["lag_ns"]] or [math.nan, math.nan]
+    ticks = raw["server_cpu_ticks"]
+    server_cpu_s = ticks / raw["clock_ticks_per_s"]
+    harness_cpu_s = raw["harness_cpu_s"]
+    return LoadResult(
+        protocol=spec.protocol,
+        link=spec.link,
+        clients=spec.clients,
+        threads=1,
+        rate=spec.rate,
+        duration=duration,
+        nagle=spec.nagle,
+        coalesce_ms=math.nan if spec.coalesce_ms is None else spec.coalesce_ms,
+        slow_readers=spec.slow_readers,
+        connect_s=raw["connect_s"],
+        offered_msgs_per_s=offered / duration,
+        sent_msgs_per_s=sent / duration,
+        offered_deliveries_per_s=offered * _recipients(spec) / duration,
+        deliveries_per_s=in_window / wall_s,
+        sent=sent,
+        expected=expected,
+        received=received,
+        lost=expected - received,
+        loss_pct=100 * (expected - received) / expected if expected else math.nan,
+        unsent=offered - sent,
+        duplicates=raw["duplicates"],
+        reorders=raw["reorders"],
+        unexpected=raw["unexpected"],
+        p50_ms=latency[0],
+        p95_ms=latency[1],
+        p99_ms=latency[2],
+        max_ms=latency[3],
+        percentiles_ms=latency[4:] if received else [],
+        send_lag_p50_ms=lag[0],
+        send_lag_p99_ms=lag[1],
+        retransmitted=0,
+        send_errors=raw["send_errors"],
+        slow_dropped=0,
+        too_slow_seen=raw["too_slow_seen"],
+        too_slow_after_s=raw["too_slow_after_ns"] / 1e9 if raw["too_slow_seen"] else math.nan,
+        server_cpu_pct=100 * server_cpu_s / wall_s,
+        server_cpu_us_per_delivery=1e6 * server_cpu_s / in_window if in_window else math.nan,
+        server_peak_rss_mb=raw["server_peak_rss_kb"] / 1024,
+        server_threads=raw["server_threads"],
+        harness_cpu_pct=100 * harness_cpu_s / wall_s,
+        harness_cpu_us_per_delivery=1e6 * harness_cpu_s / in_window if in_window else math.nan,
+        server_clean_exit=None,
+        server_cpu_ticks=ticks,
+        # a raw packet session sends no acks
+        acks_per_packet=0.0 if spec.packets and raw["packets_received"] else math.nan,
+        generator="c",
+    )
+
+
 def _acks_per_packet(clients: Sequence[UdpClient]) -> float:
     acks = [client.acks for client in clients]
     received = sum(packets for _, packets in acks)
@@ -615,29 +774,11 @@ def _run_in_namespace(spec: LoadSpec, progress: Progress | None) -> LoadResult:
     with LossyNamespace(spec.netns_loss) as namespace:
         server = ServerProcess(_server_argv(spec), launch=namespace.run)
         try:
-            host, port = server.wait_ready()
-            command = [
-                sys.executable, "-m", "benchmarks.client_worker",
-                "--spec", json.dumps(asdict(spec)),
-                "--target", f"{host}:{port}",
-                "--server-pid", str(server.pid),
-            ]  # fmt: skip
-            worker = namespace.run(
-                command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            messages: list[str] = []
-            relay = threading.Thread(
-                target=_relay_stderr, args=(worker, progress, messages), daemon=True
-            )
-            relay.start()
-            assert worker.stdout is not None
-            out = worker.stdout.read()
-            worker.wait(spec.warmup + spec.duration + spec.drain + _WORKER_MARGIN_S)
-            relay.join(_STOP_TIMEOUT_S)
-            if worker.returncode != 0:
-                tail = "\n".join(messages[-20:])
-                raise RuntimeError(f"the client worker failed ({worker.returncode}):\n{tail}")
-            result = result_from_dict(json.loads(out))
+            address = server.wait_ready()
+            if spec.chosen_generator() == "c":
+                result = _run_c(spec, address, server.pid, progress, namespace.run)
+            else:
+                result = _run_worker(spec, address, server.pid, progress, namespace)
             retransmitted_segments = namespace.tcp_retransmitted()
         finally:
             clean = server.stop()
@@ -649,6 +790,36 @@ def _run_in_namespace(spec: LoadSpec, progress: Progress | None) -> LoadResult:
         server_retransmitted=server.retransmitted,
         tcp_retransmitted=retransmitted_segments,
     )
+
+
+def _run_worker(
+    spec: LoadSpec,
+    address: tuple[str, int],
+    server_pid: int,
+    progress: Progress | None,
+    namespace: LossyNamespace,
+) -> LoadResult:
+    """The Python clients as the client worker process inside the namespace."""
+    command = [
+        sys.executable, "-m", "benchmarks.client_worker",
+        "--spec", json.dumps(asdict(dataclasses.replace(spec, generator="python"))),
+        "--target", f"{address[0]}:{address[1]}",
+        "--server-pid", str(server_pid),
+    ]  # fmt: skip
+    worker = namespace.run(
+        command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    messages: list[str] = []
+    relay = threading.Thread(target=_relay_stderr, args=(worker, progress, messages), daemon=True)
+    relay.start()
+    assert worker.stdout is not None
+    out = worker.stdout.read()
+    worker.wait(spec.warmup + spec.duration + spec.drain + _WORKER_MARGIN_S)
+    relay.join(_STOP_TIMEOUT_S)
+    if worker.returncode != 0:
+        tail = "\n".join(messages[-20:])
+        raise RuntimeError(f"the client worker failed ({worker.returncode}):\n{tail}")
+    return result_from_dict(json.loads(out))
 
 
 def _server_argv(spec: LoadSpec) -> list[str]:
@@ -712,8 +883,8 @@ def format_results(results: Sequence[LoadResult], labels: Sequence[str] | None =
     headers = [
         "protocol", "link", "clients", "thr", "rate", "offered deliv/s", "deliv/s", "p50 ms",
         "p95 ms", "p99 ms", "max ms", "lost", "loss %", "dup", "reord", "unsent", "retx",
-        "srv µs/deliv", "srv CPU%", "srv MB", "harness CPU%", "harness µs/deliv", "lag p99 ms",
-        "connect s", "harness-bound",
+        "srv µs/deliv", "srv CPU%", "srv MB", "gen", "harness CPU%", "harness µs/deliv",
+        "lag p99 ms", "connect s", "harness-bound",
     ]  # fmt: skip
     rows = [
         [
@@ -737,6 +908,7 @@ def format_results(results: Sequence[LoadResult], labels: Sequence[str] | None =
             f"{r.server_cpu_us_per_delivery:.2f}",
             f"{r.server_cpu_pct:.0f}",
             f"{r.server_peak_rss_mb:.1f}",
+            r.generator,
             f"{r.harness_cpu_pct:.0f}",
             f"{r.harness_cpu_us_per_delivery:.2f}",
             _ms(r.send_lag_p99_ms),

@@ -4,6 +4,7 @@ Contract:
     python -m benchmarks.udp_load [--clients 100] [--rate 10] [--duration 10] [--warmup 1]
                                   [--drain 3] [--reliable] [--no-packets]
                                   [--relay-loss FRACTION] [--threads N] [--json]
+                                  [--generator auto|c|python]  (c: raw only)
     run_udp_load(clients=..., rate=..., duration=..., reliable=..., packets=...,
                  relay_loss=...) -> LoadResult
 
@@ -48,6 +49,7 @@ def run_udp_load(
     relay_loss: float = 0.0,
     seed: int = 1,
     threads: int = DEFAULT_THREADS,
+    generator: str = "auto",
 ) -> LoadResult:
     """Start udp.server, run the load against it, stop it, return the numbers."""
     spec = LoadSpec(
@@ -62,6 +64,7 @@ def run_udp_load(
         relay_loss=relay_loss,
         seed=seed,
         threads=threads,
+        generator=generator,
     )
     return run_load(spec)
 
@@ -83,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
+    if args.generator == "c" and args.reliable:
+        parser.error("the C generator drives raw UDP only (1.0 and packets), not --reliable")
     result = run_udp_load(
         clients=args.clients,
         rate=args.rate,
@@ -93,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         packets=args.packets,
         relay_loss=args.relay_loss,
         threads=args.threads,
+        generator=args.generator,
     )
     print(json.dumps(result_to_dict(result)) if args.json else format_results([result]))
     return 0 if result.server_clean_exit else 1
