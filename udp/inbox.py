@@ -323,7 +323,7 @@ class Inbox:
         """
         if self.registry.closing:
             return
-        if session.stage is Stage.NEW:
+        if session.stage in (Stage.NEW, Stage.CLAIMING):
             self.registry.drop("hello_under_way", session.address)
             return
         hello = datagram.message if isinstance(datagram.message, Hello) else None

@@ -59,7 +59,9 @@ where it comes back. ``roster`` is everyone in the room, on any server,
 as the ordered events tell it; ``who``, ``count`` and ``welcome`` list it.
 
 A member's stage is explicit (``Stage``) and changes in one function
-(``_move``): ``NEW`` until a good ``hello``, ``JOINED`` while in the room,
+(``_move``), along ``MOVES``: ``NEW`` until a good ``hello``, ``CLAIMING``
+while its name is reserved here and claimed on the backplane (back to
+``NEW`` if the claim fails), ``JOINED`` while in the room,
 ``GONE`` once it left, after which it acts no more (whatever its reader
 still has in hand is ignored). Resume (protocol 1.2) adds two: a member
 that said ``resumable`` and whose connection broke without ``bye`` is
@@ -82,8 +84,10 @@ since; one before it, or in another epoch, gets ``resumed: false``.
 
 Locking rule: one lock (``Room.lock``) guards the room: the members, their
 names, stages, cursors and private queues, the log, the history and the
-backlog. Every method takes it; none does I/O under it, and none calls out
-while holding it; a ``say`` held back waits on an event, with no lock held.
+backlog. Every method takes it and none does I/O under it; the only calls out
+while holding it are the backplane's ``publish`` and the archive's ``add`` and
+``given``, which must not block (below). A ``say`` held back waits on an
+event, with no lock held.
 After a change that gives someone something to read, the room calls the
 transport's ``wake`` (outside the lock), and after a takeover its
 ``on_taken`` (outside the lock too, from whichever thread brought the
@@ -257,6 +261,7 @@ class Stage(enum.Enum):
     """Where a member stands; it changes in ``Room._move`` only, along ``MOVES``."""
 
     NEW = "new"  # until a good hello
+    CLAIMING = "claiming"  # its hello's name is reserved here and claimed on the backplane
     JOINED = "joined"  # in the room, its connection alive (or half open: nobody knows yet)
     AWAY = "away"  # its connection broke: its place is kept, unannounced, for the grace
     GONE = "gone"  # out of the room; acts no more
@@ -264,7 +269,8 @@ class Stage(enum.Enum):
 
 
 MOVES = {
-    Stage.NEW: frozenset({Stage.JOINED, Stage.GONE}),
+    Stage.NEW: frozenset({Stage.CLAIMING, Stage.JOINED, Stage.GONE}),
+    Stage.CLAIMING: frozenset({Stage.JOINED, Stage.NEW, Stage.GONE}),
     Stage.JOINED: frozenset({Stage.AWAY, Stage.GONE, Stage.TAKEN}),
     Stage.AWAY: frozenset({Stage.GONE, Stage.TAKEN}),
     Stage.GONE: frozenset({Stage.GONE}),
@@ -457,7 +463,7 @@ class Room(Generic[M]):
         self._pass_start = 0  # self._posted when the writer's pass under way began
         self._pass_end = 0  # the log's end then
         self._caught_up = 0  # self._posted when the writer's last finished pass began
-        self._joined: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
+        self._last_span: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
         self._history: deque[tuple[int, Msg]] = deque(maxlen=history)
 
     def _continue(self, archive: Archive | None) -> None:
@@ -546,7 +552,7 @@ class Room(Generic[M]):
                     self._leave(member, "quit")
                 else:
                     self._move(member, Stage.GONE)
-            elif member.stage is Stage.NEW:
+            elif member.stage in (Stage.NEW, Stage.CLAIMING):
                 if not isinstance(message, Hello):
                     raise NotRegistered('say hello first: {"type":"hello","name":"..."}')
                 taken = self._take_over(member, message)
@@ -588,7 +594,7 @@ class Room(Generic[M]):
         ``timeout``) is only ``AWAY``: it keeps its place, unannounced, for the grace."""
         with self.lock:
             if member.stage is not Stage.JOINED:
-                if member.stage is Stage.NEW:
+                if member.stage in (Stage.NEW, Stage.CLAIMING):
                     self._move(member, Stage.GONE)
                 return None
             if (
@@ -783,11 +789,11 @@ class Room(Generic[M]):
         during the pass comes in the next one, so that it is joined once, not once each."""
         with self.lock:
             if not member.private and member.stage is Stage.JOINED:
-                start, stop, lines = self._joined
+                start, stop, lines = self._last_span
                 if start != member.cursor or stop < self._pass_end:
                     start, stop = member.cursor, self._end
                     lines = b"".join([entry.line for entry in self._slice(start, stop)])
-                    self._joined = (start, stop, lines)
+                    self._last_span = (start, stop, lines)
                 member.cursor = stop
                 return lines
         return b"".join([entry.line for entry in self.take(member)])
@@ -893,13 +899,23 @@ class Room(Generic[M]):
         self._claims[key] = member
         if joining:
             member.name = name
+            if member.stage is Stage.NEW:
+                self._move(member, Stage.CLAIMING)
         return elsewhere
+
+    def _release(self, member: M, key: str) -> None:
+        """The claim of ``key`` by ``member`` is over without a join (lock held): the name is
+        free again, and a member that was claiming it is ``NEW`` again (it may say hello)."""
+        if self._claims.get(key) is member:
+            del self._claims[key]
+        if member.stage is Stage.CLAIMING:
+            self._move(member, Stage.NEW)
 
     def _claim(self, member: M, name: str, *, take_over: bool = False) -> None:
         """Claim ``name`` on the backplane (or take over the session that holds it on another
         server), then join or rename; the reservation ends here."""
         key = name_key(name)
-        joining = member.stage is Stage.NEW
+        joining = member.stage is Stage.CLAIMING
         old = None if joining else member.name
         backplane = self._backplane
         try:
@@ -912,11 +928,11 @@ class Room(Generic[M]):
                 won = backplane.claim(name, old)
         except Unavailable:
             with self.lock:
-                self._claims.pop(key, None)
+                self._release(member, key)
             raise
         with self.lock:
             if not won:
-                self._claims.pop(key, None)
+                self._release(member, key)
                 raise NameTaken(f"the name {name} is taken")
             if not joining:
                 del self._claims[key]
@@ -925,9 +941,9 @@ class Room(Generic[M]):
                 return
             if not take_over:  # a takeover is in the order already (``taken_over``)
                 self._backplane.publish(Entry.of(Joined(name=name, ts=self._clock())))
-            self._changed.wait_for(lambda: member.stage is not Stage.NEW, JOIN_WAIT)
+            self._changed.wait_for(lambda: member.stage is not Stage.CLAIMING, JOIN_WAIT)
             if self._claims.get(key) is member:
-                del self._claims[key]
+                self._release(member, key)
                 raise Unavailable("the room did not answer in time; try again in a moment")
 
     def _welcome(self, key: str, name: str) -> None:
@@ -935,7 +951,7 @@ class Room(Generic[M]):
         member = self._claims.pop(key, None)
         if member is None and key in self._by_key:
             return  # the backplane said so again for a member already here
-        if member is None or member.stage is not Stage.NEW:
+        if member is None or member.stage is not Stage.CLAIMING:
             # Its hello gave up waiting: whoever else was told it joined is told it left.
             left = Left(name=name, reason="disconnected", ts=self._clock())
             self._backplane.publish(Entry.of(left))
