@@ -39,7 +39,7 @@ demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%;
 
 .PHONY: run-cluster
 run-cluster: $(VENV)/.installed ## one room on a Redis and three servers: TCP on PORT and PORT+1, UDP on PORT+2, Redis on PORT+3
-	$(PY) -m common.cli.runcluster --host $(HOST) --port $(PORT)
+	$(PY) -m benchmarks.runcluster --host $(HOST) --port $(PORT)
 
 .PHONY: bench bench-full bench-cluster bench-chaos calibrate report
 bench: $(VENV)/.installed ## quick benchmark suite (about 12 min on 2 cores): every transport (TCP, UDP 1.0 and packets), clean and lossy, and TCP past saturation -> benchmarks/results/

@@ -39,8 +39,8 @@ from typing import Any
 
 from benchmarks.harness import RESULTS_DIR, machine_meta
 from benchmarks.measure import LoadResult, LoadSpec, run_clients
-from benchmarks.servers import REPO_ROOT, ServerProcess, server_command
-from common.cli.runcluster import free_port
+from benchmarks.runcluster import free_port
+from benchmarks.servers import REPO_ROOT, ServerProcess, server_command, stop_process
 
 SEED_SERVER = REPO_ROOT.parent / "shared" / "seed" / "server.py"
 """The assignment's example server, where the course's material sits beside the repository."""
@@ -148,12 +148,7 @@ class _Seed:
         return ("127.0.0.1", self.port)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(_READY_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc, _READY_TIMEOUT_S)
 
 
 def _spec(rate: float, duration: float) -> LoadSpec:

@@ -22,6 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 
 from benchmarks.procstat import cpu_seconds, thread_count
+from benchmarks.servers import stop_process
 
 READY = re.compile(r"listening on (\S+):(\d+)")
 
@@ -125,12 +126,7 @@ def measure(clients: int) -> CapacityResult:
 
 def stop_server(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
     """SIGTERM, then SIGKILL if saying bye to thousands of clients takes too long."""
-    proc.terminate()
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc, grace)
 
 
 def main(argv: list[str] | None = None) -> int:

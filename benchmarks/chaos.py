@@ -57,8 +57,8 @@ from pathlib import Path
 from tabulate import tabulate
 
 from benchmarks.harness import machine_meta
+from benchmarks.runcluster import free_port, start_redis
 from benchmarks.servers import ServerProcess, wait_until
-from common.cli.runcluster import free_port, start_redis
 from common.cli.serverargs import raise_open_file_limit
 from common.protocol.codec import Bye, Error, Hello, Msg, Say, Welcome
 from common.terminal.console import ChatError, Transport, split_address

@@ -47,8 +47,8 @@ from benchmarks import procstat
 from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp, markers
 from benchmarks.harness import machine_meta
 from benchmarks.measure import is_harness_bound
+from benchmarks.runcluster import free_port, start_redis
 from benchmarks.servers import ServerProcess, server_command
-from common.cli.runcluster import free_port, start_redis
 from common.cli.serverargs import raise_open_file_limit
 from common.room.redisroom import PUBLISH
 

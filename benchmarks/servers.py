@@ -7,6 +7,7 @@ Contract:
     stop() -> True when it exited with status 0 in time and logged no traceback;
     retransmitted   after stop(): the frames the server says it retransmitted (-1: it does not)
     wait_until(condition, timeout=5) -> bool  poll until it holds (the benchmarks' and the tests')
+    stop_process(proc, timeout, sig=SIGTERM) -> exit code  signal, wait, SIGKILL if it lingers
 
 Every server listens on 127.0.0.1 with `--port 0` and prints `listening on HOST:PORT` on stderr;
 the project's servers also get `--rate-limit 0` so the load is not refused. The TCP server gets
@@ -55,6 +56,21 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def stop_process(
+    proc: subprocess.Popen[Any], timeout: float, sig: int = signal.SIGTERM
+) -> int | None:
+    """Send ``sig`` (if it still runs) and wait ``timeout``; past it, SIGKILL. Its exit code, or
+    None when it had to be killed. The one way every process the project starts is stopped."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return None
 
 
 def server_command(
@@ -145,16 +161,8 @@ class ServerProcess:
     def stop(self) -> bool:
         """SIGTERM, then SIGKILL if it lingers; True if it ended in time without a traceback,
         with status 0 or by the SIGTERM itself (the baseline server has no handler for it)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            code = self.proc.wait(_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            return False
-        finally:
-            self._reader.join(_STOP_TIMEOUT_S)
+        code = stop_process(self.proc, _STOP_TIMEOUT_S)
+        self._reader.join(_STOP_TIMEOUT_S)
         return code in (0, -signal.SIGTERM) and not any(
             "Traceback" in line for line in self._stderr_tail
         )

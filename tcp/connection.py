@@ -8,7 +8,7 @@ import struct
 import threading
 import time
 
-from common.cli.serverargs import Limits
+from common.protocol.limits import Limits
 from common.room.room import Room
 from common.server.core import RECV_BYTES, Client
 from common.server.textmode import TextMode

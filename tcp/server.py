@@ -36,7 +36,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from common.cli.serverargs import Limits, non_negative_float, raise_open_file_limit
+from common.cli.serverargs import non_negative_float, raise_open_file_limit
 from common.protocol.codec import (
     ClientMessage,
     Error,
@@ -48,6 +48,7 @@ from common.protocol.codec import (
     decode_client,
     encode_line,
 )
+from common.protocol.limits import Limits
 from common.room.room import RESUME_MAX_BYTES, Stage
 from common.room.sharing import Sharing
 from common.server import main as server_main

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+from benchmarks.runcluster import free_port, start_redis
+from benchmarks.servers import stop_process
 from benchmarks.servers import wait_until as wait_until  # the one bounded wait, for the tests
-from common.cli.runcluster import free_port, start_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"listening on (\S+):(\d+)")
@@ -81,14 +82,9 @@ class ServerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT) -> int:
         """Signal the server and wait for it to exit; return its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, timeout, sig)
+        assert code is not None, f"the server did not stop in {timeout} s:\n{self.log}"
+        return code
 
     def threads(self) -> int:
         """The server's current number of threads, from /proc."""

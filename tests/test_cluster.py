@@ -24,7 +24,7 @@ import pexpect
 import pytest
 import redis
 
-from common.cli.runcluster import free_port
+from benchmarks.runcluster import free_port
 from common.protocol.codec import Msg
 from common.room.redisroom import RedisBackplane
 from common.room.room import Entry, Member, Room
@@ -379,7 +379,7 @@ def test_ctrl_c_on_run_cluster_says_bye_before_redis_stops(connect: Connect) -> 
     base = free_port()
     child = pexpect.spawn(
         sys.executable,
-        ["-m", "common.cli.runcluster", "--port", str(base)],
+        ["-m", "benchmarks.runcluster", "--port", str(base)],
         cwd=str(ROOT),
         encoding="utf-8",
         timeout=3 * WAIT,

@@ -12,7 +12,7 @@ import pytest
 from common.protocol.codec import Msg
 from common.room import historyfile
 from common.room.historyfile import HistoryFile
-from common.room.sharing import StartError
+from common.room.starterror import StartError
 
 
 def kept(path: Path) -> int:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from common.cli.serverargs import Limits
+from common.protocol.limits import Limits
 from tcp.connection import Connection
 from tcp.server import BACKLOG_SHARE, ChatServer
 from tests.conftest import WAIT, JsonClient, ServerProcess, wait_until

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import redis
 
-from common.cli.serverargs import Limits
+from common.protocol.limits import Limits
 from tests.conftest import WAIT, JsonClient, RedisServer, ServerProcess
 from tests.test_cluster import LEASE
 from tests.test_udp_server import Peers, UdpPeer, peers

@@ -14,7 +14,8 @@ import pytest
 import common.server.main
 import tcp.server
 import udp.server
-from common.cli.serverargs import Limits, add_common_arguments
+from common.cli.serverargs import add_common_arguments
+from common.protocol.limits import Limits
 from common.room.room import wall_clock_ms
 
 PROTOCOL_LIMITS = Limits(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from common.cli.serverargs import Limits
+from common.protocol.limits import Limits
 from common.server.core import DEFAULT_MAX_WAITING_PER_ADDRESS as PER_ADDRESS
 from common.server.core import MAX_WAITING
 from tcp.server import ChatServer

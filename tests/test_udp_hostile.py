@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from common.cli.serverargs import Limits
 from common.protocol import reliable
+from common.protocol.limits import Limits
 from common.protocol.reliable import MAX_BACKLOG, WINDOW
 from tests.conftest import WAIT, ServerProcess
 from tests.test_udp_server import QUIET, Peers, UdpPeer, peers, server, stop_and_log

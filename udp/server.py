@@ -46,8 +46,9 @@ import sys
 import threading
 import time
 
-from common.cli.serverargs import Limits, non_negative_float, positive_float, positive_int
+from common.cli.serverargs import non_negative_float, positive_float, positive_int
 from common.protocol.codec import Hello, ProtocolError
+from common.protocol.limits import Limits
 from common.room.sharing import Sharing
 from common.server import main as server_main
 from common.server.core import POLL_INTERVAL, RECV_BYTES, SHUTDOWN_GRACE, Admission, Core

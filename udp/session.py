@@ -62,8 +62,8 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass
 
-from common.cli.serverargs import Limits
 from common.protocol.codec import MAX_FRAME_BYTES, Welcome, encode
+from common.protocol.limits import Limits
 from common.protocol.packetlink import PacketLink
 from common.protocol.reliable import ReliableReceiver, ReliableSender, SeqCounter, SharedFrames
 from common.room.ratelimit import TokenBucket

@@ -1,3 +1,3 @@
-"""Command-line plumbing of the servers: their flags, logs, signals and the
-cluster launcher. Imports common.protocol and common.room.room.
+"""Command-line plumbing of the servers: their flags, logs and signals. Imports
+common.protocol and common.room.
 """

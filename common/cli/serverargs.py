@@ -1,4 +1,4 @@
-"""What both servers share outside the protocol: their limits, flags and logs."""
+"""What both servers share on the command line: their flags, logs and signals."""
 
 from __future__ import annotations
 
@@ -9,47 +9,15 @@ import resource
 import signal
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 from typing import Protocol, TypeVar
 
-from common.room.sharing import DEFAULT_LEASE, StartError
+from common.room.sharing import DEFAULT_LEASE
+from common.room.starterror import StartError
 
 Number = TypeVar("Number", int, float)
 
 DEFAULT_PORT = 8080
-
-
-@dataclass(frozen=True, kw_only=True)
-class Limits:
-    """The protocol's Limits table, as one server was started with them."""
-
-    hello_timeout: float = 10.0
-    rate_limit: float = 20.0
-    burst: int = 50
-    max_users: int = 10000
-    max_outbox: int = 1048576
-    session_timeout: float = 15.0
-    resume_grace: float = 10.0
-
-    @classmethod
-    def from_args(
-        cls,
-        args: argparse.Namespace,
-        *,
-        max_outbox: int = 1048576,
-        session_timeout: float = 15.0,
-    ) -> Limits:
-        """The limits of ``add_common_arguments``, plus the one flag each server adds."""
-        return cls(
-            hello_timeout=args.hello_timeout,
-            rate_limit=args.rate_limit,
-            burst=args.burst,
-            max_users=args.max_users,
-            max_outbox=max_outbox,
-            session_timeout=session_timeout,
-            resume_grace=args.resume_grace,
-        )
 
 
 def raise_open_file_limit() -> None:

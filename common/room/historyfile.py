@@ -59,7 +59,7 @@ from pathlib import Path
 
 from common.protocol.codec import Msg
 from common.room.room import new_epoch
-from common.room.sharing import StartError
+from common.room.starterror import StartError
 
 log = logging.getLogger("common.room.historyfile")
 

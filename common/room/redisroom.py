@@ -88,7 +88,7 @@ from common.protocol.codec import (
     name_key,
 )
 from common.room.room import Entry, Room, new_epoch, wall_clock_ms
-from common.room.sharing import StartError
+from common.room.starterror import StartError
 
 log = logging.getLogger("common.room.redisroom")
 
@@ -243,9 +243,9 @@ class RedisBackplane:
         self._log, self._names = prefix + "log", prefix + "names"
         self._servers, self._seen = prefix + "servers", prefix + "seen"
         self._epoch = prefix + "epoch"
-        self._tickets = itertools.count(1)
-        self._tokens: dict[str, str] = {}  # name key -> token of the member holding it here
-        self._numbers = itertools.count(1)
+        self._holds = itertools.count(1)  # numbers the holds of names this server takes
+        self._holders: dict[str, str] = {}  # name key -> token of the member holding it here
+        self._event_numbers = itertools.count(1)
         self._published = 0  # the number of the last event put in the outbox
         self._returned = 0  # the number of the last of our events read back from the stream
         self._outbox: deque[tuple[int, bytes, str, str]] = deque()
@@ -279,11 +279,11 @@ class RedisBackplane:
                 retry=Retry(NoBackoff(), 0),
                 protocol=2,
             )
-            self._claim = self._redis.register_script(CLAIM)
-            self._publish = self._redis.register_script(PUBLISH)
+            self._claim_script = self._redis.register_script(CLAIM)
+            self._publish_script = self._redis.register_script(PUBLISH)
             self._lease_script = self._redis.register_script(LEASE)
             self._epoch_script = self._redis.register_script(EPOCH)
-            self._take = self._redis.register_script(TAKE)
+            self._take_script = self._redis.register_script(TAKE)
             self._renew("renew")
         except (redis.RedisError, ValueError) as exc:
             raise StartError(f"cannot use Redis at {url}: {exc}") from None
@@ -359,29 +359,29 @@ class RedisBackplane:
     def claim_session(self, name: str, old: str | None, session: str) -> bool:
         key = name_key(name)
         old_key = "" if old is None else name_key(old)
-        token = self._tokens.get(old_key) or f"{self.server}:{next(self._tickets)}/{session}"
+        token = self._holders.get(old_key) or f"{self.server}:{next(self._holds)}/{session}"
         if time.monotonic() < self._settled_at:
             raise Unavailable(
                 "the room is getting its names back after a restart; try again in a moment"
             )
-        won = self._ask(self._claim, [self._names], [key, token, name, self.server, old_key])
+        won = self._ask(self._claim_script, [self._names], [key, token, name, self.server, old_key])
         if won:
             with self._state_lock:
-                self._tokens.pop(old_key, None)
-                self._tokens[key] = token
+                self._holders.pop(old_key, None)
+                self._holders[key] = token
         return bool(won)
 
     def take_over(self, name: str, session: str) -> bool:
         key = name_key(name)
-        token = f"{self.server}:{next(self._tickets)}/{session}"
+        token = f"{self.server}:{next(self._holds)}/{session}"
         won = self._ask(
-            self._take,
+            self._take_script,
             [self._names, self._log],
             [key, session, token, name, self.server, self._maxlen],
         )
         if won:
             with self._state_lock:
-                self._tokens[key] = token
+                self._holders[key] = token
         return bool(won)
 
     def _ask(self, script: Any, keys: list[str], args: list[Any]) -> Any:
@@ -403,9 +403,9 @@ class RedisBackplane:
         if isinstance(entry.message, Left):
             release = name_key(entry.message.name)
             with self._state_lock:
-                token = self._tokens.pop(release, "")
+                token = self._holders.pop(release, "")
         with self._outbox_changed:
-            self._published = next(self._numbers)
+            self._published = next(self._event_numbers)
             self._outbox.append((self._published, entry.line[:-1], release, token))
             self._awaited.append((self._published, entry))
             self._outbox_changed.notify()
@@ -436,7 +436,7 @@ class RedisBackplane:
                 batch = list(itertools.islice(self._outbox, PUBLISH_BATCH))
             try:
                 if batch:
-                    self._publish(
+                    self._publish_script(
                         keys=[self._log, self._seen, self._names],
                         args=[
                             self.server,
@@ -513,7 +513,7 @@ class RedisBackplane:
         key, mine = fields[b"t"].decode(), fields[b"s"].decode() == self.server
         if not mine:  # the name is another server's now: nothing of ours to release
             with self._state_lock:
-                self._tokens.pop(key, None)
+                self._holders.pop(key, None)
         assert self._room is not None
         self._room.taken_over(key, mine=mine)
 
@@ -561,8 +561,8 @@ class RedisBackplane:
             for name in names:
                 key = name_key(name)
                 with self._state_lock:
-                    token = self._tokens.setdefault(key, f"{self.server}:{next(self._tickets)}")
-                self._claim(
+                    token = self._holders.setdefault(key, f"{self.server}:{next(self._holds)}")
+                self._claim_script(
                     keys=[self._names], args=[key, token, name, self.server, ""], client=pipe
                 )
             won = pipe.execute()
@@ -571,7 +571,7 @@ class RedisBackplane:
                 self.publish(Entry.of(Joined(name=name, ts=wall_clock_ms())))
             else:  # the room ends its session when the winner's joined comes
                 with self._state_lock:
-                    self._tokens.pop(name_key(name), None)
+                    self._holders.pop(name_key(name), None)
                 log.warning("%s's name was taken while this server was away", name)
         log.warning("claimed %d name(s) again", len(names))
 

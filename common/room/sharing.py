@@ -12,13 +12,10 @@ import argparse
 from dataclasses import dataclass
 
 from common.room.room import Archive, Backplane
+from common.room.starterror import StartError
 
 DEFAULT_LEASE = 10.0
 """Seconds a server's lease in a shared room lasts unless renewed."""
-
-
-class StartError(Exception):
-    """Something the server needs cannot be had at start; its text is the one line to show."""
 
 
 @dataclass(frozen=True, kw_only=True)

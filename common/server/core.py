@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
-from common.cli.serverargs import Limits
 from common.protocol.codec import (
     AlreadyRegistered,
     Bye,
@@ -28,6 +27,7 @@ from common.protocol.codec import (
     ServerFull,
     name_key,
 )
+from common.protocol.limits import Limits
 from common.room.ratelimit import TokenBucket
 from common.room.room import Member, Room
 from common.room.sharing import Sharing, open_sharing

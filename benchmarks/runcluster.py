@@ -21,6 +21,7 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from benchmarks.servers import stop_process
 from common.cli.serverargs import DEFAULT_PORT
 
 STOP_WAIT = 5.0
@@ -117,17 +118,11 @@ def run(procs: list[subprocess.Popen[str]], host: str, port: int, url: str) -> N
 def stop_all(procs: list[subprocess.Popen[str]]) -> None:
     """Stop every process, the last started first."""
     for proc in reversed(procs):  # the servers first: they say left to Redis
-        if proc.poll() is None:
-            proc.terminate()
-        try:
-            proc.wait(STOP_WAIT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc, STOP_WAIT)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m common.cli.runcluster", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.runcluster", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="the first port")
     args = parser.parse_args(argv)
