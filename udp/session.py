@@ -9,7 +9,7 @@ Who gets an answer:
   ``max(3 x the hello's bytes, 256)`` bytes (a ``welcome`` lists fewer users
   to fit). Its answers carry no ``seq``: there is no session to count in.
   Anything else from it is dropped unanswered and counted. New sessions
-  are admitted within a budget (``ADMISSION_RATE``) of what they cost: a
+  are admitted within a budget (``JOIN_RATE``, ``common.server.core``) of what they cost: a
   join is a ``welcome`` plus a ``joined`` to every member. A ``hello`` past
   it is dropped unanswered; its client says ``hello`` again a second later.
 * A frame of a session must carry its ``session`` token; a missing or wrong
