@@ -79,6 +79,8 @@ from common.protocol.codec import (
     Hello,
     ProtocolError,
     RateLimited,
+    Say,
+    SendDm,
     ServerFull,
     TooLarge,
     Welcome,
@@ -390,6 +392,12 @@ class UdpChatServer:
             except ProtocolError as exc:
                 frames.append((line, exc, envelope_of(line)[1]))
             eliciting = eliciting or not isinstance(frames[-1][1], AckRanges)
+        if link.behind and any(isinstance(m, (Say, SendDm)) for _, m, _ in frames):
+            # Behind on what the room says, it may not add to it: unacknowledged, the packet
+            # comes again later, and slower (its sender's window), as a TCP talker waits for
+            # the writer. An overloaded room sheds talk at the door instead of ending sessions.
+            self._drop("behind", session.address)
+            return
         if not link.on_packet(packet.pn, eliciting, now):
             self._drop("packet_repeated_or_far", session.address)
             return
