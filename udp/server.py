@@ -25,7 +25,11 @@ gets one datagram per frame, stamped with its next ``seq``; a packet
 session (v1.2) gets its frames queued on its ``PacketLink``
 (``common.protocol.packetlink``), which packs them into as few packets as
 fit, one ``sendto`` each, as its congestion window allows, and nothing at
-all until the session's address is proven. A packet from a packet session
+all until the session's address is proven. Packet sessions are caught up at
+most once per ``--coalesce-ms`` (``main`` polls no longer than till then), so
+under load each packet carries what a few milliseconds gathered; a reliable
+one far behind on the room (``PacketLink.behind``) may not talk till it
+catches up. A packet from a packet session
 is parsed once (``common.protocol.packets``), its token checked once, then
 its frames are read one by one, each bad one answered on its own.
 
