@@ -22,7 +22,7 @@ from common.protocol.codec import (
     encode,
 )
 from common.protocol.congestion import INITIAL_WINDOW, MINIMUM_WINDOW, NewReno
-from common.protocol.packetlink import ACK_TIMER_SLACK, PN_WINDOW, PacketLink
+from common.protocol.packetlink import ACK_TIMER_SLACK, BEHIND_FRAMES, PN_WINDOW, PacketLink
 from common.protocol.packets import MAX_PACKET_BYTES, BadPacket, header, parse
 from common.protocol.rangeset import RangeSet
 from common.protocol.recovery import (
@@ -423,6 +423,23 @@ def test_the_congestion_window_bounds_what_is_in_flight() -> None:
     assert INITIAL_WINDOW <= sent_bytes <= INITIAL_WINDOW + MAX_PACKET_BYTES
     assert link.datagrams(0.01) == []  # nothing acked: nothing more goes out
     assert link.next_deadline() == pytest.approx(link.recovery.deadline())
+
+
+def test_a_link_is_behind_once_many_frames_wait_for_its_window() -> None:
+    pair = Pair()
+    pair.server.proven = True
+    for seq in range(1, BEHIND_FRAMES + 201):
+        pair.server.queue(seq, frame(seq, "y" * 100))
+    sent = pair.server.datagrams(0.0)  # the initial window's worth: about 100 frames
+    assert pair.server.recovery.congestion.bytes_in_flight >= INITIAL_WINDOW
+    assert pair.server.behind
+    for data in sent:
+        pair.take(pair.client, data, 0.01)
+    (ack,) = pair.client.datagrams(0.01)
+    pair.take(pair.server, ack, 0.02)
+    pair.server.datagrams(0.02)  # the window opened (and grew): more went out
+    assert not pair.server.behind
+    assert not PacketLink(reliable=False).behind
 
 
 def test_a_far_packet_number_costs_nothing() -> None:

@@ -324,6 +324,36 @@ def test_a_silent_reliable_packet_session_ends(start_server: Start, peers: Peers
     assert [f["reason"] for f in frames if f["type"] == "left"] == ["timeout"]
 
 
+def test_a_session_far_behind_on_the_room_may_not_talk_till_it_catches_up(
+    start_server: Start, peers: Peers
+) -> None:
+    server = start_server("udp.server", "--rate-limit", "0")
+    slow, talker = peers(server.address), peers(server.address)
+    slow.hello("slow")
+    slow.packet({"type": "ping"})  # proven, then it reads nothing for a while
+    talker.hello("talker", reliable=False)
+    talker.packet({"type": "ping"})
+    talker.until("pong")
+    for burst in range(40):  # far more than the slow one's congestion window lets out
+        talker.packet(*({"type": "say", "text": f"{burst}-{i}" + "x" * 90} for i in range(10)))
+    texts: list[str] = []
+    while "39-9" + "x" * 90 not in texts:
+        frames = talker.frames()
+        assert frames, "the talker's own messages stopped coming"
+        texts += [f["text"] for f in frames if f["type"] == "msg"]
+    slow.packet({"type": "say", "text": "late"})
+    assert talker.datagram(QUIET) is None, "a session far behind added to the room"
+    pns: list[int] = []
+    while (data := slow.datagram(QUIET)) is not None:  # it catches up, acking as it reads
+        pns.append(parse(data).pn)
+        slow.packet({"type": "ack", "ranges": [[max(pns), 0]], "delay": 0})
+    slow.packet({"type": "say", "text": "late", "seq": slow.seq})  # the same frame again
+    frames = talker.until("msg")
+    assert [(f["from"], f["text"]) for f in frames if f["type"] == "msg"] == [("slow", "late")]
+    assert server.stop() == 0
+    server.wait_for_log(r"datagrams dropped: .*behind 1\b")
+
+
 @pytest.mark.usefixtures("lossy_link")
 @pytest.mark.parametrize("sessions", [[], ["--no-packets"]], ids=["packets", "1.0"])
 def test_reliable_loses_nothing_at_10_percent_loss(sessions: list[str]) -> None:

@@ -24,6 +24,8 @@ from common.protocol.codec import (
     Error,
     Hello,
     ProtocolError,
+    Say,
+    SendDm,
     ServerFull,
     TooLarge,
     decode_client,
@@ -173,6 +175,12 @@ class Inbox:
                 assert d.message is not None
                 frames.append((line, d.message, d.seq))
         eliciting = any(not isinstance(message, AckRanges) for _, message, _ in frames)
+        if link.behind and any(isinstance(m, (Say, SendDm)) for _, m, _ in frames):
+            # Behind on what the room says, it may not add to it: unacknowledged, the packet
+            # comes again later, and slower (its sender's window), as a TCP talker waits for
+            # the writer. An overloaded room sheds talk at the door instead of ending sessions.
+            self.registry.drop("behind", session.address)
+            return
         if not link.on_packet(packet.pn, eliciting, now):
             self.registry.drop("packet_repeated_or_far", session.address)
             return

@@ -21,6 +21,10 @@ datagram that arrived before it has been read. A backlog in the socket (a
 flood being worked through) times nobody out. After every ``FLUSH_EVERY``
 datagrams, when the socket is found empty, and at each turn of the timer,
 every session is caught up on what the room has for it (``Registry.flush``).
+Packet sessions are caught up at most once per ``--coalesce-ms`` (``main``
+polls no longer than till then), so under load each packet carries what a
+few milliseconds gathered; a reliable one far behind on the room
+(``PacketLink.behind``) may not talk till it catches up.
 
 * ``udp-hello-N``: act on hellos, each outside the server's lock: on a
   shared room a claim waits for Redis, and nobody else waits with it. Its

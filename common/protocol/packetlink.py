@@ -65,6 +65,10 @@ ACK_TIMER_SLACK = 0.010
 """How late a transport's timer may wake: an ack is sent this much before the
 ``MAX_ACK_DELAY`` its peer counts on, or the peer's probe timeout (which allows
 for exactly that delay) fires first and sends again what had arrived."""
+BEHIND_FRAMES = 256
+"""Frames a reliable link may have waiting behind its full congestion window before it is
+``behind``: its peer reads slower than it is given frames (a server whose room talks faster
+than it can catch everyone up has every link behind)."""
 PACKET_WINDOW = 1024
 """Seqs in flight past the oldest unacknowledged one, and held early by a receiver."""
 
@@ -145,6 +149,11 @@ class PacketLink:
     def pending(self) -> int:
         """Frames queued and not acknowledged (raw: not sent) yet."""
         return len(self._unacked) if self.reliable else len(self._queue)
+
+    @property
+    def behind(self) -> bool:
+        """More than ``BEHIND_FRAMES`` queued frames wait for the congestion window."""
+        return self.reliable and self._next_seq - self._unsent > BEHIND_FRAMES
 
     def acked(self, seq: int) -> bool:
         """Whether the frame ``seq`` was queued and is held no more (reliable links)."""
