@@ -515,17 +515,30 @@ def chat(clients: Sequence[LoadClient], rate: float, stop: threading.Event) -> N
 
 
 def caught_up(logs: Sequence[Sequence[Event]]) -> bool:
-    """Whether every user has each sender's last message that anyone has (pure).
+    """Whether every user has each sender's last message that anyone has, or was told after
+    that sender's last message it got that some may be missing (pure).
 
-    Once the chat has stopped, a user without it is still on its way back or catching up:
-    what it lacks is not missed yet.
+    Once the chat has stopped, a user that lacks one without a notice since is still on its
+    way back or catching up: what it lacks is not missed yet.
     """
     last: dict[int, int] = {}
     for log in logs:
         for event in log:
             if event is not None and event[1] > last.get(event[0], 0):
                 last[event[0]] = event[1]
-    return all(set(last.items()) <= {e for e in log if e is not None} for log in logs)
+    for log in logs:
+        notice = -1
+        latest: dict[int, tuple[int, int]] = {}  # sender: (its newest number here, where)
+        for position, event in enumerate(log):
+            if event is None:
+                notice = position
+            elif event[1] >= latest.get(event[0], (0, -1))[0]:
+                latest[event[0]] = (event[1], position)
+        for sender, k in last.items():
+            have, where = latest.get(sender, (0, -1))
+            if have < k and notice < where:
+                return False
+    return True
 
 
 def wait_caught_up(clients: Sequence[LoadClient]) -> bool:

@@ -66,6 +66,8 @@ def test_a_user_still_catching_up_when_the_chat_stops_is_waited_for() -> None:
     assert caught_up([full, full, [(0, 1), (1, 1), (0, 2), (1, 2)]])
     assert not caught_up([full, [(0, 1), (1, 1)]])  # on its way back: wait for it
     assert caught_up([full, [(0, 1), None, (0, 2), (1, 2)]])  # a gap it was told of: over
+    assert caught_up([full, [(0, 1), (1, 1), None]])  # the last ones lost, and it was told
+    assert not caught_up([full, [None, (0, 1), (1, 1)]])  # told of an earlier gap only
     assert caught_up([[], []])
 
 
