@@ -6,8 +6,9 @@ Contract:
     write_results(results, out_dir)   latest.json and latest.csv in out_dir
     read_results(path) -> dict
 
-A Scenario is one run: a LoadSpec for a load run, or a client count for the capacity run
-(`benchmarks.capacity`). A Config is one configuration of the matrix: a server and the options
+A Scenario is one run: a LoadSpec for a load run, a client count for the capacity run
+(`benchmarks.capacity`), or a case and a client count for an overload run
+(`benchmarks.overload`). A Config is one configuration of the matrix: a server and the options
 that set it apart, `packets` (UDP packet sessions, protocol v1.2, named in the protocol:
 `udp-raw-packets`) among them. A run's `variant` names an option its LoadResult does not show
 (`nodelay`: the assignment's server with TCP_NODELAY), so that it is never taken for the
@@ -50,11 +51,16 @@ Groups, each answering one question of the report:
   (`_SATURATION`): deliveries/s and p99 against offered, readers dropped (none), and how much
   the talkers were slowed (their own sockets held what the server did not read yet: `unsent`,
   `sent_msgs_per_s` against `offered_msgs_per_s`). The two highest points are repeated.
+- `overload`: the TCP server under overload that is not load (`benchmarks.overload`): 3,000
+  clients closing at once (sockets closed, a newcomer's welcome meanwhile, memory), 5,000 that
+  never read beside 10 talkers (observers' p99, who was dropped, memory once they are gone),
+  100 that never read asking `history` 50 times each (memory, an observer's p99).
 
 The results dict: `meta` (suite, date, git commit, Python, machine, load average before and
 after, `floor`: the CPU one loopback `send` and `sendto` cost here, from `benchmarks.floor`);
 `runs`: group, name, `repeat` (1, 2, ...), `variant` ("" or `nodelay`), `load_1min` (the
-1-minute load average as it started), spec and result of each load run; `capacity`; `skipped`
+1-minute load average as it started), spec and result of each load run; `capacity`; `overload`
+(group, name, load_1min and the fields of an OverloadResult, each); `skipped`
 (group, reason); `failed` (group, name, error: a run that raised; the suite goes on without it).
 The CSV has one row per load run, with the meta columns repeated on every row.
 """
@@ -75,7 +81,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from benchmarks import capacity
+from benchmarks import capacity, overload
 from benchmarks.floor import measure_floor
 from benchmarks.measure import (
     DEFAULT_THREADS,
@@ -94,7 +100,7 @@ RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 SUITES = ("bench", "full", "tiny")
 GROUPS = (
     "targets", "peak", "clients", "rate", "lossy", "slow-reader", "nagle", "coalesce", "threads",
-    "capacity", "saturation",
+    "capacity", "saturation", "overload",
 )  # fmt: skip
 REPEATED = ("targets", "peak", "lossy", "saturation")
 
@@ -134,12 +140,15 @@ def configured(spec: LoadSpec, config: Config) -> LoadSpec:
 
 @dataclass(frozen=True)
 class Scenario:
-    """One run of the suite: a load run (spec) or a capacity run (capacity_clients)."""
+    """One run of the suite: a load run (spec), a capacity run (capacity_clients) or an
+    overload run (overload_case, with overload_clients)."""
 
     group: str
     name: str
     spec: LoadSpec | None = None
     capacity_clients: int = 0
+    overload_case: str = ""
+    overload_clients: int = 0
     repeat: int = 1
     variant: str = ""
 
@@ -167,7 +176,17 @@ class _Sizes:
     coalesce: tuple[tuple[float, float], ...]  # (msg/s per client, ms) at 200 clients
     thread_counts: tuple[int, ...]
     capacity_clients: int
+    overload: tuple[tuple[str, int], ...]  # (case, clients)
 
+
+_OVERLOAD = (("closing", 3000), ("non-readers", 5000), ("history", 100))
+"""The overload group's cases at the size the targets name."""
+
+_OVERLOAD_NAMES = {
+    "closing": "tcp {} closing at once",
+    "non-readers": "tcp {} non-readers + 10 talkers",
+    "history": "tcp {} non-readers x 50 history",
+}
 
 _SIZES = {
     "bench": _Sizes(
@@ -190,6 +209,7 @@ _SIZES = {
         coalesce=((5, 5), (50, 0)),
         thread_counts=(),
         capacity_clients=500,
+        overload=_OVERLOAD,
     ),
     "full": _Sizes(
         duration=10.0,
@@ -211,6 +231,7 @@ _SIZES = {
         coalesce=((5, 1), (5, 5), (5, 10), (50, 0), (50, 5)),
         thread_counts=(1, 2, 4, 8),
         capacity_clients=5000,
+        overload=_OVERLOAD,
     ),
     "tiny": _Sizes(
         duration=0.5,
@@ -232,6 +253,7 @@ _SIZES = {
         coalesce=((10, 0),),
         thread_counts=(1,),
         capacity_clients=20,
+        overload=(("closing", 30), ("non-readers", 30), ("history", 5)),
     ),
 }
 
@@ -273,6 +295,15 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
             "capacity",
             f"tcp {z.capacity_clients} idle clients",
             capacity_clients=z.capacity_clients,
+        ),
+        *(
+            Scenario(
+                "overload",
+                _OVERLOAD_NAMES[case].format(clients),
+                overload_case=case,
+                overload_clients=clients,
+            )
+            for case, clients in z.overload
         ),
     ]
 
@@ -578,6 +609,7 @@ def run_suite(
         },
         "runs": [],
         "capacity": [],
+        "overload": [],
         "skipped": [],
         "failed": [],
     }
@@ -604,6 +636,12 @@ def run_suite(
 def _run_one(scenario: Scenario, results: dict[str, Any], reporter: Reporter) -> str:
     """Run one scenario, add its result to `results`; its one-line summary."""
     load = os.getloadavg()[0]
+    if scenario.overload_case:
+        case = asdict(overload.measure(scenario.overload_case, scenario.overload_clients))
+        results["overload"].append(
+            {"group": scenario.group, "name": scenario.name, "load_1min": load, **case}
+        )
+        return overload.summary(case)
     if scenario.spec is None:
         measured = capacity.measure(scenario.capacity_clients)
         results["capacity"].append(
@@ -670,6 +708,8 @@ def format_tables(results: dict[str, Any]) -> str:
             f"{entry['bytes_per_client'] / 1024:.1f} KiB of server memory each, "
             f"{entry['threads_after']} server threads, joined in {entry['connect_seconds']:.1f} s"
         )
+    for entry in results.get("overload", []):
+        parts.append(f"== overload: {entry['name']}\n{overload.summary(entry)}")
     for failed in results.get("failed", []):
         parts.append(f"== {failed['group']}: {failed['name']} FAILED ({failed['error']})")
     for skipped in results["skipped"]:

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks import overload
 from benchmarks.harness import (
     GROUPS,
     LINK_MATRIX,
@@ -615,6 +616,34 @@ def _saturation_table(results: dict[str, Any]) -> str:
     return table(rows, headers, markdown=True) if rows else "_Not measured._"
 
 
+_OVERLOAD_CASES = {
+    "closing": "{} close at once",
+    "non-readers": "{} never read, 10 talk",
+    "history": "{} never read, ask `history` 50 times",
+}
+
+
+def _overload_table(results: dict[str, Any]) -> str:
+    """The overload group (benchmarks.overload): how long many closes take, and how a newcomer
+    fares meanwhile; what readers see beside thousands that never read, or that ask for history
+    and never read it; and the server's memory before, at the peak and after, in each case."""
+
+    def closing(e: dict[str, Any]) -> bool:
+        return bool(e["case"] == "closing")
+
+    rows = [
+        [_OVERLOAD_CASES[e["case"]].format(num(e["clients"])),
+         num(e["seconds"], 2) if closing(e) else "-", ms(e["welcome_ms"]) if closing(e) else "-",
+         "-" if closing(e) else num(e["dropped"]), "-" if closing(e) else ms(e["p50_ms"]),
+         "-" if closing(e) else ms(e["p99_ms"]), num(e["rss_start_mb"]),
+         num(e["rss_peak_mb"]), num(e["rss_end_mb"])]
+        for e in results.get("overload", [])
+    ]  # fmt: skip
+    headers = ["case", "closed s", "welcome ms", "dropped", "p50 ms", "p99 ms", "MB before",
+               "MB peak", "MB after"]  # fmt: skip
+    return table(rows, headers, markdown=True) if rows else "_Not measured._"
+
+
 def _headline_list(results: dict[str, Any], rows: Sequence[Row]) -> str:
     """How many runs each headline figure is the median of: the usual count once, and every
     figure whose count differs (a failed run, or runs the harness limited) by name."""
@@ -740,6 +769,7 @@ def build_context(
         "bound_runs": f"{sum(r.harness_bound for r in every_run)} of the {len(every_run)} runs",
         "headline_list": _headline_list(results, rows),
         "saturation_table": _saturation_table(results),
+        "overload_table": _overload_table(results),
         "cluster_text": (
             render(CLUSTER_TEXT, cluster_context(cluster))
             if cluster is not None
@@ -795,6 +825,8 @@ def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: P
             f"online, {num(entry['bytes_per_client'] / 1024, 1)} KiB of server memory each, "
             f"joined in {num(entry['connect_seconds'], 1)} s."
         )
+    for entry in results.get("overload", []):
+        parts.append(f"## overload: {entry['name']}\n\n{overload.summary(entry)}.")
     if cluster is not None:
         ctx = cluster_context(cluster)
         parts.append(

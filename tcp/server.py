@@ -92,6 +92,11 @@ POLL_INTERVAL = 0.2
 SHUTDOWN_GRACE = 1.0
 THREAD_STACK_BYTES = 256 * 1024
 RECV_BYTES = 65536
+IDLE_RECV_BYTES = 4096
+"""What a reader asks for when its last read did not fill its buffer: a ``recv`` holds a buffer
+of the size asked for as long as it waits, so thousands of idle clients (or clients that never
+read, and never send) would each hold 64 KB of the server's memory; a client that streams fills
+its reads, and keeps reading RECV_BYTES at a time."""
 RCVBUF_BYTES = 65536
 """Each connection's receive buffer: what a talker may have on its way that the server has not
 read yet. Fixed (not grown by the kernel up to megabytes), so that when the readers stop
@@ -302,6 +307,7 @@ class ChatServer:
         mode_known = False  # text or JSON: told by the first byte that is not blank
         waiting = True  # for a good hello
         current: float | None = -1.0  # the socket's timeout, set only when it changes
+        size = IDLE_RECV_BYTES  # what the next recv asks for: see IDLE_RECV_BYTES
         try:
             while True:
                 timeout = None
@@ -316,7 +322,8 @@ class ChatServer:
                 if timeout != current:
                     conn.sock.settimeout(current := timeout)
                 try:
-                    data = conn.sock.recv(RECV_BYTES)
+                    data = conn.sock.recv(size)
+                    size = RECV_BYTES if len(data) == size else IDLE_RECV_BYTES
                 except TimeoutError:
                     if not unfinished:
                         continue

@@ -228,6 +228,47 @@ def test_many_clients_closing_at_once_free_their_sockets_at_once(start_server: S
     assert json.dumps(watcher.expect("users")["names"]) == json.dumps(["newcomer", "watcher"])
 
 
+def test_clients_that_never_read_cost_little_and_give_it_back(start_server: Start) -> None:
+    """1,000 clients join and never read while a talker talks: nobody who reads is dropped,
+    each costs the server well under 38 KB while it is there (a reader waiting on a quiet
+    socket holds a small buffer, not 64 KB), and once they are gone the server is back within
+    27 MB of where it started."""
+    server = start_server("tcp.server", "--rate-limit", "0")
+    pid = server.proc.pid
+    observer = JsonClient(server.address, "observer")
+    talker = JsonClient(server.address, "talker")
+    observer.send({"type": "ping"})
+    observer.expect("pong")
+    start, start_fds = rss_kib(pid), open_fds(pid)
+    silent = []
+    for n in range(1000):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.address)
+        sock.sendall(b'{"type":"hello","name":"nr%d"}\n' % n)
+        silent.append(sock)
+    try:
+        for _ in range(1000):
+            observer.expect("joined", timeout=6 * WAIT)
+        for n in range(20):
+            talker.send({"type": "say", "text": f"{n} {'t' * 500}"})
+            observer.expect("msg", text=f"{n} {'t' * 500}")
+        while_there = peak_rss_kib(pid) - start
+    finally:
+        for sock in silent:
+            sock.close()
+    assert wait_until(lambda: open_fds(pid) <= start_fds, 6 * WAIT)
+    lefts = 0
+    while lefts < 1000:
+        frame = observer.recv(6 * WAIT)
+        lefts += frame["type"] == "left"
+    observer.send({"type": "who"})
+    assert observer.expect("users")["names"] == ["observer", "talker"]
+    after = rss_kib(pid) - start
+    assert while_there < 38 * 1024, f"{while_there // 1024} MB for 1,000 clients"
+    assert after < 27 * 1024, f"{after // 1024} MB not given back"
+
+
 def rss_kib(pid: int) -> int:
     return _status_kib(pid, "VmRSS")
 

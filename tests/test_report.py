@@ -89,7 +89,12 @@ SPECIAL: dict[tuple[str, str, int], dict[str, Any]] = {
 def synthetic_results() -> dict[str, Any]:
     runs: list[dict[str, Any]] = []
     capacity = []
+    overload = []
     for scenario in build_suite("bench"):
+        if scenario.overload_case:
+            overload.append(overload_entry(scenario.group, scenario.name, scenario.overload_case,
+                                           scenario.overload_clients))  # fmt: skip
+            continue
         if scenario.spec is None:
             capacity.append(
                 {"group": scenario.group, "name": scenario.name, "clients": 1000, "online": 1000,
@@ -114,7 +119,16 @@ def synthetic_results() -> dict[str, Any]:
         "git_commit": "0123456789abcdef", "git_dirty": False, "elapsed_s": 123.4,
         "floor": {"tcp_send_us": 8.5, "udp_sendto_us": 7.3},
     }  # fmt: skip
-    return {"meta": meta, "runs": runs, "capacity": capacity, "skipped": []}
+    return {"meta": meta, "runs": runs, "capacity": capacity, "overload": overload, "skipped": []}
+
+
+def overload_entry(group: str, name: str, case: str, clients: int) -> dict[str, Any]:
+    """A plausible overload run: closes in 0.42 s, a newcomer in 37 ms, readers at 12/48 ms."""
+    closing = case == "closing"
+    return {"group": group, "name": name, "load_1min": 0.5, "case": case, "clients": clients,
+            "seconds": 0.42 if closing else 5.0, "welcome_ms": 37.0 if closing else None,
+            "dropped": 0, "p50_ms": None if closing else 12.0, "p99_ms": None if closing else 48.0,
+            "rss_start_mb": 150.0, "rss_peak_mb": 180.0, "rss_end_mb": 160.0}  # fmt: skip
 
 
 def synthetic_cluster() -> dict[str, Any]:
@@ -315,6 +329,20 @@ def test_the_saturation_section_has_a_row_per_offered_load(report: str) -> None:
     assert all(row[6] == "0" for row in rows)  # nobody dropped
 
 
+def test_the_saturation_section_shows_closes_non_readers_and_history_asked_by_them(
+    report: str,
+) -> None:
+    section = report.split("## 5.", 1)[1].split("## 6.", 1)[0]
+    rows = {row[0]: row for row in map(_cells, section.splitlines()) if "never" in row[0]
+            or "close" in row[0]}  # fmt: skip
+    closing = rows["3,000 close at once"]
+    assert closing[1:4] == ["0.42", "37.0", "-"]
+    assert closing[-3:] == ["150", "180", "160"]
+    non_readers = rows["5,000 never read, 10 talk"]
+    assert non_readers[1:6] == ["-", "-", "0", "12.0", "48.0"]
+    assert "100 never read, ask `history` 50 times" in rows
+
+
 def test_runs_md_has_every_run_and_marks_the_harness_bound(runs: str) -> None:
     marked = [line for line in runs.splitlines() if "**harness-bound**" in line]
     assert len(marked) == 3 and all("200x50" in line for line in marked)
@@ -322,6 +350,7 @@ def test_runs_md_has_every_run_and_marks_the_harness_bound(runs: str) -> None:
         assert f"## {group}" in runs
     assert "tcp 10% loss" in runs and "12 / 0 / 34" in runs
     assert "## cluster" in runs and "## capacity" in runs
+    assert "## overload: tcp 3000 closing at once\n\n3000 closed in 0.42 s" in runs
     assert "## Targets of UDP packet sessions" in runs and "udp-packets-lossy-5" in runs
 
 
