@@ -48,7 +48,7 @@ bench: $(VENV)/.installed ## quick benchmark suite (about 12 min on 2 cores): ev
 bench-full: $(VENV)/.installed ## the long benchmark suite: longer runs, more points
 	$(PY) -m benchmarks --full
 
-bench-cluster: $(VENV)/.installed ## one server against two sharing a room through Redis -> benchmarks/results/cluster.json
+bench-cluster: $(VENV)/.installed ## one server against two sharing a room through Redis; the Redis targets at 200 x 5 and 200 x 25, median of 3 -> benchmarks/results/cluster.json
 	$(PY) -m benchmarks.cluster --json benchmarks/results/cluster.json
 
 bench-chaos: $(VENV)/.installed ## resume under chaos: 50 users, cuts every 2 s, a server killed every 30 s (4 x 5 min) -> benchmarks/results/chaos.json

@@ -623,3 +623,121 @@ def test_the_chat_alone_imports_only_the_standard_library() -> None:
         "assert 'redis' not in sys.modules and 'sqlite3' not in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=WAIT)
+
+
+@pytest.mark.parametrize("module", ["udp.server", "tcp.server"])
+def test_a_hello_waiting_for_redis_stalls_nobody_else(
+    cluster: Cluster, connect: Connect, redis_server: RedisServer, module: str
+) -> None:
+    """Redis paused (SIGSTOP), a newcomer's hello waits for its claim's answer; meanwhile a
+    user already in answers pings at once: the claim waits outside every transport's lock
+    (and outside the one thread that receives every UDP datagram)."""
+    server = cluster(module)
+    bob: UdpPeer | JsonClient
+    if module == "udp.server":
+        bob = udp_join(server, "bob")
+        newcomer: UdpPeer | JsonClient = UdpPeer(server.address)
+    else:
+        bob, newcomer = connect(server.address, "bob"), connect(server.address)
+    assert redis_server.proc is not None
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        if isinstance(newcomer, UdpPeer):
+            newcomer.send({"type": "hello", "name": "carol"}, envelope=False)
+        else:
+            newcomer.send({"type": "hello", "name": "carol"})
+        time.sleep(0.2)  # the hello is on its way to Redis by now (it only delays the pings)
+        for _ in range(3):
+            bob.send({"type": "ping"})
+            bob.expect("pong", timeout=WAIT)
+        if isinstance(newcomer, UdpPeer):
+            assert newcomer.datagram(0.001) is None, "the hello was answered before the pings"
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    answer = newcomer.recv()
+    assert answer["type"] in ("welcome", "error"), answer
+    assert "Traceback" not in server.log
+
+
+def test_a_server_back_after_the_hold_never_shares_a_name(
+    start_server: Start, tmp_path: Path, connect: Connect
+) -> None:
+    """Redis comes back empty while a server is frozen for longer than the restart hold: a
+    server started meanwhile may give the frozen server's user's name to a newcomer. When the
+    frozen server comes back, its user is told the name is gone and its session ends: the room
+    never has two users of one name."""
+    store = RedisServer(tmp_path, persist=False)
+    try:
+        args = ("--rate-limit", "0", "--redis", store.url, "--lease", "40")
+        one, two = start_server("tcp.server", *args), start_server("tcp.server", *args)
+        alice, bob = connect(one.address, "alice"), connect(two.address, "bob")
+        assert alice.expect("joined")["name"] == "bob"
+        store.stop()
+        for client in (alice, bob):  # written: the writers are at rest
+            assert "cannot be reached" in client.expect("error", code="rate_limited")["text"]
+        assert one.proc is not None
+        os.kill(one.proc.pid, signal.SIGSTOP)
+        try:
+            store.start()
+            two.wait_for_log("claimed 1 name")
+            three = start_server("tcp.server", *args)  # it waits out the hold before it listens
+            newcomer = connect(three.address, "alice")  # welcomed
+        finally:
+            os.kill(one.proc.pid, signal.SIGCONT)
+        assert alice.expect("error", code="name_taken")
+        assert alice.expect("bye")
+        carol = connect(one.address)
+        deadline = time.monotonic() + WAIT
+        while True:  # refused until the server has seen Redis again for itself
+            carol.send({"type": "hello", "name": "carol"})
+            answer = carol.recv()
+            if answer["type"] == "welcome" or time.monotonic() > deadline:
+                break
+            assert answer["code"] == "rate_limited", answer
+            time.sleep(0.1)
+        assert answer["type"] == "welcome", answer
+        carol.send({"type": "who"})
+        assert carol.expect("users")["names"] == ["alice", "bob", "carol"]
+        newcomer.send({"type": "say", "text": "still here"})
+        assert carol.expect("msg", text="still here")["from"] == "alice"
+        assert "Traceback" not in one.log + two.log + three.log
+    finally:
+        if store.proc is not None and store.proc.poll() is None:
+            store.proc.kill()
+            store.proc.wait()
+
+
+def test_an_outage_longer_than_the_lease_loses_no_name(
+    cluster: Cluster, connect: Connect, redis_server: RedisServer
+) -> None:
+    """Redis away for three leases, then back with its data: every lease ended meanwhile by
+    Redis's clock, yet nobody is taken out (each server renews before any may reap), every
+    name is still its user's, and nobody is seen to leave or join again."""
+    one, two = cluster("tcp.server"), cluster("tcp.server")
+    alice, bob = connect(one.address, "alice"), connect(two.address, "bob")
+    assert alice.expect("joined")["name"] == "bob"
+    redis_server.stop()
+    for client in (alice, bob):
+        assert "cannot be reached" in client.expect("error", code="rate_limited")["text"]
+    time.sleep(3 * float(LEASE))  # the outage: longer than the lease
+    redis_server.start()
+    for server in (one, two):
+        server.wait_for_log("Redis is back")
+    three = cluster("tcp.server")
+    for name in ("alice", "bob"):
+        newcomer = connect(three.address)
+        deadline = time.monotonic() + WAIT
+        while True:
+            newcomer.send({"type": "hello", "name": name})
+            answer = newcomer.recv()
+            if answer.get("code") != "rate_limited" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)  # the restart hold
+        assert answer.get("code") == "name_taken", answer
+    time.sleep(2 * float(LEASE))  # past the grace in which nobody is reaped
+    for client in (alice, bob):
+        client.send({"type": "ping"})
+        frames = []
+        while (frame := client.recv())["type"] != "pong":
+            frames.append(frame)
+        assert [f for f in frames if f["type"] in ("joined", "left")] == [], frames

@@ -32,6 +32,10 @@ its frames are read one by one, each bad one answered on its own.
 Lock: one server lock serialises every change to the sessions, their
 sequence numbers and the writes to the socket, so each session's datagrams
 leave in seq order. It is taken outside the room's lock, never inside.
+A ``hello`` is acted on by one of the ``udp-hello`` threads, outside that
+lock: on a shared room its claim waits for Redis, and nobody else waits with
+it. Its session is filed at once (so the welcome finds it), and a hello that
+comes again meanwhile is dropped: the answer is on its way.
 Writes never block (the socket is non-blocking): a full kernel buffer
 loses the datagram, as a network would. ``main`` waits in ``poll`` and then
 drains every datagram that is ready.
@@ -50,6 +54,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
+import queue
 import select
 import socket
 import sys
@@ -117,6 +122,9 @@ MAX_HELD_BYTES = 32 << 20
 """Bytes all reliable sessions may hold together (``--max-held-bytes``): frames
 sent and not acked yet, each counted once however many hold it, and frames
 received ahead of a gap; past it the one holding most is ended."""
+HELLO_THREADS = 4
+"""Hellos acted on at once: on a shared room each waits for Redis (its claim, then its
+``joined`` back through the stream), so a few at a time keep a burst of joins moving."""
 TIMER_RESOLUTION = 0.01
 BUSY_TICK = 0.05
 MAX_SWEEP_INTERVAL = 0.5
@@ -173,6 +181,11 @@ class UdpChatServer:
         self._admission = TokenBucket(ADMISSION_RATE, ADMISSION_BURST, self._caught_up)
         self._timer_stop = threading.Event()
         self._timer = threading.Thread(target=self._run_timer, name="udp-timer", daemon=True)
+        self._hellos: queue.SimpleQueue[tuple[Session, Hello, int] | None] = queue.SimpleQueue()
+        self._hello_threads = [
+            threading.Thread(target=self._run_hellos, name=f"udp-hello-{n}", daemon=True)
+            for n in range(1, HELLO_THREADS + 1)
+        ]
         self._sweep_interval = min(
             MAX_SWEEP_INTERVAL, limits.session_timeout / 5, limits.hello_timeout / 5
         )
@@ -183,6 +196,8 @@ class UdpChatServer:
         """Receive until ``stopping`` is set, re-checking it every poll interval."""
         announce("UDP chat server", self.address, "make chat-udp PORT={port} NAME=alice")
         self._timer.start()
+        for thread in self._hello_threads:
+            thread.start()
         while not self.stopping.is_set():
             self._receive()
         self._shutdown()
@@ -494,13 +509,16 @@ class UdpChatServer:
             if not self._admission.allow(now, len(self.room) + 1):
                 self._drop("admission", address)
                 return
-            try:
-                self._register(address, hello, budget, now)
-                self._strangers.pop(address, None)
-                return
-            except ProtocolError as exc:
-                problem = exc
+            self._register(address, hello, budget, now)
+            return
         assert problem is not None
+        self._refuse_hello(address, problem, budget, now)
+
+    def _refuse_hello(
+        self, address: Address, problem: ProtocolError, budget: int, now: float
+    ) -> None:
+        """Answer a refused hello within its budget; its address is rate limited from now on."""
+        stranger = self._strangers.get(address)
         log.debug("%s:%d hello refused: %s", address[0], address[1], problem.code)
         try:
             self._write(encode(Error.of(problem), limit=budget), address)
@@ -516,21 +534,45 @@ class UdpChatServer:
             self._strangers[address] = Stranger(since=now, bucket=bucket)
 
     def _register(self, address: Address, hello: Hello, budget: int, now: float) -> None:
+        """File a new session and hand its hello to a ``udp-hello`` thread (lock held)."""
         session = Session(
             address, hello.reliable, self.limits, now, budget, self._held, packets=hello.packets
         )
         if hello.resume is not None and not hello.packets:
             session.held = []  # a packet session's link holds all but the welcome itself
-        self.room.handle(session, hello)
         self._sessions[address] = session
         self._by_token[session.token] = session
-        log.info(
-            "%s joined from %s (%s%s)",
-            hello.name,
-            session.label,
-            "reliable" if hello.reliable else "raw",
-            ", packets" if hello.packets else "",
-        )
+        self._hellos.put((session, hello, budget))
+
+    def _run_hellos(self) -> None:
+        """Act on hellos, each outside the server's lock: the room may wait for its backplane."""
+        while (item := self._hellos.get()) is not None:
+            session, hello, budget = item
+            try:
+                self.room.handle(session, hello)
+                problem = None
+            except ProtocolError as exc:
+                problem = exc
+            except Exception:
+                log.exception("failed on a hello from %s", session.label)
+                problem = None
+            with self._lock:
+                if self._sessions.get(session.address) is not session:
+                    continue  # ended meanwhile (timeout, shutdown)
+                if problem is not None or session.stage is not Stage.JOINED:
+                    self._forget(session)
+                    if problem is not None:
+                        self._refuse_hello(session.address, problem, budget, time.monotonic())
+                    continue
+                self._strangers.pop(session.address, None)
+                log.info(
+                    "%s joined from %s (%s%s)",
+                    hello.name,
+                    session.label,
+                    "reliable" if hello.reliable else "raw",
+                    ", packets" if hello.packets else "",
+                )
+            self._wake.set()  # the timer sends the welcome
 
     def _hello_again(
         self, session: Session, hello: Hello | None, problem: ProtocolError | None, now: float
@@ -540,6 +582,9 @@ class UdpChatServer:
         A hello carries no token, so it is answered as anything untrusted is.
         """
         if self.closing:
+            return
+        if session.stage is Stage.NEW:
+            self._drop("hello_under_way", session.address)
             return
         if hello is not None and name_key(hello.name) == name_key(session.name):
             session.counter.restart()
@@ -769,6 +814,10 @@ class UdpChatServer:
         self._timer_stop.set()
         self._wake.set()
         self._timer.join()
+        for _ in self._hello_threads:
+            self._hellos.put(None)
+        for thread in self._hello_threads:
+            thread.join(SHUTDOWN_GRACE)
         with self._lock:
             for session in sessions:
                 self._end(session, "shutdown")

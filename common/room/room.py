@@ -706,6 +706,8 @@ class Room(Generic[M]):
                 if (end := self._by_key.get(key)) is not None and end.stage is Stage.JOINED:
                     self._post(end, entry)
             return
+        if not mine and isinstance(message, (Joined, Renamed)):
+            self._lose(message.name if isinstance(message, Joined) else message.new)
         if isinstance(message, Joined) and self._roster.get(name_key(message.name)) == message.name:
             return  # said again for someone already here (a server claiming its names back)
         entry = self._numbered(entry)
@@ -1079,6 +1081,21 @@ class Room(Generic[M]):
         self._by_key[name_key(new)] = member
         member.name = new
         self._backplane.publish(Entry.of(Renamed(old=old, new=new, ts=self._clock())))
+
+    def _lose(self, name: str) -> None:
+        """Another server's user now has ``name``, held by a member here (lock held): the
+        backplane gave it out while this server could not reach it (longer than its lease,
+        or a restart that lost the names, for longer than the hold). The name is theirs: the
+        member here is told and its session ends, without a ``left`` (nobody else saw it go).
+        """
+        member = self._by_key.get(name_key(name))
+        if member is None:
+            return
+        if member.stage is Stage.JOINED:
+            text = f"the name {member.name} was given to someone else while the room was away"
+            self._post(member, Entry.of(Error(code=NameTaken.code, text=text)))
+            self._post(member, Entry.of(Bye(reason="name_taken")))
+        self._move(member, Stage.GONE)
 
     def _enrol(self, name: str) -> None:
         """``name`` into the roster, its key in its sorted place (O(log n) plus a move)."""
