@@ -18,6 +18,11 @@ RCVBUF_BYTES = 65536
 read yet. Fixed (not grown by the kernel up to megabytes), so that when the readers stop
 reading the talkers are slowed at once, not after a queue nobody sees."""
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 3
+IDLE_RECV_BYTES = 4096
+"""What a reader asks for when its last read did not fill its buffer: a ``recv`` holds a buffer
+of the size asked for as long as it waits, so thousands of idle clients (or clients that never
+read, and never send) would each hold 64 KB of the server's memory; a client that streams fills
+its reads, and keeps reading RECV_BYTES at a time."""
 DRAIN_SECONDS = 1.0
 HANG_UP_SECONDS = 1.0
 

@@ -4,24 +4,18 @@ means, and everything else a server decides, is the core's (``common.server``).
 
 Threads, each named and owned by the server:
 
-* ``MainThread``: accepts connections and starts one reader thread each;
-  signals only set a flag, and this thread then runs the shutdown. Every
-  poll interval it also lets the room end the grace of resumable clients
-  whose connection broke (``Room.expire``).
-* ``client-HOST:PORT``: reads its client's lines and hands them to the core,
-  which hands them to the room (``common.room.room``); no socket is written
-  here. Past the room's backlog (a quarter of ``--max-outbox``,
-  ``BACKLOG_SHARE``) the room holds a talker's next ``say`` or ``dm`` until
+* ``MainThread``: accepts connections and starts one reader each; every
+  poll interval it lets the room end expired graces (``Room.expire``); once
+  a signal set ``stopping``, it runs the shutdown: ``bye`` to every client,
+  a short grace, then the remaining sockets shut and every thread joined.
+* ``client-HOST:PORT``: reads its client's lines and hands them to the core;
+  no socket is written here. Past the room's backlog (``BACKLOG_SHARE`` of
+  ``--max-outbox``) the room holds a talker's next ``say`` or ``dm`` until
   the writer's pass ends, so its socket fills and TCP slows it.
 * ``writer``: sends every byte and closes every socket (``tcp.writer``).
 
-Locks: the room's lock (see ``common.room.room``) orders everything the room
-says; the writer's guards the set of connections, ``Admission``'s the count
-of strangers. None is held during socket I/O (docs/ARCHITECTURE.md).
-
-Shutdown: the accept loop sees ``stopping`` within one poll interval, stops
-accepting, queues ``bye`` to every client, waits a short grace period for
-them to close, then shuts the remaining sockets and joins every thread.
+Locks: the room's, the writer's (the set of connections) and
+``Admission``'s; none is held during socket I/O (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -62,17 +56,12 @@ from common.server.core import (
     Core,
 )
 from common.server.textmode import GREETING, TEXT_HISTORY, TEXT_SILENCE, TextMode, is_text, plain
-from tcp.connection import Connection, tune
+from tcp.connection import IDLE_RECV_BYTES, Connection, tune
 from tcp.writer import Alarm, Writer
 
 log = logging.getLogger("tcp.server")
 
 THREAD_STACK_BYTES = 256 * 1024
-IDLE_RECV_BYTES = 4096
-"""What a reader asks for when its last read did not fill its buffer: a ``recv`` holds a buffer
-of the size asked for as long as it waits, so thousands of idle clients (or clients that never
-read, and never send) would each hold 64 KB of the server's memory; a client that streams fills
-its reads, and keeps reading RECV_BYTES at a time."""
 DEFAULT_COALESCE_MS = 7.0
 BACKLOG_SHARE = 4
 """The room's backlog (what the writer is behind on) is held under this share of --max-outbox:
@@ -94,8 +83,7 @@ class ChatServer(server_main.Server):
     max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS
     max_refused_before_hello: int = DEFAULT_MAX_REFUSED_BEFORE_HELLO
 
-    what = "chat server"
-    join_with = "nc {host} {port}  (or: make chat-tcp)"
+    join_with = "nc {host} {port}  (or: make chat-tcp)"  # ``what``: "chat server"
 
     def __post_init__(self) -> None:
         super().__init__()
