@@ -22,7 +22,7 @@ from common.protocol.codec import (
     encode,
 )
 from common.protocol.congestion import INITIAL_WINDOW, MINIMUM_WINDOW, NewReno
-from common.protocol.packetlink import ACK_TIMER_SLACK, PN_WINDOW, PacketLink
+from common.protocol.packetlink import ACK_TIMER_SLACK, BEHIND_FRAMES, PN_WINDOW, PacketLink
 from common.protocol.packets import MAX_PACKET_BYTES, BadPacket, header, parse
 from common.protocol.rangeset import RangeSet
 from common.protocol.recovery import (
@@ -97,6 +97,20 @@ def test_acks_of_packets_are_decoded_and_checked() -> None:
             decode_client(json.dumps({"type": "ack", "ranges": ranges}).encode())
     with pytest.raises(BadFrame):
         decode_client(b'{"type":"ack","ranges":[[1,0]],"delay":-1}')
+
+
+def test_an_ack_of_one_range_as_we_write_it_reads_as_the_parser_reads_it() -> None:
+    for ranges, delay in (((41, 30),), 3), (((0, 0),), 0), (((7, 7),), 12):
+        line = encode(AckRanges(ranges=ranges, delay=delay))
+        fast = decode_client(line)
+        assert fast.message == AckRanges(ranges=ranges, delay=delay)
+        assert (fast.seq, fast.session) == (None, None)
+    for bad in (
+        b'{"type":"ack","ranges":[[1,2]],"delay":0}',
+        b'{"type":"ack","ranges":[[01,0]],"delay":0}',
+    ):
+        with pytest.raises(BadFrame):
+            decode_client(bad)
 
 
 def test_hello_asks_for_packets() -> None:
@@ -346,6 +360,32 @@ def test_an_ack_is_due_after_two_packets_or_after_the_delay_and_rides_with_frame
     assert [json.loads(f)["type"] for f in parse(riding).frames] == ["ack", "say"]
 
 
+def test_an_ack_not_due_rides_only_when_the_peer_sends_seldom() -> None:
+    pair = Pair()
+    pair.server.proven = True
+
+    def arrives(seq: int, at: float) -> None:
+        pair.server.queue(seq, frame(seq))
+        (packet,) = pair.server.datagrams(at)
+        pair.take(pair.client, packet, at)
+
+    def say(seq: int, at: float) -> list[str]:
+        pair.client.queue(seq, b'{"type":"say","text":"hi","seq":%d}' % seq)
+        (packet,) = pair.client.datagrams(at)
+        return [json.loads(f)["type"] for f in parse(packet).frames]
+
+    arrives(1, 0.000)  # a busy room: a packet every 7 ms
+    arrives(2, 0.007)
+    assert len(pair.client.datagrams(0.007)) == 1 and pair.client.acks_sent == 1
+    arrives(3, 0.014)
+    assert say(1, 0.014) == ["say"]  # one owed, not due: the next packet makes it due
+    arrives(4, 0.021)
+    assert len(pair.client.datagrams(0.021)) == 1 and pair.client.acks_sent == 2
+    arrives(5, 0.300)  # a quiet room: the ack would go alone later, so it rides now
+    assert say(2, 0.300) == ["ack", "say"]
+    assert pair.client.acks_sent == 3
+
+
 def test_a_packet_of_acks_alone_needs_no_ack() -> None:
     pair = Pair()
     pair.server.proven = True
@@ -385,6 +425,23 @@ def test_the_congestion_window_bounds_what_is_in_flight() -> None:
     assert link.next_deadline() == pytest.approx(link.recovery.deadline())
 
 
+def test_a_link_is_behind_once_many_frames_wait_for_its_window() -> None:
+    pair = Pair()
+    pair.server.proven = True
+    for seq in range(1, BEHIND_FRAMES + 201):
+        pair.server.queue(seq, frame(seq, "y" * 100))
+    sent = pair.server.datagrams(0.0)  # the initial window's worth: about 100 frames
+    assert pair.server.recovery.congestion.bytes_in_flight >= INITIAL_WINDOW
+    assert pair.server.behind
+    for data in sent:
+        pair.take(pair.client, data, 0.01)
+    (ack,) = pair.client.datagrams(0.01)
+    pair.take(pair.server, ack, 0.02)
+    pair.server.datagrams(0.02)  # the window opened (and grew): more went out
+    assert not pair.server.behind
+    assert not PacketLink(reliable=False).behind
+
+
 def test_a_far_packet_number_costs_nothing() -> None:
     pair = Pair(reliable=False)
     pair.server.on_packet(0, True, 0.0)
@@ -414,6 +471,42 @@ def test_shared_frames_are_held_once_and_let_go() -> None:
     for link in links:
         link.close()
     assert shared.held_bytes == 0
+
+
+@pytest.mark.parametrize("reliable", [False, True], ids=["raw", "reliable"])
+def test_frames_queued_at_once_are_what_they_are_queued_one_by_one(reliable: bool) -> None:
+    shared = [SharedFrames(lambda prefix, seq: b"%s%d}" % (prefix, seq)) for _ in range(2)]
+    one, many = (PacketLink(reliable=reliable, shared=s, first_seq=2) for s in shared)
+    prefixes = [b'{"type":"msg","from":"a","text":"%d","ts":0,"seq":' % i for i in range(30)]
+    for prefix in prefixes[:10]:
+        one.queue(one.next_seq, prefix)
+    many.queue_all(prefixes[:10])
+    assert one.datagrams(0.0) == many.datagrams(0.0)
+    for prefix in prefixes[10:]:
+        one.queue(one.next_seq, prefix)
+    many.queue_all(prefixes[10:])
+    assert (one.next_seq, one.held_bytes, one.pending) == (
+        many.next_seq,
+        many.held_bytes,
+        many.pending,
+    )
+    assert shared[0].held_bytes == shared[1].held_bytes
+    assert one.datagrams(0.1) == many.datagrams(0.1)
+    if reliable:
+        ack = [(many.recovery.next_pn - 1, 0)]
+        for link in (one, many):
+            link.on_packet(0, True, 0.2)
+            link.on_ack(ack, 0, 0.2)
+        assert one.held_bytes == many.held_bytes == 0
+        assert shared[0].held_bytes == shared[1].held_bytes == 0
+
+
+def test_frames_queued_at_once_past_the_backlog_overflow_as_one_by_one() -> None:
+    link = PacketLink(reliable=True, proven=False)
+    link.queue_all([frame(seq) for seq in range(1, link.window + MAX_BACKLOG + 1)])
+    assert not link.overflowed
+    link.queue_all([frame(0), frame(0)])
+    assert link.overflowed and link.next_seq == link.window + MAX_BACKLOG + 3
 
 
 # ---- the property: whatever the network does ------------------------------------------

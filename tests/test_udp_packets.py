@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -208,6 +209,29 @@ def test_packets_pack_frames_and_stay_within_size(start_server: Start, peers: Pe
     assert texts == [f"t{i}" * 40 for i in range(30)]
 
 
+def test_frames_said_apart_gather_in_one_packet_within_the_coalescing_rest(
+    start_server: Start, peers: Peers
+) -> None:
+    server = start_server("udp.server", "--rate-limit", "0", "--coalesce-ms", "3000")
+    reader, talker = peers(server.address), peers(server.address)
+    reader.hello("reader", reliable=False)
+    reader.packet({"type": "ping"})
+    reader.until("pong")  # the pong is a catch-up: the next one rests 3 s after it
+    talker.hello("talker", reliable=False)
+    talker.packet({"type": "ping"})
+    for i in range(5):  # five packets, each read on its own, well within the rest
+        talker.packet({"type": "say", "text": f"s{i}"})
+        time.sleep(0.05)
+    batches: list[list[str]] = []
+    while sum(map(len, batches)) < 5:
+        frames = reader.frames()
+        assert frames, f"the rest never ended; got {batches}"
+        if texts := [f["text"] for f in frames if f["type"] == "msg"]:
+            batches.append(texts)
+    assert [t for batch in batches for t in batch] == [f"s{i}" for i in range(5)]
+    assert len(batches) <= 2, f"said apart, sent apart: {batches}"
+
+
 def test_a_bad_token_or_header_drops_the_packet_whole(start_server: Start, peers: Peers) -> None:
     server = start_server("udp.server", "--rate-limit", "0", "-v")
     peer = peers(server.address)
@@ -298,6 +322,36 @@ def test_a_silent_reliable_packet_session_ends(start_server: Start, peers: Peers
     # Then it never acks again: six probe timeouts (about 30 ms, doubling) end it.
     frames = watcher.until("left", timeout=WAIT)
     assert [f["reason"] for f in frames if f["type"] == "left"] == ["timeout"]
+
+
+def test_a_session_far_behind_on_the_room_may_not_talk_till_it_catches_up(
+    start_server: Start, peers: Peers
+) -> None:
+    server = start_server("udp.server", "--rate-limit", "0")
+    slow, talker = peers(server.address), peers(server.address)
+    slow.hello("slow")
+    slow.packet({"type": "ping"})  # proven, then it reads nothing for a while
+    talker.hello("talker", reliable=False)
+    talker.packet({"type": "ping"})
+    talker.until("pong")
+    for burst in range(40):  # far more than the slow one's congestion window lets out
+        talker.packet(*({"type": "say", "text": f"{burst}-{i}" + "x" * 90} for i in range(10)))
+    texts: list[str] = []
+    while "39-9" + "x" * 90 not in texts:
+        frames = talker.frames()
+        assert frames, "the talker's own messages stopped coming"
+        texts += [f["text"] for f in frames if f["type"] == "msg"]
+    slow.packet({"type": "say", "text": "late"})
+    assert talker.datagram(QUIET) is None, "a session far behind added to the room"
+    pns: list[int] = []
+    while (data := slow.datagram(QUIET)) is not None:  # it catches up, acking as it reads
+        pns.append(parse(data).pn)
+        slow.packet({"type": "ack", "ranges": [[max(pns), 0]], "delay": 0})
+    slow.packet({"type": "say", "text": "late", "seq": slow.seq})  # the same frame again
+    frames = talker.until("msg")
+    assert [(f["from"], f["text"]) for f in frames if f["type"] == "msg"] == [("slow", "late")]
+    assert server.stop() == 0
+    server.wait_for_log(r"datagrams dropped: .*behind 1\b")
 
 
 @pytest.mark.usefixtures("lossy_link")

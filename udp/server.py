@@ -25,7 +25,11 @@ gets one datagram per frame, stamped with its next ``seq``; a packet
 session (v1.2) gets its frames queued on its ``PacketLink``
 (``common.protocol.packetlink``), which packs them into as few packets as
 fit, one ``sendto`` each, as its congestion window allows, and nothing at
-all until the session's address is proven. A packet from a packet session
+all until the session's address is proven. Packet sessions are caught up at
+most once per ``--coalesce-ms`` (``main`` polls no longer than till then), so
+under load each packet carries what a few milliseconds gathered; a reliable
+one far behind on the room (``PacketLink.behind``) may not talk till it
+catches up. A packet from a packet session
 is parsed once (``common.protocol.packets``), its token checked once, then
 its frames are read one by one, each bad one answered on its own.
 
@@ -54,6 +58,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import logging
+import math
 import queue
 import select
 import socket
@@ -67,6 +72,7 @@ from common.cli.serverargs import (
     add_common_arguments,
     announce,
     configure_logging,
+    non_negative_float,
     positive_float,
     positive_int,
     serve_until_signalled,
@@ -82,6 +88,8 @@ from common.protocol.codec import (
     Hello,
     ProtocolError,
     RateLimited,
+    Say,
+    SendDm,
     ServerFull,
     TooLarge,
     Welcome,
@@ -126,6 +134,10 @@ HELLO_THREADS = 4
 """Hellos acted on at once: on a shared room each waits for Redis (its claim, then its
 ``joined`` back through the stream), so a few at a time keep a burst of joins moving."""
 TIMER_RESOLUTION = 0.01
+PACKET_COALESCE_MS = 7.0
+"""The least time between two catch-ups of the packet sessions (``--coalesce-ms``): what the
+room says meanwhile gathers, so each packet carries several frames, as TCP's writer gathers
+them per ``send``. A catch-up after a quiet spell is not delayed."""
 BUSY_TICK = 0.05
 MAX_SWEEP_INTERVAL = 0.5
 
@@ -141,9 +153,11 @@ class UdpChatServer:
         history: int = 1000,
         sharing: Sharing | None = None,
         max_held_bytes: int = MAX_HELD_BYTES,
+        coalesce: float = PACKET_COALESCE_MS / 1000,
     ) -> None:
         self.limits = limits
         self.max_held_bytes = max_held_bytes
+        self.coalesce = coalesce
         self._wake = threading.Event()
         backplane, archive = open_sharing(sharing or Sharing(), history)
         # What a backplane brings arrives on its own thread: the timer flushes it.
@@ -175,6 +189,9 @@ class UdpChatServer:
         self._by_token: dict[str, Session] = {}
         self._strangers: dict[Address, Stranger] = {}
         self._busy: set[Session] = set()
+        # Packet sessions the room has news for, waiting for their next catch-up (``_flush``).
+        self._deferred: dict[Session, None] = {}
+        self._packets_due = -math.inf
         self._taken_sessions: deque[Session] = deque()  # taken over by a resume: to forget
         self._held = SharedFrames(stamp)
         self._caught_up = time.monotonic()
@@ -211,8 +228,15 @@ class UdpChatServer:
         waits in memory is one datagram's worth (one ``history`` answer).
         """
         before = time.monotonic()
-        if not self._poller.poll(POLL_INTERVAL * 1000):
-            self._caught_up_at(before)
+        with self._lock:
+            wait = POLL_INTERVAL
+            if self._deferred:  # their catch-up is due then
+                wait = min(wait, max(0.0, self._packets_due - before))
+        if not self._poller.poll(wait * 1000):
+            with self._lock:
+                self._caught_up = before
+                if self._deferred:
+                    self._flush(time.monotonic())
             return
         try:
             for count in range(1, RECV_BATCH + 1):
@@ -387,6 +411,12 @@ class UdpChatServer:
             except ProtocolError as exc:
                 frames.append((line, exc, envelope_of(line)[1]))
             eliciting = eliciting or not isinstance(frames[-1][1], AckRanges)
+        if link.behind and any(isinstance(m, (Say, SendDm)) for _, m, _ in frames):
+            # Behind on what the room says, it may not add to it: unacknowledged, the packet
+            # comes again later, and slower (its sender's window), as a TCP talker waits for
+            # the writer. An overloaded room sheds talk at the door instead of ending sessions.
+            self._drop("behind", session.address)
+            return
         if not link.on_packet(packet.pn, eliciting, now):
             self._drop("packet_repeated_or_far", session.address)
             return
@@ -596,23 +626,34 @@ class UdpChatServer:
 
     # ---- writing -------------------------------------------------------
 
-    def _flush(self, now: float) -> None:
+    def _flush(self, now: float, *, at_once: bool = False) -> None:
         """Catch every session up on what the room has for it, in its own ``seq``.
 
         Raw sessions, the bulk of a busy room, are written here with no call
         per datagram but ``sendto``. Ending a session (a reliable one that
         gave up, or held too much) adds ``left`` to the room, so this runs
-        until nothing is new.
+        until nothing is new. Packet sessions are caught up at most once per
+        ``coalesce`` (and per as long as their last catch-up took): until
+        then they wait in ``_deferred`` (``at_once`` does not wait).
         """
         self._forget_taken()
         sendto = self.sock.sendto
-        while pending := self.room.pending():
+        packets_due = at_once or now >= self._packets_due
+        started = time.monotonic()
+        deferred, self._deferred = (self._deferred, {}) if packets_due else ({}, self._deferred)
+        caught = False
+        while pending := list(dict.fromkeys([*deferred, *self.room.pending()])):
+            deferred = {}
             for member in pending:
+                if member.link is not None and not packets_due:
+                    self._deferred[member] = None
+                    continue
                 entries = self.room.take(member)
                 if entries is None or self._sessions.get(member.address) is not member:
                     continue
                 if member.link is not None:
                     self._queue_packets(member, entries, now)
+                    caught = True
                     continue
                 if member.held is not None:
                     entries = self._hold(member, entries)
@@ -630,6 +671,9 @@ class UdpChatServer:
                     except OSError:
                         self.dropped["send_failed"] += 1
             self._bound_held()
+        if caught:
+            took = time.monotonic() - started
+            self._packets_due = started + max(self.coalesce, took)
 
     @staticmethod
     def _hold(session: Session, entries: list[Entry]) -> list[Entry]:
@@ -646,13 +690,15 @@ class UdpChatServer:
         """
         link = session.link
         assert link is not None
+        frames: list[bytes] = []
         for entry in entries:
             if isinstance(entry.message, Welcome):
                 session.welcome = stamp(session.prefix(entry), 1)
                 session.sent += 1
                 self._write(session.welcome, session.address)
             else:
-                link.queue(link.next_seq, entry.cache or session.prefix(entry))
+                frames.append(entry.cache or session.prefix(entry))
+        link.queue_all(frames)
         self._send_link(session, now)
 
     def _bound_held(self) -> None:
@@ -725,6 +771,7 @@ class UdpChatServer:
         if self._by_token.get(session.token) is session:
             del self._by_token[session.token]
         self._busy.discard(session)
+        self._deferred.pop(session, None)
         session.close()
 
     # ---- the timer -----------------------------------------------------
@@ -807,7 +854,7 @@ class UdpChatServer:
             log.info("shutting down: saying bye to %d session(s)", len(sessions))
             for session in sessions:
                 self.room.post(session, Bye(reason="shutdown"))
-            self._flush(now)
+            self._flush(now, at_once=True)
         deadline = now + SHUTDOWN_GRACE
         while time.monotonic() < deadline and self._awaiting_acks():
             self._receive()
@@ -856,6 +903,14 @@ def main(argv: list[str] | None = None) -> int:
         help="what reliable sessions hold in all (sent and not acked, or received ahead of a "
         "gap); past it the one holding most ends as too_slow (default: %(default)s)",
     )
+    parser.add_argument(
+        "--coalesce-ms",
+        type=non_negative_float,
+        default=PACKET_COALESCE_MS,
+        metavar="MS",
+        help="packet sessions are caught up at most once per this many milliseconds, so that "
+        "under load each packet carries more frames; 0 sends at once (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     configure_logging(args.quiet, args.verbose)
     return serve_until_signalled(
@@ -866,6 +921,7 @@ def main(argv: list[str] | None = None) -> int:
             history=args.history,
             sharing=Sharing.from_args(args),
             max_held_bytes=args.max_held_bytes,
+            coalesce=args.coalesce_ms / 1000,
         ),
         args,
     )

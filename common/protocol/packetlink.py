@@ -5,7 +5,8 @@ and the benchmark's clients one each: the same rules on both ends. Nothing
 here touches a socket or reads a clock (``now`` is the caller's monotonic
 seconds), and nothing locks: the caller serialises the calls.
 
-Sending. Frames are queued with their ``seq`` (``queue``); ``datagrams(now)``
+Sending. Frames are queued with their ``seq`` (``queue``, or ``queue_all`` for
+several at once); ``datagrams(now)``
 returns every packet to write now, each at most ``MAX_PACKET_BYTES``, packed
 with as many frames as fit, numbered ``0, 1, 2 ...`` and never renumbered:
 
@@ -25,9 +26,13 @@ with as many frames as fit, numbered ``0, 1, 2 ...`` and never renumbered:
 Acknowledging (reliable links). ``on_packet`` records every packet number
 received in a ``RangeSet`` of at most ``MAX_ACK_RANGES`` ranges. An ack is due
 once ``ACK_ELICITING_THRESHOLD`` (2) packets that need one arrived, or
-``MAX_ACK_DELAY`` (25 ms) after the first, less ``ACK_TIMER_SLACK``; it rides in the first packet
-``datagrams`` sends anyway whenever one is waiting, and goes alone only when
-due. Its ``delay`` is how long the largest packet number waited, in ms.
+``MAX_ACK_DELAY`` (25 ms) after the first, less ``ACK_TIMER_SLACK``; it goes alone only
+when due. Before that it rides in a packet ``datagrams`` sends anyway, unless the
+peer's packets come closer together than ``MAX_ACK_DELAY``: then the next one soon
+makes it due, and an ack sent early would only add one (a client of a busy room
+acks the server's packets one in two, not once more for every ``say``; the server
+still acks a client's rare ``say`` in its next packet). Its ``delay`` is how long the
+largest packet number waited, in ms.
 
 Receiving. The caller parses a packet (``common.protocol.packets.parse``),
 checks its token, decodes its frames, then calls ``on_packet`` (False: a
@@ -60,6 +65,10 @@ ACK_TIMER_SLACK = 0.010
 """How late a transport's timer may wake: an ack is sent this much before the
 ``MAX_ACK_DELAY`` its peer counts on, or the peer's probe timeout (which allows
 for exactly that delay) fires first and sends again what had arrived."""
+BEHIND_FRAMES = 256
+"""Frames a reliable link may have waiting behind its full congestion window before it is
+``behind``: its peer reads slower than it is given frames (a server whose room talks faster
+than it can catch everyone up has every link behind)."""
 PACKET_WINDOW = 1024
 """Seqs in flight past the oldest unacknowledged one, and held early by a receiver."""
 
@@ -117,6 +126,9 @@ class PacketLink:
         self._received = RangeSet(MAX_ACK_RANGES)
         self._largest_received_at = 0.0
         self._eliciting = 0
+        # When the last packet needing an ack came, and how long after the one before it.
+        self._eliciting_at = -math.inf
+        self._eliciting_gap = math.inf
         self._ack_deadline = math.inf
 
     # ---- sending -------------------------------------------------------
@@ -134,6 +146,11 @@ class PacketLink:
     def pending(self) -> int:
         """Frames queued and not acknowledged (raw: not sent) yet."""
         return len(self._unacked) if self.reliable else len(self._queue)
+
+    @property
+    def behind(self) -> bool:
+        """More than ``BEHIND_FRAMES`` queued frames wait for the congestion window."""
+        return self.reliable and self._next_seq - self._unsent > BEHIND_FRAMES
 
     def acked(self, seq: int) -> bool:
         """Whether the frame ``seq`` was queued and is held no more (reliable links)."""
@@ -157,6 +174,29 @@ class PacketLink:
         self.held_bytes += len(frame) + HOLD_COST
         if self._shared is not None:
             self._shared.hold(frame)
+
+    def queue_all(self, frames: Sequence[bytes]) -> None:
+        """``queue`` each of ``frames`` in turn, seqs ``next_seq`` on (a writer's pass for one
+        session): the same, at a fraction of the cost per frame."""
+        seq, count = self._next_seq, len(frames)
+        if not self.reliable:
+            if len(self._queue) + count > MAX_BACKLOG:
+                for frame in frames:
+                    self.queue(self._next_seq, frame)
+                return
+            self._queue.extend(zip(range(seq, seq + count), frames, strict=True))
+            self._next_seq += count
+            return
+        unacked = self._unacked
+        if seq + count > next(iter(unacked), seq) + self.window + MAX_BACKLOG:
+            for frame in frames:
+                self.queue(self._next_seq, frame)
+            return
+        unacked.update(zip(range(seq, seq + count), frames, strict=True))
+        self._next_seq += count
+        self.held_bytes += sum(map(len, frames)) + HOLD_COST * count
+        if self._shared is not None:
+            self._shared.hold_all(frames)
 
     def datagrams(self, now: float) -> list[bytes]:
         """Every packet to write at ``now``, in order; runs the timers that are due."""
@@ -255,6 +295,9 @@ class PacketLink:
         A busy server runs this for every session many times a second: it is
         written for speed (locals, one pass).
         """
+        if not self._resend and not self._probe and self._unsent >= self._next_seq:
+            ack = self._ack_line(now, due_only=True)  # nothing to send but the ack, if due
+            return [] if ack is None else [self._finish([ack], [], now)]
         unacked = self._unacked
         resend = sorted(seq for seq in self._resend if seq in unacked) if self._resend else []
         self._resend.clear()
@@ -262,7 +305,8 @@ class PacketLink:
         unsent = self._unsent
         congestion = self.recovery.congestion
         open_now = self._probe or congestion.bytes_in_flight < congestion.window
-        ack = self._ack_line(now, due_only=not (open_now and (resend or unsent < end)))
+        rides = open_now and (resend or unsent < end) and self._eliciting_gap >= MAX_ACK_DELAY
+        ack = self._ack_line(now, due_only=not rides)
         line_of = self._line_of
         datagrams: list[bytes] = []
         lines = [ack] if ack is not None else []
@@ -372,6 +416,8 @@ class PacketLink:
         if largest is None or pn > largest:
             self._largest_received_at = now
         if self.reliable and eliciting:
+            self._eliciting_gap = now - self._eliciting_at
+            self._eliciting_at = now
             self._eliciting += 1
             self._ack_deadline = min(self._ack_deadline, now + MAX_ACK_DELAY - ACK_TIMER_SLACK)
         return True
@@ -383,15 +429,16 @@ class PacketLink:
         outcome = self.recovery.on_ack(ranges, delay_ms / 1000, now)
         if outcome is None:
             return
-        unacked, shared, freed = self._unacked, self._shared, 0
-        for packet in outcome.acked:
-            for seq in packet.seqs:
-                frame = unacked.pop(seq, None)
-                if frame is not None:
-                    freed += len(frame) + HOLD_COST
-                    if shared is not None:
-                        shared.release(frame)
-        self.held_bytes -= freed
+        pop = self._unacked.pop
+        frames = [
+            frame
+            for packet in outcome.acked
+            for seq in packet.seqs
+            if (frame := pop(seq, None)) is not None
+        ]
+        self.held_bytes -= sum(map(len, frames)) + HOLD_COST * len(frames)
+        if self._shared is not None:
+            self._shared.release_all(frames)
         self._lost(outcome.lost)
 
     def on_frame(self, seq: int, frame: bytes) -> list[bytes] | None:

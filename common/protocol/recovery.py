@@ -152,15 +152,16 @@ class LossRecovery:
         """Take an ack of ``(hi, lo)`` ranges, largest first; None if it names an unsent pn."""
         if not ranges or ranges[0][0] >= self.next_pn:
             return None
-        acked: list[SentPacket] = []
         sent = self._sent
         top, bottom = ranges[0]
-        for pn in list(sent):
+        found: list[int] = []
+        for pn in sent:  # oldest first: only the packets up to the ack's largest are looked at
             if pn > top:
                 break
             # Most acks are one range: that case without a loop over the ranges.
             if bottom <= pn or any(lo <= pn <= hi for hi, lo in ranges[1:]):
-                acked.append(sent.pop(pn))
+                found.append(pn)
+        acked = [sent.pop(pn) for pn in found]
         if not acked:
             return AckOutcome([], [])
         largest = ranges[0][0]
@@ -180,15 +181,15 @@ class LossRecovery:
         """Declare lost what the thresholds say; arm the loss timer for the rest."""
         self._loss_time = None
         delay = self.rtt.loss_delay()
-        lost: list[SentPacket] = []
-        for pn, packet in list(self._sent.items()):
+        found: list[int] = []
+        for pn, packet in self._sent.items():  # oldest first, up to the largest acknowledged
             if pn > self._largest_acked:
                 break
             if packet.time_sent <= now - delay or self._largest_acked >= pn + PACKET_THRESHOLD:
-                lost.append(self._sent.pop(pn))
+                found.append(pn)
             elif self._loss_time is None:
                 self._loss_time = packet.time_sent + delay
-        return lost
+        return [self._sent.pop(pn) for pn in found]
 
     def _on_lost(
         self,

@@ -71,7 +71,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 SEQ_HISTORY = 1024
@@ -219,6 +219,32 @@ class SharedFrames:
         else:
             del self._holders[key]
             self.held_bytes -= len(frame)
+
+    def hold_all(self, frames: Iterable[bytes]) -> None:
+        """``hold`` each of ``frames``: a writer's pass hands a session several at once."""
+        holders, added, count = self._holders, 0, 0
+        for frame in frames:
+            key = id(frame)
+            held = holders.get(key, 0)
+            if not held:
+                added += len(frame)
+            holders[key] = held + 1
+            count += 1
+        self.held_bytes += added + HOLD_COST * count
+
+    def release_all(self, frames: Iterable[bytes]) -> None:
+        """``release`` each of ``frames``: an ack lets go of a packet's worth at once."""
+        holders, freed, count = self._holders, 0, 0
+        for frame in frames:
+            key = id(frame)
+            held = holders[key] - 1
+            if held:
+                holders[key] = held
+            else:
+                del holders[key]
+                freed += len(frame)
+            count += 1
+        self.held_bytes -= freed + HOLD_COST * count
 
 
 @dataclass(slots=True)
