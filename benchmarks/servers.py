@@ -6,6 +6,7 @@ Contract:
     ServerProcess(argv, launch=subprocess.Popen)  starts it; wait_ready() -> (host, port);
     stop() -> True when it exited with status 0 in time and logged no traceback;
     retransmitted   after stop(): the frames the server says it retransmitted (-1: it does not)
+    wait_until(condition, timeout=5) -> bool  poll until it holds (the benchmarks' and the tests')
 
 Every server listens on 127.0.0.1 with `--port 0` and prints `listening on HOST:PORT` on stderr;
 the project's servers also get `--rate-limit 0` so the load is not refused. The TCP server gets
@@ -23,6 +24,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -41,6 +43,18 @@ _READY_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
 
 Launcher = Callable[..., "subprocess.Popen[Any]"]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Poll ``condition`` every 10 ms until it holds or ``timeout`` passes; whether it held.
+
+    The tests' bounded wait too (``tests.conftest`` passes it on), so there is one of it."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def server_command(

@@ -17,7 +17,8 @@ from them. A headline figure is the median of the repeats of its run that the ha
 limit, with the range beside it; a run the harness may have limited is marked harness-bound
 wherever it appears. A CPU figure measured over fewer than MIN_TICKS clock ticks is shown to
 two significant digits only. The calibration comes from `make calibrate`'s file beside the
-results (benchmarks.calibrate), the cluster's from `make bench-cluster`'s.
+results (benchmarks.calibrate), the cluster's from `make bench-cluster`'s, section 7's (resume
+under chaos) from `make bench-chaos`'s.
 """
 
 from __future__ import annotations
@@ -69,13 +70,18 @@ CLUSTER_FILE = "cluster.json"
 """`make bench-cluster`'s results, kept beside the suite's."""
 CALIBRATION_FILE = "calibration.json"
 """`make calibrate`'s results, kept beside the suite's."""
+CHAOS_FILE = "chaos.json"
+"""`make bench-chaos`'s results, kept beside the suite's."""
+RESUME_P99_TARGET_MS = 1000.0
+"""Resumed within 1 s of the cut or of the server being back, p99, backoff included."""
 NA = "n/a"
 BOUND_MARK = "†"
 """Marks a figure from harness-bound runs, so that a number in a sentence stays readable."""
 MIN_TICKS = 100
 """Clock ticks (10 ms each) below which a CPU figure has fewer than about three digits."""
-MAX_WORDS = 2500
-"""The report's length limit, counted as `wc -w` counts, without HTML comments."""
+MAX_WORDS = 2650
+"""The report's length limit, counted as `wc -w` counts, without HTML comments (2,500 and
+about 140 for section 7, resume under chaos)."""
 _UDP = ("udp/server.py", "udp/session.py")
 _PACKETS = tuple(
     f"common/protocol/{name}.py"
@@ -698,6 +704,7 @@ def build_context(
     origin: Provenance,
     cluster: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
+    chaos: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Every placeholder of the template."""
     meta = results["meta"]
@@ -774,6 +781,11 @@ def build_context(
             render(CLUSTER_TEXT, cluster_context(cluster))
             if cluster is not None
             else "_Not measured: run `make bench-cluster`._"
+        ),
+        "chaos_text": (
+            render(CHAOS_TEXT, chaos_context(chaos))
+            if chaos is not None
+            else "_Not measured: run `make bench-chaos`._"
         ),
     }
     for key, protocol in (("tcp", "tcp"), ("base", "assignment")):
@@ -926,6 +938,89 @@ def _cluster_table(runs: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
     return table(rows, [_CLUSTER_COLUMNS[c][0] for c in columns], markdown=True)
 
 
+CHAOS_TEXT = """`make bench-chaos` ({{chaos_date}}, commit {{chaos_commit}}): {{chaos_clients}}
+users at {{chaos_rate}} msg/s for {{chaos_duration}} s a scenario, a connection cut every
+{{chaos_cut}} s (UDP: back from a new port), a server SIGKILLed every {{chaos_kill}} s.
+Missed: received by someone, not by this user; resume: from the cut or the server back to
+`history_end`.
+
+{{chaos_table}}
+
+{{chaos_reading}}"""
+"""Section 7, from `benchmarks.chaos`'s file."""
+
+_SETUPS = {"single": "one server", "redis": "two on Redis"}
+_FAULTS = (
+    ("missed_without_notice", "missed without a notice"),
+    ("received_twice", "received twice"),
+    ("out_of_order", "out of order"),
+)
+"""The chaos counts whose target is none."""
+
+
+def chaos_context(chaos: dict[str, Any]) -> dict[str, str]:
+    """Section 7's figures from `benchmarks.chaos`'s file: a row a scenario, and its reading."""
+    meta, scenarios = chaos["meta"], chaos["scenarios"]
+    rows = [
+        [
+            f"{s['transport'].upper()}, {_SETUPS.get(s['setup'], s['setup'])}",
+            num(s["cuts"]), num(s["kills"]), num(s["resumes"]),
+            num(s["missed_without_notice"]), num(s["missed_with_notice"]),
+            num(s["received_twice"]), num(s["out_of_order"]),
+            ms(s["resume_p50_ms"]), ms(s["resume_p99_ms"]), ms(s["resume_max_ms"]),
+        ]
+        for s in scenarios
+    ]  # fmt: skip
+    headers = [
+        "scenario", "cuts", "kills", "resumes", "missed silently", "missed, told", "twice",
+        "out of order", "p50 ms", "p99 ms", "max ms",
+    ]  # fmt: skip
+    return {
+        "chaos_date": meta["date"],
+        "chaos_commit": (meta.get("git_commit") or "unknown")[:10],
+        "chaos_duration": f"{meta['duration']:g}",
+        "chaos_clients": str(meta["clients"]),
+        "chaos_rate": f"{meta['rate']:g}",
+        "chaos_cut": f"{meta['cut_every']:g}",
+        "chaos_kill": f"{meta['kill_every']:g}",
+        "chaos_table": table(rows, headers, markdown=True),
+        "chaos_reading": chaos_reading(scenarios),
+    }
+
+
+def chaos_reading(scenarios: Sequence[dict[str, Any]]) -> str:
+    """What the chaos figures say against the targets: 0 missed without a notice, 0 twice,
+    0 out of order, and resumed within 1 s at p99; the scenarios that fall short, named."""
+
+    def name(s: dict[str, Any]) -> str:
+        return f"{s['transport'].upper()} {_SETUPS.get(s['setup'], s['setup'])}"
+
+    wrong = [
+        f"{name(s)} ({', '.join(f'{num(s[k])} {label}' for k, label in _FAULTS if s[k])})"
+        for s in scenarios
+        if any(s[k] for k, _ in _FAULTS)
+    ]
+    slow = [
+        f"{name(s)} ({ms(s['resume_p99_ms'])} ms)"
+        for s in scenarios
+        if not s["resume_p99_ms"] < RESUME_P99_TARGET_MS
+    ]
+    notices = sum(s["missed_with_notice"] for s in scenarios)
+    parts = [
+        "Nothing was missed without a notice, received twice or out of order."
+        if not wrong
+        else f"Against a target of none: {'; '.join(wrong)}.",
+        f"Resumed within {RESUME_P99_TARGET_MS / 1000:g} s at p99 in every scenario."
+        if not slow
+        else f"Resume p99 over {RESUME_P99_TARGET_MS / 1000:g} s: {', '.join(slow)}.",
+        f"The {num(notices)} missed with a notice followed a `resumed: false` (beyond the "
+        "history kept, or a killed server's last batch)."
+        if notices
+        else "No resume was answered `resumed: false`.",
+    ]
+    return " ".join(parts)
+
+
 def _read_optional(path: Path) -> dict[str, Any] | None:
     return read_results(path) if path.exists() else None
 
@@ -936,9 +1031,10 @@ def generate(results_path: Path, out_dir: Path, origin: Provenance | None = None
     results = read_results(results_path)
     cluster = _read_optional(results_path.parent / CLUSTER_FILE)
     calibration = _read_optional(results_path.parent / CALIBRATION_FILE)
+    chaos = _read_optional(results_path.parent / CHAOS_FILE)
     origin = origin or provenance(results_path)
     figures = make_plots(results, out_dir)
-    context = build_context(results, figures, origin, cluster, calibration)
+    context = build_context(results, figures, origin, cluster, calibration, chaos)
     text = render(TEMPLATE.read_text(encoding="utf-8"), context)
     report = out_dir / "REPORT.md"
     report.write_text(text, encoding="utf-8")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -17,19 +18,12 @@ from typing import Any
 
 import pytest
 
+from benchmarks.servers import wait_until as wait_until  # the one bounded wait, for the tests
+from common.cli.runcluster import free_port, start_redis
+
 ROOT = Path(__file__).resolve().parent.parent
 READY = re.compile(r"listening on (\S+):(\d+)")
 WAIT = 5.0
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = WAIT) -> bool:
-    """Poll ``condition`` until it holds or ``timeout`` passes; whether it held."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 class ServerProcess:
@@ -211,3 +205,46 @@ def connect() -> Iterator[Callable[..., JsonClient]]:
     yield open_client
     for client in clients:
         client.close()
+
+
+class RedisServer:
+    """A ``redis-server`` of the test's own; ``persist``: it saves its data on a clean stop."""
+
+    def __init__(self, directory: Path, *, persist: bool = True) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (.ci/install-system-deps installs it)")
+        self.binary = binary
+        self.directory = directory
+        self.save = "3600 1" if persist else ""
+        self.port = free_port()
+        self.proc: subprocess.Popen[str] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        options = ("--dir", str(self.directory), "--save", self.save, "--appendonly", "no")
+        self.proc = start_redis(self.binary, self.port, options=options)
+
+    def stop(self) -> None:
+        """A clean stop: Redis saves its data and exits."""
+        assert self.proc is not None
+        self.proc.terminate()
+        self.proc.wait(WAIT)
+
+    def kill(self) -> None:
+        """SIGKILL, if it still runs: nothing is saved."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A ``redis-server`` of the test's own, on a free port, killed at the end."""
+    server = RedisServer(tmp_path)
+    yield server
+    server.kill()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.chaos import Counts, Resumed, analyse, percentile, resume_times
+from benchmarks.chaos import Counts, Resumed, analyse, caught_up, percentile, resume_times
 from tests.conftest import ROOT
 
 
@@ -58,6 +58,17 @@ def test_twice_and_out_of_order_are_counted_and_not_as_misses() -> None:
     assert analyse([full, [(0, 2), (0, 1), (0, 3), (0, 3)]]) == counts(
         deliveries=7, received_twice=1, out_of_order=1
     )
+
+
+def test_a_user_still_catching_up_when_the_chat_stops_is_waited_for() -> None:
+    """Its tail is not missed yet: the run ends once everyone has each sender's last message."""
+    full = [(0, 1), (1, 1), (0, 2), (1, 2)]
+    assert caught_up([full, full, [(0, 1), (1, 1), (0, 2), (1, 2)]])
+    assert not caught_up([full, [(0, 1), (1, 1)]])  # on its way back: wait for it
+    assert caught_up([full, [(0, 1), None, (0, 2), (1, 2)]])  # a gap it was told of: over
+    assert caught_up([full, [(0, 1), (1, 1), None]])  # the last ones lost, and it was told
+    assert not caught_up([full, [None, (0, 1), (1, 1)]])  # told of an earlier gap only
+    assert caught_up([[], []])
 
 
 def test_resume_time_counts_from_the_loss_or_from_the_server_being_back() -> None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,11 @@ import pexpect
 import pytest
 import redis
 
-from common.cli.runcluster import free_port, start_redis
+from common.cli.runcluster import free_port
 from common.protocol.codec import Msg
 from common.room.redisroom import RedisBackplane
 from common.room.room import Entry, Member, Room
-from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess
+from tests.conftest import ROOT, WAIT, JsonClient, RedisServer, ServerProcess
 from tests.test_udp_server import UdpPeer
 
 Start = Callable[..., ServerProcess]
@@ -39,44 +39,6 @@ GONE_WITHIN = 15.0
 IN_FLIGHT = 1000
 """Events a server may have on their way through Redis before it refuses messages, as the
 README and docs/PROTOCOL.md say (pinned here, not read from the code that it checks)."""
-
-
-class RedisServer:
-    """A ``redis-server`` of the test's own; ``persist``: it saves its data on a clean stop."""
-
-    def __init__(self, directory: Path, *, persist: bool = True) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.skip("redis-server is not installed (.ci/install-system-deps installs it)")
-        self.binary = binary
-        self.directory = directory
-        self.save = "3600 1" if persist else ""
-        self.port = free_port()
-        self.proc: subprocess.Popen[str] | None = None
-        self.start()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        options = ("--dir", str(self.directory), "--save", self.save, "--appendonly", "no")
-        self.proc = start_redis(self.binary, self.port, options=options)
-
-    def stop(self) -> None:
-        """A clean stop: Redis saves its data and exits."""
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(WAIT)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    yield server
-    if server.proc is not None and server.proc.poll() is None:
-        server.proc.kill()
-        server.proc.wait()
 
 
 Cluster = Callable[..., ServerProcess]

@@ -17,6 +17,7 @@ from benchmarks.targets import evaluate
 from report.__main__ import main as report_main
 from report.generate import (
     CALIBRATION_FILE,
+    CHAOS_FILE,
     CLUSTER_FILE,
     MAX_WORDS,
     Provenance,
@@ -169,6 +170,33 @@ CALIBRATION = {
 }  # fmt: skip
 
 
+def synthetic_chaos(**udp_single: Any) -> dict[str, Any]:
+    """benchmarks.chaos's file: four scenarios; ``udp_single`` overrides that one's counts."""
+
+    def scenario(transport: str, setup: str, p99: float, **counts: Any) -> dict[str, Any]:
+        return {
+            "transport": transport, "setup": setup, "clients": 50, "rate": 2.0,
+            "duration_s": 300.0, "cuts": 140, "kills": 9, "resumes": 590, "resumes_refused": 3,
+            "messages": 30000, "deliveries": 1500000, "missed_without_notice": 0,
+            "missed_with_notice": 12, "received_twice": 0, "out_of_order": 0,
+            "resume_p50_ms": 120.5, "resume_p99_ms": p99, "resume_max_ms": 1500.0,
+            "refused_hellos": 0, "notes": [], **counts,
+        }  # fmt: skip
+
+    return {
+        "meta": {
+            "date": "2026-01-04T05:06:07+00:00", "clients": 50, "rate": 2.0, "duration": 300.0,
+            "cut_every": 2.0, "kill_every": 30.0, "seed": 1, "git_commit": "abcdef0123456789",
+        },
+        "scenarios": [
+            scenario("tcp", "single", 640.0),
+            scenario("tcp", "redis", 480.0),
+            scenario("udp", "single", 870.0, **udp_single),
+            scenario("udp", "redis", 910.0),
+        ],
+    }  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("report")
@@ -176,6 +204,7 @@ def out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     results_path.write_text(json.dumps(synthetic_results(), allow_nan=False), encoding="utf-8")
     (out / CLUSTER_FILE).write_text(json.dumps(synthetic_cluster()), encoding="utf-8")
     (out / CALIBRATION_FILE).write_text(json.dumps(CALIBRATION), encoding="utf-8")
+    (out / CHAOS_FILE).write_text(json.dumps(synthetic_chaos()), encoding="utf-8")
     generate(results_path, out, CLEAN)
     return out
 
@@ -322,6 +351,44 @@ def test_past_one_machine_comes_from_the_cluster_file(report: str) -> None:
     assert "each server's fan-out, not the stream, is the ceiling" in section
 
 
+def test_resume_under_chaos_comes_from_the_chaos_file(report: str) -> None:
+    section = report.split("## 7. Resume under chaos", 1)[1].split("## 8.", 1)[0]
+    flat = _flat(section)
+    assert "(2026-01-04T05:06:07+00:00, commit abcdef0123): 50 users at 2 msg/s" in flat
+    assert "for 300 s a scenario, a connection cut every 2 s" in flat and "every 30 s" in flat
+    rows = [_cells(line) for line in section.splitlines() if line.startswith("| TCP") or
+            line.startswith("| UDP")]  # fmt: skip
+    assert [row[0] for row in rows] == [
+        "TCP, one server", "TCP, two on Redis", "UDP, one server", "UDP, two on Redis",
+    ]  # fmt: skip
+    assert rows[2] == [
+        "UDP, one server", "140", "9", "590", "0", "12", "0", "0", "120", "870", "1,500",
+    ]  # fmt: skip
+    assert "Nothing was missed without a notice, received twice or out of order." in flat
+    assert "Resumed within 1 s at p99 in every scenario." in flat
+    assert "The 48 missed with a notice followed a `resumed: false`" in flat
+
+
+def test_the_chaos_reading_names_the_scenarios_short_of_the_targets(tmp_path: Path) -> None:
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(synthetic_results(), allow_nan=False), encoding="utf-8")
+    chaos = synthetic_chaos(missed_without_notice=61, out_of_order=2, resume_p99_ms=15098.2)
+    (tmp_path / CHAOS_FILE).write_text(json.dumps(chaos), encoding="utf-8")
+    report = _flat(generate(results_path, tmp_path, CLEAN).read_text(encoding="utf-8"))
+    assert (
+        "Against a target of none: UDP one server (61 missed without a notice, 2 out of order)."
+        in report
+    )
+    assert "Resume p99 over 1 s: UDP one server (15,098 ms)." in report
+
+
+def test_a_missing_chaos_file_says_how_to_make_it(tmp_path: Path) -> None:
+    results_path = tmp_path / "results.json"
+    results_path.write_text(json.dumps(synthetic_results(), allow_nan=False), encoding="utf-8")
+    report = generate(results_path, tmp_path, CLEAN).read_text(encoding="utf-8")
+    assert "_Not measured: run `make bench-chaos`._" in report
+
+
 def test_the_saturation_section_has_a_row_per_offered_load(report: str) -> None:
     section = report.split("## 5.", 1)[1].split("## 6.", 1)[0]
     rows = [_cells(line) for line in section.splitlines() if line.startswith("| 200")]
@@ -436,6 +503,6 @@ def test_the_closing_note_names_every_figure_over_fewer_runs(tmp_path: Path) -> 
     path = tmp_path / "results.json"
     path.write_text(json.dumps(results, allow_nan=False), encoding="utf-8")
     section = _flat(
-        generate(path, tmp_path, CLEAN).read_text(encoding="utf-8").split("## 8.", 1)[1]
+        generate(path, tmp_path, CLEAN).read_text(encoding="utf-8").split("## 9.", 1)[1]
     )
     assert "each figure over 3 runs, except (runs counted) TCP, clean 2." in section

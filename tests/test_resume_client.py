@@ -45,49 +45,80 @@ STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
 # ---- Retry: backoff with full jitter, and the servers in turn ---------------------------
 
 
-def test_backoff_doubles_from_half_a_second_to_ten_with_full_jitter() -> None:
-    draws = iter([0.0, 0.5, 0.999, 0.5, 0.5, 0.5, 0.5, 0.5])
-    retry = Retry(["a:1"], lambda: next(draws))
-    assert retry.lost() == 0.0  # the first try may go at once
-    assert retry.ceiling() == 0.5
-    assert retry.failed() == pytest.approx(0.5)  # 0.5 x a ceiling of 1
-    assert retry.failed() == pytest.approx(0.999 * 2)
-    assert [retry.failed() for _ in range(5)] == [2.0, 4.0, 5.0, 5.0, 5.0]
+class Clock:
+    """A clock that tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_first_try_goes_at_once_then_backoff_with_full_jitter() -> None:
+    clock = Clock()
+    draws = iter([0.7, 0.5, 0.999])
+    retry = Retry(["a:1"], lambda: next(draws), clock)
+    assert retry.lost() == 0.0  # a cut connection is usually back in one round trip
+    clock.now += 0.1
+    assert retry.failed() == pytest.approx(0.5 * 0.5)  # a ceiling of at least BACKOFF_FIRST
+    clock.now += 3.9
+    assert retry.failed() == pytest.approx(0.999 * 2.0)  # half the 4 s lost so far
     assert retry.server == "a:1"
 
 
-def test_a_new_loss_starts_from_the_first_ceiling_again() -> None:
-    retry = Retry(["a:1"], lambda: 1.0)
+def test_the_ceiling_is_half_the_outage_up_to_ten_seconds() -> None:
+    clock = Clock()
+    retry = Retry(["a:1"], lambda: 1.0, clock)
     retry.lost()
-    for _ in range(10):
-        retry.failed()
-    assert retry.ceiling() == 10.0
-    retry.back()
-    assert retry.lost() == 0.5
+    ceilings = []
+    for lost_for in (0.2, 1.0, 2.0, 8.0, 19.0, 30.0, 3600.0):
+        clock.now = 100.0 + lost_for
+        ceilings.append(retry.failed())
+    assert ceilings == [0.5, 0.5, 1.0, 4.0, 9.5, 10.0, 10.0]
 
 
-def test_the_ceiling_stays_sane_after_very_many_tries() -> None:
-    retry = Retry(["a:1"], lambda: 1.0)
-    retry.lost()
-    for _ in range(5000):
+def test_the_tries_thin_out_exponentially() -> None:
+    """Each wait is at most half the time already lost: over a minute, a few dozen tries."""
+    clock = Clock()
+    retry = Retry(["a:1"], lambda: 0.5, clock)  # the average draw
+    delay = retry.lost()
+    tries = 0
+    while clock.now - 100.0 < 60.0:
+        clock.now += delay
+        tries += 1
         delay = retry.failed()
-    assert delay == 10.0
+    assert 15 < tries < 40
+
+
+def test_a_new_loss_starts_from_the_first_try_at_once_again() -> None:
+    clock = Clock()
+    retry = Retry(["a:1"], lambda: 1.0, clock)
+    retry.lost()
+    clock.now += 60.0
+    assert retry.failed() == 10.0
+    retry.back()
+    clock.now += 5.0
+    assert retry.lost() == 0.0
+    assert retry.failed() == 0.5
 
 
 def test_several_servers_are_tried_in_turn_the_next_at_once() -> None:
-    retry = Retry(["a:1", "b:2", "c:3"], lambda: 1.0)
+    clock = Clock()
+    retry = Retry(["a:1", "b:2", "c:3"], lambda: 1.0, clock)
     retry.moved("b:2")
-    assert retry.lost() == 0.5 and retry.server == "b:2"  # it may only have restarted
+    assert retry.lost() == 0.0 and retry.server == "b:2"  # it may only have restarted
+    clock.now += 2.0
     assert retry.failed() == 0.0 and retry.server == "c:3"
     assert retry.failed() == 0.0 and retry.server == "a:1"
     assert retry.failed() == 1.0 and retry.server == "b:2"  # a round done: the next ceiling
     retry.back()
-    assert retry.lost() == 0.5 and retry.server == "b:2"
+    assert retry.lost() == 0.0 and retry.server == "b:2"
 
 
 def test_retry_needs_a_server() -> None:
     with pytest.raises(ValueError):
-        Retry([], lambda: 0.0)
+        Retry([], lambda: 0.0, Clock())
 
 
 def test_split_address() -> None:

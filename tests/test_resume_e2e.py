@@ -18,9 +18,11 @@ from typing import Any
 import pytest
 import redis
 
-from tests.conftest import WAIT, JsonClient, ServerProcess
-from tests.test_cluster import LEASE, RedisServer
+from common.cli.serverargs import Limits
+from tests.conftest import WAIT, JsonClient, RedisServer, ServerProcess
+from tests.test_cluster import LEASE
 from tests.test_udp_server import Peers, UdpPeer, peers
+from udp.server import UdpChatServer
 
 Start = Callable[..., ServerProcess]
 Connect = Callable[..., JsonClient]
@@ -317,97 +319,126 @@ def test_a_udp_resume_to_a_spoofed_address_sends_nothing_but_the_welcome(
     assert sum(len(d) for d in got) <= max(3 * len(data), 256)
 
 
+def test_a_udp_resume_proved_mid_batch_is_answered_before_what_was_said_since() -> None:
+    """The resume's answer waits for the new address to prove itself; then it goes out first.
+
+    The server runs in this process and its receive loop is driven by hand, so that the
+    proof and a message said since the last pass come in one batch, as they do in a busy room.
+    """
+    server = UdpChatServer(Limits(rate_limit=0), port=0)
+    bob, alice, moved = (UdpPeer(server.address) for _ in range(3))
+
+    def feed(peer: UdpPeer, frame: dict[str, Any], session: str | None = None) -> None:
+        if session is not None:
+            frame = {**frame, "session": session}
+        with server._lock:
+            server._on_datagram(json.dumps(frame).encode(), peer.address, time.monotonic())
+
+    def a_pass() -> None:
+        with server._lock:
+            server._flush(time.monotonic())
+
+    try:
+        feed(bob, {"type": "hello", "name": "bob"})
+        a_pass()
+        token = bob.expect("welcome")["session"]
+        feed(alice, {"type": "hello", "name": "alice", "resumable": True})
+        a_pass()
+        welcome = alice.expect("welcome")
+        feed(bob, {"type": "say", "text": "one", "seq": 1}, token)
+        a_pass()
+        after = alice.expect("msg", text="one")["id"]
+        resume = {"session": welcome["session"], "epoch": welcome["epoch"], "after": after}
+        feed(moved, {"type": "hello", "name": "alice", "resumable": True, "resume": resume})
+        a_pass()
+        moved_token = moved.expect("welcome")["session"]
+        feed(bob, {"type": "say", "text": "two", "seq": 2}, token)
+        a_pass()  # held: the new address has not proved itself yet
+        feed(bob, {"type": "say", "text": "three", "seq": 3}, token)
+        feed(moved, {"type": "ping", "seq": 1}, moved_token)  # the proof, in the same pass
+        a_pass()
+        got = [moved.recv() for _ in range(4)]
+        shown = [f.get("text") or f["type"] for f in got if f["type"] != "pong"]
+        assert shown[:3] == ["history_end", "two", "three"]
+    finally:
+        server.sock.close()
+        for peer in (bob, alice, moved):
+            peer.close()
+
+
 # ---- several servers through Redis ----------------------------------------------
 
 
 def test_a_client_of_a_server_that_died_resumes_on_another(
-    start_server: Start, connect: Connect, tmp_path: Path
+    start_server: Start, connect: Connect, redis_server: RedisServer
 ) -> None:
     """Nobody sees it leave: the session is taken over before its server's lease ends."""
-    store = RedisServer(tmp_path)
-    try:
-        args = ("--rate-limit", "0", "--redis", store.url, "--lease", LEASE)
-        doomed, survivor = start_server("tcp.server", *args), start_server("tcp.server", *args)
-        alice = connect(survivor.address, "alice")
-        bob = Resumer(doomed.address, "bob")
-        alice.expect("joined", name="bob")
-        alice.send({"type": "say", "text": "seen"})
-        bob.read_until("seen")
-        seen_id = bob.after
-        doomed.stop(signal.SIGKILL)
-        alice.send({"type": "say", "text": "missed"})
-        missed = alice.expect("msg", text="missed")
-        end = bob.resume(survivor.address)
-        assert end == {"type": "history_end", "count": 1, "resumed": True}
-        assert bob.texts == ["seen", "missed"]
-        assert bob.after == missed["id"] and missed["id"] != seen_id  # one id, every server
-        servers = redis.Redis.from_url(store.url)
-        deadline = time.monotonic() + 15
-        while servers.zcard("chat:{lobby}:servers") > 1:  # the dead server's lease ends
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        alice.send({"type": "say", "text": "end"})
-        assert no_left_or_joined(frames_until(alice, "end"))
-        bob.read_until("end")
-        assert bob.texts == ["seen", "missed", "end"]
-        # A server started now reads the takeover back from the stream with the rest.
-        restarted = start_server("tcp.server", *args)
-        carol = connect(restarted.address, "carol")
-        carol.send({"type": "history", "limit": 3})
-        earlier = [carol.expect("msg", history=True)["text"] for _ in range(3)]
-        assert earlier == ["seen", "missed", "end"]
-    finally:
-        if store.proc is not None and store.proc.poll() is None:
-            store.proc.kill()
-            store.proc.wait()
+    args = ("--rate-limit", "0", "--redis", redis_server.url, "--lease", LEASE)
+    doomed, survivor = start_server("tcp.server", *args), start_server("tcp.server", *args)
+    alice = connect(survivor.address, "alice")
+    bob = Resumer(doomed.address, "bob")
+    alice.expect("joined", name="bob")
+    alice.send({"type": "say", "text": "seen"})
+    bob.read_until("seen")
+    seen_id = bob.after
+    doomed.stop(signal.SIGKILL)
+    alice.send({"type": "say", "text": "missed"})
+    missed = alice.expect("msg", text="missed")
+    end = bob.resume(survivor.address)
+    assert end == {"type": "history_end", "count": 1, "resumed": True}
+    assert bob.texts == ["seen", "missed"]
+    assert bob.after == missed["id"] and missed["id"] != seen_id  # one id, every server
+    servers = redis.Redis.from_url(redis_server.url)
+    deadline = time.monotonic() + 15
+    while servers.zcard("chat:{lobby}:servers") > 1:  # the dead server's lease ends
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    alice.send({"type": "say", "text": "end"})
+    assert no_left_or_joined(frames_until(alice, "end"))
+    bob.read_until("end")
+    assert bob.texts == ["seen", "missed", "end"]
+    # A server started now reads the takeover back from the stream with the rest.
+    restarted = start_server("tcp.server", *args)
+    carol = connect(restarted.address, "carol")
+    carol.send({"type": "history", "limit": 3})
+    earlier = [carol.expect("msg", history=True)["text"] for _ in range(3)]
+    assert earlier == ["seen", "missed", "end"]
 
 
 def test_a_resume_on_another_server_closes_the_half_open_connection(
-    start_server: Start, connect: Connect, tmp_path: Path
+    start_server: Start, connect: Connect, redis_server: RedisServer
 ) -> None:
-    store = RedisServer(tmp_path)
-    try:
-        args = ("--rate-limit", "0", "--redis", store.url, "--lease", LEASE)
-        one, two = start_server("tcp.server", *args), start_server("tcp.server", *args)
-        alice = connect(two.address, "alice")
-        bob = Resumer(one.address, "bob")
-        old = bob.client
-        alice.expect("joined", name="bob")
-        alice.send({"type": "say", "text": "x"})
-        alice.expect("msg", text="x")
-        end = bob.resume(two.address)
-        assert end["resumed"] is True
-        assert bob.texts == ["x"]
-        assert old.closed()
-        # Forged or stale sessions get nothing of it.
-        thief = connect(one.address)
-        forged = {"session": "0" * 32, "epoch": bob.epoch, "after": None}
-        thief.send({"type": "hello", "name": "bob", "resume": forged})
-        assert thief.expect("error")["code"] == "name_taken"
-        alice.send({"type": "say", "text": "y"})
-        assert no_left_or_joined(frames_until(alice, "y"))
-        bob.read_until("y")
-    finally:
-        if store.proc is not None and store.proc.poll() is None:
-            store.proc.kill()
-            store.proc.wait()
+    args = ("--rate-limit", "0", "--redis", redis_server.url, "--lease", LEASE)
+    one, two = start_server("tcp.server", *args), start_server("tcp.server", *args)
+    alice = connect(two.address, "alice")
+    bob = Resumer(one.address, "bob")
+    old = bob.client
+    alice.expect("joined", name="bob")
+    alice.send({"type": "say", "text": "x"})
+    alice.expect("msg", text="x")
+    end = bob.resume(two.address)
+    assert end["resumed"] is True
+    assert bob.texts == ["x"]
+    assert old.closed()
+    # Forged or stale sessions get nothing of it.
+    thief = connect(one.address)
+    forged = {"session": "0" * 32, "epoch": bob.epoch, "after": None}
+    thief.send({"type": "hello", "name": "bob", "resume": forged})
+    assert thief.expect("error")["code"] == "name_taken"
+    alice.send({"type": "say", "text": "y"})
+    assert no_left_or_joined(frames_until(alice, "y"))
+    bob.read_until("y")
 
 
-def test_a_new_redis_stream_is_a_new_epoch(start_server: Start, tmp_path: Path) -> None:
-    store = RedisServer(tmp_path, persist=False)
-    try:
-        args = ("--rate-limit", "0", "--redis", store.url)
-        one = start_server("tcp.server", *args)
-        bob = Resumer(one.address, "bob")
-        two = start_server("tcp.server", *args)
-        assert Resumer(two.address, "carol").epoch == bob.epoch  # one room, one epoch
-        one.stop(signal.SIGKILL)
-        two.stop(signal.SIGKILL)
-        store.stop()
-        store.start()
-        three = start_server("tcp.server", *args)
-        assert bob.resume(three.address) == {"type": "history_end", "count": 0, "resumed": False}
-    finally:
-        if store.proc is not None and store.proc.poll() is None:
-            store.proc.kill()
-            store.proc.wait()
+def test_a_new_redis_stream_is_a_new_epoch(start_server: Start, redis_server: RedisServer) -> None:
+    args = ("--rate-limit", "0", "--redis", redis_server.url)
+    one = start_server("tcp.server", *args)
+    bob = Resumer(one.address, "bob")
+    two = start_server("tcp.server", *args)
+    assert Resumer(two.address, "carol").epoch == bob.epoch  # one room, one epoch
+    one.stop(signal.SIGKILL)
+    two.stop(signal.SIGKILL)
+    redis_server.kill()  # nothing saved: the stream is gone
+    redis_server.start()
+    three = start_server("tcp.server", *args)
+    assert bob.resume(three.address) == {"type": "history_end", "count": 0, "resumed": False}

@@ -129,6 +129,40 @@ def test_silence_counts_as_a_lost_connection_and_ctrl_c_quits_while_reconnecting
     assert "Traceback" not in alice.before
 
 
+def test_a_killed_server_is_noticed_at_once_from_port_unreachable(start_server: Start) -> None:
+    """The host says nothing listens any more: the session ends now, not after the silence."""
+    server = start_server("udp.server")
+    alice = UdpTransport.connect(*server.address, reliable=True, give_up_after=30.0)
+    try:
+        alice.send(Hello(name="alice"))
+        assert isinstance(receive_until(alice, lambda m: True), Welcome)
+        server.proc.kill()
+        server.proc.wait()
+        start = time.monotonic()
+        alice.send(Say(text="anyone?"))
+        assert receive_until(alice, lambda m: False) is None
+        assert time.monotonic() - start < 10.0  # the silence alone would take 30 s
+        assert alice.failure == f"nothing listens at {server.host}:{server.port} (port unreachable)"
+    finally:
+        alice.close()
+
+
+def test_a_hello_to_a_port_where_nothing_listens_fails_at_once() -> None:
+    """So a client resuming while its server restarts tries again on its backoff, not 5 s on."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    alice = UdpTransport.connect("127.0.0.1", port)
+    try:
+        start = time.monotonic()
+        alice.send(Hello(name="alice"))
+        assert receive_until(alice, lambda m: False) is None
+        assert time.monotonic() - start < udp.client.HELLO_INTERVAL * udp.client.HELLO_TRIES
+        assert alice.failure == f"nothing listens at 127.0.0.1:{port} (port unreachable)"
+    finally:
+        alice.close()
+
+
 def test_no_server_is_one_line_and_exit_code_1(
     scripted: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

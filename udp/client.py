@@ -29,6 +29,10 @@ connected UDP socket speaking the protocol's UDP session rules:
   nothing at all has come from the server for ``--give-up-after`` seconds,
   despite those pings, the session is over: the terminal client counts the
   connection as lost and resumes it (v1.2) from a new socket, so a new port.
+  So it is at once when the server's host answers a datagram with "port
+  unreachable" (the socket's ``ECONNREFUSED``): nothing listens there, the
+  server died or is restarting, and waiting for silence would only delay the
+  resume; the next try then waits as ``Retry``'s backoff says.
 
 Threads: ``main`` reads the keyboard and ``receiver`` blocks in
 ``UdpTransport.receive`` (both from ``common.terminal.console``); ``udp-timer``
@@ -240,9 +244,12 @@ class UdpTransport:
     def _write(self, data: bytes, now: float) -> None:
         self._sent += 1
         self._last_sent = now
-        # An earlier ICMP "port unreachable" surfaces here; the silence watch deals with it.
-        with contextlib.suppress(OSError):
+        try:
             self._sock.send(data, socket.MSG_DONTWAIT)
+        except ConnectionRefusedError:  # an earlier datagram's "port unreachable", seen here
+            self._give_up(f"nothing listens at {self.peer} (port unreachable)")
+        except OSError:
+            pass  # a full buffer: the datagram is lost, as on the network
 
     # ---- receiving (receiver thread) -----------------------------------
 
@@ -255,7 +262,11 @@ class UdpTransport:
                     return None
             try:
                 data = self._sock.recv(RECV_BYTES)
-            except (TimeoutError, ConnectionRefusedError):
+            except TimeoutError:
+                continue
+            except ConnectionRefusedError:
+                with self._lock:  # the server's host says nothing listens on its port
+                    self._give_up(f"nothing listens at {self.peer} (port unreachable)")
                 continue
             except OSError:
                 return None
@@ -450,8 +461,8 @@ class UdpTransport:
             self._send_frame(Ping(), now)
 
     def _give_up(self, why: str) -> None:
-        """End the session; ``why`` becomes the client's last line."""
-        self.failure = why
+        """End the session; ``why`` (the first reason found) becomes the client's last line."""
+        self.failure = self.failure or why
         self._over = True
 
     # ---- the rest ------------------------------------------------------

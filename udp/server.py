@@ -349,9 +349,11 @@ class UdpChatServer:
         if not self._token_ok(session, token):
             return
         session.last_heard = now
-        if session.held is not None:  # its address proved itself: what waited goes out now
+        if session.held is not None:
+            # Its address proved itself: what waited goes out now, and before what the room
+            # said since the last pass (earlier in this batch), which would otherwise pass it.
             held, session.held = session.held, None
-            for entry in held:
+            for entry in held + self.room.take(session):
                 self.room.post_entry(session, entry)
         if isinstance(message, Ack):
             if session.sender is not None:

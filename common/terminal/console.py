@@ -42,6 +42,7 @@ import shutil
 import signal
 import sys
 import threading
+import time
 import unicodedata
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -507,7 +508,7 @@ class ChatSession:
         self.connect = connect
         self.console = console
         self.me = ""
-        self._retry = Retry(servers, random)
+        self._retry = Retry(servers, random, time.monotonic)
         self._tracker = Tracker()
         self._lock = threading.Lock()
         self._phase = Phase.CHATTING

@@ -3,12 +3,18 @@
 Two small machines that a client drives, with time and chance as parameters
 so that tests can drive them by hand:
 
-* ``Retry`` says which server to try next and how long to wait first:
-  exponential backoff from ``BACKOFF_FIRST`` to ``BACKOFF_CAP`` seconds with
-  full jitter (a delay drawn uniformly below the ceiling, so that a room's
-  clients, all cut at once by a restart, do not all come back at once). A
-  client given several servers of one room moves to the next one when a try
-  fails, at once within a round; the delay comes before each round.
+* ``Retry`` says which server to try next and how long to wait first: the
+  first try at once (a cut connection is usually back in one round trip),
+  then backoff with full jitter (a delay drawn uniformly below a ceiling, so
+  that a room's clients, all cut at once by a restart, do not all come back
+  at once) whose ceiling is half the time lost so far, from ``BACKOFF_FIRST``
+  to ``BACKOFF_CAP`` seconds. Each wait is then at most half of the time
+  already waited, so the tries thin out exponentially (by 1.25 a try on
+  average) and a server that is back is found within half the outage: a
+  restart of one second costs at most half a second more; a ceiling that
+  doubled per try would already be 2 s by then. A client given several
+  servers of one room moves to the next one when a try fails, at once within
+  a round; the delay comes before each round.
 * ``Tracker`` keeps the client's place in the room, the ``session``,
   ``epoch`` and last ``id`` it will send back in ``hello``'s ``resume``,
   and turns the answer to a resume into what the person sees: one line
@@ -43,8 +49,8 @@ from common.terminal.render import Line
 
 BACKOFF_FIRST = 0.5
 BACKOFF_CAP = 10.0
-MAX_DOUBLINGS = 30
-"""Rounds past this many no longer double the ceiling (long past the cap; keeps floats sane)."""
+BACKOFF_SHARE = 0.5
+"""The backoff's ceiling, as a share of the time since the connection was lost."""
 REJOIN_HISTORY = 20
 """Earlier messages asked for when a resume could not say what was missed, as on joining."""
 
@@ -60,16 +66,18 @@ def missed_line(count: int) -> str:
 class Retry:
     """The schedule of tries after a lost connection: which server, and after how long.
 
-    ``lost()`` starts a new series (the server that was lost is tried first:
-    it may only have restarted), ``failed()`` moves on after a try that did
-    not get in, ``back()`` ends the series. ``random()`` gives a float in
-    [0, 1): ``random.random`` in a client, a script in tests.
+    ``lost()`` starts a new series (the server that was lost is tried first,
+    at once: it may only have restarted), ``failed()`` moves on after a try
+    that did not get in, ``back()`` ends the series. ``random()`` gives a
+    float in [0, 1) and ``clock()`` the time in seconds: ``random.random``
+    and ``time.monotonic`` in a client, scripts in tests.
     """
 
     def __init__(
         self,
         servers: Sequence[str],
         random: Callable[[], float],
+        clock: Callable[[], float],
         first: float = BACKOFF_FIRST,
         cap: float = BACKOFF_CAP,
     ) -> None:
@@ -77,10 +85,12 @@ class Retry:
             raise ValueError("at least one server")
         self.servers = tuple(servers)
         self._random = random
+        self._clock = clock
         self._first = first
         self._cap = cap
         self._index = 0
         self._tries = 0
+        self._lost_at = clock()
 
     @property
     def server(self) -> str:
@@ -88,15 +98,20 @@ class Retry:
         return self.servers[self._index]
 
     def ceiling(self) -> float:
-        """The longest the wait before the next try can be (0 within a round)."""
-        if self._tries % len(self.servers):
+        """The longest the wait before the next try can be.
+
+        0 for the first try after a loss and within a round; else half the
+        time lost so far, within ``first`` and ``cap``.
+        """
+        if self._tries % len(self.servers) or not self._tries:
             return 0.0
-        rounds = min(self._tries // len(self.servers), MAX_DOUBLINGS)
-        return min(self._cap, self._first * 2.0**rounds)
+        lost_for = self._clock() - self._lost_at
+        return min(self._cap, max(self._first, BACKOFF_SHARE * lost_for))
 
     def lost(self) -> float:
-        """The connection broke: the delay before the first try, at the same server."""
+        """The connection broke: the delay before the first try, at the same server (none)."""
         self._tries = 0
+        self._lost_at = self._clock()
         return self._random() * self.ceiling()
 
     def failed(self) -> float:
