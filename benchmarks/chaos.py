@@ -16,7 +16,7 @@ Each scenario (a transport, TCP or UDP, and a set-up) runs ``--clients`` users (
   to the other, or wait for it, as ``--server`` given twice makes the terminal client do).
 
 The users are this module's own load clients (``LoadClient``, one thread each): the transports
-of the terminal clients (``tcp.client``, ``udp.client`` in reliable mode) driven by the same
+of the terminal clients (``tcp.client``, ``udp.client`` reliable, in packets) driven by the same
 sans-IO ``Retry`` (backoff 0.5 s to 10 s with full jitter, servers in turn) and ``Tracker``
 (session, epoch, last id; a resume's answer held until ``history_end``) as the terminal client,
 with its settings: a UDP user notices a killed server at once from the "port unreachable" its
@@ -418,7 +418,7 @@ def connector(transport: str) -> Callable[[str], Transport]:
 
     def connect_udp(server: str) -> Transport:
         host, port = split_address(server)
-        return UdpTransport.connect(host, port, reliable=True)
+        return UdpTransport.connect(host, port, reliable=True, packets=True)
 
     return connect_udp
 

@@ -43,10 +43,10 @@ from typing import Any
 import redis
 from tabulate import tabulate
 
-from benchmarks import procstat
+from benchmarks import cgen, procstat
 from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp, markers
 from benchmarks.harness import machine_meta
-from benchmarks.measure import is_harness_bound
+from benchmarks.measure import LoadSpec, is_harness_bound, run_c_clients
 from benchmarks.runcluster import free_port, start_redis
 from benchmarks.servers import ServerProcess, server_command
 from common.cli.serverargs import raise_open_file_limit
@@ -87,6 +87,7 @@ class Run:
     harness_cpu_pct: float
     send_lag_p99_ms: float
     harness_bound: bool
+    generator: str  # the load's clients: "c" (benchmarks.cgen) or "python"
 
 
 @dataclass(frozen=True)
@@ -186,7 +187,11 @@ def measure(
     addresses: Sequence[tuple[str, int]],
     pids: Sequence[int],
 ) -> Run:
-    """Clients split evenly between ``addresses``; one schedule, one worker, one clock."""
+    """Clients split evenly between ``addresses``; one schedule, one worker, one clock. Against
+    one server the C load generator (benchmarks.cgen) runs them where it can: it costs a small
+    share of a core, so the servers, not the load, set the pace."""
+    if len(addresses) == 1 and cgen.available():
+        return measure_c(setup, n, rate, duration, addresses[0], pids)
     clients: list[TcpClient] = [
         connect_tcp(i, addresses[i * len(addresses) // n]) for i in range(n)
     ]
@@ -247,6 +252,36 @@ def measure(
         harness_cpu_pct=harness_cpu_pct,
         send_lag_p99_ms=send_lag_p99_ms,
         harness_bound=is_harness_bound(harness_cpu_pct, send_lag_p99_ms),
+        generator="python",
+    )
+
+
+def measure_c(
+    setup: str, n: int, rate: float, duration: float, address: tuple[str, int], pids: Sequence[int]
+) -> Run:
+    """``measure`` by the C load generator, the chat's CPU over every process of ``pids``."""
+    spec = LoadSpec(
+        clients=n, rate=rate, duration=duration, warmup=WARMUP_S, drain=DRAIN_S, generator="c"
+    )
+    result, raw = run_c_clients(spec, address, pids)
+    return Run(
+        setup=setup,
+        clients=n,
+        rate=rate,
+        offered_deliveries_per_s=n * n * rate,
+        deliveries_per_s=result.deliveries_per_s,
+        lost_pct=result.loss_pct,
+        refused_pct=100 * raw["refused"] / max(1, result.sent),
+        p50_ms=result.p50_ms,
+        p99_ms=result.p99_ms,
+        max_ms=result.max_ms,
+        chat_cpu_pct=result.server_cpu_pct,
+        cpu_us_per_delivery=result.server_cpu_us_per_delivery,
+        delivered_pct=100 * result.received / max(1, result.expected),
+        harness_cpu_pct=result.harness_cpu_pct,
+        send_lag_p99_ms=result.send_lag_p99_ms,
+        harness_bound=result.harness_bound,
+        generator="c",
     )
 
 

@@ -302,7 +302,9 @@ def build_suite(suite: str, threads: int = DEFAULT_THREADS) -> list[Scenario]:
                 _OVERLOAD_NAMES[case].format(clients),
                 overload_case=case,
                 overload_clients=clients,
+                repeat=n,
             )
+            for n in range(1, z.repeats + 1)
             for case, clients in z.overload
         ),
     ]
@@ -639,7 +641,13 @@ def _run_one(scenario: Scenario, results: dict[str, Any], reporter: Reporter) ->
     if scenario.overload_case:
         case = asdict(overload.measure(scenario.overload_case, scenario.overload_clients))
         results["overload"].append(
-            {"group": scenario.group, "name": scenario.name, "load_1min": load, **case}
+            {
+                "group": scenario.group,
+                "name": scenario.name,
+                "repeat": scenario.repeat,
+                "load_1min": load,
+                **case,
+            }
         )
         return overload.summary(case)
     if scenario.spec is None:

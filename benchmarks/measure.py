@@ -3,6 +3,8 @@
 Contract:
     run_load(LoadSpec(server="tcp", clients=200, rate=5, ...), progress=None) -> LoadResult
     run_clients(spec, address, server_pid, progress=None) -> LoadResult   (the client side only)
+    run_c_clients(spec, address, pids) -> (LoadResult, raw counts)   the same by the C generator,
+                                        CPU over several processes (a server and its Redis)
     result_to_dict(result) / result_from_dict(mapping)   JSON-safe (inf and nan become None)
     format_results(results, labels=None) -> str          a table, one row per run
 
@@ -641,6 +643,16 @@ _C_FRACTIONS = (0.5, 0.95, 0.99, 1.0, *(p / 100 for p in PERCENTILES))
 """The nearest ranks the C generator is asked for: p50, p95, p99, max, then PERCENTILES."""
 
 
+def run_c_clients(
+    spec: LoadSpec, address: tuple[str, int], pids: Sequence[int]
+) -> tuple[LoadResult, Mapping[str, Any]]:
+    """`run_clients` by the C generator, the chat's CPU counted over every process of `pids`
+    (a server and its Redis); also the generator's raw counts (``refused``: messages the
+    server refused)."""
+    raw = _c_raw(spec, address, pids[0], None, subprocess.Popen, pids[1:])
+    return _c_result(spec, raw), raw
+
+
 def _run_c(
     spec: LoadSpec,
     address: tuple[str, int],
@@ -650,6 +662,18 @@ def _run_c(
 ) -> LoadResult:
     """The client side by the C generator (benchmarks/cgen), the same method as run_clients:
     `launch` starts it (here, or inside a namespace), it prints its raw counts as JSON."""
+    return _c_result(spec, _c_raw(spec, address, server_pid, progress, launch))
+
+
+def _c_raw(
+    spec: LoadSpec,
+    address: tuple[str, int],
+    server_pid: int,
+    progress: Progress | None,
+    launch: Callable[..., subprocess.Popen[str]],
+    also_pids: Sequence[int] = (),
+) -> Mapping[str, Any]:
+    """Run the C generator; its raw counts."""
     command = [
         str(cgen.binary()),
         "--mode", "packets" if spec.packets else _C_MODES[spec.server],
@@ -664,6 +688,7 @@ def _run_c(
         "--pad", str(spec.pad),
         "--server-pid", str(server_pid),
         "--fractions", ",".join(repr(f) for f in _C_FRACTIONS),
+        *(arg for pid in also_pids for arg in ("--also-pid", str(pid))),
     ]  # fmt: skip
     process = launch(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     messages: list[str] = []
@@ -681,8 +706,8 @@ def _run_c(
     if process.returncode != 0:
         tail = "\n".join(messages[-20:])
         raise RuntimeError(f"the C load generator failed ({process.returncode}):\n{tail}")
-    raw = json.loads(out)
-    return _c_result(spec, raw)
+    raw: Mapping[str, Any] = json.loads(out)
+    return raw
 
 
 def _c_result(spec: LoadSpec, raw: Mapping[str, Any]) -> LoadResult:

@@ -47,6 +47,17 @@ UDP packet sessions (protocol v1.2), against the runs above in the same rounds:
 - udp-packets-saturation (`rate` group, one run each): past twice the load reliable packet
   sessions keep up with, at least SATURATION_SHARE of their peak deliveries per second.
 
+The overload group's cases (`benchmarks.overload`, each repeated; no load generator sets a
+pace there, so no repeat is harness-bound):
+- tcp-closing: 3,000 clients closing at once: every socket closed within CLOSE_S, a newcomer
+  welcomed within WELCOME_MS meanwhile, memory back within MEMORY_BACK_MB of where it was
+  before the closes.
+- tcp-non-readers: 5,000 clients that never read plus 10 talkers: no talker or observer
+  dropped, observers' p99 < KEEP_UP_P99_MS, memory back within MEMORY_BACK_MB of the start
+  once the non-readers are gone.
+- tcp-history-non-readers: 100 non-readers asking `history` 50 times each: server memory under
+  SATURATION_RSS_MB, an observer's p99 < KEEP_UP_P99_MS.
+
 The verdict rule (`judge`): a repeat whose run was harness-bound is not a server result and is
 not counted. With fewer than two thirds of the repeats counted, the verdict is harness-bound.
 Otherwise a target is met when it holds on the medians of the counted repeats and in every one
@@ -85,6 +96,9 @@ ACKS_PER_PACKET = 0.5
 RAW_CPU_SHARE = 1.2
 CLEAN_DELIVERED = 0.99
 SATURATION_SHARE = 0.8
+CLOSE_S = 1.0
+WELCOME_MS = 100.0
+MEMORY_BACK_MB = 50.0
 
 MET, MISSED, UNSTABLE, BOUND, NOT_MEASURED = (
     "met", "missed", "unstable", "harness-bound", "not measured",
@@ -491,6 +505,69 @@ def _tcp_saturation(results: dict[str, Any]) -> Target:
     return _target("tcp-saturation", goal, _paired(at_1x, at_2x, values), holds)
 
 
+def _overload_samples(results: dict[str, Any], case: str, keys: Sequence[str]) -> list[Sample]:
+    """One sample per repeat of an overload case, with the figures (`keys`) its target reads;
+    a latency nobody measured (no delivery) counts as infinite."""
+
+    def figures(run: Mapping[str, Any]) -> dict[str, float]:
+        every = {
+            "seconds": run["seconds"],
+            "welcome_ms": run["welcome_ms"],
+            "dropped": run["dropped"],
+            "p99_ms": run["p99_ms"],
+            "rss_mb": run["rss_peak_mb"],
+            "rss_back_mb": run["rss_end_mb"] - run["rss_start_mb"],
+        }
+        return {k: math.inf if every[k] is None else float(every[k]) for k in keys}
+
+    runs = (run for run in results.get("overload", []) if run["case"] == case)
+    return [Sample(figures(run), harness_bound=False) for run in runs]
+
+
+def _tcp_closing(results: dict[str, Any]) -> Target:
+    goal = (
+        f"closed <= {CLOSE_S:g} s, newcomer welcomed <= {WELCOME_MS:g} ms, "
+        f"memory back within {MEMORY_BACK_MB:g} MB"
+    )
+    return _target(
+        "tcp-closing",
+        goal,
+        _overload_samples(results, "closing", ("seconds", "welcome_ms", "rss_back_mb")),
+        lambda v: (
+            v["seconds"] <= CLOSE_S
+            and v["welcome_ms"] <= WELCOME_MS
+            and v["rss_back_mb"] <= MEMORY_BACK_MB
+        ),
+    )
+
+
+def _tcp_non_readers(results: dict[str, Any]) -> Target:
+    goal = (
+        f"0 dropped, observers' p99 < {KEEP_UP_P99_MS:g} ms, "
+        f"memory back within {MEMORY_BACK_MB:g} MB"
+    )
+    return _target(
+        "tcp-non-readers",
+        goal,
+        _overload_samples(results, "non-readers", ("dropped", "p99_ms", "rss_back_mb")),
+        lambda v: (
+            v["dropped"] == 0
+            and v["p99_ms"] < KEEP_UP_P99_MS
+            and v["rss_back_mb"] <= MEMORY_BACK_MB
+        ),
+    )
+
+
+def _tcp_history_non_readers(results: dict[str, Any]) -> Target:
+    goal = f"peak < {SATURATION_RSS_MB:g} MB, an observer's p99 < {KEEP_UP_P99_MS:g} ms"
+    return _target(
+        "tcp-history-non-readers",
+        goal,
+        _overload_samples(results, "history", ("rss_mb", "p99_ms")),
+        lambda v: v["rss_mb"] < SATURATION_RSS_MB and v["p99_ms"] < KEEP_UP_P99_MS,
+    )
+
+
 def evaluate(results: dict[str, Any]) -> list[Target]:
     return [
         _tcp_200x5(results),
@@ -499,6 +576,9 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
         _udp_raw(results),
         _udp_reliable(results),
         _tcp_saturation(results),
+        _tcp_closing(results),
+        _tcp_non_readers(results),
+        _tcp_history_non_readers(results),
     ]
 
 
@@ -526,6 +606,9 @@ def _mega(value: float) -> str:
 
 _SHOWN: dict[str, tuple[str, Callable[[float], str], str]] = {
     "dropped": ("dropped", "{:.0f}".format, ""),
+    "seconds": ("closed in", "{:.2f}".format, " s"),
+    "welcome_ms": ("welcome", _ms, " ms"),
+    "rss_back_mb": ("memory back within", "{:.0f}".format, " MB"),
     "rss_mb": ("peak", "{:.0f}".format, " MB"),
     "at_2x": ("at 2x", "{:.0%}".format, ""),
     "p99_ms": ("p99", _ms, " ms"),

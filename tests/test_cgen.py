@@ -8,13 +8,14 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import socket
 import threading
 from pathlib import Path
 
 import pytest
 
-from benchmarks import cgen
+from benchmarks import cgen, cluster
 from benchmarks.measure import LoadResult, LoadSpec, format_results, run_clients, run_load
 from netsim.lossy import lossy_link_unavailable
 
@@ -173,3 +174,15 @@ def test_without_a_compiler_the_generator_says_so(
     assert LoadSpec().chosen_generator() == "python"
     with pytest.raises(cgen.CompilerMissing, match="install gcc"):
         cgen.binary()
+
+
+@needs_cc
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+def test_the_cluster_benchmark_drives_one_server_on_redis_with_it() -> None:
+    """Against one server the cluster benchmark's load is the C generator's, and the chat's CPU
+    counts the server and its Redis together: everything delivered, nothing refused."""
+    run = cluster.run_load("one server + Redis", 10, 5, 0.5)
+    assert run.generator == "c"
+    assert run.delivered_pct == 100.0 and run.lost_pct == 0.0 and run.refused_pct == 0.0
+    two = cluster.run_load("two servers + Redis", 10, 5, 0.5)  # clients split: Python's
+    assert two.generator == "python" and two.delivered_pct == 100.0

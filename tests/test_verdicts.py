@@ -6,7 +6,16 @@ import math
 from collections.abc import Mapping
 
 from benchmarks.measure import HARNESS_CPU_LIMIT_PCT, HARNESS_LAG_LIMIT_MS, is_harness_bound
-from benchmarks.targets import BOUND, MET, MISSED, NOT_MEASURED, UNSTABLE, Sample, judge
+from benchmarks.targets import (
+    BOUND,
+    MET,
+    MISSED,
+    NOT_MEASURED,
+    UNSTABLE,
+    Sample,
+    evaluate,
+    judge,
+)
 
 
 def below_ten(values: Mapping[str, float]) -> bool:
@@ -43,3 +52,33 @@ def test_harness_bound_repeats_are_not_counted() -> None:
 
 def test_nothing_measured_is_said_so() -> None:
     assert judge([], below_ten) == (NOT_MEASURED, {})
+
+
+def overload_run(case: str, **figures: float | None) -> dict[str, object]:
+    run: dict[str, object] = {
+        "case": case, "seconds": 0.5, "welcome_ms": 50.0, "dropped": 0, "p99_ms": 20.0,
+        "rss_start_mb": 100.0, "rss_peak_mb": 120.0, "rss_end_mb": 110.0,
+    }  # fmt: skip
+    return run | figures
+
+
+def test_the_overload_cases_are_judged_on_their_own_figures() -> None:
+    def verdicts(*runs: dict[str, object]) -> dict[str, str]:
+        found = evaluate({"runs": [], "overload": list(runs)})
+        return {
+            t.key: t.verdict
+            for t in found
+            if t.key.startswith(("tcp-closing", "tcp-non", "tcp-hist"))
+        }
+
+    fine = [overload_run(case) for case in ("closing", "non-readers", "history") for _ in range(3)]
+    assert set(verdicts(*fine).values()) == {MET}
+    # A newcomer kept waiting as the closes go on misses the closing target, and only it.
+    slow = [overload_run("closing", welcome_ms=400.0) for _ in range(3)]
+    assert verdicts(*slow)["tcp-closing"] == MISSED
+    # Memory that stays up after the non-readers left; an observer that saw nothing at all.
+    kept = [overload_run("non-readers", rss_end_mb=180.0) for _ in range(3)]
+    assert verdicts(*kept)["tcp-non-readers"] == MISSED
+    blind = [overload_run("history", p99_ms=None) for _ in range(3)]
+    assert verdicts(*blind)["tcp-history-non-readers"] == MISSED
+    assert verdicts()["tcp-closing"] == NOT_MEASURED

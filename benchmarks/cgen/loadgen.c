@@ -4,8 +4,8 @@
  *
  * Usage (benchmarks/measure.py builds the command; it is not meant to be typed):
  *   loadgen --mode json|raw|udp|packets --host H --port P --clients N --period-ns P --warmup-ns W
- *           --duration-ns D --drain-ns R [--pad K] [--server-pid PID] [--lead-ns L]
- *           [--fractions F,F,...]
+ *           --duration-ns D --drain-ns R [--pad K] [--server-pid PID] [--also-pid PID]...
+ *           [--lead-ns L] [--fractions F,F,...]
  *
  * The method is the one of benchmarks/measure.py, step for step (read its docstring):
  * - mode json speaks the project's TCP protocol (hello, welcome, say, message frames, one JSON
@@ -34,8 +34,9 @@
  * - After the window, the drain: until every message sent reached every recipient and no
  *   queue waits, or until the drain time is over; udp also once nothing new came for half a
  *   second (what raw UDP lost never comes). What arrives later is not read.
- * - The server's CPU (/proc/PID/stat ticks) and this process's CPU (getrusage) are read when
- *   the window starts and when it ends.
+ * - The server's CPU (/proc/PID/stat ticks), with that of every --also-pid (a server's Redis:
+ *   what the chat costs in all), and this process's CPU (getrusage) are read when the window
+ *   starts and when it ends.
  * - One clock, CLOCK_MONOTONIC, the clock of Python's time.monotonic_ns().
  *
  * It prints one JSON object on stdout: the counts, the nearest-rank percentiles (asked for as
@@ -111,6 +112,8 @@ typedef struct {
     size_t pns_bytes;
 } Client;
 
+#define MAX_ALSO_PIDS 4
+
 static struct {
     int raw, udp, packets;
     const char *host, *port;
@@ -118,6 +121,8 @@ static struct {
     int64_t period, warmup, duration, drain, lead;
     int pad;
     long server_pid;
+    long also_pids[MAX_ALSO_PIDS];
+    int nalso;
     double fractions[MAX_FRACTIONS];
     int nfractions;
 } opt = {.host = "127.0.0.1", .lead = 300000000LL, .server_pid = 0};
@@ -192,11 +197,10 @@ static double own_cpu_s(void) {
            usage.ru_stime.tv_usec / 1e6;
 }
 
-/* The server's user + system time in clock ticks (fields 14 and 15 of proc(5)); -1 if none. */
-static long long server_ticks(void) {
-    if (opt.server_pid <= 0) return -1;
+/* A process's user + system time in clock ticks (fields 14 and 15 of proc(5)). */
+static long long pid_ticks(long pid) {
     char path[64], text[4096];
-    snprintf(path, sizeof path, "/proc/%ld/stat", opt.server_pid);
+    snprintf(path, sizeof path, "/proc/%ld/stat", pid);
     FILE *f = fopen(path, "r");
     if (!f) die("cannot read %s: %s", path, strerror(errno));
     size_t size = fread(text, 1, sizeof text - 1, f);
@@ -213,6 +217,14 @@ static long long server_ticks(void) {
         if (p) p++;
     }
     return utime + stime;
+}
+
+/* The server's ticks and those of every --also-pid; -1 if no server pid was given. */
+static long long server_ticks(void) {
+    if (opt.server_pid <= 0) return -1;
+    long long ticks = pid_ticks(opt.server_pid);
+    for (int i = 0; i < opt.nalso; i++) ticks += pid_ticks(opt.also_pids[i]);
+    return ticks;
 }
 
 /* A number field of /proc/PID/status (VmHWM in kB, Threads); -1 if none. */
@@ -385,12 +397,20 @@ static int digits(const char *p, const char *end) {
     return count;
 }
 
+/* How the server tells a sender its message was refused (a server past what it can carry on
+ * Redis refuses new messages rather than queue them): counted, as benchmarks.cluster counts. */
+#define REFUSAL "\"code\":\"rate_limited\""
+static int64_t refused;
+
 /* The markers #<digits>:<digits>:<digits> of whole lines that arrived at `now`, found left to
  * right without overlap, as benchmarks.clients.markers finds them. */
 static void take_lines(Client *c, const char *data, size_t len, int64_t now) {
     const char *p = data, *end = data + len;
     int64_t found = 0;
     if (!c->too_slow_ns && memmem(data, len, "\"too_slow\"", 10)) c->too_slow_ns = now;
+    for (const char *r = data; (r = memmem(r, (size_t)(end - r), REFUSAL, sizeof REFUSAL - 1));
+         r += sizeof REFUSAL - 1)
+        refused++;
     while ((p = memchr(p, '#', (size_t)(end - p))) != NULL) {
         received_marks++;
         const char *q = p + 1;
@@ -727,6 +747,9 @@ static void parse_args(int argc, char **argv) {
             opt.pad = atoi(value);
         } else if (!strcmp(key, "--server-pid")) {
             opt.server_pid = atol(value);
+        } else if (!strcmp(key, "--also-pid")) {
+            if (opt.nalso == MAX_ALSO_PIDS) die("at most %d --also-pid", MAX_ALSO_PIDS);
+            opt.also_pids[opt.nalso++] = atol(value);
         } else if (!strcmp(key, "--fractions")) {
             char *p = (char *)value;
             while (*p && opt.nfractions < MAX_FRACTIONS) {
@@ -892,6 +915,7 @@ int main(int argc, char **argv) {
            (long long)offered, (long long)sent_in_window, (long long)in_window, latencies.len);
     printf("\"duplicates\":%lld,\"reorders\":%lld,\"unexpected\":%lld,", (long long)duplicates,
            (long long)reorders, (long long)unexpected);
+    printf("\"refused\":%lld,", (long long)refused);
     printf("\"too_slow_seen\":%lld,\"too_slow_after_ns\":%lld,", (long long)too_slow_seen,
            too_slow_seen ? (long long)(too_slow_first - t0) : -1LL);
     print_ranks("latency_ns", &latencies, opt.fractions, opt.nfractions);
