@@ -376,3 +376,32 @@ def test_messages_a_smaller_history_does_not_load_set_the_floor(tmp_path: Path) 
     _, frames = resume(again, "bob", welcome, welcome.last)  # "one" is in the file, not here
     assert frames[1:] == [HistoryEnd(count=0, resumed=False)]
     again.close()
+
+
+def test_messages_lost_with_a_killed_server_stay_a_gap_once_new_ones_push_old_ones_out(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "h.db")
+    archive = HistoryFile(path, 2)
+    room: Room[Peer] = Room(max_users=10, archive=archive, history=2)
+    bob = Peer(room)
+    room.handle(bob, Hello(name="bob", resumable=True))
+    welcome = bob.read()[0]
+    assert isinstance(welcome, Welcome)
+    say(room, bob, "one", "two")
+    after = last_id(bob.read(), welcome)
+    assert after is not None
+    lost = int(after) + 1
+    archive.given(lost, msg=True)  # "three", given out and never written: what a kill leaves
+    room.close()
+    again: Room[Peer] = Room(max_users=10, archive=HistoryFile(path, 2), history=2)
+    alice = Peer(again)
+    again.handle(alice, Hello(name="alice"))
+    say(again, alice, "four", "five")  # the history is full: these push "one" and "two" out
+    _, frames = resume(again, "bob", welcome, after)
+    assert frames[1:] == [HistoryEnd(count=0, resumed=False)]
+    again.close()
+    third: Room[Peer] = Room(max_users=10, archive=HistoryFile(path, 2), history=2)
+    _, frames = resume(third, "bob", welcome, after)  # the next start knows it lost too
+    assert frames[1:] == [HistoryEnd(count=0, resumed=False)]
+    third.close()

@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from common.protocol.limits import Limits
-from tests.conftest import WAIT, JsonClient, RedisServer, ServerProcess
+from common.room.room import Stage
+from tests.conftest import WAIT, JsonClient, RedisServer, ServerProcess, wait_until
 from tests.test_cluster import LEASE
 from tests.test_udp_server import Peers, UdpPeer, peers
 from udp.server import UdpChatServer
@@ -319,6 +320,12 @@ def test_a_udp_resume_to_a_spoofed_address_sends_nothing_but_the_welcome(
     assert sum(len(d) for d in got) <= max(3 * len(data), 256)
 
 
+def _joined(server: UdpChatServer, peer: UdpPeer) -> bool:
+    with server._lock:
+        session = server.registry.by_address.get(peer.address)
+        return session is not None and session.stage is Stage.JOINED
+
+
 def test_a_udp_resume_proved_mid_batch_is_answered_before_what_was_said_since() -> None:
     """The resume's answer waits for the new address to prove itself; then it goes out first.
 
@@ -326,6 +333,8 @@ def test_a_udp_resume_proved_mid_batch_is_answered_before_what_was_said_since() 
     proof and a message said since the last pass come in one batch, as they do in a busy room.
     """
     server = UdpChatServer(Limits(rate_limit=0), port=0)
+    for thread in server._hello_threads:  # hellos are let in by these, as in serve_forever
+        thread.start()
     bob, alice, moved = (UdpPeer(server.address) for _ in range(3))
 
     def feed(peer: UdpPeer, frame: dict[str, Any], session: str | None = None) -> None:
@@ -335,26 +344,25 @@ def test_a_udp_resume_proved_mid_batch_is_answered_before_what_was_said_since() 
             server.inbox.on_datagram(json.dumps(frame).encode(), peer.address, time.monotonic())
 
     def a_pass() -> None:
-        while not server.inbox.hellos.empty():  # what the udp-hello threads would do
-            hello = server.inbox.hellos.get()
-            assert hello is not None
-            server._act_on_hello(*hello)
         with server._lock:
             server.registry.flush(time.monotonic())
 
+    def hello(peer: UdpPeer, frame: dict[str, Any]) -> None:
+        """A hello, and a pass once a ``udp-hello`` thread has let it in."""
+        feed(peer, frame)
+        assert wait_until(lambda: _joined(server, peer), WAIT)
+        a_pass()
+
     try:
-        feed(bob, {"type": "hello", "name": "bob"})
-        a_pass()
+        hello(bob, {"type": "hello", "name": "bob"})
         token = bob.expect("welcome")["session"]
-        feed(alice, {"type": "hello", "name": "alice", "resumable": True})
-        a_pass()
+        hello(alice, {"type": "hello", "name": "alice", "resumable": True})
         welcome = alice.expect("welcome")
         feed(bob, {"type": "say", "text": "one", "seq": 1}, token)
         a_pass()
         after = alice.expect("msg", text="one")["id"]
         resume = {"session": welcome["session"], "epoch": welcome["epoch"], "after": after}
-        feed(moved, {"type": "hello", "name": "alice", "resumable": True, "resume": resume})
-        a_pass()
+        hello(moved, {"type": "hello", "name": "alice", "resumable": True, "resume": resume})
         moved_token = moved.expect("welcome")["session"]
         feed(bob, {"type": "say", "text": "two", "seq": 2}, token)
         a_pass()  # held: the new address has not proved itself yet
@@ -365,6 +373,8 @@ def test_a_udp_resume_proved_mid_batch_is_answered_before_what_was_said_since() 
         shown = [f.get("text") or f["type"] for f in got if f["type"] != "pong"]
         assert shown[:3] == ["history_end", "two", "three"]
     finally:
+        for _ in server._hello_threads:
+            server.inbox.hellos.put(None)
         server.sock.close()
         for peer in (bob, alice, moved):
             peer.close()

@@ -147,6 +147,32 @@ def test_a_killed_server_is_noticed_at_once_from_port_unreachable(start_server: 
         alice.close()
 
 
+@pytest.mark.parametrize("packets", [False, True], ids=["1.0", "packets"])
+def test_frames_left_unacknowledged_by_a_server_that_answers_nothing_end_the_session_soon(
+    start_server: Start, monkeypatch: pytest.MonkeyPatch, packets: bool
+) -> None:
+    """A server that does not know the session (restarted) answers none of its packets, and no
+    host says "port unreachable": the session ends once its own frames went unanswered for
+    UNANSWERED_AFTER (here 0.5 s), long before the silence (30 s) or the doubling probes."""
+    monkeypatch.setattr(udp.client, "UNANSWERED_AFTER", 0.5)
+    server = start_server("udp.server")
+    alice = UdpTransport.connect(
+        *server.address, reliable=True, give_up_after=30.0, packets=packets
+    )
+    try:
+        alice.send(Hello(name="alice"))
+        assert isinstance(receive_until(alice, lambda m: True), Welcome)
+        server.proc.send_signal(signal.SIGSTOP)  # its socket stays: no "port unreachable"
+        start = time.monotonic()
+        alice.send(Say(text="anyone?"))
+        assert receive_until(alice, lambda m: False) is None
+        assert time.monotonic() - start < 10.0
+        assert alice.failure is not None and "while frames wait for an ack" in alice.failure
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+        alice.close()
+
+
 def test_a_hello_to_a_port_where_nothing_listens_fails_at_once() -> None:
     """So a client resuming while its server restarts tries again on its backoff, not 5 s on."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:

@@ -27,7 +27,8 @@ connected UDP socket speaking the protocol's UDP session rules:
   ``HELLO_INTERVAL``.
 * A ``ping`` goes out whenever nothing was sent for ``PING_INTERVAL``. When
   nothing at all has come from the server for ``--give-up-after`` seconds,
-  despite those pings, the session is over: the terminal client counts the
+  despite those pings, or for ``UNANSWERED_AFTER`` while a reliable session's
+  own frames wait for an ack, the session is over: the terminal client counts the
   connection as lost and resumes it (v1.2) from a new socket, so a new port.
   So it is at once when the server's host answers a datagram with "port
   unreachable" (the socket's ``ECONNREFUSED``): nothing listens there, the
@@ -96,6 +97,11 @@ HELLO_INTERVAL = 1.0
 HELLO_TRIES = 5
 PING_INTERVAL = 5.0
 GIVE_UP_AFTER = 15.0
+UNANSWERED_AFTER = 3.0
+"""Seconds a reliable session may go without hearing anything while frames of its own wait for
+an ack: past it the server is taken to be gone (a restarted server answers no packet of a
+session it does not know, and the probe timeouts, doubling from a round trip the load made
+long, would take far longer to say so). A resume costs little if it was wrong."""
 RECV_BYTES = 65536
 POLL_INTERVAL = 0.1
 TICK = 0.05
@@ -457,13 +463,31 @@ class UdpTransport:
                     f"a frame went unacknowledged {MAX_TRIES} times"
                 )
                 return
-        if now - self._last_heard > self.give_up_after:
+        self._check_silence(now)
+
+    def _check_silence(self, now: float) -> None:
+        """Give up on a server heard from too long ago; ping one that we have been quiet to."""
+        silent = now - self._last_heard
+        if self._waiting_for_ack() and silent > min(UNANSWERED_AFTER, self.give_up_after):
+            self._give_up(
+                f"the server at {self.peer} stopped answering: "
+                f"nothing heard for {UNANSWERED_AFTER:g} s while frames wait for an ack"
+            )
+        elif silent > self.give_up_after:
             self._give_up(
                 f"the server at {self.peer} stopped answering: "
                 f"nothing heard for {self.give_up_after:g} s despite pings"
             )
         elif now - self._last_sent >= self._ping_interval:
             self._send_frame(Ping(), now)
+
+    def _waiting_for_ack(self) -> bool:
+        """Whether frames of this reliable session's own wait for the server's ack."""
+        if not self.reliable:
+            return False
+        if self._link is not None:
+            return self._link.pending > 0
+        return self._sender is not None and self._sender.pending > 0
 
     def _give_up(self, why: str) -> None:
         """End the session; ``why`` (the first reason found) becomes the client's last line."""

@@ -173,7 +173,10 @@ class HistoryFile:
         floor = int(meta.get("floor", "0"))
         if given[1] > top:  # messages given after the last batch written: lost with it
             floor = max(floor, given[1])
+            # Kept, so that the next start still knows them lost once new ones are written.
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('floor', ?)", (floor,))
         self.floor = str(floor) if floor else None
+        self._floor = floor  # the writer thread's own from now on: it only rises
         IDS.pack_into(self._ids, 0, self.last_id, self._last_msg)
 
     def add(self, msg: Msg) -> None:
@@ -204,7 +207,8 @@ class HistoryFile:
 
     def _write(self) -> None:
         """Everything queued until now, in one transaction: one insert, then what it pushes
-        out of the last ``keep`` goes, and the newest of those is the floor from now on."""
+        out of the last ``keep`` goes, and the newest of those raises the floor (never lowers it:
+        messages lost with a killed process may be newer)."""
         batch: list[Msg] = []
         while self._queue:
             batch.append(self._queue.popleft())
@@ -221,9 +225,12 @@ class HistoryFile:
                 cut = self._db.execute(
                     "SELECT pos FROM msg ORDER BY pos DESC LIMIT 1 OFFSET ?", (self._keep,)
                 ).fetchone()
-                if cut is not None:  # the newest message forgotten: the floor from now on
+                if cut is not None:  # the newest message forgotten: the floor, if newer
                     self._db.execute("DELETE FROM msg WHERE pos <= ?", cut)
-                    self._db.execute("INSERT OR REPLACE INTO meta VALUES ('floor', ?)", cut)
+                    self._floor = max(self._floor, cut[0])
+                    self._db.execute(
+                        "INSERT OR REPLACE INTO meta VALUES ('floor', ?)", (self._floor,)
+                    )
             self._failed = False
         except sqlite3.Error as exc:
             if not self._failed:

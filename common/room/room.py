@@ -524,10 +524,16 @@ class Room(Generic[M]):
         return entry
 
     def _remember(self, msg: Msg) -> None:
-        """Keep ``msg`` for history and resume; the one it pushes out sets the floor."""
+        """Keep ``msg`` for history and resume; the one it pushes out raises the floor.
+
+        Only raises it: a floor from the archive (messages lost with a killed process) may be
+        newer than the oldest message kept, and a resume from before it must still be refused.
+        """
         kept = self._history
         if len(kept) == kept.maxlen:
-            self._floor = kept[0][1].id if kept else msg.id
+            pushed = kept[0][1].id if kept else msg.id
+            if self._floor is None or (id_key(pushed) or ()) > (id_key(self._floor) or ()):
+                self._floor = pushed
         kept.append((self._end - 1, msg))
         if self._archive is not None:
             self._archive.add(msg)
