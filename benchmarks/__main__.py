@@ -25,7 +25,7 @@ from benchmarks.harness import (
     write_results,
 )
 from benchmarks.measure import DEFAULT_THREADS, GENERATORS
-from benchmarks.targets import evaluate, evaluate_packets, format_targets
+from benchmarks.targets import evaluate, evaluate_overload, evaluate_packets, format_targets
 
 
 def _groups(text: str) -> list[str]:
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_suite(scenarios, suite, Reporter(), args.threads)
     json_path, csv_path = write_results(results, args.out)
     print(format_tables(results))
-    print("\n== targets\n" + format_targets(evaluate(results)))
+    print("\n== targets\n" + format_targets([*evaluate(results), *evaluate_overload(results)]))
     print("\n== targets of UDP packet sessions\n" + format_targets(evaluate_packets(results)))
     print(f"\nwrote {json_path} and {csv_path} in {results['meta']['elapsed_s']:.0f} s")
     return 0

@@ -10,6 +10,8 @@ Contract:
                                         not measured
     evaluate_packets(results) -> [Target]   the targets of UDP packet sessions (v1.2), apart
                                         until the report takes them in
+    evaluate_overload(results) -> [Target]  the overload group's targets (RUNS.md; the report
+                                        shows their medians in its saturation section)
 
 A run keeps up when it delivers at least KEEP_UP of what was offered with p99 below
 KEEP_UP_P99_MS: a server that falls behind builds a queue, and the queue shows in both. The knee
@@ -576,10 +578,11 @@ def evaluate(results: dict[str, Any]) -> list[Target]:
         _udp_raw(results),
         _udp_reliable(results),
         _tcp_saturation(results),
-        _tcp_closing(results),
-        _tcp_non_readers(results),
-        _tcp_history_non_readers(results),
     ]
+
+
+def evaluate_overload(results: dict[str, Any]) -> list[Target]:
+    return [_tcp_closing(results), _tcp_non_readers(results), _tcp_history_non_readers(results)]
 
 
 def evaluate_packets(results: dict[str, Any]) -> list[Target]:

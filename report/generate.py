@@ -56,6 +56,7 @@ from benchmarks.targets import (
     describe,
     describe_repeats,
     evaluate,
+    evaluate_overload,
     evaluate_packets,
     repeats,
     sweep_knees,
@@ -833,7 +834,8 @@ def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: P
         "the warm-up's late ones included, so a server catching up can show more than was "
         "offered; *lost %* is the share of the window's own deliveries that never arrived.",
     ]
-    targets, packets = evaluate(results), evaluate_packets(results)
+    targets = [*evaluate(results), *evaluate_overload(results)]
+    packets = evaluate_packets(results)
     parts.append(f"## Targets\n\n{_targets_table(targets, measured=True)}")
     if any(t.samples for t in packets):
         parts.append(

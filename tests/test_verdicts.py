@@ -13,7 +13,7 @@ from benchmarks.targets import (
     NOT_MEASURED,
     UNSTABLE,
     Sample,
-    evaluate,
+    evaluate_overload,
     judge,
 )
 
@@ -64,7 +64,7 @@ def overload_run(case: str, **figures: float | None) -> dict[str, object]:
 
 def test_the_overload_cases_are_judged_on_their_own_figures() -> None:
     def verdicts(*runs: dict[str, object]) -> dict[str, str]:
-        found = evaluate({"runs": [], "overload": list(runs)})
+        found = evaluate_overload({"runs": [], "overload": list(runs)})
         return {
             t.key: t.verdict
             for t in found
