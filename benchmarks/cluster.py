@@ -47,8 +47,7 @@ from benchmarks import cgen, procstat
 from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp, markers
 from benchmarks.harness import machine_meta
 from benchmarks.measure import LoadSpec, is_harness_bound, run_c_clients
-from benchmarks.runcluster import free_port, start_redis
-from benchmarks.servers import ServerProcess, server_command
+from benchmarks.servers import ServerProcess, free_port, server_command, start_redis
 from common.cli.serverargs import raise_open_file_limit
 from common.room.redisroom import PUBLISH
 
@@ -152,8 +151,7 @@ class Redis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
+        self.proc.stop()
 
 
 def percentile_ms(ordered: Sequence[int], fraction: float) -> float:

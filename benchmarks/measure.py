@@ -806,9 +806,7 @@ def _run_in_namespace(spec: LoadSpec, progress: Progress | None) -> LoadResult:
                 result = _run_worker(spec, address, server.pid, progress, namespace)
             retransmitted_segments = namespace.tcp_retransmitted()
         finally:
-            clean = server.stop()
-            if not clean:
-                _warn_unclean(server)
+            clean = _stop(server)
     return dataclasses.replace(
         result,
         server_clean_exit=clean,
@@ -874,21 +872,23 @@ def run_load(spec: LoadSpec, progress: Progress | None = None) -> LoadResult:
     finally:
         if relay is not None:
             relay.close()
-        clean = server.stop()
-        if not clean:
-            _warn_unclean(server)
+        clean = _stop(server)
     return dataclasses.replace(
         result, server_clean_exit=clean, server_retransmitted=server.retransmitted
     )
 
 
-def _warn_unclean(server: ServerProcess) -> None:
-    """A server that did not stop cleanly may have failed during the run: show why."""
-    print(
-        f"\nwarning: the server (pid {server.pid}) did not stop cleanly; its last lines:\n"
-        + server.tail(),
-        file=sys.stderr,
-    )
+def _stop(server: ServerProcess) -> bool:
+    """Stop the server; whether it stopped cleanly. One that did not may have failed during
+    the run: its last lines say why."""
+    server.stop()
+    if not server.clean_exit:
+        print(
+            f"\nwarning: the server (pid {server.pid}) did not stop cleanly; its last lines:\n"
+            + server.tail(),
+            file=sys.stderr,
+        )
+    return server.clean_exit
 
 
 def _ms(value: float) -> str:

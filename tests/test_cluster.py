@@ -24,7 +24,7 @@ import pexpect
 import pytest
 import redis
 
-from benchmarks.runcluster import free_port
+from benchmarks.servers import free_port
 from common.protocol.codec import Msg
 from common.room.redisroom import RedisBackplane
 from common.room.room import Entry, Member, Room
