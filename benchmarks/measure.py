@@ -284,19 +284,6 @@ def is_harness_bound(harness_cpu_pct: float, send_lag_p99_ms: float) -> bool:
     return harness_cpu_pct > HARNESS_CPU_LIMIT_PCT or send_lag_p99_ms > HARNESS_LAG_LIMIT_MS
 
 
-def add_load_arguments(
-    parser: argparse.ArgumentParser, *, clients: int, rate: float, drain: float
-) -> None:
-    """The flags every load front takes: how many clients, how fast, for how long."""
-    parser.add_argument("--clients", type=int, default=clients)
-    parser.add_argument("--rate", type=float, default=rate, help="messages per second per client")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
-    parser.add_argument("--drain", type=float, default=drain, help="seconds to wait for late ones")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="worker threads")
-    add_generator_argument(parser)
-
-
 def add_generator_argument(parser: argparse.ArgumentParser) -> None:
     """--generator: which load generator drives the clients."""
     parser.add_argument(
