@@ -16,11 +16,12 @@ Contract:
     free_port() -> int                          a port of 127.0.0.1 nothing listens on now
     wait_until(condition, timeout=5) -> bool    poll until it holds (the benchmarks' and the tests')
 
-Every server listens on 127.0.0.1 with `--port 0` and prints `listening on HOST:PORT` on stderr;
-the project's servers also get `--rate-limit 0` so the load is not refused. The TCP server gets
-`--quiet` too; the UDP server keeps its one line per join and per leave, because the leave line
-is where it says how many frames it retransmitted to that session (`N retransmitted`), and the
-harness adds those up: retransmissions counted at the server, not only at the clients.
+A server of `server_command` listens on 127.0.0.1 with `--port 0` and prints `listening on
+HOST:PORT` on stderr; the project's servers also get `--rate-limit 0` so the load is not
+refused. The TCP server gets `--quiet` too; the UDP server keeps its one line per join and per
+leave, because the leave line is where it says how many frames it retransmitted to that session
+(`N retransmitted`), and the harness adds those up: retransmissions counted at the server, not
+only at the clients.
 `launch` lets a caller start the process elsewhere, e.g. `LossyNamespace.run` to put it inside a
 network namespace (`ip netns exec` execs the server, so the pid is the server's own).
 `own_session`: a session of its own is its own scheduling group (Linux autogroup), so CPU is
