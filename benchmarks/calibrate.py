@@ -28,10 +28,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import re
 import statistics
-import subprocess
 import sys
-import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,8 +38,7 @@ from typing import Any
 
 from benchmarks.harness import RESULTS_DIR, machine_meta
 from benchmarks.measure import LoadResult, LoadSpec, run_clients
-from benchmarks.runcluster import free_port
-from benchmarks.servers import REPO_ROOT, ServerProcess, server_command, stop_process
+from benchmarks.servers import REPO_ROOT, ServerProcess, free_port, server_command
 
 SEED_SERVER = REPO_ROOT.parent / "shared" / "seed" / "server.py"
 """The assignment's example server, where the course's material sits beside the repository."""
@@ -57,6 +55,9 @@ _LABELS = {
     "peak": "peak deliveries/s at 200 x 50",
 }
 _READY_TIMEOUT_S = 10.0
+SEED_READY = re.compile(r"\.\.\.$")
+"""The example's line once it listens ends in "..." ("server started...", in Russian); after
+it, one line a connection."""
 
 
 @dataclass(frozen=True)
@@ -119,38 +120,6 @@ def format_calibration(result: Calibration) -> str:
     return "\n".join(lines)
 
 
-class _Seed:
-    """The example server as given: `python -u server.py PORT`; it prints one line on stdout
-    once it listens (and one per connection, read and dropped here), and has no handler for
-    SIGTERM, which ends it."""
-
-    def __init__(self, path: Path) -> None:
-        self.port = free_port()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-u", str(path), str(self.port)],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, name="seed-stdout", daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for _ in self.proc.stdout:
-            self._ready.set()
-        self._ready.set()
-
-    def wait_ready(self) -> tuple[str, int]:
-        if not self._ready.wait(_READY_TIMEOUT_S) or self.proc.poll() is not None:
-            raise RuntimeError("the example server did not start")
-        return ("127.0.0.1", self.port)
-
-    def stop(self) -> None:
-        stop_process(self.proc, _READY_TIMEOUT_S)
-
-
 def _spec(rate: float, duration: float) -> LoadSpec:
     return LoadSpec(
         server="assignment",
@@ -163,16 +132,18 @@ def _spec(rate: float, duration: float) -> LoadSpec:
 
 
 def _one(which: str, seed: Path, spec: LoadSpec) -> LoadResult:
-    """One run against the example (`seed`) or the baseline (`ours`)."""
-    if which == "seed":
-        example = _Seed(seed)
-        try:
-            return run_clients(spec, example.wait_ready(), example.proc.pid)
-        finally:
-            example.stop()
-    server = ServerProcess(server_command("assignment"))
+    """One run against the example (`seed`) or the baseline (`ours`). The example runs as
+    given, `python -u server.py PORT`, and has no handler for SIGTERM, which ends it."""
+    port = free_port()
+    example = [sys.executable, "-u", str(seed), str(port)]
+    server = ServerProcess(example if which == "seed" else server_command("assignment"))
     try:
-        return run_clients(spec, server.wait_ready(), server.pid)
+        if which == "seed":
+            server.wait_for_log(SEED_READY, _READY_TIMEOUT_S)
+            address = ("127.0.0.1", port)
+        else:
+            address = server.wait_ready()
+        return run_clients(spec, address, server.pid)
     finally:
         server.stop()
 

@@ -13,18 +13,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import resource
+import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
 
 from benchmarks.procstat import cpu_seconds, thread_count
-from benchmarks.servers import stop_process
+from benchmarks.servers import ServerProcess, server_command
 
-READY = re.compile(r"listening on (\S+):(\d+)")
+STOP_GRACE_S = 30.0
+"""How long saying bye to thousands of clients may take before the server is killed."""
 
 
 @dataclass(frozen=True)
@@ -48,18 +48,20 @@ def current_rss_bytes(pid: int) -> int:
     raise KeyError("VmRSS")
 
 
-def start_server(*args: str) -> tuple[subprocess.Popen[str], tuple[str, int]]:
-    """A ``tcp.server`` process on a free port, and its address."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tcp.server", "--port", "0", "--quiet", *args],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if match := READY.search(line):
-            return proc, (match.group(1), int(match.group(2)))
-    raise RuntimeError("the server exited before it listened")
+def start_server(*args: str) -> tuple[ServerProcess, tuple[str, int]]:
+    """A ``tcp.server`` process on a free port of 127.0.0.1 (quiet, rate limit off), with
+    ``args``, and its address once it listens."""
+    server = ServerProcess([*server_command("tcp"), *args], own_session=False)
+    try:
+        return server, server.wait_ready()
+    except RuntimeError:
+        server.stop(signal.SIGKILL)
+        raise
+
+
+def stop_server(server: ServerProcess) -> None:
+    """SIGTERM, then SIGKILL if saying bye to thousands of clients takes too long."""
+    server.stop(timeout=STOP_GRACE_S)
 
 
 def wait_online(address: tuple[str, int], expected: int, timeout: float = 300) -> int:
@@ -94,11 +96,11 @@ def measure(clients: int) -> CapacityResult:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if clients + 64 > hard:
         raise RuntimeError(f"{clients} clients need more than the {hard} open files allowed")
-    proc, address = start_server("--max-users", str(clients + 10), "--rate-limit", "0")
+    server, address = start_server("--max-users", str(clients + 10))
     socks: list[socket.socket] = []
     try:
-        rss_before = current_rss_bytes(proc.pid)
-        cpu_before = cpu_seconds(proc.pid)
+        rss_before = current_rss_bytes(server.pid)
+        cpu_before = cpu_seconds(server.pid)
         started = time.monotonic()
         for i in range(clients):
             sock = socket.create_connection(address)
@@ -107,7 +109,7 @@ def measure(clients: int) -> CapacityResult:
         online = wait_online(address, clients)
         connect_seconds = time.monotonic() - started
         drain(socks)
-        rss_after = current_rss_bytes(proc.pid)
+        rss_after = current_rss_bytes(server.pid)
         return CapacityResult(
             clients=clients,
             online=online,
@@ -115,18 +117,13 @@ def measure(clients: int) -> CapacityResult:
             rss_before_bytes=rss_before,
             rss_after_bytes=rss_after,
             bytes_per_client=(rss_after - rss_before) / clients,
-            threads_after=thread_count(proc.pid),
-            server_cpu_seconds=cpu_seconds(proc.pid) - cpu_before,
+            threads_after=thread_count(server.pid),
+            server_cpu_seconds=cpu_seconds(server.pid) - cpu_before,
         )
     finally:
         for sock in socks:
             sock.close()
-        stop_server(proc)
-
-
-def stop_server(proc: subprocess.Popen[str], grace: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL if saying bye to thousands of clients takes too long."""
-    stop_process(proc, grace)
+        stop_server(server)
 
 
 def main(argv: list[str] | None = None) -> int:

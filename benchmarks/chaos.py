@@ -47,7 +47,6 @@ import math
 import random
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -60,8 +59,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from benchmarks.harness import machine_meta
-from benchmarks.runcluster import free_port, start_redis
-from benchmarks.servers import ServerProcess, wait_until
+from benchmarks.servers import ServerProcess, free_port, python_server, start_redis, wait_until
 from common.cli.serverargs import raise_open_file_limit
 from common.protocol.codec import Bye, Error, Hello, Msg, Say, Welcome
 from common.terminal.console import ChatError, Transport, split_address
@@ -366,7 +364,7 @@ class Room:
 
     def __init__(self, transport: str, setup: str, workdir: Path) -> None:
         self.module = f"{transport}.server"
-        self.redis: subprocess.Popen[str] | None = None
+        self.redis: ServerProcess | None = None
         extra: list[str] = ["--history-file", str(workdir / "history.jsonl")]
         count = 1
         if setup == "redis":
@@ -383,13 +381,12 @@ class Room:
         self.servers = [self._start(port) for port in self.ports]
 
     def _start(self, port: int) -> ServerProcess:
-        argv = [sys.executable, "-m", self.module, "--host", "127.0.0.1", "--port", str(port)]
-        server = ServerProcess([*argv, "--rate-limit", "0", "--quiet", *self.extra])
+        argv = python_server(self.module, "--rate-limit", "0", "--quiet", *self.extra, port=port)
+        server = ServerProcess(argv)
         try:
             server.wait_ready()
         except RuntimeError:
-            server.proc.kill()
-            server.proc.wait()
+            server.stop(signal.SIGKILL)
             raise
         return server
 
@@ -399,8 +396,7 @@ class Room:
 
     def kill_and_restart(self) -> float:
         """SIGKILL the first server, start it again on its port; when it is back."""
-        self.servers[0].proc.send_signal(signal.SIGKILL)
-        self.servers[0].proc.wait()
+        self.servers[0].stop(signal.SIGKILL)
         self.servers[0] = self._start(self.ports[0])
         return time.monotonic()
 
@@ -408,8 +404,7 @@ class Room:
         for server in self.servers:
             server.stop()
         if self.redis is not None:
-            self.redis.terminate()
-            self.redis.wait()
+            self.redis.stop()
 
 
 def connector(transport: str) -> Callable[[str], Transport]:

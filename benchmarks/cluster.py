@@ -47,8 +47,7 @@ from benchmarks import cgen, procstat
 from benchmarks.clients import Plan, TcpClient, Worker, connect_tcp, markers
 from benchmarks.harness import machine_meta
 from benchmarks.measure import LoadSpec, is_harness_bound, run_c_clients
-from benchmarks.runcluster import free_port, start_redis
-from benchmarks.servers import ServerProcess, server_command
+from benchmarks.servers import ServerProcess, free_port, server_command, start_redis
 from common.cli.serverargs import raise_open_file_limit
 from common.room.redisroom import PUBLISH
 
@@ -88,6 +87,50 @@ class Run:
     send_lag_p99_ms: float
     harness_bound: bool
     generator: str  # the load's clients: "c" (benchmarks.cgen) or "python"
+
+    @classmethod
+    def of(
+        cls,
+        setup: str,
+        clients: int,
+        rate: float,
+        *,
+        sent: int,
+        expected: int,
+        received: int,
+        refused: int,
+        deliveries_per_s: float,
+        latency_ms: tuple[float, float, float],
+        chat_cpu_pct: float,
+        cpu_us_per_delivery: float,
+        harness_cpu_pct: float,
+        send_lag_p99_ms: float,
+        generator: str,
+    ) -> Run:
+        """A run from what either load generator measured: of the ``sent`` messages in the
+        window (``refused`` of them), ``received`` of the ``expected`` deliveries came;
+        ``latency_ms``: their p50, p99 and max."""
+        delivered_pct = 100 * received / max(1, expected)
+        p50_ms, p99_ms, max_ms = latency_ms
+        return cls(
+            setup=setup,
+            clients=clients,
+            rate=rate,
+            offered_deliveries_per_s=clients * clients * rate,
+            deliveries_per_s=deliveries_per_s,
+            lost_pct=100 - delivered_pct,
+            refused_pct=100 * refused / max(1, sent),
+            p50_ms=p50_ms,
+            p99_ms=p99_ms,
+            max_ms=max_ms,
+            chat_cpu_pct=chat_cpu_pct,
+            cpu_us_per_delivery=cpu_us_per_delivery,
+            delivered_pct=delivered_pct,
+            harness_cpu_pct=harness_cpu_pct,
+            send_lag_p99_ms=send_lag_p99_ms,
+            harness_bound=is_harness_bound(harness_cpu_pct, send_lag_p99_ms),
+            generator=generator,
+        )
 
 
 @dataclass(frozen=True)
@@ -152,8 +195,7 @@ class Redis:
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
+        self.proc.stop()
 
 
 def percentile_ms(ordered: Sequence[int], fraction: float) -> float:
@@ -233,25 +275,24 @@ def measure(
     sent = sum(1 for c in clients for s in c.sent if plan.measured(s))
     latencies.sort()
     lags = sorted(worker.lags)
-    harness_cpu_pct = 100 * own_s / duration
-    send_lag_p99_ms = percentile_ms(lags, 0.99) if lags else 0.0
-    return Run(
-        setup=setup,
-        clients=n,
-        rate=rate,
-        offered_deliveries_per_s=n * n * rate,
+    return Run.of(
+        setup,
+        n,
+        rate,
+        sent=sent,
+        expected=sent * n,
+        received=len(latencies),
+        refused=refused,
         deliveries_per_s=in_window / duration,
-        lost_pct=100 * (1 - len(latencies) / max(1, sent * n)),
-        refused_pct=100 * refused / max(1, sent),
-        p50_ms=percentile_ms(latencies, 0.50),
-        p99_ms=percentile_ms(latencies, 0.99),
-        max_ms=percentile_ms(latencies, 1.0),
+        latency_ms=(
+            percentile_ms(latencies, 0.50),
+            percentile_ms(latencies, 0.99),
+            percentile_ms(latencies, 1.0),
+        ),
         chat_cpu_pct=100 * cpu_s / duration,
         cpu_us_per_delivery=1e6 * cpu_s / max(1, in_window),
-        delivered_pct=100 * len(latencies) / max(1, sent * n),
-        harness_cpu_pct=harness_cpu_pct,
-        send_lag_p99_ms=send_lag_p99_ms,
-        harness_bound=is_harness_bound(harness_cpu_pct, send_lag_p99_ms),
+        harness_cpu_pct=100 * own_s / duration,
+        send_lag_p99_ms=percentile_ms(lags, 0.99) if lags else 0.0,
         generator="python",
     )
 
@@ -264,23 +305,20 @@ def measure_c(
         clients=n, rate=rate, duration=duration, warmup=WARMUP_S, drain=DRAIN_S, generator="c"
     )
     result, raw = run_c_clients(spec, address, pids)
-    return Run(
-        setup=setup,
-        clients=n,
-        rate=rate,
-        offered_deliveries_per_s=n * n * rate,
+    return Run.of(
+        setup,
+        n,
+        rate,
+        sent=result.sent,
+        expected=result.expected,
+        received=result.received,
+        refused=raw["refused"],
         deliveries_per_s=result.deliveries_per_s,
-        lost_pct=result.loss_pct,
-        refused_pct=100 * raw["refused"] / max(1, result.sent),
-        p50_ms=result.p50_ms,
-        p99_ms=result.p99_ms,
-        max_ms=result.max_ms,
+        latency_ms=(result.p50_ms, result.p99_ms, result.max_ms),
         chat_cpu_pct=result.server_cpu_pct,
         cpu_us_per_delivery=result.server_cpu_us_per_delivery,
-        delivered_pct=100 * result.received / max(1, result.expected),
         harness_cpu_pct=result.harness_cpu_pct,
         send_lag_p99_ms=result.send_lag_p99_ms,
-        harness_bound=result.harness_bound,
         generator="c",
     )
 

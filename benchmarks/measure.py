@@ -284,19 +284,6 @@ def is_harness_bound(harness_cpu_pct: float, send_lag_p99_ms: float) -> bool:
     return harness_cpu_pct > HARNESS_CPU_LIMIT_PCT or send_lag_p99_ms > HARNESS_LAG_LIMIT_MS
 
 
-def add_load_arguments(
-    parser: argparse.ArgumentParser, *, clients: int, rate: float, drain: float
-) -> None:
-    """The flags every load front takes: how many clients, how fast, for how long."""
-    parser.add_argument("--clients", type=int, default=clients)
-    parser.add_argument("--rate", type=float, default=rate, help="messages per second per client")
-    parser.add_argument("--duration", type=float, default=10.0, help="measured seconds")
-    parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds first")
-    parser.add_argument("--drain", type=float, default=drain, help="seconds to wait for late ones")
-    parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="worker threads")
-    add_generator_argument(parser)
-
-
 def add_generator_argument(parser: argparse.ArgumentParser) -> None:
     """--generator: which load generator drives the clients."""
     parser.add_argument(
@@ -806,9 +793,7 @@ def _run_in_namespace(spec: LoadSpec, progress: Progress | None) -> LoadResult:
                 result = _run_worker(spec, address, server.pid, progress, namespace)
             retransmitted_segments = namespace.tcp_retransmitted()
         finally:
-            clean = server.stop()
-            if not clean:
-                _warn_unclean(server)
+            clean = _stop(server)
     return dataclasses.replace(
         result,
         server_clean_exit=clean,
@@ -874,21 +859,23 @@ def run_load(spec: LoadSpec, progress: Progress | None = None) -> LoadResult:
     finally:
         if relay is not None:
             relay.close()
-        clean = server.stop()
-        if not clean:
-            _warn_unclean(server)
+        clean = _stop(server)
     return dataclasses.replace(
         result, server_clean_exit=clean, server_retransmitted=server.retransmitted
     )
 
 
-def _warn_unclean(server: ServerProcess) -> None:
-    """A server that did not stop cleanly may have failed during the run: show why."""
-    print(
-        f"\nwarning: the server (pid {server.pid}) did not stop cleanly; its last lines:\n"
-        + server.tail(),
-        file=sys.stderr,
-    )
+def _stop(server: ServerProcess) -> bool:
+    """Stop the server; whether it stopped cleanly. One that did not may have failed during
+    the run: its last lines say why."""
+    server.stop()
+    if not server.clean_exit:
+        print(
+            f"\nwarning: the server (pid {server.pid}) did not stop cleanly; its last lines:\n"
+            + server.tail(),
+            file=sys.stderr,
+        )
+    return server.clean_exit
 
 
 def _ms(value: float) -> str:

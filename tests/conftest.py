@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,88 +14,24 @@ from typing import Any
 
 import pytest
 
-from benchmarks.runcluster import free_port, start_redis
-from benchmarks.servers import stop_process
+from benchmarks.servers import ServerProcess as ServerProcess  # servers run as in the benchmarks
+from benchmarks.servers import free_port, python_server, start_redis
 from benchmarks.servers import wait_until as wait_until  # the one bounded wait, for the tests
 
 ROOT = Path(__file__).resolve().parent.parent
-READY = re.compile(r"listening on (\S+):(\d+)")
 WAIT = 5.0
-
-
-class ServerProcess:
-    """A chat server started as its own process on a free port."""
-
-    def __init__(self, module: str, *args: str, env: dict[str, str] | None = None) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", module, "--host", "127.0.0.1", "--port", "0", *args],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, **(env or {})},
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._drain, name="server-stderr", daemon=True)
-        self._reader.start()
-        match = self.wait_for_log(READY)
-        self.host, self.port = match.group(1), int(match.group(2))
-
-    def _drain(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for_log(self, pattern: re.Pattern[str] | str, timeout: float = WAIT) -> re.Match[str]:
-        """Wait until a log line matches ``pattern``; fail with the log if none does."""
-        regex = re.compile(pattern) if isinstance(pattern, str) else pattern
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._changed:
-            while True:
-                for line in self.lines[seen:]:
-                    if match := regex.search(line):
-                        return match
-                seen = len(self.lines)
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(f"no log line matches {regex.pattern!r}:\n{self.log}")
-                self._changed.wait(left)
-
-    @property
-    def log(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    @property
-    def address(self) -> tuple[str, int]:
-        return self.host, self.port
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = WAIT) -> int:
-        """Signal the server and wait for it to exit; return its exit code."""
-        code = stop_process(self.proc, timeout, sig)
-        assert code is not None, f"the server did not stop in {timeout} s:\n{self.log}"
-        return code
-
-    def threads(self) -> int:
-        """The server's current number of threads, from /proc."""
-        status = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"Threads:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
 
 
 @pytest.fixture
 def start_server() -> Iterator[Callable[..., ServerProcess]]:
-    """Start servers (``start_server("tcp.server", "--burst", "5")``); all stop at the end."""
+    """Start servers (``start_server("tcp.server", "--burst", "5")``) on a free port of
+    127.0.0.1, each once it listens; all stop at the end."""
     started: list[ServerProcess] = []
 
     def start(module: str, *args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(module, *args, env=env)
+        server = ServerProcess(python_server(module, *args), env=env, own_session=False)
         started.append(server)
+        server.wait_ready()
         return server
 
     yield start
@@ -214,28 +146,30 @@ class RedisServer:
         self.directory = directory
         self.save = "3600 1" if persist else ""
         self.port = free_port()
-        self.proc: subprocess.Popen[str] | None = None
+        self.server: ServerProcess | None = None
         self.start()
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def proc(self) -> subprocess.Popen[Any] | None:
+        return None if self.server is None else self.server.proc
+
     def start(self) -> None:
         options = ("--dir", str(self.directory), "--save", self.save, "--appendonly", "no")
-        self.proc = start_redis(self.binary, self.port, options=options)
+        self.server = start_redis(self.binary, self.port, options=options)
 
     def stop(self) -> None:
         """A clean stop: Redis saves its data and exits."""
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(WAIT)
+        assert self.server is not None
+        self.server.stop(timeout=WAIT)
 
     def kill(self) -> None:
         """SIGKILL, if it still runs: nothing is saved."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        if self.server is not None:
+            self.server.stop(signal.SIGKILL)
 
 
 @pytest.fixture

@@ -24,11 +24,11 @@ import pexpect
 import pytest
 import redis
 
-from benchmarks.runcluster import free_port
+from benchmarks.servers import free_port
 from common.protocol.codec import Msg
 from common.room.redisroom import RedisBackplane
 from common.room.room import Entry, Member, Room
-from tests.conftest import ROOT, WAIT, JsonClient, RedisServer, ServerProcess
+from tests.conftest import ROOT, WAIT, JsonClient, RedisServer, ServerProcess, wait_until
 from tests.test_udp_server import UdpPeer
 
 Start = Callable[..., ServerProcess]
@@ -233,10 +233,7 @@ def test_a_reader_that_lost_its_connection_goes_on_from_where_it_was(
         return [int(c["id"]) for c in store.client_list() if c["cmd"] == "xread"]
 
     one = cluster("tcp.server")
-    deadline = time.monotonic() + WAIT
-    while not readers():
-        assert time.monotonic() < deadline, "the server never read the stream"
-        time.sleep(0.02)
+    assert wait_until(lambda: bool(readers())), "the server never read the stream"
     [reader] = readers()
     two = cluster("tcp.server")
     alice, bob = connect(one.address, "alice"), connect(two.address, "bob")
@@ -328,9 +325,7 @@ def test_redis_back_without_its_data(start_server: Start, tmp_path: Path, connec
         alice.send({"type": "say", "text": "still here"})
         assert bob.expect("msg")["text"] == "still here"
     finally:
-        if store.proc is not None and store.proc.poll() is None:
-            store.proc.kill()
-            store.proc.wait()
+        store.kill()
 
 
 def test_after_a_redis_restart_no_name_is_held_twice_and_nobody_joins_again(
@@ -366,9 +361,7 @@ def test_after_a_redis_restart_no_name_is_held_twice_and_nobody_joins_again(
                 frames.append(frame)
             assert [f for f in frames if f["type"] in ("joined", "left")] == [], frames
     finally:
-        if store.proc is not None and store.proc.poll() is None:
-            store.proc.kill()
-            store.proc.wait()
+        store.kill()
 
 
 def test_ctrl_c_on_run_cluster_says_bye_before_redis_stops(connect: Connect) -> None:
@@ -413,10 +406,7 @@ def test_a_server_s_own_events_come_back_as_the_entries_it_made(
             for entry in made:
                 backplane.publish(entry)
         other = redis.Redis.from_url(redis_server.url)
-        deadline = time.monotonic() + WAIT
-        while room.log_size() < len(made):
-            assert time.monotonic() < deadline, "the events never came back"
-            time.sleep(0.01)
+        assert wait_until(lambda: room.log_size() >= len(made)), "the events never came back"
         with room.lock:
             back = room._slice(0, len(made))
         ids = [str(entry_id, "ascii") for entry_id, _ in other.xrange("chat:{reuse}:log")]  # type: ignore[union-attr, arg-type]
@@ -442,10 +432,7 @@ def kept_rows(path: Path) -> int:
 
 
 def wait_for_rows(path: Path, count: int) -> None:
-    deadline = time.monotonic() + WAIT
-    while kept_rows(path) < count:
-        assert time.monotonic() < deadline, f"the file never held {count} messages"
-        time.sleep(0.02)
+    assert wait_until(lambda: kept_rows(path) >= count), f"the file never held {count} messages"
 
 
 def earlier_texts(client: JsonClient) -> list[str]:
@@ -664,9 +651,7 @@ def test_a_server_back_after_the_hold_never_shares_a_name(
         assert carol.expect("msg", text="still here")["from"] == "alice"
         assert "Traceback" not in one.log + two.log + three.log
     finally:
-        if store.proc is not None and store.proc.poll() is None:
-            store.proc.kill()
-            store.proc.wait()
+        store.kill()
 
 
 def test_an_outage_longer_than_the_lease_loses_no_name(

@@ -8,7 +8,6 @@ import queue
 import re
 import signal
 import threading
-import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -37,6 +36,7 @@ from common.terminal.resume import (
     Tracker,
     missed_line,
 )
+from tests.conftest import wait_until
 
 WAIT = 5.0
 STAMP = re.compile(r"^\d\d:\d\d:\d\d ")
@@ -297,10 +297,7 @@ class Keyboard:
         self.keys.flush()
 
     def wait_for(self, text: str) -> None:
-        deadline = time.monotonic() + WAIT
-        while text not in self.out.getvalue():
-            assert time.monotonic() < deadline, self.out.getvalue()
-            time.sleep(0.01)
+        assert wait_until(lambda: text in self.out.getvalue(), WAIT), self.out.getvalue()
 
     def close(self) -> None:
         self.keys.close()
@@ -373,10 +370,7 @@ def test_ctrl_d_while_reconnecting_quits(keyboard: Keyboard) -> None:
     runner = threading.Thread(target=lambda: result.append(session.run("alice")))
     runner.start()
     keyboard.wait_for(LOST)
-    deadline = time.monotonic() + WAIT
-    while len(tries) < 6:
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    assert wait_until(lambda: len(tries) >= 6, WAIT)
     keyboard.keys.close()  # Ctrl+D
     runner.join(WAIT)
     assert result == [0]

@@ -218,13 +218,12 @@ def test_a_restart_in_memory_is_a_new_epoch_resumed_false(start_server: Start) -
 
 def wait_for_file(server: ServerProcess, path: Path) -> None:
     """The history file has written its batch (it does so at least every tenth of a second)."""
-    deadline = time.monotonic() + WAIT
-    while True:
+
+    def written() -> bool:
         with sqlite3.connect(path) as db:
-            if db.execute("SELECT count(*) FROM msg").fetchone()[0]:
-                return
-        assert time.monotonic() < deadline, "the history file was never written"
-        time.sleep(0.02)
+            return bool(db.execute("SELECT count(*) FROM msg").fetchone()[0])
+
+    assert wait_until(written), "the history file was never written"
 
 
 # ---- UDP ------------------------------------------------------------------------
@@ -403,10 +402,7 @@ def test_a_client_of_a_server_that_died_resumes_on_another(
     assert bob.texts == ["seen", "missed"]
     assert bob.after == missed["id"] and missed["id"] != seen_id  # one id, every server
     servers = redis.Redis.from_url(redis_server.url)
-    deadline = time.monotonic() + 15
-    while servers.zcard("chat:{lobby}:servers") > 1:  # the dead server's lease ends
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    assert wait_until(lambda: servers.zcard("chat:{lobby}:servers") <= 1, 15)  # its lease ends
     alice.send({"type": "say", "text": "end"})
     assert no_left_or_joined(frames_until(alice, "end"))
     bob.read_until("end")

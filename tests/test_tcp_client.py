@@ -19,7 +19,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
-from benchmarks.runcluster import free_port
+from benchmarks.servers import free_port
 from common.terminal.console import name_colour
 from tcp.client import TcpTransport
 from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess

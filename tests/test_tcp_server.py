@@ -767,11 +767,8 @@ def test_restart_on_the_same_port_right_away(start_server: Start, connect: Conne
     client.expect("msg")
     assert first.stop() == 0
     client.close()
-    second = ServerProcess("tcp.server", "--port", str(first.port))
-    try:
-        assert second.port == first.port
-    finally:
-        second.stop()
+    second = start_server("tcp.server", "--port", str(first.port))
+    assert second.port == first.port
 
 
 def test_help_lists_every_limit_flag() -> None:
