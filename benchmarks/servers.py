@@ -13,7 +13,7 @@ Contract:
         clean_exit      after stop(): status 0 (or the SIGTERM itself) and no traceback
         retransmitted   after stop(): the frames the server says it retransmitted (-1: it does not)
     start_redis(binary, port, host="127.0.0.1", options=IN_MEMORY) -> ServerProcess, once ready
-    free_port() -> int                          a port of 127.0.0.1 nothing listens on now
+    free_port(count=1) -> int                   a port of 127.0.0.1 nothing listens on now
     wait_until(condition, timeout=5) -> bool    poll until it holds (the benchmarks' and the tests')
 
 A server of `server_command` listens on 127.0.0.1 with `--port 0` and prints `listening on
@@ -76,12 +76,26 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A port on loopback that nothing listens on now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+def free_port(count: int = 1) -> int:
+    """A port on loopback that nothing listens on now, the first of ``count`` in a row
+    free for both TCP and UDP (``make run-cluster`` takes consecutive ports)."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port + count <= 65536 and all(_free(port + i) for i in range(count)):
+            return port
+
+
+def _free(port: int) -> bool:
+    """Whether ``port`` of 127.0.0.1 can be bound now, for TCP and for UDP."""
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
 
 
 def python_server(module: str, *args: str, host: str = "127.0.0.1", port: int = 0) -> list[str]:

@@ -369,7 +369,7 @@ def test_ctrl_c_on_run_cluster_says_bye_before_redis_stops(connect: Connect) -> 
     the server's bye and no word that the room cannot be reached."""
     if shutil.which("redis-server") is None:
         pytest.skip("redis-server is not installed")
-    base = free_port()
+    base = free_port(4)  # two TCP servers, a UDP one and Redis
     child = pexpect.spawn(
         sys.executable,
         ["-m", "benchmarks.runcluster", "--port", str(base)],
