@@ -733,8 +733,9 @@ def _overload_table(results: dict[str, Any]) -> str:
 
 
 def _headline_list(results: dict[str, Any], rows: Sequence[Row]) -> str:
-    """How many runs each headline figure is the median of: the usual count once, and every
-    figure whose count differs (a failed run, or runs the harness limited) by name."""
+    """How many runs each headline figure is the median of: the usual count once, every
+    figure whose count differs (a failed run, or runs the harness limited) by name, and the
+    harness-bound ones (each marked † where it is shown) by the rule they follow."""
     figures = [(f"{row.label}, {'clean' if row.loss == 0 else f'{row.loss} %'}", row.runs)
                for row in rows if row.runs]  # fmt: skip
     figures += [(name, runs) for name, runs in _ablation_rows(results) if runs]
@@ -743,11 +744,11 @@ def _headline_list(results: dict[str, Any], rows: Sequence[Row]) -> str:
     made = max(len(runs) for _, runs in figures)
     fewer = [f"{name} {len(_counted(runs)[0])}" for name, runs in figures
              if not _counted(runs)[1] and len(_counted(runs)[0]) != made]  # fmt: skip
-    bound = [name for name, runs in figures if _counted(runs)[1]]
+    bound = any(_counted(runs)[1] for _, runs in figures)
     return (
         f"The first table and section 3's: each figure over {made} runs"
         + (", except (runs counted) " + "; ".join(fewer) if fewer else "")
-        + (". Harness-bound (†), so over every run made: " + "; ".join(bound) if bound else "")
+        + ("; one marked † (harness-bound), over every run made" if bound else "")
         + ". The targets: section 4's *runs* column; section 5's count every run."
     )
 

@@ -307,6 +307,7 @@ def test_a_harness_bound_figure_in_the_answer_is_marked(tmp_path: Path) -> None:
     flat = _flat(generate(path, tmp_path, CLEAN).read_text(encoding="utf-8"))
     assert "and reliable UDP's 212† ms (" in flat
     assert "On a clean link reliable UDP cost the server 0.3×† TCP's CPU per delivery." in flat
+    assert "each figure over 3 runs; one marked † (harness-bound), over every run made." in flat
 
 
 def test_verdicts_follow_the_repeats(report: str, runs: str) -> None:
