@@ -5,7 +5,8 @@ Reads benchmarks/results/latest.json (written by `make bench`), and beside it ca
 report/REPORT.md, report/RUNS.md (every run) and the PNG figures beside them; see
 report.generate. A report made while the working tree has
 uncommitted changes (the results file included) says so at its top, since it cannot be
-reproduced from the repository; `--strict` refuses to write one.
+reproduced from the repository; `--strict` refuses to write one. A report over
+report.generate.MAX_WORDS is written, with a warning.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.harness import RESULTS_DIR
-from report.generate import generate, provenance
+from report.generate import MAX_WORDS, generate, provenance, report_words
 
 REPORT_DIR = Path(__file__).resolve().parent
 
@@ -53,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: uncommitted changes; the report is marked as a draft", file=sys.stderr)
     report = generate(args.results, args.out, origin)
     print(f"wrote {report}")
+    words = report_words(report.read_text(encoding="utf-8"))
+    if words > MAX_WORDS:
+        print(f"warning: the report has {words} words, over its {MAX_WORDS}", file=sys.stderr)
     return 0
 
 

@@ -4,7 +4,9 @@ Contract:
     generate(results_path, out_dir, provenance) -> Path of the REPORT.md written (RUNS.md,
                                             every run's table, and the PNGs beside it)
     provenance(results_path) -> Provenance    which commit and file the report comes from
-    build_context(results, figures, provenance, cluster, calibration) -> {placeholder: text}
+    build_context(results, figures, provenance, cluster, calibration, chaos)
+                                          -> {placeholder: text}
+    runs_page(results, cluster, provenance, chaos) -> str   RUNS.md
     render(template, context) -> str      `{{name}}` replaced; an unknown name raises KeyError
     answer(first) -> str                  the first screen's prose, from its figures
     code_lines(path) -> int               lines of code without docstrings, comments, blanks
@@ -18,7 +20,9 @@ limit, with the range beside it; a run the harness may have limited is marked ha
 wherever it appears. A CPU figure measured over fewer than MIN_TICKS clock ticks is shown to
 two significant digits only. The calibration comes from `make calibrate`'s file beside the
 results (benchmarks.calibrate), the cluster's from `make bench-cluster`'s, section 7's (resume
-under chaos) from `make bench-chaos`'s.
+under chaos) from `make bench-chaos`'s. Tables of every run, load, case or scenario go to
+RUNS.md; the report sums each up in a sentence or a small table of medians with their ranges
+(MAX_WORDS is its length).
 """
 
 from __future__ import annotations
@@ -80,9 +84,9 @@ BOUND_MARK = "†"
 """Marks a figure from harness-bound runs, so that a number in a sentence stays readable."""
 MIN_TICKS = 100
 """Clock ticks (10 ms each) below which a CPU figure has fewer than about three digits."""
-MAX_WORDS = 2650
-"""The report's length limit, counted as `wc -w` counts, without HTML comments (2,500 and
-about 140 for section 7, resume under chaos)."""
+MAX_WORDS = 2500
+"""The report's length limit, counted as `wc -w` counts, without HTML comments. Every run's
+figures go to RUNS.md; the report keeps their medians and ranges."""
 _UDP = (
     "udp/server.py",
     "udp/inbox.py",
@@ -105,9 +109,7 @@ CODE_FILES = {
 modes and both protocols; packet sessions use the 1.0 receiver's buffer); the room, the
 server core (``common/server``) and the codec, which all share, are in none. Files missing
 from the tree are left out."""
-LOC_COUNTER = (
-    "`report.generate.code_lines` (Python's tokenizer; docstrings, comments, blanks left out)"
-)
+LOC_COUNTER = "`report.generate.code_lines` (Python's tokenizer; no docstrings, comments or blanks)"
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 
@@ -314,21 +316,36 @@ _VERDICT = {
 }
 
 
-def _targets_table(targets: Sequence[Target], measured: bool = False) -> str:
-    """Each target's verdict and how many of its runs counted; with `measured` (RUNS.md) also
-    its figures, median [range]."""
+def _targets_table(targets: Sequence[Target], measured: bool = False, runs: bool = True) -> str:
+    """Each target's verdict and, with `runs`, how many of its runs counted; with `measured`
+    also its figures, median [range]."""
     rows = [
         [
             t.key,
             _VERDICT[t.verdict],
             t.goal,
             *([describe(t) or NA] if measured else []),
-            f"{sum(held is not None for held in t.held)} of {len(t.samples)}",
+            *([f"{sum(held is not None for held in t.held)} of {len(t.samples)}"] if runs else []),
         ]
         for t in targets
     ]
-    headers = ["target", "verdict", "goal", *(["measured"] if measured else []), "runs"]
+    headers = ["target", "verdict", "goal", *(["measured"] if measured else []),
+               *(["runs"] if runs else [])]  # fmt: skip
     return table(rows, headers, markdown=True)
+
+
+def _overload_targets(results: dict[str, Any]) -> str:
+    """Section 5's overload cases: each target, its verdict and its medians [ranges]. No
+    overload run is harness-bound (the load is the server's own clients), so each counts."""
+    targets = [t for t in evaluate_overload(results) if t.samples]
+    if not targets:
+        return "_Not measured._"
+    counts = sorted({len(t.samples) for t in targets})
+    many = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    return (
+        "Many closes (a newcomer's `welcome` meanwhile) and clients that never read, median "
+        f"[range] of {many} runs a case:\n\n" + _targets_table(targets, measured=True, runs=False)
+    )
 
 
 def _target_notes(targets: Sequence[Target]) -> str:
@@ -381,6 +398,14 @@ class Row:
 
     def median(self, attr: str) -> float:
         return median_of(self.runs, attr)
+
+    @property
+    def bound(self) -> bool:
+        return _counted(self.runs)[1]
+
+    def shown(self, attr: str, fmt: Callable[[float], str] = ms) -> str:
+        """The median as a sentence shows it: marked harness-bound where the table marks it."""
+        return fmt(self.median(attr)) + (BOUND_MARK if self.bound else "")
 
 
 FIRST_LOSSES = (0, 5)
@@ -452,24 +477,20 @@ def answer(rows: Sequence[Row]) -> str:
         + "."
     )
     tail = rel5.median("p99_ms") - tcp5.median("p99_ms")
-    tail_words = (
-        f"shorter than TCP's ({ms(rel5.median('p99_ms'))} against {ms(tcp5.median('p99_ms'))} ms)"
-        if tail < 0
-        else f"no shorter than TCP's ({ms(rel5.median('p99_ms'))} against "
-        f"{ms(tcp5.median('p99_ms'))} ms)"
-    )
+    tail_words = "shorter than TCP's" if tail < 0 else "no shorter than TCP's"
     fast = raw0.median("p50_ms") < tcp0.median("p50_ms")
     cost = rel0.median("server_cpu_us_per_delivery") / tcp0.median("server_cpu_us_per_delivery")
-    return (
+    costs = _ratio(cost, 1.0) + (BOUND_MARK if rel0.bound or tcp0.bound else "")
+    text = (
         "**Why TCP 100 %, UDP 80 %.** "
         f"Raw UDP is what UDP gives alone: at {raw5.loss} % loss each way it lost "
-        f"{num(raw5.median('loss_pct'), 1)} % of deliveries, against the "
+        f"{raw5.shown('loss_pct', lambda v: num(v, 1))} % of deliveries, against the "
         f"{100 * (1 - (1 - raw5.loss / 100) ** 2):.2f} % that two crossings of such a link "
         f"drop. A chat that loses messages is not correct, so UDP must rebuild in "
         f"our code what TCP's kernel gives every program: order, retransmission, sessions. "
         f"{kept} Repair is paid in the tail: at 5 % loss TCP's p99 was "
-        f"{ms(tcp5.median('p99_ms'))} ms (its retransmission timeout is at least 200 ms) and "
-        f"reliable UDP's {ms(rel5.median('p99_ms'))} ms ("
+        f"{tcp5.shown('p99_ms')} ms (its retransmission timeout is at least 200 ms) and "
+        f"reliable UDP's {rel5.shown('p99_ms')} ms ("
         + (
             f"it probes after about the round trip plus {MAX_ACK_DELAY * 1000:g} ms"
             if "packets" in rel5.label
@@ -478,22 +499,21 @@ def answer(rows: Sequence[Row]) -> str:
         + ").\n\n"
         f"**Where the rebuilt transport wins.** At 5 % loss its p99 was {tail_words}. "
         + (
-            f"On a clean link raw UDP's p50 ({ms(raw0.median('p50_ms'))} ms) beat TCP's "
-            f"({ms(tcp0.median('p50_ms'))} ms), whose writer rests between sends to gather "
+            f"On a clean link raw UDP's p50 ({raw0.shown('p50_ms')} ms) beat TCP's "
+            f"({tcp0.shown('p50_ms')} ms), whose writer rests between sends to gather "
             f"messages. "
             if fast
-            else f"On a clean link TCP's p50 ({ms(tcp0.median('p50_ms'))} ms) was no worse "
-            f"than raw UDP's ({ms(raw0.median('p50_ms'))} ms). "
+            else f"On a clean link TCP's p50 ({tcp0.shown('p50_ms')} ms) was no worse "
+            f"than raw UDP's ({raw0.shown('p50_ms')} ms). "
         )
         + (
             ""
             if cost >= 1
-            else f"On a clean link reliable UDP cost the server {_ratio(cost, 1.0)} TCP's CPU "
-            "per delivery. "
+            else f"On a clean link reliable UDP cost the server {costs} TCP's CPU per delivery. "
         )
         + "\n\n**What it still cannot give.** Reliable UDP "
         + (
-            f"cost the server {_ratio(cost, 1.0)} TCP's CPU per delivery on a clean link and "
+            f"cost the server {costs} TCP's CPU per delivery on a clean link and "
             if cost >= 1
             else ""
         )
@@ -508,6 +528,7 @@ def answer(rows: Sequence[Row]) -> str:
         "weighs them as it does: over TCP the work goes into the chat; over UDP most of it goes "
         "into rebuilding what TCP already is."
     )
+    return text.replace(" \n\n", "\n\n")
 
 
 # ---- the rest of the report --------------------------------------------------------------
@@ -600,6 +621,15 @@ def _ablation_table(results: dict[str, Any]) -> str:
     return table(rows, headers, markdown=True) if rows else "_Not measured._"
 
 
+def times(runs: Sequence[LoadResult], than: Sequence[LoadResult], attr: str) -> str:
+    """How many times `than`'s median the runs' median is (`1.5×`), marked harness-bound when
+    either side is."""
+    if not runs or not than:
+        return NA
+    bound = _counted(runs)[1] or _counted(than)[1]
+    return _ratio(median_of(runs, attr), median_of(than, attr)) + (BOUND_MARK if bound else "")
+
+
 def _tcp5(results: dict[str, Any]) -> list[LoadResult]:
     return repeats(results, "targets", "tcp", clients=200, rate=5, coalesce_ms=DEFAULT)
 
@@ -612,22 +642,56 @@ def _base5(results: dict[str, Any]) -> list[LoadResult]:
     return repeats(results, "targets", "assignment", clients=200, rate=5)
 
 
-def _saturation_table(results: dict[str, Any]) -> str:
-    """TCP at 200 clients from well under to twice past what it keeps up with: what was offered,
-    what arrived, how late, who was dropped, and how much memory the server took."""
+def _saturation_loads(results: dict[str, Any]) -> list[list[LoadResult]]:
+    """The saturation group's runs, one list a load (its repeats), lightest load first."""
     runs: dict[float, list[LoadResult]] = {}
     for _, r in load_results(results, "saturation"):
         runs.setdefault(r.rate, []).append(r)
+    return [same for _, same in sorted(runs.items())]
+
+
+def _load(runs: Sequence[LoadResult]) -> str:
+    return f"{runs[0].clients} × {runs[0].rate:g}"
+
+
+def _saturation_table(results: dict[str, Any]) -> str:
+    """RUNS.md: TCP at 200 clients from well under to twice past what it keeps up with: what
+    was offered, what arrived, how late, who was dropped, and how much memory the server took."""
     rows = [
-        [f"{same[0].clients} × {rate:g}", num(same[0].offered_deliveries_per_s),
+        [_load(same), num(same[0].offered_deliveries_per_s),
          spread(same, "deliveries_per_s", num), spread(same, "p50_ms", ms),
          spread(same, "p99_ms", ms), spread(same, "lost", num),
          spread(same, "too_slow_seen", num), spread(same, "server_peak_rss_mb", num)]
-        for rate, same in sorted(runs.items())
+        for same in _saturation_loads(results)
     ]  # fmt: skip
     headers = ["load", "offered /s", "delivered /s", "p50 ms", "p99 ms", "lost",
                "dropped", "peak MB"]  # fmt: skip
     return table(rows, headers, markdown=True) if rows else "_Not measured._"
+
+
+def saturation_summary(results: dict[str, Any]) -> str:
+    """Section 5's one sentence on the saturation runs: the loads, the most delivered, p99 at
+    the lightest and the heaviest load (medians [ranges]), and what any run lost or dropped."""
+    loads = _saturation_loads(results)
+    if not loads:
+        return "_Not measured._"
+    first, last = loads[0], loads[-1]
+    best = max(loads, key=lambda same: median_of(same, "deliveries_per_s"))
+    every = [r for same in loads for r in same]
+    lost, dropped = max(r.lost for r in every), max(r.too_slow_seen for r in every)
+    harm = (
+        "no run lost or dropped anything"
+        if lost == 0 and dropped == 0
+        else f"a run lost up to {num(lost)} deliveries and dropped up to {num(dropped)} clients"
+    )
+    low, high = (num(f(r.server_peak_rss_mb for r in every)) for f in (min, max))
+    return (
+        f"From {_load(first)} to {_load(last)} ({num(first[0].offered_deliveries_per_s)} to "
+        f"{num(last[0].offered_deliveries_per_s)} deliveries/s offered) it delivered at most "
+        f"{spread(best, 'deliveries_per_s', num)} a second, at {_load(best)}; p99 grew from "
+        f"{spread(first, 'p99_ms', ms)} to {spread(last, 'p99_ms', ms)} ms; {harm}, and the "
+        f"server's memory peaked at {low if low == high else f'{low}-{high}'} MB."
+    )
 
 
 _OVERLOAD_CASES = {
@@ -638,10 +702,10 @@ _OVERLOAD_CASES = {
 
 
 def _overload_table(results: dict[str, Any]) -> str:
-    """The overload group (benchmarks.overload), one row a case, each figure the median of its
-    repeats (each repeat is in RUNS.md): how long many closes take, and how a newcomer fares
-    meanwhile; what readers see beside thousands that never read, or that ask for history and
-    never read it; and the server's memory before, at the peak and after, in each case."""
+    """RUNS.md: the overload group (benchmarks.overload), one row a case, each figure the
+    median of its repeats (each repeat follows it): how long many closes take, and how a
+    newcomer fares meanwhile; what readers see beside thousands that never read, or that ask
+    for history and never read it; and the server's memory before, at the peak and after."""
     cases: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for e in results.get("overload", []):
         cases.setdefault((e["case"], e["clients"]), []).append(e)
@@ -654,7 +718,8 @@ def _overload_table(results: dict[str, Any]) -> str:
     for (case, clients), runs in cases.items():
         closing = case == "closing"
         rows.append([
-            _OVERLOAD_CASES[case].format(num(clients)) + f" ({len(runs)} runs)",
+            _OVERLOAD_CASES.get(case, f"{case}, {{}} clients").format(num(clients))
+            + f" ({len(runs)} runs)",
             num(mid(runs, "seconds"), 2) if closing else "-",
             ms(mid(runs, "welcome_ms")) if closing else "-",
             "-" if closing else num(mid(runs, "dropped")),
@@ -668,8 +733,9 @@ def _overload_table(results: dict[str, Any]) -> str:
 
 
 def _headline_list(results: dict[str, Any], rows: Sequence[Row]) -> str:
-    """How many runs each headline figure is the median of: the usual count once, and every
-    figure whose count differs (a failed run, or runs the harness limited) by name."""
+    """How many runs each headline figure is the median of: the usual count once, every
+    figure whose count differs (a failed run, or runs the harness limited) by name, and the
+    harness-bound ones (each marked † where it is shown) by the rule they follow."""
     figures = [(f"{row.label}, {'clean' if row.loss == 0 else f'{row.loss} %'}", row.runs)
                for row in rows if row.runs]  # fmt: skip
     figures += [(name, runs) for name, runs in _ablation_rows(results) if runs]
@@ -678,12 +744,12 @@ def _headline_list(results: dict[str, Any], rows: Sequence[Row]) -> str:
     made = max(len(runs) for _, runs in figures)
     fewer = [f"{name} {len(_counted(runs)[0])}" for name, runs in figures
              if not _counted(runs)[1] and len(_counted(runs)[0]) != made]  # fmt: skip
-    bound = [name for name, runs in figures if _counted(runs)[1]]
+    bound = any(_counted(runs)[1] for _, runs in figures)
     return (
         f"The first table and section 3's: each figure over {made} runs"
         + (", except (runs counted) " + "; ".join(fewer) if fewer else "")
-        + (". Harness-bound (†), so over every run made: " + "; ".join(bound) if bound else "")
-        + ". The targets: the *runs* column of section 4's table."
+        + ("; one marked † (harness-bound), over every run made" if bound else "")
+        + ". The targets: section 4's *runs* column; section 5's count every run."
     )
 
 
@@ -777,13 +843,10 @@ def build_context(
             if floor and tcp5
             else NA
         ),
-        "tcp5_p50": spread(tcp5, "p50_ms", ms),
-        "nocoal_p50": spread(nocoal, "p50_ms", ms),
-        "nocoal_us": cpu(nocoal),
-        "base5_us": cpu(_base5(results)),
-        "base5_p50": spread(_base5(results), "p50_ms", ms),
-        "nodelay_us": cpu(nodelay),
-        "nodelay_p50": spread(nodelay, "p50_ms", ms),
+        "nocoal_cpu": times(nocoal, tcp5, "server_cpu_us_per_delivery"),
+        "nocoal_p50": times(nocoal, tcp5, "p50_ms"),
+        "nodelay_cpu": times(nodelay, _base5(results), "server_cpu_us_per_delivery"),
+        "nodelay_p50": times(nodelay, _base5(results), "p50_ms"),
         "calibration": _calibration_text(calibration),
         "targets_table": _targets_table(targets),
         "keep_up_pct": f"{KEEP_UP * 100:g}",
@@ -792,8 +855,8 @@ def build_context(
         "harness_lag_limit": f"{HARNESS_LAG_LIMIT_MS:g}",
         "bound_runs": f"{sum(r.harness_bound for r in every_run)} of the {len(every_run)} runs",
         "headline_list": _headline_list(results, rows),
-        "saturation_table": _saturation_table(results),
-        "overload_table": _overload_table(results),
+        "saturation_summary": saturation_summary(results),
+        "overload_targets": _overload_targets(results),
         "cluster_text": (
             render(CLUSTER_TEXT, cluster_context(cluster))
             if cluster is not None
@@ -821,8 +884,14 @@ def build_context(
     return ctx
 
 
-def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: Provenance) -> str:
-    """RUNS.md: every run of every group, as measured, and the capacity and cluster runs."""
+def runs_page(
+    results: dict[str, Any],
+    cluster: dict[str, Any] | None,
+    origin: Provenance,
+    chaos: dict[str, Any] | None = None,
+) -> str:
+    """RUNS.md: every run of every group, as measured; each saturation load and overload case
+    over its repeats; the capacity, overload, cluster and chaos runs."""
     parts = [
         "# Every run\n",
         "<!-- Generated by `make report` with REPORT.md: edit report/generate.py. -->\n",
@@ -849,11 +918,20 @@ def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: P
         if runs:
             again = " (each round of the repeats in turn)" if group in REPEATED else ""
             parts.append(f"## {group}{again}\n\n{_run_table(runs)}")
+    if _saturation_loads(results):
+        parts.append(
+            "## saturation, each load over its repeats (median [range])\n\n"
+            + _saturation_table(results)
+        )
     for entry in results.get("capacity", []):
         parts.append(
             f"## capacity\n\n{num(entry['online'])} of {num(entry['clients'])} idle TCP clients "
             f"online, {num(entry['bytes_per_client'] / 1024, 1)} KiB of server memory each, "
             f"joined in {num(entry['connect_seconds'], 1)} s."
+        )
+    if results.get("overload"):
+        parts.append(
+            "## overload, each case over its repeats (median)\n\n" + _overload_table(results)
         )
     for entry in results.get("overload", []):
         parts.append(f"## overload: {entry['name']}\n\n{overload.summary(entry)}.")
@@ -868,6 +946,14 @@ def runs_page(results: dict[str, Any], cluster: dict[str, Any] | None, origin: P
                 )
             )
         )  # fmt: skip
+    if chaos is not None:
+        meta = chaos["meta"]
+        parts.append(
+            f"## resume under chaos (`make bench-chaos`, {meta['date']}, commit "
+            f"{(meta.get('git_commit') or 'unknown')[:10]})\n\n"
+            + "Resume p50 and p99 in ms; *missed, told*: missed after a `resumed: false`.\n\n"
+            + chaos_context(chaos)["chaos_table"]
+        )
     return "\n\n".join(parts) + "\n"
 
 
@@ -959,12 +1045,9 @@ def _cluster_table(runs: Sequence[dict[str, Any]], columns: Sequence[str]) -> st
 CHAOS_TEXT = """`make bench-chaos` ({{chaos_date}}, commit {{chaos_commit}}): {{chaos_clients}}
 users at {{chaos_rate}} msg/s for {{chaos_duration}} s a scenario, a cut every
 {{chaos_cut}} s (UDP: from a new port), a SIGKILL every {{chaos_kill}} s. Resume: from the cut
-or the server back to `history_end`.
-
-{{chaos_table}}
-
-{{chaos_reading}}"""
-"""Section 7, from `benchmarks.chaos`'s file."""
+or the server back to `history_end`. {{chaos_summary}} {{chaos_reading}} Each scenario:
+RUNS.md."""
+"""Section 7, from `benchmarks.chaos`'s file; its table, a row a scenario, is in RUNS.md."""
 
 _SETUPS = {"single": "one server", "redis": "two on Redis"}
 _FAULTS = (
@@ -1001,8 +1084,30 @@ def chaos_context(chaos: dict[str, Any]) -> dict[str, str]:
         "chaos_cut": f"{meta['cut_every']:g}",
         "chaos_kill": f"{meta['kill_every']:g}",
         "chaos_table": table(rows, headers, markdown=True),
+        "chaos_summary": chaos_summary(scenarios),
         "chaos_reading": chaos_reading(scenarios),
     }
+
+
+def chaos_summary(scenarios: Sequence[dict[str, Any]]) -> str:
+    """Section 7's one sentence over every scenario: the faults made, the resumes, and how
+    long a resume took, from the quickest scenario's to the slowest's (p50 and p99)."""
+    if not scenarios:
+        return "No scenario was run."
+
+    def span(key: str) -> str:
+        values = sorted(s[key] for s in scenarios)
+        low, high = ms(values[0]), ms(values[-1])
+        return low if low == high else f"{low} to {high}"
+
+    transports = " and ".join(dict.fromkeys(s["transport"].upper() for s in scenarios))
+    setups = ", ".join(dict.fromkeys(_SETUPS.get(s["setup"], s["setup"]) for s in scenarios))
+    total = {k: num(sum(s[k] for s in scenarios)) for k in ("cuts", "kills", "resumes")}
+    return (
+        f"Over {len(scenarios)} scenarios ({transports}; {setups}): {total['cuts']} cuts, "
+        f"{total['kills']} kills, {total['resumes']} resumes; the scenarios' resume p50 "
+        f"{span('resume_p50_ms')} ms, p99 {span('resume_p99_ms')} ms."
+    )
 
 
 def chaos_reading(scenarios: Sequence[dict[str, Any]]) -> str:
@@ -1055,5 +1160,5 @@ def generate(results_path: Path, out_dir: Path, origin: Provenance | None = None
     text = render(TEMPLATE.read_text(encoding="utf-8"), context)
     report = out_dir / "REPORT.md"
     report.write_text(text, encoding="utf-8")
-    (out_dir / "RUNS.md").write_text(runs_page(results, cluster, origin), encoding="utf-8")
+    (out_dir / "RUNS.md").write_text(runs_page(results, cluster, origin, chaos), encoding="utf-8")
     return report
