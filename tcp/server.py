@@ -34,6 +34,7 @@ from common.cli.serverargs import non_negative_float, raise_open_file_limit
 from common.protocol.codec import (
     ClientMessage,
     Error,
+    Hello,
     History,
     LineFramer,
     NotRegistered,
@@ -43,10 +44,11 @@ from common.protocol.codec import (
     encode_line,
 )
 from common.protocol.limits import Limits
-from common.room.room import RESUME_MAX_BYTES, Stage
+from common.room.room import RESUME_MAX_BYTES
 from common.room.sharing import Sharing
 from common.server import main as server_main
 from common.server.core import (
+    BUSY,
     DEFAULT_MAX_REFUSED_BEFORE_HELLO,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
     POLL_INTERVAL,
@@ -129,7 +131,7 @@ class ChatServer(server_main.Server):
     def _admit(self, sock: socket.socket, addr: tuple[str, int]) -> None:
         tune(sock, self.nodelay)
         conn = Connection(sock, addr, self.limits, time.monotonic())
-        why = self.admission.arrive(conn.host)
+        why = self.admission.arrive(conn.host)  # a stranger until it joins (``_settle``)
         if why is not None:
             log.debug("%s refused: %s", conn.label, why)
             with contextlib.suppress(OSError):
@@ -218,7 +220,7 @@ class ChatServer(server_main.Server):
                 if conn.text is not None:
                     conn.hang_up(self.room)
                 return "quit"
-            if conn.waiting and conn.stage is Stage.JOINED:
+            if conn.waiting and self.core.in_room(conn):
                 self._settle(conn)
             elif conn.waiting and conn.refused > self.max_refused_before_hello:
                 log.info("%s refused too many frames before hello, closing", conn.label)
@@ -228,28 +230,34 @@ class ChatServer(server_main.Server):
 
     def on_line(self, conn: Connection, line: bytes) -> bool:
         """Handle one line; False when the session ends (``bye``, or a full server)."""
-        stage = conn.stage
+        was_in = self.core.in_room(conn)
         alive = self.core.act(conn, lambda: self._decode(conn, line), time.monotonic())
-        if stage is Stage.NEW and conn.stage is Stage.JOINED:
+        if not was_in and self.core.in_room(conn):
             self.core.joined(conn, "json" if conn.text is None else "text")
             if conn.text is not None:
                 self._say(conn, GREETING)
                 self.room.handle(conn, History(limit=TEXT_HISTORY))
-        elif not alive and stage is Stage.JOINED:  # the room took it out: the reader's leave
+        elif not alive and was_in:  # the room took it out: the reader's leave
             self.core.left(conn.name, "quit")  # will not, so the log says it here
             if conn.text is not None:
                 self._say(conn, "* bye")
         return alive
 
     def _decode(self, conn: Connection, line: bytes) -> ClientMessage | None:
-        """A line's message (None: text mode answered it itself)."""
+        """A line's message (None: text mode answered it itself). A stranger's hello past the
+        budget of joins (``Admission.may_join``: on TCP a join costs one send, its welcome)
+        is refused, and its connection closed."""
         if conn.text is None:
-            decoded: ClientMessage = decode_client(line).message
-            return decoded
-        message = conn.text.read(line, joined=conn.stage is not Stage.NEW)
-        if isinstance(message, str):
-            self._say(conn, message)
-            return None
+            message: ClientMessage = decode_client(line).message
+        else:
+            read = conn.text.read(line, joined=self.core.in_room(conn))
+            if isinstance(read, str):
+                self._say(conn, read)
+                return None
+            message = read
+        joining = isinstance(message, Hello) and conn.waiting
+        if joining and not self.admission.may_join(time.monotonic(), 1):
+            raise ServerFull(BUSY)
         return message
 
     def _say(self, conn: Connection, text: str) -> None:
@@ -304,6 +312,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "load each send carries more frames; 0 writes at once (default: %(default)s)",
     )
     server_main.add_admission_flags(parser)
+    server_main.add_refusal_flag(parser)
     parser.add_argument(
         "--nagle",
         action="store_true",

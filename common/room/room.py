@@ -303,6 +303,11 @@ class Member:
 M = TypeVar("M", bound=Member)
 
 
+def already_registered(member: Member) -> AlreadyRegistered:
+    """The refusal of a ``hello`` from a member that said one already."""
+    return AlreadyRegistered(f"you are already registered as {member.name}")
+
+
 class Backplane(Protocol):
     """Where the room's events are put in their one order (see the module's docstring).
 
@@ -568,7 +573,7 @@ class Room(Generic[M]):
                     )
                     member.hello = message
             elif isinstance(message, Hello):
-                raise AlreadyRegistered(f"you are already registered as {member.name}")
+                raise already_registered(member)
             elif isinstance(message, Nick):
                 self._reserve(member, message.name, joining=False)
             else:
