@@ -81,6 +81,40 @@ def test_a_hello_flood_does_not_knock_established_sessions_off(
         raise AssertionError("a newcomer was not admitted after the flood")
 
 
+def test_hellos_being_acted_on_hold_a_bounded_share_per_address_as_tcp_strangers_do() -> None:
+    """A UDP stranger is a hello the room has yet to act on: past ``--max-waiting-per-address``
+    of them from one address, a new one is dropped unanswered (its client says hello again),
+    and once one is acted on, its place is free. The server runs in this process and its
+    ``udp-hello`` threads are not started, so the hellos stay under way till the test acts."""
+    server = UdpChatServer(Limits(rate_limit=0), port=0, max_waiting_per_address=2)
+    peers = [UdpPeer(server.address) for _ in range(3)]
+
+    def hello(peer: UdpPeer, name: str) -> None:
+        data = json.dumps({"type": "hello", "name": name}).encode()
+        with server._lock:
+            server.inbox.on_datagram(data, peer.address, time.monotonic())
+
+    try:
+        for n, peer in enumerate(peers):
+            hello(peer, f"p{n}")
+        assert len(server.registry.by_address) == 2
+        assert server.registry.dropped["admission"] == 1
+        filed = server.inbox.hellos.get()
+        assert filed is not None
+        server._act_on_hello(*filed)  # as a udp-hello thread does
+        with server._lock:
+            server.registry.flush(time.monotonic())
+        assert peers[0].expect("welcome")["name"] == "p0"
+        assert peers[2].silence() == [], "the hello past the bound was answered"
+        hello(peers[2], "p2")  # its client's hello again, a second later
+        assert server.registry.by_address.get(peers[2].address) is not None
+        assert server.registry.dropped["admission"] == 1
+    finally:
+        server.sock.close()
+        for peer in peers:
+            peer.close()
+
+
 # ---- datagrams without the token ----------------------------------------------
 
 
