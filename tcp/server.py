@@ -4,15 +4,19 @@ means, and everything else a server decides, is the core's (``common.server``).
 
 Threads, each named and owned by the server:
 
-* ``MainThread``: accepts connections and starts one reader each; every
-  poll interval it lets the room end expired graces (``Room.expire``); once
-  a signal set ``stopping``, it runs the shutdown: ``bye`` to every client,
-  a short grace, then the remaining sockets shut and every thread joined.
+* ``MainThread``: accepts connections and starts one reader each (or refuses
+  one past ``Admission``'s bounds); every poll interval it lets the room end
+  expired graces (``Room.expire``); once a signal set ``stopping``, it runs
+  the shutdown: ``bye`` to every client, a short grace, then the remaining
+  sockets shut and every thread joined.
 * ``client-HOST:PORT``: reads its client's lines and hands them to the core;
   no socket is written here. Past the room's backlog (``BACKLOG_SHARE`` of
   ``--max-outbox``) the room holds a talker's next ``say`` or ``dm`` until
   the writer's pass ends, so its socket fills and TCP slows it.
-* ``writer``: sends every byte and closes every socket (``tcp.writer``).
+* ``writer``: sends every byte to a connection and closes it (``tcp.writer``):
+  a connection ends in two steps, ``Connection.end`` then ``Writer.close``.
+  A socket refused at accept (``_refuse``, by ``MainThread``) is told why and
+  closed before it is a connection.
 
 Locks: the room's, the writer's (the set of connections) and
 ``Admission``'s; none is held during socket I/O (docs/ARCHITECTURE.md).
@@ -129,15 +133,13 @@ class ChatServer(server_main.Server):
         self._admit(sock, addr)
 
     def _admit(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        """A new connection, a stranger until it joins (``_settle``), gets its reader."""
+        why = self.admission.arrive(addr[0])
+        if why is not None:
+            _refuse(sock, addr, why)
+            return
         tune(sock, self.nodelay)
         conn = Connection(sock, addr, self.limits, time.monotonic())
-        why = self.admission.arrive(conn.host)  # a stranger until it joins (``_settle``)
-        if why is not None:
-            log.debug("%s refused: %s", conn.label, why)
-            with contextlib.suppress(OSError):
-                sock.send(encode_line(Error.of(ServerFull(why))), socket.MSG_DONTWAIT)
-            sock.close()
-            return
         log.debug("%s connected", conn.label)
         self.writer.add(conn)
         conn.thread = threading.Thread(
@@ -148,7 +150,7 @@ class ChatServer(server_main.Server):
         except RuntimeError:
             log.warning("%s refused: cannot start another thread", conn.label)
             self._settle(conn)
-            self.writer.close(conn)
+            self.writer.reader_done(conn)  # the writer closes it, as it closes every connection
 
     def _settle(self, conn: Connection) -> None:
         """``conn`` no longer waits to say hello: it frees its place among those that do."""
@@ -291,6 +293,14 @@ class ChatServer(server_main.Server):
         for conn in conns:
             if conn.thread is not None:
                 conn.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _refuse(sock: socket.socket, addr: tuple[str, int], why: str) -> None:
+    """A socket refused at accept, before it is a connection: told why, then closed."""
+    log.debug("%s:%d refused: %s", addr[0], addr[1], why)
+    with contextlib.suppress(OSError):
+        sock.send(encode_line(Error.of(ServerFull(why))), socket.MSG_DONTWAIT)
+    sock.close()
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
