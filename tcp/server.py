@@ -215,9 +215,8 @@ class ChatServer(server_main.Server):
     def _lines(self, conn: Connection, lines: Iterable[bytes]) -> str | None:
         """Hand each line to the core in order; why the session ended, if it did."""
         for line in lines:
-            if not line:  # ignored, but no cheaper than a frame for the rate limit
-                if not conn.bucket.allow(time.monotonic()):
-                    conn.refused += 1
+            if not line:
+                self.core.blank(conn, time.monotonic())
             elif not self.on_line(conn, line):
                 if conn.text is not None:
                     conn.hang_up(self.room)

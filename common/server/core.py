@@ -129,6 +129,13 @@ class Core(Generic[C]):
             self.refuse(client, exc)
             return not isinstance(exc, ServerFull)
 
+    @staticmethod
+    def blank(client: C, now: float) -> None:
+        """An empty line (TCP): ignored, but no cheaper than a frame for the rate limit; past
+        it, counted as refused, unanswered (an answer per blank line would be a flood's)."""
+        if not client.bucket.allow(now):
+            client.refused += 1
+
     def refuse(self, client: C, problem: ProtocolError) -> None:
         """Answer a bad frame with ``error``; the first is logged, the rest only counted."""
         client.refused += 1
