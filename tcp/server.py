@@ -321,7 +321,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "load each send carries more frames; 0 writes at once (default: %(default)s)",
     )
     server_main.add_admission_flags(parser)
-    server_main.add_refusal_flag(parser)
     parser.add_argument(
         "--nagle",
         action="store_true",

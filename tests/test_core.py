@@ -154,3 +154,13 @@ def test_joins_are_paced_by_the_sends_they_cost() -> None:
     assert admission.may_join(1 / JOIN_RATE, 1), "one send's worth came back"
     assert not admission.may_join(0.5, int(JOIN_RATE))
     assert admission.may_join(1.0, int(JOIN_RATE) // 2)
+
+
+def test_a_stranger_whose_address_is_not_proven_counts_in_all_only() -> None:
+    """UDP's: a hello being acted on has no share of an address (anyone could forge it)."""
+    admission = Admission(0.0, max_per_address=1)
+    assert [admission.arrive(None) for _ in range(MAX_WAITING)] == [None] * MAX_WAITING
+    assert admission.arrive(None) == BUSY
+    admission.settle(None)
+    assert admission.arrive("10.0.0.1") is None
+    assert admission.arrive(None) == BUSY

@@ -49,12 +49,12 @@ MAX_STRANGERS = 4096
 class Inbox:
     """Datagrams in, acted on: strangers' hellos, sessions' frames, packets, acks."""
 
-    def __init__(self, core: Core[Session], registry: Registry, max_per_address: int) -> None:
+    def __init__(self, core: Core[Session], registry: Registry, admission: Admission) -> None:
         self.core = core
         self.room = core.room
         self.limits = core.limits
         self.registry = registry
-        self.admission = Admission(time.monotonic(), max_per_address)
+        self.admission = admission
         # Hellos filed, for the ``udp-hello`` threads to act on (None: stop).
         self.hellos: queue.SimpleQueue[tuple[Session, Hello, int] | None] = queue.SimpleQueue()
 
@@ -296,10 +296,10 @@ class Inbox:
         """A stranger's hello, within ``Admission``'s bounds, is filed; past them it is dropped
         unanswered: its client says hello again a second later."""
         admission = self.admission
-        if admission.arrive(address[0]) is not None:
+        if admission.arrive(None) is not None:  # its address is not proven: no share of one
             self.registry.drop("admission", address)
         elif not admission.may_join(now, len(self.room) + 1):  # a datagram to each, and it
-            admission.settle(address[0])
+            admission.settle(None)
             self.registry.drop("admission", address)
         else:
             self._register(address, hello, budget, now)
@@ -321,7 +321,7 @@ class Inbox:
     ) -> None:
         """The room acted on ``session``'s hello (a ``udp-hello`` thread, outside the lock):
         in the room, it is no stranger any more; refused, it is forgotten and told why."""
-        self.admission.settle(session.address[0])
+        self.admission.settle(None)
         if not self.registry.current(session):
             return  # ended meanwhile (timeout, shutdown)
         if problem is not None or not self.core.in_room(session):

@@ -56,13 +56,7 @@ from common.protocol.codec import Hello, ProtocolError
 from common.protocol.limits import Limits
 from common.room.sharing import Sharing
 from common.server import main as server_main
-from common.server.core import (
-    DEFAULT_MAX_WAITING_PER_ADDRESS,
-    POLL_INTERVAL,
-    RECV_BYTES,
-    SHUTDOWN_GRACE,
-    Core,
-)
+from common.server.core import POLL_INTERVAL, RECV_BYTES, SHUTDOWN_GRACE, Admission, Core
 from udp.inbox import Inbox
 from udp.registry import MAX_HELD_BYTES, PACKET_COALESCE_MS, Registry
 from udp.session import Address, Session
@@ -97,9 +91,9 @@ class UdpChatServer(server_main.Server):
         sharing: Sharing | None = None,
         max_held_bytes: int = MAX_HELD_BYTES,
         coalesce: float = PACKET_COALESCE_MS / 1000,
-        max_waiting_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS,
     ) -> None:
         super().__init__()
+        self.limits = limits
         self._wake = threading.Event()
         # What a backplane brings arrives on its own thread: the timer flushes it.
         self.core: Core[Session] = Core(
@@ -118,7 +112,7 @@ class UdpChatServer(server_main.Server):
         self._lock = threading.Lock()
         self.registry = Registry(self.core, self.sock, self._wake.set, max_held_bytes, coalesce)
         self._caught_up = time.monotonic()
-        self.inbox = Inbox(self.core, self.registry, max_waiting_per_address)
+        self.inbox = Inbox(self.core, self.registry, Admission(self._caught_up))
         self._timer_stop = threading.Event()
         self._timer = threading.Thread(target=self._run_timer, name="udp-timer", daemon=True)
         self._hello_threads = [
@@ -316,7 +310,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="packet sessions are caught up at most once per this many milliseconds, so that "
         "under load each packet carries more frames; 0 sends at once (default: %(default)s)",
     )
-    server_main.add_admission_flags(parser)
 
 
 def make(args: argparse.Namespace) -> UdpChatServer:
@@ -328,7 +321,6 @@ def make(args: argparse.Namespace) -> UdpChatServer:
         sharing=Sharing.from_args(args),
         max_held_bytes=args.max_held_bytes,
         coalesce=args.coalesce_ms / 1000,
-        max_waiting_per_address=args.max_waiting_per_address,
     )
 
 

@@ -188,14 +188,19 @@ class Admission:
 
     A stranger is whoever holds something of the server's before it is in
     the room. It takes a place when it comes (``arrive``) and gives it back
-    once it joined or went (``settle``): ``MAX_WAITING`` in all,
-    ``max_per_address`` from one address. On TCP a stranger is a connection,
-    from accept to its join: it holds a socket and a thread until then. UDP
-    has no connection before a ``hello``, and a datagram's address is not
-    proven: a stranger is a session filed for a hello, from then until the
-    room acted on it (it holds a session, a place in the hellos' queue and,
-    on a shared room, a claim's round trip to Redis); nothing an unproven
-    address says holds a place any longer.
+    once it joined or went (``settle``): ``MAX_WAITING`` in all, and
+    ``max_per_address`` from one proven address. On TCP a stranger is a
+    connection, from accept to its join: it holds a socket and a thread for
+    up to --hello-timeout, so one host opening connections in a loop must
+    not take the newcomers' places. UDP has no connection before a
+    ``hello``: a stranger is a session filed for a hello, from then until
+    the room acted on it (it holds a session, a place in the hellos' queue
+    and, on a shared room, a claim's round trip to Redis). Its address is
+    not proven, so it has no share of one (``host`` None): a share per
+    address would let anyone shut an address out by forging its hellos,
+    and the place is held only while the room acts, not for a timeout, so
+    no host can hoard places; many clients behind one address (thousands on
+    loopback) say hello at once.
 
     A join then costs the server its sends (``JOIN_RATE``): joins are paced
     by what they cost (``may_join``). Past either bound, a TCP stranger is
@@ -212,24 +217,25 @@ class Admission:
         self._from: dict[str, int] = {}  # address: its strangers
         self._joins = TokenBucket(JOIN_RATE, JOIN_BURST, now)
 
-    def arrive(self, host: str) -> str | None:
-        """Take a stranger's place; or why there is none (the text of its ``server_full``)."""
+    def arrive(self, host: str | None) -> str | None:
+        """Take a stranger's place (``host`` None: no proven address, counted in all only); or
+        why there is none (the text of its ``server_full``)."""
         with self._lock:
-            here = self._from.get(host, 0)
+            here = 0 if host is None else self._from.get(host, 0)
             if here >= self.max_per_address:
                 return "too many connections from your address have yet to say hello"
             if self._waiting >= MAX_WAITING:
                 return BUSY
             self._waiting += 1
-            self._from[host] = here + 1
+            if host is not None:
+                self._from[host] = here + 1
             return None
 
-    def settle(self, host: str) -> None:
+    def settle(self, host: str | None) -> None:
         """A stranger joined, or went: its place is free."""
         with self._lock:
             self._waiting -= 1
-            left = self._from.pop(host) - 1
-            if left:
+            if host is not None and (left := self._from.pop(host) - 1):
                 self._from[host] = left
 
     def may_join(self, now: float, sends: int) -> bool:

@@ -75,20 +75,15 @@ def main(
 
 
 def add_admission_flags(parser: argparse.ArgumentParser) -> None:
-    """The flag of ``Admission`` both servers take: how many strangers from one address."""
+    """The flags of ``Admission``: how many strangers, and how patient with them."""
     parser.add_argument(
         "--max-waiting-per-address",
         type=positive_int,
         default=DEFAULT_MAX_WAITING_PER_ADDRESS,
         metavar="N",
-        help="strangers from one address at once, at most (TCP: connections yet to say hello, "
-        "past it a new one gets server_full; UDP: hellos being acted on, past it a hello is "
-        f"dropped unanswered) (default: %(default)s; {MAX_WAITING} from all addresses)",
+        help="connections from one address that have yet to say hello, at most; past it a "
+        f"new one gets server_full (default: %(default)s; {MAX_WAITING} from all addresses)",
     )
-
-
-def add_refusal_flag(parser: argparse.ArgumentParser) -> None:
-    """How patient a TCP server is with a connection that has not said hello yet."""
     parser.add_argument(
         "--max-refused-before-hello",
         type=positive_int,
