@@ -4,15 +4,19 @@ means, and everything else a server decides, is the core's (``common.server``).
 
 Threads, each named and owned by the server:
 
-* ``MainThread``: accepts connections and starts one reader each; every
-  poll interval it lets the room end expired graces (``Room.expire``); once
-  a signal set ``stopping``, it runs the shutdown: ``bye`` to every client,
-  a short grace, then the remaining sockets shut and every thread joined.
+* ``MainThread``: accepts connections and starts one reader each (or refuses
+  one past ``Admission``'s bounds); every poll interval it lets the room end
+  expired graces (``Room.expire``); once a signal set ``stopping``, it runs
+  the shutdown: ``bye`` to every client, a short grace, then the remaining
+  sockets shut and every thread joined.
 * ``client-HOST:PORT``: reads its client's lines and hands them to the core;
   no socket is written here. Past the room's backlog (``BACKLOG_SHARE`` of
   ``--max-outbox``) the room holds a talker's next ``say`` or ``dm`` until
   the writer's pass ends, so its socket fills and TCP slows it.
-* ``writer``: sends every byte and closes every socket (``tcp.writer``).
+* ``writer``: sends every byte to a connection and closes it (``tcp.writer``):
+  a connection ends in two steps, ``Connection.end`` then ``Writer.close``.
+  A socket refused at accept (``_refuse``, by ``MainThread``) is told why and
+  closed before it is a connection.
 
 Locks: the room's, the writer's (the set of connections) and
 ``Admission``'s; none is held during socket I/O (docs/ARCHITECTURE.md).
@@ -34,6 +38,7 @@ from common.cli.serverargs import non_negative_float, raise_open_file_limit
 from common.protocol.codec import (
     ClientMessage,
     Error,
+    Hello,
     History,
     LineFramer,
     NotRegistered,
@@ -43,10 +48,11 @@ from common.protocol.codec import (
     encode_line,
 )
 from common.protocol.limits import Limits
-from common.room.room import RESUME_MAX_BYTES, Stage
+from common.room.room import RESUME_MAX_BYTES
 from common.room.sharing import Sharing
 from common.server import main as server_main
 from common.server.core import (
+    BUSY,
     DEFAULT_MAX_REFUSED_BEFORE_HELLO,
     DEFAULT_MAX_WAITING_PER_ADDRESS,
     POLL_INTERVAL,
@@ -127,15 +133,13 @@ class ChatServer(server_main.Server):
         self._admit(sock, addr)
 
     def _admit(self, sock: socket.socket, addr: tuple[str, int]) -> None:
+        """A new connection, a stranger until it joins (``_settle``), gets its reader."""
+        why = self.admission.arrive(addr[0])
+        if why is not None:
+            _refuse(sock, addr, why)
+            return
         tune(sock, self.nodelay)
         conn = Connection(sock, addr, self.limits, time.monotonic())
-        why = self.admission.arrive(conn.host)
-        if why is not None:
-            log.debug("%s refused: %s", conn.label, why)
-            with contextlib.suppress(OSError):
-                sock.send(encode_line(Error.of(ServerFull(why))), socket.MSG_DONTWAIT)
-            sock.close()
-            return
         log.debug("%s connected", conn.label)
         self.writer.add(conn)
         conn.thread = threading.Thread(
@@ -146,7 +150,7 @@ class ChatServer(server_main.Server):
         except RuntimeError:
             log.warning("%s refused: cannot start another thread", conn.label)
             self._settle(conn)
-            self.writer.close(conn)
+            self.writer.reader_done(conn)  # the writer closes it, as it closes every connection
 
     def _settle(self, conn: Connection) -> None:
         """``conn`` no longer waits to say hello: it frees its place among those that do."""
@@ -211,14 +215,13 @@ class ChatServer(server_main.Server):
     def _lines(self, conn: Connection, lines: Iterable[bytes]) -> str | None:
         """Hand each line to the core in order; why the session ended, if it did."""
         for line in lines:
-            if not line:  # ignored, but no cheaper than a frame for the rate limit
-                if not conn.bucket.allow(time.monotonic()):
-                    conn.refused += 1
+            if not line:
+                self.core.blank(conn, time.monotonic())
             elif not self.on_line(conn, line):
                 if conn.text is not None:
                     conn.hang_up(self.room)
                 return "quit"
-            if conn.waiting and conn.stage is Stage.JOINED:
+            if conn.waiting and self.core.in_room(conn):
                 self._settle(conn)
             elif conn.waiting and conn.refused > self.max_refused_before_hello:
                 log.info("%s refused too many frames before hello, closing", conn.label)
@@ -228,28 +231,34 @@ class ChatServer(server_main.Server):
 
     def on_line(self, conn: Connection, line: bytes) -> bool:
         """Handle one line; False when the session ends (``bye``, or a full server)."""
-        stage = conn.stage
+        was_in = self.core.in_room(conn)
         alive = self.core.act(conn, lambda: self._decode(conn, line), time.monotonic())
-        if stage is Stage.NEW and conn.stage is Stage.JOINED:
+        if not was_in and self.core.in_room(conn):
             self.core.joined(conn, "json" if conn.text is None else "text")
             if conn.text is not None:
                 self._say(conn, GREETING)
                 self.room.handle(conn, History(limit=TEXT_HISTORY))
-        elif not alive and stage is Stage.JOINED:  # the room took it out: the reader's leave
+        elif not alive and was_in:  # the room took it out: the reader's leave
             self.core.left(conn.name, "quit")  # will not, so the log says it here
             if conn.text is not None:
                 self._say(conn, "* bye")
         return alive
 
     def _decode(self, conn: Connection, line: bytes) -> ClientMessage | None:
-        """A line's message (None: text mode answered it itself)."""
+        """A line's message (None: text mode answered it itself). A stranger's hello past the
+        budget of joins (``Admission.may_join``: on TCP a join costs one send, its welcome)
+        is refused, and its connection closed."""
         if conn.text is None:
-            decoded: ClientMessage = decode_client(line).message
-            return decoded
-        message = conn.text.read(line, joined=conn.stage is not Stage.NEW)
-        if isinstance(message, str):
-            self._say(conn, message)
-            return None
+            message: ClientMessage = decode_client(line).message
+        else:
+            read = conn.text.read(line, joined=self.core.in_room(conn))
+            if isinstance(read, str):
+                self._say(conn, read)
+                return None
+            message = read
+        joining = isinstance(message, Hello) and conn.waiting
+        if joining and not self.admission.may_join(time.monotonic(), 1):
+            raise ServerFull(BUSY)
         return message
 
     def _say(self, conn: Connection, text: str) -> None:
@@ -283,6 +292,14 @@ class ChatServer(server_main.Server):
         for conn in conns:
             if conn.thread is not None:
                 conn.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def _refuse(sock: socket.socket, addr: tuple[str, int], why: str) -> None:
+    """A socket refused at accept, before it is a connection: told why, then closed."""
+    log.debug("%s:%d refused: %s", addr[0], addr[1], why)
+    with contextlib.suppress(OSError):
+        sock.send(encode_line(Error.of(ServerFull(why))), socket.MSG_DONTWAIT)
+    sock.close()
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

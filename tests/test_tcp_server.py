@@ -21,8 +21,8 @@ import pexpect
 import pytest
 
 from common.protocol.limits import Limits
+from common.server.core import BUSY, MAX_WAITING
 from common.server.core import DEFAULT_MAX_WAITING_PER_ADDRESS as PER_ADDRESS
-from common.server.core import MAX_WAITING
 from tcp.server import ChatServer
 from tests.conftest import WAIT, JsonClient, ServerProcess, wait_until
 
@@ -281,6 +281,32 @@ def test_one_address_holds_a_bounded_share_of_the_connections_yet_to_say_hello(
     assert wait_until(one_more_joins)
     users[0].send({"type": "say", "text": "still here"})
     assert users[0].expect("msg")["text"] == "still here"
+
+
+def test_a_hello_past_the_budget_of_joins_is_refused_as_busy_and_closed(
+    connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As a UDP hello past it is dropped (``Admission.may_join``; a TCP join costs one send).
+    The server runs in this process, its budget spent by hand."""
+    server = ChatServer(Limits(), port=0)
+    serving = threading.Thread(target=server.serve_forever)
+    serving.start()
+    try:
+        first = connect(server.address, "first")
+        monkeypatch.setattr(server.admission, "may_join", lambda now, sends: False)
+        late = connect(server.address)
+        late.send({"type": "hello", "name": "late"})
+        assert late.recv() == {"type": "error", "code": "server_full", "text": BUSY}
+        assert late.closed()
+        first.send({"type": "who"})
+        assert first.expect("users")["names"] == ["first"]
+        assert wait_until(lambda: len(server.connections()) == 1)
+        monkeypatch.undo()
+        connect(server.address, "later")
+        assert first.expect("joined")["name"] == "later"
+    finally:
+        server.stop()
+        serving.join(WAIT)
 
 
 def test_blank_lines_count_against_the_rate_limit_and_draw_no_answer(

@@ -16,6 +16,8 @@ import pytest
 from common.protocol import reliable
 from common.protocol.limits import Limits
 from common.protocol.reliable import MAX_BACKLOG, WINDOW
+from common.server import core
+from common.server.core import DEFAULT_MAX_WAITING_PER_ADDRESS
 from tests.conftest import WAIT, ServerProcess
 from tests.test_udp_server import QUIET, Peers, UdpPeer, peers, server, stop_and_log
 from udp.server import UdpChatServer
@@ -79,6 +81,45 @@ def test_a_hello_flood_does_not_knock_established_sessions_off(
             break
     else:
         raise AssertionError("a newcomer was not admitted after the flood")
+
+
+def test_hellos_being_acted_on_hold_strangers_places_with_no_share_per_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A UDP stranger is a hello the room has yet to act on. Past ``MAX_WAITING`` of them a
+    new one is dropped unanswered (its client says hello again), and once one is acted on its
+    place is free; an address that is not proven has no share (``--max-waiting-per-address``
+    is TCP's). The server runs in this process and its ``udp-hello`` threads are not
+    started, so the hellos stay under way till the test acts."""
+    bound = DEFAULT_MAX_WAITING_PER_ADDRESS + 2
+    monkeypatch.setattr(core, "MAX_WAITING", bound)
+    server = UdpChatServer(Limits(rate_limit=0), port=0)
+    peers = [UdpPeer(server.address) for _ in range(bound + 1)]  # all from 127.0.0.1
+
+    def hello(peer: UdpPeer, name: str) -> None:
+        data = json.dumps({"type": "hello", "name": name}).encode()
+        with server._lock:
+            server.inbox.on_datagram(data, peer.address, time.monotonic())
+
+    try:
+        for n, peer in enumerate(peers):
+            hello(peer, f"p{n}")
+        assert len(server.registry.by_address) == bound
+        assert server.registry.dropped["admission"] == 1
+        filed = server.inbox.hellos.get()
+        assert filed is not None
+        server._act_on_hello(*filed)  # as a udp-hello thread does
+        with server._lock:
+            server.registry.flush(time.monotonic())
+        assert peers[0].expect("welcome")["name"] == "p0"
+        assert peers[-1].silence() == [], "the hello past the bound was answered"
+        hello(peers[-1], "late")  # its client's hello again, a second later
+        assert server.registry.by_address.get(peers[-1].address) is not None
+        assert server.registry.dropped["admission"] == 1
+    finally:
+        server.sock.close()
+        for peer in peers:
+            peer.close()
 
 
 # ---- datagrams without the token ----------------------------------------------

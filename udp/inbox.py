@@ -35,8 +35,8 @@ from common.protocol.envelope import Datagram, envelope_of, read_datagram
 from common.protocol.packets import BadPacket, Packet, parse
 from common.protocol.reliable import SeqKind
 from common.room.ratelimit import TokenBucket
-from common.room.room import Stage
-from common.server.core import Admission, Core
+from common.room.room import already_registered
+from common.server.core import Admission, Again, Core
 from udp.registry import Registry
 from udp.session import Address, Session, Stranger, answer_budget
 
@@ -202,7 +202,7 @@ class Inbox:
 
     def _refuse_in_packet(self, session: Session, problem: ClientMessage | ProtocolError) -> None:
         if isinstance(problem, Hello):
-            problem = self.core.already(session)
+            problem = already_registered(session)
         elif isinstance(problem, Ack):
             problem = BadFrame("a packet session acknowledges packets: ack with ranges")
         assert isinstance(problem, ProtocolError)
@@ -245,8 +245,6 @@ class Inbox:
         self, session: Session, data: bytes, message: ClientMessage | None, now: float
     ) -> None:
         """Act on one frame in order (the codec's refusal is answered when it is acted on)."""
-        if session.stage is not Stage.JOINED:
-            return
         read = (lambda: message) if message is not None else (lambda: _decode(data))
         if not self.core.act(session, read, now):
             self.registry.end(session, "quit")
@@ -269,10 +267,7 @@ class Inbox:
         budget = answer_budget(len(datagram.data))
         problem = datagram.problem
         if isinstance(hello := datagram.message, Hello):
-            if not self.admission.may_join(now, len(self.room)):
-                self.registry.drop("admission", address)
-                return
-            self._register(address, hello, budget, now)
+            self._admit(address, hello, budget, now)
             return
         assert problem is not None
         self._refuse_hello(address, problem, budget, now)
@@ -297,8 +292,21 @@ class Inbox:
             bucket.allow(now)
             strangers[address] = Stranger(since=now, bucket=bucket)
 
+    def _admit(self, address: Address, hello: Hello, budget: int, now: float) -> None:
+        """A stranger's hello, within ``Admission``'s bounds, is filed; past them it is dropped
+        unanswered: its client says hello again a second later."""
+        admission = self.admission
+        if admission.arrive(None) is not None:  # its address is not proven: no share of one
+            self.registry.drop("admission", address)
+        elif not admission.may_join(now, len(self.room) + 1):  # a datagram to each, and it
+            admission.settle(None)
+            self.registry.drop("admission", address)
+        else:
+            self._register(address, hello, budget, now)
+
     def _register(self, address: Address, hello: Hello, budget: int, now: float) -> None:
-        """File a new session and hand its hello to a ``udp-hello`` thread."""
+        """File a new session and hand its hello to a ``udp-hello`` thread; it holds a
+        stranger's place until the room acted on its hello (``hello_acted_on``)."""
         registry = self.registry
         session = Session(
             address, hello.reliable, self.limits, now, budget, registry.held, packets=hello.packets
@@ -313,9 +321,10 @@ class Inbox:
     ) -> None:
         """The room acted on ``session``'s hello (a ``udp-hello`` thread, outside the lock):
         in the room, it is no stranger any more; refused, it is forgotten and told why."""
+        self.admission.settle(None)
         if not self.registry.current(session):
             return  # ended meanwhile (timeout, shutdown)
-        if problem is not None or session.stage is not Stage.JOINED:
+        if problem is not None or not self.core.in_room(session):
             self.registry.forget(session)
             if problem is not None:
                 self._refuse_hello(session.address, problem, budget, time.monotonic())
@@ -331,16 +340,15 @@ class Inbox:
         """
         if self.registry.closing:
             return
-        if session.stage in (Stage.NEW, Stage.CLAIMING):
-            self.registry.drop("hello_under_way", session.address)
-            return
         hello = datagram.message if isinstance(datagram.message, Hello) else None
-        problem = self.core.hello_again(session, hello, datagram.problem)
-        if problem is None:
+        again = self.core.hello_again(session, hello, datagram.problem)
+        if again is Again.UNDER_WAY:
+            self.registry.drop("hello_under_way", session.address)
+        elif again is Again.WELCOME:
             session.counter.restart()
             self._answer_untrusted(session, session.welcome, now)
         else:
-            self._answer_untrusted(session, encode(Error.of(problem)), now)
+            self._answer_untrusted(session, encode(Error.of(again)), now)
 
 
 def _decode(data: bytes) -> ClientMessage:

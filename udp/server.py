@@ -28,8 +28,9 @@ few milliseconds gathered; a reliable one far behind on the room
 
 * ``udp-hello-N``: act on hellos, each outside the server's lock: on a
   shared room a claim waits for Redis, and nobody else waits with it. Its
-  session is filed at once (so the welcome finds it), and a hello that
-  comes again meanwhile is dropped: the answer is on its way.
+  session is filed at once (so the welcome finds it) and holds a stranger's
+  place till then (``Admission``); a hello that comes again meanwhile is
+  dropped: the answer is on its way.
 
 Lock: one server lock (``_lock``) serialises every change to the sessions,
 their sequence numbers and the writes to the socket, so each session's

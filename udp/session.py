@@ -9,9 +9,10 @@ Who gets an answer:
   ``max(3 x the hello's bytes, 256)`` bytes (a ``welcome`` lists fewer users
   to fit). Its answers carry no ``seq``: there is no session to count in.
   Anything else from it is dropped unanswered and counted. New sessions
-  are admitted within a budget (``JOIN_RATE``, ``common.server.core``) of what they cost: a
-  join is a ``welcome`` plus a ``joined`` to every member. A ``hello`` past
-  it is dropped unanswered; its client says ``hello`` again a second later.
+  are admitted as ``common.server.core``'s ``Admission`` says: a hello being
+  acted on holds a stranger's place, and joins fit a budget of what they
+  cost (a ``welcome`` plus a ``joined`` to every member). A ``hello`` past
+  either is dropped unanswered; its client says ``hello`` again a second later.
 * A frame of a session must carry its ``session`` token; a missing or wrong
   one (also a right one sent from another address) is dropped, counted and
   never acted on, acks included.

@@ -1,3 +1,4 @@
-"""Command-line plumbing of the servers: their flags, logs and signals. Imports
-common.protocol and common.room.
+"""Command-line plumbing: the flags both servers take, their logging and signals, and the
+flag types and default port the clients share. Imports common.room only (the flags of sharing
+a room, and ``StartError``).
 """

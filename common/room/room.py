@@ -84,18 +84,19 @@ since; one before it, or in another epoch, gets ``resumed: false``.
 
 Locking rule: one lock (``Room.lock``) guards the room: the members, their
 names, stages, cursors and private queues, the log, the history and the
-backlog. Every method takes it and none does I/O under it; the only calls out
-while holding it are the backplane's ``publish`` and the archive's ``add`` and
-``given``, which must not block (below). A ``say`` held back waits on an
-event, with no lock held.
-After a change that gives someone something to read, the room calls the
-transport's ``wake`` (outside the lock), and after a takeover its
-``on_taken`` (outside the lock too, from whichever thread brought the
-resume: a reader's, or a backplane's). A transport may hold its own
-lock while calling the room (the UDP server does), never the other way
-round. The backplane's ``publish`` is called under the lock and must not
-block; its ``claim``, ``take_over`` and ``close`` are called outside it.
-The archive's ``add`` and ``given`` are called under it: O(1), no I/O.
+backlog. Every method that reads or changes them takes it, and none does
+I/O under it. What it calls out to while holding it is the clock, the
+backplane's ``publish`` (and its ``ready`` and ``busy``, read) and the
+archive's ``add`` and ``given``: each O(1), none may block. A hello waits
+for its ``joined`` to come back on a condition of that lock (``_changed``),
+which lets go of it meanwhile; a ``say`` held back waits on an event, with
+no lock held. The backplane's ``claim``, ``claim_session``, ``take_over``
+and ``close``, which may do I/O, are called outside it. After a change that
+gives someone something to read, the room calls the transport's ``wake``
+(outside the lock), and after a takeover its ``on_taken`` (outside the lock
+too, from whichever thread brought the resume: a reader's, or a
+backplane's). A transport may hold its own lock while calling the room (the
+UDP server does), never the other way round.
 """
 
 from __future__ import annotations
@@ -301,6 +302,11 @@ class Member:
 
 
 M = TypeVar("M", bound=Member)
+
+
+def already_registered(member: Member) -> AlreadyRegistered:
+    """The refusal of a ``hello`` from a member that said one already."""
+    return AlreadyRegistered(f"you are already registered as {member.name}")
 
 
 class Backplane(Protocol):
@@ -568,7 +574,7 @@ class Room(Generic[M]):
                     )
                     member.hello = message
             elif isinstance(message, Hello):
-                raise AlreadyRegistered(f"you are already registered as {member.name}")
+                raise already_registered(member)
             elif isinstance(message, Nick):
                 self._reserve(member, message.name, joining=False)
             else:

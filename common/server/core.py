@@ -5,20 +5,21 @@ sends. Everything else it asks here: ``Core`` builds the room from the flags
 (``open_sharing``), acts on a frame (the rate limit, the room, the answer to
 a bad frame: ``room.refuse``), writes the lines the log shows when someone
 joins or leaves, and says ``bye`` to everyone at shutdown; ``Admission`` says
-whether a stranger (one that has not said a good ``hello`` yet) may come in.
+whether a stranger (one that has not said a good ``hello`` yet) may come in,
+and whether a join fits the budget of what joins may cost.
 It does no I/O and holds no lock of its own but ``Admission``'s: the room's
 lock orders the rest (see ``common.room.room``).
 """
 
 from __future__ import annotations
 
+import enum
 import logging
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from common.protocol.codec import (
-    AlreadyRegistered,
     Bye,
     ClientMessage,
     Hello,
@@ -29,7 +30,7 @@ from common.protocol.codec import (
 )
 from common.protocol.limits import Limits
 from common.room.ratelimit import TokenBucket
-from common.room.room import Member, Room
+from common.room.room import ENDED, Member, Room, Stage, already_registered
 from common.room.sharing import Sharing, open_sharing
 
 POLL_INTERVAL = 0.2
@@ -39,8 +40,10 @@ SHUTDOWN_GRACE = 1.0
 RECV_BYTES = 65536
 """Bytes read at once: a whole datagram, or a good share of a TCP socket's buffer."""
 MAX_WAITING = 256
-"""Strangers (connections that have not said hello yet) at once, at most; each expires after
---hello-timeout."""
+"""Strangers (see ``Admission``) at once, at most: a TCP one expires after --hello-timeout, a
+UDP one once the room acted on its hello."""
+BUSY = "the server is busy, try again later"
+"""Why a stranger is refused when the server has no place for it, or a join over the budget."""
 DEFAULT_MAX_WAITING_PER_ADDRESS = 64
 """Of those, from one address at most: a class of 30 behind one NAT all typing their names
 fits twice over, clients that say hello at once (the benchmark's, thousands on loopback) are
@@ -50,11 +53,13 @@ DEFAULT_MAX_REFUSED_BEFORE_HELLO = 20
 retrying names, or a client that sent a frame too early, is far below it; a flood of frames
 before any hello (whose answers nobody may read) ends at once."""
 JOIN_RATE = 10_000.0
-"""Frames a second that new members may cost the server. A join costs its ``welcome`` and a
-``joined`` to every member, so this bounds joins x members: at 100 members, about 100 joins a
-second; at 5,000, two (200 users joining at once all get in within about a second). A frame
-costs 10 to 20 µs of ``send`` on a small machine, so joins take at most a fifth of a core
-however many hellos arrive."""
+"""Sends a second that new members may cost the server. On UDP a join costs its ``welcome``
+and a ``joined`` to every member, a datagram each, so this bounds joins x members: at 100
+members, about 100 joins a second; at 5,000, two (200 users joining at once all get in within
+about a second). On TCP it costs one send, its ``welcome``: the ``joined`` rides in the sends
+the writer makes anyway, so TCP joins are bounded at JOIN_RATE a second. A send costs 10 to
+20 µs on a small machine, so joins take at most a fifth of a core however many hellos
+arrive."""
 JOIN_BURST = 10_000
 
 log = logging.getLogger("server")
@@ -77,6 +82,13 @@ class Client(Member):
 C = TypeVar("C", bound=Client)
 
 
+class Again(enum.Enum):
+    """What a ``hello`` again gets when it is not refused (``Core.hello_again``)."""
+
+    UNDER_WAY = "under_way"  # the first is still being acted on: its answer is on its way
+    WELCOME = "welcome"  # it names the client's own name: its welcome was lost, it gets it again
+
+
 class Core(Generic[C]):
     """The room, and the rules every frame meets on its way in, for both transports."""
 
@@ -96,9 +108,18 @@ class Core(Generic[C]):
         )
 
     def act(self, client: C, read: Callable[[], ClientMessage | None], now: float) -> bool:
-        """One frame from ``client``, in order: False when its session ends here (``bye``, or a
-        full server). ``read`` decodes it once the rate limit let it in (None: nothing to do);
-        a frame refused is answered with ``error`` and loses nothing else."""
+        """One frame from ``client``, in order: False when its session is over here (``bye``,
+        a full server, or the room ended it). ``read`` decodes it once the rate limit let it in
+        (None: nothing to do); a frame refused is answered with ``error`` and loses nothing else.
+
+        A frame from a client whose hello is under way (``CLAIMING``: UDP acts on a hello on
+        a thread of its own), or whose session went on elsewhere (``TAKEN``, ``AWAY``: its
+        transport was told), is not acted on, nor counted against its rate limit.
+        """
+        if client.stage is Stage.GONE:
+            return False
+        if client.stage in ENDED or client.stage is Stage.CLAIMING:
+            return True
         try:
             if not client.bucket.allow(now):
                 raise RateLimited("slow down: too many frames")
@@ -107,6 +128,13 @@ class Core(Generic[C]):
         except ProtocolError as exc:
             self.refuse(client, exc)
             return not isinstance(exc, ServerFull)
+
+    @staticmethod
+    def blank(client: C, now: float) -> None:
+        """An empty line (TCP): ignored, but no cheaper than a frame for the rate limit; past
+        it, counted as refused, unanswered (an answer per blank line would be a flood's)."""
+        if not client.bucket.allow(now):
+            client.refused += 1
 
     def refuse(self, client: C, problem: ProtocolError) -> None:
         """Answer a bad frame with ``error``; the first is logged, the rest only counted."""
@@ -118,20 +146,21 @@ class Core(Generic[C]):
         self.room.refuse(client, problem)
 
     @staticmethod
-    def hello_again(
-        client: C, hello: Hello | None, problem: ProtocolError | None
-    ) -> ProtocolError | None:
-        """A ``hello`` (or a refused one: ``problem``) from a client already in the room: None
-        when it names the client's own name (its welcome was lost: it gets it again), else
-        the refusal to answer it with."""
-        if hello is not None and name_key(hello.name) == name_key(client.name):
-            return None
-        return problem or Core.already(client)
+    def in_room(client: C) -> bool:
+        """Whether ``client`` is in the room: its hello done, its session not over."""
+        return client.stage is Stage.JOINED
 
     @staticmethod
-    def already(client: C) -> AlreadyRegistered:
-        """The refusal of a ``hello`` from a client that is in the room already."""
-        return AlreadyRegistered(f"you are already registered as {client.name}")
+    def hello_again(
+        client: C, hello: Hello | None, problem: ProtocolError | None
+    ) -> Again | ProtocolError:
+        """A ``hello`` (or a refused one: ``problem``) from a client that said one already
+        (UDP, where the answer may be lost): the refusal to answer it with, or ``Again``."""
+        if client.stage in (Stage.NEW, Stage.CLAIMING):
+            return Again.UNDER_WAY
+        if hello is not None and name_key(hello.name) == name_key(client.name):
+            return Again.WELCOME
+        return problem or already_registered(client)
 
     def joined(self, client: C, how: str) -> None:
         """The log line of a good hello."""
@@ -155,13 +184,30 @@ class Core(Generic[C]):
 
 
 class Admission:
-    """Who may come in before a good ``hello``, for both transports.
+    """Who may come in before a good ``hello``: one rule for both transports.
 
-    A stranger holds a place while it has not said hello (``arrive`` ...
-    ``settle``): ``MAX_WAITING`` in all, ``max_per_address`` from one
-    address. A join then costs the server a frame to every member: joins
-    are paced by what they cost (``may_join``). Thread-safe: its own lock,
-    held for a few dictionary operations, never during I/O.
+    A stranger is whoever holds something of the server's before it is in
+    the room. It takes a place when it comes (``arrive``) and gives it back
+    once it joined or went (``settle``): ``MAX_WAITING`` in all, and
+    ``max_per_address`` from one proven address. On TCP a stranger is a
+    connection, from accept to its join: it holds a socket and a thread for
+    up to --hello-timeout, so one host opening connections in a loop must
+    not take the newcomers' places. UDP has no connection before a
+    ``hello``: a stranger is a session filed for a hello, from then until
+    the room acted on it (it holds a session, a place in the hellos' queue
+    and, on a shared room, a claim's round trip to Redis). Its address is
+    not proven, so it has no share of one (``host`` None): a share per
+    address would let anyone shut an address out by forging its hellos,
+    and the place is held only while the room acts, not for a timeout, so
+    no host can hoard places; many clients behind one address (thousands on
+    loopback) say hello at once.
+
+    A join then costs the server its sends (``JOIN_RATE``): joins are paced
+    by what they cost (``may_join``). Past either bound, a TCP stranger is
+    told ``server_full`` and closed; a UDP hello is dropped unanswered (its
+    client says hello again a second later, and no answer goes to an address
+    nobody proved). Thread-safe: its own lock, held for a few dictionary
+    operations, never during I/O.
     """
 
     def __init__(self, now: float, max_per_address: int = DEFAULT_MAX_WAITING_PER_ADDRESS) -> None:
@@ -171,27 +217,28 @@ class Admission:
         self._from: dict[str, int] = {}  # address: its strangers
         self._joins = TokenBucket(JOIN_RATE, JOIN_BURST, now)
 
-    def arrive(self, host: str) -> str | None:
-        """Take a stranger's place; or why there is none (the text of its ``server_full``)."""
+    def arrive(self, host: str | None) -> str | None:
+        """Take a stranger's place (``host`` None: no proven address, counted in all only); or
+        why there is none (the text of its ``server_full``)."""
         with self._lock:
-            here = self._from.get(host, 0)
+            here = 0 if host is None else self._from.get(host, 0)
             if here >= self.max_per_address:
                 return "too many connections from your address have yet to say hello"
             if self._waiting >= MAX_WAITING:
-                return "the server is busy, try again later"
+                return BUSY
             self._waiting += 1
-            self._from[host] = here + 1
+            if host is not None:
+                self._from[host] = here + 1
             return None
 
-    def settle(self, host: str) -> None:
+    def settle(self, host: str | None) -> None:
         """A stranger joined, or went: its place is free."""
         with self._lock:
             self._waiting -= 1
-            left = self._from.pop(host) - 1
-            if left:
+            if host is not None and (left := self._from.pop(host) - 1):
                 self._from[host] = left
 
-    def may_join(self, now: float, members: int) -> bool:
-        """Whether a join into a room of ``members`` fits the budget now."""
+    def may_join(self, now: float, sends: int) -> bool:
+        """Whether a join that costs the server ``sends`` fits the budget now."""
         with self._lock:
-            return self._joins.allow(now, members + 1)
+            return self._joins.allow(now, sends)
