@@ -26,6 +26,7 @@ import redis
 
 from benchmarks.runcluster import free_port
 from common.protocol.codec import Msg
+from common.room import redisroom
 from common.room.redisroom import RedisBackplane
 from common.room.room import Entry, Member, Room
 from tests.conftest import ROOT, WAIT, JsonClient, RedisServer, ServerProcess
@@ -428,6 +429,51 @@ def test_a_server_s_own_events_come_back_as_the_entries_it_made(
                 m.line[:-2] + f',"id":"{i}"}}\n'.encode() for m, i in zip(made, ids, strict=True)
             ]
         )
+    finally:
+        room.close()
+
+
+def test_a_trickle_of_messages_costs_a_call_per_rest_not_a_call_per_message(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages published one at a time, closer together than the publisher's and the reader's
+    rests, go to Redis and come back in shared calls: the publisher's calls begin at least
+    PUBLISH_REST apart and the reader's reads end at least READ_REST apart, however the
+    machine is loaded; all arrive, in order."""
+    backplane = RedisBackplane(redis_server.url, "trickle", history=10, lease=10)
+    room: Room[Member] = Room(max_users=10, backplane=backplane)
+    calls: list[int] = []
+    reads: list[int] = []
+    send_batch, receive = backplane._send_batch, room.receive
+
+    def counted_send(wire: Any, batch: list[Any]) -> None:
+        calls.append(len(batch))
+        send_batch(wire, batch)
+
+    def counted_receive(entries: list[Any]) -> None:
+        reads.append(len(entries))
+        receive(entries)
+
+    monkeypatch.setattr(backplane, "_send_batch", counted_send)
+    monkeypatch.setattr(room, "receive", counted_receive)
+    try:
+        made = [Entry.checked(Msg(sender="alice", text=f"m{i}", ts=i)) for i in range(60)]
+        began = time.monotonic()
+        for entry in made:
+            with room.lock:
+                backplane.publish(entry)
+            time.sleep(0.0005)
+        deadline = time.monotonic() + WAIT
+        while room.log_size() < len(made):
+            assert time.monotonic() < deadline, "the events never came back"
+            time.sleep(0.005)
+        took = time.monotonic() - began
+        with room.lock:
+            back = room._slice(0, len(made))
+        assert [e.message.text for e in back] == [f"m{i}" for i in range(60)]  # type: ignore[union-attr]
+        assert sum(calls) == len(made) and sum(reads) == len(made)
+        assert len(calls) <= took / redisroom.PUBLISH_REST + 1, (calls, took)
+        assert len([n for n in reads if n]) <= took / redisroom.READ_REST + 1, (reads, took)
     finally:
         room.close()
 
