@@ -38,10 +38,12 @@ Threads, each named and owned by this backplane, stopped by ``close``:
   to the room, in stream order: the server's own words reach its users only
   this way, so every server delivers one sequence.
 
-These two send one command a message when the room is not busy, so each has
-a connection of its own (``Wire``) on which a command is packed, sent and
-read back with nothing else: redis-py's per-call machinery (its pool, its
-hooks, its reply callbacks) costs about twice the CPU of the round trip.
+What these two cost is the call, not the event, so each rests between two
+calls (``PUBLISH_REST``, ``READ_REST``) and the next call carries all that
+came meanwhile. Each has a connection of its own (``Wire``) on which a
+command is packed, sent and read back with nothing else: redis-py's per-call
+machinery (its pool, its hooks, its reply callbacks) costs about twice the
+CPU of the round trip.
 * ``redis-lease`` renews this server's lease every quarter lease and takes
   out the servers whose lease ended: their users leave (``disconnected``)
   and their names are free. It does not take anyone out for one lease after
@@ -543,18 +545,14 @@ class RedisBackplane:
             wire.call("EVAL", PUBLISH, 3, *keys, self.server, self._maxlen, *parts)
 
     def _publish_all(self, wire: Wire) -> None:
-        last = 0.0  # when the last call began
         while True:
             with self._outbox_changed:
                 while not self._outbox and self.link in _OPEN:
                     self._outbox_changed.wait()
                 if self.link is Link.STOPPED:
                     return
-            if (rest := last + PUBLISH_REST - time.monotonic()) > 0:
-                time.sleep(rest)  # what is published meanwhile goes in this call
-            with self._outbox_changed:
                 batch = list(itertools.islice(self._outbox, PUBLISH_BATCH))
-            last = time.monotonic()
+            began = time.monotonic()
             try:
                 if batch:
                     self._send_batch(wire, batch)
@@ -568,6 +566,8 @@ class RedisBackplane:
             with self._outbox_changed:
                 for _ in batch:
                     self._outbox.popleft()
+            if (rest := began + PUBLISH_REST - time.monotonic()) > 0:
+                time.sleep(rest)  # what is published meanwhile goes in the next call
 
     def _run_reader(self) -> None:
         """Follow the stream from the last entry read; hand each batch to the room in order."""
