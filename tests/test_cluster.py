@@ -25,11 +25,11 @@ import pytest
 import redis
 
 from benchmarks.runcluster import free_port
-from common.protocol.codec import Msg
+from common.protocol.codec import Msg, Unavailable
 from common.room import redisroom
 from common.room.redisroom import RedisBackplane
 from common.room.room import Entry, Member, Room
-from tests.conftest import ROOT, WAIT, JsonClient, RedisServer, ServerProcess
+from tests.conftest import ROOT, WAIT, JsonClient, RedisServer, ServerProcess, wait_until
 from tests.test_udp_server import UdpPeer
 
 Start = Callable[..., ServerProcess]
@@ -431,6 +431,43 @@ def test_a_server_s_own_events_come_back_as_the_entries_it_made(
         )
     finally:
         room.close()
+
+
+def test_the_link_is_lost_and_regained_in_one_life_cycle(redis_server: RedisServer) -> None:
+    """Redis stopped: the link is LOST, the room refuses what needs it and no name is given
+    out. Started again: the link is READY (through REGAINING or not, whichever thread reaches
+    Redis first), names are given out again once the hold after Redis's start is over, and a
+    clean close ends it STOPPED."""
+    Link = redisroom.Link
+    backplane = RedisBackplane(redis_server.url, "link", history=10, lease=1)
+
+    def link() -> redisroom.Link:  # read afresh each time: the threads move it
+        return backplane.link
+
+    assert link() is Link.CONNECTING and not backplane.ready
+    room: Room[Member] = Room(max_users=10, backplane=backplane)
+    try:
+        assert link() is Link.READY and backplane.ready
+        assert backplane.claim("alice", None)
+        redis_server.stop()
+        assert wait_until(lambda: link() is Link.LOST, WAIT)
+        assert not backplane.ready
+        with pytest.raises(Unavailable):
+            backplane.claim("bob", None)
+        redis_server.start()
+        assert wait_until(lambda: link() is Link.READY, WAIT)
+        assert backplane.ready
+
+        def claimed() -> bool:
+            try:
+                return backplane.claim("bob", None)
+            except Unavailable:  # the hold after Redis started, or the lease not renewed yet
+                return False
+
+        assert wait_until(claimed, WAIT)
+    finally:
+        room.close()
+    assert link() is Link.STOPPED
 
 
 def test_a_trickle_of_messages_costs_a_call_per_rest_not_a_call_per_message(
