@@ -7,6 +7,7 @@ servers with a short lease so that a dead server's users leave quickly.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -513,6 +514,24 @@ def test_a_trickle_of_messages_costs_a_call_per_rest_not_a_call_per_message(
         assert len([n for n in reads if n]) <= took / redisroom.READ_REST + 1, (reads, took)
     finally:
         room.close()
+
+
+def test_one_short_run_of_the_cluster_benchmark_prints_its_figures() -> None:
+    """``python -m benchmarks.cluster --one redis``: one run of one set-up, one JSON line."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    argv = ["--one", "redis", "--clients", "4", "--rate", "2", "--duration", "0.5"]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cluster", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=12 * WAIT,
+        check=True,
+    )
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert (figures["setup"], figures["clients"], figures["rate"]) == ("one server + Redis", 4, 2)
+    assert figures["delivered_pct"] > 0 and figures["cpu_us_per_delivery"] > 0
 
 
 # ---- --history-file -----------------------------------------------------------
