@@ -1,6 +1,10 @@
 """The room beyond one process, measured: one TCP server against two sharing a room through Redis.
 
     python -m benchmarks.cluster [--duration 5] [--json PATH]   (`make bench-cluster`)
+    python -m benchmarks.cluster --one redis [--clients 200 --rate 5 --duration 3]
+
+``--one alone|redis`` is one short run of one set-up, its figures as one JSON line: enough to
+compare two versions, or a server alone and on Redis, in turn, several times over.
 
 Three questions, each answered on this machine (its cores are shared by the servers, Redis and
 the load, so a number here is what they manage together, not what each would alone):
@@ -63,6 +67,8 @@ TARGET_SETUPS = ("one server", "one server + Redis")
 TARGET_DELIVERED_PCT = 99.0
 REPEATS = 3
 SETUPS = ("one server", "one server + Redis", "two servers + Redis")
+ONE = {"alone": SETUPS[0], "redis": SETUPS[1], "two": SETUPS[2]}
+"""The set-ups ``--one`` names."""
 REFUSED = b'"code":"rate_limited"'
 """How a refused message is told to its sender: a server past what it can carry on Redis
 refuses new messages rather than queue them (``common.room.redisroom.MAX_IN_FLIGHT``)."""
@@ -384,8 +390,16 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.cluster", description=__doc__)
     parser.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
     parser.add_argument("--json", metavar="PATH", help="also write the numbers here")
+    parser.add_argument(
+        "--one", choices=sorted(ONE), help="only one run of one set-up, printed as a JSON line"
+    )
+    parser.add_argument("--clients", type=int, default=LATENCY[0], help="with --one")
+    parser.add_argument("--rate", type=float, default=LATENCY[1], help="with --one: msg/s each")
     args = parser.parse_args(argv)
     raise_open_file_limit()
+    if args.one:
+        print(json.dumps(asdict(run_load(ONE[args.one], args.clients, args.rate, args.duration))))
+        return
     meta = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "duration_s": args.duration,

@@ -7,6 +7,7 @@ servers with a short lease so that a dead server's users leave quickly.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,8 @@ import pytest
 import redis
 
 from benchmarks.servers import free_port
-from common.protocol.codec import Msg
+from common.protocol.codec import Msg, Unavailable
+from common.room import redisroom
 from common.room.redisroom import RedisBackplane
 from common.room.room import Entry, Member, Room
 from tests.conftest import ROOT, WAIT, JsonClient, RedisServer, ServerProcess, wait_until
@@ -420,6 +422,106 @@ def test_a_server_s_own_events_come_back_as_the_entries_it_made(
         )
     finally:
         room.close()
+
+
+def test_the_link_is_lost_and_regained_in_one_life_cycle(redis_server: RedisServer) -> None:
+    """Redis stopped: the link is LOST, the room refuses what needs it and no name is given
+    out. Started again: the link is READY (through REGAINING or not, whichever thread reaches
+    Redis first), names are given out again once the hold after Redis's start is over, and a
+    clean close ends it STOPPED."""
+    Link = redisroom.Link
+    backplane = RedisBackplane(redis_server.url, "link", history=10, lease=1)
+
+    def link() -> redisroom.Link:  # read afresh each time: the threads move it
+        return backplane.link
+
+    assert link() is Link.CONNECTING and not backplane.ready
+    room: Room[Member] = Room(max_users=10, backplane=backplane)
+    try:
+        assert link() is Link.READY and backplane.ready
+        assert backplane.claim("alice", None)
+        redis_server.stop()
+        assert wait_until(lambda: link() is Link.LOST, WAIT)
+        assert not backplane.ready
+        with pytest.raises(Unavailable):
+            backplane.claim("bob", None)
+        redis_server.start()
+        assert wait_until(lambda: link() is Link.READY, WAIT)
+        assert backplane.ready
+
+        def claimed() -> bool:
+            try:
+                return backplane.claim("bob", None)
+            except Unavailable:  # the hold after Redis started, or the lease not renewed yet
+                return False
+
+        assert wait_until(claimed, WAIT)
+    finally:
+        room.close()
+    assert link() is Link.STOPPED
+
+
+def test_a_trickle_of_messages_costs_a_call_per_rest_not_a_call_per_message(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages published one at a time, closer together than the publisher's and the reader's
+    rests, go to Redis and come back in shared calls: the publisher's calls begin at least
+    PUBLISH_REST apart and the reader's reads end at least READ_REST apart, however the
+    machine is loaded; all arrive, in order."""
+    backplane = RedisBackplane(redis_server.url, "trickle", history=10, lease=10)
+    room: Room[Member] = Room(max_users=10, backplane=backplane)
+    calls: list[int] = []
+    reads: list[int] = []
+    send_batch, receive = backplane._send_batch, room.receive
+
+    def counted_send(wire: Any, batch: list[Any]) -> None:
+        calls.append(len(batch))
+        send_batch(wire, batch)
+
+    def counted_receive(entries: list[Any]) -> None:
+        reads.append(len(entries))
+        receive(entries)
+
+    monkeypatch.setattr(backplane, "_send_batch", counted_send)
+    monkeypatch.setattr(room, "receive", counted_receive)
+    try:
+        made = [Entry.checked(Msg(sender="alice", text=f"m{i}", ts=i)) for i in range(60)]
+        began = time.monotonic()
+        for entry in made:
+            with room.lock:
+                backplane.publish(entry)
+            time.sleep(0.0005)
+        deadline = time.monotonic() + WAIT
+        while room.log_size() < len(made):
+            assert time.monotonic() < deadline, "the events never came back"
+            time.sleep(0.005)
+        took = time.monotonic() - began
+        with room.lock:
+            back = room._slice(0, len(made))
+        assert [e.message.text for e in back] == [f"m{i}" for i in range(60)]  # type: ignore[union-attr]
+        assert sum(calls) == len(made) and sum(reads) == len(made)
+        assert len(calls) <= took / redisroom.PUBLISH_REST + 1, (calls, took)
+        assert len([n for n in reads if n]) <= took / redisroom.READ_REST + 1, (reads, took)
+    finally:
+        room.close()
+
+
+def test_one_short_run_of_the_cluster_benchmark_prints_its_figures() -> None:
+    """``python -m benchmarks.cluster --one redis``: one run of one set-up, one JSON line."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed")
+    argv = ["--one", "redis", "--clients", "4", "--rate", "2", "--duration", "0.5"]
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.cluster", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=12 * WAIT,
+        check=True,
+    )
+    figures = json.loads(done.stdout.splitlines()[-1])
+    assert (figures["setup"], figures["clients"], figures["rate"]) == ("one server + Redis", 4, 2)
+    assert {"delivered_pct", "refused_pct", "p99_ms", "cpu_us_per_delivery"} <= figures.keys()
 
 
 # ---- --history-file -----------------------------------------------------------

@@ -38,10 +38,12 @@ Threads, each named and owned by this backplane, stopped by ``close``:
   to the room, in stream order: the server's own words reach its users only
   this way, so every server delivers one sequence.
 
-These two send one command a message when the room is not busy, so each has
-a connection of its own (``Wire``) on which a command is packed, sent and
-read back with nothing else: redis-py's per-call machinery (its pool, its
-hooks, its reply callbacks) costs about twice the CPU of the round trip.
+What these two cost is the call, not the event, so each rests between two
+calls (``PUBLISH_REST``, ``READ_REST``) and the next call carries all that
+came meanwhile. Each has a connection of its own (``Wire``) on which a
+command is packed, sent and read back with nothing else: redis-py's per-call
+machinery (its pool, its hooks, its reply callbacks) costs about twice the
+CPU of the round trip.
 * ``redis-lease`` renews this server's lease every quarter lease and takes
   out the servers whose lease ended: their users leave (``disconnected``)
   and their names are free. It does not take anyone out for one lease after
@@ -51,7 +53,8 @@ When Redis goes away, every user is told once (an ``error``; the protocol
 has no code for it, so it is ``rate_limited`` with a text that says why)
 and what needs the shared room is refused the same way until it is back
 (``ready`` is False): the chat does not split into rooms that would each have their own
-order. The reader goes on from the last entry it read, the publisher sends
+order. Where the link stands is one ``Link``, changed in one place (``_on``) along
+``LINK_MOVES``. The reader goes on from the last entry it read, the publisher sends
 what it kept, and ``seen`` drops what had already arrived: nothing is
 delivered twice or out of order.
 
@@ -69,6 +72,7 @@ coming back are theirs again before anyone else can ask for them.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import itertools
 import logging
 import secrets
@@ -114,6 +118,15 @@ MAX_IN_FLIGHT of its own events behind, well within MIN_STREAM."""
 READ_BLOCK_MS = 500
 READ_COUNT = 1000
 PUBLISH_BATCH = 500
+PUBLISH_REST = 0.003
+READ_REST = 0.004
+"""Seconds the publisher and the reader rest between two calls that carried events, at least.
+What costs is the call (a script run, a round trip, two thread wake-ups, several handovers of
+the interpreter's lock), not the event: a call a message would cost the server and Redis
+several times what the message costs the room. Resting gathers what comes meanwhile into the
+next call (a few events at a few hundred messages a second, hundreds when busy) for a few
+milliseconds more on the way, less than the TCP writer's own rest between two passes. After a
+quiet spell the first event goes at once."""
 RETRY_SECONDS = 0.25
 CLOSE_WAIT = 2.0
 RESTART_HOLD = 2.0
@@ -234,6 +247,52 @@ whose lease ended (``disconnected``).
 """
 
 
+class Link(enum.Enum):
+    """Where this server's link to Redis stands; it changes in ``RedisBackplane._on`` only,
+    along ``LINK_MOVES``."""
+
+    CONNECTING = "connecting"  # made, the room not loaded yet
+    READY = "ready"  # the room is shared; names are given out from ``names_free_at`` on
+    LOST = "lost"  # a call failed: messages and names are refused until Redis answers again
+    REGAINING = "regaining"  # the stream is read again, messages flow; no name is given out
+    # until the lease thread has renewed (Redis may have restarted and lost the names)
+    CLOSING = "closing"  # the server stops: the publisher sends what is queued, then retires
+    STOPPED = "stopped"  # every thread ends
+
+
+class LinkEvent(enum.Enum):
+    """What happens to the link, as the threads see it."""
+
+    ATTACHED = "attached"  # the room is loaded (``attach``)
+    FAILED = "failed"  # a call to Redis failed, on any thread
+    READ = "read"  # the reader read the stream
+    RENEWED = "renewed"  # the lease thread renewed the lease after a loss
+    CLOSE = "close"  # ``close`` began
+    STOP = "stop"  # ``close`` sent what it could: the threads end
+
+
+_OPEN = (Link.CONNECTING, Link.READY, Link.LOST, Link.REGAINING)
+LINK_MOVES: dict[tuple[Link, LinkEvent], Link] = {
+    (Link.CONNECTING, LinkEvent.ATTACHED): Link.READY,
+    (Link.READY, LinkEvent.FAILED): Link.LOST,
+    (Link.REGAINING, LinkEvent.FAILED): Link.LOST,
+    (Link.LOST, LinkEvent.READ): Link.REGAINING,
+    (Link.LOST, LinkEvent.RENEWED): Link.READY,
+    (Link.REGAINING, LinkEvent.RENEWED): Link.READY,
+    **{(state, LinkEvent.CLOSE): Link.CLOSING for state in _OPEN},
+    (Link.CLOSING, LinkEvent.STOP): Link.STOPPED,
+}
+"""Every move of the link. An event not listed for a state leaves it as it is: a read or a
+renewal while ``READY``, a failure while ``LOST``, or one while closing (everyone is being
+told ``bye``: nobody is told the room cannot be reached)."""
+
+UNREACHABLE = (Link.CONNECTING, Link.LOST)
+"""States in which the room refuses what needs the shared order (``ready`` is False). Once
+closing, the server is saying ``bye``: nobody is told the room cannot be reached."""
+NO_NEW_NAMES = (Link.LOST, Link.REGAINING)
+"""States in which no name is given out: Redis may have come back without them."""
+
+
 class Wire:
     """One connection that one thread owns: a command packed, sent and its reply read, and
     nothing else. A connection lost is made again at the next call."""
@@ -263,7 +322,7 @@ class RedisBackplane:
 
     def __init__(self, url: str, room: str, *, history: int, lease: float) -> None:
         """Connect and check Redis answers; ``StartError`` if it does not."""
-        self.ready = False
+        self.link = Link.CONNECTING
         self.server = secrets.token_hex(8)
         self._url = url
         self._lease = lease
@@ -284,13 +343,12 @@ class RedisBackplane:
         self._awaited: deque[tuple[int, Entry]] = deque()
         self._me = self.server.encode()
         self._outbox_changed = threading.Condition()
-        self._state_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._closing = False
+        self._state_lock = threading.Lock()  # the link, and the names held here
+        self._stopped = threading.Event()  # set as the link is STOPPED: every wait ends
         self._room: Room[Any] | None = None
         self._last_id = b"0-0"
         self._restart_hold = min(RESTART_HOLD, lease)
-        self._settled_at = 0.0  # monotonic: no new name is claimed before it
+        self.names_free_at = 0.0  # monotonic: no new name is given out before it
         self._renew_now = threading.Event()
         self._connect(url)
         self._threads = [
@@ -349,7 +407,7 @@ class RedisBackplane:
             floor=floor,
             newest=entries[0][0].decode() if entries else None,
         )
-        self.ready = True
+        self._on(LinkEvent.ATTACHED)
         log.info("sharing the room through Redis at %s as server %s", self._url, self.server)
         for thread in self._threads:
             thread.start()
@@ -380,8 +438,26 @@ class RedisBackplane:
         """Seconds until Redis has been up ``restart_hold``: no new name is given out before."""
         uptime = int(self._redis.info("server")["uptime_in_seconds"])
         hold = max(0.0, self._restart_hold - uptime)
-        self._settled_at = time.monotonic() + hold
+        self.names_free_at = time.monotonic() + hold
         return hold
+
+    @property
+    def ready(self) -> bool:
+        """False while the shared order cannot be reached: the room refuses what needs it."""
+        return self.link not in UNREACHABLE
+
+    def _on(self, event: LinkEvent) -> tuple[Link, Link]:
+        """The one place the link changes (``LINK_MOVES``): the state before and after."""
+        with self._state_lock:
+            before = self.link
+            self.link = after = LINK_MOVES.get((before, event), before)
+        if after is Link.STOPPED:
+            self._stopped.set()
+            self._renew_now.set()
+        if after in (Link.CLOSING, Link.STOPPED):
+            with self._outbox_changed:
+                self._outbox_changed.notify()
+        return before, after
 
     def claim(self, name: str, old: str | None) -> bool:
         return self.claim_session(name, old, "")
@@ -390,7 +466,7 @@ class RedisBackplane:
         key = name_key(name)
         old_key = "" if old is None else name_key(old)
         token = self._holders.get(old_key) or f"{self.server}:{next(self._holds)}/{session}"
-        if time.monotonic() < self._settled_at:
+        if self.link in NO_NEW_NAMES or time.monotonic() < self.names_free_at:
             raise Unavailable(
                 "the room is getting its names back after a restart; try again in a moment"
             )
@@ -442,14 +518,9 @@ class RedisBackplane:
 
     def close(self) -> None:
         """Send what is queued, say ``left`` (``shutdown``) for our users, stop the threads."""
-        with self._outbox_changed:
-            self._closing = True
-            self._outbox_changed.notify()
+        self._on(LinkEvent.CLOSE)
         self._threads[0].join(CLOSE_WAIT)
-        self._stopping.set()
-        self._renew_now.set()
-        with self._outbox_changed:
-            self._outbox_changed.notify()
+        self._on(LinkEvent.STOP)
         for thread in self._threads:
             thread.join(CLOSE_WAIT)
 
@@ -476,24 +547,27 @@ class RedisBackplane:
     def _publish_all(self, wire: Wire) -> None:
         while True:
             with self._outbox_changed:
-                while not self._outbox and not self._closing and not self._stopping.is_set():
+                while not self._outbox and self.link in _OPEN:
                     self._outbox_changed.wait()
-                if self._stopping.is_set():
+                if self.link is Link.STOPPED:
                     return
                 batch = list(itertools.islice(self._outbox, PUBLISH_BATCH))
+            began = time.monotonic()
             try:
                 if batch:
                     self._send_batch(wire, batch)
-                elif self._closing:
+                else:  # closing, and all is sent
                     self._renew("retire")
                     return
             except redis.RedisError as exc:
                 self._lost(exc)
-                self._stopping.wait(RETRY_SECONDS)
+                self._stopped.wait(RETRY_SECONDS)
                 continue
             with self._outbox_changed:
                 for _ in batch:
                     self._outbox.popleft()
+            if (rest := began + PUBLISH_REST - time.monotonic()) > 0:
+                time.sleep(rest)  # what is published meanwhile goes in the next call
 
     def _run_reader(self) -> None:
         """Follow the stream from the last entry read; hand each batch to the room in order."""
@@ -505,7 +579,10 @@ class RedisBackplane:
 
     def _follow(self, wire: Wire) -> None:
         assert self._room is not None
-        while not self._stopping.is_set():
+        last = 0.0  # when the last read that brought entries ended
+        while not self._stopped.is_set():
+            if (rest := last + READ_REST - time.monotonic()) > 0:
+                time.sleep(rest)  # what is added meanwhile comes in this read
             try:
                 found = cast(
                     StreamRead | None,
@@ -516,9 +593,11 @@ class RedisBackplane:
                 )  # fmt: skip
             except redis.RedisError as exc:
                 self._lost(exc)
-                self._stopping.wait(RETRY_SECONDS)
+                self._stopped.wait(RETRY_SECONDS)
                 continue
-            self._back()
+            self._back(LinkEvent.READ)
+            if found:
+                last = time.monotonic()
             for _, entries in found or ():
                 batch: list[tuple[Entry, bool]] = []
                 for entry_id, flat in entries:
@@ -567,32 +646,33 @@ class RedisBackplane:
         self._room.taken_over(key, mine=mine)
 
     def _run_lease(self) -> None:
-        """Renew the lease; take out servers whose lease ended, after one lease of grace.
+        """Renew the lease; take out servers whose lease ended, from ``reap_from`` on: one
+        lease after this server (re)connected, so that the others have had time to renew.
 
         Woken at once when Redis is back (``_back``), so that a server whose lease Redis
         lost claims its names back before anyone else may take them.
         """
-        grace_until = time.monotonic() + self._lease
-        while not self._stopping.is_set():
+        reap_from = time.monotonic() + self._lease
+        while not self._stopped.is_set():
             self._renew_now.wait(self._lease / 4)
             self._renew_now.clear()
-            if self._stopping.is_set():
+            if self._stopped.is_set():
                 return
-            reap = time.monotonic() >= grace_until
+            regaining = self.link in NO_NEW_NAMES  # Redis was away: it may be a new one
+            reap = not regaining and time.monotonic() >= reap_from
             try:
-                relearn = self._settled_at == float("inf")  # Redis was away: it may be new
                 alive = self._renew("reap" if reap else "renew")
                 if not alive:
                     log.warning("this server's lease had ended: the others took its users out")
                     self._rejoin()
-                if relearn:
+                if regaining:
                     self._hold()
             except redis.RedisError as exc:
                 self._lost(exc)
-                grace_until = float("inf")
                 continue
-            if grace_until == float("inf"):
-                grace_until = time.monotonic() + self._lease
+            if regaining:
+                reap_from = time.monotonic() + self._lease
+                self._back(LinkEvent.RENEWED)
 
     def _renew(self, mode: str) -> bool:
         alive = self._lease_script(
@@ -627,11 +707,10 @@ class RedisBackplane:
     # ---- Redis away and back ----------------------------------------------
 
     def _lost(self, exc: Exception) -> None:
-        with self._state_lock:
-            self._settled_at = float("inf")  # until the lease thread has seen Redis again
-            if not self.ready:
-                return
-            self.ready = False
+        """A call failed: everyone is told once, when the link goes from shared to ``LOST``."""
+        before, after = self._on(LinkEvent.FAILED)
+        if after is not Link.LOST or before is Link.LOST:
+            return
         log.warning("lost Redis (%s): messages are refused until it is back", exc)
         assert self._room is not None
         self._room.tell_everyone(
@@ -641,10 +720,10 @@ class RedisBackplane:
             )
         )
 
-    def _back(self) -> None:
-        with self._state_lock:
-            if self.ready:
-                return
-            self.ready = True
-        self._renew_now.set()
-        log.warning("Redis is back: the room is shared again")
+    def _back(self, event: LinkEvent) -> None:
+        """Redis answered the reader (``READ``) or the lease thread (``RENEWED``)."""
+        before, _ = self._on(event)
+        if before is Link.LOST:
+            if event is LinkEvent.READ:  # the lease thread renews at once
+                self._renew_now.set()
+            log.warning("Redis is back: the room is shared again")

@@ -316,7 +316,9 @@ class Backplane(Protocol):
     refuses what would need it (``Unavailable``).
     """
 
-    ready: bool
+    @property
+    def ready(self) -> bool:
+        """False while the order cannot be reached."""
 
     @property
     def busy(self) -> bool:
