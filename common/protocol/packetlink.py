@@ -52,7 +52,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from common.protocol.codec import MAX_ACK_RANGES
-from common.protocol.packets import MAX_PACKET_BYTES, header
+from common.protocol.packets import MAX_PACKET_BYTES, SharedPacking, header
 from common.protocol.rangeset import RangeSet
 from common.protocol.recovery import MAX_ACK_DELAY, LossRecovery, SentPacket
 from common.protocol.reliable import HOLD_COST, MAX_BACKLOG, ReliableReceiver, SharedFrames
@@ -200,6 +200,19 @@ class PacketLink:
         self.held_bytes += sum(map(len, frames)) + HOLD_COST * count
         if self._shared is not None:
             self._shared.hold_all(frames)
+
+    def send_shared(self, packing: SharedPacking, now: float) -> list[bytes]:
+        """``queue_all`` of ``packing``'s frames, then ``datagrams``: a server's raw link with
+        nothing waiting takes its packets from the layout its sessions share (the same
+        packets, one formatting each)."""
+        if self.reliable or not self.proven or self._queue or self._shared is None:
+            self.queue_all(packing.prefixes)
+            return self.datagrams(now)
+        datagrams = packing.packets(self.recovery.next_pn, self._next_seq)
+        self._next_seq += len(packing.prefixes)
+        self.recovery.on_unrecorded_sent(len(datagrams))
+        self.packets_sent += len(datagrams)
+        return datagrams
 
     def datagrams(self, now: float) -> list[bytes]:
         """Every packet to write at ``now``, in order; runs the timers that are due."""

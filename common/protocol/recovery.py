@@ -146,6 +146,10 @@ class LossRecovery:
             self.congestion.on_sent(packet.size)
         return pn
 
+    def on_unrecorded_sent(self, count: int) -> None:
+        """``count`` packets that need no ack were sent: their pns are taken, nothing else."""
+        self.next_pn += count
+
     def on_ack(
         self, ranges: Sequence[tuple[int, int]], ack_delay: float, now: float
     ) -> AckOutcome | None:
