@@ -535,6 +535,26 @@ def test_a_shared_packing_is_what_each_raw_link_would_pack_itself(
         assert all(len(packet) <= MAX_PACKET_BYTES for packet in expected)
 
 
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 2**16)), max_size=40))
+def test_the_window_starts_at_the_oldest_frame_not_acknowledged(
+    steps: list[tuple[int, int]],
+) -> None:
+    """Whatever order packets are acked in, the window counts from the oldest frame held."""
+    link = PacketLink(reliable=True, window=8)
+    now = 0.0
+    for count, pick in steps:
+        link.queue_all([frame(seq) for seq in range(link.next_seq, link.next_seq + count)])
+        now += 0.001
+        link.datagrams(now)
+        in_flight = [p.pn for p in link.recovery.packets()]
+        if in_flight:
+            pn = in_flight[pick % len(in_flight)]
+            link.on_ack([(pn, pn)], 0, now)
+        held = [seq for seq in range(1, link.next_seq) if not link.acked(seq)]
+        assert link._window_end() == min(held, default=link.next_seq) + link.window
+
+
 def test_a_link_that_cannot_take_a_shared_packing_now_queues_its_frames() -> None:
     """Frames still waiting (an unproven address) go first; a reliable link holds them."""
     prefixes = [b'{"type":"msg","text":"%d","seq":' % i for i in range(3)]

@@ -119,6 +119,7 @@ class PacketLink:
         self._queue: deque[tuple[int, bytes]] = deque()
         self._unacked: dict[int, bytes] = {}
         self._unsent = first_seq
+        self._oldest = first_seq  # see ``_oldest_unacked``
         # Seqs of lost packets still unacknowledged: sent again before anything new.
         self._resend: dict[int, None] = {}
         self._probe = False
@@ -163,14 +164,16 @@ class PacketLink:
         """Take the frame carrying ``next_seq`` (without its ``\\n``); ``datagrams`` sends it."""
         if seq != self._next_seq:
             raise ValueError(f"expected seq {self._next_seq}, got {seq}")
-        self._next_seq += 1
         if not self.reliable:
+            self._next_seq += 1
             if len(self._queue) >= MAX_BACKLOG:
                 self.overflowed = True
                 return
             self._queue.append((seq, frame))
             return
-        if seq >= next(iter(self._unacked), seq) + self.window + MAX_BACKLOG:
+        oldest = self._oldest_unacked()
+        self._next_seq += 1
+        if seq >= oldest + self.window + MAX_BACKLOG:
             self.overflowed = True
             return
         self._unacked[seq] = frame
@@ -191,7 +194,7 @@ class PacketLink:
             self._next_seq += count
             return
         unacked = self._unacked
-        if seq + count > next(iter(unacked), seq) + self.window + MAX_BACKLOG:
+        if seq + count > self._oldest_unacked() + self.window + MAX_BACKLOG:
             for frame in frames:
                 self.queue(self._next_seq, frame)
             return
@@ -386,8 +389,17 @@ class PacketLink:
         return frame + b"\n"
 
     def _window_end(self) -> int:
-        oldest = next(iter(self._unacked), self._next_seq)
-        return oldest + self.window
+        return self._oldest_unacked() + self.window
+
+    def _oldest_unacked(self) -> int:
+        """The oldest seq not acknowledged yet (``next_seq`` if none). Kept as a mark that only
+        moves up, not as ``next(iter(_unacked))``: a dict whose oldest keys keep leaving is
+        searched from its start past every slot they left, until it next grows."""
+        oldest, unacked, end = self._oldest, self._unacked, self._next_seq
+        while oldest < end and oldest not in unacked:
+            oldest += 1
+        self._oldest = oldest
+        return oldest
 
     def close(self) -> None:
         """The session is over: let go of every frame held."""
