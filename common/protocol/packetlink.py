@@ -190,7 +190,7 @@ class PacketLink:
                 for frame in frames:
                     self.queue(self._next_seq, frame)
                 return
-            self._queue.extend(zip(range(seq, seq + count), frames, strict=True))
+            self._queue.extend(zip(range(seq, seq + count), frames, strict=False))
             self._next_seq += count
             return
         unacked = self._unacked
@@ -198,7 +198,9 @@ class PacketLink:
             for frame in frames:
                 self.queue(self._next_seq, frame)
             return
-        unacked.update(zip(range(seq, seq + count), frames, strict=True))
+        # Not strict: the range is as long as the frames, and a strict zip costs a raised
+        # StopIteration per call (more than the rest of this method).
+        unacked.update(zip(range(seq, seq + count), frames, strict=False))
         self._next_seq += count
         self.held_bytes += sum(map(len, frames)) + HOLD_COST * count
         if self._shared is not None:
