@@ -22,7 +22,13 @@ from common.protocol.codec import (
     encode,
 )
 from common.protocol.congestion import INITIAL_WINDOW, MINIMUM_WINDOW, NewReno
-from common.protocol.packetlink import ACK_TIMER_SLACK, BEHIND_FRAMES, PN_WINDOW, PacketLink
+from common.protocol.packetlink import (
+    ACK_TIMER_SLACK,
+    BEHIND_FRAMES,
+    PACKET_WINDOW,
+    PN_WINDOW,
+    PacketLink,
+)
 from common.protocol.packets import MAX_PACKET_BYTES, BadPacket, SharedPacking, header, parse
 from common.protocol.rangeset import RangeSet
 from common.protocol.recovery import (
@@ -553,6 +559,66 @@ def test_the_window_starts_at_the_oldest_frame_not_acknowledged(
             link.on_ack([(pn, pn)], 0, now)
         held = [seq for seq in range(1, link.next_seq) if not link.acked(seq)]
         assert link._window_end() == min(held, default=link.next_seq) + link.window
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    window=st.sampled_from([4, 64, PACKET_WINDOW]),
+    first_pn=st.sampled_from([0, 95, 9_990]),
+)
+def test_a_reliable_link_sends_a_shared_packing_as_it_sends_its_own_frames(
+    seed: int, window: int, first_pn: int
+) -> None:
+    """Whatever is lost, acked, owed or timed out meanwhile, a reliable link given a shared
+    packing sends the packets, byte for byte, and keeps the state it would with its frames
+    queued one pass at a time."""
+    rnd = random.Random(seed)
+
+    def stamp(prefix: bytes, seq: int) -> bytes:
+        return b"%s%d}" % (prefix, seq)
+
+    sharing, itself = (
+        PacketLink(reliable=True, shared=SharedFrames(stamp), first_seq=2, window=window)
+        for _ in "ab"
+    )
+    for link in (sharing, itself):
+        link.recovery.next_pn = first_pn
+    now = 0.0
+    for _ in range(150):
+        now += rnd.random() * 0.03
+        step = rnd.random()
+        if step < 0.5:
+            texts = [rnd.choice(["hi", "%d%%", "x" * rnd.randint(0, 1300)]) for _ in range(7)]
+            prefixes = [b'{"type":"msg","text":"%s","seq":' % t.encode() for t in texts]
+            prefixes = prefixes[: rnd.randint(0, 7)]
+            itself.queue_all(prefixes)
+            assert sharing.send_shared(SharedPacking(prefixes), now) == itself.datagrams(now)
+        elif step < 0.6:
+            assert sharing.datagrams(now) == itself.datagrams(now)
+        elif step < 0.8:
+            in_flight = [p.pn for p in itself.recovery.packets()]
+            if in_flight:
+                hi = rnd.choice(in_flight)
+                lo = rnd.choice([pn for pn in in_flight if pn <= hi])
+                delay = rnd.randint(0, 30)
+                for link in (sharing, itself):
+                    link.on_ack([(hi, lo)], delay, now)
+        else:
+            pn = rnd.randint(0, 40)
+            for link in (sharing, itself):
+                link.on_packet(pn, True, now)
+        assert (sharing.next_seq, sharing.pending, sharing.held_bytes, sharing.packets_sent) == (
+            itself.next_seq,
+            itself.pending,
+            itself.held_bytes,
+            itself.packets_sent,
+        )
+        assert sharing.next_deadline() == itself.next_deadline()
+        assert (
+            sharing.recovery.congestion.bytes_in_flight
+            == itself.recovery.congestion.bytes_in_flight
+        )
 
 
 def test_a_link_that_cannot_take_a_shared_packing_now_queues_its_frames() -> None:

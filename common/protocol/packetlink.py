@@ -207,15 +207,52 @@ class PacketLink:
             self._shared.hold_all(frames)
 
     def send_shared(self, packing: SharedPacking, now: float) -> list[bytes]:
-        """``queue_all`` of ``packing``'s frames, then ``datagrams``: a server's raw link with
-        nothing waiting takes its packets from the layout its sessions share (the same
-        packets, one formatting each)."""
-        if self.reliable or not self.proven or self._queue or self._shared is None:
+        """``queue_all`` of ``packing``'s frames, then ``datagrams``: the same packets, but
+        where a server's link has nothing else to send (no frame waiting or lost, no probe, no
+        ack owed, no timer due) they are its sessions' shared layout, one formatting each."""
+        if not self.proven or self._shared is None:
+            self.queue_all(packing.prefixes)
+            return self.datagrams(now)
+        if self.reliable:
+            return self._send_shared_reliable(packing, now)
+        if self._queue:
             self.queue_all(packing.prefixes)
             return self.datagrams(now)
         datagrams = packing.packets(self.recovery.next_pn, self._next_seq)
         self._next_seq += len(packing.prefixes)
         self.recovery.on_unrecorded_sent(len(datagrams))
+        self.packets_sent += len(datagrams)
+        return datagrams
+
+    def _send_shared_reliable(self, packing: SharedPacking, now: float) -> list[bytes]:
+        """``send_shared`` for a reliable link: the new frames packed as ``_pack_reliable``
+        packs them (a packet starts only while the congestion window has room), each packet
+        recorded in flight with its seqs."""
+        first, count = self._next_seq, len(packing.prefixes)
+        deadline = self.recovery.deadline()
+        plain = (
+            count
+            and self._unsent == first
+            and not (self._resend or self._probe or self._eliciting or self.failed)
+            and (deadline is None or now < deadline)
+            and first + count <= self._oldest_unacked() + self.window
+        )
+        self.queue_all(packing.prefixes)
+        if not plain:
+            return self.datagrams(now)
+        recovery, congestion = self.recovery, self.recovery.congestion
+        datagrams: list[bytes] = []
+        pn, seq = recovery.next_pn, first
+        for template, frames in packing.layout(pn, seq):
+            if congestion.bytes_in_flight >= congestion.window:
+                break
+            seqs = range(seq, seq + frames)
+            data = template % (pn, *seqs)
+            recovery.on_packet_sent(SentPacket(pn, now, len(data), tuple(seqs)), now)
+            datagrams.append(data)
+            pn += 1
+            seq += frames
+        self._unsent = seq
         self.packets_sent += len(datagrams)
         return datagrams
 

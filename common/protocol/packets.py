@@ -85,21 +85,25 @@ class SharedPacking:
 
     def packets(self, pn: int, seq: int) -> list[bytes]:
         """The packets of these frames, numbered from ``pn``, their seqs from ``seq``."""
-        count = len(self.prefixes)
-        pn_digits, seq_digits = len(str(pn)), len(str(seq))
-        if len(str(pn + count)) == pn_digits and len(str(seq + count - 1)) == seq_digits:
-            key = (pn_digits, seq_digits)
-            layout = self._layouts.get(key)
-            if layout is None:
-                layout = self._layouts[key] = self._layout(pn, seq)
-        else:
-            layout = self._layout(pn, seq)
         datagrams = []
-        for template, frames in layout:
+        for template, frames in self.layout(pn, seq):
             datagrams.append(template % (pn, *range(seq, seq + frames)))
             pn += 1
             seq += frames
         return datagrams
+
+    def layout(self, pn: int, seq: int) -> list[tuple[bytes, int]]:
+        """Each packet's template and how many frames it holds, numbered from ``pn`` and
+        ``seq``: a packet is its template ``%`` its pn, then its frames' seqs."""
+        count = len(self.prefixes)
+        pn_digits, seq_digits = len(str(pn)), len(str(seq))
+        if len(str(pn + count)) != pn_digits or len(str(seq + count - 1)) != seq_digits:
+            return self._layout(pn, seq)
+        key = (pn_digits, seq_digits)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = self._layout(pn, seq)
+        return layout
 
     def _layout(self, pn: int, seq: int) -> list[tuple[bytes, int]]:
         """Where each packet ends for numbers from ``pn`` and ``seq``: (template, frames)."""
