@@ -10,7 +10,9 @@ Catching up: a 1.0 session gets one datagram per frame, stamped with its
 next ``seq``; a packet session (v1.2) gets its frames queued on its
 ``PacketLink`` (``common.protocol.packetlink``), which packs them into as
 few packets as fit, one ``sendto`` each, as its congestion window allows,
-and nothing at all until the session's address is proven.
+and nothing at all until the session's address is proven. Sessions at the
+same place in the log share the packing of what they are given
+(``SharedPacking``): laid out once a pass, numbered per session.
 """
 
 from __future__ import annotations

@@ -22,6 +22,10 @@ with as many frames as fit, numbered ``0, 1, 2 ...`` and never renumbered:
   is dropped); six probe timeouts in a row set ``failed``.
 * until ``proven`` (the server's side, before the client's first packet with
   the token arrives) nothing is sent at all: frames wait in the queue.
+* ``send_shared`` queues and sends at once the frames of a ``SharedPacking``
+  (a server's pass: many sessions get the same frames): the same packets as
+  ``queue_all`` then ``datagrams``, made from the layout the sessions share
+  whenever the link has nothing else to send.
 
 Acknowledging (reliable links). ``on_packet`` records every packet number
 received in a ``RangeSet`` of at most ``MAX_ACK_RANGES`` ranges. An ack is due
