@@ -50,9 +50,11 @@ class BadPacket(Exception):
     """A datagram that is not a packet: dropped whole, unanswered."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Packet:
-    """One parsed packet: its number, the sender's token (clients only) and its frames."""
+    """One parsed packet: its number, the sender's token (clients only) and its frames.
+
+    Not frozen: one is made per packet received, and a frozen one costs twice as much."""
 
     pn: int
     session: str | None

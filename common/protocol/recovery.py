@@ -96,7 +96,7 @@ class SentPacket:
     seqs: tuple[int, ...] = field(default=())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per ack, and a frozen one costs twice
 class AckOutcome:
     """What an ack or a timer found: packets newly acknowledged, and packets lost."""
 
