@@ -22,8 +22,14 @@ from common.protocol.codec import (
     encode,
 )
 from common.protocol.congestion import INITIAL_WINDOW, MINIMUM_WINDOW, NewReno
-from common.protocol.packetlink import ACK_TIMER_SLACK, BEHIND_FRAMES, PN_WINDOW, PacketLink
-from common.protocol.packets import MAX_PACKET_BYTES, BadPacket, header, parse
+from common.protocol.packetlink import (
+    ACK_TIMER_SLACK,
+    BEHIND_FRAMES,
+    PACKET_WINDOW,
+    PN_WINDOW,
+    PacketLink,
+)
+from common.protocol.packets import MAX_PACKET_BYTES, BadPacket, SharedPacking, header, parse
 from common.protocol.rangeset import RangeSet
 from common.protocol.recovery import (
     GRANULARITY,
@@ -499,6 +505,137 @@ def test_frames_queued_at_once_are_what_they_are_queued_one_by_one(reliable: boo
             link.on_ack(ack, 0, 0.2)
         assert one.held_bytes == many.held_bytes == 0
         assert shared[0].held_bytes == shared[1].held_bytes == 0
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    texts=st.lists(st.text(alphabet="ab%d ", max_size=1300), max_size=40),
+    first_pn=st.sampled_from([0, 7, 95, 99, 990, 9_999, 123_456]),
+    first_seq=st.sampled_from([2, 9, 97, 998, 99_999]),
+    sessions=st.integers(1, 3),
+)
+def test_a_shared_packing_is_what_each_raw_link_would_pack_itself(
+    texts: list[str], first_pn: int, first_seq: int, sessions: int
+) -> None:
+    """The same packets, byte for byte, whatever the digits of the numbers, and a ``%`` in a
+    frame's text is only text; every session that shares it gets its own numbers."""
+    prefixes = [
+        json.dumps({"type": "msg", "text": text}).encode()[:-1] + b',"seq":' for text in texts
+    ]
+    packing = SharedPacking(prefixes)
+    for n in range(sessions):
+        pn, seq = first_pn + 3 * n, first_seq + n
+        shared, alone = (SharedFrames(lambda prefix, s: b"%s%d}" % (prefix, s)) for _ in "ab")
+        sharing = PacketLink(reliable=False, shared=shared, first_seq=seq)
+        itself = PacketLink(reliable=False, shared=alone, first_seq=seq)
+        for link in (sharing, itself):
+            link.recovery.next_pn = pn
+        itself.queue_all(prefixes)
+        expected = itself.datagrams(0.0)
+        assert sharing.send_shared(packing, 0.0) == expected
+        assert (sharing.next_seq, sharing.recovery.next_pn, sharing.packets_sent) == (
+            itself.next_seq,
+            itself.recovery.next_pn,
+            itself.packets_sent,
+        )
+        assert all(len(packet) <= MAX_PACKET_BYTES for packet in expected)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 12), st.integers(0, 2**16)), max_size=40))
+def test_the_window_starts_at_the_oldest_frame_not_acknowledged(
+    steps: list[tuple[int, int]],
+) -> None:
+    """Whatever order packets are acked in, the window counts from the oldest frame held."""
+    link = PacketLink(reliable=True, window=8)
+    now = 0.0
+    for count, pick in steps:
+        link.queue_all([frame(seq) for seq in range(link.next_seq, link.next_seq + count)])
+        now += 0.001
+        link.datagrams(now)
+        in_flight = [p.pn for p in link.recovery.packets()]
+        if in_flight:
+            pn = in_flight[pick % len(in_flight)]
+            link.on_ack([(pn, pn)], 0, now)
+        held = [seq for seq in range(1, link.next_seq) if not link.acked(seq)]
+        assert link._window_end() == min(held, default=link.next_seq) + link.window
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    window=st.sampled_from([4, 64, PACKET_WINDOW]),
+    first_pn=st.sampled_from([0, 95, 9_990]),
+)
+def test_a_reliable_link_sends_a_shared_packing_as_it_sends_its_own_frames(
+    seed: int, window: int, first_pn: int
+) -> None:
+    """Whatever is lost, acked, owed or timed out meanwhile, a reliable link given a shared
+    packing sends the packets, byte for byte, and keeps the state it would with its frames
+    queued one pass at a time."""
+    rnd = random.Random(seed)
+
+    def stamp(prefix: bytes, seq: int) -> bytes:
+        return b"%s%d}" % (prefix, seq)
+
+    sharing, itself = (
+        PacketLink(reliable=True, shared=SharedFrames(stamp), first_seq=2, window=window)
+        for _ in "ab"
+    )
+    for link in (sharing, itself):
+        link.recovery.next_pn = first_pn
+    now = 0.0
+    for _ in range(150):
+        now += rnd.random() * 0.03
+        step = rnd.random()
+        if step < 0.5:
+            texts = [rnd.choice(["hi", "%d%%", "x" * rnd.randint(0, 1300)]) for _ in range(7)]
+            prefixes = [b'{"type":"msg","text":"%s","seq":' % t.encode() for t in texts]
+            prefixes = prefixes[: rnd.randint(0, 7)]
+            itself.queue_all(prefixes)
+            assert sharing.send_shared(SharedPacking(prefixes), now) == itself.datagrams(now)
+        elif step < 0.6:
+            assert sharing.datagrams(now) == itself.datagrams(now)
+        elif step < 0.8:
+            in_flight = [p.pn for p in itself.recovery.packets()]
+            if in_flight:
+                hi = rnd.choice(in_flight)
+                lo = rnd.choice([pn for pn in in_flight if pn <= hi])
+                delay = rnd.randint(0, 30)
+                for link in (sharing, itself):
+                    link.on_ack([(hi, lo)], delay, now)
+        else:
+            pn = rnd.randint(0, 40)
+            for link in (sharing, itself):
+                link.on_packet(pn, True, now)
+        assert (sharing.next_seq, sharing.pending, sharing.held_bytes, sharing.packets_sent) == (
+            itself.next_seq,
+            itself.pending,
+            itself.held_bytes,
+            itself.packets_sent,
+        )
+        assert sharing.next_deadline() == itself.next_deadline()
+        assert (
+            sharing.recovery.congestion.bytes_in_flight
+            == itself.recovery.congestion.bytes_in_flight
+        )
+
+
+def test_a_link_that_cannot_take_a_shared_packing_now_queues_its_frames() -> None:
+    """Frames still waiting (an unproven address) go first; a reliable link holds them."""
+    prefixes = [b'{"type":"msg","text":"%d","seq":' % i for i in range(3)]
+
+    def stamp(prefix: bytes, seq: int) -> bytes:
+        return b"%s%d}" % (prefix, seq)
+
+    waiting = PacketLink(reliable=False, proven=False, shared=SharedFrames(stamp), first_seq=2)
+    assert waiting.send_shared(SharedPacking(prefixes[:1]), 0.0) == []
+    waiting.on_packet(0, True, 0.0)
+    packets = waiting.send_shared(SharedPacking(prefixes[1:]), 0.0)
+    assert [parse(p).frames for p in packets] == [[stamp(f, s) for s, f in enumerate(prefixes, 2)]]
+    reliable = PacketLink(reliable=True, shared=SharedFrames(stamp), first_seq=2)
+    assert len(reliable.send_shared(SharedPacking(prefixes), 0.0)) == 1
+    assert reliable.pending == 3
 
 
 def test_frames_queued_at_once_past_the_backlog_overflow_as_one_by_one() -> None:

@@ -209,6 +209,48 @@ def test_packets_pack_frames_and_stay_within_size(start_server: Start, peers: Pe
     assert texts == [f"t{i}" * 40 for i in range(30)]
 
 
+def test_sessions_given_the_same_frames_get_the_same_packets_each_numbered_its_own(
+    start_server: Start, peers: Peers
+) -> None:
+    """Readers at different seqs and packet numbers, caught up in the same pass: the same
+    frames for each, ``%`` and all, under their own consecutive seqs and pns."""
+    server = start_server("udp.server", "--rate-limit", "0", "--coalesce-ms", "200")
+    readers = [peers(server.address) for _ in range(3)]
+    for n, reader in enumerate(readers):
+        reader.hello(f"reader{n}", reliable=False)
+        for _ in range(n + 1):  # every reader at its own pn and seq (digits: 1 and 2)
+            reader.packet(*[{"type": "ping"}] * (4 * n + 1))
+            pongs = 0
+            while pongs < 4 * n + 1:
+                pongs += len([f for f in reader.until("pong") if f["type"] == "pong"])
+    talker = peers(server.address)
+    talker.hello("talker", reliable=False)
+    talker.packet({"type": "ping"})
+    said = [f"%d %s 100% {i}" + "t" * (i * 7) for i in range(40)]
+    for start in range(0, 40, 10):
+        talker.packet(*({"type": "say", "text": text} for text in said[start : start + 10]))
+    streams: list[bytes] = []
+    firsts: list[tuple[int, int]] = []
+    for reader in readers:
+        pns: list[int] = []
+        frames: list[dict[str, Any]] = []
+        while len([f for f in frames if f["type"] == "msg"]) < 40:
+            data = reader.datagram()
+            assert data is not None and len(data) <= MAX_PACKET_BYTES
+            packet = parse(data)
+            pns.append(packet.pn)
+            frames += [json.loads(line) for line in packet.frames]
+        msgs = [f for f in frames if f["type"] == "msg" and f["from"] == "talker"]
+        assert [m["text"] for m in msgs] == said
+        seqs = [f["seq"] for f in frames]
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+        assert pns == list(range(pns[0], pns[0] + len(pns)))
+        streams.append(json.dumps([{**m, "seq": 0} for m in msgs]).encode())
+        firsts.append((msgs[0]["seq"], pns[0]))
+    assert len(set(firsts)) == 3, firsts
+    assert streams[0] == streams[1] == streams[2]
+
+
 def test_frames_said_apart_gather_in_one_packet_within_the_coalescing_rest(
     start_server: Start, peers: Peers
 ) -> None:

@@ -10,7 +10,9 @@ Catching up: a 1.0 session gets one datagram per frame, stamped with its
 next ``seq``; a packet session (v1.2) gets its frames queued on its
 ``PacketLink`` (``common.protocol.packetlink``), which packs them into as
 few packets as fit, one ``sendto`` each, as its congestion window allows,
-and nothing at all until the session's address is proven.
+and nothing at all until the session's address is proven. Sessions at the
+same place in the log share the packing of what they are given
+(``SharedPacking``): laid out once a pass, numbered per session.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 
 from common.protocol.codec import Welcome
+from common.protocol.packets import SharedPacking
 from common.protocol.reliable import SharedFrames
 from common.room.room import Entry, Stage
 from common.server.core import Core
@@ -68,6 +71,8 @@ class Registry:
         # Packet sessions the room has news for, waiting for their next catch-up (``flush``).
         self.deferred: dict[Session, None] = {}
         self.packets_due = -math.inf
+        # The packings of one flush, by the entries they pack (see ``_queue_packets``).
+        self._packings: dict[tuple[int, ...], tuple[list[Entry], SharedPacking]] = {}
 
     def current(self, session: Session) -> bool:
         """Whether ``session`` is still the one at its address (it may have ended meanwhile)."""
@@ -101,6 +106,7 @@ class Registry:
         does not wait).
         """
         self._forget_taken()
+        self._packings.clear()
         packets_due = at_once or now >= self.packets_due
         started = time.monotonic()
         deferred, self.deferred = (self.deferred, {}) if packets_due else ({}, self.deferred)
@@ -113,6 +119,7 @@ class Registry:
                     continue
                 caught = self._catch_up(member, now) or caught
             self.bound_held()
+        self._packings.clear()
         if caught:
             self.packets_due = started + max(self.coalesce, time.monotonic() - started)
 
@@ -158,30 +165,47 @@ class Registry:
 
         The welcome goes alone as in 1.0, within the hello's budget: the
         address is not proven yet, and the link sends nothing until it is.
+        Sessions at the same place in the log (every member of a busy room,
+        in a pass) share one ``SharedPacking`` of the same entries, made by
+        the first of them in the pass (``_packings``).
         """
         link = session.link
         assert link is not None
-        frames: list[bytes] = []
-        for entry in entries:
-            if isinstance(entry.message, Welcome):
-                session.welcome = stamp(session.prefix(entry), 1)
-                session.sent += 1
-                self.write(session.welcome, session.address)
-            else:
-                frames.append(entry.cache or session.prefix(entry))
-        link.queue_all(frames)
-        self.send_link(session, now)
+        key = tuple(map(id, entries))
+        shared = self._packings.get(key)
+        if shared is None:
+            frames: list[bytes] = []
+            for entry in entries:
+                if isinstance(entry.message, Welcome):
+                    session.welcome = stamp(session.prefix(entry), 1)
+                    session.sent += 1
+                    self.write(session.welcome, session.address)
+                else:
+                    frames.append(entry.cache or session.prefix(entry))
+            if len(frames) < len(entries):  # a welcome is the session's own
+                link.queue_all(frames)
+                self.send_link(session, now)
+                return
+            # The entries are kept with it: no id in the key is reused while it is.
+            shared = self._packings[key] = (entries, SharedPacking(frames))
+        self.send_link(session, now, shared[1])
 
-    def send_link(self, session: Session, now: float) -> None:
-        """Write what a packet session's link has to send; watch its timers from now on."""
+    def send_link(self, session: Session, now: float, packing: SharedPacking | None = None) -> None:
+        """Write what a packet session's link has to send (``packing``'s frames first queued);
+        watch its timers from now on."""
         link = session.link
         assert link is not None
         if not self.current(session):
             return
-        datagrams = link.datagrams(now)
+        datagrams = link.datagrams(now) if packing is None else link.send_shared(packing, now)
         session.sent += len(datagrams)
+        sendto, address = self.sock.sendto, session.address
         for datagram in datagrams:
-            self.write(datagram, session.address)
+            try:
+                sendto(datagram, address)
+            except OSError as exc:
+                self.dropped["send_failed"] += 1
+                log.debug("send to %s:%d failed: %s", address[0], address[1], exc)
         if link.failed:
             self.end(session, "timeout")
         elif link.overflowed:

@@ -22,6 +22,10 @@ with as many frames as fit, numbered ``0, 1, 2 ...`` and never renumbered:
   is dropped); six probe timeouts in a row set ``failed``.
 * until ``proven`` (the server's side, before the client's first packet with
   the token arrives) nothing is sent at all: frames wait in the queue.
+* ``send_shared`` queues and sends at once the frames of a ``SharedPacking``
+  (a server's pass: many sessions get the same frames): the same packets as
+  ``queue_all`` then ``datagrams``, made from the layout the sessions share
+  whenever the link has nothing else to send.
 
 Acknowledging (reliable links). ``on_packet`` records every packet number
 received in a ``RangeSet`` of at most ``MAX_ACK_RANGES`` ranges. An ack is due
@@ -52,7 +56,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 
 from common.protocol.codec import MAX_ACK_RANGES
-from common.protocol.packets import MAX_PACKET_BYTES, header
+from common.protocol.packets import MAX_PACKET_BYTES, SharedPacking, header
 from common.protocol.rangeset import RangeSet
 from common.protocol.recovery import MAX_ACK_DELAY, LossRecovery, SentPacket
 from common.protocol.reliable import HOLD_COST, MAX_BACKLOG, ReliableReceiver, SharedFrames
@@ -119,6 +123,7 @@ class PacketLink:
         self._queue: deque[tuple[int, bytes]] = deque()
         self._unacked: dict[int, bytes] = {}
         self._unsent = first_seq
+        self._oldest = first_seq  # see ``_oldest_unacked``
         # Seqs of lost packets still unacknowledged: sent again before anything new.
         self._resend: dict[int, None] = {}
         self._probe = False
@@ -163,14 +168,16 @@ class PacketLink:
         """Take the frame carrying ``next_seq`` (without its ``\\n``); ``datagrams`` sends it."""
         if seq != self._next_seq:
             raise ValueError(f"expected seq {self._next_seq}, got {seq}")
-        self._next_seq += 1
         if not self.reliable:
+            self._next_seq += 1
             if len(self._queue) >= MAX_BACKLOG:
                 self.overflowed = True
                 return
             self._queue.append((seq, frame))
             return
-        if seq >= next(iter(self._unacked), seq) + self.window + MAX_BACKLOG:
+        oldest = self._oldest_unacked()
+        self._next_seq += 1
+        if seq >= oldest + self.window + MAX_BACKLOG:
             self.overflowed = True
             return
         self._unacked[seq] = frame
@@ -187,19 +194,71 @@ class PacketLink:
                 for frame in frames:
                     self.queue(self._next_seq, frame)
                 return
-            self._queue.extend(zip(range(seq, seq + count), frames, strict=True))
+            self._queue.extend(zip(range(seq, seq + count), frames, strict=False))
             self._next_seq += count
             return
         unacked = self._unacked
-        if seq + count > next(iter(unacked), seq) + self.window + MAX_BACKLOG:
+        if seq + count > self._oldest_unacked() + self.window + MAX_BACKLOG:
             for frame in frames:
                 self.queue(self._next_seq, frame)
             return
-        unacked.update(zip(range(seq, seq + count), frames, strict=True))
+        # Not strict: the range is as long as the frames, and a strict zip costs a raised
+        # StopIteration per call (more than the rest of this method).
+        unacked.update(zip(range(seq, seq + count), frames, strict=False))
         self._next_seq += count
         self.held_bytes += sum(map(len, frames)) + HOLD_COST * count
         if self._shared is not None:
             self._shared.hold_all(frames)
+
+    def send_shared(self, packing: SharedPacking, now: float) -> list[bytes]:
+        """``queue_all`` of ``packing``'s frames, then ``datagrams``: the same packets, but
+        where a server's link has nothing else to send (no frame waiting or lost, no probe, no
+        ack owed, no timer due) they are its sessions' shared layout, one formatting each."""
+        if not self.proven or self._shared is None:
+            self.queue_all(packing.prefixes)
+            return self.datagrams(now)
+        if self.reliable:
+            return self._send_shared_reliable(packing, now)
+        if self._queue:
+            self.queue_all(packing.prefixes)
+            return self.datagrams(now)
+        datagrams = packing.packets(self.recovery.next_pn, self._next_seq)
+        self._next_seq += len(packing.prefixes)
+        self.recovery.on_unrecorded_sent(len(datagrams))
+        self.packets_sent += len(datagrams)
+        return datagrams
+
+    def _send_shared_reliable(self, packing: SharedPacking, now: float) -> list[bytes]:
+        """``send_shared`` for a reliable link: the new frames packed as ``_pack_reliable``
+        packs them (a packet starts only while the congestion window has room), each packet
+        recorded in flight with its seqs."""
+        first, count = self._next_seq, len(packing.prefixes)
+        deadline = self.recovery.deadline()
+        plain = (
+            count
+            and self._unsent == first
+            and not (self._resend or self._probe or self._eliciting or self.failed)
+            and (deadline is None or now < deadline)
+            and first + count <= self._oldest_unacked() + self.window
+        )
+        self.queue_all(packing.prefixes)
+        if not plain:
+            return self.datagrams(now)
+        recovery, congestion = self.recovery, self.recovery.congestion
+        datagrams: list[bytes] = []
+        pn, seq = recovery.next_pn, first
+        for template, frames in packing.layout(pn, seq):
+            if congestion.bytes_in_flight >= congestion.window:
+                break
+            seqs = range(seq, seq + frames)
+            data = template % (pn, *seqs)
+            recovery.on_packet_sent(SentPacket(pn, now, len(data), tuple(seqs)), now)
+            datagrams.append(data)
+            pn += 1
+            seq += frames
+        self._unsent = seq
+        self.packets_sent += len(datagrams)
+        return datagrams
 
     def datagrams(self, now: float) -> list[bytes]:
         """Every packet to write at ``now``, in order; runs the timers that are due."""
@@ -373,8 +432,17 @@ class PacketLink:
         return frame + b"\n"
 
     def _window_end(self) -> int:
-        oldest = next(iter(self._unacked), self._next_seq)
-        return oldest + self.window
+        return self._oldest_unacked() + self.window
+
+    def _oldest_unacked(self) -> int:
+        """The oldest seq not acknowledged yet (``next_seq`` if none). Kept as a mark that only
+        moves up, not as ``next(iter(_unacked))``: a dict whose oldest keys keep leaving is
+        searched from its start past every slot they left, until it next grows."""
+        oldest, unacked, end = self._oldest, self._unacked, self._next_seq
+        while oldest < end and oldest not in unacked:
+            oldest += 1
+        self._oldest = oldest
+        return oldest
 
     def close(self) -> None:
         """The session is over: let go of every frame held."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +50,11 @@ class BadPacket(Exception):
     """A datagram that is not a packet: dropped whole, unanswered."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Packet:
-    """One parsed packet: its number, the sender's token (clients only) and its frames."""
+    """One parsed packet: its number, the sender's token (clients only) and its frames.
+
+    Not frozen: one is made per packet received, and a frozen one costs twice as much."""
 
     pn: int
     session: str | None
@@ -63,6 +66,67 @@ def header(pn: int, session: str | None = None) -> bytes:
     if session is None:
         return b'{"pn":%d}\n' % pn
     return b'{"pn":%d,"session":"%s"}\n' % (pn, session.encode("ascii"))
+
+
+class SharedPacking:
+    """The same frames packed for many sessions of a server: built once, numbered per session.
+
+    ``prefixes`` are frames cut just before their ``seq``'s digits (``"...,\"seq\":"``). The
+    packets are laid out once as ``%``-templates, a header and every frame's line with their
+    numbers left out, and ``packets(pn, seq)`` fills in one session's packet numbers and seqs:
+    one formatting per packet, whatever it carries. Where a packet ends depends on how many
+    digits its numbers have, so a layout is kept per count of digits (and made afresh where
+    they change within the packets); it is the one ``PacketLink`` would pack, packet for packet.
+    """
+
+    __slots__ = ("_layouts", "prefixes")
+
+    def __init__(self, prefixes: Sequence[bytes]) -> None:
+        self.prefixes = prefixes
+        self._layouts: dict[tuple[int, int], list[tuple[bytes, int]]] = {}
+
+    def packets(self, pn: int, seq: int) -> list[bytes]:
+        """The packets of these frames, numbered from ``pn``, their seqs from ``seq``."""
+        datagrams = []
+        for template, frames in self.layout(pn, seq):
+            datagrams.append(template % (pn, *range(seq, seq + frames)))
+            pn += 1
+            seq += frames
+        return datagrams
+
+    def layout(self, pn: int, seq: int) -> list[tuple[bytes, int]]:
+        """Each packet's template and how many frames it holds, numbered from ``pn`` and
+        ``seq``: a packet is its template ``%`` its pn, then its frames' seqs."""
+        count = len(self.prefixes)
+        pn_digits, seq_digits = len(str(pn)), len(str(seq))
+        if len(str(pn + count)) != pn_digits or len(str(seq + count - 1)) != seq_digits:
+            return self._layout(pn, seq)
+        key = (pn_digits, seq_digits)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = self._layout(pn, seq)
+        return layout
+
+    def _layout(self, pn: int, seq: int) -> list[tuple[bytes, int]]:
+        """Where each packet ends for numbers from ``pn`` and ``seq``: (template, frames)."""
+        layout: list[tuple[bytes, int]] = []
+        parts: list[bytes] = []
+        size = 0
+        for prefix in self.prefixes:
+            line = len(prefix) + len(str(seq)) + 2  # its digits, "}" and "\n"
+            if parts and size + line > MAX_PACKET_BYTES:
+                layout.append((b"".join(parts), len(parts) - 1))
+                parts = []
+                pn += 1
+            if not parts:
+                parts.append(b'{"pn":%d}\n')
+                size = len(header(pn))
+            parts.append(prefix.replace(b"%", b"%%") + b"%d}\n")
+            size += line
+            seq += 1
+        if parts:
+            layout.append((b"".join(parts), len(parts) - 1))
+        return layout
 
 
 def parse(data: bytes) -> Packet:

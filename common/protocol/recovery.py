@@ -96,7 +96,7 @@ class SentPacket:
     seqs: tuple[int, ...] = field(default=())
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per ack, and a frozen one costs twice
 class AckOutcome:
     """What an ack or a timer found: packets newly acknowledged, and packets lost."""
 
@@ -145,6 +145,10 @@ class LossRecovery:
             self._last_eliciting_sent = now
             self.congestion.on_sent(packet.size)
         return pn
+
+    def on_unrecorded_sent(self, count: int) -> None:
+        """``count`` packets that need no ack were sent: their pns are taken, nothing else."""
+        self.next_pn += count
 
     def on_ack(
         self, ranges: Sequence[tuple[int, int]], ack_delay: float, now: float
