@@ -10,9 +10,12 @@ left to do. The writer is paused by hand where a test needs it behind.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import re
 import socket
+import struct
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from common.protocol.limits import Limits
-from tcp.connection import Connection
+from tcp.connection import SNDBUF_BYTES, Connection
 from tcp.server import BACKLOG_SHARE, ChatServer
 from tests.conftest import WAIT, JsonClient, ServerProcess, wait_until
 
@@ -164,9 +167,10 @@ def test_a_client_past_half_its_outbox_is_kept_and_holds_nobody_back(
 
 
 def test_history_answers_are_built_as_fast_as_they_are_taken(start_server: Start) -> None:
-    """Clients that never read ask for history 50 times each (about 5 MB of answers each): the
-    server's memory barely moves (what their sockets do not take is not built), and everyone
-    else is answered at once."""
+    """Clients that never read ask for history 50 times each (about 5 MB of answers each, past
+    --max-outbox: once their socket refuses bytes they are dropped as too slow): the server's
+    memory barely moves (what their sockets do not take is not built), and everyone else is
+    answered at once."""
     server = start_server("tcp.server", "--rate-limit", "0", "--history", "100")
     filler = JsonClient(server.address, "filler")
     for n in range(100):
@@ -186,10 +190,14 @@ def test_history_answers_are_built_as_fast_as_they_are_taken(start_server: Start
         sock.sendall(b'{"type":"hello","name":"nr%d"}\n' % n + asks + done)
         readers.append(sock)
     try:
-        finished = 0
-        while finished < 40:  # every request was handled
+        finished: set[object] = set()
+        while len(finished) < 40:  # every request was handled, or its client dropped
             frame = observer.recv(6 * WAIT)
-            finished += frame["type"] == "msg" and frame["text"].startswith("done ")
+            if frame["type"] == "msg" and str(frame["text"]).startswith("done "):
+                finished.add(f"nr{str(frame['text']).split()[1]}")
+            elif frame["type"] == "left":
+                assert frame["reason"] == "too_slow", frame
+                finished.add(frame["name"])
         for _ in range(3):  # and the writer went over everyone since
             observer.send({"type": "ping"})
             observer.expect("pong")
@@ -200,6 +208,35 @@ def test_history_answers_are_built_as_fast_as_they_are_taken(start_server: Start
     finally:
         for sock in readers:
             sock.close()
+
+
+def test_the_kernel_holds_little_for_a_client_that_does_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that asks for some 2 MB of history and never reads: its socket refuses bytes
+    once the connection's fixed send buffer is full (not after megabytes), and the rest waits
+    in the server, counted towards its limit: under --max-outbox, it stays."""
+    limits = Limits(rate_limit=0, max_outbox=8_000_000)
+    with serving(limits, monkeypatch) as (server, _):
+        talker = JsonClient(server.address, "talker")
+        for n in range(100):
+            talker.send({"type": "say", "text": f"{n} {'h' * 1000}"})
+        talker.expect("msg", text=f"99 {'h' * 1000}")
+        sleeper = socket.socket()
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sleeper.connect(server.address)
+        asks = b'{"type":"history","limit":100}\n' * 20
+        sleeper.sendall(b'{"type":"hello","name":"sleeper"}\n' + asks)
+        assert wait_until(lambda: "sleeper" in server.room.local_names())
+        conn = member(server, "sleeper")
+        assert wait_until(lambda: len(conn.unsent) > 0)  # its socket refused bytes
+        in_kernel = struct.unpack("i", fcntl.ioctl(conn.sock, termios.TIOCOUTQ, b"\0" * 4))[0]
+        assert in_kernel <= 2 * SNDBUF_BYTES
+        assert server.room.lag(conn) + len(conn.unsent) > 20 * 100_000 - 4 * SNDBUF_BYTES
+        talker.send({"type": "ping"})
+        talker.expect("pong")
+        assert "sleeper" in server.room.local_names()
+        sleeper.close()
 
 
 def test_many_clients_closing_at_once_free_their_sockets_at_once(start_server: Start) -> None:
