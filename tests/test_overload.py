@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+import tcp.writer
 from common.protocol.limits import Limits
 from tcp.connection import SNDBUF_BYTES, Connection
 from tcp.server import BACKLOG_SHARE, ChatServer
@@ -264,6 +265,31 @@ def test_many_clients_closing_at_once_free_their_sockets_at_once(start_server: S
         lefts += frame["type"] == "left"
     watcher.send({"type": "who"})
     assert json.dumps(watcher.expect("users")["names"]) == json.dumps(["newcomer", "watcher"])
+
+
+def test_the_writer_gives_memory_back_once_many_closes_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After ``GIVE_BACK_AFTER`` closes the writer calls ``malloc_trim`` once, when they have
+    stopped, and not again while nothing closes."""
+    trims: list[int] = []
+    monkeypatch.setattr(tcp.writer, "MALLOC_TRIM", trims.append)
+    monkeypatch.setattr(tcp.writer, "GIVE_BACK_AFTER", 10)
+    with serving(Limits(rate_limit=0), monkeypatch) as (server, _):
+        watcher = JsonClient(server.address, "watcher")
+        clients = [JsonClient(server.address, f"c{n}") for n in range(12)]
+        for _ in clients:
+            watcher.expect("joined")
+        assert trims == []
+        for client in clients:
+            client.close()
+        assert wait_until(lambda: trims == [0])
+        assert wait_until(lambda: len(server.connections()) == 1)
+        for _ in range(3):
+            watcher.send({"type": "ping"})
+            watcher.expect("pong")
+        time.sleep(2 * tcp.writer.GIVE_BACK_QUIET)  # it would have come by now: it does not
+        assert trims == [0]
 
 
 def test_clients_that_never_read_cost_little_and_give_it_back(start_server: Start) -> None:
