@@ -22,15 +22,14 @@ reader is done; it is never held during socket I/O.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import select
 import socket
 import threading
 import time
-from collections.abc import Callable
 
 from common.server.core import Core
+from tcp import memory
 from tcp.connection import Connection
 
 YIELD_EVERY = 16
@@ -42,23 +41,9 @@ the same machine) must not wait for the whole pass to end."""
 GIVE_BACK_AFTER = 256
 GIVE_BACK_QUIET = 0.25
 """After ``GIVE_BACK_AFTER`` connections or more closed, once none has closed for
-``GIVE_BACK_QUIET`` seconds, the writer hands the memory they freed back to the system. The
-reader threads allocate from glibc's arenas, and what they free stays there, most of it not at
-the top where ``free`` would trim it: after 5,000 clients that never read had gone, some 80 MB
-more than at the start stayed resident, half of it until ``malloc_trim``."""
-
-
-def _malloc_trim() -> Callable[[int], int] | None:
-    """glibc's ``malloc_trim`` (None elsewhere): it returns every arena's free pages."""
-    try:
-        libc = ctypes.CDLL(None)
-    except OSError:
-        return None
-    trim: Callable[[int], int] | None = getattr(libc, "malloc_trim", None)
-    return trim
-
-
-MALLOC_TRIM = _malloc_trim()
+``GIVE_BACK_QUIET`` seconds, the writer gives the memory they freed back to the system
+(``tcp.memory.trim``): thousands of readers leave free memory in glibc's arena, most of it not
+at the top where ``free`` would give it back."""
 
 
 class Alarm:
@@ -176,15 +161,14 @@ class Writer:
 
     def _give_back(self) -> int | None:
         """Give the memory freed by many closes back once they stopped (``GIVE_BACK_QUIET``);
-        how long ``poll`` may wait before it is due (milliseconds; None: nothing owed). The
-        call lets the interpreter go meanwhile (ctypes)."""
-        if self._owed < GIVE_BACK_AFTER or MALLOC_TRIM is None:
+        how long ``poll`` may wait before it is due (milliseconds; None: nothing owed)."""
+        if self._owed < GIVE_BACK_AFTER:
             return None
         due = self._last_close + GIVE_BACK_QUIET - time.monotonic()
         if due > 0:
             return int(due * 1000) + 1
         self._owed = 0
-        MALLOC_TRIM(0)
+        memory.trim()
         return None
 
     def _write(self, conn: Connection) -> bool:
