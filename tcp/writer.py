@@ -9,13 +9,13 @@ takes more than about half a core from the readers. Within a pass it yields
 the CPU every ``YIELD_EVERY`` connections, so that nobody it wakes waits for
 the pass; a pass (and the closing of connections whose reader is done) goes
 on ``PASS_SLICE`` at most, and the next takes whoever has frames of its own
-first, then those the cut pass did not reach. A client whose socket is full keeps its place in the log and is
-polled until it can take more (no ``send`` is tried meanwhile); once its
-socket refuses bytes and what waits for it passes ``--max-outbox``, it is
-dropped as ``too_slow``: only a client that does not read gets there. The
-writer's own delay is bounded instead by the room's backlog (see
-``tcp.server``'s ``BACKLOG_SHARE``). Nobody ever waits for a client that
-does not read.
+first, then those the cut pass did not reach. A client whose socket is full
+keeps its place in the log and is polled until it can take more (no ``send``
+is tried meanwhile); once its socket refuses bytes and what waits for it
+passes ``--max-outbox``, it is dropped as ``too_slow``: only a client that
+does not read gets there. The writer's own delay is bounded instead by the
+room's backlog (see ``tcp.server``'s ``BACKLOG_SHARE``). Nobody ever waits
+for a client that does not read.
 
 Lock: ``_lock`` guards the set of connections and the list of those whose
 reader is done; it is never held during socket I/O.

@@ -474,6 +474,7 @@ class Room(Generic[M]):
     def _start_log(self, history: int) -> None:
         """An empty log, and no writer's pass yet."""
         self._dirty: set[M] = set()  # members posted to since the last ``pending``
+        self._more: set[M] = set()  # answers wait for them: on the list after this pass
         self._unread = 0  # log position up to which ``pending`` was asked
         self._log: list[Entry] = []
         self._base = 0  # log position of self._log[0]
@@ -789,6 +790,8 @@ class Room(Generic[M]):
         Under the bound again, the readers that wait for room go on."""
         with self.lock:
             self._caught_up = self._pass_start
+            self._dirty |= self._more
+            self._more.clear()
             limit = self._max_backlog
             if limit is None or self._posted - self._caught_up <= limit:
                 self._room_for_more.set()
@@ -803,14 +806,14 @@ class Room(Generic[M]):
         """What ``member`` is behind on, in order; its cursor moves past it.
 
         At most one answer to ``history`` is taken per call: if more wait, the
-        member is on the writer's next list (``pending``) and the writer is woken
-        to come back for them, even in a room where nothing else happens.
+        writer is woken, and once its pass ends (``caught_up``) the member is on
+        its next list, even in a room where nothing else happens.
         """
         with self.lock:
             entries = self._collect(member)
             more = bool(member.private)
             if more:
-                self._dirty.add(member)
+                self._more.add(member)
         if more:
             self._wake()
         return entries
@@ -1042,6 +1045,7 @@ class Room(Generic[M]):
             raise AssertionError(f"a member cannot go from {member.stage} to {stage}")
         before, member.stage = member.stage, stage
         self._members.pop(member, None)
+        self._more.discard(member)
         self._away.pop(member, None)
         key = name_key(member.name)
         if stage is Stage.JOINED:
