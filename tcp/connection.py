@@ -17,6 +17,11 @@ RCVBUF_BYTES = 65536
 """Each connection's receive buffer: what a talker may have on its way that the server has not
 read yet. Fixed (not grown by the kernel up to megabytes), so that when the readers stop
 reading the talkers are slowed at once, not after a queue nobody sees."""
+SNDBUF_BYTES = 131072
+"""Each connection's send buffer (the kernel doubles it: 256 KB, about what one pass of the
+writer hands a reader at the room's backlog bound). Fixed, not grown by the kernel up to 4 MB:
+a client that does not read is seen refusing bytes at once, and the writer does not copy
+megabytes into the socket of every client that asked for more than it reads (history)."""
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES = 60, 10, 3
 IDLE_RECV_BYTES = 4096
 """What a reader asks for when its last read did not fill its buffer: a ``recv`` holds a buffer
@@ -28,11 +33,12 @@ HANG_UP_SECONDS = 1.0
 
 
 def tune(sock: socket.socket, nodelay: bool) -> None:
-    """A new connection's socket as the server wants it: blocking, keepalive, a fixed buffer."""
+    """A new connection's socket as the server wants it: blocking, keepalive, fixed buffers."""
     sock.settimeout(None)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, int(nodelay))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_BYTES)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)

@@ -10,9 +10,15 @@ left to do. The writer is paused by hand where a test needs it behind.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import fcntl
 import json
 import re
 import socket
+import struct
+import subprocess
+import sys
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,10 +26,13 @@ from pathlib import Path
 
 import pytest
 
+import tcp.memory
+import tcp.writer
 from common.protocol.limits import Limits
-from tcp.connection import Connection
+from tcp.connection import SNDBUF_BYTES, Connection
 from tcp.server import BACKLOG_SHARE, ChatServer
-from tests.conftest import WAIT, JsonClient, ServerProcess, wait_until
+from tcp.writer import Writer
+from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess, wait_until
 
 Start = Callable[..., ServerProcess]
 
@@ -36,9 +45,9 @@ class Gate:
         self.open.set()
         pending = server.room.pending
 
-        def held() -> list[Connection]:
+        def held(carried: list[Connection] | None = None) -> list[Connection]:
             self.open.wait()
-            return pending()
+            return pending(carried)
 
         monkeypatch.setattr(server.room, "pending", held)
 
@@ -164,9 +173,10 @@ def test_a_client_past_half_its_outbox_is_kept_and_holds_nobody_back(
 
 
 def test_history_answers_are_built_as_fast_as_they_are_taken(start_server: Start) -> None:
-    """Clients that never read ask for history 50 times each (about 5 MB of answers each): the
-    server's memory barely moves (what their sockets do not take is not built), and everyone
-    else is answered at once."""
+    """Clients that never read ask for history 50 times each (about 5 MB of answers each, past
+    --max-outbox: once their socket refuses bytes they are dropped as too slow): the server's
+    memory barely moves (what their sockets do not take is not built), and everyone else is
+    answered at once."""
     server = start_server("tcp.server", "--rate-limit", "0", "--history", "100")
     filler = JsonClient(server.address, "filler")
     for n in range(100):
@@ -186,10 +196,14 @@ def test_history_answers_are_built_as_fast_as_they_are_taken(start_server: Start
         sock.sendall(b'{"type":"hello","name":"nr%d"}\n' % n + asks + done)
         readers.append(sock)
     try:
-        finished = 0
-        while finished < 40:  # every request was handled
+        finished: set[object] = set()
+        while len(finished) < 40:  # every request was handled, or its client dropped
             frame = observer.recv(6 * WAIT)
-            finished += frame["type"] == "msg" and frame["text"].startswith("done ")
+            if frame["type"] == "msg" and str(frame["text"]).startswith("done "):
+                finished.add(f"nr{str(frame['text']).split()[1]}")
+            elif frame["type"] == "left":
+                assert frame["reason"] == "too_slow", frame
+                finished.add(frame["name"])
         for _ in range(3):  # and the writer went over everyone since
             observer.send({"type": "ping"})
             observer.expect("pong")
@@ -200,6 +214,63 @@ def test_history_answers_are_built_as_fast_as_they_are_taken(start_server: Start
     finally:
         for sock in readers:
             sock.close()
+
+
+def test_the_kernel_holds_little_for_a_client_that_does_not_read(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that asks for some 2 MB of history and never reads: its socket refuses bytes
+    once the connection's fixed send buffer is full (not after megabytes), and the rest waits
+    in the server, counted towards its limit: under --max-outbox, it stays."""
+    limits = Limits(rate_limit=0, max_outbox=8_000_000)
+    with serving(limits, monkeypatch) as (server, _):
+        talker = JsonClient(server.address, "talker")
+        for n in range(100):
+            talker.send({"type": "say", "text": f"{n} {'h' * 1000}"})
+        talker.expect("msg", text=f"99 {'h' * 1000}")
+        sleeper = socket.socket()
+        sleeper.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sleeper.connect(server.address)
+        asks = b'{"type":"history","limit":100}\n' * 20
+        sleeper.sendall(b'{"type":"hello","name":"sleeper"}\n' + asks)
+        assert wait_until(lambda: "sleeper" in server.room.local_names())
+        conn = member(server, "sleeper")
+        assert wait_until(lambda: len(conn.unsent) > 0)  # its socket refused bytes
+        in_kernel = struct.unpack("i", fcntl.ioctl(conn.sock, termios.TIOCOUTQ, b"\0" * 4))[0]
+        assert in_kernel <= 2 * SNDBUF_BYTES
+        assert server.room.lag(conn) + len(conn.unsent) > 20 * 100_000 - 4 * SNDBUF_BYTES
+        talker.send({"type": "ping"})
+        talker.expect("pong")
+        assert "sleeper" in server.room.local_names()
+        sleeper.close()
+
+
+def test_a_newcomer_is_welcomed_before_a_long_pass_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pass over many connections that each take long to write (as when thousands close at
+    once and every send waits for the interpreter) is cut after ``PASS_SLICE``: the next one
+    sends a newcomer's welcome first, then goes on where the cut one stopped."""
+    monkeypatch.setattr(tcp.writer, "PASS_SLICE", 0.01)
+    slow_writes: list[str] = []
+    armed = threading.Event()
+    write = Writer._write
+
+    def slow(self: Writer, conn: Connection) -> bool:
+        if armed.is_set() and conn.name.startswith("slow"):
+            time.sleep(0.05)
+            slow_writes.append(conn.name)
+        return write(self, conn)
+
+    monkeypatch.setattr(Writer, "_write", slow)
+    with serving(Limits(rate_limit=0), monkeypatch) as (server, _):
+        slow_ones = [JsonClient(server.address, f"slow{n}") for n in range(40)]
+        talker = JsonClient(server.address, "talker")
+        armed.set()
+        talker.send({"type": "say", "text": "to everyone"})
+        assert wait_until(lambda: len(slow_writes) > 0)
+        JsonClient(server.address, "newcomer")
+        assert len(slow_writes) < len(slow_ones)  # welcomed while the pass went on
+        for client in slow_ones:  # and the cut pass reached everyone
+            client.expect("msg", text="to everyone", timeout=6 * WAIT)
 
 
 def test_many_clients_closing_at_once_free_their_sockets_at_once(start_server: Start) -> None:
@@ -227,6 +298,65 @@ def test_many_clients_closing_at_once_free_their_sockets_at_once(start_server: S
         lefts += frame["type"] == "left"
     watcher.send({"type": "who"})
     assert json.dumps(watcher.expect("users")["names"]) == json.dumps(["newcomer", "watcher"])
+
+
+def test_the_writer_gives_memory_back_once_many_closes_stopped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After ``GIVE_BACK_AFTER`` closes the writer calls ``malloc_trim`` once, when they have
+    stopped, and not again while nothing closes."""
+    trims: list[int] = []
+    monkeypatch.setattr(tcp.memory, "trim", lambda: trims.append(0))
+    monkeypatch.setattr(tcp.writer, "GIVE_BACK_AFTER", 10)
+    with serving(Limits(rate_limit=0), monkeypatch) as (server, _):
+        watcher = JsonClient(server.address, "watcher")
+        clients = [JsonClient(server.address, f"c{n}") for n in range(12)]
+        for _ in clients:
+            watcher.expect("joined")
+        assert trims == []
+        for client in clients:
+            client.close()
+        assert wait_until(lambda: trims == [0])
+        assert wait_until(lambda: len(server.connections()) == 1)
+        for _ in range(3):
+            watcher.send({"type": "ping"})
+            watcher.expect("pong")
+        time.sleep(2 * tcp.writer.GIVE_BACK_QUIET)  # it would have come by now: it does not
+        assert trims == [0]
+
+
+ARENA_PROBE = """
+import ctypes, threading
+from tcp import memory
+memory.one_arena()
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+def churn():
+    for _ in range(20000):
+        libc.free(libc.malloc(1000))
+threads = [threading.Thread(target=churn) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc.malloc_stats()
+"""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_stats"), reason="glibc only")
+def test_the_server_s_threads_share_one_malloc_arena() -> None:
+    """Threads that call malloc at the same moment (ctypes lets the interpreter go) still
+    share one arena once ``one_arena`` was called: what one frees, another reuses."""
+    done = subprocess.run(
+        [sys.executable, "-c", ARENA_PROBE],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=6 * WAIT,
+        check=True,
+    )
+    assert [line for line in done.stderr.splitlines() if line.startswith("Arena ")] == ["Arena 0:"]
 
 
 def test_clients_that_never_read_cost_little_and_give_it_back(start_server: Start) -> None:

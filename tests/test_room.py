@@ -463,6 +463,83 @@ def test_history_answers_wait_unbuilt_and_are_built_one_per_take() -> None:
     assert late.read() == []
 
 
+def test_a_kept_message_is_encoded_for_history_once_and_shared_by_every_answer() -> None:
+    """Answers to many ``history`` requests (and a resume) reuse the same encoded copies: an
+    answer costs its join, not an encoding per message."""
+    room: Room[Peer] = Room(max_users=10, history=10)
+    alice = joined(room, "alice")
+    for i in range(3):
+        room.handle(alice, Say(text=f"said {i}"))
+    bob, carol = joined(room, "bob"), joined(room, "carol")
+    bob.read()
+    carol.read()
+    room.handle(bob, History(limit=10))
+    room.handle(bob, History(limit=2))
+    room.handle(carol, History(limit=10))
+    first, second, third = room.take(bob), room.take(bob), room.take(carol)
+    assert [e.message.text for e in first[:-1] if isinstance(e.message, Msg)] == [
+        "said 0",
+        "said 1",
+        "said 2",
+    ]
+    assert all(isinstance(e.message, Msg) and e.message.history for e in first[:-1])
+    assert all(a is b for a, b in zip(second[:-1], first[1:-1], strict=True))
+    assert all(a is b for a, b in zip(third[:-1], first[:-1], strict=True))
+    assert first[0].line.startswith(b'{"type":"msg"') and b'"history":true' in first[0].line
+
+
+def test_a_second_answer_is_on_the_writers_next_list_in_a_quiet_room() -> None:
+    """Two ``history`` requests: the writer takes one answer per pass, and the member is on
+    its next list for the other although nothing else was said."""
+    room: Room[Peer] = Room(max_users=10, history=10)
+    alice = joined(room, "alice")
+    room.handle(alice, Say(text="said"))
+    bob = joined(room, "bob")
+    room.pending()
+    alice.read()
+    bob.read()
+    room.handle(bob, History(limit=1))
+    room.handle(bob, History(limit=1))
+    assert room.pending() == [bob]
+    assert [type(m) for m in bob.read()] == [Msg, HistoryEnd]
+    room.caught_up()
+    assert room.pending() == [bob]
+    assert [type(m) for m in bob.read()] == [Msg, HistoryEnd]
+    assert room.pending() == []
+
+
+def test_a_pass_lists_members_with_frames_of_their_own_first() -> None:
+    room: Room[Peer] = Room(max_users=10)
+    peers = [joined(room, f"u{i}") for i in range(4)]
+    room.pending()
+    room.handle(peers[0], Say(text="to all"))
+    room.handle(peers[3], Ping())
+    assert room.pending() == [peers[3], peers[0], peers[1], peers[2]]
+
+
+def test_a_pass_cut_short_goes_on_with_those_it_did_not_reach_and_ends() -> None:
+    """Going on with ``carried``, the writer gets them and those with frames of their own, not
+    everyone again (else a pass over a big, busy room would never end); what it did not get
+    waits for the next pass, and the backlog counts from where the cut pass began."""
+    room: Room[Peer] = Room(max_users=10, max_backlog=10_000)
+    peers = [joined(room, f"u{i}") for i in range(4)]
+    room.pending()
+    room.caught_up()
+    room.handle(peers[0], Say(text="first"))
+    assert room.pending() == peers
+    for peer in peers[:2]:
+        peer.read()
+    room.handle(peers[0], Say(text="second"))
+    room.handle(peers[1], Ping())
+    assert room.pending(carried=peers[2:]) == [peers[1], peers[2], peers[3]]
+    for peer in peers[1:]:
+        peer.read()
+    room.caught_up()
+    assert room.backlog() > 0  # "second" was said after the cut pass began
+    assert room.pending() == peers
+    assert [m.text for m in peers[0].read() if isinstance(m, Msg)] == ["second"]
+
+
 def test_a_member_whose_connection_ended_keeps_only_its_own_frames() -> None:
     """Many leave at once: none of them is kept the others' ``left`` it will never read."""
     room: Room[Peer] = Room(max_users=1000)

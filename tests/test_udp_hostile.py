@@ -226,7 +226,18 @@ def memory_kib(server: ServerProcess, field: str) -> int:
 def test_reliable_sessions_that_never_ack_hold_bounded_memory(
     start_server: Start, peers: Peers
 ) -> None:
-    server = start_server("udp.server", "--rate-limit", "0", "--history", "100", "-v")
+    # History's frames are shared by every answer (each held once, plus its cost per holder):
+    # 40 sessions holding ten answers each pass 4 MB between them.
+    server = start_server(
+        "udp.server",
+        "--rate-limit",
+        "0",
+        "--history",
+        "100",
+        "--max-held-bytes",
+        str(4 << 20),
+        "-v",
+    )
     alice = peers(server)
     alice.hello("alice")
     for i in range(100):  # 100 messages of about 6 KB for history to answer with

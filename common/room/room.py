@@ -35,9 +35,10 @@ log position. A member's ``welcome`` is posted at a log position; the
 answer to ``history`` is the messages before that position, so history
 and live traffic never overlap and never leave a gap. An answer waits in the
 member's private queue as the list of messages it holds (``HistoryAnswer``)
-and is encoded only when taken, one answer per ``take``: it is built as fast
+and is joined only when taken, one answer per ``take``: it is built as fast
 as the member takes it, and counts towards its ``lag`` (at about its size)
-before that.
+before that. Each kept message's copy as history sends it is encoded once,
+the first time it is asked for, and shared by every answer and resume.
 
 Leaving. A member that quits still gets what was said before it left. One
 whose connection ended (``disconnected``) gets only its own frames already
@@ -238,21 +239,39 @@ class Entry:
 
 
 @dataclass(slots=True)
+class Kept:
+    """A message kept for history and resume: the log position it was said at, and its copy
+    as history sends it (``history`` true, its id kept), encoded the first time it is asked
+    for and shared by every answer after: a thousand answers cost one encoding each."""
+
+    position: int
+    msg: Msg
+    _copy: Entry | None = None
+
+    def copy(self) -> Entry:
+        """The history copy's line (lock held: it is made once)."""
+        if self._copy is None:
+            self._copy = Entry.of(dataclasses.replace(self.msg, history=True))
+        return self._copy
+
+
+@dataclass(slots=True)
 class HistoryAnswer:
-    """An answer to ``history`` not encoded yet: its messages, oldest first, and about its
+    """An answer to ``history`` not taken yet: its messages, oldest first, and about its
     size in bytes (what it counts towards its member's ``lag`` until it is taken)."""
 
-    messages: list[Msg]
+    messages: list[Kept]
     size: int
 
     @classmethod
-    def of(cls, messages: list[Msg]) -> HistoryAnswer:
-        size = sum(len(m.text) + len(m.sender) + HISTORY_FRAME_BYTES for m in messages)
+    def of(cls, messages: list[Kept]) -> HistoryAnswer:
+        size = sum(len(k.msg.text) + len(k.msg.sender) + HISTORY_FRAME_BYTES for k in messages)
         return cls(messages, size)
 
     def entries(self) -> list[Entry]:
-        copies = [dataclasses.replace(m, history=True) for m in self.messages]  # ids kept
-        return [Entry.of(m) for m in copies] + [Entry.of(HistoryEnd(count=len(copies)))]
+        """Its lines, as taken: the kept copies and a ``history_end`` (lock held)."""
+        end = Entry.of(HistoryEnd(count=len(self.messages)))
+        return [kept.copy() for kept in self.messages] + [end]
 
 
 Queued = Entry | HistoryAnswer
@@ -463,6 +482,7 @@ class Room(Generic[M]):
     def _start_log(self, history: int) -> None:
         """An empty log, and no writer's pass yet."""
         self._dirty: set[M] = set()  # members posted to since the last ``pending``
+        self._more: set[M] = set()  # answers wait for them: on the list after this pass
         self._unread = 0  # log position up to which ``pending`` was asked
         self._log: list[Entry] = []
         self._base = 0  # log position of self._log[0]
@@ -472,7 +492,7 @@ class Room(Generic[M]):
         self._pass_end = 0  # the log's end then
         self._caught_up = 0  # self._posted when the writer's last finished pass began
         self._last_span: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
-        self._history: deque[tuple[int, Msg]] = deque(maxlen=history)
+        self._history: deque[Kept] = deque(maxlen=history)
 
     def _continue(self, archive: Archive | None) -> None:
         """The ids and the history: new, or the archive's, where the last life left them."""
@@ -482,7 +502,7 @@ class Room(Generic[M]):
         self._before_newest: str | None = None  # the one before: a joiner's ``last``
         self._floor: str | None = None  # the id of the newest msg no longer kept (None: none)
         if archive is not None:
-            self._history.extend((EARLIER, msg) for msg in archive.earlier)
+            self._history.extend(Kept(EARLIER, msg) for msg in archive.earlier)
             self.epoch, self._last_id = archive.epoch, archive.last_id
             self._newest = str(archive.last_id) if archive.last_id else None
             self._floor = archive.floor
@@ -539,10 +559,10 @@ class Room(Generic[M]):
         """
         kept = self._history
         if len(kept) == kept.maxlen:
-            pushed = kept[0][1].id if kept else msg.id
+            pushed = kept[0].msg.id if kept else msg.id
             if self._floor is None or (id_key(pushed) or ()) > (id_key(self._floor) or ()):
                 self._floor = pushed
-        kept.append((self._end - 1, msg))
+        kept.append(Kept(self._end - 1, msg))
         if self._archive is not None:
             self._archive.add(msg)
 
@@ -679,7 +699,7 @@ class Room(Generic[M]):
         ``floor`` no longer kept), who is in it, its history's ``epoch`` and newest id."""
         with self.lock:
             self._history.clear()
-            self._history.extend((EARLIER, msg) for msg in earlier)
+            self._history.extend(Kept(EARLIER, msg) for msg in earlier)
             self._roster = {name_key(name): name for name in names}
             if epoch is not None:
                 self.epoch = epoch
@@ -752,20 +772,25 @@ class Room(Generic[M]):
             self._strike(message.old)
             self._enrol(message.new)
 
-    def pending(self) -> list[M]:
-        """The members that may have something new since the last call: the writer's list.
+    def pending(self, carried: list[M] | None = None) -> list[M]:
+        """The members that may have something new since the last call: the writer's list,
+        those with frames of their own first (a newcomer's welcome is not behind a room's
+        worth of sends).
 
-        A writer's pass starts here (see ``caught_up``)."""
+        A writer's pass starts here (see ``caught_up``), unless it goes on with ``carried``,
+        those a pass cut short did not reach: then its start stands, and the list is only
+        theirs and those with frames of their own (the rest wait for a new pass, so that a
+        pass always ends)."""
         with self.lock:
-            self._pass_start, self._pass_end = self._posted, self._end
-            if self._end == self._unread:
-                found = list(self._dirty)
-            else:
-                self._unread = self._end
-                found = list(self._members)
-                found += (m for m in self._dirty if m.stage is not Stage.JOINED)
+            found = list(self._dirty)
             self._dirty.clear()
-            return found
+            if carried:
+                return list(dict.fromkeys(found + carried))
+            self._pass_start, self._pass_end = self._posted, self._end
+            if self._end != self._unread:
+                self._unread = self._end
+                found += self._members
+            return list(dict.fromkeys(found))
 
     def caught_up(self) -> None:
         """A writer's pass ends: everyone who reads has all that was said before it began.
@@ -773,6 +798,8 @@ class Room(Generic[M]):
         Under the bound again, the readers that wait for room go on."""
         with self.lock:
             self._caught_up = self._pass_start
+            self._dirty |= self._more
+            self._more.clear()
             limit = self._max_backlog
             if limit is None or self._posted - self._caught_up <= limit:
                 self._room_for_more.set()
@@ -786,12 +813,15 @@ class Room(Generic[M]):
     def take(self, member: M) -> list[Entry]:
         """What ``member`` is behind on, in order; its cursor moves past it.
 
-        At most one answer to ``history`` is encoded per call: if more wait,
-        the room wakes the writer to come back for them.
+        At most one answer to ``history`` is taken per call: if more wait, the
+        writer is woken, and once its pass ends (``caught_up``) the member is on
+        its next list, even in a room where nothing else happens.
         """
         with self.lock:
             entries = self._collect(member)
             more = bool(member.private)
+            if more:
+                self._more.add(member)
         if more:
             self._wake()
         return entries
@@ -1023,6 +1053,7 @@ class Room(Generic[M]):
             raise AssertionError(f"a member cannot go from {member.stage} to {stage}")
         before, member.stage = member.stage, stage
         self._members.pop(member, None)
+        self._more.discard(member)
         self._away.pop(member, None)
         key = name_key(member.name)
         if stage is Stage.JOINED:
@@ -1053,10 +1084,10 @@ class Room(Generic[M]):
             return
         missed: list[Entry] = []
         size = 0
-        for _, msg in reversed(self._history):
-            if after is not None and (id_key(msg.id) or ()) <= after:
+        for kept in reversed(self._history):
+            if after is not None and (id_key(kept.msg.id) or ()) <= after:
                 break
-            missed.append(Entry.of(dataclasses.replace(msg, history=True)))
+            missed.append(kept.copy())
             size += len(missed[-1].line)
             if size > self._resume_bytes:
                 self._post(member, Entry.of(HistoryEnd(count=0, resumed=False)))
@@ -1152,7 +1183,8 @@ class Room(Generic[M]):
 
     def _answer_history(self, member: M, limit: int) -> None:
         """The ``limit`` latest messages from before ``member``'s welcome, oldest first."""
-        before = (msg for position, msg in reversed(self._history) if position < member.welcomed_at)
+        welcomed_at = member.welcomed_at
+        before = itertools.dropwhile(lambda k: k.position >= welcomed_at, reversed(self._history))
         found = list(itertools.islice(before, limit))
         found.reverse()
         self._post(member, HistoryAnswer.of(found))
