@@ -7,15 +7,13 @@ and at least as long as the last pass took, so that frames gather: the
 busier the room, the more frames each ``send`` carries, and the writer never
 takes more than about half a core from the readers. Within a pass it yields
 the CPU every ``YIELD_EVERY`` connections, so that nobody it wakes waits for
-the pass; a pass (and the closing of connections whose reader is done) goes
-on ``PASS_SLICE`` at most, and the next takes whoever has frames of its own
-first, then those the cut pass did not reach. A client whose socket is full
-keeps its place in the log and is polled until it can take more (no ``send``
-is tried meanwhile); once its socket refuses bytes and what waits for it
-passes ``--max-outbox``, it is dropped as ``too_slow``: only a client that
-does not read gets there. The writer's own delay is bounded instead by the
-room's backlog (see ``tcp.server``'s ``BACKLOG_SHARE``). Nobody ever waits
-for a client that does not read.
+the pass. A client whose socket is full keeps its place in the log and is
+polled until it can take more (no ``send`` is tried meanwhile); once its
+socket refuses bytes and what waits for it passes ``--max-outbox``, it is
+dropped as ``too_slow``: only a client that does not read gets there. The
+writer's own delay is bounded instead by the room's backlog (see
+``tcp.server``'s ``BACKLOG_SHARE``). Nobody ever waits for a client that
+does not read.
 
 Lock: ``_lock`` guards the set of connections and the list of those whose
 reader is done; it is never held during socket I/O.
@@ -38,14 +36,6 @@ YIELD_EVERY = 16
 """Connections the writer catches up before it offers its CPU to whoever waits for it: a pass
 over a big room takes milliseconds, and a process woken by the writer's own sends (a client on
 the same machine) must not wait for the whole pass to end."""
-
-
-PASS_SLICE = 0.05
-"""Seconds a pass (or the closing of connections whose reader is done) goes on before the
-writer turns to the next, which takes first whoever has frames of its own (a newcomer's
-welcome), then those the cut pass did not reach. When thousands close at once each send and
-each close waits for the interpreter behind their readers: a pass over all of them, or the
-closing of them all, took most of a second while a newcomer's welcome waited."""
 
 
 GIVE_BACK_AFTER = 256
@@ -121,12 +111,10 @@ class Writer:
         poller = select.poll()
         poller.register(self.alarm.fd, select.POLLIN)
         blocked: dict[int, Connection] = {}
-        carry: list[Connection] = []  # a pass cut short: those it did not reach yet
-        more_done = False  # readers done whose connections are not closed yet
         last_pass = took = 0.0
         while not self._stop:
             ready: list[Connection] = []
-            for fd, _ in poller.poll(0 if carry or more_done else self._give_back()):
+            for fd, _ in poller.poll(self._give_back()):
                 if fd == self.alarm.fd:
                     self.alarm.heard()
                 elif (conn := blocked.pop(fd, None)) is not None:
@@ -136,25 +124,19 @@ class Writer:
             if pause > 0:
                 time.sleep(pause)
             last_pass = time.monotonic()
-            carry = self._pass(self.room.pending(carry) + ready, poller, blocked)
+            self._pass(ready, poller, blocked)
             took = time.monotonic() - last_pass
-            more_done = self._close_done(poller, blocked)
+            self._close_done(poller, blocked)
         for conn in self.connections():
             self.close(conn)
 
     def _pass(
-        self, todo: list[Connection], poller: select.poll, blocked: dict[int, Connection]
-    ) -> list[Connection]:
-        """Catch up everyone the room has something for (``pending``) and every socket that
-        drained; those not reached within ``PASS_SLICE`` are returned, for the next pass to
-        reach in their turn (the room's pass ends only once it is done with them too)."""
-        todo = list(dict.fromkeys(todo))
-        deadline = time.monotonic() + PASS_SLICE
-        for i, conn in enumerate(todo):
+        self, ready: list[Connection], poller: select.poll, blocked: dict[int, Connection]
+    ) -> None:
+        """Catch up everyone the room has something for, and every socket that drained."""
+        for i, conn in enumerate(dict.fromkeys(self.room.pending() + ready)):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 os.sched_yield()
-                if time.monotonic() > deadline:
-                    return todo[i:]
             fd = conn.sock.fileno()
             if blocked.get(fd) is conn:  # still full: no send, only its limit
                 self._keep_or_drop(conn)
@@ -163,32 +145,18 @@ class Writer:
                 poller.register(fd, select.POLLOUT)
         self.room.trim()
         self.room.caught_up()
-        return []
 
-    def _close_done(self, poller: select.poll, blocked: dict[int, Connection]) -> bool:
-        """Close the connections whose reader is done, for ``PASS_SLICE`` at most; True if
-        some are left for the next turn (each close, too, waits for the interpreter)."""
+    def _close_done(self, poller: select.poll, blocked: dict[int, Connection]) -> None:
         with self._lock:
             done, self._done = self._done, []
-        deadline = time.monotonic() + PASS_SLICE
-        for i, conn in enumerate(done):
-            if i % YIELD_EVERY == YIELD_EVERY - 1 and time.monotonic() > deadline:
-                with self._lock:
-                    self._done[:0] = done[i:]
-                self._closed(i)
-                return True
+        for conn in done:
             fd = conn.sock.fileno()
             if blocked.get(fd) is conn:
                 poller.unregister(fd)
                 del blocked[fd]
             self.close(conn)
-        self._closed(len(done))
-        return False
-
-    def _closed(self, count: int) -> None:
-        """``count`` connections closed: memory to give back once closes stop."""
-        if count:
-            self._owed += count
+        if done:
+            self._owed += len(done)
             self._last_close = time.monotonic()
 
     def _give_back(self) -> int | None:

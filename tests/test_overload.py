@@ -31,7 +31,6 @@ import tcp.writer
 from common.protocol.limits import Limits
 from tcp.connection import SNDBUF_BYTES, Connection
 from tcp.server import BACKLOG_SHARE, ChatServer
-from tcp.writer import Writer
 from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess, wait_until
 
 Start = Callable[..., ServerProcess]
@@ -45,9 +44,9 @@ class Gate:
         self.open.set()
         pending = server.room.pending
 
-        def held(carried: list[Connection] | None = None) -> list[Connection]:
+        def held() -> list[Connection]:
             self.open.wait()
-            return pending(carried)
+            return pending()
 
         monkeypatch.setattr(server.room, "pending", held)
 
@@ -243,34 +242,6 @@ def test_the_kernel_holds_little_for_a_client_that_does_not_read(
         talker.expect("pong")
         assert "sleeper" in server.room.local_names()
         sleeper.close()
-
-
-def test_a_newcomer_is_welcomed_before_a_long_pass_ends(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pass over many connections that each take long to write (as when thousands close at
-    once and every send waits for the interpreter) is cut after ``PASS_SLICE``: the next one
-    sends a newcomer's welcome first, then goes on where the cut one stopped."""
-    monkeypatch.setattr(tcp.writer, "PASS_SLICE", 0.01)
-    slow_writes: list[str] = []
-    armed = threading.Event()
-    write = Writer._write
-
-    def slow(self: Writer, conn: Connection) -> bool:
-        if armed.is_set() and conn.name.startswith("slow"):
-            time.sleep(0.05)
-            slow_writes.append(conn.name)
-        return write(self, conn)
-
-    monkeypatch.setattr(Writer, "_write", slow)
-    with serving(Limits(rate_limit=0), monkeypatch) as (server, _):
-        slow_ones = [JsonClient(server.address, f"slow{n}") for n in range(40)]
-        talker = JsonClient(server.address, "talker")
-        armed.set()
-        talker.send({"type": "say", "text": "to everyone"})
-        assert wait_until(lambda: len(slow_writes) > 0)
-        JsonClient(server.address, "newcomer")
-        assert len(slow_writes) < len(slow_ones)  # welcomed while the pass went on
-        for client in slow_ones:  # and the cut pass reached everyone
-            client.expect("msg", text="to everyone", timeout=6 * WAIT)
 
 
 def test_many_clients_closing_at_once_free_their_sockets_at_once(start_server: Start) -> None:

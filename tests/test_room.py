@@ -508,38 +508,6 @@ def test_a_second_answer_is_on_the_writers_next_list_in_a_quiet_room() -> None:
     assert room.pending() == []
 
 
-def test_a_pass_lists_members_with_frames_of_their_own_first() -> None:
-    room: Room[Peer] = Room(max_users=10)
-    peers = [joined(room, f"u{i}") for i in range(4)]
-    room.pending()
-    room.handle(peers[0], Say(text="to all"))
-    room.handle(peers[3], Ping())
-    assert room.pending() == [peers[3], peers[0], peers[1], peers[2]]
-
-
-def test_a_pass_cut_short_goes_on_with_those_it_did_not_reach_and_ends() -> None:
-    """Going on with ``carried``, the writer gets them and those with frames of their own, not
-    everyone again (else a pass over a big, busy room would never end); what it did not get
-    waits for the next pass, and the backlog counts from where the cut pass began."""
-    room: Room[Peer] = Room(max_users=10, max_backlog=10_000)
-    peers = [joined(room, f"u{i}") for i in range(4)]
-    room.pending()
-    room.caught_up()
-    room.handle(peers[0], Say(text="first"))
-    assert room.pending() == peers
-    for peer in peers[:2]:
-        peer.read()
-    room.handle(peers[0], Say(text="second"))
-    room.handle(peers[1], Ping())
-    assert room.pending(carried=peers[2:]) == [peers[1], peers[2], peers[3]]
-    for peer in peers[1:]:
-        peer.read()
-    room.caught_up()
-    assert room.backlog() > 0  # "second" was said after the cut pass began
-    assert room.pending() == peers
-    assert [m.text for m in peers[0].read() if isinstance(m, Msg)] == ["second"]
-
-
 def test_a_member_whose_connection_ended_keeps_only_its_own_frames() -> None:
     """Many leave at once: none of them is kept the others' ``left`` it will never read."""
     room: Room[Peer] = Room(max_users=1000)

@@ -772,25 +772,20 @@ class Room(Generic[M]):
             self._strike(message.old)
             self._enrol(message.new)
 
-    def pending(self, carried: list[M] | None = None) -> list[M]:
-        """The members that may have something new since the last call: the writer's list,
-        those with frames of their own first (a newcomer's welcome is not behind a room's
-        worth of sends).
+    def pending(self) -> list[M]:
+        """The members that may have something new since the last call: the writer's list.
 
-        A writer's pass starts here (see ``caught_up``), unless it goes on with ``carried``,
-        those a pass cut short did not reach: then its start stands, and the list is only
-        theirs and those with frames of their own (the rest wait for a new pass, so that a
-        pass always ends)."""
+        A writer's pass starts here (see ``caught_up``)."""
         with self.lock:
-            found = list(self._dirty)
-            self._dirty.clear()
-            if carried:
-                return list(dict.fromkeys(found + carried))
             self._pass_start, self._pass_end = self._posted, self._end
-            if self._end != self._unread:
+            if self._end == self._unread:
+                found = list(self._dirty)
+            else:
                 self._unread = self._end
-                found += self._members
-            return list(dict.fromkeys(found))
+                found = list(self._members)
+                found += (m for m in self._dirty if m.stage is not Stage.JOINED)
+            self._dirty.clear()
+            return found
 
     def caught_up(self) -> None:
         """A writer's pass ends: everyone who reads has all that was said before it began.
