@@ -31,13 +31,14 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from benchmarks.capacity import current_rss_bytes, start_server, stop_server, wait_online
 from benchmarks.procstat import peak_rss_bytes
+from benchmarks.servers import wait_until
 
 CASES = ("closing", "non-readers", "history")
 TALKERS = 10
@@ -140,14 +141,11 @@ def server(clients: int) -> Iterator[tuple[int, tuple[str, int]]]:
         stop_server(proc)
 
 
-def wait_for(check: object, timeout: float = SETTLE_TIMEOUT, step: float = 0.005) -> bool:
-    assert callable(check)
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(step)
-    return True
+def wait_for(
+    check: Callable[[], bool], timeout: float = SETTLE_TIMEOUT, step: float = 0.005
+) -> bool:
+    """``wait_until`` with the overload cases' patience and a finer step."""
+    return wait_until(check, timeout, step)
 
 
 def closing(clients: int) -> OverloadResult:

@@ -14,7 +14,7 @@ Contract:
         retransmitted   after stop(): the frames the server says it retransmitted (-1: it does not)
     start_redis(binary, port, host="127.0.0.1", options=IN_MEMORY) -> ServerProcess, once ready
     free_port(count=1) -> int                   a port of 127.0.0.1 nothing listens on now
-    wait_until(condition, timeout=5) -> bool    poll until it holds (the benchmarks' and the tests')
+    wait_until(condition, timeout=5, step=0.01) -> bool   poll until it holds (benchmarks', tests')
 
 A server of `server_command` listens on 127.0.0.1 with `--port 0` and prints `listening on
 HOST:PORT` on stderr; the project's servers also get `--rate-limit 0` so the load is not
@@ -64,15 +64,16 @@ _TAIL_LINES = 50
 Launcher = Callable[..., "subprocess.Popen[Any]"]
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    """Poll ``condition`` every 10 ms until it holds or ``timeout`` passes; whether it held.
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0, step: float = 0.01) -> bool:
+    """Poll ``condition`` every ``step`` seconds until it holds or ``timeout`` passes; whether
+    it held.
 
     The tests' bounded wait too (``tests.conftest`` passes it on), so there is one of it."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
             return False
-        time.sleep(0.01)
+        time.sleep(step)
     return True
 
 
