@@ -8,6 +8,7 @@ import struct
 import threading
 import time
 
+from common.protocol.codec import Error, ServerFull, encode_line
 from common.protocol.limits import Limits
 from common.room.room import Room
 from common.server.core import RECV_BYTES, Client
@@ -42,6 +43,21 @@ def tune(sock: socket.socket, nodelay: bool) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
+
+
+def refuse(sock: socket.socket, why: str) -> None:
+    """A socket refused at accept, before it is a connection: told why, then closed."""
+    with contextlib.suppress(OSError):
+        sock.send(encode_line(Error.of(ServerFull(why))), socket.MSG_DONTWAIT)
+    sock.close()
+
+
+def join_readers(conns: list[Connection], timeout: float) -> None:
+    """Wait for the readers of ``conns`` to end, ``timeout`` seconds in all at most."""
+    deadline = time.monotonic() + timeout
+    for conn in conns:
+        if conn.thread is not None:
+            conn.thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
 
 class Connection(Client):

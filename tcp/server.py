@@ -13,10 +13,9 @@ Threads, each named and owned by the server:
   no socket is written here. Past the room's backlog (``BACKLOG_SHARE`` of
   ``--max-outbox``) the room holds a talker's next ``say`` or ``dm`` until
   the writer's pass ends, so its socket fills and TCP slows it.
-* ``writer``: sends every byte to a connection and closes it (``tcp.writer``):
-  a connection ends in two steps, ``Connection.end`` then ``Writer.close``.
-  A socket refused at accept (``_refuse``, by ``MainThread``) is told why and
-  closed before it is a connection.
+* ``writer``: sends every byte to a connection and closes it (``tcp.writer``), in
+  two steps: ``Connection.end``, ``Writer.close``. A socket refused at accept is
+  told why and closed by ``MainThread`` (``refuse``), before it is a connection.
 
 Locks: the room's, the writer's (the set of connections) and
 ``Admission``'s; none is held during socket I/O (docs/ARCHITECTURE.md).
@@ -25,7 +24,6 @@ Locks: the room's, the writer's (the set of connections) and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import socket
 import sys
@@ -37,7 +35,6 @@ from dataclasses import dataclass, field
 from common.cli.serverargs import non_negative_float, raise_open_file_limit
 from common.protocol.codec import (
     ClientMessage,
-    Error,
     Hello,
     History,
     LineFramer,
@@ -45,7 +42,6 @@ from common.protocol.codec import (
     ServerFull,
     TooLarge,
     decode_client,
-    encode_line,
 )
 from common.protocol.limits import Limits
 from common.room.room import RESUME_MAX_BYTES
@@ -63,7 +59,7 @@ from common.server.core import (
 )
 from common.server.textmode import GREETING, TEXT_HISTORY, TEXT_SILENCE, TextMode, is_text, plain
 from tcp import memory
-from tcp.connection import IDLE_RECV_BYTES, Connection, tune
+from tcp.connection import IDLE_RECV_BYTES, Connection, join_readers, refuse, tune
 from tcp.writer import Alarm, Writer
 
 log = logging.getLogger("tcp.server")
@@ -137,7 +133,8 @@ class ChatServer(server_main.Server):
         """A new connection, a stranger until it joins (``_settle``), gets its reader."""
         why = self.admission.arrive(addr[0])
         if why is not None:
-            _refuse(sock, addr, why)
+            log.debug("%s:%d refused: %s", addr[0], addr[1], why)
+            refuse(sock, why)
             return
         tune(sock, self.nodelay)
         conn = Connection(sock, addr, self.limits, time.monotonic())
@@ -246,9 +243,8 @@ class ChatServer(server_main.Server):
         return alive
 
     def _decode(self, conn: Connection, line: bytes) -> ClientMessage | None:
-        """A line's message (None: text mode answered it itself). A stranger's hello past the
-        budget of joins (``Admission.may_join``: on TCP a join costs one send, its welcome)
-        is refused, and its connection closed."""
+        """A line's message (None: text mode answered it itself). A hello past the budget of
+        joins (``Admission.may_join``: a TCP join costs one send) is refused: ``server_full``."""
         if conn.text is None:
             message: ClientMessage = decode_client(line).message
         else:
@@ -279,28 +275,13 @@ class ChatServer(server_main.Server):
         conns = self.connections()
         self.core.say_bye(conns, "connection")
         self.writer.said_bye = True  # the writer shuts our side of each once its bye is out
-        self._join_readers(conns)
+        join_readers(conns, SHUTDOWN_GRACE)
         for conn in conns:
             conn.end()
-        self._join_readers(conns)
+        join_readers(conns, SHUTDOWN_GRACE)
         self.writer.stop(SHUTDOWN_GRACE)
         self.writer.alarm.close()
         log.info("stopped")
-
-    @staticmethod
-    def _join_readers(conns: list[Connection]) -> None:
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        for conn in conns:
-            if conn.thread is not None:
-                conn.thread.join(timeout=max(0.0, deadline - time.monotonic()))
-
-
-def _refuse(sock: socket.socket, addr: tuple[str, int], why: str) -> None:
-    """A socket refused at accept, before it is a connection: told why, then closed."""
-    log.debug("%s:%d refused: %s", addr[0], addr[1], why)
-    with contextlib.suppress(OSError):
-        sock.send(encode_line(Error.of(ServerFull(why))), socket.MSG_DONTWAIT)
-    sock.close()
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:
@@ -310,8 +291,8 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1048576,
         metavar="BYTES",
-        help="bytes waiting to be written to one client before it is dropped as too slow "
-        "(default: %(default)s)",
+        help="bytes waiting for one client that does not read before it is dropped as too "
+        "slow (default: %(default)s)",
     )
     parser.add_argument(
         "--coalesce-ms",
