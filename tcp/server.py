@@ -58,7 +58,6 @@ from common.server.core import (
     Core,
 )
 from common.server.textmode import GREETING, TEXT_HISTORY, TEXT_SILENCE, TextMode, is_text, plain
-from tcp import memory
 from tcp.connection import IDLE_RECV_BYTES, Connection, join_readers, refuse, tune
 from tcp.writer import Alarm, Writer
 
@@ -313,7 +312,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 def make(args: argparse.Namespace) -> ChatServer:
     raise_open_file_limit()
     threading.stack_size(THREAD_STACK_BYTES)
-    memory.one_arena()
     return ChatServer(
         Limits.from_args(args, max_outbox=args.max_outbox),
         host=args.host,

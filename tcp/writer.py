@@ -42,7 +42,7 @@ GIVE_BACK_AFTER = 256
 GIVE_BACK_QUIET = 0.25
 """After ``GIVE_BACK_AFTER`` connections or more closed, once none has closed for
 ``GIVE_BACK_QUIET`` seconds, the writer gives the memory they freed back to the system
-(``tcp.memory.trim``): thousands of readers leave free memory in glibc's arena, most of it not
+(``tcp.memory.trim``): thousands of readers leave free memory in glibc's arenas, most of it not
 at the top where ``free`` would give it back."""
 
 

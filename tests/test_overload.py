@@ -10,14 +10,11 @@ left to do. The writer is paused by hand where a test needs it behind.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import re
 import socket
 import struct
-import subprocess
-import sys
 import termios
 import threading
 import time
@@ -31,7 +28,7 @@ import tcp.writer
 from common.protocol.limits import Limits
 from tcp.connection import SNDBUF_BYTES, Connection
 from tcp.server import BACKLOG_SHARE, ChatServer
-from tests.conftest import ROOT, WAIT, JsonClient, ServerProcess, wait_until
+from tests.conftest import WAIT, JsonClient, ServerProcess, wait_until
 
 Start = Callable[..., ServerProcess]
 
@@ -294,40 +291,6 @@ def test_the_writer_gives_memory_back_once_many_closes_stopped(
             watcher.expect("pong")
         time.sleep(2 * tcp.writer.GIVE_BACK_QUIET)  # it would have come by now: it does not
         assert trims == [0]
-
-
-ARENA_PROBE = """
-import ctypes, threading
-from tcp import memory
-memory.one_arena()
-libc = ctypes.CDLL(None)
-libc.malloc.restype = ctypes.c_void_p
-libc.free.argtypes = [ctypes.c_void_p]
-def churn():
-    for _ in range(20000):
-        libc.free(libc.malloc(1000))
-threads = [threading.Thread(target=churn) for _ in range(8)]
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join()
-libc.malloc_stats()
-"""
-
-
-@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_stats"), reason="glibc only")
-def test_the_server_s_threads_share_one_malloc_arena() -> None:
-    """Threads that call malloc at the same moment (ctypes lets the interpreter go) still
-    share one arena once ``one_arena`` was called: what one frees, another reuses."""
-    done = subprocess.run(
-        [sys.executable, "-c", ARENA_PROBE],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=6 * WAIT,
-        check=True,
-    )
-    assert [line for line in done.stderr.splitlines() if line.startswith("Arena ")] == ["Arena 0:"]
 
 
 def test_clients_that_never_read_cost_little_and_give_it_back(start_server: Start) -> None:
