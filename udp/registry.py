@@ -22,7 +22,7 @@ import math
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from common.protocol.codec import Welcome
 from common.protocol.packets import SharedPacking
@@ -90,11 +90,17 @@ class Registry:
     # ---- writing -------------------------------------------------------
 
     def write(self, data: bytes, address: Address) -> None:
-        try:
-            self.sock.sendto(data, address)
-        except OSError as exc:
-            self.dropped["send_failed"] += 1
-            log.debug("send to %s:%d failed: %s", address[0], address[1], exc)
+        self.write_all((data,), address)
+
+    def write_all(self, datagrams: Sequence[bytes], address: Address) -> None:
+        """One ``sendto`` each; one that fails is counted and logged, the rest still go."""
+        sendto = self.sock.sendto
+        for datagram in datagrams:
+            try:
+                sendto(datagram, address)
+            except OSError as exc:
+                self.dropped["send_failed"] += 1
+                log.debug("send to %s:%d failed: %s", address[0], address[1], exc)
 
     def flush(self, now: float, *, at_once: bool = False) -> None:
         """Catch every session up on what the room has for it, in its own ``seq``.
@@ -199,13 +205,7 @@ class Registry:
             return
         datagrams = link.datagrams(now) if packing is None else link.send_shared(packing, now)
         session.sent += len(datagrams)
-        sendto, address = self.sock.sendto, session.address
-        for datagram in datagrams:
-            try:
-                sendto(datagram, address)
-            except OSError as exc:
-                self.dropped["send_failed"] += 1
-                log.debug("send to %s:%d failed: %s", address[0], address[1], exc)
+        self.write_all(datagrams, session.address)
         if link.failed:
             self.end(session, "timeout")
         elif link.overflowed:
