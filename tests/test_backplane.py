@@ -27,12 +27,14 @@ from common.protocol.codec import (
     Renamed,
     Say,
     SendDm,
+    Unavailable,
     Users,
     Welcome,
     Who,
     name_key,
 )
 from common.room.room import Entry, Room
+from tests.conftest import WAIT
 from tests.test_room import Peer
 
 
@@ -53,6 +55,9 @@ class SharedBackplane:
     def __init__(self, order: SharedOrder) -> None:
         self.ready = True
         self.busy = False
+        self.calm = threading.Event()  # set unless busy: what a held message waits on
+        self.calm.set()
+        self.held = threading.Event()  # set once a message waited in ``wait_while_busy``
         self.order = order
         self.room: Room[Any] | None = None
         self.feeder = threading.Thread(target=self._feed, name="feeder", daemon=True)
@@ -71,12 +76,30 @@ class SharedBackplane:
                 del self.order.names[name_key(old)]
             return True
 
+    def set_busy(self, busy: bool) -> None:
+        """Behind (True) or caught up: a held message goes on once it is caught up."""
+        self.busy = busy
+        if busy:
+            self.calm.clear()
+        else:
+            self.calm.set()
+
+    def lose(self) -> None:
+        """The order cannot be reached: a held message waits no more."""
+        self.ready = False
+        self.calm.set()
+
+    def wait_while_busy(self) -> None:
+        self.held.set()
+        self.calm.wait()
+
     def publish(self, entry: Entry) -> None:
         with self.order.changed:
             self.order.events.append((entry, self))
             self.order.changed.notify_all()
 
     def close(self) -> None:
+        self.calm.set()  # closing: a held message waits no more
         with self.order.changed:
             self.order.stopping = True
             self.order.changed.notify_all()
@@ -160,9 +183,103 @@ def test_a_room_that_cannot_reach_its_order_refuses() -> None:
         first.handle(Peer(first), Hello(name="bob"))
     backplane.ready = True
     assert joined(first, "bob").stage is alice.stage
-    backplane.busy = True  # too much on its way: new messages wait for nothing, they are refused
+    backplane.set_busy(True)  # too much on its way: without flow control (UDP), refused
     for message in (Say(text="x"), SendDm(to="bob", text="x")):
         with pytest.raises(RateLimited, match="busy"):
             first.handle(alice, message)
     assert first.handle(alice, Nick(name="al")) and first.handle(alice, Who())
+    assert not backplane.held.is_set()
     first.close()
+
+
+FLOW = 1 << 20
+"""A room's ``max_backlog`` in these tests: flow control on (the TCP server's room), and a
+writer's backlog that never reaches it."""
+
+
+class Talker(threading.Thread):
+    """One ``handle`` of one message on a thread of its own, as a TCP reader calls it: what
+    it returned, or what it raised."""
+
+    def __init__(self, room: Room[Peer], peer: Peer, message: Say | SendDm) -> None:
+        super().__init__(name="talker", daemon=True)
+        self.room, self.peer, self.message = room, peer, message
+        self.alive: bool | None = None
+        self.error: Exception | None = None
+
+    def run(self) -> None:
+        try:
+            self.alive = self.room.handle(self.peer, self.message)
+        except Exception as exc:
+            self.error = exc
+
+
+def held_talker(order: SharedOrder) -> tuple[SharedBackplane, Room[Peer], Peer, Talker]:
+    """alice in a room with flow control whose order is busy, her ``say`` held."""
+    backplane = SharedBackplane(order)
+    room: Room[Peer] = Room(max_users=10, backplane=backplane, max_backlog=FLOW)
+    alice = joined(room, "alice")
+    alice.read()
+    backplane.set_busy(True)
+    talker = Talker(room, alice, Say(text="held"))
+    talker.start()
+    assert backplane.held.wait(WAIT), "the say was not held"
+    return backplane, room, alice, talker
+
+
+def test_a_room_with_flow_control_holds_a_message_while_its_order_is_busy() -> None:
+    """The TCP server's room: a say waits (its reader does not read, TCP slows the talker)
+    until the order is caught up, then goes out; nothing is refused, and what is not a
+    message is not held."""
+    order = SharedOrder()
+    backplane, room, alice, talker = held_talker(order)
+    assert talker.is_alive() and len(order.events) == 1  # her joined only
+    assert room.handle(alice, Who()) and room.handle(alice, Nick(name="al"))
+    backplane.set_busy(False)
+    talker.join(WAIT)
+    assert talker.alive and talker.error is None
+    said = [m for m in read_until(alice, 3) if isinstance(m, Msg)]
+    assert [m.text for m in said] == ["held"]
+    room.close()
+
+
+def test_a_held_message_waits_again_if_the_order_is_busy_once_more(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Woken with others that took the order past its bound again first, a held message finds
+    it busy under the lock: it waits again, it is not refused."""
+    order = SharedOrder()
+    backplane = SharedBackplane(order)
+    room: Room[Peer] = Room(max_users=10, backplane=backplane, max_backlog=FLOW)
+    alice = joined(room, "alice")
+    backplane.set_busy(True)
+    waits: list[None] = []
+
+    def wait_while_busy() -> None:
+        waits.append(None)
+        if len(waits) > 1:  # the first returns at once: woken, still busy
+            SharedBackplane.wait_while_busy(backplane)
+
+    monkeypatch.setattr(backplane, "wait_while_busy", wait_while_busy)
+    talker = Talker(room, alice, SendDm(to="alice", text="held"))
+    talker.start()
+    assert backplane.held.wait(WAIT), "the dm was refused instead of held again"
+    assert len(waits) == 2 and not order.events[1:]
+    backplane.set_busy(False)
+    talker.join(WAIT)
+    assert talker.alive and talker.error is None
+    assert [type(m) for m in read_until(alice, 2)] == [Welcome, Dm]
+    room.close()
+
+
+def test_a_held_message_is_refused_when_the_order_is_lost_or_the_room_closes() -> None:
+    """Its reader never hangs: the wait ends, and the message gets ``Unavailable``."""
+    backplane, room, _, talker = held_talker(SharedOrder())
+    backplane.lose()
+    talker.join(WAIT)
+    assert isinstance(talker.error, Unavailable) and "cannot be reached" in str(talker.error)
+    room.close()
+    backplane, room, _, talker = held_talker(SharedOrder())
+    room.close()
+    talker.join(WAIT)
+    assert isinstance(talker.error, Unavailable) and "stopping" in str(talker.error)

@@ -26,7 +26,7 @@ import pytest
 import redis
 
 from benchmarks.servers import free_port
-from common.protocol.codec import Msg, Unavailable
+from common.protocol.codec import Hello, Msg, Say, Unavailable
 from common.room import redisroom
 from common.room.redisroom import RedisBackplane
 from common.room.room import Entry, Member, Room
@@ -39,8 +39,9 @@ LEASE = "1"
 """Seconds of lease in these tests: a killed server's users leave within about two."""
 GONE_WITHIN = 15.0
 IN_FLIGHT = 1000
-"""Events a server may have on their way through Redis before it refuses messages, as the
-README and docs/PROTOCOL.md say (pinned here, not read from the code that it checks)."""
+"""Events a server may have on their way through Redis before it holds (TCP) or refuses (UDP)
+messages, as the README and docs/PROTOCOL.md say (pinned here, not read from the code that it
+checks)."""
 
 
 Cluster = Callable[..., ServerProcess]
@@ -280,11 +281,12 @@ def test_a_message_from_another_server_reaches_udp_users_at_once(
     bob.close()
 
 
-def test_a_server_that_cannot_keep_up_refuses_instead_of_queueing(
+def test_a_tcp_talker_is_slowed_not_refused_while_redis_is_behind(
     start_server: Start, redis_server: RedisServer, connect: Connect
 ) -> None:
-    """Redis takes no writes for a while: past IN_FLIGHT events on their way, messages are
-    refused (``rate_limited``), and the ones accepted all arrive, in order, once it takes them."""
+    """Redis takes no writes for a while: past IN_FLIGHT events on their way, the TCP server
+    stops reading the talker (TCP's flow control slows it) instead of refusing; once Redis
+    takes them, every message arrives, in order, and none was refused."""
     server = start_server(
         "tcp.server", "--rate-limit", "0", "--redis", redis_server.url, "--lease", "10"
     )
@@ -293,9 +295,33 @@ def test_a_server_that_cannot_keep_up_refuses_instead_of_queueing(
     said = [f"m{i}" for i in range(IN_FLIGHT + 50)]
     alice.send_raw(b"".join(b'{"type":"say","text":"%s"}\n' % text.encode() for text in said))
     delivered: list[str] = []
+    while len(delivered) < len(said):
+        frame = alice.recv()
+        assert frame["type"] != "error", frame
+        if frame["type"] == "msg":
+            delivered.append(frame["text"])
+    assert delivered == said
+    assert "Traceback" not in server.log
+
+
+def test_a_udp_server_that_cannot_keep_up_refuses_instead_of_queueing(
+    start_server: Start, redis_server: RedisServer
+) -> None:
+    """UDP has no flow control to slow a talker with: past IN_FLIGHT events on their way
+    through a Redis that takes no writes, messages are refused (``rate_limited``), and the ones
+    accepted all arrive, in order, once it takes them."""
+    server = start_server(
+        "udp.server", "--rate-limit", "0", "--redis", redis_server.url, "--lease", "10"
+    )
+    bob = udp_join(server, "bob")
+    redis.Redis.from_url(redis_server.url).client_pause(1500, all=False)
+    said = [f"m{i}" for i in range(IN_FLIGHT + 50)]
+    for text in said:
+        bob.send({"type": "say", "text": text})
+    delivered: list[str] = []
     refused = 0
     while len(delivered) + refused < len(said):
-        frame = alice.recv()
+        frame = bob.recv()
         if frame["type"] == "error":
             assert frame["code"] == "rate_limited" and "busy" in frame["text"]
             refused += 1
@@ -303,9 +329,110 @@ def test_a_server_that_cannot_keep_up_refuses_instead_of_queueing(
             delivered.append(frame["text"])
     assert delivered == said[: len(delivered)]
     assert IN_FLIGHT - 10 <= len(delivered) <= IN_FLIGHT + 1
-    alice.send({"type": "say", "text": "later"})
-    assert alice.expect("msg")["text"] == "later"
+    bob.send({"type": "say", "text": "later"})
+    bob.expect("msg", text="later")
+    bob.close()
     assert "Traceback" not in server.log
+
+
+class HeldRoom:
+    """A room with flow control (as the TCP server's) on a Redis that is stopped (SIGSTOP)
+    with IN_FLIGHT + 1 of its events on their way: ``busy``. ``talk`` says one more on a
+    thread of its own, held in ``wait_while_busy``. Redis must not stay stopped for long:
+    past the backplane's socket timeout the link is lost."""
+
+    def __init__(self, redis_server: RedisServer, room: str) -> None:
+        self.redis_server = redis_server
+        self.backplane = RedisBackplane(redis_server.url, room, history=10, lease=10)
+        self.room: Room[Member] = Room(max_users=10, backplane=self.backplane, max_backlog=1 << 20)
+        self.alice = Member()
+        self.room.handle(self.alice, Hello(name="alice"))
+        self.held = threading.Event()
+        self.answer: bool | Exception | None = None
+        assert redis_server.proc is not None
+        os.kill(redis_server.proc.pid, signal.SIGSTOP)
+        for i in range(IN_FLIGHT + 1):
+            self.room.handle(self.alice, Say(text=f"m{i}"))
+        assert self.backplane.busy
+
+    def talk(self) -> threading.Thread:
+        wait = self.backplane.wait_while_busy
+
+        def watched() -> None:
+            self.held.set()
+            wait()
+
+        self.backplane.wait_while_busy = watched  # type: ignore[method-assign]
+
+        def say() -> None:
+            try:
+                self.answer = self.room.handle(self.alice, Say(text="held"))
+            except Exception as exc:
+                self.answer = exc
+
+        talker = threading.Thread(target=say, name="talker", daemon=True)
+        talker.start()
+        assert self.held.wait(WAIT), "the say was not held"
+        return talker
+
+    def resume_redis(self) -> None:
+        assert self.redis_server.proc is not None
+        os.kill(self.redis_server.proc.pid, signal.SIGCONT)
+
+    def texts(self) -> list[str]:
+        entries = self.room.take(self.alice)
+        return [e.message.text for e in entries if isinstance(e.message, Msg)]
+
+
+def test_a_held_message_goes_on_once_redis_catches_up(redis_server: RedisServer) -> None:
+    """Redis stopped with the room busy: a say waits in its reader's thread; Redis going on,
+    the events come back, and the say is handled and arrives after them, in order."""
+    held = HeldRoom(redis_server, "held")
+    try:
+        talker = held.talk()
+        assert talker.is_alive() and held.answer is None
+        held.resume_redis()
+        talker.join(WAIT)
+        assert held.answer is True
+        said: list[str] = []
+
+        def all_back() -> bool:
+            said.extend(held.texts())
+            return len(said) >= IN_FLIGHT + 2
+
+        assert wait_until(all_back), "the messages never came back"
+        assert said == [f"m{i}" for i in range(IN_FLIGHT + 1)] + ["held"]
+    finally:
+        held.resume_redis()
+        held.room.close()
+
+
+def test_a_held_message_is_refused_once_redis_is_lost(redis_server: RedisServer) -> None:
+    """Redis stays stopped past the backplane's socket timeout: the link is lost, and the held
+    reader wakes to refuse its message (``Unavailable``), it does not hang."""
+    held = HeldRoom(redis_server, "lost")
+    try:
+        talker = held.talk()
+        talker.join(redisroom.SOCKET_TIMEOUT + WAIT)
+        assert isinstance(held.answer, Unavailable) and "cannot be reached" in str(held.answer)
+    finally:
+        held.resume_redis()
+        held.room.close()
+
+
+def test_a_held_message_is_refused_when_the_server_stops(redis_server: RedisServer) -> None:
+    """The room closes while a reader is held: it wakes at once and refuses its message, so
+    the server's shutdown never waits for it."""
+    held = HeldRoom(redis_server, "stopping")
+    closer = threading.Thread(target=held.room.close, name="closer", daemon=True)
+    try:
+        talker = held.talk()
+        closer.start()
+        talker.join(redisroom.SOCKET_TIMEOUT / 2)  # before the link could be lost instead
+        assert isinstance(held.answer, Unavailable) and "stopping" in str(held.answer)
+    finally:
+        held.resume_redis()
+        closer.join(WAIT)
 
 
 def test_redis_back_without_its_data(start_server: Start, tmp_path: Path, connect: Connect) -> None:

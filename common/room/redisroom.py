@@ -111,10 +111,12 @@ READ_AT_START = 1200
 room's other events (it reads ``--history`` + 200 when that is more)."""
 MAX_IN_FLIGHT = 1000
 """Events this server may have put in the order that have not come back to it yet; past it
-the room is ``busy`` and refuses new messages. A server past what it can carry would otherwise
-queue without bound, and its reader, falling ever further behind, would find the stream
-trimmed past events it never read. With this bound a reader that is behind at all is at most
-MAX_IN_FLIGHT of its own events behind, well within MIN_STREAM."""
+the room is ``busy``: a TCP server's room holds new messages until it is under it again (the
+talker's reader waits, and TCP's flow control slows the talker), a UDP server's refuses them.
+A server past what it can carry would otherwise queue without bound, and its reader, falling
+ever further behind, would find the stream trimmed past events it never read. With this bound
+a reader that is behind at all is at most MAX_IN_FLIGHT of its own events behind (and the
+few ``joined``, ``left`` and ``renamed`` said meanwhile), well within MIN_STREAM."""
 READ_BLOCK_MS = 500
 READ_COUNT = 1000
 PUBLISH_BATCH = 500
@@ -291,6 +293,9 @@ UNREACHABLE = (Link.CONNECTING, Link.LOST)
 closing, the server is saying ``bye``: nobody is told the room cannot be reached."""
 NO_NEW_NAMES = (Link.LOST, Link.REGAINING)
 """States in which no name is given out: Redis may have come back without them."""
+FLOWING = (Link.READY, Link.REGAINING)
+"""States in which a message held while the room is ``busy`` waits (``wait_while_busy``): its
+events are on their way back. Lost, the room refuses it; closing, everyone is told ``bye``."""
 
 
 class Wire:
@@ -343,6 +348,10 @@ class RedisBackplane:
         self._awaited: deque[tuple[int, Entry]] = deque()
         self._me = self.server.encode()
         self._outbox_changed = threading.Condition()
+        # Set unless busy with the link FLOWING: what a held message waits on. Changed under
+        # _outbox_changed only (``_settle``), where ``_published`` and the link are read.
+        self._calm = threading.Event()
+        self._calm.set()
         self._state_lock = threading.Lock()  # the link, and the names held here
         self._stopped = threading.Event()  # set as the link is STOPPED: every wait ends
         self._room: Room[Any] | None = None
@@ -454,10 +463,22 @@ class RedisBackplane:
         if after is Link.STOPPED:
             self._stopped.set()
             self._renew_now.set()
-        if after in (Link.CLOSING, Link.STOPPED):
-            with self._outbox_changed:
+        with self._outbox_changed:
+            self._settle()  # lost or closing: a held message waits no more
+            if after in (Link.CLOSING, Link.STOPPED):
                 self._outbox_changed.notify()
         return before, after
+
+    def _settle(self) -> None:
+        """``_calm`` as it is to be now (``_outbox_changed`` held): cleared while busy with the
+        link FLOWING, else set. Every change that may make it busy (a publish) or move the
+        link settles it under that lock, so none is missed; a read only makes it less busy."""
+        held = self.busy and self.link in FLOWING
+        if held == self._calm.is_set():
+            if held:
+                self._calm.clear()
+            else:
+                self._calm.set()
 
     def claim(self, name: str, old: str | None) -> bool:
         return self.claim_session(name, old, "")
@@ -504,6 +525,9 @@ class RedisBackplane:
     def busy(self) -> bool:
         return self._published - self._returned > MAX_IN_FLIGHT
 
+    def wait_while_busy(self) -> None:
+        self._calm.wait()
+
     def publish(self, entry: Entry) -> None:
         release, token = "", ""
         if isinstance(entry.message, Left):
@@ -514,6 +538,7 @@ class RedisBackplane:
             self._published = next(self._event_numbers)
             self._outbox.append((self._published, entry.line[:-1], release, token))
             self._awaited.append((self._published, entry))
+            self._settle()
             self._outbox_changed.notify()
 
     def close(self) -> None:
@@ -613,6 +638,9 @@ class RedisBackplane:
                     except (ProtocolError, KeyError) as exc:
                         log.warning("skipped a stream entry that is not a frame: %s", exc)
                 self._room.receive(batch)
+            if not self._calm.is_set():  # our events came back: held messages may go on
+                with self._outbox_changed:
+                    self._settle()
 
     def _entry(self, entry_id: bytes, fields: dict[bytes, bytes]) -> tuple[Entry, bool]:
         """A stream entry as the room's: one of ours that it still holds is taken back as

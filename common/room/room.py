@@ -30,6 +30,17 @@ the talker, in order, losing nothing. The readers wait on one event,
 pass ends under it or the room closes), with no lock held; those that looked
 at the same moment may each add one frame past the bound, no more.
 
+A room with ``max_backlog`` (flow control: the TCP server's) holds a ``say``
+or ``dm`` the same way while its backplane is ``busy`` (a shared one with
+too many of this server's events on their way): the reader waits in the
+backplane's ``wait_while_busy``, no lock held, and if it finds the backplane
+busy again once it has the lock (others woken with it got there first), it
+waits again: no ``say`` or ``dm`` takes the backplane past its bound. That
+wait also ends when the order is lost or the room closes; the message is
+then refused (``Unavailable``), so no reader hangs. A room without flow
+control (UDP: nothing would slow the sender) refuses a ``say`` or ``dm``
+while the backplane is busy (``RateLimited``).
+
 History. The last ``history`` messages (``msg`` only) are kept with their
 log position. A member's ``welcome`` is posted at a log position; the
 answer to ``history`` is the messages before that position, so history
@@ -85,19 +96,20 @@ since; one before it, or in another epoch, gets ``resumed: false``.
 
 Locking rule: one lock (``Room.lock``) guards the room: the members, their
 names, stages, cursors and private queues, the log, the history and the
-backlog. Every method that reads or changes them takes it, and none does
-I/O under it. What it calls out to while holding it is the clock, the
+backlog. Every method that reads or changes them takes it, and none does I/O
+under it. What it calls out to while holding it is the clock, the
 backplane's ``publish`` (and its ``ready`` and ``busy``, read) and the
 archive's ``add`` and ``given``: each O(1), none may block. A hello waits
 for its ``joined`` to come back on a condition of that lock (``_changed``),
-which lets go of it meanwhile; a ``say`` held back waits on an event, with
-no lock held. The backplane's ``claim``, ``claim_session``, ``take_over``
-and ``close``, which may do I/O, are called outside it. After a change that
-gives someone something to read, the room calls the transport's ``wake``
-(outside the lock), and after a takeover its ``on_taken`` (outside the lock
-too, from whichever thread brought the resume: a reader's, or a
-backplane's). A transport may hold its own lock while calling the room (the
-UDP server does), never the other way round.
+which lets go of it meanwhile; a ``say`` held back waits on the room's event
+or in the backplane's ``wait_while_busy``, with no lock held. The
+backplane's ``claim``, ``claim_session``, ``take_over`` and ``close``, which
+may do I/O, are called outside it. After a change that gives someone
+something to read, the room calls the transport's ``wake`` (outside the
+lock), and after a takeover its ``on_taken`` (outside the lock too, from
+whichever thread brought the resume: a reader's, or a backplane's). A
+transport may hold its own lock while calling the room (the UDP server
+does), never the other way round.
 """
 
 from __future__ import annotations
@@ -328,6 +340,11 @@ def already_registered(member: Member) -> AlreadyRegistered:
     return AlreadyRegistered(f"you are already registered as {member.name}")
 
 
+class _Held(Exception):
+    """A ``say`` or ``dm`` in a room with flow control found the backplane busy (lock held):
+    nothing was done, and it is handled again once the backplane lets it through."""
+
+
 class Backplane(Protocol):
     """Where the room's events are put in their one order (see the module's docstring).
 
@@ -342,8 +359,13 @@ class Backplane(Protocol):
     @property
     def busy(self) -> bool:
         """True while too much of what this server put in the order has not come back yet:
-        the room then refuses new messages (``RateLimited``) rather than queue them without
-        bound."""
+        rather than queue new messages without bound, a room with flow control holds them
+        (``wait_while_busy``) and one without refuses them (``RateLimited``)."""
+
+    def wait_while_busy(self) -> None:
+        """Return once the backplane is not ``busy``, or once waiting is pointless: the order
+        cannot be reached (not ``ready``) or the backplane closes. Called outside the room's
+        lock, by a room with flow control, before a ``say`` or ``dm``."""
 
     def attach(self, room: Room[Any]) -> None:
         """Start feeding ``room``; called once, at the end of its constructor."""
@@ -415,6 +437,9 @@ class LocalBackplane:
 
     def claim(self, name: str, old: str | None) -> bool:
         return True
+
+    def wait_while_busy(self) -> None:
+        """Never busy: the room applies what it publishes at once."""
 
     def publish(self, entry: Entry) -> None:
         assert self._room is not None
@@ -572,10 +597,22 @@ class Room(Generic[M]):
         """Act on one message from ``member``; False once its session is over.
 
         A refusal raises ``ProtocolError``; the transport answers it with
-        ``refuse``. A member that is gone acts no more.
+        ``refuse``. A member that is gone acts no more. In a room with flow control
+        (``max_backlog``), a ``say`` or ``dm`` first waits while the writer is behind or the
+        backplane busy, and again each time it finds the backplane busy once more (see the
+        module's docstring): its reader waits, no lock held.
         """
-        if self._max_backlog is not None and isinstance(message, (Say, SendDm)):
-            self._room_for_more.wait()
+        held = self._max_backlog is not None and isinstance(message, (Say, SendDm))
+        while True:
+            if held:
+                self._room_for_more.wait()
+                self._backplane.wait_while_busy()
+            try:
+                return self._handle(member, message)
+            except _Held:
+                continue
+
+    def _handle(self, member: M, message: ClientMessage) -> bool:
         taken: M | None = None
         elsewhere = False  # the hello resumes a session another server holds
         with self.lock:
@@ -1129,10 +1166,19 @@ class Room(Generic[M]):
             self._answer_history(member, message.limit)
 
     def _check_ready(self) -> None:
-        if not self._backplane.ready:
+        """A ``say`` or ``dm`` needs the order. While the backplane is busy, a room with flow
+        control holds it (``_Held``: it waits outside the lock and is handled again), one
+        without refuses it; a closed room, whose held readers were woken to end, refuses it."""
+        backplane = self._backplane
+        if not backplane.ready:
             raise Unavailable("the room cannot be reached just now: your message was not sent")
-        if self._backplane.busy:
+        if not backplane.busy:
+            return
+        if self._max_backlog is None:
             raise RateLimited("the room is busy: your message was not sent; try again in a moment")
+        if self._closed:
+            raise Unavailable("the server is stopping: your message was not sent")
+        raise _Held
 
     def _dm(self, member: M, message: SendDm) -> None:
         to = self._roster.get(name_key(message.to))
