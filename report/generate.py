@@ -964,7 +964,10 @@ cores, so two servers cannot gain here). Most deliveries/s past saturation:
 {{cluster_two_peak}} for two servers on Redis; p99 at {{cluster_room}} × 5:
 {{cluster_one_p99}}, {{cluster_redis_p99}} and {{cluster_two_p99}} ms. One Redis core appends
 about {{stream_ceiling}} events/s, {{stream_room_deliveries}} deliveries/s at {{cluster_room}}
-members: {{cluster_ceiling}}. Tables in RUNS.md."""
+members: {{cluster_ceiling}}. At {{cluster_target}}, past what one server carries, a TCP
+server on Redis holds a talker's next message while Redis is behind, as it does when its own
+writer is: TCP's flow control slows the talker, and nothing is refused. {{cluster_target_text}}
+Tables in RUNS.md."""
 """Section 6, from `benchmarks.cluster`'s file."""
 
 
@@ -998,9 +1001,36 @@ def cluster_context(cluster: dict[str, Any]) -> dict[str, str]:
             if stream["ceiling_events_per_s"] * room > peak.get("one server", 0.0)
             else "the stream is the ceiling before the servers' fan-out"
         ),
+        **_cluster_target(cluster.get("target", [])),
         "table_cluster_saturation": _cluster_table(cluster["saturation"], _SATURATION_COLUMNS),
         "table_cluster_latency": _cluster_table(latency, _LATENCY_COLUMNS),
         "table_cluster_stream": _cluster_table(cluster["stream"], _STREAM_COLUMNS),
+    }
+
+
+def _cluster_target(target: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The Redis target's load, and what each set-up did there: median [range] of its runs."""
+    if not target:
+        return {"cluster_target": "the target load", "cluster_target_text": "Not measured."}
+
+    def spread(run: dict[str, Any], key: str, fmt: Callable[[float], str]) -> str:
+        low, high = run["range"].get(key, [run[key], run[key]])
+        shown = fmt(run[key])
+        return shown if fmt(low) == fmt(high) else f"{shown} [{fmt(low)}–{fmt(high)}]"
+
+    def said(run: dict[str, Any]) -> str:
+        bound = " †" if run["harness_bound"] else ""
+        return (
+            f"{run['setup'].capitalize()}: {spread(run, 'delivered_pct', num)} % delivered, "
+            f"{spread(run, 'refused_pct', num)} % refused, p99 {spread(run, 'p99_ms', ms)} ms"
+            f"{bound}"
+        )
+
+    first = target[0]
+    return {
+        "cluster_target": f"{first['clients']} × {first['rate']:g}",
+        "cluster_target_text": "; ".join(said(run) for run in target)
+        + f" (median [range] of {len(first['runs'])}).",
     }
 
 
