@@ -17,6 +17,7 @@ from common.protocol.codec import (
     AckRanges,
     BadFrame,
     Hello,
+    ProtocolError,
     decode_client,
     decode_server,
     encode,
@@ -29,7 +30,14 @@ from common.protocol.packetlink import (
     PN_WINDOW,
     PacketLink,
 )
-from common.protocol.packets import MAX_PACKET_BYTES, BadPacket, SharedPacking, header, parse
+from common.protocol.packets import (
+    MAX_PACKET_BYTES,
+    BadPacket,
+    SharedPacking,
+    ack_only,
+    header,
+    parse,
+)
 from common.protocol.rangeset import RangeSet
 from common.protocol.recovery import (
     GRANULARITY,
@@ -117,6 +125,43 @@ def test_an_ack_of_one_range_as_we_write_it_reads_as_the_parser_reads_it() -> No
     ):
         with pytest.raises(BadFrame):
             decode_client(bad)
+
+
+def _as_codec_reads(frame: bytes) -> tuple[tuple[tuple[int, int], ...], int] | None:
+    try:
+        message = decode_client(frame).message
+    except ProtocolError:
+        return None
+    return (message.ranges, message.delay) if isinstance(message, AckRanges) else None
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), max_size=MAX_ACK_RANGES + 2),
+    st.integers(0, 99),
+)
+def test_a_packet_of_acks_alone_reads_as_the_codec_reads_each_ack(
+    ranges: list[tuple[int, int]], delay: int
+) -> None:
+    """What ``ack_only`` takes, the codec takes alike; what the codec refuses, it leaves."""
+    frame = b'{"type":"ack","ranges":[%s],"delay":%d}' % (
+        b",".join(b"[%d,%d]" % pair for pair in ranges),
+        delay,
+    )
+    assert ack_only([frame]) == ([codec] if (codec := _as_codec_reads(frame)) else None)
+
+
+def test_a_packet_with_anything_but_acks_is_left_to_the_codec() -> None:
+    ack = b'{"type":"ack","ranges":[[9,7],[3,0]],"delay":4}'
+    assert ack_only([ack, ack]) == [(((9, 7), (3, 0)), 4)] * 2
+    for other in (
+        b'{"type":"ping","seq":3}',
+        b'{"type": "ack", "ranges": [[9, 7]], "delay": 4}',  # not as we write it: the codec's
+        b'{"type":"ack","ranges":[[09,7]],"delay":4}',
+        b'{"type":"ack","ranges":[[9,7]]}',
+        b'{"type":"ack","seq":4}',
+    ):
+        assert ack_only([ack, other]) is None
 
 
 def test_hello_asks_for_packets() -> None:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.protocol.codec import MAX_FRAME_BYTES
+from common.protocol.codec import MAX_ACK_RANGES, MAX_FRAME_BYTES
 
 MAX_PACKET_BYTES = 1200
 """A packet's size unless one frame alone is bigger: QUIC's smallest datagram, which
@@ -44,6 +44,17 @@ MAX_DATAGRAM_BYTES = MAX_FRAME_BYTES + MAX_HEADER_BYTES
 _HEADER = re.compile(rb'\{"pn":(0|[1-9][0-9]{0,17})(?:,"session":"([0-9a-f]{1,64})")?\}')
 """The header as we write it, read without the JSON parser; any other spelling
 takes the general path."""
+
+_PN = rb"(?:0|[1-9][0-9]{0,17})"
+_ACK = re.compile(
+    rb'\{"type":"ack","ranges":\[(\[%s,%s\](?:,\[%s,%s\]){0,%d})\],"delay":(%s)\}'
+    % (_PN, _PN, _PN, _PN, MAX_ACK_RANGES - 1, _PN)
+)
+"""An ack of a packet session as we write it, its ranges within the bound."""
+_RANGE = re.compile(rb"\[([0-9]+),([0-9]+)\]")
+
+Acks = list[tuple[tuple[tuple[int, int], ...], int]]
+"""The acks of a packet: each one's ``(hi, lo)`` ranges, largest first, and its delay (ms)."""
 
 
 class BadPacket(Exception):
@@ -144,6 +155,26 @@ def parse(data: bytes) -> Packet:
     if not frames:
         raise BadPacket("a packet holds at least one frame")
     return Packet(pn, session, frames)
+
+
+def ack_only(frames: Sequence[bytes]) -> Acks | None:
+    """The acks of a packet that holds nothing else, each as the codec reads it; None if a
+    frame is anything else, or not spelled as we write it (the codec then reads it, and
+    refuses what it must). Most of what a busy reliable room sends a server is such packets:
+    this reads them without the JSON parser and without a message object per frame."""
+    acks: Acks = []
+    for frame in frames:
+        match = _ACK.fullmatch(frame)
+        if match is None:
+            return None
+        ranges = tuple((int(hi), int(lo)) for hi, lo in _RANGE.findall(match[1]))
+        below = None
+        for hi, lo in ranges:
+            if hi < lo or (below is not None and hi >= below):
+                return None
+            below = lo
+        acks.append((ranges, int(match[2])))
+    return acks
 
 
 def _header(line: bytes) -> tuple[int, str | None]:
