@@ -68,8 +68,11 @@ class Registry:
         self.held = SharedFrames(stamp)
         self._busy: set[Session] = set()  # reliable sessions with frames in flight
         self._taken: deque[Session] = deque()  # taken over by a resume: to forget
-        # Packet sessions the room has news for, waiting for their next catch-up (``flush``).
+        # Packet sessions the room has news for, waiting for their next catch-up (``flush``);
+        # ``owed``: where every session is one, the room was not even asked who has news.
         self.deferred: dict[Session, None] = {}
+        self.owed = False
+        self._plain = 0  # sessions without packets (1.0): caught up at once, every flush
         self.packets_due = -math.inf
         # The packings of one flush, by the entries they pack (see ``_queue_packets``).
         self._packings: dict[tuple[int, ...], tuple[list[Entry], SharedPacking]] = {}
@@ -81,6 +84,12 @@ class Registry:
     def add(self, session: Session) -> None:
         self.by_address[session.address] = session
         self.by_token[session.token] = session
+        self._plain += session.link is None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether packet sessions wait for a catch-up, due at ``packets_due``."""
+        return self.owed or bool(self.deferred)
 
     def drop(self, why: str, address: Address) -> None:
         """A datagram not acted on: counted by why, and logged when verbose."""
@@ -112,8 +121,14 @@ class Registry:
         does not wait).
         """
         self._forget_taken()
-        self._packings.clear()
         packets_due = at_once or now >= self.packets_due
+        if not packets_due and not self._plain:
+            # Nobody to catch up before then: the room keeps who has news till it is due
+            # (asking it now would defer every member once per datagram read).
+            self.owed = True
+            return
+        self.owed = self.owed and not packets_due
+        self._packings.clear()
         started = time.monotonic()
         deferred, self.deferred = (self.deferred, {}) if packets_due else ({}, self.deferred)
         caught = False
@@ -307,6 +322,7 @@ class Registry:
         """Out of the registry, and every frame it held let go."""
         if self.by_address.get(session.address) is session:
             del self.by_address[session.address]
+            self._plain -= session.link is None
         if self.by_token.get(session.token) is session:
             del self.by_token[session.token]
         self._busy.discard(session)
