@@ -25,6 +25,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 from common.protocol.codec import Welcome
+from common.protocol.packetlink import PacketLink
 from common.protocol.packets import SharedPacking
 from common.protocol.reliable import SharedFrames
 from common.room.room import Entry, Stage
@@ -146,12 +147,15 @@ class Registry:
 
     def _catch_up(self, member: Session, now: float) -> bool:
         """Send ``member`` what the room has for it; True if it is a packet session."""
-        entries = self.room.take(member)
-        if entries is None or not self.current(member):
-            return False
         if member.link is not None:
+            entries = self.room.take_shared(member)
+            if not self.current(member):
+                return False
             self._queue_packets(member, entries, now)
             return True
+        entries = self.room.take(member)
+        if not self.current(member):
+            return False
         if member.held is not None:
             entries = self._hold(member, entries)
         if member.sender is not None:
@@ -209,16 +213,17 @@ class Registry:
                 return
             # The entries are kept with it: no id in the key is reused while it is.
             shared = self._packings[key] = (entries, SharedPacking(frames))
-        self.send_link(session, now, shared[1])
+        self._written(session, link, link.send_shared(shared[1], now))
 
-    def send_link(self, session: Session, now: float, packing: SharedPacking | None = None) -> None:
-        """Write what a packet session's link has to send (``packing``'s frames first queued);
-        watch its timers from now on."""
+    def send_link(self, session: Session, now: float) -> None:
+        """Write what a packet session's link has to send; watch its timers from now on."""
         link = session.link
         assert link is not None
-        if not self.current(session):
-            return
-        datagrams = link.datagrams(now) if packing is None else link.send_shared(packing, now)
+        if self.current(session):
+            self._written(session, link, link.datagrams(now))
+
+    def _written(self, session: Session, link: PacketLink, datagrams: list[bytes]) -> None:
+        """Write a current packet session's ``datagrams``; end it, or watch its timers."""
         session.sent += len(datagrams)
         self.write_all(datagrams, session.address)
         if link.failed:
