@@ -557,7 +557,7 @@ def test_frames_queued_at_once_are_what_they_are_queued_one_by_one(reliable: boo
     texts=st.lists(st.text(alphabet="ab%d ", max_size=1300), max_size=40),
     first_pn=st.sampled_from([0, 7, 95, 99, 990, 9_999, 123_456]),
     first_seq=st.sampled_from([2, 9, 97, 998, 99_999]),
-    sessions=st.integers(1, 3),
+    sessions=st.integers(1, 6),
 )
 def test_a_shared_packing_is_what_each_raw_link_would_pack_itself(
     texts: list[str], first_pn: int, first_seq: int, sessions: int
@@ -584,6 +584,22 @@ def test_a_shared_packing_is_what_each_raw_link_would_pack_itself(
             itself.packets_sent,
         )
         assert all(len(packet) <= MAX_PACKET_BYTES for packet in expected)
+
+
+def test_sessions_numbered_on_either_side_of_a_digit_boundary_share_a_packing_right() -> None:
+    """One packing, sessions in turn whose pns or seqs gain a digit within its packets or
+    just after: each gets what its own link would pack (a layout is kept per count of digits)."""
+    # Three lines and a header of one-digit numbers fill a packet: one more digit splits it.
+    prefixes = [b'{"type":"msg","text":"%s","seq":' % (b"x" * 364) for _ in range(6)]
+    packing = SharedPacking(prefixes)
+    numbers = [n for edge in (10, 100, 1000) for n in range(edge - 10, edge + 3)]
+    for pn, seq in [(n, 1) for n in numbers] + [(1, max(n, 1)) for n in numbers]:
+        shared, alone = (SharedFrames(lambda prefix, s: b"%s%d}" % (prefix, s)) for _ in "ab")
+        sharing = PacketLink(reliable=False, shared=shared, first_seq=seq)
+        itself = PacketLink(reliable=False, shared=alone, first_seq=seq)
+        sharing.recovery.next_pn = itself.recovery.next_pn = pn
+        itself.queue_all(prefixes)
+        assert sharing.send_shared(packing, 0.0) == itself.datagrams(0.0), (pn, seq)
 
 
 @settings(max_examples=60, deadline=None)

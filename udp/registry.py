@@ -77,6 +77,7 @@ class Registry:
         self.packets_due = -math.inf
         # The packings of one flush, by the entries they pack (see ``_queue_packets``).
         self._packings: dict[tuple[int, ...], tuple[list[Entry], SharedPacking]] = {}
+        self._last_packing: tuple[list[Entry], SharedPacking] | None = None
 
     def current(self, session: Session) -> bool:
         """Whether ``session`` is still the one at its address (it may have ended meanwhile)."""
@@ -142,6 +143,7 @@ class Registry:
                 caught = self._catch_up(member, now) or caught
             self.bound_held()
         self._packings.clear()
+        self._last_packing = None
         if caught:
             self.packets_due = started + max(self.coalesce, time.monotonic() - started)
 
@@ -192,28 +194,42 @@ class Registry:
         address is not proven yet, and the link sends nothing until it is.
         Sessions at the same place in the log (every member of a busy room,
         in a pass) share one ``SharedPacking`` of the same entries, made by
-        the first of them in the pass (``_packings``).
+        the first of them in the pass (``_packings``); most share the very
+        list of them too (``Room.take_shared``), which finds it at once.
         """
         link = session.link
         assert link is not None
-        key = tuple(map(id, entries))
-        shared = self._packings.get(key)
-        if shared is None:
-            frames: list[bytes] = []
-            for entry in entries:
-                if isinstance(entry.message, Welcome):
-                    session.welcome = stamp(session.prefix(entry), 1)
-                    session.sent += 1
-                    self.write(session.welcome, session.address)
-                else:
-                    frames.append(entry.cache or session.prefix(entry))
-            if len(frames) < len(entries):  # a welcome is the session's own
-                link.queue_all(frames)
-                self.send_link(session, now)
+        shared = self._last_packing
+        if shared is None or shared[0] is not entries:
+            key = tuple(map(id, entries))
+            shared = self._packings.get(key) or self._packing(session, entries, key, now)
+            if shared is None:
                 return
-            # The entries are kept with it: no id in the key is reused while it is.
-            shared = self._packings[key] = (entries, SharedPacking(frames))
+            self._last_packing = shared
         self._written(session, link, link.send_shared(shared[1], now))
+
+    def _packing(
+        self, session: Session, entries: list[Entry], key: tuple[int, ...], now: float
+    ) -> tuple[list[Entry], SharedPacking] | None:
+        """The packing of ``entries`` for every session given them in this pass; None if they
+        hold ``session``'s welcome, which is its own: then they are queued and sent."""
+        link = session.link
+        assert link is not None
+        frames: list[bytes] = []
+        for entry in entries:
+            if isinstance(entry.message, Welcome):
+                session.welcome = stamp(session.prefix(entry), 1)
+                session.sent += 1
+                self.write(session.welcome, session.address)
+            else:
+                frames.append(entry.cache or session.prefix(entry))
+        if len(frames) < len(entries):
+            link.queue_all(frames)
+            self.send_link(session, now)
+            return None
+        # The entries are kept with it: no id in the key is reused while it is.
+        shared = self._packings[key] = (entries, SharedPacking(frames))
+        return shared
 
     def send_link(self, session: Session, now: float) -> None:
         """Write what a packet session's link has to send; watch its timers from now on."""

@@ -90,11 +90,14 @@ class SharedPacking:
     they change within the packets); it is the one ``PacketLink`` would pack, packet for packet.
     """
 
-    __slots__ = ("_layouts", "prefixes")
+    __slots__ = ("_last", "_layouts", "prefixes")
 
     def __init__(self, prefixes: Sequence[bytes]) -> None:
         self.prefixes = prefixes
         self._layouts: dict[tuple[int, int], list[tuple[bytes, int]]] = {}
+        # The last layout kept, and the first pns and seqs it holds for: (pn from, pn to,
+        # seq from, seq to, layout), "to" excluded. Most sessions of a pass fall in it.
+        self._last: tuple[int, int, int, int, list[tuple[bytes, int]]] = (0, 0, 0, 0, [])
 
     def packets(self, pn: int, seq: int) -> list[bytes]:
         """The packets of these frames, numbered from ``pn``, their seqs from ``seq``."""
@@ -108,6 +111,9 @@ class SharedPacking:
     def layout(self, pn: int, seq: int) -> list[tuple[bytes, int]]:
         """Each packet's template and how many frames it holds, numbered from ``pn`` and
         ``seq``: a packet is its template ``%`` its pn, then its frames' seqs."""
+        pn_from, pn_to, seq_from, seq_to, last = self._last
+        if pn_from <= pn < pn_to and seq_from <= seq < seq_to:
+            return last
         count = len(self.prefixes)
         pn_digits, seq_digits = len(str(pn)), len(str(seq))
         if len(str(pn + count)) != pn_digits or len(str(seq + count - 1)) != seq_digits:
@@ -116,6 +122,14 @@ class SharedPacking:
         layout = self._layouts.get(key)
         if layout is None:
             layout = self._layouts[key] = self._layout(pn, seq)
+        # Where the same digits hold: pn + count and seq + count - 1 keep them too.
+        self._last = (
+            _low(pn_digits),
+            10**pn_digits - count,
+            _low(seq_digits),
+            10**seq_digits - count + 1,
+            layout,
+        )
         return layout
 
     def _layout(self, pn: int, seq: int) -> list[tuple[bytes, int]]:
@@ -138,6 +152,11 @@ class SharedPacking:
         if parts:
             layout.append((b"".join(parts), len(parts) - 1))
         return layout
+
+
+def _low(digits: int) -> int:
+    """The least number written with ``digits`` digits."""
+    return 0 if digits == 1 else 10 ** (digits - 1)
 
 
 def parse(data: bytes) -> Packet:
