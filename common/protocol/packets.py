@@ -52,6 +52,10 @@ _ACK = re.compile(
 )
 """An ack of a packet session as we write it, its ranges within the bound."""
 _RANGE = re.compile(rb"\[([0-9]+),([0-9]+)\]")
+_ONE_RANGE = re.compile(
+    rb'\{"type":"ack","ranges":\[\[(%s),(%s)\]\],"delay":(%s)\}' % (_PN, _PN, _PN)
+)
+"""The ack of one range, as most acks are: read without looking for more."""
 
 Acks = list[tuple[tuple[tuple[int, int], ...], int]]
 """The acks of a packet: each one's ``(hi, lo)`` ranges, largest first, and its delay (ms)."""
@@ -183,6 +187,12 @@ def ack_only(frames: Sequence[bytes]) -> Acks | None:
     this reads them without the JSON parser and without a message object per frame."""
     acks: Acks = []
     for frame in frames:
+        if (one := _ONE_RANGE.fullmatch(frame)) is not None:
+            hi, lo = int(one[1]), int(one[2])
+            if hi < lo:
+                return None
+            acks.append((((hi, lo),), int(one[3])))
+            continue
         match = _ACK.fullmatch(frame)
         if match is None:
             return None
