@@ -77,6 +77,10 @@ def _state(session: Session) -> tuple[object, ...]:
     )
 
 
+def _not_decoded(_: bytes) -> None:
+    raise AssertionError("a frame of a packet of acks alone was decoded")
+
+
 def test_a_packet_of_acks_alone_changes_what_the_codec_path_would_without_decoding_a_frame(
     server: UdpChatServer, readers: list[socket.socket], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -89,12 +93,8 @@ def test_a_packet_of_acks_alone_changes_what_the_codec_path_would_without_decodi
         ((T0 + 0.04, 2), ((10**6, 0),)),  # names packets never sent: changes nothing
     ]
     for (now, pn), ranges in packets:
-
-        def decoded(_: bytes) -> None:
-            raise AssertionError("a frame of a packet of acks alone was decoded")
-
         with monkeypatch.context() as patch:
-            patch.setattr(udp.inbox, "read_datagram", decoded)
+            patch.setattr(udp.inbox, "read_datagram", _not_decoded)
             server.inbox.on_datagram(_acks(fast, pn, *ranges), fast.address, now)
         with monkeypatch.context() as patch:
             patch.setattr(udp.inbox, "ack_only", lambda _: None)  # the codec's path
