@@ -17,6 +17,7 @@ from common.protocol.codec import (
     AckRanges,
     BadFrame,
     Hello,
+    ProtocolError,
     decode_client,
     decode_server,
     encode,
@@ -29,7 +30,14 @@ from common.protocol.packetlink import (
     PN_WINDOW,
     PacketLink,
 )
-from common.protocol.packets import MAX_PACKET_BYTES, BadPacket, SharedPacking, header, parse
+from common.protocol.packets import (
+    MAX_PACKET_BYTES,
+    BadPacket,
+    SharedPacking,
+    ack_only,
+    header,
+    parse,
+)
 from common.protocol.rangeset import RangeSet
 from common.protocol.recovery import (
     GRANULARITY,
@@ -117,6 +125,43 @@ def test_an_ack_of_one_range_as_we_write_it_reads_as_the_parser_reads_it() -> No
     ):
         with pytest.raises(BadFrame):
             decode_client(bad)
+
+
+def _as_codec_reads(frame: bytes) -> tuple[tuple[tuple[int, int], ...], int] | None:
+    try:
+        message = decode_client(frame).message
+    except ProtocolError:
+        return None
+    return (message.ranges, message.delay) if isinstance(message, AckRanges) else None
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 40)), max_size=MAX_ACK_RANGES + 2),
+    st.integers(0, 99),
+)
+def test_a_packet_of_acks_alone_reads_as_the_codec_reads_each_ack(
+    ranges: list[tuple[int, int]], delay: int
+) -> None:
+    """What ``ack_only`` takes, the codec takes alike; what the codec refuses, it leaves."""
+    frame = b'{"type":"ack","ranges":[%s],"delay":%d}' % (
+        b",".join(b"[%d,%d]" % pair for pair in ranges),
+        delay,
+    )
+    assert ack_only([frame]) == ([codec] if (codec := _as_codec_reads(frame)) else None)
+
+
+def test_a_packet_with_anything_but_acks_is_left_to_the_codec() -> None:
+    ack = b'{"type":"ack","ranges":[[9,7],[3,0]],"delay":4}'
+    assert ack_only([ack, ack]) == [(((9, 7), (3, 0)), 4)] * 2
+    for other in (
+        b'{"type":"ping","seq":3}',
+        b'{"type": "ack", "ranges": [[9, 7]], "delay": 4}',  # not as we write it: the codec's
+        b'{"type":"ack","ranges":[[09,7]],"delay":4}',
+        b'{"type":"ack","ranges":[[9,7]]}',
+        b'{"type":"ack","seq":4}',
+    ):
+        assert ack_only([ack, other]) is None
 
 
 def test_hello_asks_for_packets() -> None:
@@ -512,7 +557,7 @@ def test_frames_queued_at_once_are_what_they_are_queued_one_by_one(reliable: boo
     texts=st.lists(st.text(alphabet="ab%d ", max_size=1300), max_size=40),
     first_pn=st.sampled_from([0, 7, 95, 99, 990, 9_999, 123_456]),
     first_seq=st.sampled_from([2, 9, 97, 998, 99_999]),
-    sessions=st.integers(1, 3),
+    sessions=st.integers(1, 6),
 )
 def test_a_shared_packing_is_what_each_raw_link_would_pack_itself(
     texts: list[str], first_pn: int, first_seq: int, sessions: int
@@ -539,6 +584,22 @@ def test_a_shared_packing_is_what_each_raw_link_would_pack_itself(
             itself.packets_sent,
         )
         assert all(len(packet) <= MAX_PACKET_BYTES for packet in expected)
+
+
+def test_sessions_numbered_on_either_side_of_a_digit_boundary_share_a_packing_right() -> None:
+    """One packing, sessions in turn whose pns or seqs gain a digit within its packets or
+    just after: each gets what its own link would pack (a layout is kept per count of digits)."""
+    # Three lines and a header of one-digit numbers fill a packet: one more digit splits it.
+    prefixes = [b'{"type":"msg","text":"%s","seq":' % (b"x" * 364) for _ in range(6)]
+    packing = SharedPacking(prefixes)
+    numbers = [n for edge in (10, 100, 1000) for n in range(edge - 10, edge + 3)]
+    for pn, seq in [(n, 1) for n in numbers] + [(1, max(n, 1)) for n in numbers]:
+        shared, alone = (SharedFrames(lambda prefix, s: b"%s%d}" % (prefix, s)) for _ in "ab")
+        sharing = PacketLink(reliable=False, shared=shared, first_seq=seq)
+        itself = PacketLink(reliable=False, shared=alone, first_seq=seq)
+        sharing.recovery.next_pn = itself.recovery.next_pn = pn
+        itself.queue_all(prefixes)
+        assert sharing.send_shared(packing, 0.0) == itself.datagrams(0.0), (pn, seq)
 
 
 @settings(max_examples=60, deadline=None)

@@ -197,7 +197,28 @@ def test_take_lines_is_take_as_bytes_and_shared_by_members_at_the_same_place() -
     assert room.take_lines(bob) == b""
 
 
-@pytest.mark.parametrize("method", ["take", "take_lines", "lag", "pending", "trim"])
+def test_take_shared_is_take_and_one_list_for_members_at_the_same_place() -> None:
+    room: Room[Peer] = Room(max_users=10, history=0)
+    alice, bob, carol, dave = (joined(room, name) for name in ("alice", "bob", "carol", "dave"))
+    for peer in (alice, bob, carol, dave):
+        peer.read()
+    room.handle(alice, Say(text="one"))
+    room.handle(carol, Who())  # carol's answer comes in its place: her entries are her own
+    room.handle(alice, Say(text="two"))
+    expected = room.take(alice)
+    assert len(expected) == 2
+    room.pending()  # a writer's pass begins
+    bobs, carols, daves = room.take_shared(bob), room.take_shared(carol), room.take_shared(dave)
+    assert bobs == expected and bobs is daves
+    assert len(carols) == 3 and b'"users"' in carols[1].line
+    room.handle(alice, Say(text="three"))
+    bobs = room.take_shared(bob)
+    assert bobs == room.take(alice) and len(bobs) == 1
+    assert room.take_shared(dave) is bobs and room.take_shared(carol) == bobs
+    assert room.take_shared(bob) == []
+
+
+@pytest.mark.parametrize("method", ["take", "take_lines", "take_shared", "lag", "pending", "trim"])
 def test_what_a_writer_calls_waits_for_the_room_s_lock(method: str) -> None:
     """Deterministic where a race is not: while the lock is held, the call does not return."""
     room: Room[Peer] = Room(max_users=3)
@@ -218,7 +239,7 @@ def test_what_a_writer_calls_waits_for_the_room_s_lock(method: str) -> None:
     assert done.is_set()
 
 
-@pytest.mark.parametrize("take", ["take", "take_lines"])
+@pytest.mark.parametrize("take", ["take", "take_lines", "take_shared"])
 def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_going(
     take: str,
 ) -> None:
@@ -273,7 +294,8 @@ def test_one_order_for_everyone_with_a_dozen_threads_and_members_coming_and_goin
     def lines(peer: Peer) -> list[bytes]:
         if take == "take_lines":
             return (room.take_lines(peer) or b"").splitlines()
-        return [entry.line.rstrip(b"\n") for entry in room.take(peer) or []]
+        taken = room.take_shared(peer) if take == "take_shared" else room.take(peer)
+        return [entry.line.rstrip(b"\n") for entry in taken]
 
     def reader(peer: Peer) -> None:
         go.wait()

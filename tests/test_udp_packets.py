@@ -189,6 +189,30 @@ def test_nothing_but_the_welcome_before_the_address_is_proven(
     assert [f["text"] for f in frames if f["type"] == "msg"] == [f"x{i}" * 50 for i in range(20)]
 
 
+def test_a_1_0_session_among_packet_sessions_is_caught_up_as_before(
+    start_server: Start, peers: Peers
+) -> None:
+    """A 1.0 session among packet sessions gets each frame in a datagram of its own, and once
+    it has gone the packet sessions go on being caught up (the registry counts the 1.0
+    sessions: with none, a flush before the catch-up is due asks the room nothing)."""
+    server = start_server("udp.server", "--rate-limit", "0")
+    talker, old = peers(server.address), peers(server.address)
+    talker.hello("talker", reliable=False)
+    talker.packet({"type": "ping"})
+    talker.until("pong")
+    old.send_raw(b'{"type":"hello","name":"old"}')
+    welcome = json.loads(old.datagram() or b"{}")
+    assert welcome["type"] == "welcome" and "packets" not in welcome
+    talker.packet({"type": "say", "text": "to both"})
+    heard = [json.loads(old.datagram() or b"{}") for _ in range(2)]
+    assert [f.get("text") for f in heard if f.get("type") == "msg"] == ["to both"], heard
+    assert "to both" in [f.get("text") for f in talker.until("msg")]
+    old.send_raw(b'{"type":"bye","session":"%s"}' % welcome["session"].encode())
+    talker.until("left")
+    talker.packet({"type": "say", "text": "alone"})
+    assert "alone" in [f.get("text") for f in talker.until("msg")]
+
+
 def test_packets_pack_frames_and_stay_within_size(start_server: Start, peers: Peers) -> None:
     server = start_server("udp.server", "--rate-limit", "0")
     reader, talker = peers(server.address), peers(server.address)
@@ -284,11 +308,12 @@ def test_a_bad_token_or_header_drops_the_packet_whole(start_server: Start, peers
         % (peer.token.encode())
     )
     peer.send_raw(b'{"type":"say","text":"not a packet","seq":10}')
+    peer.packet(b'{"type":"ack","ranges":[[0,0]],"delay":0}', token="0" * 32)  # acks alone
     peer.packet({"type": "ping"})
     frames = peer.until("pong")
     assert not [f for f in frames if f["type"] == "msg"]
     assert server.stop() == 0
-    assert "wrong_token 1" in server.log and "bad_packet 2" in server.log
+    assert "wrong_token 2" in server.log and "bad_packet 2" in server.log
 
 
 def test_a_bad_frame_costs_only_itself(start_server: Start, peers: Peers) -> None:

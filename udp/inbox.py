@@ -32,7 +32,7 @@ from common.protocol.codec import (
     encode,
 )
 from common.protocol.envelope import Datagram, envelope_of, read_datagram
-from common.protocol.packets import BadPacket, Packet, parse
+from common.protocol.packets import Acks, BadPacket, Packet, ack_only, parse
 from common.protocol.reliable import SeqKind
 from common.room.ratelimit import TokenBucket
 from common.room.room import already_registered
@@ -68,7 +68,10 @@ class Inbox:
             except BadPacket:
                 self._not_a_packet(session, data, now)
                 return
-            self._on_packet(session, packet, now)
+            if (acks := ack_only(packet.frames)) is not None:
+                self._on_acks(session, packet, acks, now)
+            else:
+                self._on_packet(session, packet, now)
         else:
             datagram = read_datagram(data)
             if datagram.unreadable:
@@ -198,6 +201,22 @@ class Inbox:
                 self._refuse_in_packet(session, message)
             else:
                 self._packet_frame(session, line, message, seq, now)
+        self.registry.send_link(session, now)
+
+    def _on_acks(self, session: Session, packet: Packet, acks: Acks, now: float) -> None:
+        """A packet of acks alone, as ``_on_packet`` would take it, at a fraction of the cost:
+        no frame decoded, nothing to act on but the link (acks are read even while closing,
+        count against no rate limit, and a behind session may send them)."""
+        link = session.link
+        assert link is not None
+        if not self._token_ok(session, packet.session):
+            return
+        if not link.on_packet(packet.pn, False, now):
+            self.registry.drop("packet_repeated_or_far", session.address)
+            return
+        session.last_heard = now
+        for ranges, delay in acks:
+            link.on_ack(ranges, delay, now)
         self.registry.send_link(session, now)
 
     def _refuse_in_packet(self, session: Session, problem: ClientMessage | ProtocolError) -> None:

@@ -25,6 +25,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 
 from common.protocol.codec import Welcome
+from common.protocol.packetlink import PacketLink
 from common.protocol.packets import SharedPacking
 from common.protocol.reliable import SharedFrames
 from common.room.room import Entry, Stage
@@ -68,11 +69,15 @@ class Registry:
         self.held = SharedFrames(stamp)
         self._busy: set[Session] = set()  # reliable sessions with frames in flight
         self._taken: deque[Session] = deque()  # taken over by a resume: to forget
-        # Packet sessions the room has news for, waiting for their next catch-up (``flush``).
+        # Packet sessions the room has news for, waiting for their next catch-up (``flush``);
+        # ``owed``: where every session is one, the room was not even asked who has news.
         self.deferred: dict[Session, None] = {}
+        self.owed = False
+        self._plain = 0  # sessions without packets (1.0): caught up at once, every flush
         self.packets_due = -math.inf
         # The packings of one flush, by the entries they pack (see ``_queue_packets``).
         self._packings: dict[tuple[int, ...], tuple[list[Entry], SharedPacking]] = {}
+        self._last_packing: tuple[list[Entry], SharedPacking] | None = None
 
     def current(self, session: Session) -> bool:
         """Whether ``session`` is still the one at its address (it may have ended meanwhile)."""
@@ -81,6 +86,12 @@ class Registry:
     def add(self, session: Session) -> None:
         self.by_address[session.address] = session
         self.by_token[session.token] = session
+        self._plain += session.link is None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether packet sessions wait for a catch-up, due at ``packets_due``."""
+        return self.owed or bool(self.deferred)
 
     def drop(self, why: str, address: Address) -> None:
         """A datagram not acted on: counted by why, and logged when verbose."""
@@ -112,8 +123,14 @@ class Registry:
         does not wait).
         """
         self._forget_taken()
-        self._packings.clear()
         packets_due = at_once or now >= self.packets_due
+        if not packets_due and not self._plain:
+            # Nobody to catch up before then: the room keeps who has news till it is due
+            # (asking it now would defer every member once per datagram read).
+            self.owed = True
+            return
+        self.owed = self.owed and not packets_due
+        self._packings.clear()
         started = time.monotonic()
         deferred, self.deferred = (self.deferred, {}) if packets_due else ({}, self.deferred)
         caught = False
@@ -126,17 +143,21 @@ class Registry:
                 caught = self._catch_up(member, now) or caught
             self.bound_held()
         self._packings.clear()
+        self._last_packing = None
         if caught:
             self.packets_due = started + max(self.coalesce, time.monotonic() - started)
 
     def _catch_up(self, member: Session, now: float) -> bool:
         """Send ``member`` what the room has for it; True if it is a packet session."""
-        entries = self.room.take(member)
-        if entries is None or not self.current(member):
-            return False
         if member.link is not None:
+            entries = self.room.take_shared(member)
+            if not self.current(member):
+                return False
             self._queue_packets(member, entries, now)
             return True
+        entries = self.room.take(member)
+        if not self.current(member):
+            return False
         if member.held is not None:
             entries = self._hold(member, entries)
         if member.sender is not None:
@@ -173,37 +194,52 @@ class Registry:
         address is not proven yet, and the link sends nothing until it is.
         Sessions at the same place in the log (every member of a busy room,
         in a pass) share one ``SharedPacking`` of the same entries, made by
-        the first of them in the pass (``_packings``).
+        the first of them in the pass (``_packings``); most share the very
+        list of them too (``Room.take_shared``), which finds it at once.
         """
         link = session.link
         assert link is not None
-        key = tuple(map(id, entries))
-        shared = self._packings.get(key)
-        if shared is None:
-            frames: list[bytes] = []
-            for entry in entries:
-                if isinstance(entry.message, Welcome):
-                    session.welcome = stamp(session.prefix(entry), 1)
-                    session.sent += 1
-                    self.write(session.welcome, session.address)
-                else:
-                    frames.append(entry.cache or session.prefix(entry))
-            if len(frames) < len(entries):  # a welcome is the session's own
-                link.queue_all(frames)
-                self.send_link(session, now)
+        shared = self._last_packing
+        if shared is None or shared[0] is not entries:
+            key = tuple(map(id, entries))
+            shared = self._packings.get(key) or self._packing(session, entries, key, now)
+            if shared is None:
                 return
-            # The entries are kept with it: no id in the key is reused while it is.
-            shared = self._packings[key] = (entries, SharedPacking(frames))
-        self.send_link(session, now, shared[1])
+            self._last_packing = shared
+        self._written(session, link, link.send_shared(shared[1], now))
 
-    def send_link(self, session: Session, now: float, packing: SharedPacking | None = None) -> None:
-        """Write what a packet session's link has to send (``packing``'s frames first queued);
-        watch its timers from now on."""
+    def _packing(
+        self, session: Session, entries: list[Entry], key: tuple[int, ...], now: float
+    ) -> tuple[list[Entry], SharedPacking] | None:
+        """The packing of ``entries`` for every session given them in this pass; None if they
+        hold ``session``'s welcome, which is its own: then they are queued and sent."""
         link = session.link
         assert link is not None
-        if not self.current(session):
-            return
-        datagrams = link.datagrams(now) if packing is None else link.send_shared(packing, now)
+        frames: list[bytes] = []
+        for entry in entries:
+            if isinstance(entry.message, Welcome):
+                session.welcome = stamp(session.prefix(entry), 1)
+                session.sent += 1
+                self.write(session.welcome, session.address)
+            else:
+                frames.append(entry.cache or session.prefix(entry))
+        if len(frames) < len(entries):
+            link.queue_all(frames)
+            self.send_link(session, now)
+            return None
+        # The entries are kept with it: no id in the key is reused while it is.
+        shared = self._packings[key] = (entries, SharedPacking(frames))
+        return shared
+
+    def send_link(self, session: Session, now: float) -> None:
+        """Write what a packet session's link has to send; watch its timers from now on."""
+        link = session.link
+        assert link is not None
+        if self.current(session):
+            self._written(session, link, link.datagrams(now))
+
+    def _written(self, session: Session, link: PacketLink, datagrams: list[bytes]) -> None:
+        """Write a current packet session's ``datagrams``; end it, or watch its timers."""
         session.sent += len(datagrams)
         self.write_all(datagrams, session.address)
         if link.failed:
@@ -307,6 +343,7 @@ class Registry:
         """Out of the registry, and every frame it held let go."""
         if self.by_address.get(session.address) is session:
             del self.by_address[session.address]
+            self._plain -= session.link is None
         if self.by_token.get(session.token) is session:
             del self.by_token[session.token]
         self._busy.discard(session)

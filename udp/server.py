@@ -148,12 +148,12 @@ class UdpChatServer(server_main.Server):
         before = time.monotonic()
         with self._lock:
             wait = POLL_INTERVAL
-            if self.registry.deferred:  # their catch-up is due then
+            if self.registry.waiting:  # their catch-up is due then
                 wait = min(wait, max(0.0, self.registry.packets_due - before))
         if not self._poller.poll(wait * 1000):
             with self._lock:
                 self._caught_up = before
-                if self.registry.deferred:
+                if self.registry.waiting:
                     self.registry.flush(time.monotonic())
             return
         try:

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from common.protocol.codec import MAX_FRAME_BYTES
+from common.protocol.codec import MAX_ACK_RANGES, MAX_FRAME_BYTES
 
 MAX_PACKET_BYTES = 1200
 """A packet's size unless one frame alone is bigger: QUIC's smallest datagram, which
@@ -44,6 +44,21 @@ MAX_DATAGRAM_BYTES = MAX_FRAME_BYTES + MAX_HEADER_BYTES
 _HEADER = re.compile(rb'\{"pn":(0|[1-9][0-9]{0,17})(?:,"session":"([0-9a-f]{1,64})")?\}')
 """The header as we write it, read without the JSON parser; any other spelling
 takes the general path."""
+
+_PN = rb"(?:0|[1-9][0-9]{0,17})"
+_ACK = re.compile(
+    rb'\{"type":"ack","ranges":\[(\[%s,%s\](?:,\[%s,%s\]){0,%d})\],"delay":(%s)\}'
+    % (_PN, _PN, _PN, _PN, MAX_ACK_RANGES - 1, _PN)
+)
+"""An ack of a packet session as we write it, its ranges within the bound."""
+_RANGE = re.compile(rb"\[([0-9]+),([0-9]+)\]")
+_ONE_RANGE = re.compile(
+    rb'\{"type":"ack","ranges":\[\[(%s),(%s)\]\],"delay":(%s)\}' % (_PN, _PN, _PN)
+)
+"""The ack of one range, as most acks are: read without looking for more."""
+
+Acks = list[tuple[tuple[tuple[int, int], ...], int]]
+"""The acks of a packet: each one's ``(hi, lo)`` ranges, largest first, and its delay (ms)."""
 
 
 class BadPacket(Exception):
@@ -79,11 +94,14 @@ class SharedPacking:
     they change within the packets); it is the one ``PacketLink`` would pack, packet for packet.
     """
 
-    __slots__ = ("_layouts", "prefixes")
+    __slots__ = ("_last", "_layouts", "prefixes")
 
     def __init__(self, prefixes: Sequence[bytes]) -> None:
         self.prefixes = prefixes
         self._layouts: dict[tuple[int, int], list[tuple[bytes, int]]] = {}
+        # The last layout kept, and the first pns and seqs it holds for: (pn from, pn to,
+        # seq from, seq to, layout), "to" excluded. Most sessions of a pass fall in it.
+        self._last: tuple[int, int, int, int, list[tuple[bytes, int]]] = (0, 0, 0, 0, [])
 
     def packets(self, pn: int, seq: int) -> list[bytes]:
         """The packets of these frames, numbered from ``pn``, their seqs from ``seq``."""
@@ -97,6 +115,9 @@ class SharedPacking:
     def layout(self, pn: int, seq: int) -> list[tuple[bytes, int]]:
         """Each packet's template and how many frames it holds, numbered from ``pn`` and
         ``seq``: a packet is its template ``%`` its pn, then its frames' seqs."""
+        pn_from, pn_to, seq_from, seq_to, last = self._last
+        if pn_from <= pn < pn_to and seq_from <= seq < seq_to:
+            return last
         count = len(self.prefixes)
         pn_digits, seq_digits = len(str(pn)), len(str(seq))
         if len(str(pn + count)) != pn_digits or len(str(seq + count - 1)) != seq_digits:
@@ -105,6 +126,14 @@ class SharedPacking:
         layout = self._layouts.get(key)
         if layout is None:
             layout = self._layouts[key] = self._layout(pn, seq)
+        # Where the same digits hold: pn + count and seq + count - 1 keep them too.
+        self._last = (
+            _low(pn_digits),
+            10**pn_digits - count,
+            _low(seq_digits),
+            10**seq_digits - count + 1,
+            layout,
+        )
         return layout
 
     def _layout(self, pn: int, seq: int) -> list[tuple[bytes, int]]:
@@ -129,6 +158,11 @@ class SharedPacking:
         return layout
 
 
+def _low(digits: int) -> int:
+    """The least number written with ``digits`` digits."""
+    return 0 if digits == 1 else 10 ** (digits - 1)
+
+
 def parse(data: bytes) -> Packet:
     """Split a datagram into its header and frame lines; ``BadPacket`` if it is none."""
     if len(data) > MAX_DATAGRAM_BYTES:
@@ -144,6 +178,32 @@ def parse(data: bytes) -> Packet:
     if not frames:
         raise BadPacket("a packet holds at least one frame")
     return Packet(pn, session, frames)
+
+
+def ack_only(frames: Sequence[bytes]) -> Acks | None:
+    """The acks of a packet that holds nothing else, each as the codec reads it; None if a
+    frame is anything else, or not spelled as we write it (the codec then reads it, and
+    refuses what it must). Most of what a busy reliable room sends a server is such packets:
+    this reads them without the JSON parser and without a message object per frame."""
+    acks: Acks = []
+    for frame in frames:
+        if (one := _ONE_RANGE.fullmatch(frame)) is not None:
+            hi, lo = int(one[1]), int(one[2])
+            if hi < lo:
+                return None
+            acks.append((((hi, lo),), int(one[3])))
+            continue
+        match = _ACK.fullmatch(frame)
+        if match is None:
+            return None
+        ranges = tuple((int(hi), int(lo)) for hi, lo in _RANGE.findall(match[1]))
+        below = None
+        for hi, lo in ranges:
+            if hi < lo or (below is not None and hi >= below):
+                return None
+            below = lo
+        acks.append((ranges, int(match[2])))
+    return acks
 
 
 def _header(line: bytes) -> tuple[int, str | None]:

@@ -517,6 +517,7 @@ class Room(Generic[M]):
         self._pass_end = 0  # the log's end then
         self._caught_up = 0  # self._posted when the writer's last finished pass began
         self._last_span: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
+        self._last_entries: tuple[int, int, list[Entry]] = (0, 0, [])  # take_shared's
         self._history: deque[Kept] = deque(maxlen=history)
 
     def _continue(self, archive: Archive | None) -> None:
@@ -873,6 +874,21 @@ class Room(Generic[M]):
                 member.cursor = stop
                 return lines
         return b"".join([entry.line for entry in self.take(member)])
+
+    def take_shared(self, member: M) -> list[Entry]:
+        """``take``, for a writer that packs a span once for all it reaches: members at the same
+        place in the log share one list of the same span, as ``take_lines`` shares one join
+        (the caller must not change it)."""
+        with self.lock:
+            if not member.private and member.stage is Stage.JOINED:
+                start, stop, entries = self._last_entries
+                if start != member.cursor or stop < self._pass_end:
+                    start, stop = member.cursor, self._end
+                    entries = self._slice(start, stop)
+                    self._last_entries = (start, stop, entries)
+                member.cursor = stop
+                return entries
+        return self.take(member)
 
     def _collect(self, member: M, *, every_answer: bool = False) -> list[Entry]:
         """Merge the log from the member's cursor with its private frames, by position.
