@@ -76,6 +76,10 @@ class Connection(Client):
         self.text: TextMode | None = None  # text mode's codec, once the first bytes tell
         self.waiting = True  # for a good hello: it holds a stranger's place (``Admission``)
         self.thread: threading.Thread | None = None  # its reader, once started
+        # Set once, by its reader or the writer, and read by the writer without a lock (a stale
+        # read costs one send at most): its peer is gone, or going (its reader ended, or a send
+        # failed). The writer's passes skip it; its close writes what is left for it.
+        self.gone = False
         # Owned by the writer thread:
         self.unsent = b""
         self.closed = False  # its socket is closed: nothing is written to it any more

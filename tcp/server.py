@@ -18,7 +18,16 @@ Threads, each named and owned by the server:
   told why and closed by ``MainThread`` (``refuse``), before it is a connection.
 
 Locks: the room's, the writer's (the set of connections) and
-``Admission``'s; none is held during socket I/O (docs/ARCHITECTURE.md).
+``Admission``'s; none is held during socket I/O (docs/ARCHITECTURE.md). A reader
+that ended leaves the room once it holds ``leaving``, one at a time: thousands
+of clients closing at once then queue there, asleep, not on the room's lock,
+so that the accept loop (``Room.expire``), a newcomer's hello and the writer's
+pass wait for one leave at most, not for all of them (3,000 closing at once
+held a newcomer's welcome 0.5 to 1 s behind them); nor do they all wait for
+the interpreter's lock together, each waking every switch interval to ask.
+Its connection is ``gone`` from its reader's end on: the writer's passes skip
+it (they would write the others' ``left`` to a socket whose peer closed), and
+its close writes what is left for it.
 """
 
 from __future__ import annotations
@@ -103,6 +112,7 @@ class ChatServer(server_main.Server):
         )
         self.room = self.core.room
         self.writer = Writer(self.core, alarm, self.coalesce)
+        self.leaving = threading.Lock()  # readers that ended take turns here (see Locks above)
         self.listener = socket.create_server((self.host, self.port), reuse_port=False, backlog=1024)
         self.listener.settimeout(POLL_INTERVAL)
         self.address = self.listener.getsockname()[:2]
@@ -170,11 +180,13 @@ class ChatServer(server_main.Server):
         except OSError as exc:
             log.debug("%s: %s", conn.label, exc)
         finally:
+            conn.gone = True
             if conn.waiting:
                 self._settle(conn)
             if conn.refused > 1:
                 log.info("%s: %d frames refused in all", *conn.tally())
-            self.core.left(self.room.leave(conn, reason), reason)
+            with self.leaving:
+                self.core.left(self.room.leave(conn, reason), reason)
             self.writer.reader_done(conn)
 
     def _read(self, conn: Connection) -> str:

@@ -137,6 +137,8 @@ class Writer:
         for i, conn in enumerate(dict.fromkeys(self.room.pending() + ready)):
             if i % YIELD_EVERY == YIELD_EVERY - 1:
                 os.sched_yield()
+            if conn.gone:  # its reader ended or a send failed: its close writes what is left
+                continue
             fd = conn.sock.fileno()
             if blocked.get(fd) is conn:  # still full: no send, only its limit
                 self._keep_or_drop(conn)
@@ -206,6 +208,7 @@ class Writer:
         except BlockingIOError:
             sent = 0
         except OSError:
+            conn.gone = True
             conn.unsent = b""
             conn.end()
             return True

@@ -268,6 +268,33 @@ def test_many_clients_closing_at_once_free_their_sockets_at_once(start_server: S
     assert json.dumps(watcher.expect("users")["names"]) == json.dumps(["newcomer", "watcher"])
 
 
+def test_a_reader_that_ended_waits_its_turn_to_leave_holding_nobody_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A reader that ended waits for its turn to leave (``leaving``) without the room's lock:
+    a newcomer is welcomed meanwhile, and the writer writes nothing more to the connection,
+    whose peer is gone (it would be the others' ``left``, by thousands); then it leaves."""
+    with serving(Limits(rate_limit=0), monkeypatch) as (server, _):
+        watcher = JsonClient(server.address, "watcher")
+        ended = JsonClient(server.address, "ended")
+        conn = member(server, "ended")
+        with server.leaving:
+            ended.sock.shutdown(socket.SHUT_WR)  # its reader sees the end, then waits its turn
+            assert wait_until(lambda: conn.gone)
+            watcher.send({"type": "say", "text": "hi"})
+            watcher.expect("msg", text="hi")  # the writer's pass over "hi" is done
+            JsonClient(server.address, "newcomer")  # welcomed while the turn is held
+            watcher.expect("joined", name="newcomer")
+            assert "ended" in server.room.names()
+            assert server.room.lag(conn) > 0  # "hi" was not written to it
+        watcher.expect("left", name="ended", reason="disconnected")
+        frames = []
+        with contextlib.suppress(EOFError, ConnectionResetError):
+            while True:
+                frames.append(ended.recv())
+        assert [frame for frame in frames if frame["type"] == "msg"] == []
+
+
 def test_the_writer_gives_memory_back_once_many_closes_stopped(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
