@@ -20,9 +20,9 @@ limit, with the range beside it; a run the harness may have limited is marked ha
 wherever it appears. A CPU figure measured over fewer than MIN_TICKS clock ticks is shown to
 two significant digits only. The calibration comes from `make calibrate`'s file beside the
 results (benchmarks.calibrate), the cluster's from `make bench-cluster`'s, section 7's (resume
-under chaos) from `make bench-chaos`'s. Tables of every run, load, case or scenario go to
-RUNS.md; the report sums each up in a sentence or a small table of medians with their ranges
-(MAX_WORDS is its length).
+under chaos) from `make bench-chaos`'s, section 8's (attacks) from `make bench-attacks`'s.
+Tables of every run, load, case or scenario go to RUNS.md; the report sums each up in a
+sentence or a small table of medians with their ranges (MAX_WORDS is its length).
 """
 
 from __future__ import annotations
@@ -77,6 +77,8 @@ CALIBRATION_FILE = "calibration.json"
 """`make calibrate`'s results, kept beside the suite's."""
 CHAOS_FILE = "chaos.json"
 """`make bench-chaos`'s results, kept beside the suite's."""
+ATTACKS_FILE = "attacks.json"
+"""`make bench-attacks`'s results, kept beside the suite's."""
 RESUME_P99_TARGET_MS = 1000.0
 """Resumed within 1 s of the cut or of the server being back, p99, backoff included."""
 NA = "n/a"
@@ -788,6 +790,7 @@ def build_context(
     cluster: dict[str, Any] | None = None,
     calibration: dict[str, Any] | None = None,
     chaos: dict[str, Any] | None = None,
+    attacks: dict[str, Any] | None = None,
 ) -> dict[str, str]:
     """Every placeholder of the template."""
     meta = results["meta"]
@@ -867,6 +870,11 @@ def build_context(
             if chaos is not None
             else "_Not measured: run `make bench-chaos`._"
         ),
+        "attacks_text": (
+            render(ATTACKS_TEXT, attacks_context(attacks))
+            if attacks is not None
+            else "_Not measured: run `make bench-attacks`._"
+        ),
     }
     for key, protocol in (("tcp", "tcp"), ("base", "assignment")):
         k = knees.get(protocol)
@@ -889,6 +897,7 @@ def runs_page(
     cluster: dict[str, Any] | None,
     origin: Provenance,
     chaos: dict[str, Any] | None = None,
+    attacks: dict[str, Any] | None = None,
 ) -> str:
     """RUNS.md: every run of every group, as measured; each saturation load and overload case
     over its repeats; the capacity, overload, cluster and chaos runs."""
@@ -953,6 +962,14 @@ def runs_page(
             f"{(meta.get('git_commit') or 'unknown')[:10]})\n\n"
             + "Resume p50 and p99 in ms; *missed, told*: missed after a `resumed: false`.\n\n"
             + chaos_context(chaos)["chaos_table"]
+        )
+    if attacks is not None:
+        meta = attacks["meta"]
+        parts.append(
+            f"## attacks (`make bench-attacks`, {meta['date']}, commit "
+            f"{(meta.get('git_commit') or 'unknown')[:10]})\n\n"
+            + "The probes' round trips in ms; the server's memory in MB.\n\n"
+            + attacks_context(attacks)["attacks_table"]
         )
     return "\n\n".join(parts) + "\n"
 
@@ -1173,6 +1190,77 @@ def chaos_reading(scenarios: Sequence[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
+ATTACKS_TEXT = """`make bench-attacks` ({{attacks_date}}, commit {{attacks_commit}}) runs again
+the attacks a hostile class once found, each against a server process, while
+{{attacks_probes}} well-behaved users chat and ping; each is held when no user is dropped, their
+p99 stays under 100 ms and the server's memory comes back within 50 MB. {{attacks_summary}}
+Each case: RUNS.md."""
+"""Section 8, from `benchmarks.attacks`' file."""
+
+
+def _attack_figure(case: dict[str, Any]) -> str:
+    """What one case did, in a few words."""
+    f, name = case["figures"], case["case"]
+    if name == "lockout":
+        return f"{f['welcomed']} of {f['newcomers']} newcomers welcomed"
+    if name == "flooder":
+        return f"dropped after {num(f['dropped_after_s'], 2)} s, {f['log_lines']} log lines"
+    if name == "held-frames":
+        grew = (case["rss_peak_mb"] or 0.0) - (case["rss_start_mb"] or 0.0)
+        return f"{f['sessions']} sessions holding frames, peak +{num(grew)} MB"
+    if name == "kill-history":
+        return (
+            f"{len(f['kills'])} kills at {num(f['rate_median'])} msg/s, at most "
+            f"{num(f['lost_ms_max'])} ms of history lost"
+        )
+    if name == "soak":
+        wrong = sum(f[k] for k in ("missed", "received_twice", "out_of_order"))
+        return f"{num(f['deliveries'])} deliveries checked, {wrong} wrong"
+    return ""
+
+
+def _held(case: dict[str, Any]) -> str:
+    """ "yes", or the targets a case missed."""
+    missed = [target for target, met in case["checks"].items() if not met]
+    return "NO: " + ", ".join(missed) if missed else "yes"
+
+
+def attacks_context(attacks: dict[str, Any]) -> dict[str, str]:
+    """Section 8's figures from `benchmarks.attacks`' file: a row a case, and a summary."""
+    meta, cases = attacks["meta"], attacks["cases"]
+    headers = ["case", "held", "what it did", "p50", "p99", "dropped", "memory"]
+    rows = [
+        [
+            c["case"],
+            _held(c),
+            _attack_figure(c),
+            ms(c["probe_p50_ms"]),
+            ms(c["probe_p99_ms"]),
+            "-" if c["probes_dropped"] is None else str(c["probes_dropped"]),
+            "-" if c["rss_start_mb"] is None
+            else f"{num(c['rss_start_mb'])} → {num(c['rss_peak_mb'])} → {num(c['rss_end_mb'])}",
+        ]
+        for c in cases
+    ]  # fmt: skip
+    held = [c["case"] for c in cases if c["passed"]]
+    missed = [c for c in cases if not c["passed"]]
+    summary = "; ".join(f"{c['case']}: {_attack_figure(c)}" for c in cases) + "."
+    verdict = (
+        f"All {len(cases)} held."
+        if not missed
+        else f"{len(held)} of {len(cases)} held; not held: "
+        + ", ".join(c["case"] for c in missed)
+        + "."
+    )
+    return {
+        "attacks_date": meta["date"],
+        "attacks_commit": (meta.get("git_commit") or "unknown")[:10],
+        "attacks_probes": str(meta.get("probes", "a few")),
+        "attacks_summary": f"{verdict} {summary[0].upper()}{summary[1:]}",
+        "attacks_table": table(rows, headers, markdown=True),
+    }
+
+
 def _read_optional(path: Path) -> dict[str, Any] | None:
     return read_results(path) if path.exists() else None
 
@@ -1184,11 +1272,14 @@ def generate(results_path: Path, out_dir: Path, origin: Provenance | None = None
     cluster = _read_optional(results_path.parent / CLUSTER_FILE)
     calibration = _read_optional(results_path.parent / CALIBRATION_FILE)
     chaos = _read_optional(results_path.parent / CHAOS_FILE)
+    attacks = _read_optional(results_path.parent / ATTACKS_FILE)
     origin = origin or provenance(results_path)
     figures = make_plots(results, out_dir)
-    context = build_context(results, figures, origin, cluster, calibration, chaos)
+    context = build_context(results, figures, origin, cluster, calibration, chaos, attacks)
     text = render(TEMPLATE.read_text(encoding="utf-8"), context)
     report = out_dir / "REPORT.md"
     report.write_text(text, encoding="utf-8")
-    (out_dir / "RUNS.md").write_text(runs_page(results, cluster, origin, chaos), encoding="utf-8")
+    (out_dir / "RUNS.md").write_text(
+        runs_page(results, cluster, origin, chaos, attacks), encoding="utf-8"
+    )
     return report
