@@ -85,7 +85,8 @@ SETTLE_S = 30.0
 """Longest wait for the server's memory to come back, or for the last deliveries."""
 MB = 1 << 20
 
-LOCKOUT_RATE = 10.0
+LOCKOUT_RATE = 30.0
+"""Strangers a second: past the 256 places in all within one ``--hello-timeout`` (10 s)."""
 LOCKOUT_S = 20.0
 FLOOD_DROP_S = 3.0
 FLOOD_LOG_LINES = 10
