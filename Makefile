@@ -54,7 +54,7 @@ bench-cluster: $(VENV)/.installed ## one server against two sharing a room throu
 bench-chaos: $(VENV)/.installed ## resume under chaos: 50 users, cuts every 2 s, a server killed every 30 s (4 x 5 min) -> benchmarks/results/chaos.json
 	$(PY) -m benchmarks.chaos --json benchmarks/results/chaos.json
 
-bench-attacks: $(VENV)/.installed ## the attacks the servers were once open to, again (lockout, flooder, held frames, a kill under load) and a 10 min soak with churn, each with its verdict (about 13 min) -> benchmarks/results/attacks.json
+bench-attacks: $(VENV)/.installed ## the attacks the servers were once open to, again (lockout, flooder, held frames, a kill under load) and a 10 min soak with churn, each with its verdict (about 15 min) -> benchmarks/results/attacks.json
 	$(PY) -m benchmarks.attacks --json benchmarks/results/attacks.json
 
 soak: $(VENV)/.installed ## the soak alone: 100 users chatting for 10 min while users leave and join, every delivery checked
