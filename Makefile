@@ -41,7 +41,7 @@ demo-udp: ## scripted UDP chat: a server, three clients, two of them losing 20%;
 run-cluster: $(VENV)/.installed ## one room on a Redis and three servers: TCP on PORT and PORT+1, UDP on PORT+2, Redis on PORT+3
 	$(PY) -m benchmarks.runcluster --host $(HOST) --port $(PORT)
 
-.PHONY: bench bench-full bench-cluster bench-chaos calibrate report
+.PHONY: bench bench-full bench-cluster bench-chaos bench-attacks soak calibrate report
 bench: $(VENV)/.installed ## quick benchmark suite (about 12 min on 2 cores): every transport (TCP, UDP 1.0 and packets), clean and lossy, and TCP past saturation -> benchmarks/results/
 	$(PY) -m benchmarks
 
@@ -53,6 +53,12 @@ bench-cluster: $(VENV)/.installed ## one server against two sharing a room throu
 
 bench-chaos: $(VENV)/.installed ## resume under chaos: 50 users, cuts every 2 s, a server killed every 30 s (4 x 5 min) -> benchmarks/results/chaos.json
 	$(PY) -m benchmarks.chaos --json benchmarks/results/chaos.json
+
+bench-attacks: $(VENV)/.installed ## the attacks the servers were once open to, again (lockout, flooder, held frames, a kill under load) and a 10 min soak with churn, each with its verdict (about 15 min) -> benchmarks/results/attacks.json
+	$(PY) -m benchmarks.attacks --json benchmarks/results/attacks.json
+
+soak: $(VENV)/.installed ## the soak alone: 100 users chatting for 10 min while users leave and join, every delivery checked
+	$(PY) -m benchmarks.attacks soak
 
 calibrate: $(VENV)/.installed ## the baseline against the assignment's example (../shared/seed/server.py): PASS or FAIL -> benchmarks/results/calibration.json
 	$(PY) -m benchmarks.calibrate
