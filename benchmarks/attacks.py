@@ -942,6 +942,7 @@ def main(argv: list[str] | None = None) -> int:
         meta = {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "quick": args.quick,
+            "probes": PROBES,
             **asdict(scale),
             **machine_meta(),
         }
