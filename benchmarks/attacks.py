@@ -37,6 +37,8 @@ are what the server did before the fix.
   leaves with ``bye`` and a new one joins. Every delivery is checked against the room's one
   order of ids (``check``): nothing missing between a user's welcome and its last message,
   nothing twice, nothing out of order (3,899,541 deliveries checked in 10 min, nothing wrong).
+  That is its whole target: its probes share a process with its users, so their latency is
+  shown, not judged.
 
 ``--quick`` runs every case for a few seconds at a smaller scale, for the tests; the verdicts
 then hold the same targets. The machine's cores are shared by the server, the attackers and the
@@ -198,7 +200,8 @@ def judge(result: Result) -> dict[str, bool]:
     if result.probes_dropped is not None:
         checks["no probe dropped"] = result.probes_dropped == 0
         p99 = result.probe_p99_ms
-        checks[f"probes' p99 <= {PROBE_P99_MS:g} ms"] = p99 is not None and p99 <= PROBE_P99_MS
+        if result.case != "soak":  # its probes share a process with its 100 users: shown only
+            checks[f"probes' p99 <= {PROBE_P99_MS:g} ms"] = p99 is not None and p99 <= PROBE_P99_MS
     if result.rss_start_mb is not None and result.rss_end_mb is not None:
         checks[f"memory back within {BACK_MB:g} MB"] = (
             result.rss_end_mb - result.rss_start_mb <= BACK_MB
