@@ -111,7 +111,7 @@ CODE_FILES = {
 modes and both protocols; packet sessions use the 1.0 receiver's buffer); the room, the
 server core (``common/server``) and the codec, which all share, are in none. Files missing
 from the tree are left out."""
-LOC_COUNTER = "`report.generate.code_lines` (Python's tokenizer; no docstrings, comments or blanks)"
+LOC_COUNTER = "`report.generate.code_lines` (tokens; no docstrings, comments or blanks)"
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z0-9_]+)\s*\}\}")
 _COMMENT = re.compile(r"<!--.*?-->", re.S)
 
@@ -751,7 +751,7 @@ def _headline_list(results: dict[str, Any], rows: Sequence[Row]) -> str:
         f"The first table and section 3's: each figure over {made} runs"
         + (", except (runs counted) " + "; ".join(fewer) if fewer else "")
         + ("; one marked † (harness-bound), over every run made" if bound else "")
-        + ". The targets: section 4's *runs* column; section 5's count every run."
+        + ". The targets: the *runs* column above; the report's section 5 counts every run."
     )
 
 
@@ -857,7 +857,6 @@ def build_context(
         "harness_cpu_limit": f"{HARNESS_CPU_LIMIT_PCT:g}",
         "harness_lag_limit": f"{HARNESS_LAG_LIMIT_MS:g}",
         "bound_runs": f"{sum(r.harness_bound for r in every_run)} of the {len(every_run)} runs",
-        "headline_list": _headline_list(results, rows),
         "saturation_summary": saturation_summary(results),
         "overload_targets": _overload_targets(results),
         "cluster_text": (
@@ -919,6 +918,10 @@ def runs_page(
         parts.append(
             f"## Targets of UDP packet sessions\n\n{_targets_table(packets, measured=True)}"
         )
+    parts.append(
+        "## How many runs each headline figure is\n\n"
+        + _headline_list(results, _first_rows(results))
+    )
     notes = _target_notes([*targets, *packets])
     if notes:
         parts.append(f"## Targets not plainly met, run by run\n\n{notes}")
@@ -981,9 +984,8 @@ cores, so two servers cannot gain here). Most deliveries/s past saturation:
 {{cluster_two_peak}} for two servers on Redis; p99 at {{cluster_room}} × 5:
 {{cluster_one_p99}}, {{cluster_redis_p99}} and {{cluster_two_p99}} ms. One Redis core appends
 about {{stream_ceiling}} events/s, {{stream_room_deliveries}} deliveries/s at {{cluster_room}}
-members: {{cluster_ceiling}}. At {{cluster_target}}, past what one server carries, a TCP
-server on Redis holds a talker's next message while Redis is behind, as it does when its own
-writer is: TCP's flow control slows the talker, and nothing is refused. {{cluster_target_text}}
+members: {{cluster_ceiling}}. At {{cluster_target}} a TCP server on Redis slows its talkers
+while Redis is behind, as while its writer is, and refuses nothing. {{cluster_target_text}}
 Tables in RUNS.md."""
 """Section 6, from `benchmarks.cluster`'s file."""
 
@@ -1026,8 +1028,11 @@ def cluster_context(cluster: dict[str, Any]) -> dict[str, str]:
 
 
 def _cluster_target(target: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """The Redis target's load, and what each set-up did there: median [range] of its runs."""
-    if not target:
+    """The Redis target's load, and what a server on Redis did there against one alone: median
+    [range] of the runs."""
+    runs = {run["setup"]: run for run in target}
+    redis, alone = runs.get("one server + Redis"), runs.get("one server")
+    if redis is None or alone is None:
         return {"cluster_target": "the target load", "cluster_target_text": "Not measured."}
 
     def spread(run: dict[str, Any], key: str, fmt: Callable[[float], str]) -> str:
@@ -1035,19 +1040,17 @@ def _cluster_target(target: Sequence[dict[str, Any]]) -> dict[str, str]:
         shown = fmt(run[key])
         return shown if fmt(low) == fmt(high) else f"{shown} [{fmt(low)}–{fmt(high)}]"
 
-    def said(run: dict[str, Any]) -> str:
-        bound = " †" if run["harness_bound"] else ""
-        return (
-            f"{run['setup'].capitalize()}: {spread(run, 'delivered_pct', num)} % delivered, "
-            f"{spread(run, 'refused_pct', num)} % refused, p99 {spread(run, 'p99_ms', ms)} ms"
-            f"{bound}"
-        )
+    def bound(run: dict[str, Any]) -> str:
+        return f" {BOUND_MARK}" if run["harness_bound"] else ""
 
-    first = target[0]
     return {
-        "cluster_target": f"{first['clients']} × {first['rate']:g}",
-        "cluster_target_text": "; ".join(said(run) for run in target)
-        + f" (median [range] of {len(first['runs'])}).",
+        "cluster_target": f"{redis['clients']} × {redis['rate']:g}",
+        "cluster_target_text": (
+            f"Median [range] of {len(redis['runs'])}: {spread(redis, 'delivered_pct', num)} % "
+            f"delivered, {spread(redis, 'refused_pct', num)} % refused, p99 "
+            f"{spread(redis, 'p99_ms', ms)} ms{bound(redis)}; alone, p99 "
+            f"{spread(alone, 'p99_ms', ms)} ms{bound(alone)}."
+        ),
     }
 
 
@@ -1190,11 +1193,9 @@ def chaos_reading(scenarios: Sequence[dict[str, Any]]) -> str:
     return " ".join(parts)
 
 
-ATTACKS_TEXT = """`make bench-attacks` ({{attacks_date}}, commit {{attacks_commit}}) runs again
-the attacks a hostile class once found, each against a server process, while
-{{attacks_probes}} well-behaved users chat and ping; each is held when no user is dropped, their
-p99 stays under 100 ms and the server's memory comes back within 50 MB. {{attacks_summary}}
-Each case: RUNS.md."""
+ATTACKS_TEXT = """`make bench-attacks` ({{attacks_date}}, commit {{attacks_commit}}): each
+attack once found, again, while {{attacks_probes}} users chat; held: none dropped, p99 under
+100 ms, memory back within 50 MB. {{attacks_summary}} Cases: RUNS.md."""
 """Section 8, from `benchmarks.attacks`' file."""
 
 
@@ -1242,21 +1243,17 @@ def attacks_context(attacks: dict[str, Any]) -> dict[str, str]:
         ]
         for c in cases
     ]  # fmt: skip
-    held = [c["case"] for c in cases if c["passed"]]
-    missed = [c for c in cases if not c["passed"]]
-    summary = "; ".join(f"{c['case']}: {_attack_figure(c)}" for c in cases) + "."
-    verdict = (
+    missed = [f"{c['case']} ({_held(c)[4:]})" for c in cases if not c["passed"]]
+    summary = (
         f"All {len(cases)} held."
         if not missed
-        else f"{len(held)} of {len(cases)} held; not held: "
-        + ", ".join(c["case"] for c in missed)
-        + "."
+        else f"{len(cases) - len(missed)} of {len(cases)} held; not: " + "; ".join(missed) + "."
     )
     return {
         "attacks_date": meta["date"],
         "attacks_commit": (meta.get("git_commit") or "unknown")[:10],
         "attacks_probes": str(meta.get("probes", "a few")),
-        "attacks_summary": f"{verdict} {summary[0].upper()}{summary[1:]}",
+        "attacks_summary": summary,
         "attacks_table": table(rows, headers, markdown=True),
     }
 
