@@ -71,6 +71,7 @@ from typing import Any
 from benchmarks.capacity import current_rss_bytes
 from benchmarks.chaos import Counts, LoadClient, chat
 from benchmarks.harness import machine_meta
+from benchmarks.overload import MB, mb, percentile
 from benchmarks.procstat import cpu_seconds, peak_rss_bytes
 from benchmarks.servers import ServerProcess, free_port, python_server, wait_until
 from common.cli.serverargs import raise_open_file_limit
@@ -91,7 +92,6 @@ BACK_MB = 50.0
 ATTACKER = "127.0.0.2"
 SETTLE_S = 30.0
 """Longest wait for the server's memory to come back, or for the last deliveries."""
-MB = 1 << 20
 
 LOCKOUT_RATE = 30.0
 """Strangers a second: past the 256 places in all within one ``--hello-timeout`` (10 s)."""
@@ -177,17 +177,6 @@ class Result:
     @property
     def passed(self) -> bool:
         return all(self.checks.values())
-
-
-def percentile(samples: Sequence[float], share: float) -> float | None:
-    if not samples:
-        return None
-    ordered = sorted(samples)
-    return round(ordered[min(len(ordered) - 1, int(share * len(ordered)))], 2)
-
-
-def mb(size: int) -> float:
-    return round(size / MB, 1)
 
 
 # --------------------------------------------------------------------------

@@ -32,7 +32,7 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -71,7 +71,7 @@ class OverloadResult:
     rss_end_mb: float  # once they are gone (closing, non-readers) or at the end (history)
 
 
-def percentile(samples: list[float], share: float) -> float | None:
+def percentile(samples: Sequence[float], share: float) -> float | None:
     if not samples:
         return None
     ordered = sorted(samples)

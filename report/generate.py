@@ -959,22 +959,24 @@ def runs_page(
             )
         )  # fmt: skip
     if chaos is not None:
-        meta = chaos["meta"]
         parts.append(
-            f"## resume under chaos (`make bench-chaos`, {meta['date']}, commit "
-            f"{(meta.get('git_commit') or 'unknown')[:10]})\n\n"
+            _measured_section("resume under chaos", "bench-chaos", chaos["meta"])
             + "Resume p50 and p99 in ms; *missed, told*: missed after a `resumed: false`.\n\n"
             + chaos_context(chaos)["chaos_table"]
         )
     if attacks is not None:
-        meta = attacks["meta"]
         parts.append(
-            f"## attacks (`make bench-attacks`, {meta['date']}, commit "
-            f"{(meta.get('git_commit') or 'unknown')[:10]})\n\n"
+            _measured_section("attacks", "bench-attacks", attacks["meta"])
             + "The probes' round trips in ms; the server's memory in MB.\n\n"
             + attacks_context(attacks)["attacks_table"]
         )
     return "\n\n".join(parts) + "\n"
+
+
+def _measured_section(title: str, target: str, meta: dict[str, Any]) -> str:
+    """A RUNS.md heading naming the make target, the date and the commit its file came from."""
+    commit = (meta.get("git_commit") or "unknown")[:10]
+    return f"## {title} (`make {target}`, {meta['date']}, commit {commit})\n\n"
 
 
 CLUSTER_TEXT = """With `--redis`, servers share one room through one Redis stream
