@@ -516,8 +516,8 @@ class Room(Generic[M]):
         self._pass_start = 0  # self._posted when the writer's pass under way began
         self._pass_end = 0  # the log's end then
         self._caught_up = 0  # self._posted when the writer's last finished pass began
-        self._last_span: tuple[int, int, bytes] = (0, 0, b"")  # take_lines: the last span joined
         self._last_entries: tuple[int, int, list[Entry]] = (0, 0, [])  # take_shared's
+        self._last_join: tuple[list[Entry], bytes] = ([], b"")  # take_lines': its lines joined
         self._history: deque[Kept] = deque(maxlen=history)
 
     def _continue(self, archive: Archive | None) -> None:
@@ -863,17 +863,13 @@ class Room(Generic[M]):
         """``take``, as the JSON lines it is sent in. Members at the same place in the log (all
         of them, in a writer's pass over a busy room) share one join of the same span, which
         holds at least all that was said before the pass began (``pending``): what is said
-        during the pass comes in the next one, so that it is joined once, not once each."""
-        with self.lock:
-            if not member.private and member.stage is Stage.JOINED:
-                start, stop, lines = self._last_span
-                if start != member.cursor or stop < self._pass_end:
-                    start, stop = member.cursor, self._end
-                    lines = b"".join([entry.line for entry in self._slice(start, stop)])
-                    self._last_span = (start, stop, lines)
-                member.cursor = stop
-                return lines
-        return b"".join([entry.line for entry in self.take(member)])
+        during the pass comes in the next one, so that it is joined once, not once each. The
+        span is ``take_shared``'s; its join is kept with it, by the writer that calls this."""
+        entries = self.take_shared(member)
+        last = self._last_join
+        if last[0] is not entries:
+            last = self._last_join = (entries, b"".join([entry.line for entry in entries]))
+        return last[1]
 
     def take_shared(self, member: M) -> list[Entry]:
         """``take``, for a writer that packs a span once for all it reaches: members at the same
