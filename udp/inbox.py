@@ -68,6 +68,8 @@ class Inbox:
             except BadPacket:
                 self._not_a_packet(session, data, now)
                 return
+            if not self._token_ok(session, packet.session):  # once per packet, dropped whole
+                return
             if (acks := ack_only(packet.frames)) is not None:
                 self._on_acks(session, packet, acks, now)
             else:
@@ -164,11 +166,9 @@ class Inbox:
             self.registry.drop("bad_packet", session.address)
 
     def _on_packet(self, session: Session, packet: Packet, now: float) -> None:
-        """One packet: its token checked once, then each frame in turn, each error its own."""
+        """One packet (its token checked): each frame in turn, each error its own."""
         link = session.link
         assert link is not None
-        if not self._token_ok(session, packet.session):
-            return
         frames: list[tuple[bytes, ClientMessage | ProtocolError, int | None]] = []
         for line in packet.frames:
             d = read_datagram(line)
@@ -209,8 +209,6 @@ class Inbox:
         count against no rate limit, and a behind session may send them)."""
         link = session.link
         assert link is not None
-        if not self._token_ok(session, packet.session):
-            return
         if not link.on_packet(packet.pn, False, now):
             self.registry.drop("packet_repeated_or_far", session.address)
             return
