@@ -136,8 +136,8 @@ def parse(argv: list[str] | None, prog: str) -> tuple[LoadSpec, bool]:
         parser.error("--nagle and --coalesce-ms are tcp.server's")
     if args.nodelay and args.server != "assignment":
         parser.error("--nodelay is the assignment's server's (tcp.server leaves Nagle off)")
-    if args.generator == "c" and args.reliable:
-        parser.error("the C generator drives raw UDP only (1.0 and packets), not --reliable")
+    if args.generator == "c" and args.reliable and not args.packets:
+        parser.error("the C generator drives UDP packet sessions and raw 1.0, not reliable 1.0")
     clients, rate, drain = DEFAULTS[args.server]
     return LoadSpec(
         server=args.server,

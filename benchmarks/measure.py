@@ -19,8 +19,9 @@ the subprocess `python -m benchmarks.client_worker`, which prints its LoadResult
 `spec.generator` says who plays the clients: the Python ones above, or the load generator in C
 (`benchmarks/cgen/loadgen.c`, one process, one thread), which follows the method below step for
 step at a fraction of the CPU and prints its raw counts, turned here into the same LoadResult;
-"auto" (the default) takes C wherever it runs (the TCP servers without slow readers, raw UDP)
-and a C compiler is there. The result names the generator; "the harness" below is whichever ran
+"auto" (the default) takes C wherever it runs (the TCP servers without slow readers, UDP raw
+and packet sessions: reliable 1.0 sessions stay with the Python clients) and a C compiler is
+there. The result names the generator; "the harness" below is whichever ran
 (its own CPU, its send lags). Over a namespace the C generator runs inside it directly.
 
 Method, chosen so the numbers cannot flatter the server:
@@ -197,14 +198,16 @@ class LoadSpec:
         if self.generator not in GENERATORS:
             raise ValueError(f"generator must be one of {', '.join(GENERATORS)}")
         if self.generator == "c" and not self.c_supported:
-            raise ValueError("the C generator drives TCP without slow readers, and raw UDP")
+            raise ValueError(
+                "the C generator drives TCP without slow readers, and UDP but reliable 1.0"
+            )
 
     @property
     def c_supported(self) -> bool:
         """Whether the C generator can drive this run: the TCP servers without slow readers,
-        and the UDP server's raw sessions, 1.0 and packets (reliable ones stay in Python)."""
+        and the UDP server's sessions but reliable 1.0 ones (those stay in Python)."""
         if self.server == "udp":
-            return not self.reliable
+            return self.packets or not self.reliable
         return not self.slow_readers
 
     def chosen_generator(self) -> str:
@@ -290,7 +293,8 @@ def add_generator_argument(parser: argparse.ArgumentParser) -> None:
         "--generator",
         choices=GENERATORS,
         default="auto",
-        help="the clients: c (benchmarks/cgen: TCP, the assignment's server, raw UDP), "
+        help="the clients: c (benchmarks/cgen: TCP, the assignment's server, UDP but "
+        "reliable 1.0), "
         "python, or auto: c where it can and a C compiler is there, else python (default)",
     )
 
@@ -624,7 +628,7 @@ def _summarise(
 
 
 _C_MODES = {"tcp": "json", "assignment": "raw", "udp": "udp"}
-"""What the C generator speaks to each server (raw UDP packet sessions: "packets")."""
+"""What the C generator speaks to each server (UDP packet sessions: see _c_mode)."""
 
 _C_FRACTIONS = (0.5, 0.95, 0.99, 1.0, *(p / 100 for p in PERCENTILES))
 """The nearest ranks the C generator is asked for: p50, p95, p99, max, then PERCENTILES."""
@@ -652,6 +656,12 @@ def _run_c(
     return _c_result(spec, _c_raw(spec, address, server_pid, progress, launch))
 
 
+def _c_mode(spec: LoadSpec) -> str:
+    if spec.packets:
+        return "reliable-packets" if spec.reliable else "packets"
+    return _C_MODES[spec.server]
+
+
 def _c_raw(
     spec: LoadSpec,
     address: tuple[str, int],
@@ -663,7 +673,7 @@ def _c_raw(
     """Run the C generator; its raw counts."""
     command = [
         str(cgen.binary()),
-        "--mode", "packets" if spec.packets else _C_MODES[spec.server],
+        "--mode", _c_mode(spec),
         "--host", address[0],
         "--port", str(address[1]),
         "--clients", str(spec.clients),
@@ -741,7 +751,7 @@ def _c_result(spec: LoadSpec, raw: Mapping[str, Any]) -> LoadResult:
         percentiles_ms=latency[4:] if received else [],
         send_lag_p50_ms=lag[0],
         send_lag_p99_ms=lag[1],
-        retransmitted=0,
+        retransmitted=raw["retransmitted"],
         send_errors=raw["send_errors"],
         slow_dropped=0,
         too_slow_seen=raw["too_slow_seen"],
@@ -754,8 +764,11 @@ def _c_result(spec: LoadSpec, raw: Mapping[str, Any]) -> LoadResult:
         harness_cpu_us_per_delivery=1e6 * harness_cpu_s / in_window if in_window else math.nan,
         server_clean_exit=None,
         server_cpu_ticks=ticks,
-        # a raw packet session sends no acks
-        acks_per_packet=0.0 if spec.packets and raw["packets_received"] else math.nan,
+        acks_per_packet=(
+            raw["acks_sent"] / raw["packets_received"]
+            if spec.packets and raw["packets_received"]
+            else math.nan
+        ),
         generator="c",
     )
 

@@ -1,6 +1,7 @@
-"""The C load generator (benchmarks/cgen): real short runs against the TCP servers and raw UDP
-sessions (1.0 and packets), and the same counts as the Python generator on the same schedule,
-down to duplicates, reorders and markers never sent (a scripted server makes them)."""
+"""The C load generator (benchmarks/cgen): real short runs against the TCP servers and UDP
+sessions (raw 1.0, raw and reliable packets, the reliable ones over a lossy relay too), and the
+same counts as the Python generator on the same schedule, down to duplicates, reorders and
+markers never sent (a scripted server makes them)."""
 
 from __future__ import annotations
 
@@ -71,6 +72,31 @@ def test_c_generator_against_raw_udp_sessions_accounts_for_every_message(packets
     _assert_complete(result, recipients=5)
     if packets:
         assert result.acks_per_packet == 0  # raw packet sessions send no acks
+
+
+@needs_cc
+def test_c_generator_against_reliable_udp_packet_sessions_accounts_for_every_message() -> None:
+    spec = dataclasses.replace(SMALL, server="udp", reliable=True, packets=True, generator="c")
+    result = run_load(spec)
+
+    assert result.protocol == "udp-reliable-packets"
+    _assert_complete(result, recipients=5)
+    # The server's packets are acked, one ack per two packets or fewer (acks ride with says).
+    assert 0 < result.acks_per_packet <= 1
+
+
+@needs_cc
+def test_c_generator_sends_reliable_packets_again_over_a_lossy_relay() -> None:
+    """A relay dropping a fifth of the datagrams each way: the generator's says are sent
+    again until acked, the server's frames are acked and handed on in order, nothing lost."""
+    spec = dataclasses.replace(
+        SMALL, server="udp", reliable=True, packets=True, generator="c", relay_loss=0.2
+    )
+    result = run_load(spec)
+
+    assert result.link == "relay 20% loss"
+    _assert_complete(result, recipients=5)
+    assert result.retransmitted > 0
 
 
 @needs_cc
@@ -153,8 +179,9 @@ def test_c_and_python_generators_agree_on_duplicates_reorders_and_unexpected() -
     assert (c.generator, python.generator) == ("c", "python")
 
 
+@needs_cc
 def test_c_generator_is_chosen_only_where_it_can_run() -> None:
-    assert LoadSpec(server="udp", reliable=True, packets=True).chosen_generator() == "python"
+    assert LoadSpec(server="udp", reliable=True, packets=True).chosen_generator() == "c"
     assert LoadSpec(server="udp", reliable=True).chosen_generator() == "python"
     assert LoadSpec(slow_readers=2).chosen_generator() == "python"
     assert LoadSpec(generator="python").chosen_generator() == "python"

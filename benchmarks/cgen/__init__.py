@@ -8,8 +8,9 @@ Contract:
 Why C: the Python clients (benchmarks.clients) share the machine's two cores with the server
 and were past the harness's limits in most runs, so they, not the server, may have set the
 pace. It drives the TCP servers (the project's JSON lines, the assignment's raw text) and raw
-UDP sessions (1.0 datagrams and v1.2 packets, which need no acks); reliable UDP, with its
-timers and loss recovery, stays with the Python clients. loadgen.c follows
+UDP sessions (1.0 datagrams and v1.2 packets) and reliable packet sessions (acks, in-order
+delivery, a say sent again until acknowledged); reliable 1.0 sessions stay with the Python
+clients. loadgen.c follows
 the method of benchmarks.measure step for step (its own comment says how) with one thread and
 one epoll, and prints its raw counts as JSON, which benchmarks.measure turns into a LoadResult.
 The binary lives next to the source in `.build/` (not committed) and is rebuilt whenever

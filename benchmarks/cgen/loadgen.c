@@ -3,9 +3,9 @@
  * costs a small fraction of a core and the server, not the clients, sets the pace.
  *
  * Usage (benchmarks/measure.py builds the command; it is not meant to be typed):
- *   loadgen --mode json|raw|udp|packets --host H --port P --clients N --period-ns P --warmup-ns W
- *           --duration-ns D --drain-ns R [--pad K] [--server-pid PID] [--also-pid PID]...
- *           [--lead-ns L] [--fractions F,F,...]
+ *   loadgen --mode json|raw|udp|packets|reliable-packets --host H --port P --clients N
+ *           --period-ns P --warmup-ns W --duration-ns D --drain-ns R [--pad K]
+ *           [--server-pid PID] [--also-pid PID]... [--lead-ns L] [--fractions F,F,...]
  *
  * The method is the one of benchmarks/measure.py, step for step (read its docstring):
  * - mode json speaks the project's TCP protocol (hello, welcome, say, message frames, one JSON
@@ -15,7 +15,30 @@
  *   acks); mode packets its raw packet sessions (protocol v1.2: after the welcome every
  *   datagram is a packet, a header line {"pn":N,"session":T} then frames; a ping proves the
  *   client's address at once and again each second until a packet comes; a packet number seen
- *   before, or 65,536 or more from the largest, is dropped; raw sessions send no acks).
+ *   before, or 65,536 or more from the largest, is dropped; raw sessions send no acks); mode
+ *   reliable-packets its reliable packet sessions, as benchmarks.clients drives them through
+ *   common.protocol.packetlink, kept to what the protocol asks of a client:
+ *   - acks: the packet numbers received are kept as at most 16 ranges (past that the lowest is
+ *     forgotten); an ack {"type":"ack","ranges":[[HI,LO],...],"delay":MS} is due once two
+ *     packets holding more than acks arrived, or 15 ms after the first (25 ms less the 10 ms
+ *     packetlink leaves for a late timer), and goes alone then; it rides with a say sent
+ *     earlier unless the server's packets come closer together than 25 ms (the next one soon
+ *     makes it due). MS is how long the largest packet number waited.
+ *   - frames are handed on by seq once and in order (the welcome is seq 1): an early one,
+ *     up to 1,024 ahead, is held; one seen before or farther ahead is dropped (the server
+ *     sends it again); only what is handed on is searched for markers.
+ *   - every frame the client sends (ping, say, bye) gets the next seq and is kept until a
+ *     packet carrying it is acknowledged. An ack also gives an RTT sample (RFC 9002 5.3: on
+ *     the largest number it acknowledges, if that one is newly acknowledged) and declares
+ *     lost a frame whose packet is 3 or more numbers below the largest acknowledged, or was
+ *     sent 9/8 of max(smoothed, latest RTT), at least 1 ms, before now: it goes again at
+ *     once in a new packet (a packet number is never reused). A probe timeout, smoothed RTT
+ *     + max(4 x RTT variance, 1 ms) + 25 ms after the last packet holding frames (initial
+ *     RTT 100 ms), sends the oldest unacknowledged frames again, a packet's worth, and
+ *     doubles on each expiry in a row (up to 2^6); an ack of anything new resets it. No
+ *     congestion window: a client sends a say every period, far below what one would hold
+ *     back, and the client never gives up on the server (what it never acks counts as lost).
+ *   The output counts the acks sent (`acks_sent`) and the frames sent again (`retransmitted`).
  * - Clients connect one after the other (json: each waits for its welcome; raw: all, then each
  *   is known to be in the room once it heard of someone's join or someone heard of its own;
  *   udp: every hello at once, again each second to those without a welcome, 5 times at most).
@@ -32,8 +55,9 @@
  *   one already seen from its sender) or new; a new one of a message due in the window gives
  *   a latency.
  * - After the window, the drain: until every message sent reached every recipient and no
- *   queue waits, or until the drain time is over; udp also once nothing new came for half a
- *   second (what raw UDP lost never comes). What arrives later is not read.
+ *   queue waits, or until the drain time is over; raw udp and packets also once nothing new
+ *   came for half a second (what raw UDP lost never comes). Reliable packet sessions keep
+ *   acking and sending again through the drain. What arrives later is not read.
  * - The server's CPU (/proc/PID/stat ticks), with that of every --also-pid (a server's Redis:
  *   what the chat costs in all), and this process's CPU (getrusage) are read when the window
  *   starts and when it ends.
@@ -77,6 +101,18 @@
 #define PN_WINDOW (1 << 16)
 #define MAX_PN (1LL << 30)
 #define PROOF_INTERVAL_NS 1000000000LL
+#define MAX_PACKET_BYTES 1200
+#define FRAME_BYTES 256
+#define MAX_ACK_RANGES 16
+#define ACK_ELICITING_THRESHOLD 2
+#define MAX_ACK_DELAY_NS 25000000LL
+#define ACK_TIMER_SLACK_NS 10000000LL
+#define RECEIVE_WINDOW 1024
+#define PACKET_THRESHOLD 3
+#define INITIAL_RTT_NS 100000000LL
+#define GRANULARITY_NS 1000000LL
+#define MAX_BACKOFF 6
+#define PROBE_FRAMES 64
 
 typedef struct {
     int64_t *items;
@@ -87,6 +123,29 @@ typedef struct {
     int64_t slot;
     int64_t end; /* the byte count written once this message's last byte is taken */
 } Queued;
+
+/* A frame of a reliable packet session, kept until a packet carrying it is acknowledged. */
+typedef struct {
+    int64_t pn, sent_ns; /* the packet that last carried it, and when */
+    int len;
+    char text[FRAME_BYTES];
+} Outgoing;
+
+/* What a reliable packet session keeps besides a raw one's (see the header comment). */
+typedef struct {
+    int64_t expected;          /* the next seq to hand on */
+    char **held;               /* early frames, by seq % RECEIVE_WINDOW */
+    size_t *held_len;
+    int64_t lows[MAX_ACK_RANGES + 1], highs[MAX_ACK_RANGES + 1]; /* pns received, ascending */
+    int ranges;
+    int eliciting;             /* packets needing an ack since the last ack */
+    int64_t ack_deadline, largest_at, eliciting_at, eliciting_gap;
+    Outgoing *unacked;
+    size_t n_unacked, cap_unacked;
+    int64_t largest_acked, last_eliciting_ns;
+    int64_t srtt, rttvar, min_rtt, latest_rtt;
+    int has_rtt, probes;       /* probes: probe timeouts in a row */
+} Reliable;
 
 typedef struct {
     int fd;
@@ -110,12 +169,13 @@ typedef struct {
     int64_t proof_due;                             /* packets: when to ping again; 0: proven */
     uint8_t *pns;                                  /* packets: bitmap of the numbers seen */
     size_t pns_bytes;
+    Reliable *rel; /* reliable packets, from the welcome on */
 } Client;
 
 #define MAX_ALSO_PIDS 4
 
 static struct {
-    int raw, udp, packets;
+    int raw, udp, packets, reliable;
     const char *host, *port;
     int n;
     int64_t period, warmup, duration, drain, lead;
@@ -133,6 +193,7 @@ static uint8_t *sent_bits;
 static int64_t send_errors;
 static int64_t sent_total, sent_in_window, received_marks, in_window;
 static int64_t duplicates, reorders, unexpected;
+static int64_t acks_sent, retransmitted;
 static Vec latencies, lags;
 static char *padding;
 static size_t padding_len;
@@ -283,10 +344,129 @@ static void flush(Client *c) {
     }
 }
 
+/* ---- reliable packet sessions: sending ---- */
+
+static int64_t next_timer = INT64_MAX; /* the earliest ack or probe deadline of any client */
+
+static void arm(int64_t when) {
+    if (when < next_timer) next_timer = when;
+}
+
+/* The probe timeout: smoothed RTT + max(4 x variance, 1 ms) + the peer's max ack delay. */
+static int64_t pto_ns(const Reliable *r) {
+    int64_t variance = 4 * r->rttvar > GRANULARITY_NS ? 4 * r->rttvar : GRANULARITY_NS;
+    return r->srtt + variance + MAX_ACK_DELAY_NS;
+}
+
+static int64_t probe_deadline(const Reliable *r) {
+    if (!r->n_unacked) return INT64_MAX;
+    int backoff = r->probes < MAX_BACKOFF ? r->probes : MAX_BACKOFF;
+    return r->last_eliciting_ns + (pto_ns(r) << backoff);
+}
+
+static int64_t deadline_of(const Reliable *r) {
+    int64_t probe = probe_deadline(r);
+    return r->eliciting && r->ack_deadline < probe ? r->ack_deadline : probe;
+}
+
+static int ack_due(const Reliable *r, int64_t now) {
+    return r->eliciting >= ACK_ELICITING_THRESHOLD || (r->eliciting && now >= r->ack_deadline);
+}
+
+/* Whether an ack owed rides with frames sent now: not while the server's packets come closer
+ * together than the max ack delay (the next one soon makes it due), as packetlink decides. */
+static int ack_rides(const Reliable *r, int64_t now) {
+    return r->eliciting && (r->eliciting_gap >= MAX_ACK_DELAY_NS || ack_due(r, now));
+}
+
+/* The ack frame owed, its line written at `out`; what is owed starts again from nothing. */
+static int ack_line(Reliable *r, int64_t now, char *out, size_t cap) {
+    int n = snprintf(out, cap, "{\"type\":\"ack\",\"ranges\":[");
+    for (int i = r->ranges - 1; i >= 0; i--)
+        n += snprintf(out + n, cap - (size_t)n, "%s[%lld,%lld]", i == r->ranges - 1 ? "" : ",",
+                      (long long)r->highs[i], (long long)r->lows[i]);
+    long long delay = (now - r->largest_at) / 1000000;
+    n += snprintf(out + n, cap - (size_t)n, "],\"delay\":%lld}\n", delay > 0 ? delay : 0);
+    r->eliciting = 0;
+    r->ack_deadline = INT64_MAX;
+    acks_sent++;
+    return n;
+}
+
+/* The unacked frames `items` (indexes) in as few new packets as fit (one at most if `one`),
+ * the ack owed in the first if `ack`; with no items, a packet of the ack alone. */
+static void send_reliable(Client *c, const size_t *items, size_t count, int ack, int one,
+                          int64_t now) {
+    Reliable *r = c->rel;
+    char packet[MAX_PACKET_BYTES + FRAME_BYTES + 1024];
+    size_t i = 0;
+    do {
+        int len = snprintf(packet, sizeof packet, "{\"pn\":%lld,\"session\":\"%s\"}\n",
+                           (long long)c->next_pn, c->token);
+        if (ack && r->eliciting) len += ack_line(r, now, packet + len, sizeof packet - (size_t)len);
+        ack = 0;
+        int frames = 0;
+        for (; i < count; i++, frames++) {
+            Outgoing *o = &r->unacked[items[i]];
+            if (frames && len + o->len + 1 > MAX_PACKET_BYTES) break;
+            memcpy(packet + len, o->text, (size_t)o->len);
+            packet[len + o->len] = '\n';
+            len += o->len + 1;
+            o->pn = c->next_pn;
+            o->sent_ns = now;
+        }
+        c->next_pn++;
+        if (frames) r->last_eliciting_ns = now;
+        send_datagram(c, packet, (size_t)len);
+    } while (i < count && !one);
+    arm(deadline_of(r));
+}
+
+/* A new frame: kept until acknowledged, sent at once with the ack owed if it rides. */
+static void send_reliably(Client *c, const char *frame, int len, int64_t now) {
+    Reliable *r = c->rel;
+    if (len >= FRAME_BYTES) die("client %d: a frame of %d bytes", c->index, len);
+    if (r->n_unacked == r->cap_unacked) {
+        r->cap_unacked = r->cap_unacked ? 2 * r->cap_unacked : 16;
+        r->unacked = xrealloc(r->unacked, r->cap_unacked * sizeof *r->unacked);
+    }
+    size_t item = r->n_unacked++;
+    memcpy(r->unacked[item].text, frame, (size_t)len);
+    r->unacked[item].len = len;
+    send_reliable(c, &item, 1, ack_rides(r, now), 0, now);
+}
+
+/* Resend the unacked frames `items` (lost, or a probe's) in new packets. */
+static void resend(Client *c, const size_t *items, size_t count, int one, int64_t now) {
+    retransmitted += (int64_t)count;
+    send_reliable(c, items, count, ack_rides(c->rel, now), one, now);
+}
+
+/* A probe timeout sends the oldest frames again, a packet's worth, and backs off; an ack due
+ * goes alone. */
+static void on_timers(Client *c, int64_t now) {
+    Reliable *r = c->rel;
+    if (now >= probe_deadline(r)) {
+        static size_t items[PROBE_FRAMES]; /* more than a packet holds */
+        size_t count = r->n_unacked < PROBE_FRAMES ? r->n_unacked : PROBE_FRAMES;
+        for (size_t i = 0; i < count; i++) items[i] = i;
+        r->probes++;
+        resend(c, items, count, 1, now);
+    }
+    if (ack_due(r, now)) send_reliable(c, NULL, 0, 1, 0, now);
+    arm(deadline_of(r));
+}
+
 /* A UDP client frame: `body` is a JSON object without its closing brace; 1.0 adds the token
- * and the next seq, a packet session puts it with its seq in a packet of its own. */
+ * and the next seq, a raw packet session puts it with its seq in a packet of its own, a
+ * reliable one keeps it until acknowledged. */
 static void send_udp_frame(Client *c, const char *body) {
     char out[512];
+    if (c->rel) {
+        int size = snprintf(out, sizeof out, "%s,\"seq\":%lld}", body, (long long)c->next_seq++);
+        send_reliably(c, out, size, now_ns());
+        return;
+    }
     int size = opt.packets
                    ? snprintf(out, sizeof out, "{\"pn\":%lld,\"session\":\"%s\"}\n%s,\"seq\":%lld}\n",
                               (long long)c->next_pn++, c->token, body, (long long)c->next_seq)
@@ -443,6 +623,214 @@ static void take_lines(Client *c, const char *data, size_t len, int64_t now) {
     if (now >= start_ns && now < end_ns) in_window += found;
 }
 
+/* ---- reliable packet sessions: receiving ---- */
+
+/* Record packet number `pn` in the ranges an ack lists, at most MAX_ACK_RANGES: past that the
+ * lowest is forgotten (common.protocol.rangeset). A repeat never comes here. */
+static void ranges_add(Reliable *r, int64_t pn) {
+    int n = r->ranges, i = n - 1;
+    while (i >= 0 && r->lows[i] > pn) i--;
+    if (i >= 0 && pn == r->highs[i] + 1) {
+        r->highs[i] = pn;
+        if (i + 1 < n && pn + 1 == r->lows[i + 1]) { /* the gap closed: join the next */
+            r->highs[i] = r->highs[i + 1];
+            memmove(r->lows + i + 1, r->lows + i + 2, (size_t)(n - i - 2) * sizeof *r->lows);
+            memmove(r->highs + i + 1, r->highs + i + 2, (size_t)(n - i - 2) * sizeof *r->highs);
+            r->ranges--;
+        }
+        return;
+    }
+    if (i + 1 < n && pn + 1 == r->lows[i + 1]) {
+        r->lows[i + 1] = pn;
+        return;
+    }
+    memmove(r->lows + i + 2, r->lows + i + 1, (size_t)(n - i - 1) * sizeof *r->lows);
+    memmove(r->highs + i + 2, r->highs + i + 1, (size_t)(n - i - 1) * sizeof *r->highs);
+    r->lows[i + 1] = r->highs[i + 1] = pn;
+    if (++n > MAX_ACK_RANGES) {
+        memmove(r->lows, r->lows + 1, (size_t)(n - 1) * sizeof *r->lows);
+        memmove(r->highs, r->highs + 1, (size_t)(n - 1) * sizeof *r->highs);
+        n--;
+    }
+    r->ranges = n;
+}
+
+/* A new packet number: an ack is due at the second packet needing one, or 25 ms (less the
+ * slack packetlink allows a late timer) after the first. */
+static void on_packet_number(Reliable *r, int64_t pn, int largest, int eliciting, int64_t now) {
+    ranges_add(r, pn);
+    if (largest) r->largest_at = now;
+    if (!eliciting) return;
+    r->eliciting_gap = now - r->eliciting_at;
+    r->eliciting_at = now;
+    r->eliciting++;
+    if (r->ack_deadline > now + MAX_ACK_DELAY_NS - ACK_TIMER_SLACK_NS)
+        r->ack_deadline = now + MAX_ACK_DELAY_NS - ACK_TIMER_SLACK_NS;
+}
+
+/* RFC 9002, 5.3: the ack delay (at most the max) comes off a sample that stays >= min RTT. */
+static void rtt_sample(Reliable *r, int64_t latest, int64_t ack_delay) {
+    r->latest_rtt = latest;
+    if (!r->has_rtt) {
+        r->has_rtt = 1;
+        r->min_rtt = r->srtt = latest;
+        r->rttvar = latest / 2;
+        return;
+    }
+    if (latest < r->min_rtt) r->min_rtt = latest;
+    if (ack_delay > MAX_ACK_DELAY_NS) ack_delay = MAX_ACK_DELAY_NS;
+    int64_t adjusted = latest >= r->min_rtt + ack_delay ? latest - ack_delay : latest;
+    r->rttvar = (3 * r->rttvar + llabs(r->srtt - adjusted)) / 4;
+    r->srtt = (7 * r->srtt + adjusted) / 8;
+}
+
+static int acked_by(int64_t pn, const int64_t *his, const int64_t *los, int count) {
+    for (int i = 0; i < count; i++)
+        if (pn <= his[i] && pn >= los[i]) return 1;
+    return 0;
+}
+
+/* The server's ack of our packets ([HI,LO] largest first): the frames it carried are let go,
+ * the RTT sampled on the largest, and a frame is lost once a packet sent 3 or more after its
+ * own, or 9/8 of max(smoothed, latest RTT) after it, was acknowledged: sent again at once. */
+static void on_ack(Client *c, const int64_t *his, const int64_t *los, int count, int64_t delay_ms,
+                   int64_t now) {
+    Reliable *r = c->rel;
+    if (!count || his[0] >= c->next_pn) return; /* names a packet never sent: ignored */
+    int64_t sampled = -1;
+    size_t kept = 0, before = r->n_unacked;
+    for (size_t i = 0; i < r->n_unacked; i++) {
+        Outgoing *o = &r->unacked[i];
+        if (acked_by(o->pn, his, los, count)) {
+            if (o->pn == his[0]) sampled = o->sent_ns;
+            continue;
+        }
+        if (kept != i) r->unacked[kept] = *o;
+        kept++;
+    }
+    r->n_unacked = kept;
+    if (kept == before) return;
+    r->probes = 0;
+    if (his[0] > r->largest_acked) r->largest_acked = his[0];
+    if (sampled >= 0) rtt_sample(r, now - sampled, delay_ms * 1000000);
+    int64_t rtt = r->srtt > r->latest_rtt ? r->srtt : r->latest_rtt;
+    int64_t loss_delay = rtt * 9 / 8 > GRANULARITY_NS ? rtt * 9 / 8 : GRANULARITY_NS;
+    static size_t lost[PROBE_FRAMES];
+    size_t n_lost = 0;
+    for (size_t i = 0; i < r->n_unacked && n_lost < PROBE_FRAMES; i++) {
+        const Outgoing *o = &r->unacked[i];
+        if (o->pn < r->largest_acked && (r->largest_acked - o->pn >= PACKET_THRESHOLD ||
+                                         now - o->sent_ns >= loss_delay))
+            lost[n_lost++] = i;
+    }
+    if (n_lost) resend(c, lost, n_lost, 0, now);
+}
+
+/* An ack frame's ranges (at most MAX_ACK_RANGES kept) and delay; 0 if it is not one. */
+static int parse_ack(const char *p, const char *end, int64_t *his, int64_t *los, int64_t *delay) {
+    static const char ranges[] = "\"ranges\":[", delay_key[] = "\"delay\":";
+    const char *at = memmem(p, (size_t)(end - p), ranges, sizeof ranges - 1);
+    const char *d = memmem(p, (size_t)(end - p), delay_key, sizeof delay_key - 1);
+    if (!at || !d) return 0;
+    int count = 0;
+    for (p = at + sizeof ranges - 1; p < end && *p == '['; p++) {
+        int64_t pair[2];
+        p++;
+        for (int k = 0; k < 2; k++) {
+            int n = digits(p, end);
+            if (!n || n > 18 || p + n >= end || p[n] != (k ? ']' : ',')) return 0;
+            pair[k] = strtoll(p, NULL, 10);
+            p += n + 1;
+        }
+        if (count < MAX_ACK_RANGES) his[count] = pair[0], los[count++] = pair[1];
+        if (p >= end || *p != ',') break;
+    }
+    d += sizeof delay_key - 1;
+    if (!digits(d, end)) return 0;
+    *delay = strtoll(d, NULL, 10);
+    return count;
+}
+
+static char *delivered;
+static size_t delivered_len, delivered_cap;
+
+static void deliver(const char *line, size_t len) {
+    if (delivered_len + len + 1 > delivered_cap) {
+        delivered_cap = 2 * (delivered_len + len + 1) + 65536;
+        delivered = xrealloc(delivered, delivered_cap);
+    }
+    memcpy(delivered + delivered_len, line, len);
+    delivered[delivered_len + len] = '\n';
+    delivered_len += len + 1;
+}
+
+/* A frame's seq, read off its end ("seq":N}, where the server puts it); -1 if none. */
+static int64_t seq_of(const char *line, size_t len) {
+    static const char key[] = "\"seq\":";
+    if (len < sizeof key + 1 || line[len - 1] != '}') return -1;
+    const char *p = line + len - 1;
+    while (p > line && p[-1] >= '0' && p[-1] <= '9') p--;
+    if (p == line + len - 1 || line + len - 1 - p > 18 || p - line < (long)sizeof key - 1 ||
+        memcmp(p - (sizeof key - 1), key, sizeof key - 1))
+        return -1;
+    return strtoll(p, NULL, 10);
+}
+
+/* Hand frames on by seq, once and in order: an early one (within RECEIVE_WINDOW) is held, one
+ * seen before or too far ahead is dropped (the server sends it again). */
+static void on_frame(Reliable *r, int64_t seq, const char *line, size_t len) {
+    if (seq < r->expected || seq >= r->expected + RECEIVE_WINDOW) return;
+    size_t slot = (size_t)(seq % RECEIVE_WINDOW);
+    if (seq > r->expected) {
+        if (!r->held[slot]) {
+            r->held[slot] = xalloc(len);
+            memcpy(r->held[slot], line, len);
+            r->held_len[slot] = len;
+        }
+        return;
+    }
+    deliver(line, len);
+    for (slot = (size_t)(++r->expected % RECEIVE_WINDOW); r->held[slot];
+         slot = (size_t)(++r->expected % RECEIVE_WINDOW)) {
+        deliver(r->held[slot], r->held_len[slot]);
+        free(r->held[slot]);
+        r->held[slot] = NULL;
+    }
+}
+
+/* The frames of a reliable packet (after its header, `pn` new): acks taken, frames handed on
+ * in order and their markers counted, an ack sent alone if one is due. */
+static void take_reliable(Client *c, int64_t pn, int largest, const char *p, const char *end,
+                          int64_t now) {
+    static const char ack[] = "{\"type\":\"ack\"";
+    Reliable *r = c->rel;
+    int eliciting = 0; /* a frame other than an ack */
+    for (const char *q = p; q && q < end && !eliciting;) {
+        eliciting = (size_t)(end - q) < sizeof ack - 1 || memcmp(q, ack, sizeof ack - 1);
+        q = memchr(q, '\n', (size_t)(end - q));
+        if (q) q++;
+    }
+    on_packet_number(r, pn, largest, eliciting, now);
+    delivered_len = 0;
+    while (p < end) {
+        const char *newline = memchr(p, '\n', (size_t)(end - p));
+        const char *stop = newline ? newline : end;
+        size_t len = (size_t)(stop - p);
+        int64_t his[MAX_ACK_RANGES], los[MAX_ACK_RANGES], delay;
+        if (len >= sizeof ack - 1 && !memcmp(p, ack, sizeof ack - 1)) {
+            int count = parse_ack(p, stop, his, los, &delay);
+            if (count) on_ack(c, his, los, count, delay, now);
+        } else if (len) {
+            int64_t seq = seq_of(p, len);
+            if (seq > 0) on_frame(r, seq, p, len);
+        }
+        p = stop + 1;
+    }
+    if (delivered_len) take_lines(c, delivered, delivered_len, now);
+    if (ack_due(r, now)) send_reliable(c, NULL, 0, 1, 0, now);
+    arm(deadline_of(r));
+}
+
 /* One packet of a packet session: a welcome again, a datagram that is no packet, a number
  * seen before or too far off are dropped; the frames of the others are taken as lines. */
 static void take_packet(Client *c, const char *data, size_t len, int64_t now) {
@@ -467,10 +855,14 @@ static void take_packet(Client *c, const char *data, size_t len, int64_t now) {
     }
     if (c->pns[byte] & (1 << (pn & 7))) return;
     c->pns[byte] |= (uint8_t)(1 << (pn & 7));
-    if (!c->packets_received || pn > c->largest_pn) c->largest_pn = pn;
+    int largest = !c->packets_received || pn > c->largest_pn;
+    if (largest) c->largest_pn = pn;
     c->packets_received++;
     c->proof_due = 0;
-    take_lines(c, newline + 1, (size_t)(end - newline - 1), now);
+    if (c->rel)
+        take_reliable(c, pn, largest, newline + 1, end, now);
+    else
+        take_lines(c, newline + 1, (size_t)(end - newline - 1), now);
 }
 
 static char *recv_buffer;
@@ -623,6 +1015,20 @@ static void join_raw(void) {
     free(heard);
 }
 
+/* A reliable packet session's state at its welcome, which was seq 1 of the server's frames. */
+static Reliable *start_reliable(void) {
+    Reliable *r = xalloc(sizeof *r);
+    r->expected = 2;
+    r->held = xalloc(RECEIVE_WINDOW * sizeof *r->held);
+    r->held_len = xalloc(RECEIVE_WINDOW * sizeof *r->held_len);
+    r->ack_deadline = INT64_MAX;
+    r->eliciting_at = INT64_MIN / 2;
+    r->largest_acked = -1;
+    r->srtt = INITIAL_RTT_NS;
+    r->rttvar = INITIAL_RTT_NS / 2;
+    return r;
+}
+
 /* UDP: every hello at once, then again each second to those still without a welcome, five
  * times at most; the token is read off the welcome. */
 static void join_udp(void) {
@@ -634,7 +1040,8 @@ static void join_udp(void) {
         for (int i = 0; i < opt.n; i++) {
             if (clients[i].token[0]) continue;
             waiting++;
-            int size = snprintf(line, sizeof line, "{\"type\":\"hello\",\"name\":\"c%d\"%s}", i,
+            int size = snprintf(line, sizeof line, "{\"type\":\"hello\",\"name\":\"c%d\"%s%s}", i,
+                                opt.reliable ? ",\"reliable\":true" : "",
                                 opt.packets ? ",\"packets\":true" : "");
             send_datagram(&clients[i], line, (size_t)size);
         }
@@ -665,6 +1072,7 @@ static void join_udp(void) {
                 waiting--;
                 if (opt.packets && !strstr(recv_buffer, "\"packets\":true"))
                     die("client %d: the server did not grant a packet session", i);
+                if (opt.reliable) clients[i].rel = start_reliable();
                 if (opt.packets) prove(&clients[i], now_ns());
             }
         }
@@ -722,10 +1130,11 @@ static void parse_args(int argc, char **argv) {
         const char *value = argv[++i];
         if (!strcmp(key, "--mode")) {
             if (strcmp(value, "json") && strcmp(value, "raw") && strcmp(value, "udp") &&
-                strcmp(value, "packets"))
-                die("--mode is json, raw, udp or packets");
+                strcmp(value, "packets") && strcmp(value, "reliable-packets"))
+                die("--mode is json, raw, udp, packets or reliable-packets");
             opt.raw = !strcmp(value, "raw");
-            opt.packets = !strcmp(value, "packets");
+            opt.reliable = !strcmp(value, "reliable-packets");
+            opt.packets = opt.reliable || !strcmp(value, "packets");
             opt.udp = opt.packets || !strcmp(value, "udp");
         } else if (!strcmp(key, "--host")) {
             opt.host = value;
@@ -825,6 +1234,11 @@ int main(int argc, char **argv) {
             for (int i = 0; i < opt.n; i++)
                 if (clients[i].proof_due && now >= clients[i].proof_due) prove(&clients[i], now);
         }
+        if (opt.reliable && now >= next_timer) {
+            next_timer = INT64_MAX;
+            for (int i = 0; i < opt.n; i++)
+                if (clients[i].rel) on_timers(&clients[i], now);
+        }
         if (window_start && !window_end && now >= end_ns) {
             ticks_end = server_ticks();
             cpu_end = own_cpu_s();
@@ -848,7 +1262,7 @@ int main(int argc, char **argv) {
             if (received_marks != drain_marks) drain_marks = received_marks, drain_change = now;
             if (now >= drain_deadline || !open_count ||
                 (received_marks >= sent_total * recipients() && !any_blocked) ||
-                (opt.udp && now - drain_change >= QUIET_NS))
+                (opt.udp && !opt.reliable && now - drain_change >= QUIET_NS))
                 break;
         }
         int64_t wake = now + IDLE_WAIT_NS;
@@ -856,7 +1270,9 @@ int main(int argc, char **argv) {
         if (!window_start && start_ns < wake) wake = start_ns;
         if (!window_end && end_ns < wake) wake = end_ns;
         if (window_end && drain_deadline < wake) wake = drain_deadline;
-        if (window_end && opt.udp && drain_change + QUIET_NS < wake) wake = drain_change + QUIET_NS;
+        if (window_end && opt.udp && !opt.reliable && drain_change + QUIET_NS < wake)
+            wake = drain_change + QUIET_NS;
+        if (next_timer < wake) wake = next_timer;
         if (opt.packets && next_proof_check < wake) wake = next_proof_check;
         if (!window_end && window_start && next_progress < wake) wake = next_progress;
         int64_t wait = wake - now_ns();
@@ -911,6 +1327,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < opt.n; i++) packets_received += clients[i].packets_received;
     printf("\"send_errors\":%lld,\"packets_received\":%lld,", (long long)send_errors,
            (long long)packets_received);
+    printf("\"acks_sent\":%lld,\"retransmitted\":%lld,", (long long)acks_sent,
+           (long long)retransmitted);
     printf("\"offered\":%lld,\"sent\":%lld,\"in_window\":%lld,\"received\":%zu,",
            (long long)offered, (long long)sent_in_window, (long long)in_window, latencies.len);
     printf("\"duplicates\":%lld,\"reorders\":%lld,\"unexpected\":%lld,", (long long)duplicates,
