@@ -254,11 +254,17 @@ class Entry:
 class Kept:
     """A message kept for history and resume: the log position it was said at, and its copy
     as history sends it (``history`` true, its id kept), encoded the first time it is asked
-    for and shared by every answer after: a thousand answers cost one encoding each."""
+    for and shared by every answer after: a thousand answers cost one encoding each. Its
+    ``size``, what an answer holding it counts before it is encoded, is reckoned once too:
+    reckoned per answer, it was most of what a ``history`` cost under the room's lock."""
 
     position: int
     msg: Msg
     _copy: Entry | None = None
+    size: int = dataclasses.field(init=False)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.msg.text) + len(self.msg.sender) + HISTORY_FRAME_BYTES
 
     def copy(self) -> Entry:
         """The history copy's line (lock held: it is made once)."""
@@ -277,8 +283,7 @@ class HistoryAnswer:
 
     @classmethod
     def of(cls, messages: list[Kept]) -> HistoryAnswer:
-        size = sum(len(k.msg.text) + len(k.msg.sender) + HISTORY_FRAME_BYTES for k in messages)
-        return cls(messages, size)
+        return cls(messages, sum([kept.size for kept in messages]))
 
     def entries(self) -> list[Entry]:
         """Its lines, as taken: the kept copies and a ``history_end`` (lock held)."""
