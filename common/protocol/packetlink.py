@@ -197,16 +197,20 @@ class PacketLink:
             self._queue.extend(zip(range(seq, seq + count), frames, strict=False))
             self._next_seq += count
             return
-        unacked = self._unacked
         if seq + count > self._oldest_unacked() + self.window + MAX_BACKLOG:
             for frame in frames:
                 self.queue(self._next_seq, frame)
             return
-        # Not strict: the range is as long as the frames, and a strict zip costs a raised
-        # StopIteration per call (more than the rest of this method).
-        unacked.update(zip(range(seq, seq + count), frames, strict=False))
+        self._hold_all(frames, sum(map(len, frames)))
+
+    def _hold_all(self, frames: Sequence[bytes], size: int) -> None:
+        """Hold ``frames`` (``size`` bytes in all) unacknowledged, seqs ``next_seq`` on, where
+        none overflows. Not a strict zip: the range is as long as the frames, and a strict zip
+        costs a raised StopIteration per call (more than the rest of this method)."""
+        seq, count = self._next_seq, len(frames)
+        self._unacked.update(zip(range(seq, seq + count), frames, strict=False))
         self._next_seq += count
-        self.held_bytes += sum(map(len, frames)) + HOLD_COST * count
+        self.held_bytes += size + HOLD_COST * count
         if self._shared is not None:
             self._shared.hold_all(frames)
 
@@ -231,20 +235,21 @@ class PacketLink:
     def _send_shared_reliable(self, packing: SharedPacking, now: float) -> list[bytes]:
         """``send_shared`` for a reliable link: the new frames packed as ``_pack_reliable``
         packs them (a packet starts only while the congestion window has room), each packet
-        recorded in flight with its seqs."""
+        recorded in flight with its seqs (a range: a packet's seqs follow each other)."""
         first, count = self._next_seq, len(packing.prefixes)
-        deadline = self.recovery.deadline()
-        plain = (
+        recovery = self.recovery
+        deadline = recovery.deadline()
+        if not (
             count
             and self._unsent == first
-            and not (self._resend or self._probe or self._eliciting or self.failed)
+            and not (self._resend or self._probe or self._eliciting or recovery.failed)
             and (deadline is None or now < deadline)
             and first + count <= self._oldest_unacked() + self.window
-        )
-        self.queue_all(packing.prefixes)
-        if not plain:
+        ):
+            self.queue_all(packing.prefixes)
             return self.datagrams(now)
-        recovery, congestion = self.recovery, self.recovery.congestion
+        self._hold_all(packing.prefixes, packing.size)
+        congestion = recovery.congestion
         datagrams: list[bytes] = []
         pn, seq = recovery.next_pn, first
         for template, frames in packing.layout(pn, seq):
@@ -252,7 +257,7 @@ class PacketLink:
                 break
             seqs = range(seq, seq + frames)
             data = template % (pn, *seqs)
-            recovery.on_packet_sent(SentPacket(pn, now, len(data), tuple(seqs)), now)
+            recovery.on_packet_sent(SentPacket(pn, now, len(data), seqs), now)
             datagrams.append(data)
             pn += 1
             seq += frames
@@ -520,7 +525,8 @@ class PacketLink:
         self.held_bytes -= sum(map(len, frames)) + HOLD_COST * len(frames)
         if self._shared is not None:
             self._shared.release_all(frames)
-        self._lost(outcome.lost)
+        if outcome.lost:
+            self._lost(outcome.lost)
 
     def on_frame(self, seq: int, frame: bytes) -> list[bytes] | None:
         """A reliable link's frames now deliverable in order (None: beyond the window)."""

@@ -94,10 +94,11 @@ class SharedPacking:
     they change within the packets); it is the one ``PacketLink`` would pack, packet for packet.
     """
 
-    __slots__ = ("_last", "_layouts", "prefixes")
+    __slots__ = ("_last", "_layouts", "prefixes", "size")
 
     def __init__(self, prefixes: Sequence[bytes]) -> None:
         self.prefixes = prefixes
+        self.size = sum(map(len, prefixes))  # what a session holding them all holds of them
         self._layouts: dict[tuple[int, int], list[tuple[bytes, int]]] = {}
         # The last layout kept, and the first pns and seqs it holds for: (pn from, pn to,
         # seq from, seq to, layout), "to" excluded. Most sessions of a pass fall in it.

@@ -60,6 +60,7 @@ class RttEstimator:
         self.smoothed = INITIAL_RTT
         self.variance = INITIAL_RTT / 2
         self.samples = 0
+        self._pto = self._probe_timeout()
 
     def on_sample(self, latest: float, ack_delay: float) -> None:
         """One RTT sample; ``ack_delay`` is what the peer says it held the ack."""
@@ -68,6 +69,7 @@ class RttEstimator:
         if self.samples == 1:
             self.min = self.smoothed = latest
             self.variance = latest / 2
+            self._pto = self._probe_timeout()
             return
         self.min = min(self.min, latest)
         adjusted = latest
@@ -76,9 +78,14 @@ class RttEstimator:
             adjusted = latest - ack_delay
         self.variance = 0.75 * self.variance + 0.25 * abs(self.smoothed - adjusted)
         self.smoothed = 0.875 * self.smoothed + 0.125 * adjusted
+        self._pto = self._probe_timeout()
 
     def probe_timeout(self) -> float:
-        """The probe timeout before any backoff."""
+        """The probe timeout before any backoff: kept from the last sample, as a sender asks
+        for it (its deadline) at every send and every ack, far more often than it changes."""
+        return self._pto
+
+    def _probe_timeout(self) -> float:
         return self.smoothed + max(4 * self.variance, GRANULARITY) + MAX_ACK_DELAY
 
     def loss_delay(self) -> float:
@@ -93,7 +100,7 @@ class SentPacket:
     pn: int
     time_sent: float
     size: int
-    seqs: tuple[int, ...] = field(default=())
+    seqs: Sequence[int] = field(default=())
 
 
 @dataclass(slots=True)  # not frozen: one is made per ack, and a frozen one costs twice
@@ -172,10 +179,12 @@ class LossRecovery:
         self._largest_acked = max(self._largest_acked, largest)
         if acked[-1].pn == largest:
             self.rtt.on_sample(now - acked[-1].time_sent, ack_delay)
-        previous_newest = self._newest_acked_sent
+        previous_newest = newest = self._newest_acked_sent
+        on_acked = self.congestion.on_acked
         for packet in acked:
-            self.congestion.on_acked(packet.size, packet.time_sent)
-            self._newest_acked_sent = max(self._newest_acked_sent, packet.time_sent)
+            on_acked(packet.size, packet.time_sent)
+            newest = max(newest, packet.time_sent)
+        self._newest_acked_sent = newest
         lost = self._detect_lost(now)
         self._on_lost(lost, acked, previous_newest, now)
         self.probe_timeouts = 0
@@ -184,6 +193,8 @@ class LossRecovery:
     def _detect_lost(self, now: float) -> list[SentPacket]:
         """Declare lost what the thresholds say; arm the loss timer for the rest."""
         self._loss_time = None
+        if not self._sent or next(iter(self._sent)) > self._largest_acked:
+            return []  # nothing in flight is older than the largest acknowledged: most acks
         delay = self.rtt.loss_delay()
         found: list[int] = []
         for pn, packet in self._sent.items():  # oldest first, up to the largest acknowledged
