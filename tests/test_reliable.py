@@ -324,18 +324,21 @@ def test_room_a_flight_frees_goes_to_the_senders_in_line_in_turn() -> None:
     assert flight.frames == 5
 
 
-def test_a_frame_leaves_the_flight_at_its_first_timeout_and_is_still_sent_again() -> None:
+def test_a_frame_leaves_the_flight_at_its_first_timeout_and_holds_its_sender_back() -> None:
     flight = Flight(4)
     senders = senders_on(flight, 2, 10)
     assert [len(sender.due(0.0)) for sender in senders] == [4, 0]
-    # Nothing acked: at the first timeout the four are sent again whatever the flight,
-    # and taken as lost, so their room goes to the line.
+    # Nothing acked: at the first timeout the four are sent again whatever the flight and
+    # taken as lost; their room goes to the line, but not to their sender till it hears.
     assert senders[0].due(INITIAL_RTO) == [frame_for(seq) for seq in range(1, 5)]
     assert flight.frames == 0
-    assert take_turns(flight, senders, INITIAL_RTO) == [(0, 1), (1, 1), (0, 1), (1, 1)]
-    assert flight.frames == 4
-    assert senders[0].on_ack(1, INITIAL_RTO) == []
+    assert take_turns(flight, senders, INITIAL_RTO) == [(0, 0), (1, 4)]
+    assert senders[0].next_deadline() == pytest.approx(3 * INITIAL_RTO), "no timer spins"
+    for seq in (1, 2, 3):
+        assert senders[0].on_ack(seq, INITIAL_RTO) == []
     assert flight.frames == 4, "an ack of a frame sent again frees no room"
+    assert senders[0].on_ack(4, INITIAL_RTO) == []
+    assert senders[0].waiting, "heard again: it waits its turn"
 
 
 def test_a_closed_sender_leaves_the_flight_and_the_line() -> None:

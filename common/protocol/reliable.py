@@ -273,7 +273,9 @@ class Flight:
     with a short backlog. A frame leaves the flight when acked, or at its first timeout: it is
     taken as lost then, as TCP and QUIC take a packet declared lost out of flight, so a peer
     that never acks holds its share for 200 ms at a time, not the whole budget for the 12.6 s
-    before it is given up. Its retransmissions go on as the protocol says, whatever the flight.
+    before it is given up. Its sender starts no new frame till that one is acked, though: a
+    server too busy to read acks in time would otherwise start more frames just when it reads
+    fewer acks. Retransmissions go on as the protocol says, whatever the flight.
     Calls are serialised by the caller across all its senders (a server's lock).
     """
 
@@ -365,6 +367,8 @@ class ReliableSender:
         self._earliest_exact = True
         # Some frame's FAST_RETRANSMIT_ACKS-th later ack came in: resend it.
         self._fast = False
+        # Frames past their first timeout, not acked: with a flight, no new frame starts.
+        self._lost = 0
 
     @property
     def next_seq(self) -> int:
@@ -410,7 +414,9 @@ class ReliableSender:
             return []
         del self._unacked[seq]
         self._let_go(entry)
-        if entry.tries == 1 and self._flight is not None:
+        if entry.tries > 1:
+            self._lost -= 1
+        elif self._flight is not None:
             self._flight.frames -= 1
         if entry.deadline <= self._earliest:
             self._earliest_exact = False
@@ -440,8 +446,8 @@ class ReliableSender:
         while self._unsent < end:
             entry = self._unacked.get(self._unsent)
             if entry is not None:  # None: dropped by an overflow
-                if flight is not None and not flight.start(self):
-                    break  # in line for the flight: ``Flight.turns``
+                if flight is not None and (self._lost or not flight.start(self)):
+                    break  # a frame lost, or in line for the flight (``Flight.turns``)
                 self._transmit(entry, now)
                 frames.append(self._datagram(entry))
             self._unsent += 1
@@ -451,7 +457,8 @@ class ReliableSender:
         """When ``due`` next has work: -inf if right away, None if nothing waits."""
         if self.failed:
             return None
-        if self._fast or (self._unsent < self._sendable_end() and not self.waiting):
+        held = self._flight is not None and (self._lost > 0 or self.waiting)
+        if self._fast or (self._unsent < self._sendable_end() and not held):
             return -math.inf
         if not self._earliest_exact:
             self._earliest = min((e.deadline for e in self._in_flight()), default=math.inf)
@@ -474,8 +481,10 @@ class ReliableSender:
                 self.failed = True
                 return []
             else:
-                if entry.tries == 1 and self._flight is not None:
-                    self._flight.frames -= 1  # taken as lost: out of the flight
+                if entry.tries == 1:
+                    self._lost += 1
+                    if self._flight is not None:
+                        self._flight.frames -= 1  # taken as lost: out of the flight
                 self.retransmissions += 1
                 self._transmit(entry, now)
                 frames.append(self._datagram(entry))
@@ -496,6 +505,7 @@ class ReliableSender:
         for entry in self._unacked.values():
             self._let_go(entry)
         self._unacked.clear()
+        self._lost = 0
 
     def _let_go(self, entry: _Unacked) -> None:
         self.held_bytes -= len(entry.frame) + HOLD_COST
