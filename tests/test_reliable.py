@@ -20,6 +20,7 @@ from common.protocol.reliable import (
     MAX_TRIES,
     SEQ_HISTORY,
     WINDOW,
+    Flight,
     ReliableReceiver,
     ReliableSender,
     SeqCounter,
@@ -277,6 +278,87 @@ def test_backlog_overflow_is_reported() -> None:
     assert sender.overflowed
     assert sender.pending == WINDOW + MAX_BACKLOG
     assert sender.next_seq == WINDOW + MAX_BACKLOG + 2
+
+
+# Flight: what senders sharing it have out at once
+
+
+def senders_on(flight: Flight, count: int, frames: int) -> list[ReliableSender]:
+    senders = [ReliableSender(flight=flight) for _ in range(count)]
+    for sender in senders:
+        queue_frames(sender, frames)
+    return senders
+
+
+def take_turns(flight: Flight, senders: list[ReliableSender], now: float) -> list[tuple[int, int]]:
+    """Whose turn it was (by index) and how many frames its ``due`` started, turn by turn."""
+    return [(senders.index(sender), len(sender.due(now))) for sender in flight.turns()]
+
+
+def test_senders_sharing_a_flight_start_no_more_than_its_limit_between_them() -> None:
+    flight = Flight(5)
+    senders = senders_on(flight, 3, 10)
+    assert [len(sender.due(0.0)) for sender in senders] == [5, 0, 0]
+    assert flight.frames == 5
+    # Held back by the flight, not the window: no timer spins for them, nothing is due.
+    assert [sender.waiting for sender in senders] == [True, True, True]
+    assert [sender.next_deadline() for sender in senders] == [INITIAL_RTO, None, None]
+    assert take_turns(flight, senders, 0.0) == []
+
+
+def test_room_a_flight_frees_goes_to_the_senders_in_line_in_turn() -> None:
+    flight = Flight(5)
+    senders = senders_on(flight, 3, 10)
+    for sender in senders:
+        sender.due(0.0)
+    # An ack frees room, but its sender waits its turn in line, as the others do.
+    assert senders[0].on_ack(1, 0.1) == []
+    assert senders[0].on_ack(2, 0.1) == []
+    assert flight.frames == 3
+    assert take_turns(flight, senders, 0.1) == [(0, 1), (1, 1)]
+    assert flight.frames == 5
+    for seq in (3, 4, 5):
+        senders[0].on_ack(seq, 0.15)
+    senders[1].on_ack(1, 0.15)
+    assert take_turns(flight, senders, 0.15) == [(2, 1), (0, 1), (1, 1), (2, 1)]
+    assert flight.frames == 5
+
+
+def test_a_frame_leaves_the_flight_at_its_first_timeout_and_holds_its_sender_back() -> None:
+    flight = Flight(4)
+    senders = senders_on(flight, 2, 10)
+    assert [len(sender.due(0.0)) for sender in senders] == [4, 0]
+    # Nothing acked: at the first timeout the four are sent again whatever the flight and
+    # taken as lost; their room goes to the line, but not to their sender till it hears.
+    assert senders[0].due(INITIAL_RTO) == [frame_for(seq) for seq in range(1, 5)]
+    assert flight.frames == 0
+    assert take_turns(flight, senders, INITIAL_RTO) == [(0, 0), (1, 4)]
+    assert senders[0].next_deadline() == pytest.approx(3 * INITIAL_RTO), "no timer spins"
+    for seq in (1, 2, 3):
+        assert senders[0].on_ack(seq, INITIAL_RTO) == []
+    assert flight.frames == 4, "an ack of a frame sent again frees no room"
+    assert senders[0].on_ack(4, INITIAL_RTO) == []
+    assert senders[0].waiting, "heard again: it waits its turn"
+
+
+def test_a_closed_sender_leaves_the_flight_and_the_line() -> None:
+    flight = Flight(4)
+    senders = senders_on(flight, 3, 10)
+    for sender in senders:
+        sender.due(0.0)
+    senders[1].close()
+    senders[0].close()
+    assert flight.frames == 0
+    assert take_turns(flight, senders, 0.0) == [(2, 4)]  # nobody else in line: all it may
+    assert flight.frames == 4
+
+
+def test_a_sender_alone_on_a_flight_with_room_keeps_its_window() -> None:
+    flight = Flight(10 * WINDOW)
+    (sender,) = senders_on(flight, 1, WINDOW + 3)
+    assert sender.due(0.0) == [frame_for(seq) for seq in range(1, WINDOW + 1)]
+    assert sender.on_ack(1, 0.01) == [frame_for(WINDOW + 1)]
+    assert flight.frames == WINDOW
 
 
 # ReliableReceiver

@@ -340,6 +340,59 @@ def test_a_reliable_session_whose_frames_go_unacked_ends_timeout(
         alice.close()
 
 
+def test_reliable_sessions_have_no_more_than_the_budget_in_flight_and_take_turns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Three 1.0 reliable sessions that ack only when told, each owed 20 frames and more, on a
+    server in this process whose first timeout is a minute away: whatever is not acked is
+    in flight. Between them they get exactly ``--max-in-flight`` frames, then as many more
+    as they ack, round robin."""
+    monkeypatch.setattr(reliable, "INITIAL_RTO", 60.0)
+    budget = 10
+    server = UdpChatServer(Limits(rate_limit=0), port=0, max_in_flight=budget)
+    thread = threading.Thread(target=server.serve_forever, name="test-udp-server")
+    thread.start()
+    alice = UdpPeer(server.address)
+    slow = [UdpPeer(server.address) for _ in range(3)]
+    try:
+        alice.hello("alice")
+        for i, peer in enumerate(slow):
+            peer.ack(peer.hello(f"slow{i}", reliable=True)["seq"])
+        for i in range(20):
+            alice.send({"type": "say", "text": f"m{i}"})
+        got = _frames_out(alice, slow)
+        assert sum(len(seqs) for seqs in got) == budget
+        for peer, seqs in zip(slow, got, strict=True):
+            for seq in sorted(seqs):
+                peer.ack(seq)
+        more = _frames_out(alice, slow)
+        assert not any(seqs & again for seqs, again in zip(got, more, strict=True))
+        counts = [len(seqs) for seqs in more]
+        assert sum(counts) == budget, "as many as were acked"
+        assert max(counts) - min(counts) <= 1, f"in turn: {counts}"
+    finally:
+        server.stop()
+        thread.join(WAIT)
+        for peer in [alice, *slow]:
+            peer.close()
+
+
+def _frames_out(alice: UdpPeer, peers: list[UdpPeer]) -> list[set[int]]:
+    """The seqs of the frames sent to each of ``peers`` since the last call, once ``alice``
+    had two round trips: all that was read before them was handled and what it gave sent,
+    so it waits in their sockets."""
+    for _ in range(2):
+        alice.send({"type": "ping"})
+        alice.expect("pong")
+    got: list[set[int]] = []
+    for peer in peers:
+        seqs: set[int] = set()
+        while (data := peer.datagram(0.001)) is not None:
+            seqs.add(json.loads(data)["seq"])
+        got.append(seqs)
+    return got
+
+
 def test_a_dm_to_nobody_is_no_such_user(server: ServerProcess, peers: Peers) -> None:
     alice = peers(server)
     alice.hello("alice")

@@ -326,7 +326,14 @@ class Inbox:
         stranger's place until the room acted on its hello (``hello_acted_on``)."""
         registry = self.registry
         session = Session(
-            address, hello.reliable, self.limits, now, budget, registry.held, packets=hello.packets
+            address,
+            hello.reliable,
+            self.limits,
+            now,
+            budget,
+            registry.held,
+            packets=hello.packets,
+            flight=registry.flight,
         )
         if hello.resume is not None and not hello.packets:
             session.held = []  # a packet session's link holds all but the welcome itself

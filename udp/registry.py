@@ -10,7 +10,9 @@ Catching up: a 1.0 session gets one datagram per frame, stamped with its
 next ``seq``; a packet session (v1.2) gets its frames queued on its
 ``PacketLink`` (``common.protocol.packetlink``), which packs them into as
 few packets as fit, one ``sendto`` each, as its congestion window allows,
-and nothing at all until the session's address is proven. Sessions at the
+and nothing at all until the session's address is proven. The 1.0 reliable
+sessions' senders share one ``Flight``: a frame it holds back goes out in
+its sender's turn, when a flush hands out the room acks freed (``_take_turns``). Sessions at the
 same place in the log share the packing of what they are given
 (``SharedPacking``): laid out once a pass, numbered per session.
 """
@@ -27,7 +29,7 @@ from collections.abc import Callable, Sequence
 from common.protocol.codec import Welcome
 from common.protocol.packetlink import PacketLink
 from common.protocol.packets import SharedPacking
-from common.protocol.reliable import SharedFrames
+from common.protocol.reliable import FLIGHT_BUDGET, Flight, ReliableSender, SharedFrames
 from common.room.room import Entry, Stage
 from common.server.core import Core
 from udp.session import Address, Session, Stranger, stamp
@@ -54,6 +56,7 @@ class Registry:
         wake: Callable[[], None],
         max_held: int,
         coalesce: float,
+        max_in_flight: int = FLIGHT_BUDGET,
     ) -> None:
         self.core = core
         self.room = core.room
@@ -67,6 +70,8 @@ class Registry:
         self.by_token: dict[str, Session] = {}
         self.strangers: dict[Address, Stranger] = {}
         self.held = SharedFrames(stamp)
+        self.flight = Flight(max_in_flight)
+        self._senders: dict[ReliableSender, Session] = {}  # whose turn it is, in ``flight``
         self._busy: set[Session] = set()  # reliable sessions with frames in flight
         self._taken: deque[Session] = deque()  # taken over by a resume: to forget
         # Packet sessions the room has news for, waiting for their next catch-up (``flush``);
@@ -87,6 +92,8 @@ class Registry:
         self.by_address[session.address] = session
         self.by_token[session.token] = session
         self._plain += session.link is None
+        if session.sender is not None:
+            self._senders[session.sender] = session
 
     @property
     def waiting(self) -> bool:
@@ -134,6 +141,7 @@ class Registry:
         started = time.monotonic()
         deferred, self.deferred = (self.deferred, {}) if packets_due else ({}, self.deferred)
         caught = False
+        self._take_turns(now)
         while pending := list(dict.fromkeys([*deferred, *self.room.pending()])):
             deferred = {}
             for member in pending:
@@ -142,6 +150,7 @@ class Registry:
                     continue
                 caught = self._catch_up(member, now) or caught
             self.bound_held()
+            self._take_turns(now)
         self._packings.clear()
         self._last_packing = None
         if caught:
@@ -267,6 +276,13 @@ class Registry:
         elif sender.pending and session not in self._busy:
             self._watch(session)
 
+    def _take_turns(self, now: float) -> None:
+        """What the flight held back, one frame a sender in turn, while it has room (acks
+        freed it since the last flush, or senders closed): ending a session here adds
+        ``left`` to the room, which the flush then sends."""
+        for sender in self.flight.turns():
+            self.deliver(self._senders[sender], sender.due(now))
+
     def _watch(self, session: Session) -> None:
         """``session`` has timers to keep: the timer wakes for the first busy one."""
         if not self._busy:
@@ -346,6 +362,8 @@ class Registry:
             self._plain -= session.link is None
         if self.by_token.get(session.token) is session:
             del self.by_token[session.token]
+        if session.sender is not None and self._senders.get(session.sender) is session:
+            del self._senders[session.sender]
         self._busy.discard(session)
         self.deferred.pop(session, None)
         session.close()

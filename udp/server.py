@@ -54,6 +54,7 @@ import time
 from common.cli.serverargs import non_negative_float, positive_float, positive_int
 from common.protocol.codec import Hello, ProtocolError
 from common.protocol.limits import Limits
+from common.protocol.reliable import FLIGHT_BUDGET
 from common.room.sharing import Sharing
 from common.server import main as server_main
 from common.server.core import POLL_INTERVAL, RECV_BYTES, SHUTDOWN_GRACE, Admission, Core
@@ -91,18 +92,15 @@ class UdpChatServer(server_main.Server):
         sharing: Sharing | None = None,
         max_held_bytes: int = MAX_HELD_BYTES,
         coalesce: float = PACKET_COALESCE_MS / 1000,
+        max_in_flight: int = FLIGHT_BUDGET,
     ) -> None:
         super().__init__()
         self.limits = limits
         self._wake = threading.Event()
+        wake = self._wake.set
         # What a backplane brings arrives on its own thread: the timer flushes it.
         self.core: Core[Session] = Core(
-            limits,
-            history,
-            sharing or Sharing(),
-            log,
-            wake_remote=self._wake.set,
-            on_taken=self._taken,
+            limits, history, sharing or Sharing(), log, wake_remote=wake, on_taken=self._taken
         )
         self.room = self.core.room
         self.sock = _bind(host, port)
@@ -110,7 +108,9 @@ class UdpChatServer(server_main.Server):
         self._poller.register(self.sock, select.POLLIN)
         self.address: Address = self.sock.getsockname()[:2]
         self._lock = threading.Lock()
-        self.registry = Registry(self.core, self.sock, self._wake.set, max_held_bytes, coalesce)
+        self.registry = Registry(
+            self.core, self.sock, wake, max_held_bytes, coalesce, max_in_flight
+        )
         self._caught_up = time.monotonic()
         self.inbox = Inbox(self.core, self.registry, Admission(self._caught_up))
         self._timer_stop = threading.Event()
@@ -303,6 +303,15 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         "gap); past it the one holding most ends as too_slow (default: %(default)s)",
     )
     parser.add_argument(
+        "--max-in-flight",
+        type=positive_int,
+        default=FLIGHT_BUDGET,
+        metavar="FRAMES",
+        help="frames on their first try that 1.0 reliable sessions may have out in all, "
+        "so that their acks are read within the 200 ms after which a frame goes again; "
+        "more lets them deliver more per round trip on a long path (default: %(default)s)",
+    )
+    parser.add_argument(
         "--coalesce-ms",
         type=non_negative_float,
         default=PACKET_COALESCE_MS,
@@ -321,6 +330,7 @@ def make(args: argparse.Namespace) -> UdpChatServer:
         sharing=Sharing.from_args(args),
         max_held_bytes=args.max_held_bytes,
         coalesce=args.coalesce_ms / 1000,
+        max_in_flight=args.max_in_flight,
     )
 
 

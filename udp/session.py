@@ -47,7 +47,11 @@ sessions is one object, stamped with each one's ``seq`` as it goes out.
 What they hold together, frames sent and not acked and frames received
 ahead of a gap, is bounded (``--max-held-bytes``, 32 MiB): past it, the
 session holding most is ended as ``too_slow``, so sessions that never ack,
-or never fill a gap, cost bounded memory however many there are.
+or never fill a gap, cost bounded memory however many there are. Their senders
+share one ``Flight`` too: at most ``--max-in-flight`` (512) frames on their first
+try between them, so that the acks coming back fit the socket and are read well
+within the 200 ms after which a frame goes again; a frame waits its turn in its
+sender's backlog meanwhile.
 
 A packet session (``"packets": true``, v1.2) has a ``PacketLink`` instead of
 a sender and a receiver (``link``): packets, acks of packet numbers, RFC 9002
@@ -66,7 +70,13 @@ from dataclasses import dataclass
 from common.protocol.codec import MAX_FRAME_BYTES, Welcome, encode
 from common.protocol.limits import Limits
 from common.protocol.packetlink import PacketLink
-from common.protocol.reliable import ReliableReceiver, ReliableSender, SeqCounter, SharedFrames
+from common.protocol.reliable import (
+    Flight,
+    ReliableReceiver,
+    ReliableSender,
+    SeqCounter,
+    SharedFrames,
+)
 from common.room.ratelimit import TokenBucket
 from common.room.room import Entry
 from common.server.core import Client
@@ -123,6 +133,7 @@ class Session(Client):
         budget: int,
         shared: SharedFrames,
         packets: bool = False,
+        flight: Flight | None = None,
     ) -> None:
         super().__init__(f"{address[0]}:{address[1]}", limits, now)
         self.address = address
@@ -138,7 +149,7 @@ class Session(Client):
             else None
         )
         one_oh = reliable and not packets
-        self.sender = ReliableSender(shared) if one_oh else None
+        self.sender = ReliableSender(shared, flight) if one_oh else None
         self.receiver = ReliableReceiver(shared) if one_oh else None
         self.last_heard = now
         self.budget = budget

@@ -58,6 +58,11 @@ Bounds, so that a peer that is slow, gone or hostile costs bounded memory:
   however many of them hold it, and ``SharedFrames.held_bytes`` is what they
   hold together, each frame once plus ``HOLD_COST`` per sender holding it:
   the figure a server bounds for all its sessions at once.
+* Senders that share a ``Flight`` start at most ``Flight.limit`` frames
+  between them that are on their first try: a new frame waits in its
+  sender's backlog till there is room, and senders held back take the room
+  that frees in turn, one frame each (round robin). What many senders have
+  in flight at once is what comes back to their server at once, as acks.
 * The receiver holds only seqs less than ``WINDOW`` past the next one it
   expects (at most about 512 KB per session) and drops farther ones unacked,
   so their sender transmits them again. Its window matches the sender's, so a
@@ -71,6 +76,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
@@ -99,6 +105,16 @@ frames use up all six tries and end their session."""
 
 FAST_RETRANSMIT_ACKS = 3
 """Acks of later frames after which an unacknowledged frame is sent again at once."""
+
+FLIGHT_BUDGET = 512
+"""Frames on their first try that the senders of one ``Flight`` (a UDP server's 1.0 reliable
+sessions) may have out at once. Each comes back as an ack, and the acks wait in the server's
+one socket with everything else its clients send: 512 of them take 426 KB of its buffer (an
+ack costs 832 bytes there on loopback) and 35-43 ms of reading (a server busy with 500
+reliable sessions reads 12,000-15,000 acks a second), well within the 200 ms after which a
+frame is sent again. Without it, 500 sessions joining at once had 32,000 frames in flight
+(64 each): their acks waited 0.7 s, every frame was sent again, each copy brought another ack,
+and the kernel dropped 195,000-517,000 datagrams at the socket, the other clients' among them."""
 
 HOLD_COST = 160
 """Bytes a sender spends holding one frame besides the frame itself: its entry,
@@ -247,6 +263,60 @@ class SharedFrames:
         self.held_bytes -= freed + HOLD_COST * count
 
 
+class Flight:
+    """The frames on their first try of the senders that share it: at most ``limit``, in turn.
+
+    A sender starts a frame only while fewer than ``limit`` are out and no sender waits in
+    line before it; otherwise it waits in line, once, and ``turns`` hands the room that frees
+    (an ack, a sender closed, a frame past its first timeout) to the line, one frame a turn,
+    oldest first: a sender with a long backlog waits no longer for its next frame than one
+    with a short backlog. A frame leaves the flight when acked, or at its first timeout: it is
+    taken as lost then, as TCP and QUIC take a packet declared lost out of flight, so a peer
+    that never acks holds its share for 200 ms at a time, not the whole budget for the 12.6 s
+    before it is given up. Its sender starts no new frame till that one is acked, though: a
+    server too busy to read acks in time would otherwise start more frames just when it reads
+    fewer acks. Retransmissions go on as the protocol says, whatever the flight.
+    Calls are serialised by the caller across all its senders (a server's lock).
+    """
+
+    def __init__(self, limit: int = FLIGHT_BUDGET) -> None:
+        self.limit = limit
+        self.frames = 0
+        self._line: deque[ReliableSender] = deque()
+        self._waiting: set[ReliableSender] = set()  # in ``_line`` (a closed one is not)
+        self._turn: ReliableSender | None = None
+
+    def start(self, sender: ReliableSender) -> bool:
+        """Whether ``sender`` may start a frame now (counted if so); if not, it waits in line."""
+        if self.frames < self.limit and (sender is self._turn or not self._waiting):
+            self.frames += 1
+            self._turn = None
+            return True
+        if sender not in self._waiting:
+            self._waiting.add(sender)
+            self._line.append(sender)
+        return False
+
+    def waits(self, sender: ReliableSender) -> bool:
+        return sender in self._waiting
+
+    def turns(self) -> Iterator[ReliableSender]:
+        """The senders in line, oldest first, while there is room: each may start one frame
+        (in its ``due``) and, if it has more, waits in line again, at its end."""
+        while self.frames < self.limit and self._line:
+            sender = self._line.popleft()
+            if sender in self._waiting:
+                self._waiting.discard(sender)
+                self._turn = sender
+                yield sender
+                self._turn = None
+
+    def leave(self, sender: ReliableSender, frames: int) -> None:
+        """``sender`` closed with ``frames`` on their first try: out of the flight and the line."""
+        self.frames -= frames
+        self._waiting.discard(sender)
+
+
 @dataclass(slots=True)
 class _Unacked:
     frame: bytes
@@ -273,9 +343,11 @@ class ReliableSender:
     frames in flight are looked through only when one of them is due.
     """
 
-    def __init__(self, shared: SharedFrames | None = None) -> None:
+    def __init__(self, shared: SharedFrames | None = None, flight: Flight | None = None) -> None:
         # Frames are shared with other senders, and stamped with their seq here.
         self._shared = shared
+        # New frames start only as this flight, shared with other senders, has room.
+        self._flight = flight
         # What this sender holds: its frames in full, plus HOLD_COST each.
         self.held_bytes = 0
         # A frame went unacknowledged after MAX_TRIES: the session is over.
@@ -295,6 +367,8 @@ class ReliableSender:
         self._earliest_exact = True
         # Some frame's FAST_RETRANSMIT_ACKS-th later ack came in: resend it.
         self._fast = False
+        # Frames past their first timeout, not acked: with a flight, no new frame starts.
+        self._lost = 0
 
     @property
     def next_seq(self) -> int:
@@ -340,6 +414,10 @@ class ReliableSender:
             return []
         del self._unacked[seq]
         self._let_go(entry)
+        if entry.tries > 1:
+            self._lost -= 1
+        elif self._flight is not None:
+            self._flight.frames -= 1
         if entry.deadline <= self._earliest:
             self._earliest_exact = False
         for older, waiting in self._unacked.items():
@@ -364,9 +442,12 @@ class ReliableSender:
         if self.failed:
             return []
         end = self._sendable_end()
+        flight = self._flight
         while self._unsent < end:
             entry = self._unacked.get(self._unsent)
             if entry is not None:  # None: dropped by an overflow
+                if flight is not None and (self._lost or not flight.start(self)):
+                    break  # a frame lost, or in line for the flight (``Flight.turns``)
                 self._transmit(entry, now)
                 frames.append(self._datagram(entry))
             self._unsent += 1
@@ -376,7 +457,8 @@ class ReliableSender:
         """When ``due`` next has work: -inf if right away, None if nothing waits."""
         if self.failed:
             return None
-        if self._fast or self._unsent < self._sendable_end():
+        held = self._flight is not None and (self._lost > 0 or self.waiting)
+        if self._fast or (self._unsent < self._sendable_end() and not held):
             return -math.inf
         if not self._earliest_exact:
             self._earliest = min((e.deadline for e in self._in_flight()), default=math.inf)
@@ -399,6 +481,10 @@ class ReliableSender:
                 self.failed = True
                 return []
             else:
+                if entry.tries == 1:
+                    self._lost += 1
+                    if self._flight is not None:
+                        self._flight.frames -= 1  # taken as lost: out of the flight
                 self.retransmissions += 1
                 self._transmit(entry, now)
                 frames.append(self._datagram(entry))
@@ -406,11 +492,20 @@ class ReliableSender:
         self._earliest, self._earliest_exact, self._fast = earliest, True, False
         return frames
 
+    @property
+    def waiting(self) -> bool:
+        """Frames the window lets out wait in line for the flight (``Flight.turns``)."""
+        return self._flight is not None and self._flight.waits(self)
+
     def close(self) -> None:
-        """The session is over: let go of every frame held."""
+        """The session is over: let go of every frame held, and of its place in the flight."""
+        if self._flight is not None:
+            first_tries = sum(entry.tries == 1 for entry in self._in_flight())
+            self._flight.leave(self, first_tries)
         for entry in self._unacked.values():
             self._let_go(entry)
         self._unacked.clear()
+        self._lost = 0
 
     def _let_go(self, entry: _Unacked) -> None:
         self.held_bytes -= len(entry.frame) + HOLD_COST
